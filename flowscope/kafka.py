@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 # Throughput-oriented defaults (see DESIGN.md): idempotence keeps retries from duplicating,
 # lz4 is cheap on CPU, and murmur2_random puts keys where Java/aiokafka clients would.
@@ -90,7 +91,7 @@ class RecordProducer:
         topic: str,
         value: bytes | None,
         key: bytes | str | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> bool:
         """Queue one record. Returns False (and counts it) if the bounded buffer stayed full."""
         deadline = time.monotonic() + self._buffer_full_wait_s
