@@ -1,0 +1,59 @@
+"""Fixtures shared by every test: the real Kafka broker and per-test topic names.
+
+The broker is the project's own (``python -m devbroker``): Apache Kafka in KRaft mode from
+Maven Central jars. Set FLOWSCOPE_TEST_BOOTSTRAP to run the tests against another broker.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from flowscope.topics import Topics
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail(
+            "flowscope's integration tests load BPF programs and create network namespaces: "
+            "run them as root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a running broker; started here (and stopped at the end) if needed."""
+    external = os.environ.get("FLOWSCOPE_TEST_BOOTSTRAP")
+    if external:
+        from flowscope.kafka import wait_for_broker
+
+        wait_for_broker(external)
+        yield external
+        return
+    from devbroker import Broker
+
+    broker = Broker()
+    was_running = broker.is_running()
+    if not was_running:
+        broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        # Leave a broker someone else started alone; stop the one this session started.
+        if not was_running:
+            broker.stop()
+
+
+@pytest.fixture
+def topics() -> Topics:
+    """Topic names under a random prefix, so tests and repeated runs never share data."""
+    return Topics(prefix=f"test-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(scope="session")
+def root_required() -> None:
+    _require_root()
