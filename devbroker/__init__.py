@@ -1,0 +1,18 @@
+"""A real Apache Kafka broker (KRaft, jars from Maven Central) for tests and the demo.
+
+    python -m devbroker fetch|start|stop|status
+
+or from Python::
+
+    broker = devbroker.Broker()      # 127.0.0.1:9092, state in <repo>/.state/kafka
+    broker.start()                   # no-op if already running
+    broker.bootstrap                 # "127.0.0.1:9092"
+"""
+
+from __future__ import annotations
+
+from devbroker.broker import Broker, BrokerStatus
+from devbroker.errors import DevBrokerError
+from devbroker.layout import DEFAULT_STATE_DIR
+
+__all__ = ["DEFAULT_STATE_DIR", "Broker", "BrokerStatus", "DevBrokerError"]
