@@ -1,0 +1,122 @@
+"""Reads the compacted metadata topic: all of it up to its end at start, then whatever follows.
+
+Partitions are assigned directly (no consumer group): every joiner instance needs the whole
+topic, never a share of it, and never commits offsets for it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    Message,
+    TopicPartition,
+)
+
+from enricher import EnricherError
+
+# (key, value or None for a tombstone, time the record was written in ns)
+ApplyFn = Callable[[str | None, bytes | None, int], object]
+
+
+class MetadataReadError(EnricherError):
+    """The metadata topic could not be read to its end."""
+
+
+def record_time_ns(msg: Message) -> int:
+    kind, ms = msg.timestamp()
+    return time.time_ns() if kind == TIMESTAMP_NOT_AVAILABLE else int(ms) * 1_000_000
+
+
+def _key(msg: Message) -> str | None:
+    key = msg.key()
+    if key is None:
+        return None
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+
+
+class MetadataFollower:
+    def __init__(
+        self, bootstrap_servers: str, topic: str, overrides: Mapping[str, Any] | None = None
+    ) -> None:
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            # librdkafka wants a group id even for assign(); nothing is ever committed to it.
+            "group.id": f"flowscope-enricher-metadata-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            **dict(overrides or {}),
+        }
+        self._topic = topic
+        self._consumer = Consumer(config)
+        self.records_read = 0
+        self.read_errors = 0
+
+    def load(self, apply: ApplyFn, timeout_s: float = 60.0) -> int:
+        """Assign every partition from the beginning and apply records up to the high
+        watermarks taken now. Returns how many records were applied."""
+        metadata = self._consumer.list_topics(self._topic, timeout=timeout_s)
+        topic_md = metadata.topics.get(self._topic)
+        if topic_md is None or topic_md.error is not None:
+            err = topic_md.error if topic_md is not None else "absent"
+            raise MetadataReadError(f"metadata topic {self._topic} unavailable: {err}")
+        highs: dict[int, int] = {}
+        for p in topic_md.partitions:
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, p), timeout=timeout_s
+            )
+            if high > low:
+                highs[p] = high
+        self._consumer.assign(
+            [TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in topic_md.partitions]
+        )
+        applied = 0
+        deadline = time.monotonic() + timeout_s
+        while highs:
+            if time.monotonic() > deadline:
+                raise MetadataReadError(
+                    f"metadata topic {self._topic} not read to its end within {timeout_s:.0f}s "
+                    f"(partitions still behind: {sorted(highs)})"
+                )
+            for msg in self._consumer.consume(num_messages=1000, timeout=0.5):
+                if self._apply_one(msg, apply):
+                    applied += 1
+                    part, offset = msg.partition(), msg.offset()
+                    if part in highs and offset is not None and offset >= highs[part] - 1:
+                        del highs[part]
+            # Compaction can leave gaps: the position is the authority once past the end.
+            for tp in self._consumer.position(
+                [TopicPartition(self._topic, p) for p in list(highs)]
+            ):
+                if tp.offset >= 0 and tp.offset >= highs[tp.partition]:
+                    del highs[tp.partition]
+        return applied
+
+    def poll(self, apply: ApplyFn, max_records: int = 1000) -> int:
+        """Apply whatever arrived since the last call, without waiting."""
+        applied = 0
+        for msg in self._consumer.consume(num_messages=max_records, timeout=0):
+            if self._apply_one(msg, apply):
+                applied += 1
+        return applied
+
+    def _apply_one(self, msg: Message, apply: ApplyFn) -> bool:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                self.read_errors += 1
+            return False
+        self.records_read += 1
+        apply(_key(msg), msg.value(), record_time_ns(msg))
+        return True
+
+    def close(self) -> None:
+        self._consumer.close()
