@@ -1,0 +1,310 @@
+"""The simulated cluster: pods as netns + veth + kubelet-shaped cgroups on this machine."""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import logging
+import secrets
+import signal
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from simnode import cgroup, network, objects
+from simnode.commands import require_tools
+from simnode.errors import SimNodeError
+from simnode.names import bridge_name, host_veth_name, netns_name, new_run_id, run_tag
+from simnode.pod import Pod
+from simnode.registry import DEFAULT_STATE_DIR, Registry
+from simnode.spec import (
+    Node,
+    NodeSpec,
+    PodMeta,
+    ServiceMeta,
+    ServicePort,
+    default_nodes,
+    k8s_suffix,
+)
+from simnode.sweep import remove_run, sweep
+
+log = logging.getLogger(__name__)
+
+
+def rfc3339_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Cluster:
+    """A set of pods on one Linux bridge, with "nodes" in several zones as metadata.
+
+    Use it as a context manager: everything it created is removed on exit, also when the body
+    raised, at interpreter exit, and on SIGTERM. ``sweep()`` removes crashed runs' leftovers.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeSpec] | None = None,
+        *,
+        cgroup_root: Path = cgroup.DEFAULT_ROOT,
+        pod_cidr: str = "10.244.0.0/16",
+        service_cidr: str = "10.96.0.0/16",
+        node_cidr: str = "172.18.0.0/24",
+        state_dir: Path = DEFAULT_STATE_DIR,
+        sweep_stale: bool = True,
+        handle_sigterm: bool = True,
+    ) -> None:
+        specs = tuple(nodes) if nodes is not None else default_nodes()
+        if not specs:
+            raise SimNodeError("a cluster needs at least one node")
+        if len({s.name for s in specs}) != len(specs):
+            raise SimNodeError(f"node names must be unique: {[s.name for s in specs]}")
+        self.run_id = new_run_id()
+        self.cgroup_root = cgroup_root
+        self.cgroup_run_dir = cgroup_root / run_tag(self.run_id)
+        self.bridge = bridge_name(self.run_id)
+        self.pod_network = ipaddress.IPv4Network(pod_cidr)
+        self._pod_ips = _random_block_hosts(self.pod_network)
+        self._service_ips = _random_block_hosts(ipaddress.IPv4Network(service_cidr))
+        node_ips = ipaddress.IPv4Network(node_cidr).hosts()
+        next(node_ips)  # .1 looks like a gateway; skip it
+        self.nodes: dict[str, Node] = {
+            s.name: Node(s.name, s.zone, s.region, s.internal_ip or str(next(node_ips)),
+                         str(uuid.uuid4()))
+            for s in specs
+        }
+        self.pods: dict[str, Pod] = {}
+        self.services: dict[str, ServiceMeta] = {}
+        self.created = rfc3339_now()
+        self._template_hashes: dict[tuple[str, str], str] = {}
+        self._registry = Registry(state_dir)
+        self._state_dir = state_dir
+        self._sweep_stale = sweep_stale
+        self._handle_sigterm = handle_sigterm
+        self._old_sigterm: Any = None
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Cluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(raise_errors=exc is None)
+
+    def start(self) -> None:
+        if self._started:
+            raise SimNodeError("cluster already started")
+        require_tools()
+        cgroup.check_root(self.cgroup_root)
+        if self._sweep_stale:
+            for run_id, problems in sweep(self.cgroup_root, self._state_dir).items():
+                log.warning("swept stale simnode run %s%s", run_id,
+                            f" with problems: {problems}" if problems else "")
+        self._started = True
+        # Registered before any kernel object exists, so sweep never takes a live run for dead.
+        self._registry.register(self.run_id, self.cgroup_root)
+        atexit.register(self._close_at_exit)
+        self._install_sigterm()
+        try:
+            cgroup.create(self.cgroup_run_dir)
+            network.create_bridge(self.bridge)
+        except BaseException:
+            self.close(raise_errors=False)
+            raise
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Kill every process and remove every object of this run. Safe to call twice."""
+        with self._lock:
+            if self._closed or not self._started:
+                self._closed = True
+                return
+            self._closed = True
+        atexit.unregister(self._close_at_exit)
+        self._restore_sigterm()
+        for pod in self.pods.values():
+            pod.kill_all()
+        problems = remove_run(self.run_id, self.cgroup_root,
+                              [p.netns for p in self.pods.values()])
+        for pod in self.pods.values():
+            pod.reap()
+        if problems:
+            log.error("simnode run %s teardown problems: %s", self.run_id, problems)
+            if raise_errors:
+                raise SimNodeError(f"teardown of run {self.run_id} left: {problems}")
+        else:
+            self._registry.unregister(self.run_id)
+
+    def _close_at_exit(self) -> None:
+        self.close(raise_errors=False)
+
+    def _install_sigterm(self) -> None:
+        if not self._handle_sigterm or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return  # someone else owns SIGTERM; atexit still runs if they exit normally
+        self._old_sigterm = signal.SIG_DFL
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            # SystemExit unwinds the with-block, so teardown runs on the ordinary path.
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None and (
+            threading.current_thread() is threading.main_thread()
+        ):
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+    # -- building ----------------------------------------------------------------------------
+
+    def add_pod(
+        self,
+        deployment: str | None,
+        *,
+        node: str,
+        name: str | None = None,
+        namespace: str = "default",
+        labels: Mapping[str, str] | None = None,
+        qos: cgroup.QosClass = "besteffort",
+        container: str | None = None,
+        image: str = "simnode/python:latest",
+    ) -> Pod:
+        """Create a running pod on ``node``, owned by ReplicaSet ``<deployment>-<hash>``.
+
+        ``deployment=None`` makes a bare pod (no owner); then ``name`` is required. Labels
+        default to ``{"app": deployment}``; ``pod-template-hash`` is added for deployments.
+        """
+        if not self._started or self._closed:
+            raise SimNodeError("add_pod needs a started cluster (use it as a context manager)")
+        if node not in self.nodes:
+            raise SimNodeError(f"unknown node {node!r}; nodes are {sorted(self.nodes)}")
+        if qos not in cgroup.QOS_CLASSES:
+            raise SimNodeError(f"unknown qos {qos!r}; valid: {cgroup.QOS_CLASSES}")
+        template_hash = None
+        pod_labels = dict(labels) if labels is not None else {}
+        if deployment is not None:
+            template_hash = self._template_hashes.setdefault(
+                (namespace, deployment), k8s_suffix(10)
+            )
+            pod_labels.setdefault("app", deployment)
+            pod_labels[objects.TEMPLATE_HASH_LABEL] = template_hash
+            name = name or f"{deployment}-{template_hash}-{k8s_suffix(5)}"
+        elif name is None:
+            raise SimNodeError("a bare pod (deployment=None) needs a name")
+        if name in self.pods:
+            raise SimNodeError(f"pod {name!r} exists already")
+        meta = PodMeta(
+            name=name,
+            namespace=namespace,
+            uid=str(uuid.uuid4()),
+            labels=pod_labels,
+            node=self.nodes[node],
+            ip=str(self._next_ip(self._pod_ips, "pod")),
+            container_name=container or deployment or name,
+            container_id=secrets.token_hex(32),
+            image=image,
+            qos=qos,
+            start_time=rfc3339_now(),
+            deployment=deployment,
+            template_hash=template_hash,
+        )
+        index = len(self.pods)
+        pod = Pod(
+            meta,
+            netns=netns_name(self.run_id, name),
+            host_veth=host_veth_name(self.run_id, index),
+            cgroup_root=self.cgroup_root,
+            cgroup_dir=cgroup.pod_dir(self.cgroup_run_dir, qos, meta.uid) / meta.container_id,
+        )
+        # Registered first so that close() removes it even if creation fails half-way.
+        self.pods[name] = pod
+        cgroup.create(pod.cgroup_dir)
+        network.create_netns(pod.netns)
+        pod.mac = network.plug_pod(
+            pod.netns, pod.host_veth, self.bridge, f"{meta.ip}/{self.pod_network.prefixlen}"
+        )
+        return pod
+
+    def add_service(
+        self,
+        name: str,
+        *,
+        selector: Mapping[str, str],
+        port: int,
+        target_port: int | None = None,
+        namespace: str = "default",
+        port_name: str = "",
+    ) -> ServiceMeta:
+        """A ClusterIP Service object (metadata only: no DNAT rule is installed)."""
+        if name in self.services:
+            raise SimNodeError(f"service {name!r} exists already")
+        svc = ServiceMeta(
+            name=name,
+            namespace=namespace,
+            uid=str(uuid.uuid4()),
+            cluster_ip=str(self._next_ip(self._service_ips, "service")),
+            selector=dict(selector),
+            ports=(ServicePort(port, target_port or port, port_name),),
+        )
+        self.services[name] = svc
+        return svc
+
+    @staticmethod
+    def _next_ip(
+        hosts: list[ipaddress.IPv4Address], what: str
+    ) -> ipaddress.IPv4Address:
+        if not hosts:
+            raise SimNodeError(f"out of {what} addresses")
+        return hosts.pop(0)
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def pod(self, name: str) -> Pod:
+        return self.pods[name]
+
+    def objects(self, *, include_workloads: bool = True) -> dict[str, Any]:
+        """The cluster as a ``kind: List`` of Kubernetes objects (see ``simnode.objects``)."""
+        return objects.cluster_objects(
+            list(self.nodes.values()),
+            [p.meta for p in self.pods.values()],
+            list(self.services.values()),
+            created=self.created,
+            salt=self.run_id,
+            include_workloads=include_workloads,
+        )
+
+    def write_objects(self, path: Path, *, include_workloads: bool = True) -> Path:
+        """Write the objects as YAML (what ``kubectl get -o yaml`` prints); returns ``path``.
+
+        ``include_workloads=False`` leaves out Deployments, ReplicaSets and EndpointSlices
+        (Pods, Nodes and Services only).
+        """
+        return objects.write_yaml(self.objects(include_workloads=include_workloads), path)
+
+
+def _random_block_hosts(net: ipaddress.IPv4Network) -> list[ipaddress.IPv4Address]:
+    """Addresses .2-.254 of a random /24 inside ``net`` (the whole net if smaller).
+
+    A random block per run keeps two concurrent runs' pods on different IPs, which helps
+    whoever reads a shared collector's output; the kernel would not mind either way.
+    """
+    if net.prefixlen >= 24:
+        return [ip for ip in net.hosts() if int(ip) - int(net.network_address) >= 2]
+    blocks = list(net.subnets(new_prefix=24))
+    block = secrets.choice(blocks)
+    return [ip for ip in block.hosts() if int(ip) - int(block.network_address) >= 2]

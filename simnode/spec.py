@@ -1,0 +1,94 @@
+"""What a simulated cluster is made of, as plain data (no kernel objects here)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from simnode.cgroup import QosClass
+
+# Kubernetes' name-suffix alphabet (k8s.io/apimachinery/pkg/util/rand): no vowels, no 0/1/3.
+K8S_ALPHANUMS = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def k8s_suffix(length: int) -> str:
+    """A random suffix as Kubernetes makes them (pod-template-hash: 10, pod name: 5)."""
+    return "".join(secrets.choice(K8S_ALPHANUMS) for _ in range(length))
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node: metadata only, every pod really runs on this machine."""
+
+    name: str
+    zone: str
+    region: str = "region-1"
+    internal_ip: str | None = None  # None: the cluster assigns one from its node CIDR
+
+
+def default_nodes() -> tuple[NodeSpec, ...]:
+    """Three nodes in two zones of one region: enough for same-zone and cross-zone pairs."""
+    return (
+        NodeSpec("node-a1", zone="zone-a"),
+        NodeSpec("node-a2", zone="zone-a"),
+        NodeSpec("node-b1", zone="zone-b"),
+    )
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    zone: str
+    region: str
+    internal_ip: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class PodMeta:
+    """Everything the Kubernetes objects say about one pod."""
+
+    name: str
+    namespace: str
+    uid: str
+    labels: dict[str, str]
+    node: Node
+    ip: str
+    container_name: str
+    container_id: str  # 64 hex digits, the cgroup dir's name
+    image: str
+    qos: QosClass
+    start_time: str  # RFC 3339, UTC, seconds
+    deployment: str | None  # None: a bare pod with no owner
+    template_hash: str | None
+
+    @property
+    def replicaset(self) -> str | None:
+        if self.deployment is None or self.template_hash is None:
+            return None
+        return f"{self.deployment}-{self.template_hash}"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    target_port: int
+    name: str = ""
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class ServiceMeta:
+    name: str
+    namespace: str
+    uid: str
+    cluster_ip: str
+    selector: dict[str, str]
+    ports: tuple[ServicePort, ...]
+
+    def selects(self, pod: PodMeta) -> bool:
+        return (
+            bool(self.selector)
+            and pod.namespace == self.namespace
+            and all(pod.labels.get(k) == v for k, v in self.selector.items())
+        )
