@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * tcpconn.h: the ABI between tcpconn.bpf.c and the collector (collector/events.py mirrors
+ * every definition below; tests/unit/collector/test_collector_abi.py checks that it does).
+ *
+ * Only the event, its enums and the counters live here: one event per finished TCP
+ * connection end, aggregated in the kernel.
+ */
+#ifndef __TCPCONN_H
+#define __TCPCONN_H
+
+#define TCPCONN_COMM_LEN 16
+#define TCPCONN_ADDR_LEN 16
+
+/* Which end of the connection this socket is. */
+enum tcpconn_role {
+	TCPCONN_ROLE_UNKNOWN = 0, /* closed without having been seen opening */
+	TCPCONN_ROLE_CLIENT = 1,  /* went CLOSE -> SYN_SENT (connect()) */
+	TCPCONN_ROLE_SERVER = 2,  /* child socket went LISTEN -> SYN_RECV */
+};
+
+/* Bits of tcpconn_event.flags. */
+enum tcpconn_flag {
+	TCPCONN_F_ESTABLISHED = 1 << 0,    /* reached ESTABLISHED while tracked */
+	/* Opened before the program was attached: start_ns is 0, role unknown, and a client's
+	 * bytes_sent may count its SYN (+1) because no ESTABLISHED snapshot was taken. */
+	TCPCONN_F_START_UNKNOWN = 1 << 1,
+	TCPCONN_F_FIN_ACKED = 1 << 2,      /* our FIN was acked: 1 taken off bytes_sent */
+	TCPCONN_F_FIN_RECEIVED = 1 << 3,   /* peer's FIN was received: 1 taken off bytes_received */
+	TCPCONN_F_PID_AT_CLOSE = 1 << 4,   /* pid/comm from close()/shutdown(), not connect() */
+};
+
+/* Indexes of the per-CPU "counters" array map; user space sums over CPUs. */
+enum tcpconn_counter {
+	TCPCONN_CTR_EVENTS = 0,          /* events submitted to the ring buffer */
+	TCPCONN_CTR_LOST_RINGBUF = 1,    /* ring buffer full: event dropped */
+	TCPCONN_CTR_UNTRACKED_CLOSE = 2, /* close of a socket never seen opening (emitted) */
+	TCPCONN_CTR_TRACK_FAILED = 3,    /* socks map full: connection not tracked */
+	TCPCONN_CTR_MAX = 4,
+};
+
+/*
+ * One finished connection end. 120 bytes, a multiple of 8, no implicit padding.
+ * Times are CLOCK_MONOTONIC ns (bpf_ktime_get_ns); ports and family in host byte order;
+ * addresses in network byte order, IPv4 in the first 4 bytes of the 16.
+ */
+struct tcpconn_event {
+	__u64 start_ns;       /* SYN_SENT (client) or SYN_RECV (server); 0 if unknown */
+	__u64 end_ns;         /* reached TCP_CLOSE */
+	__u64 cgroup_id;      /* cgroup v2 id of the socket's owner (= inode of its dir) */
+	__u64 bytes_sent;     /* payload bytes acked by the peer (SYN and FIN removed) */
+	__u64 bytes_received; /* payload bytes received in order (FIN removed) */
+	__u8 saddr[TCPCONN_ADDR_LEN]; /* local address */
+	__u8 daddr[TCPCONN_ADDR_LEN]; /* remote address */
+	__u32 connect_us;     /* SYN_SENT -> ESTABLISHED, clients only; 0 otherwise */
+	__u32 srtt_us;        /* smoothed RTT at close */
+	__u32 retrans_segs;   /* tcp_sock.total_retrans */
+	__u32 pid;            /* tgid of the owner; 0 if never seen in process context */
+	__u32 flags;          /* enum tcpconn_flag bits */
+	__u16 sport;          /* local port */
+	__u16 dport;          /* remote port */
+	__u16 family;         /* AF_INET (2) or AF_INET6 (10) */
+	__u8 role;            /* enum tcpconn_role */
+	__u8 oldstate;        /* TCP state the socket closed from (why it ended) */
+	__u8 _pad[4];
+	char comm[TCPCONN_COMM_LEN]; /* task comm matching pid */
+};
+
+#endif /* __TCPCONN_H */

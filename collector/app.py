@@ -1,0 +1,157 @@
+"""The collector's loop: ring buffer -> decode -> attribute -> record -> Kafka.
+
+Every event ends in exactly one counter: produced (then delivered / delivery_failed in the
+producer's counters), dropped_buffer_full, not_established, or decode_errors; the kernel's
+own losses (ring buffer full, untracked sockets, map full, recursion) are read from the
+program's counters map and logged on the same stats line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from collector.attribution import CgroupResolver
+from collector.events import DecodeStats, clock_offset_ns, decode_batch
+from collector.record import build_record, record_key
+from collector.ringbuf import RecordBatch
+from flowscope.codec import JsonCodec
+from flowscope.kafka import ProducerCounters
+from flowscope.records import RawTcpConnection
+
+log = logging.getLogger("collector")
+
+
+class Source(Protocol):
+    def wait(self, timeout_s: float) -> bool: ...
+    def read(self, max_records: int = ...) -> RecordBatch: ...
+    def kernel_counters(self) -> dict[str, int]: ...
+    def detach(self) -> None: ...
+
+
+class Sink(Protocol):
+    counters: ProducerCounters
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None) -> bool: ...
+
+    def poll(self, timeout_s: float = 0.0) -> None: ...
+    def flush(self, timeout_s: float = 10.0) -> int: ...
+    def in_flight(self) -> int: ...
+
+
+@dataclass
+class PipelineStats:
+    batches: int = 0
+    not_established: int = 0  # connects that failed or were reset before the handshake
+    produce_refused: int = 0  # produce() gave up (buffer full); also in producer counters
+
+
+class Collector:
+    """Runs the pipeline until told to stop; owns neither the source nor the sink."""
+
+    def __init__(
+        self,
+        source: Source,
+        sink: Sink,
+        resolver: CgroupResolver,
+        node_name: str,
+        topic: str,
+        max_batch: int = 8192,
+        poll_interval_s: float = 0.1,
+        stats_interval_s: float = 10.0,
+    ) -> None:
+        self._source = source
+        self._sink = sink
+        self._resolver = resolver
+        self._node = node_name
+        self._topic = topic
+        self._max_batch = max_batch
+        self._poll_interval_s = poll_interval_s
+        self._stats_interval_s = stats_interval_s
+        self._codec = JsonCodec(RawTcpConnection)
+        self._clock_offset = clock_offset_ns()
+        self.decode_stats = DecodeStats()
+        self.stats = PipelineStats()
+
+    def process(self, batch: RecordBatch) -> int:
+        """Decode, attribute and produce one batch. Returns records handed to the sink."""
+        self.stats.batches += 1
+        produced = 0
+        encode = self._codec.encode
+        for event in decode_batch(batch, self._clock_offset, self.decode_stats):
+            if not event.established:
+                self.stats.not_established += 1
+                continue
+            cgroup = self._resolver.resolve(event.cgroup_id)
+            record = build_record(event, cgroup, self._node)
+            if self._sink.produce(self._topic, encode(record), record_key(cgroup, self._node)):
+                produced += 1
+            else:
+                self.stats.produce_refused += 1
+        return produced
+
+    def drain(self) -> int:
+        """Process everything the ring buffer holds now."""
+        total = 0
+        while True:
+            batch = self._source.read(self._max_batch)
+            if not batch.data:
+                return total
+            total += self.process(batch)
+
+    def run(self, stop: threading.Event) -> None:
+        next_stats = time.monotonic() + self._stats_interval_s
+        full = False
+        while not stop.is_set():
+            if not full:
+                self._source.wait(self._poll_interval_s)
+            batch = self._source.read(self._max_batch)
+            full = len(batch.spans) >= self._max_batch
+            if batch.data:
+                self.process(batch)
+            self._sink.poll(0)
+            now = time.monotonic()
+            if now >= next_stats:
+                log.info("%s", self.stats_line())
+                self._clock_offset = clock_offset_ns()  # follow wall-clock steps
+                next_stats = now + self._stats_interval_s
+
+    def shutdown(self, flush_timeout_s: float) -> None:
+        """Detach first so nothing new arrives, then empty the ring buffer and flush."""
+        self._source.detach()
+        self.drain()
+        remaining = self._sink.flush(flush_timeout_s)
+        if remaining:
+            log.warning("%d records still undelivered after %.1fs", remaining, flush_timeout_s)
+        log.info("final %s", self.stats_line())
+
+    def counters(self) -> dict[str, int]:
+        values: dict[str, int] = {
+            "events": self.decode_stats.decoded,
+            "decode_errors": self.decode_stats.decode_errors,
+            "discarded": self.decode_stats.discarded,
+            "not_established": self.stats.not_established,
+            "cgroup_misses": self._resolver.stats.misses,
+            "cgroup_walks": self._resolver.stats.walks,
+        }
+        try:
+            kernel = self._source.kernel_counters()
+        except Exception as exc:  # stats must not stop the pipeline
+            log.warning("cannot read kernel counters: %s", exc)
+            kernel = {}
+        values.update({f"kernel_{k}": v for k, v in kernel.items()})
+        c = self._sink.counters
+        values.update(
+            produced=c.produced,
+            delivered=c.delivered,
+            delivery_failed=c.delivery_failed,
+            dropped_buffer_full=c.dropped_buffer_full,
+            in_flight=self._sink.in_flight(),
+        )
+        return values
+
+    def stats_line(self) -> str:
+        return "stats " + " ".join(f"{k}={v}" for k, v in self.counters().items())

@@ -1,0 +1,335 @@
+"""The only module that calls libbpf: ctypes over the system's ``libbpf.so.1``.
+
+Why ctypes over the system library rather than a binding: the maintained Python bindings
+either wrap BCC (which compiles C at run time and needs kernel headers) or must be built
+against libbpf; the collector needs about fifteen functions of libbpf's stable 1.x ABI, and
+Debian's ``libbpf1`` is the same library that bpftool and the Makefile use. Nothing to build.
+
+Every failure raises :class:`BpfError` with the errno text, the step that failed, a hint
+naming the missing feature, and the tail of libbpf's own log (the verifier log on a load
+failure).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import platform
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from collector.errors import CollectorError
+
+log = logging.getLogger("collector.libbpf")
+
+LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
+KERNEL_BTF = Path("/sys/kernel/btf/vmlinux")
+
+# struct bpf_prog_info (UAPI, append-only): id at offset 4, recursion_misses at 208 (since
+# 5.12); 232 bytes is the size libbpf 1.1's headers know. The kernel fills what it has.
+_PROG_INFO_SIZE = 232
+_PROG_INFO_ID = 4
+_PROG_INFO_RECURSION_MISSES = 208
+
+# enum libbpf_print_level
+_LIBBPF_WARN, _LIBBPF_INFO, _LIBBPF_DEBUG = 0, 1, 2
+
+
+class BpfError(CollectorError):
+    """A BPF object could not be opened, loaded, attached or read."""
+
+
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+class _Lib:
+    """Prototypes of the libbpf functions we use, declared once."""
+
+    def __init__(self) -> None:
+        self.lib = _load_libbpf()
+        lib = self.lib
+        vp, cp, ci = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+        for name, res, args in (
+            ("bpf_object__open_file", vp, [cp, vp]),
+            ("bpf_object__load", ci, [vp]),
+            ("bpf_object__close", None, [vp]),
+            ("bpf_object__next_program", vp, [vp, vp]),
+            ("bpf_object__find_map_by_name", vp, [vp, cp]),
+            ("bpf_program__name", cp, [vp]),
+            ("bpf_program__fd", ci, [vp]),
+            ("bpf_program__attach", vp, [vp]),
+            ("bpf_link__destroy", ci, [vp]),
+            ("bpf_map__fd", ci, [vp]),
+            ("bpf_map__max_entries", ctypes.c_uint32, [vp]),
+            ("bpf_map__set_max_entries", ci, [vp, ctypes.c_uint32]),
+            ("bpf_map_lookup_elem", ci, [ci, vp, vp]),
+            ("bpf_obj_get_info_by_fd", ci, [ci, vp, ctypes.POINTER(ctypes.c_uint32)]),
+            ("libbpf_num_possible_cpus", ci, []),
+            ("libbpf_set_print", vp, [_PRINT_FN]),
+            ("libbpf_strerror", ci, [ci, cp, ctypes.c_size_t]),
+        ):
+            fn = getattr(lib, name)
+            fn.restype = res
+            fn.argtypes = args
+        self.log_tail: deque[str] = deque(maxlen=60)
+        self._printer = _PRINT_FN(self._on_print)  # kept referenced: libbpf holds a pointer
+        self._vsnprintf = _vsnprintf()
+        lib.libbpf_set_print(self._printer)
+
+    def _on_print(self, level: int, fmt: bytes | None, args: int | None) -> int:
+        text = self._format(fmt, args)
+        if level <= _LIBBPF_INFO:
+            for line in text.rstrip("\n").splitlines():
+                self.log_tail.append(line)
+        log.debug("libbpf: %s", text.rstrip("\n"))
+        return 0
+
+    def _format(self, fmt: bytes | None, args: int | None) -> str:
+        if fmt is None:
+            return ""
+        if self._vsnprintf is None:
+            return fmt.decode(errors="replace")
+        buf = ctypes.create_string_buffer(4096)
+        self._vsnprintf(buf, len(buf), fmt, args)
+        return buf.value.decode(errors="replace")
+
+
+def _load_libbpf() -> ctypes.CDLL:
+    names = list(LIBBPF_NAMES)
+    found = ctypes.util.find_library("bpf")
+    if found:
+        names.append(found)
+    for name in names:
+        try:
+            return ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            continue
+    raise BpfError("libbpf.so.1 not found: install the libbpf1 package (apt-get install libbpf1)")
+
+
+def _vsnprintf() -> Callable[..., int] | None:
+    # libbpf hands its print callback a va_list. On x86-64 a va_list argument is a pointer,
+    # so libc's vsnprintf can format it; elsewhere we keep the unformatted text.
+    if platform.machine() != "x86_64":
+        return None
+    libc = ctypes.CDLL(None)
+    fn = libc.vsnprintf
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+    return fn
+
+
+_lib: _Lib | None = None
+
+
+def _libbpf() -> _Lib:
+    global _lib
+    if _lib is None:
+        _lib = _Lib()
+    return _lib
+
+
+def _failure(step: str, err: int, hint: str | None = None) -> BpfError:
+    lib = _libbpf()
+    name = errno.errorcode.get(err, f"libbpf error {err}")
+    # libbpf_strerror also knows libbpf's own codes (4000 and up: bad ELF, relocation...).
+    text = ctypes.create_string_buffer(256)
+    if lib.lib.libbpf_strerror(err, text, len(text)) == 0 and text.value:
+        message = text.value.decode(errors="replace")
+    else:
+        message = os.strerror(err)
+    parts = [f"{step}: {message} ({name})"]
+    if hint:
+        parts.append(hint)
+    if lib.log_tail:
+        parts.append("libbpf said:\n  " + "\n  ".join(lib.log_tail))
+    lib.log_tail.clear()
+    return BpfError("\n".join(parts))
+
+
+def _load_hint(err: int) -> str | None:
+    if err == errno.EPERM:
+        return (
+            "loading BPF programs needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) and a "
+            "kernel not locked down against BPF"
+        )
+    if err in (errno.ESRCH, errno.ENOENT) and not KERNEL_BTF.exists():
+        return f"{KERNEL_BTF} is missing: CO-RE needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    if err == errno.EINVAL:
+        return "the verifier rejected the program (log below) or a map type is not supported"
+    return None
+
+
+def _attach_hint(section_prog: str, err: int, tracefs: Path) -> str | None:
+    if err == errno.ENOENT:
+        return (
+            f"program {section_prog}: the tracepoint was not found. Is tracefs mounted at "
+            f"{tracefs}? (mount -t tracefs tracefs {tracefs}; the collector does this when "
+            "allowed) Otherwise this kernel lacks the tracepoint."
+        )
+    if err in (errno.EPERM, errno.EACCES):
+        return f"program {section_prog}: attaching needs root (CAP_PERFMON, CAP_SYS_ADMIN)"
+    if err == errno.EOPNOTSUPP:
+        return f"program {section_prog}: this kernel does not support this attach type"
+    return None
+
+
+class BpfObject:
+    """One loaded BPF object file with all its programs attached.
+
+    Use as a context manager, or call :meth:`close`: it detaches every program and frees
+    every map, also after a partial failure.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        map_max_entries: dict[str, int] | None = None,
+        tracefs: Path = Path("/sys/kernel/tracing"),
+    ) -> None:
+        self._lib = _libbpf()
+        self._obj: int | None = None
+        self._links: list[int] = []
+        self._tracefs = tracefs
+        if not path.is_file():
+            raise BpfError(f"BPF object {path} not found: build it with `make -C bpf`")
+        self._lib.log_tail.clear()
+        obj = self._lib.lib.bpf_object__open_file(str(path).encode(), None)
+        if not obj:
+            raise _failure(f"opening {path}", ctypes.get_errno())
+        self._obj = obj
+        try:
+            for name, entries in (map_max_entries or {}).items():
+                rc = self._lib.lib.bpf_map__set_max_entries(self._map(name), entries)
+                if rc < 0:
+                    raise _failure(f"sizing map {name} to {entries}", -rc)
+            rc = self._lib.lib.bpf_object__load(obj)
+            if rc < 0:
+                raise _failure(f"loading {path}", -rc, _load_hint(-rc))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _require(self) -> int:
+        if self._obj is None:
+            raise BpfError("BPF object is closed")
+        return self._obj
+
+    def _programs(self) -> list[int]:
+        obj = self._require()
+        progs: list[int] = []
+        prog = self._lib.lib.bpf_object__next_program(obj, None)
+        while prog:
+            progs.append(prog)
+            prog = self._lib.lib.bpf_object__next_program(obj, prog)
+        return progs
+
+    def _map(self, name: str) -> int:
+        found = self._lib.lib.bpf_object__find_map_by_name(self._require(), name.encode())
+        if not found:
+            raise BpfError(f"map {name!r} is not in the BPF object (wrong object file?)")
+        return int(found)
+
+    def program_names(self) -> list[str]:
+        return [(self._lib.lib.bpf_program__name(p) or b"?").decode() for p in self._programs()]
+
+    def attach_all(self) -> None:
+        """Attach every program as its ELF section says (auto-attach)."""
+        try:
+            for prog in self._programs():
+                name = (self._lib.lib.bpf_program__name(prog) or b"?").decode()
+                link = self._lib.lib.bpf_program__attach(prog)
+                if not link:
+                    err = ctypes.get_errno()
+                    raise _failure(f"attaching {name}", err, _attach_hint(name, err, self._tracefs))
+                self._links.append(link)
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        while self._links:
+            self._lib.lib.bpf_link__destroy(self._links.pop())
+
+    def close(self) -> None:
+        self.detach()
+        if self._obj is not None:
+            self._lib.lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    @property
+    def closed(self) -> bool:
+        return self._obj is None
+
+    def map_fd(self, name: str) -> int:
+        fd = int(self._lib.lib.bpf_map__fd(self._map(name)))
+        if fd < 0:
+            raise BpfError(f"map {name!r} has no file descriptor (object not loaded?)")
+        return fd
+
+    def map_max_entries(self, name: str) -> int:
+        return int(self._lib.lib.bpf_map__max_entries(self._map(name)))
+
+    def percpu_u64_sums(self, name: str, count: int) -> list[int]:
+        """Sum a per-CPU array of u64 over CPUs, for indexes 0..count-1."""
+        fd = self.map_fd(name)
+        cpus = int(self._lib.lib.libbpf_num_possible_cpus())
+        if cpus <= 0:
+            raise _failure("counting possible CPUs", -cpus)
+        values = (ctypes.c_uint64 * cpus)()
+        sums: list[int] = []
+        for index in range(count):
+            key = ctypes.c_uint32(index)
+            rc = self._lib.lib.bpf_map_lookup_elem(fd, ctypes.byref(key), values)
+            if rc < 0:
+                raise _failure(f"reading {name}[{index}]", ctypes.get_errno())
+            sums.append(sum(values))
+        return sums
+
+    def _prog_info(self, prog: int) -> bytes | None:
+        fd = int(self._lib.lib.bpf_program__fd(prog))
+        if fd < 0:
+            return None
+        info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+        size = ctypes.c_uint32(_PROG_INFO_SIZE)
+        if self._lib.lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) < 0:
+            raise _failure("reading program info", ctypes.get_errno())
+        return info.raw[: size.value]
+
+    def program_ids(self) -> list[int]:
+        """Kernel ids of the loaded programs (as ``bpftool prog show id`` takes them)."""
+        ids: list[int] = []
+        for prog in self._programs():
+            info = self._prog_info(prog)
+            if info is not None:
+                ids.append(int.from_bytes(info[_PROG_INFO_ID : _PROG_INFO_ID + 4], "little"))
+        return ids
+
+    def recursion_misses(self) -> int:
+        """Runs the kernel skipped because a BPF program was already running on that CPU.
+
+        These are events lost before our program ran: no counter of ours can see them.
+        """
+        total = 0
+        end = _PROG_INFO_RECURSION_MISSES + 8
+        for prog in self._programs():
+            info = self._prog_info(prog)
+            if info is not None and len(info) >= end:
+                total += int.from_bytes(info[_PROG_INFO_RECURSION_MISSES:end], "little")
+        return total

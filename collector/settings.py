@@ -1,0 +1,260 @@
+"""The collector's settings: one frozen object, built once in ``__main__`` from the command
+line, with defaults from ``FLOWSCOPE_*`` environment variables (passed in, never read here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from collector.errors import CollectorError
+from flowscope.topics import DEFAULT_PREFIX, Topics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BPF_OBJECT = REPO_ROOT / "bpf" / ".output" / "tcpconn.bpf.o"
+HYBRID_CGROUP2 = Path("/sys/fs/cgroup/unified")
+UNIFIED_CGROUP2 = Path("/sys/fs/cgroup")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+ENV = {
+    "bootstrap_servers": "FLOWSCOPE_BOOTSTRAP_SERVERS",
+    "topic_prefix": "FLOWSCOPE_TOPIC_PREFIX",
+    "node_name": "FLOWSCOPE_NODE_NAME",
+    "cgroup_root": "FLOWSCOPE_CGROUP_ROOT",
+    "bpf_object": "FLOWSCOPE_BPF_OBJECT",
+    "ringbuf_bytes": "FLOWSCOPE_COLLECTOR_RINGBUF_BYTES",
+    "poll_interval_s": "FLOWSCOPE_COLLECTOR_POLL_INTERVAL_S",
+    "max_batch": "FLOWSCOPE_COLLECTOR_MAX_BATCH",
+    "stats_interval_s": "FLOWSCOPE_COLLECTOR_STATS_INTERVAL_S",
+    "flush_timeout_s": "FLOWSCOPE_COLLECTOR_FLUSH_TIMEOUT_S",
+    "tracefs": "FLOWSCOPE_TRACEFS",
+    "mount_tracefs": "FLOWSCOPE_COLLECTOR_MOUNT_TRACEFS",
+    "kafka_options": "FLOWSCOPE_COLLECTOR_KAFKA_OPTIONS",
+    "log_level": "FLOWSCOPE_LOG_LEVEL",
+}
+
+
+class SettingsError(CollectorError):
+    """A setting has a value the collector cannot use."""
+
+
+def default_cgroup_root() -> Path:
+    """The cgroup v2 mount: ``/sys/fs/cgroup/unified`` on hybrid hosts, else ``/sys/fs/cgroup``."""
+    if (HYBRID_CGROUP2 / "cgroup.controllers").is_file():
+        return HYBRID_CGROUP2
+    return UNIFIED_CGROUP2
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = DEFAULT_PREFIX
+    node_name: str = field(default_factory=socket.gethostname)
+    cgroup_root: Path = field(default_factory=default_cgroup_root)
+    bpf_object: Path = DEFAULT_BPF_OBJECT
+    # 4 MiB holds ~32k events of 128 bytes: a second and a half of 20k connections/s (two
+    # ends each) if the collector stalls, and costs 4 MiB of locked kernel memory.
+    ringbuf_bytes: int = 4 << 20
+    poll_interval_s: float = 0.1  # longest wait on the ring buffer before serving Kafka
+    max_batch: int = 8192  # records taken from the ring buffer per read
+    stats_interval_s: float = 10.0
+    flush_timeout_s: float = 10.0
+    tracefs: Path = Path("/sys/kernel/tracing")
+    mount_tracefs: bool = True
+    kafka_options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        page = mmap.PAGESIZE
+        size = self.ringbuf_bytes
+        if size < page or size & (size - 1):
+            raise SettingsError(
+                f"ringbuf_bytes: {size} must be a power of 2 and at least one page ({page}), "
+                "e.g. 1048576, 4194304, 16777216"
+            )
+        for name in ("poll_interval_s", "stats_interval_s", "flush_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.max_batch <= 0:
+            raise SettingsError(f"max_batch: must be > 0, got {self.max_batch}")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"log_level: {self.log_level!r}, valid: {', '.join(LOG_LEVELS)}")
+        if not self.node_name:
+            raise SettingsError("node_name: must not be empty")
+        if not (self.cgroup_root / "cgroup.controllers").is_file():
+            raise SettingsError(
+                f"cgroup_root: {self.cgroup_root} is not a cgroup v2 mount (no "
+                f"cgroup.controllers); valid: {HYBRID_CGROUP2} on hybrid hosts, "
+                f"{UNIFIED_CGROUP2} on unified ones"
+            )
+        # A caller's dict must not change under us: keep a read-only copy.
+        object.__setattr__(self, "kafka_options", MappingProxyType(dict(self.kafka_options)))
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(prefix=self.topic_prefix)
+
+
+def parse_kafka_options(items: Sequence[str]) -> dict[str, str]:
+    """``["key=value", ...]`` -> dict, failing on an item without ``=``."""
+    options: dict[str, str] = {}
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"kafka option {item!r}: expected KEY=VALUE (librdkafka name)")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: valid values are true/false, 1/0, yes/no")
+
+
+def _number(kind: type[int] | type[float], what: str) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}: {text!r} is not a number") from None
+
+    return parse
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    d = Settings.__dataclass_fields__
+
+    def default(name: str) -> object:
+        if ENV[name] in env:
+            return env[ENV[name]]
+        spec = d[name]
+        return spec.default_factory() if callable(spec.default_factory) else spec.default
+
+    def env_help(name: str, text: str) -> str:
+        return f"{text} (env {ENV[name]}; default %(default)s)"
+
+    p = argparse.ArgumentParser(
+        prog="python -m collector",
+        description="flowscope node collector: loads bpf/tcpconn.bpf.o, reads one event per "
+        "finished TCP connection end from the kernel, names the local pod by the socket's "
+        "cgroup, and produces flowscope.records.RawTcpConnection records (JSON) to "
+        "<prefix>.raw.tcp. Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN).",
+    )
+    p.add_argument(
+        "--bootstrap-servers",
+        default=default("bootstrap_servers"),
+        help=env_help("bootstrap_servers", "Kafka bootstrap servers"),
+    )
+    p.add_argument(
+        "--topic-prefix",
+        default=default("topic_prefix"),
+        help=env_help("topic_prefix", "prefix of every topic; records go to <prefix>.raw.tcp"),
+    )
+    p.add_argument(
+        "--node-name",
+        default=default("node_name"),
+        help=env_help(
+            "node_name",
+            "this node's name, put on every record and used as the key of host-process records",
+        ),
+    )
+    p.add_argument(
+        "--cgroup-root",
+        type=Path,
+        default=default("cgroup_root"),
+        help=env_help("cgroup_root", "cgroup v2 mount whose tree names the pods"),
+    )
+    p.add_argument(
+        "--bpf-object",
+        type=Path,
+        default=default("bpf_object"),
+        help=env_help("bpf_object", "compiled BPF object (make -C bpf builds it)"),
+    )
+    p.add_argument(
+        "--ringbuf-bytes",
+        type=_number(int, "--ringbuf-bytes"),
+        default=default("ringbuf_bytes"),
+        help=env_help(
+            "ringbuf_bytes",
+            "kernel ring buffer size, a power of 2; "
+            "events that do not fit are counted as lost_ringbuf",
+        ),
+    )
+    p.add_argument(
+        "--poll-interval-s",
+        type=_number(float, "--poll-interval-s"),
+        default=default("poll_interval_s"),
+        help=env_help(
+            "poll_interval_s",
+            "longest wait for kernel events before serving Kafka callbacks and stats",
+        ),
+    )
+    p.add_argument(
+        "--max-batch",
+        type=_number(int, "--max-batch"),
+        default=default("max_batch"),
+        help=env_help("max_batch", "most events decoded per ring buffer read"),
+    )
+    p.add_argument(
+        "--stats-interval-s",
+        type=_number(float, "--stats-interval-s"),
+        default=default("stats_interval_s"),
+        help=env_help("stats_interval_s", "seconds between counter log lines"),
+    )
+    p.add_argument(
+        "--flush-timeout-s",
+        type=_number(float, "--flush-timeout-s"),
+        default=default("flush_timeout_s"),
+        help=env_help("flush_timeout_s", "how long shutdown waits for Kafka deliveries"),
+    )
+    p.add_argument(
+        "--tracefs",
+        type=Path,
+        default=default("tracefs"),
+        help=env_help("tracefs", "where tracefs is (or gets) mounted"),
+    )
+    p.add_argument(
+        "--mount-tracefs",
+        type=_bool,
+        default=default("mount_tracefs"),
+        help=env_help("mount_tracefs", "mount tracefs when it is missing (true/false)"),
+    )
+    p.add_argument(
+        "--kafka-option",
+        dest="kafka_option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"librdkafka producer setting, repeatable, applied over flowscope's "
+        f"defaults (env {ENV['kafka_options']}: KEY=VALUE items separated by ';')",
+    )
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=default("log_level"),
+        help=env_help("log_level", "log level"),
+    )
+    return p
+
+
+def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
+    """Settings from the command line over the environment. Raises SettingsError."""
+    args = build_parser(env).parse_args(argv)
+    options = parse_kafka_options(env.get(ENV["kafka_options"], "").split(";"))
+    options.update(parse_kafka_options(args.kafka_option))
+    values = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__}
+    values["kafka_options"] = options
+    return Settings(**values)

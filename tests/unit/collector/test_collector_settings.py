@@ -1,0 +1,92 @@
+"""Settings: CLI over FLOWSCOPE_* environment over defaults; bad values fail at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collector.settings import ENV, Settings, SettingsError, build_parser, parse_settings
+
+
+@pytest.fixture
+def cgroup_root(tmp_path: Path) -> Path:
+    (tmp_path / "cgroup.controllers").write_text("")
+    return tmp_path
+
+
+def test_environment_then_command_line(cgroup_root: Path) -> None:
+    env = {
+        "FLOWSCOPE_BOOTSTRAP_SERVERS": "kafka:9092",
+        "FLOWSCOPE_TOPIC_PREFIX": "envprefix",
+        "FLOWSCOPE_NODE_NAME": "node-a",
+        "FLOWSCOPE_CGROUP_ROOT": str(cgroup_root),
+        "FLOWSCOPE_COLLECTOR_RINGBUF_BYTES": "1048576",
+        "FLOWSCOPE_COLLECTOR_MOUNT_TRACEFS": "false",
+        "FLOWSCOPE_COLLECTOR_KAFKA_OPTIONS": "linger.ms=5; compression.type=zstd",
+    }
+    s = parse_settings(["--topic-prefix", "cli", "--kafka-option", "linger.ms=50"], env)
+    assert s.bootstrap_servers == "kafka:9092"
+    assert s.topic_prefix == "cli"
+    assert s.topics.raw_tcp == "cli.raw.tcp"
+    assert s.node_name == "node-a"
+    assert s.cgroup_root == cgroup_root
+    assert s.ringbuf_bytes == 1 << 20
+    assert s.mount_tracefs is False
+    assert dict(s.kafka_options) == {"linger.ms": "50", "compression.type": "zstd"}
+
+
+def test_defaults(cgroup_root: Path) -> None:
+    s = parse_settings(["--cgroup-root", str(cgroup_root)], {})
+    assert s.bootstrap_servers == "127.0.0.1:9092"
+    assert s.topics.raw_tcp == "flowscope.raw.tcp"
+    assert s.ringbuf_bytes == 4 << 20
+    assert s.bpf_object.name == "tcpconn.bpf.o"
+    assert s.mount_tracefs is True
+    assert dict(s.kafka_options) == {}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--ringbuf-bytes", "3000"], "power of 2"),
+        (["--poll-interval-s", "0"], "poll_interval_s"),
+        (["--max-batch", "-1"], "max_batch"),
+        (["--kafka-option", "novalue"], "KEY=VALUE"),
+    ],
+)
+def test_invalid_values_fail_naming_the_setting(
+    cgroup_root: Path, argv: list[str], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message):
+        parse_settings(["--cgroup-root", str(cgroup_root), *argv], {})
+
+
+def test_a_directory_that_is_not_cgroup_v2_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="not a cgroup v2 mount"):
+        parse_settings(["--cgroup-root", str(tmp_path)], {})
+
+
+def test_bad_environment_value_exits_with_usage(
+    cgroup_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(
+            ["--cgroup-root", str(cgroup_root)], {"FLOWSCOPE_COLLECTOR_MOUNT_TRACEFS": "maybe"}
+        )
+    assert "true/false" in capsys.readouterr().err
+
+
+def test_kafka_options_are_a_read_only_copy(cgroup_root: Path) -> None:
+    s = parse_settings(["--cgroup-root", str(cgroup_root), "--kafka-option", "acks=1"], {})
+    with pytest.raises(TypeError):
+        s.kafka_options["acks"] = "all"  # type: ignore[index]
+
+
+def test_help_documents_every_setting_and_its_variable() -> None:
+    text = build_parser({}).format_help()
+    for name, variable in ENV.items():
+        option = "--kafka-option" if name == "kafka_options" else "--" + name.replace("_", "-")
+        assert variable in text, variable
+        assert option in text, option
+    assert set(ENV) == set(Settings.__dataclass_fields__)  # no setting without a variable
