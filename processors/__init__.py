@@ -1,0 +1,1 @@
+"""Stream processors: faust-streaming apps that turn enriched records into windowed metrics."""

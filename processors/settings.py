@@ -1,0 +1,80 @@
+"""The processors' settings: one frozen object, built once in ``__main__``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the valid ones."""
+
+
+@dataclass(frozen=True)
+class ProcessorSettings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = "flowscope"
+    window_s: float = 10.0
+    grace_s: float = 5.0
+    # How far the watermark may trail wall-clock time when the stream is quiet or uniformly
+    # behind (see processors.pairs.Watermark).
+    idle_allowance_s: float = 10.0
+    # Also the Kafka consumer group: workers with the same id share the partitions.
+    app_id: str = "flowscope-tcp-pairs"
+    web_port: int = 0  # 0 disables faust's web server (several workers share one machine)
+    state_dir: Path = Path(".state")
+    close_interval_s: float = 1.0
+    log_interval_s: float = 10.0
+    sketch_alpha: float = 0.01
+    # After SIGTERM/SIGINT, exit hard if faust has not stopped by then (see app._Worker).
+    shutdown_timeout_s: float = 15.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers.strip():
+            raise SettingsError("bootstrap servers must be host:port[,host:port...]")
+        if not self.topic_prefix or not _APP_ID.match(self.topic_prefix):
+            raise SettingsError(
+                f"topic prefix {self.topic_prefix!r}: use letters, digits, '.', '_' or '-'"
+            )
+        if not _APP_ID.match(self.app_id):
+            raise SettingsError(f"app id {self.app_id!r}: use letters, digits, '.', '_' or '-'")
+        if not self.window_s > 0:
+            raise SettingsError(f"window must be > 0 seconds, got {self.window_s}")
+        if not self.grace_s >= 0:
+            raise SettingsError(f"grace must be >= 0 seconds, got {self.grace_s}")
+        if not self.idle_allowance_s >= 0:
+            raise SettingsError(f"idle allowance must be >= 0 seconds, got {self.idle_allowance_s}")
+        if not 0 <= self.web_port <= 65535:
+            raise SettingsError(f"web port must be 0 (disabled) or 1-65535, got {self.web_port}")
+        if not self.close_interval_s > 0 or not self.log_interval_s > 0:
+            raise SettingsError("close and log intervals must be > 0 seconds")
+        if not self.shutdown_timeout_s > 0:
+            raise SettingsError(f"shutdown timeout must be > 0 s, got {self.shutdown_timeout_s}")
+        if not 0 < self.sketch_alpha < 1:
+            raise SettingsError(f"sketch alpha must be in (0, 1), got {self.sketch_alpha}")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(
+                f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+            )
+
+    @property
+    def window_ns(self) -> int:
+        return round(self.window_s * 1e9)
+
+    @property
+    def grace_ns(self) -> int:
+        return round(self.grace_s * 1e9)
+
+    @property
+    def idle_allowance_ns(self) -> int:
+        return round(self.idle_allowance_s * 1e9)
+
+    @property
+    def data_dir(self) -> Path:
+        """faust's data dir; one per app id so that workers on one machine never collide."""
+        return self.state_dir / "processors" / self.app_id

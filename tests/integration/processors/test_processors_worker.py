@@ -1,0 +1,338 @@
+"""The faust worker against the real broker: known enriched records in, exact metrics out.
+
+The worker runs as a subprocess (``python -m processors worker``) with 2 s windows and 1 s
+grace. Records are dated in windows that start in the near future, so that none of them can be
+late however slow the machine is, and the windows close a few seconds later by wall clock.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from flowscope.codec import JsonCodec
+from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics
+from flowscope.records import (
+    DeadLetter,
+    Endpoint,
+    EnrichedTcpConnection,
+    Role,
+    TcpPairMetric,
+)
+from flowscope.topics import Topics
+from processors.sketch import QuantileSketch
+
+REPO = Path(__file__).resolve().parents[3]
+S = 1_000_000_000
+WINDOW_S = 2
+WINDOW = WINDOW_S * S
+ALPHA = 0.01
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+    stdout_path: Path
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.log())
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                pytest.fail(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        pytest.fail(f"worker log never matched /{pattern}/ in {timeout_s}s:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM; SIGKILL of its process group if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def worker(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Worker]:
+    extra_args: list[str] = getattr(request, "param", [])
+    # Two partitions: one worker must still publish one record per pair and window.
+    ensure_topics(
+        kafka_bootstrap,
+        [
+            TopicSpec(topics.enriched_tcp, partitions=2),
+            TopicSpec(topics.metrics_tcp_pairs),
+            TopicSpec(topics.deadletter),
+        ],
+    )
+    stderr_path, stdout_path = tmp_path / "worker.stderr", tmp_path / "worker.stdout"
+    argv = [
+        sys.executable, "-m", "processors", "worker",
+        "--bootstrap-servers", kafka_bootstrap,
+        "--topic-prefix", topics.prefix,
+        "--app-id", f"test-tcp-pairs-{uuid.uuid4().hex[:8]}",
+        "--state-dir", str(tmp_path / "state"),
+        "--window-seconds", str(WINDOW_S),
+        "--grace-seconds", "1",
+        "--idle-allowance-seconds", "1",
+        "--log-interval-seconds", "2",
+        *extra_args,
+    ]  # fmt: skip
+    with stderr_path.open("wb") as err, stdout_path.open("wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdout=out,
+            stderr=err,
+            env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+    w = Worker(proc, stderr_path, stdout_path)
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def endpoint(workload: str | None, zone: str | None, address: str) -> Endpoint:
+    if workload is None:
+        return Endpoint(address=address, port=40000, attribution="external")
+    return Endpoint(
+        address=address,
+        port=8080,
+        attribution="pod",
+        namespace="shop",
+        workload_kind="Deployment",
+        workload_name=workload,
+        deployment=workload,
+        zone=zone,
+    )
+
+
+def connection(
+    end_ns: int,
+    role: Role,
+    client_observed: bool,
+    client: Endpoint,
+    server: Endpoint,
+    c2s: int,
+    s2c: int,
+    latency_us: int | None,
+    peer_class: str,
+) -> EnrichedTcpConnection:
+    return EnrichedTcpConnection(
+        start_time_ns=end_ns - 5_000_000,
+        end_time_ns=end_ns,
+        observer_node="node-a" if role == "client" else "node-b",
+        observer_role=role,
+        client_observed=client_observed,
+        network_type="ipv4",
+        client=client,
+        server=server,
+        bytes_client_to_server=c2s,
+        bytes_server_to_client=s2c,
+        connect_latency_us=latency_us,
+        srtt_us=120,
+        retrans_segs=0,
+        peer_class=peer_class,  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class Truth:
+    connections: int = 0
+    c2s: int = 0
+    s2c: int = 0
+
+    def __post_init__(self) -> None:
+        self.latencies: list[int] = []
+
+
+def consume_all(consumer: Consumer, want: int, timeout_s: float, worker: Worker) -> list[bytes]:
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(values) < want:
+        if worker.proc.poll() is not None:
+            pytest.fail(f"worker exited with {worker.proc.returncode}:\n{worker.log()[-4000:]}")
+        for msg in consumer.consume(num_messages=100, timeout=0.5):
+            assert msg.error() is None, msg.error()
+            value = msg.value()
+            assert value is not None
+            values.append(value)
+    return values
+
+
+def new_consumer(bootstrap: str, topic: str) -> Consumer:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    return consumer
+
+
+def exact_quantile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[math.floor(q * (len(ordered) - 1))]
+
+
+def test_worker_publishes_exact_pair_metrics_once_per_window(
+    worker: Worker, kafka_bootstrap: str, topics: Topics
+) -> None:
+    worker.wait_for_log(r"processor ready", timeout_s=90)
+    rng = random.Random(2024)
+
+    # Two windows that start at least 1 s from now: no record can be late on a slow machine.
+    now = time.time_ns()
+    w1 = (now + S) - (now + S) % WINDOW + WINDOW
+    w2 = w1 + WINDOW
+    web = endpoint("web", "zone-a", "10.1.0.5")
+    db = endpoint("db", "zone-b", "10.2.0.7")
+    outsider = endpoint(None, None, "203.0.113.9")
+    web_key, db_key = "shop/Deployment/web", "shop/Deployment/db"
+    outsider_key = "external/203.0.113.9"
+
+    records: list[EnrichedTcpConnection] = []
+    truth: dict[tuple[int, str, str], Truth] = {}
+    # web -> db: both ends observed; each connection reported twice, counted once.
+    # Event times include both boundaries of each window.
+    ends = [w1, w1 + WINDOW - 1, w2, w2 + WINDOW - 1]
+    ends += [rng.randrange(w1, w2 + WINDOW) for _ in range(296)]
+    for end in ends:
+        c2s, s2c = rng.randrange(0, 50_000), rng.randrange(0, 500_000)
+        latency = rng.randrange(80, 20_000)
+        t = truth.setdefault((end - end % WINDOW, web_key, db_key), Truth())
+        t.connections += 1
+        t.c2s += c2s
+        t.s2c += s2c
+        t.latencies.append(latency)
+        records.append(connection(end, "client", True, web, db, c2s, s2c, latency, "cross_zone"))
+        records.append(connection(end, "server", True, web, db, c2s, s2c, None, "cross_zone"))
+    # outsider -> db: only the server end has a collector, so its records count.
+    for end in [w1 + 1, w1 + 2, w2 + 3]:
+        t = truth.setdefault((end - end % WINDOW, outsider_key, db_key), Truth())
+        t.connections += 1
+        t.c2s += 10
+        t.s2c += 20
+        records.append(connection(end, "server", False, outsider, db, 10, 20, None, "internet"))
+    rng.shuffle(records)
+
+    codec = JsonCodec(EnrichedTcpConnection)
+    producer = RecordProducer(kafka_bootstrap)
+    for i, r in enumerate(records):
+        producer.produce(topics.enriched_tcp, codec.encode(r), key=str(i % 7))
+    producer.produce(topics.enriched_tcp, b'{"not": "an enriched record"', key=b"bad")
+    assert producer.flush(15) == 0
+    assert producer.counters.delivered == len(records) + 1
+
+    metrics_consumer = new_consumer(kafka_bootstrap, topics.metrics_tcp_pairs)
+    metric_codec = JsonCodec(TcpPairMetric)
+    try:
+        raw = consume_all(metrics_consumer, want=len(truth), timeout_s=60, worker=worker)
+        metrics = [metric_codec.decode(v) for v in raw]
+        got = {(m.window_start_ns, m.client_workload, m.server_workload): m for m in metrics}
+        assert len(metrics) == len(got) == len(truth), "one record per pair per window"
+        assert set(got) == set(truth)
+        for key, t in truth.items():
+            m = got[key]
+            assert m.window_end_ns == m.window_start_ns + WINDOW
+            assert (m.connections, m.bytes_client_to_server, m.bytes_server_to_client) == (
+                t.connections,
+                t.c2s,
+                t.s2c,
+            ), key
+            if key[1] == web_key:
+                assert (m.client_zones, m.server_zones) == (["zone-a"], ["zone-b"])
+                assert m.peer_classes == ["cross_zone"]
+                assert m.client_namespace == m.server_namespace == "shop"
+                for q, value in ((0.5, m.connect_latency_p50_us), (0.99, m.connect_latency_p99_us)):
+                    want = exact_quantile(t.latencies, q)
+                    assert value is not None
+                    assert abs(value - want) <= ALPHA * want * (1 + 1e-9), (key, q, value, want)
+                assert m.connect_latency_sketch is not None
+                sketch = QuantileSketch.from_dict(m.connect_latency_sketch)
+                assert sketch.count == t.connections
+            else:
+                assert (m.client_zones, m.server_zones) == ([], ["zone-b"])
+                assert m.peer_classes == ["internet"]
+                assert m.connect_latency_p50_us is None and m.connect_latency_sketch is None
+
+        # A record for the first window after it was published: counted late, never
+        # republished. Wait for two more close ticks to prove nothing else comes out.
+        late = connection(w1 + 5, "client", True, web, db, 1, 1, 100, "cross_zone")
+        producer.produce(topics.enriched_tcp, codec.encode(late), key=b"late")
+        assert producer.flush(15) == 0
+        worker.wait_for_log(r"late record dropped", timeout_s=30)
+        extra = consume_all(metrics_consumer, want=1, timeout_s=4, worker=worker)
+        assert extra == [], [metric_codec.decode(v) for v in extra]
+    finally:
+        metrics_consumer.close()
+
+    dead_consumer = new_consumer(kafka_bootstrap, topics.deadletter)
+    try:
+        dead = [JsonCodec(DeadLetter).decode(v) for v in consume_all(dead_consumer, 1, 30, worker)]
+    finally:
+        dead_consumer.close()
+    assert len(dead) == 1
+    assert dead[0].stage == "processors.tcp_pairs"
+    assert dead[0].source_topic == topics.enriched_tcp
+    assert dead[0].key == "bad"
+    assert dead[0].payload == '{"not": "an enriched record"'
+    assert "not valid JSON" in dead[0].reason
+
+    started = time.monotonic()
+    assert worker.stop() == 0
+    assert time.monotonic() - started < 15, "SIGTERM must stop the worker promptly"
+    final = re.search(r"final counters (.*)", worker.log())
+    assert final is not None, worker.log()[-3000:]
+    counters = dict(kv.split("=", 1) for kv in final.group(1).split())
+    n_web = sum(t.connections for k, t in truth.items() if k[1] == web_key)
+    assert counters["records"] == str(len(records) + 1)
+    assert counters["counted"] == str(len(records) - n_web)
+    assert counters["duplicates_skipped"] == str(n_web)
+    assert counters["late_dropped"] == "1"
+    assert counters["dead_lettered"] == counters["dead_letters_delivered"] == "1"
+    assert counters["metrics_published"] == counters["metrics_delivered"] == str(len(truth))
+    assert counters["unpublished_connections"] == "0"
+    # Logs go to stderr; stdout stays clean for anything that wants to parse it.
+    assert worker.stdout_path.read_text() == ""
+
+
+@pytest.mark.parametrize("worker", [["--shutdown-timeout-seconds", "0.01"]], indirect=True)
+def test_worker_stuck_in_shutdown_exits_at_its_deadline_with_counters(worker: Worker) -> None:
+    """faust can sit in a stop for 60 s (consumer joining its group): the deadline bounds it.
+    A 10 ms deadline is shorter than any clean stop, so the forced path must run."""
+    worker.wait_for_log(r"processor ready", timeout_s=90)
+    started = time.monotonic()
+    assert worker.stop() == 1
+    assert time.monotonic() - started < 10
+    log = worker.log()
+    assert "shutdown did not finish within" in log
+    assert re.search(r"worker stopped \(exit 1\); final counters records=0 ", log), log[-2000:]
