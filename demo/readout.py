@@ -123,12 +123,21 @@ def format_table(rows: Sequence[PairRow]) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     cells = [
-        [r.client, r.server, r.zones, str(r.connections), f"{r.bytes_c2s:,}", f"{r.bytes_s2c:,}",
-         ms(r.p50_ms), ms(r.p99_ms)]
+        [
+            r.client,
+            r.server,
+            r.zones,
+            str(r.connections),
+            f"{r.bytes_c2s:,}",
+            f"{r.bytes_s2c:,}",
+            ms(r.p50_ms),
+            ms(r.p99_ms),
+        ]
         for r in rows
     ]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]

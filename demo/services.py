@@ -62,9 +62,7 @@ class ServiceProcess:
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise ServiceFailed(
-                f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}"
-            )
+            raise ServiceFailed(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
 
     def stop(self, timeout_s: float = 20.0) -> int:
         """SIGTERM, then SIGKILL of the whole process group after ``timeout_s``."""
@@ -87,6 +85,9 @@ class PipelineSettings:
     log_dir: Path
     window_s: float = 10.0
     grace_s: float = 5.0
+    # How long the processor waits, once traffic stops, before it trusts the wall clock to
+    # close the last window (see processors/pairs.py): short here so results come quickly.
+    idle_allowance_s: float = 2.0
     cgroup_root: str | None = None
 
 
@@ -121,9 +122,16 @@ def running_pipeline(settings: PipelineSettings) -> Iterator[dict[str, ServicePr
         start(
             "processor",
             [
-                py, "-m", "processors", "worker",
-                "--window-seconds", str(settings.window_s),
-                "--grace-seconds", str(settings.grace_s),
+                py,
+                "-m",
+                "processors",
+                "worker",
+                "--window-seconds",
+                str(settings.window_s),
+                "--grace-seconds",
+                str(settings.grace_s),
+                "--idle-allowance-seconds",
+                str(settings.idle_allowance_s),
             ],
             r"processor ready",
             120,
