@@ -35,7 +35,12 @@ class TopicReader:
 
     def read(self, timeout_s: float) -> list[bytes]:
         """Everything that arrives within ``timeout_s`` (values only)."""
-        values: list[bytes] = []
+        return [value for _, value in self.read_timestamped(timeout_s)]
+
+    def read_timestamped(self, timeout_s: float) -> list[tuple[int, bytes]]:
+        """Everything that arrives within ``timeout_s``, with each message's Kafka timestamp
+        (ms; the producer's create time) for latency measurements."""
+        values: list[tuple[int, bytes]] = []
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             for msg in self._consumer.consume(num_messages=1000, timeout=min(left, 0.5)):
@@ -46,7 +51,7 @@ class TopicReader:
                     raise RuntimeError(f"reading {self.topic}: {err}")
                 value = msg.value()
                 if value is not None:
-                    values.append(value)
+                    values.append((msg.timestamp()[1], value))
         return values
 
     def read_until(
