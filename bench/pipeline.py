@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from demo.readout import TopicReader
-from demo.services import PipelineSettings, running_pipeline
+from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection, TcpPairMetric
 from flowscope.topics import Topics
@@ -92,22 +91,7 @@ def main() -> int:
             for _ in range(args.clients)
         ]
         objects = cluster.write_objects(log_dir / "objects.yaml")
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "enricher",
-                "publish",
-                "--file",
-                str(objects),
-                "--bootstrap-servers",
-                bootstrap,
-                "--topic-prefix",
-                topics.prefix,
-            ],
-            check=True,
-            capture_output=True,
-        )
+        publish_metadata(bootstrap, topics, objects)
         settings = PipelineSettings(
             bootstrap=bootstrap,
             topics=topics,

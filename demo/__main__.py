@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demo.readout import TopicReader, format_table, summarize
-from demo.services import PipelineSettings, running_pipeline
+from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import TcpPairMetric
 from flowscope.topics import Topics
@@ -84,21 +83,7 @@ def main() -> int:
         payments = cluster.add_pod("payments", node="node-a1", namespace="billing")
         objects = cluster.write_objects(log_dir / "objects.yaml")
         _say(f"simulated cluster: {len(cluster.pods)} pods on 3 nodes in 2 zones ({objects})")
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "enricher",
-                "publish",
-                "--file",
-                str(objects),
-                "--bootstrap-servers",
-                bootstrap,
-                "--topic-prefix",
-                topics.prefix,
-            ],
-            check=True,
-        )
+        print(publish_metadata(bootstrap, topics, objects), end="")
         n = args.connections
         flows = [
             Flow(fe_a, catalog, 8080, n, 600, 24_000),

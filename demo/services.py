@@ -137,3 +137,32 @@ def running_pipeline(settings: PipelineSettings) -> Iterator[dict[str, ServicePr
             120,
         )
         yield services
+
+
+def publish_metadata(bootstrap: str, topics: Topics, objects: Path) -> str:
+    """Publish a file of Kubernetes objects to the metadata topic (``enricher publish``).
+
+    Returns the publisher's report; raises ServiceFailed with its output if it fails."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "enricher",
+            "publish",
+            "--file",
+            str(objects),
+            "--bootstrap-servers",
+            bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServiceFailed(
+            f"metadata publish failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+        )
+    return done.stdout

@@ -4,8 +4,6 @@ itself did (the client's own summary), record by record on the raw and enriched 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from demo.readout import TopicReader
-from demo.services import PipelineSettings, running_pipeline
+from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection, TcpPairMetric
 from flowscope.topics import Topics
@@ -34,28 +32,6 @@ def cluster() -> Iterator[Cluster]:
         yield c
 
 
-def _publish_metadata(bootstrap: str, topics: Topics, objects: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "enricher",
-            "publish",
-            "--file",
-            str(objects),
-            "--bootstrap-servers",
-            bootstrap,
-            "--topic-prefix",
-            topics.prefix,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, f"metadata publish failed: {done.stdout}\n{done.stderr}"
-
-
 def _ours(record: RawTcpConnection, client: Pod, server: Pod) -> bool:
     pair = {(client.ip, server.ip), (server.ip, client.ip)}
     return (record.local_addr, record.remote_addr) in pair and PORT in (
@@ -69,7 +45,7 @@ def test_connections_flow_from_kernel_to_pair_metrics(
 ) -> None:
     server = cluster.add_pod("checkout", node="node-b1", namespace="shop")
     client = cluster.add_pod("frontend", node="node-a1", namespace="shop")
-    _publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
+    publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
 
     settings = PipelineSettings(
         bootstrap=kafka_bootstrap,
