@@ -1,0 +1,29 @@
+"""The producer wrapper's loss accounting, with no broker: librdkafka's own queue bound is
+what fills up, exactly as when the real broker is away."""
+
+from __future__ import annotations
+
+from flowscope.kafka import RecordProducer
+
+
+def test_full_buffer_is_counted_as_dropped_not_raised() -> None:
+    producer = RecordProducer(
+        "127.0.0.1:1",  # nothing listens: records stay queued
+        {"queue.buffering.max.messages": 3, "message.timeout.ms": 60_000, "log_level": 0},
+        buffer_full_wait_s=0.2,
+    )
+    results = [producer.produce("t", b"x") for _ in range(5)]
+    assert results == [True, True, True, False, False]
+    assert producer.counters.produced == 3
+    assert producer.counters.dropped_buffer_full == 2
+    assert producer.in_flight() == 3
+
+
+def test_undeliverable_records_are_counted_as_failed() -> None:
+    producer = RecordProducer("127.0.0.1:1", {"message.timeout.ms": 300, "log_level": 0})
+    for _ in range(4):
+        assert producer.produce("t", b"x")
+    assert producer.flush(5.0) == 0
+    assert producer.counters.delivery_failed == 4
+    assert producer.counters.delivered == 0
+    assert producer.counters.last_error is not None
