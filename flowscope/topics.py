@@ -19,6 +19,16 @@ class Topics:
         return f"{self.prefix}.raw.tcp"
 
     @property
+    def raw_udp(self) -> str:
+        """Collector -> consumers: UDP bytes/packets per (local, remote) pair per window."""
+        return f"{self.prefix}.raw.udp"
+
+    @property
+    def raw_dns(self) -> str:
+        """Collector -> enricher: one record per DNS query per observing socket."""
+        return f"{self.prefix}.raw.dns"
+
+    @property
     def metadata(self) -> str:
         """Metadata publisher -> enricher: compacted, one key per Kubernetes object."""
         return f"{self.prefix}.k8s.metadata"
@@ -32,6 +42,26 @@ class Topics:
     def metrics_tcp_pairs(self) -> str:
         """Processor output: one record per (client workload, server workload, window)."""
         return f"{self.prefix}.metrics.tcp.pairs"
+
+    @property
+    def metrics_tcp_latency(self) -> str:
+        """Processor output: per (client workload, server workload, service, window, partition)."""
+        return f"{self.prefix}.metrics.tcp.latency"
+
+    @property
+    def metrics_cost_pairs(self) -> str:
+        """Processor output: bytes and dollars per workload and zone pair, window, partition."""
+        return f"{self.prefix}.metrics.cost.pairs"
+
+    @property
+    def metrics_cost_rollups(self) -> str:
+        """Processor output: bytes and dollars per workload and per namespace, per window."""
+        return f"{self.prefix}.metrics.cost.rollups"
+
+    @property
+    def alerts(self) -> str:
+        """Alert rule events: firing and resolved, one episode id per rule and group."""
+        return f"{self.prefix}.alerts"
 
     @property
     def deadletter(self) -> str:

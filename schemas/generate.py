@@ -24,7 +24,17 @@ from typing import Any
 import msgspec
 
 from flowscope import SCHEMA_VERSION
-from flowscope.records import DeadLetter, EnrichedTcpConnection, RawTcpConnection, TcpPairMetric
+from flowscope.records import (
+    AlertEvent,
+    CostPairMetric,
+    CostRollupMetric,
+    DeadLetter,
+    EnrichedTcpConnection,
+    RawDnsQuery,
+    RawTcpConnection,
+    TcpLatencyMetric,
+    TcpPairMetric,
+)
 from flowscope.topics import DEFAULT_PREFIX, Topics
 
 SCHEMA_DIR = Path(__file__).resolve().parent
@@ -61,6 +71,11 @@ PUBLISHED: tuple[PublishedSchema, ...] = (
     PublishedSchema(EnrichedTcpConnection, _TOPICS.enriched_tcp),
     PublishedSchema(TcpPairMetric, _TOPICS.metrics_tcp_pairs),
     PublishedSchema(DeadLetter, _TOPICS.deadletter),
+    PublishedSchema(RawDnsQuery, _TOPICS.raw_dns),
+    PublishedSchema(TcpLatencyMetric, _TOPICS.metrics_tcp_latency),
+    PublishedSchema(CostPairMetric, _TOPICS.metrics_cost_pairs),
+    PublishedSchema(CostRollupMetric, _TOPICS.metrics_cost_rollups),
+    PublishedSchema(AlertEvent, _TOPICS.alerts),
 )
 
 
