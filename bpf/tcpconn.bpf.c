@@ -1,16 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
 /*
- * tcpconn: one event per finished TCP connection end, aggregated in the kernel.
+ * tcpconn: one event per finished TCP connection end (failed connects included), plus an
+ * interim event now and then for long-lived ones, aggregated in the kernel.
  *
- * Only the classic tracepoint sock:inet_sock_set_state is used: kprobes and fentry are not
- * available on every kernel we target, and this tracepoint sees every state change of every
- * TCP socket (client and server, IPv4 and IPv6) with the socket pointer as a stable key.
+ * Only classic tracepoints are used: kprobes and fentry are not available on every kernel we
+ * target. sock:inet_sock_set_state sees every state change of every TCP socket (client and
+ * server, IPv4 and IPv6) with the socket pointer as a stable key; tcp:tcp_probe sees every
+ * segment an established socket receives, which is where interim records are cut.
  *
  *   CLOSE -> SYN_SENT         connect(): start a client, take pid/comm (process context)
  *   LISTEN -> SYN_RECV        a child socket is born: start a server (softirq: no pid here)
  *   * -> ESTABLISHED          connect latency for clients; snapshot the byte counters
  *   * -> FIN_WAIT1 / LAST_ACK close()/shutdown() by the owner: pid/comm for servers
- *   * -> CLOSE                read tcp_sock, emit one event, forget the socket
+ *   * -> CLOSE                read tcp_sock and sk_err, emit the final event, forget it
+ *   tcp_probe                 interval elapsed: emit an interim event with the deltas
  *
  * Design after bcc libbpf-tools tcplife/tcpconnlat; differences: both roles, cgroup of the
  * socket (not of `current`), exact payload byte counts, losses counted in a map.
@@ -27,22 +30,41 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Knobs set by the collector before load (const: the verifier prunes what they disable). */
+const volatile struct tcpconn_targs targs = {
+	.interim_ns = 30ULL * 1000 * 1000 * 1000,
+	.wakeup_bytes = 0,
+};
+
+/*
+ * The counters of a connection already reported (absolute tcp_sock values). A record carries
+ * the current value minus these, then they move up: deltas that sum to the totals. At
+ * ESTABLISHED they are set to the handshake's values, so the SYN (one sequence number in
+ * bytes_acked, measured: a client reads 1, a server 0) and any SYN retransmission are not
+ * counted as payload or as retransmissions of data.
+ */
+struct reported {
+	__u64 bytes_acked;
+	__u64 bytes_received;
+	__u64 bytes_retrans;
+	__u32 total_retrans;
+	__u32 segs_in;
+	__u32 segs_out;
+	__u32 _pad;
+};
+
 /* What we remember about a socket between its first state change and TCP_CLOSE. */
 struct sock_info {
 	__u64 start_ns;
 	__u64 established_ns;
-	/*
-	 * tcp_sock.bytes_acked/bytes_received when ESTABLISHED was reached. bytes_acked counts
-	 * every acked sequence number, and the active opener's SYN is one (measured: a client
-	 * reads 1 here, a server 0). Subtracting the snapshot removes the SYN whatever the
-	 * kernel version does.
-	 */
-	__u64 bytes_acked_base;
-	__u64 bytes_received_base;
+	__u64 next_interim_ns; /* an interim record is due at the first segment after this */
+	struct reported base;
 	__u32 pid;
 	__u32 flags;
+	__u32 seq; /* records emitted so far */
 	__u8 role;
-	__u8 _pad[7];
+	__u8 syn_retries;
+	__u8 _pad[2];
 	char comm[TCPCONN_COMM_LEN];
 };
 
@@ -97,16 +119,49 @@ static __always_inline void track(__u64 key, __u8 role, __u64 now)
 		count(TCPCONN_CTR_TRACK_FAILED);
 }
 
+static __always_inline void submit(struct tcpconn_event *ev)
+{
+	__u64 flags = 0;
+
+	if (targs.wakeup_bytes)
+		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= targs.wakeup_bytes ?
+				BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(ev, flags);
+}
+
+static __always_inline __u8 saturate_u8(__u32 value)
+{
+	return value > 255 ? 255 : value;
+}
+
+static __always_inline void read_counters(struct tcp_sock *tp, struct reported *now)
+{
+	now->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	now->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	now->bytes_retrans = BPF_CORE_READ(tp, bytes_retrans);
+	now->total_retrans = BPF_CORE_READ(tp, total_retrans);
+	now->segs_in = BPF_CORE_READ(tp, segs_in);
+	now->segs_out = BPF_CORE_READ(tp, segs_out);
+}
+
 static __always_inline void on_established(__u64 key, struct tcp_sock *tp, __u64 now)
 {
 	struct sock_info *info = bpf_map_lookup_elem(&socks, &key);
+	struct reported base = {};
 
 	if (!info)
 		return;
 	info->established_ns = now;
 	info->flags |= TCPCONN_F_ESTABLISHED;
-	info->bytes_acked_base = BPF_CORE_READ(tp, bytes_acked);
-	info->bytes_received_base = BPF_CORE_READ(tp, bytes_received);
+	info->next_interim_ns = now + targs.interim_ns;
+	read_counters(tp, &base);
+	/* Segments are reported as the kernel counts them (handshake included): keep 0. */
+	base.segs_in = 0;
+	base.segs_out = 0;
+	info->base = base;
+	/* Every retransmission so far was of the SYN (client) or SYN-ACK (server child). */
+	if (info->role == TCPCONN_ROLE_CLIENT)
+		info->syn_retries = saturate_u8(base.total_retrans);
 }
 
 /* FIN_WAIT1 and LAST_ACK are only entered from close()/shutdown() (tcp_close_state), so
@@ -135,6 +190,60 @@ static __always_inline bool is_fin_state(int state)
 	       state == TCP_LAST_ACK;
 }
 
+static __always_inline __u64 delta64(__u64 now, __u64 base)
+{
+	return now > base ? now - base : 0;
+}
+
+static __always_inline __u32 delta32(__u32 now, __u32 base)
+{
+	return now > base ? now - base : 0;
+}
+
+/* Who, where and the timing fields shared by final and interim records. */
+static __always_inline void fill_common(struct tcpconn_event *ev, struct sock *sk,
+					 struct sock_info *info, __u64 now)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u32 min_rtt;
+
+	ev->start_ns = info->start_ns;
+	ev->end_ns = now;
+	ev->role = info->role;
+	ev->pid = info->pid;
+	__builtin_memcpy(ev->comm, info->comm, sizeof(ev->comm));
+	ev->flags = info->flags;
+	ev->seq = info->seq;
+	ev->syn_retries = info->syn_retries;
+	ev->sk_err = 0;
+	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
+	ev->connect_us = 0;
+	if (info->role == TCPCONN_ROLE_CLIENT && (info->flags & TCPCONN_F_ESTABLISHED))
+		ev->connect_us = (info->established_ns - info->start_ns) / 1000;
+	ev->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	/* minmax starts at ~0U until the first RTT sample. */
+	min_rtt = BPF_CORE_READ(tp, rtt_min.s[0].v);
+	ev->min_rtt_us = min_rtt == ~0U ? 0 : min_rtt;
+	/* The network namespace names the conntrack table that NATed this connection. */
+	ev->netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	/* The socket's cgroup (set when it was created, inherited by accepted children), not
+	 * `current`'s: in softirq `current` is unrelated. kn->id is the directory's inode. */
+	ev->cgroup_id = 0;
+	if (bpf_core_field_exists(sk->sk_cgrp_data))
+		ev->cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+}
+
+static __always_inline void fill_volume(struct tcpconn_event *ev, struct reported *now,
+					struct reported *base)
+{
+	ev->bytes_sent = delta64(now->bytes_acked, base->bytes_acked);
+	ev->bytes_received = delta64(now->bytes_received, base->bytes_received);
+	ev->retrans_bytes = delta64(now->bytes_retrans, base->bytes_retrans);
+	ev->retrans_segs = delta32(now->total_retrans, base->total_retrans);
+	ev->segs_in = delta32(now->segs_in, base->segs_in);
+	ev->segs_out = delta32(now->segs_out, base->segs_out);
+}
+
 static __always_inline void on_close(struct trace_event_raw_inet_sock_set_state *ctx, __u64 key,
 				     __u64 now)
 {
@@ -142,10 +251,12 @@ static __always_inline void on_close(struct trace_event_raw_inet_sock_set_state 
 	struct sock *sk = (struct sock *)ctx->skaddr;
 	struct sock_info *info = bpf_map_lookup_elem(&socks, &key);
 	struct sock_info untracked = {};
+	struct reported current_counters = {};
 	struct tcpconn_event *ev;
-	__u64 acked, received, sk_flags;
+	__u64 sk_flags;
 	__u16 family = ctx->family;
 	int oldstate = ctx->oldstate;
+	int sk_err;
 
 	/* Sockets open before attach: emitted with role unknown, start 0 (user space uses the
 	 * end time), so long-lived connections still count their bytes. on_app_close() may have
@@ -163,17 +274,25 @@ static __always_inline void on_close(struct trace_event_raw_inet_sock_set_state 
 		goto forget;
 	}
 
-	ev->start_ns = info->start_ns;
-	ev->end_ns = now;
-	ev->role = info->role;
-	ev->pid = info->pid;
-	__builtin_memcpy(ev->comm, info->comm, sizeof(ev->comm));
-	ev->flags = info->flags;
+	/* Why it ended: tcp_reset() (ECONNREFUSED in SYN_SENT, EPIPE in CLOSE_WAIT, else
+	 * ECONNRESET), tcp_write_err() (ETIMEDOUT) and ICMP errors set sk_err *before* moving
+	 * to TCP_CLOSE; a local abort (close() with unread data, SO_LINGER 0) sets it after, so
+	 * it reads 0 here and user space tells it by the state it closed from. */
+	sk_err = BPF_CORE_READ(sk, sk_err);
+	/* A local abort runs in close()/disconnect(): `current` is the owner, the only chance
+	 * to learn a server's pid when it never went through FIN_WAIT1/LAST_ACK. */
+	if (!info->pid && !sk_err &&
+	    (oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT)) {
+		take_process(info);
+		info->flags |= TCPCONN_F_PID_AT_CLOSE;
+	}
+	fill_common(ev, sk, info, now);
+	ev->kind = TCPCONN_KIND_FINAL;
 	ev->oldstate = oldstate;
 	ev->family = family;
 	ev->sport = ctx->sport;
 	ev->dport = ctx->dport;
-	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
+	ev->sk_err = sk_err;
 	__builtin_memset(ev->saddr, 0, sizeof(ev->saddr));
 	__builtin_memset(ev->daddr, 0, sizeof(ev->daddr));
 	if (family == AF_INET) {
@@ -184,49 +303,109 @@ static __always_inline void on_close(struct trace_event_raw_inet_sock_set_state 
 		bpf_probe_read_kernel(ev->daddr, 16, ctx->daddr_v6);
 	}
 
-	ev->connect_us = 0;
-	if (info->role == TCPCONN_ROLE_CLIENT && (info->flags & TCPCONN_F_ESTABLISHED))
-		ev->connect_us = (info->established_ns - info->start_ns) / 1000;
-
 	/*
 	 * Payload bytes. bytes_acked and bytes_received count sequence numbers, and SYN and
-	 * FIN each take one. The SYN is removed by the snapshot taken at ESTABLISHED. The FIN:
+	 * FIN each take one. The SYN is removed by the base taken at ESTABLISHED. The FIN:
 	 *  - ours is in write_seq once queued (only in the FIN states) and counted in
 	 *    bytes_acked when acked, i.e. when snd_una has caught up with write_seq;
 	 *  - the peer's is counted in bytes_received by the same rcv_nxt update that calls
 	 *    tcp_fin(), which sets SOCK_DONE; nothing else sets it on a TCP socket before close.
 	 * Measured on 6.18, client sends 1234 and reads 5678, both close normally: raw
-	 * bytes_acked/bytes_received are 1236/5679 on the client (SYN + FIN / FIN; snapshot 1/0)
-	 * and 5679/1235 on the server (FIN / FIN; snapshot 0/0). After an RST there is no FIN
+	 * bytes_acked/bytes_received are 1236/5679 on the client (SYN + FIN / FIN; base 1/0)
+	 * and 5679/1235 on the server (FIN / FIN; base 0/0). After an RST there is no FIN
 	 * and the raw counts are the payload. tests/integration/collector checks both cases.
 	 */
-	acked = BPF_CORE_READ(tp, bytes_acked);
-	received = BPF_CORE_READ(tp, bytes_received);
+	read_counters(tp, &current_counters);
 	if (is_fin_state(oldstate) && BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq)) {
 		ev->flags |= TCPCONN_F_FIN_ACKED;
-		acked -= acked > 0;
+		current_counters.bytes_acked -= current_counters.bytes_acked > 0;
 	}
 	sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags); /* sock_flag(sk, ...) */
 	if (sk_flags & (1ULL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) {
 		ev->flags |= TCPCONN_F_FIN_RECEIVED;
-		received -= received > 0;
+		current_counters.bytes_received -= current_counters.bytes_received > 0;
 	}
-	ev->bytes_sent = acked > info->bytes_acked_base ? acked - info->bytes_acked_base : 0;
-	ev->bytes_received =
-		received > info->bytes_received_base ? received - info->bytes_received_base : 0;
+	if (info->flags & TCPCONN_F_ESTABLISHED || info->flags & TCPCONN_F_START_UNKNOWN) {
+		fill_volume(ev, &current_counters, &info->base);
+	} else {
+		/* Never established: every retransmission was a SYN; no payload moved. */
+		if (info->role == TCPCONN_ROLE_CLIENT)
+			ev->syn_retries = saturate_u8(current_counters.total_retrans);
+		current_counters.bytes_acked = 0;
+		current_counters.bytes_received = 0;
+		current_counters.bytes_retrans = 0;
+		current_counters.total_retrans = 0;
+		fill_volume(ev, &current_counters, &untracked.base);
+	}
 
-	ev->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-	ev->retrans_segs = BPF_CORE_READ(tp, total_retrans);
-	/* The socket's cgroup (set when it was created, inherited by accepted children), not
-	 * `current`'s: in softirq `current` is unrelated. kn->id is the directory's inode. */
-	ev->cgroup_id = 0;
-	if (bpf_core_field_exists(sk->sk_cgrp_data))
-		ev->cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
-
-	bpf_ringbuf_submit(ev, 0);
+	submit(ev);
 	count(TCPCONN_CTR_EVENTS);
 forget:
 	bpf_map_delete_elem(&socks, &key);
+}
+
+/*
+ * tcp:tcp_probe runs for every segment an ESTABLISHED socket receives: a connection that
+ * moves data (or at least its ACKs) passes here often, so the first segment after the
+ * interval emits its interim record. A connection that receives nothing has nothing new
+ * to report; its final record carries whatever is left.
+ */
+SEC("tracepoint/tcp/tcp_probe")
+int handle_probe(struct trace_event_raw_tcp_probe *ctx)
+{
+	__u64 key = (__u64)ctx->skaddr;
+	struct sock *sk = (struct sock *)ctx->skaddr;
+	struct sock_info *info;
+	struct sock_info fresh = {};
+	struct reported now_counters = {};
+	struct tcpconn_event *ev;
+	__u64 now;
+
+	if (!targs.interim_ns)
+		return 0;
+	info = bpf_map_lookup_elem(&socks, &key);
+	now = bpf_ktime_get_ns();
+	if (!info) {
+		/* Established before we were attached: report from now on, all-time totals first
+		 * (as its final record would without this entry). */
+		fresh.flags = TCPCONN_F_START_UNKNOWN;
+		fresh.next_interim_ns = now + targs.interim_ns;
+		bpf_map_update_elem(&socks, &key, &fresh, BPF_NOEXIST);
+		return 0;
+	}
+	if (now < info->next_interim_ns || info->next_interim_ns == 0)
+		return 0;
+
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		/* The base does not move: these deltas go into the next record. */
+		count(TCPCONN_CTR_INTERIM_DEFERRED);
+		return 0;
+	}
+	fill_common(ev, sk, info, now);
+	ev->kind = TCPCONN_KIND_INTERIM;
+	ev->oldstate = BPF_CORE_READ(sk, __sk_common.skc_state);
+	ev->family = ctx->family;
+	ev->sport = ctx->sport;
+	ev->dport = ctx->dport;
+	__builtin_memset(ev->saddr, 0, sizeof(ev->saddr));
+	__builtin_memset(ev->daddr, 0, sizeof(ev->daddr));
+	if (ctx->family == AF_INET) {
+		bpf_core_read(ev->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(ev->daddr, 4, &sk->__sk_common.skc_daddr);
+	} else {
+		bpf_core_read(ev->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(ev->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+	read_counters((struct tcp_sock *)sk, &now_counters);
+	fill_volume(ev, &now_counters, &info->base);
+	submit(ev);
+	count(TCPCONN_CTR_INTERIM_EVENTS);
+
+	info->base = now_counters;
+	info->seq += 1;
+	info->next_interim_ns = now + targs.interim_ns;
+	return 0;
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")

@@ -1,9 +1,12 @@
 """flowscope's node agent: TCP connections from the kernel (eBPF) to Kafka.
 
 Pipeline: ``libbpf`` loads and attaches ``bpf/tcpconn.bpf.o`` -> ``ringbuf`` copies ready
-events out in batches -> ``events`` decodes them -> ``attribution`` names the local pod by
-the socket's cgroup -> ``app`` builds :class:`flowscope.records.RawTcpConnection` records and
-produces them to Kafka.
+events out in batches -> ``events`` decodes them (outcome, interim deltas) -> ``attribution``
+names the local pod by the socket's cgroup -> ``nat`` resolves ClusterIP destinations through
+the socket netns's conntrack -> ``record`` encodes :class:`flowscope.records.RawTcpConnection`
+-> ``app`` produces them to Kafka. Beside it, on the loop's periodic hook: ``udp``
+(``bpf/udpflow.bpf.o``, UDP volume per pair per window) and ``health`` (Prometheus endpoint,
+health records).
 """
 
 from collector.errors import CollectorError

@@ -8,14 +8,19 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from types import FrameType
 
 from collector.app import Collector
 from collector.attribution import CgroupResolver
+from collector.dns.app import start_dns
 from collector.errors import CollectorError
+from collector.health import HealthReporter, MetricsServer
+from collector.nat import NatResolver, parse_cidrs
 from collector.settings import Settings, parse_settings
 from collector.source import TcpConnSource
+from collector.udp import UdpFlowSource, UdpReporter
 from flowscope.kafka import KafkaUnavailable, RecordProducer
 
 log = logging.getLogger("collector")
@@ -33,13 +38,36 @@ def run(settings: Settings) -> int:
 
     resolver = CgroupResolver(settings.cgroup_root)
     resolver.refresh()
+    cidrs = parse_cidrs(settings.service_cidrs)
+    nat = NatResolver(cidrs) if cidrs else None
     producer = RecordProducer(settings.bootstrap_servers, settings.kafka_options)
-    with TcpConnSource(
-        settings.bpf_object,
-        ringbuf_bytes=settings.ringbuf_bytes,
-        tracefs=settings.tracefs,
-        mount_tracefs=settings.mount_tracefs,
-    ) as source:
+    metrics: MetricsServer | None = None
+    with ExitStack() as stack:
+        source = stack.enter_context(
+            TcpConnSource(
+                settings.bpf_object,
+                ringbuf_bytes=settings.ringbuf_bytes,
+                tracefs=settings.tracefs,
+                mount_tracefs=settings.mount_tracefs,
+                interim_interval_s=settings.interim_interval_s,
+                wakeup_bytes=settings.wakeup_bytes,
+            )
+        )
+        udp: UdpReporter | None = None
+        if settings.udp_interval_s:
+            udp_source = stack.enter_context(
+                UdpFlowSource(settings.udp_bpf_object, settings.cgroup_root)
+            )
+            udp = UdpReporter(udp_source, resolver, producer.produce, settings.topics.raw_udp,
+                              settings.node_name, settings.udp_interval_s)  # fmt: skip
+        health: HealthReporter | None = None
+        periodic: list[Callable[[], None]] = [lambda: health.tick() if health else None]
+        if udp is not None:
+            periodic.append(udp.tick)
+        dns = start_dns(stack, settings.dns, settings.cgroup_root, resolver, producer,
+                        settings.topics.raw_dns, settings.node_name)  # fmt: skip
+        if dns is not None:
+            periodic.append(dns.tick)
         collector = Collector(
             source,
             producer,
@@ -49,19 +77,49 @@ def run(settings: Settings) -> int:
             max_batch=settings.max_batch,
             poll_interval_s=settings.poll_interval_s,
             stats_interval_s=settings.stats_interval_s,
+            nat=nat,
+            periodic=periodic,
         )
-        # Others (the demo, tests) wait for this line: the program is attached by now.
-        log.info(
-            "collector ready: producing to %s at %s as node %s (cgroup root %s)",
-            settings.topics.raw_tcp,
-            settings.bootstrap_servers,
-            settings.node_name,
-            settings.cgroup_root,
-        )
+
+        def counters() -> dict[str, int]:
+            values = collector.counters()
+            if udp is not None:
+                values.update(udp.counters())
+            if dns is not None:
+                values.update(dns.counters())
+            return values
+
+        health = HealthReporter(
+            counters, producer.produce, settings.health_topic, settings.node_name,
+            settings.health_interval_s,
+        )  # fmt: skip
         try:
+            if settings.metrics_port:
+                metrics = MetricsServer(counters, settings.metrics_port)
+            # Others (the demo, tests) wait for this line: the programs are attached by now.
+            log.info(
+                "collector ready: producing to %s at %s as node %s (cgroup root %s, "
+                "metrics port %s, udp %s)",
+                settings.topics.raw_tcp,
+                settings.bootstrap_servers,
+                settings.node_name,
+                settings.cgroup_root,
+                metrics.port if metrics is not None else "off",
+                f"every {settings.udp_interval_s}s" if udp is not None else "off",
+            )
             collector.run(stop)
         finally:
+            if dns is not None:
+                dns.shutdown()  # before the producer is flushed
             collector.shutdown(settings.flush_timeout_s)
+            if udp is not None:
+                udp.finish()
+            health.tick(force=True)  # the last counters, flushed below
+            producer.flush(settings.flush_timeout_s)
+            if metrics is not None:
+                metrics.close()
+            if nat is not None:
+                nat.close()
     return 0
 
 

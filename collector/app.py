@@ -1,9 +1,11 @@
 """The collector's loop: ring buffer -> decode -> attribute -> record -> Kafka.
 
 Every event ends in exactly one counter: produced (then delivered / delivery_failed in the
-producer's counters), dropped_buffer_full, not_established, or decode_errors; the kernel's
-own losses (ring buffer full, untracked sockets, map full, recursion) are read from the
-program's counters map and logged on the same stats line.
+producer's counters), dropped_buffer_full, or decode_errors. Failed connects (refused, timed
+out...) and interim records of open connections are records like the others; they are also
+counted by kind (failed_connects, interim_records). The kernel's own losses (ring buffer
+full, untracked sockets, map full, recursion) are read from the program's counters map and
+logged on the same stats line.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from collector.attribution import CgroupResolver
 from collector.events import DecodeStats, clock_offset_ns, decode_batch
-from collector.record import build_record, record_key
+from collector.nat import NatResolver
+from collector.record import encode_record, record_key
 from collector.ringbuf import RecordBatch
-from flowscope.codec import JsonCodec
 from flowscope.kafka import ProducerCounters
-from flowscope.records import RawTcpConnection
 
 log = logging.getLogger("collector")
 
@@ -45,7 +47,8 @@ class Sink(Protocol):
 @dataclass
 class PipelineStats:
     batches: int = 0
-    not_established: int = 0  # connects that failed or were reset before the handshake
+    failed_connects: int = 0  # final records of connections that never established
+    interim_records: int = 0  # records of connections still open
     produce_refused: int = 0  # produce() gave up (buffer full); also in producer counters
 
 
@@ -62,8 +65,14 @@ class Collector:
         max_batch: int = 8192,
         poll_interval_s: float = 0.1,
         stats_interval_s: float = 10.0,
+        nat: NatResolver | None = None,
+        periodic: Sequence[Callable[[], None]] = (),
     ) -> None:
+        """``periodic``: called once per loop turn (at least every ``poll_interval_s``);
+        each decides itself whether its time has come (e.g. the health record)."""
         self._source = source
+        self._nat = nat
+        self._periodic = tuple(periodic)
         self._sink = sink
         self._resolver = resolver
         self._node = node_name
@@ -71,7 +80,6 @@ class Collector:
         self._max_batch = max_batch
         self._poll_interval_s = poll_interval_s
         self._stats_interval_s = stats_interval_s
-        self._codec = JsonCodec(RawTcpConnection)
         self._clock_offset = clock_offset_ns()
         self.decode_stats = DecodeStats()
         self.stats = PipelineStats()
@@ -80,14 +88,16 @@ class Collector:
         """Decode, attribute and produce one batch. Returns records handed to the sink."""
         self.stats.batches += 1
         produced = 0
-        encode = self._codec.encode
+        nat = self._nat
         for event in decode_batch(batch, self._clock_offset, self.decode_stats):
-            if not event.established:
-                self.stats.not_established += 1
-                continue
+            if event.interim:
+                self.stats.interim_records += 1
+            elif not event.established:
+                self.stats.failed_connects += 1
             cgroup = self._resolver.resolve(event.cgroup_id)
-            record = build_record(event, cgroup, self._node)
-            if self._sink.produce(self._topic, encode(record), record_key(cgroup, self._node)):
+            backend = nat.resolve(event) if nat is not None else None
+            value = encode_record(event, cgroup, self._node, backend)
+            if self._sink.produce(self._topic, value, record_key(cgroup, self._node)):
                 produced += 1
             else:
                 self.stats.produce_refused += 1
@@ -113,6 +123,8 @@ class Collector:
             if batch.data:
                 self.process(batch)
             self._sink.poll(0)
+            for task in self._periodic:
+                task()
             now = time.monotonic()
             if now >= next_stats:
                 log.info("%s", self.stats_line())
@@ -133,7 +145,8 @@ class Collector:
             "events": self.decode_stats.decoded,
             "decode_errors": self.decode_stats.decode_errors,
             "discarded": self.decode_stats.discarded,
-            "not_established": self.stats.not_established,
+            "failed_connects": self.stats.failed_connects,
+            "interim_records": self.stats.interim_records,
             "cgroup_misses": self._resolver.stats.misses,
             "cgroup_walks": self._resolver.stats.walks,
         }
@@ -143,6 +156,15 @@ class Collector:
             log.warning("cannot read kernel counters: %s", exc)
             kernel = {}
         values.update({f"kernel_{k}": v for k, v in kernel.items()})
+        if self._nat is not None:
+            n = self._nat.stats
+            values.update(
+                nat_lookups=n.lookups,
+                nat_translated=n.translated,
+                nat_not_translated=n.not_translated,
+                nat_netns_unknown=n.netns_unknown,
+                nat_errors=n.errors,
+            )
         c = self._sink.counters
         values.update(
             produced=c.produced,

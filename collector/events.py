@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
 from collector.ringbuf import RecordBatch
-from flowscope.records import Role
+from flowscope.records import Outcome, Role
 
 # struct tcpconn_event, field by field (little-endian, no implicit padding).
 EVENT_FORMAT: Final = (
@@ -23,23 +23,32 @@ EVENT_FORMAT: Final = (
     "Q"  # cgroup_id
     "Q"  # bytes_sent
     "Q"  # bytes_received
+    "Q"  # retrans_bytes
     "16s"  # saddr
     "16s"  # daddr
     "I"  # connect_us
     "I"  # srtt_us
+    "I"  # min_rtt_us
     "I"  # retrans_segs
+    "I"  # segs_in
+    "I"  # segs_out
     "I"  # pid
     "I"  # flags
+    "I"  # netns_ino
+    "I"  # seq
+    "i"  # sk_err
     "H"  # sport
     "H"  # dport
     "H"  # family
     "B"  # role
     "B"  # oldstate
-    "4x"  # _pad
+    "B"  # kind
+    "B"  # syn_retries
+    "2x"  # _pad
     "16s"  # comm
 )
 EVENT = struct.Struct(EVENT_FORMAT)
-EVENT_SIZE: Final = 120
+EVENT_SIZE: Final = 152
 assert EVENT.size == EVENT_SIZE
 
 AF_INET: Final = 2
@@ -53,6 +62,12 @@ ROLES: Final[dict[int, Role]] = {
     ROLE_SERVER: "server",
 }
 
+# enum tcpconn_kind
+KIND_FINAL, KIND_INTERIM = 0, 1
+
+# struct tcpconn_targs: the object's .rodata starts with it.
+TARGS = struct.Struct("<QQ")  # interim_ns, wakeup_bytes
+
 # enum tcpconn_flag
 F_ESTABLISHED: Final = 1 << 0
 F_START_UNKNOWN: Final = 1 << 1
@@ -61,7 +76,14 @@ F_FIN_RECEIVED: Final = 1 << 3
 F_PID_AT_CLOSE: Final = 1 << 4
 
 # enum tcpconn_counter, in index order
-COUNTER_NAMES: Final = ("events", "lost_ringbuf", "untracked_close", "track_failed")
+COUNTER_NAMES: Final = (
+    "events",
+    "lost_ringbuf",
+    "untracked_close",
+    "track_failed",
+    "interim_events",
+    "interim_deferred",
+)
 
 # Linux TCP states (include/net/tcp_states.h), for the state a socket closed from.
 TCP_STATES: Final = (
@@ -82,9 +104,51 @@ TCP_STATES: Final = (
 
 _V4_MAPPED_PREFIX: Final = b"\x00" * 10 + b"\xff\xff"
 
+# errno values the kernel leaves in sk_err when it ends a connection (Linux numbers).
+ECONNREFUSED: Final = 111
+ETIMEDOUT: Final = 110
+ECONNRESET: Final = 104
+EPIPE: Final = 32
+ECONNABORTED: Final = 103
+UNREACHABLE_ERRNOS: Final = frozenset({101, 112, 113})  # ENETUNREACH, EHOSTDOWN, EHOSTUNREACH
+# An established socket goes straight to CLOSE from these states with sk_err still 0 only
+# when its own side aborts it (close() with unread data, SO_LINGER 0, tcp_disconnect):
+# the kernel sends the RST and sets sk_err after the state change. Peer resets and timeouts
+# set sk_err first.
+_LOCAL_ABORT_STATES: Final = frozenset({"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1"})
+
+
+def outcome_of(kind: int, established: bool, close_state: str, sk_err: int) -> Outcome:
+    """How a connection end finished, from the socket's last state and its error.
+
+    ``abandoned``: the application closed it before the handshake completed (typically its
+    own connect timeout); ``timed_out``: the kernel gave up (SYN retries, or retransmissions
+    / keepalive once established).
+    """
+    if kind == KIND_INTERIM:
+        return "open"
+    if sk_err == ECONNREFUSED:
+        return "refused"
+    if sk_err == ETIMEDOUT:
+        return "timed_out"
+    if sk_err in (ECONNRESET, EPIPE):
+        return "reset_by_peer"
+    if sk_err in UNREACHABLE_ERRNOS:
+        return "unreachable"
+    if sk_err == ECONNABORTED:
+        return "aborted"
+    if sk_err:
+        return "error"
+    if not established:
+        return "abandoned"
+    if close_state in _LOCAL_ABORT_STATES:
+        return "reset_locally"
+    return "closed"
+
 
 class TcpConnEvent(NamedTuple):
-    """One finished connection end, times in Unix epoch ns, addresses as text."""
+    """One record of a connection end (final, or interim for an open connection), times in
+    Unix epoch ns, addresses as text, volumes as deltas since the previous record."""
 
     start_time_ns: int  # the end time when the start was not seen (F_START_UNKNOWN)
     end_time_ns: int
@@ -103,7 +167,17 @@ class TcpConnEvent(NamedTuple):
     retrans_segs: int
     connect_latency_us: int | None  # clients that reached ESTABLISHED only
     flags: int
-    close_state: str
+    close_state: str  # the state it closed from (final) or is in (interim)
+    interim: bool
+    seq: int
+    outcome: Outcome
+    sk_err: int
+    syn_retries: int
+    segs_in: int
+    segs_out: int
+    retrans_bytes: int
+    min_rtt_us: int
+    netns_ino: int
 
     @property
     def established(self) -> bool:
@@ -182,26 +256,40 @@ class Decoder:
             cgroup_id,
             bytes_sent,
             bytes_received,
+            retrans_bytes,
             saddr,
             daddr,
             connect_us,
             srtt_us,
+            min_rtt_us,
             retrans,
+            segs_in,
+            segs_out,
             pid,
             flags,
+            netns_ino,
+            seq,
+            sk_err,
             sport,
             dport,
             family,
             role,
             oldstate,
+            kind,
+            syn_retries,
             comm,
         ) = EVENT.unpack_from(data, offset)
         # Hot path (once per record): cache hits inline, and the tuple built directly
-        # rather than through the NamedTuple's Python-level __new__ with its 18 arguments.
+        # rather than through the NamedTuple's Python-level __new__ with its 30 arguments.
         addresses = self._addresses
         local = addresses.get((family, saddr)) or self.address(family, saddr)
         remote = addresses.get((family, daddr)) or self.address(family, daddr)
         end = end_ns + clock_offset
+        state = TCP_STATES[oldstate] if oldstate < len(TCP_STATES) else str(oldstate)
+        if flags & F_START_UNKNOWN:
+            established = state not in ("SYN_SENT", "SYN_RECV")
+        else:
+            established = bool(flags & F_ESTABLISHED)
         return _new_event(
             TcpConnEvent,
             (
@@ -222,7 +310,17 @@ class Decoder:
                 retrans,
                 connect_us if role == ROLE_CLIENT and flags & F_ESTABLISHED else None,
                 flags,
-                TCP_STATES[oldstate] if oldstate < len(TCP_STATES) else str(oldstate),
+                state,
+                kind == KIND_INTERIM,
+                seq,
+                outcome_of(kind, established, state, sk_err),
+                sk_err,
+                syn_retries,
+                segs_in,
+                segs_out,
+                retrans_bytes,
+                min_rtt_us,
+                netns_ino,
             ),
         )
 

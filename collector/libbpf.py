@@ -63,11 +63,16 @@ class _Lib:
             ("bpf_program__name", cp, [vp]),
             ("bpf_program__fd", ci, [vp]),
             ("bpf_program__attach", vp, [vp]),
+            ("bpf_program__attach_cgroup", vp, [vp, ci]),
             ("bpf_link__destroy", ci, [vp]),
             ("bpf_map__fd", ci, [vp]),
             ("bpf_map__max_entries", ctypes.c_uint32, [vp]),
             ("bpf_map__set_max_entries", ci, [vp, ctypes.c_uint32]),
+            ("bpf_map__initial_value", vp, [vp, ctypes.POINTER(ctypes.c_size_t)]),
             ("bpf_map_lookup_elem", ci, [ci, vp, vp]),
+            ("bpf_map_update_elem", ci, [ci, vp, vp, ctypes.c_uint64]),
+            ("bpf_map_delete_elem", ci, [ci, vp]),
+            ("bpf_map_get_next_key", ci, [ci, vp, vp]),
             ("bpf_obj_get_info_by_fd", ci, [ci, vp, ctypes.POINTER(ctypes.c_uint32)]),
             ("libbpf_num_possible_cpus", ci, []),
             ("libbpf_set_print", vp, [_PRINT_FN]),
@@ -191,7 +196,10 @@ class BpfObject:
         path: Path,
         map_max_entries: dict[str, int] | None = None,
         tracefs: Path = Path("/sys/kernel/tracing"),
+        rodata: bytes | None = None,
     ) -> None:
+        """``rodata`` replaces the start of the object's ``.rodata`` (its ``const volatile``
+        load-time knobs) before the programs are verified."""
         self._lib = _libbpf()
         self._obj: int | None = None
         self._links: list[int] = []
@@ -208,6 +216,8 @@ class BpfObject:
                 rc = self._lib.lib.bpf_map__set_max_entries(self._map(name), entries)
                 if rc < 0:
                     raise _failure(f"sizing map {name} to {entries}", -rc)
+            if rodata is not None:
+                self._set_rodata(rodata)
             rc = self._lib.lib.bpf_object__load(obj)
             if rc < 0:
                 raise _failure(f"loading {path}", -rc, _load_hint(-rc))
@@ -225,6 +235,15 @@ class BpfObject:
         _tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _set_rodata(self, data: bytes) -> None:
+        size = ctypes.c_size_t(0)
+        ptr = self._lib.lib.bpf_map__initial_value(self._map(".rodata"), ctypes.byref(size))
+        if not ptr:
+            raise BpfError("the object's .rodata has no initial value to set")
+        if len(data) > size.value:
+            raise BpfError(f".rodata is {size.value} bytes, cannot write {len(data)}")
+        ctypes.memmove(ptr, data, len(data))
 
     def _require(self) -> int:
         if self._obj is None:
@@ -262,6 +281,59 @@ class BpfObject:
         except BaseException:
             self.detach()
             raise
+
+    def attach_all_to_cgroup(self, cgroup_dir: Path) -> None:
+        """Attach every program (cgroup_skb, sockops...) to ``cgroup_dir`` through BPF links.
+
+        A link lives as long as its descriptor: closing this object, or the process dying,
+        detaches the programs; nothing stays pinned. Links coexist with other programs
+        attached to the same cgroup (multi-attach)."""
+        try:
+            fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise BpfError(f"cannot open cgroup {cgroup_dir}: {exc.strerror}") from exc
+        try:
+            for prog in self._programs():
+                name = (self._lib.lib.bpf_program__name(prog) or b"?").decode()
+                link = self._lib.lib.bpf_program__attach_cgroup(prog, fd)
+                if not link:
+                    err = ctypes.get_errno()
+                    raise _failure(
+                        f"attaching {name} to cgroup {cgroup_dir}",
+                        err,
+                        _attach_hint(name, err, self._tracefs),
+                    )
+                self._links.append(link)
+        except BaseException:
+            self.detach()
+            raise
+        finally:
+            os.close(fd)  # each link holds its own reference to the cgroup
+
+    def map_update(self, name: str, key: bytes, value: bytes) -> None:
+        fd = self.map_fd(name)
+        if self._lib.lib.bpf_map_update_elem(fd, key, value, 0) < 0:
+            raise _failure(f"updating map {name}", ctypes.get_errno())
+
+    def map_drain(self, name: str, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of a hash map, deleting them. Only safe on a map that no
+        program writes meanwhile (udpflow's inactive generation)."""
+        fd = self.map_fd(name)
+        lib = self._lib.lib
+        key = ctypes.create_string_buffer(key_size)
+        value = ctypes.create_string_buffer(value_size)
+        keys: list[bytes] = []
+        prev: ctypes.Array[ctypes.c_char] | None = None
+        while lib.bpf_map_get_next_key(fd, prev, key) == 0:
+            keys.append(key.raw)
+            prev = ctypes.create_string_buffer(key.raw, key_size)
+        out: list[tuple[bytes, bytes]] = []
+        for raw in keys:
+            k = ctypes.create_string_buffer(raw, key_size)
+            if lib.bpf_map_lookup_elem(fd, k, value) == 0:
+                out.append((raw, value.raw))
+            lib.bpf_map_delete_elem(fd, k)
+        return out
 
     def detach(self) -> None:
         while self._links:

@@ -1,13 +1,38 @@
-"""Build the Kafka record for one decoded event. Pure: no I/O."""
+"""Build the Kafka record for one decoded event. Pure: no I/O.
+
+:func:`build_record` makes the :class:`RawTcpConnection`; :func:`encode_record` is the hot
+path the collector uses, producing the same JSON about 4x faster: a keyword-only struct of
+33 fields costs more to build than everything else per record, so the bytes come from a
+positional mirror of the record (same field names, same order; the unit tests check both
+that the mirror matches and that the bytes decode to what build_record returns).
+"""
 
 from __future__ import annotations
+
+import msgspec
 
 from collector.attribution import CgroupInfo
 from collector.events import TcpConnEvent
 from flowscope.records import RawTcpConnection
 
+WIRE_FIELDS = tuple(f.name for f in msgspec.structs.fields(RawTcpConnection))
+_Wire = msgspec.defstruct("_WireTcpConnection", [(n, object) for n in WIRE_FIELDS], frozen=True)
+_encode = msgspec.json.Encoder().encode
 
-def build_record(event: TcpConnEvent, cgroup: CgroupInfo, node: str) -> RawTcpConnection:
+
+def build_record(
+    event: TcpConnEvent,
+    cgroup: CgroupInfo,
+    node: str,
+    nat: tuple[str, int] | None = None,
+) -> RawTcpConnection:
+    """``nat``: the backend (address, port) conntrack says the connection was DNATed to."""
+    remote_addr, remote_port = event.remote_addr, event.remote_port
+    original_addr: str | None = None
+    original_port: int | None = None
+    if nat is not None and nat != (remote_addr, remote_port):
+        original_addr, original_port = remote_addr, remote_port
+        remote_addr, remote_port = nat
     return RawTcpConnection(
         node=node,
         start_time_ns=event.start_time_ns,
@@ -16,8 +41,8 @@ def build_record(event: TcpConnEvent, cgroup: CgroupInfo, node: str) -> RawTcpCo
         family=event.family,
         local_addr=event.local_addr,
         local_port=event.local_port,
-        remote_addr=event.remote_addr,
-        remote_port=event.remote_port,
+        remote_addr=remote_addr,
+        remote_port=remote_port,
         pid=event.pid,
         comm=event.comm,
         cgroup_id=event.cgroup_id,
@@ -29,9 +54,46 @@ def build_record(event: TcpConnEvent, cgroup: CgroupInfo, node: str) -> RawTcpCo
         srtt_us=event.srtt_us,
         retrans_segs=event.retrans_segs,
         connect_latency_us=event.connect_latency_us,
+        interim=event.interim,
+        sequence=event.seq,
+        outcome=event.outcome,
+        close_state=None if event.interim else event.close_state,
+        sk_err=event.sk_err,
+        syn_retries=event.syn_retries,
+        segs_in=event.segs_in,
+        segs_out=event.segs_out,
+        retrans_bytes=event.retrans_bytes,
+        min_rtt_us=event.min_rtt_us,
+        original_remote_addr=original_addr,
+        original_remote_port=original_port,
     )
 
 
 def record_key(cgroup: CgroupInfo, node: str) -> str:
     """Partition key: the local pod, so one pod's records stay in order; else the node."""
     return cgroup.pod_uid if cgroup.pod_uid is not None else node
+
+
+def encode_record(
+    e: TcpConnEvent,
+    cgroup: CgroupInfo,
+    node: str,
+    nat: tuple[str, int] | None = None,
+) -> bytes:
+    """The JSON of ``build_record(e, cgroup, node, nat)``, built positionally (hot path)."""
+    remote_addr, remote_port = e[6], e[7]
+    original_addr: str | None = None
+    original_port: int | None = None
+    if nat is not None and nat != (remote_addr, remote_port):
+        original_addr, original_port = remote_addr, remote_port
+        remote_addr, remote_port = nat
+    interim = e[18]
+    return _encode(
+        _Wire(
+            1, node, e[0], e[1], e[2], e[3], e[4], e[5], remote_addr, remote_port,
+            e[8], e[9], e[10], cgroup.path, cgroup.pod_uid, cgroup.container_id,
+            e[11], e[12], e[13], e[14], e[15], interim, e[19], e[20],
+            None if interim else e[17], e[21], e[22], e[23], e[24], e[25], e[26],
+            original_addr, original_port,
+        )
+    )  # fmt: skip

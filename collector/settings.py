@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from collector.dns import settings as dns_settings
 from collector.errors import CollectorError
+from collector.nat import parse_cidrs
 from flowscope.topics import DEFAULT_PREFIX, Topics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BPF_OBJECT = REPO_ROOT / "bpf" / ".output" / "tcpconn.bpf.o"
+DEFAULT_UDP_BPF_OBJECT = REPO_ROOT / "bpf" / ".output" / "udpflow.bpf.o"
 HYBRID_CGROUP2 = Path("/sys/fs/cgroup/unified")
 UNIFIED_CGROUP2 = Path("/sys/fs/cgroup")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -35,6 +38,13 @@ ENV = {
     "tracefs": "FLOWSCOPE_TRACEFS",
     "mount_tracefs": "FLOWSCOPE_COLLECTOR_MOUNT_TRACEFS",
     "kafka_options": "FLOWSCOPE_COLLECTOR_KAFKA_OPTIONS",
+    "interim_interval_s": "FLOWSCOPE_COLLECTOR_INTERIM_INTERVAL_S",
+    "service_cidrs": "FLOWSCOPE_SERVICE_CIDRS",
+    "metrics_port": "FLOWSCOPE_COLLECTOR_METRICS_PORT",
+    "health_interval_s": "FLOWSCOPE_COLLECTOR_HEALTH_INTERVAL_S",
+    "udp_interval_s": "FLOWSCOPE_COLLECTOR_UDP_INTERVAL_S",
+    "wakeup_bytes": "FLOWSCOPE_COLLECTOR_WAKEUP_BYTES",
+    "udp_bpf_object": "FLOWSCOPE_COLLECTOR_UDP_BPF_OBJECT",
     "log_level": "FLOWSCOPE_LOG_LEVEL",
 }
 
@@ -68,6 +78,16 @@ class Settings:
     mount_tracefs: bool = True
     kafka_options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     log_level: str = "INFO"
+    interim_interval_s: float = 30.0  # open connections report deltas this often; 0: never
+    service_cidrs: str = ""  # ClusterIP ranges resolved through conntrack; "": no NAT lookup
+    metrics_port: int = 0  # Prometheus /metrics; 0: no endpoint
+    health_interval_s: float = 30.0  # a CollectorHealth record on <prefix>.collector.health
+    udp_interval_s: float = 30.0  # UDP pair windows on <prefix>.raw.udp; 0: no UDP program
+    udp_bpf_object: Path = DEFAULT_UDP_BPF_OBJECT
+    # The kernel wakes the reader once this much waits (else poll_interval_s bounds the
+    # delay): one wakeup per ~400 events instead of one per event. 0: wake on every event.
+    wakeup_bytes: int = 64 << 10
+    dns: dns_settings.DnsSettings = field(default_factory=dns_settings.DnsSettings)
 
     def __post_init__(self) -> None:
         page = mmap.PAGESIZE
@@ -77,7 +97,27 @@ class Settings:
                 f"ringbuf_bytes: {size} must be a power of 2 and at least one page ({page}), "
                 "e.g. 1048576, 4194304, 16777216"
             )
-        for name in ("poll_interval_s", "stats_interval_s", "flush_timeout_s"):
+        if not 0 <= self.wakeup_bytes <= size // 2:
+            raise SettingsError(
+                f"wakeup_bytes: {self.wakeup_bytes} must be between 0 and half the ring "
+                f"buffer ({size // 2})"
+            )
+        if self.udp_interval_s < 0:
+            raise SettingsError(
+                f"udp_interval_s: must be >= 0 (0 disables), got {self.udp_interval_s}"
+            )
+        if self.interim_interval_s < 0:
+            raise SettingsError(
+                f"interim_interval_s: must be >= 0 (0 disables), got {self.interim_interval_s}"
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"metrics_port: 0 (off) or 1-65535, got {self.metrics_port}")
+        try:
+            parse_cidrs(self.service_cidrs)
+        except ValueError as exc:
+            raise SettingsError(f"service_cidrs: {exc}") from None
+        for name in ("poll_interval_s", "stats_interval_s", "flush_timeout_s",
+                     "health_interval_s"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.max_batch <= 0:
@@ -98,6 +138,10 @@ class Settings:
     @property
     def topics(self) -> Topics:
         return Topics(prefix=self.topic_prefix)
+
+    @property
+    def health_topic(self) -> str:
+        return f"{self.topic_prefix}.collector.health"
 
 
 def parse_kafka_options(items: Sequence[str]) -> dict[str, str]:
@@ -241,12 +285,72 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         f"defaults (env {ENV['kafka_options']}: KEY=VALUE items separated by ';')",
     )
     p.add_argument(
+        "--interim-interval-s",
+        type=_number(float, "--interim-interval-s"),
+        default=default("interim_interval_s"),
+        help=env_help(
+            "interim_interval_s",
+            "an open connection reports the deltas since its previous record this often "
+            "(0: only when it closes)",
+        ),
+    )
+    p.add_argument(
+        "--service-cidrs",
+        default=default("service_cidrs"),
+        help=env_help(
+            "service_cidrs",
+            "comma-separated ClusterIP ranges (e.g. 10.96.0.0/12); connections to them are "
+            "resolved to their backend through conntrack; empty: no lookups",
+        ),
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_number(int, "--metrics-port"),
+        default=default("metrics_port"),
+        help=env_help("metrics_port", "Prometheus /metrics port (0: no endpoint)"),
+    )
+    p.add_argument(
+        "--health-interval-s",
+        type=_number(float, "--health-interval-s"),
+        default=default("health_interval_s"),
+        help=env_help(
+            "health_interval_s", "seconds between health records on <prefix>.collector.health"
+        ),
+    )
+    p.add_argument(
+        "--wakeup-bytes",
+        type=_number(int, "--wakeup-bytes"),
+        default=default("wakeup_bytes"),
+        help=env_help(
+            "wakeup_bytes",
+            "the kernel wakes the collector once this many bytes of events wait (it also "
+            "reads every poll interval); 0: on every event",
+        ),
+    )
+    p.add_argument(
+        "--udp-interval-s",
+        type=_number(float, "--udp-interval-s"),
+        default=default("udp_interval_s"),
+        help=env_help(
+            "udp_interval_s",
+            "UDP bytes/packets per (local, remote) pair are reported per window of this "
+            "length on <prefix>.raw.udp (0: no UDP program)",
+        ),
+    )
+    p.add_argument(
+        "--udp-bpf-object",
+        type=Path,
+        default=default("udp_bpf_object"),
+        help=env_help("udp_bpf_object", "compiled UDP BPF object (make -C bpf builds it)"),
+    )
+    p.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
         default=default("log_level"),
         help=env_help("log_level", "log level"),
     )
+    dns_settings.add_arguments(p, env)
     return p
 
 
@@ -257,4 +361,5 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
     options.update(parse_kafka_options(args.kafka_option))
     values = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__}
     values["kafka_options"] = options
+    values["dns"] = dns_settings.from_args(args)
     return Settings(**values)

@@ -1,4 +1,4 @@
-"""The kernel side of the collector: the loaded tcpconn program and its ring buffer.
+"""The kernel side of the collector: the loaded tcpconn programs and their ring buffer.
 
 Integration tests use this directly (no Kafka): load, attach, make connections, read.
 """
@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from types import TracebackType
 
-from collector.events import COUNTER_NAMES
+from collector.events import COUNTER_NAMES, TARGS
 from collector.kernelfs import ensure_tracefs
 from collector.libbpf import BpfObject
 from collector.ringbuf import RecordBatch, RingBufferReader
@@ -33,11 +33,17 @@ class TcpConnSource:
         ringbuf_bytes: int | None = None,
         tracefs: Path = Path("/sys/kernel/tracing"),
         mount_tracefs: bool = True,
+        interim_interval_s: float = 30.0,
+        wakeup_bytes: int = 0,
     ) -> None:
+        """``interim_interval_s``: an open connection reports its deltas at most this often
+        (0: only when it closes). ``wakeup_bytes``: wake :meth:`wait` only once this much is
+        waiting (0: every event); callers must then also read on a timeout."""
         if mount_tracefs and ensure_tracefs(tracefs):
             log.info("mounted tracefs at %s", tracefs)
         sizes = {EVENTS_MAP: ringbuf_bytes} if ringbuf_bytes else {}
-        self._obj = BpfObject(bpf_object, map_max_entries=sizes, tracefs=tracefs)
+        targs = TARGS.pack(round(interim_interval_s * 1e9), wakeup_bytes)
+        self._obj = BpfObject(bpf_object, map_max_entries=sizes, tracefs=tracefs, rodata=targs)
         self._reader: RingBufferReader | None = None
         try:
             self._reader = RingBufferReader(

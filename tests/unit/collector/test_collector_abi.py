@@ -10,7 +10,9 @@ from collector import events
 
 HEADER = Path(__file__).resolve().parents[3] / "bpf" / "tcpconn.h"
 
-_C_TO_STRUCT = {"__u64": "Q", "__u32": "I", "__u16": "H", "__u8": "B", "char": "s"}
+_C_TO_STRUCT = {
+    "__u64": "Q", "__u32": "I", "__s32": "i", "__u16": "H", "__u8": "B", "char": "s"
+}  # fmt: skip
 _SIZES = {"TCPCONN_COMM_LEN": 16, "TCPCONN_ADDR_LEN": 16}
 
 
@@ -48,7 +50,7 @@ def _struct_format() -> str:
         decl = decl.strip()
         if not decl:
             continue
-        found = re.fullmatch(r"(__u64|__u32|__u16|__u8|char)\s+(\w+)(?:\[(\w+)\])?", decl)
+        found = re.fullmatch(r"(__u64|__u32|__s32|__u16|__u8|char)\s+(\w+)(?:\[(\w+)\])?", decl)
         assert found, f"cannot parse field {decl!r}"
         ctype, name, count = found.groups()
         code = _C_TO_STRUCT[ctype]
@@ -62,7 +64,7 @@ def _struct_format() -> str:
 
 def test_event_layout_matches_header() -> None:
     assert _struct_format() == events.EVENT_FORMAT
-    assert struct.calcsize(_struct_format()) == events.EVENT_SIZE == 120
+    assert struct.calcsize(_struct_format()) == events.EVENT_SIZE == 152
     assert events.EVENT_SIZE % 8 == 0
 
 
@@ -89,3 +91,18 @@ def test_counters_match_header_in_index_order() -> None:
     expected = ["TCPCONN_CTR_" + n.upper() for n in events.COUNTER_NAMES]
     assert by_index == expected
     assert sorted(counters.values()) == list(range(len(expected)))
+
+
+def test_kinds_match_header() -> None:
+    assert _enum("tcpconn_kind") == {
+        "TCPCONN_KIND_FINAL": events.KIND_FINAL,
+        "TCPCONN_KIND_INTERIM": events.KIND_INTERIM,
+    }
+
+
+def test_targs_layout_matches_header() -> None:
+    body = re.search(r"struct tcpconn_targs \{(.*?)\};", _strip_comments(_header()), re.S)
+    assert body, "struct tcpconn_targs not found"
+    fields = [d.split() for d in body.group(1).split(";") if d.strip()]
+    assert fields == [["__u64", "interim_ns"], ["__u64", "wakeup_bytes"]]
+    assert events.TARGS.format == "<QQ"

@@ -89,4 +89,5 @@ def test_help_documents_every_setting_and_its_variable() -> None:
         option = "--kafka-option" if name == "kafka_options" else "--" + name.replace("_", "-")
         assert variable in text, variable
         assert option in text, option
-    assert set(ENV) == set(Settings.__dataclass_fields__)  # no setting without a variable
+    # no setting without a variable; the nested DNS group has its own (test_dns_pipeline.py)
+    assert set(ENV) == set(Settings.__dataclass_fields__) - {"dns"}

@@ -1,0 +1,191 @@
+"""UDP volume per (local, remote) pair per window: bpf/udpflow.bpf.o to RawUdpFlow records.
+
+The kernel sums into one of two hash maps (generation ``gen``). Every interval the collector
+drains the map that has not been written since the *previous* flip, then flips: a program
+that read the old generation a moment before a flip may still add to that map for a few
+microseconds, so a map is only read one whole interval after it stopped being current.
+Records therefore describe the window before last; nothing is lost between read and delete.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Literal
+
+from collector.attribution import CgroupResolver
+from collector.events import Decoder
+from collector.libbpf import BpfObject
+from flowscope.codec import JsonCodec
+from flowscope.records import RawUdpFlow
+
+log = logging.getLogger("collector.udp")
+
+# struct udpflow_key / udpflow_value (bpf/udpflow.h), little-endian, no implicit padding.
+KEY_FORMAT: Final = "<Q16s16sHHH2x"
+VALUE_FORMAT: Final = "<QQQQ"
+KEY = struct.Struct(KEY_FORMAT)
+VALUE = struct.Struct(VALUE_FORMAT)
+KEY_SIZE: Final = 48
+VALUE_SIZE: Final = 32
+assert KEY.size == KEY_SIZE and VALUE.size == VALUE_SIZE
+COUNTER_NAMES: Final = ("packets", "map_full")  # enum udpflow_counter, in index order
+FLOW_MAPS: Final = ("flows0", "flows1")
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class UdpFlow:
+    family: Literal[4, 6]
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    cgroup_id: int
+    bytes_out: int
+    packets_out: int
+    bytes_in: int
+    packets_in: int
+
+
+def decode_flow(decoder: Decoder, key: bytes, value: bytes) -> UdpFlow:
+    """One map entry. Raises ValueError on an unknown family."""
+    cgroup_id, local, remote, lport, rport, family = KEY.unpack(key)
+    bytes_out, packets_out, bytes_in, packets_in = VALUE.unpack(value)
+    version, local_addr = decoder.address(family, local)
+    _, remote_addr = decoder.address(family, remote)
+    return UdpFlow(version, local_addr, lport, remote_addr, rport, cgroup_id,
+                   bytes_out, packets_out, bytes_in, packets_in)  # fmt: skip
+
+
+class UdpFlowSource:
+    """Loads ``udpflow.bpf.o`` and attaches it to the cgroup v2 root (every socket)."""
+
+    def __init__(self, bpf_object: Path, cgroup_root: Path) -> None:
+        self._obj = BpfObject(bpf_object)
+        try:
+            self._gen = 0
+            self._obj.map_update("gen", _U32.pack(0), _U32.pack(0))
+            self._obj.attach_all_to_cgroup(cgroup_root)
+        except BaseException:
+            self._obj.close()
+            raise
+
+    def flip(self) -> None:
+        """Make the other map current."""
+        self._gen ^= 1
+        self._obj.map_update("gen", _U32.pack(0), _U32.pack(self._gen))
+
+    def drain_inactive(self) -> list[tuple[bytes, bytes]]:
+        return self._obj.map_drain(FLOW_MAPS[self._gen ^ 1], KEY_SIZE, VALUE_SIZE)
+
+    def drain_current(self) -> list[tuple[bytes, bytes]]:
+        return self._obj.map_drain(FLOW_MAPS[self._gen], KEY_SIZE, VALUE_SIZE)
+
+    def program_ids(self) -> list[int]:
+        return self._obj.program_ids()
+
+    def kernel_counters(self) -> dict[str, int]:
+        values = self._obj.percpu_u64_sums("udp_counters", len(COUNTER_NAMES))
+        return dict(zip(COUNTER_NAMES, values, strict=True))
+
+    def close(self) -> None:
+        self._obj.close()
+
+    def __enter__(self) -> UdpFlowSource:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass
+class UdpStats:
+    windows: int = 0
+    records: int = 0
+    decode_errors: int = 0
+    produce_refused: int = 0
+
+
+class UdpReporter:
+    """Called from the collector's loop; every ``interval_s`` turns one window into records."""
+
+    def __init__(
+        self,
+        source: UdpFlowSource,
+        resolver: CgroupResolver,
+        produce: Callable[[str, bytes, str], bool],
+        topic: str,
+        node: str,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._resolver = resolver
+        self._produce = produce
+        self._topic = topic
+        self._node = node
+        self._interval = interval_s
+        self._clock = clock
+        self._decoder = Decoder()
+        self._codec = JsonCodec(RawUdpFlow)
+        self._next = clock() + interval_s
+        # Wall-clock bounds of the windows held by each map: (start of previous, last flip).
+        self._flips: list[int] = [time.time_ns()]
+        self.stats = UdpStats()
+
+    def tick(self) -> None:
+        if self._clock() < self._next:
+            return
+        self._next = self._clock() + self._interval
+        if len(self._flips) >= 2:
+            self._emit(self._source.drain_inactive(), self._flips[-2], self._flips[-1])
+        self._source.flip()
+        self._flips = [*self._flips[-1:], time.time_ns()]
+
+    def finish(self) -> None:
+        """At shutdown: both maps, the older window first (the collector is detaching)."""
+        if len(self._flips) >= 2:
+            self._emit(self._source.drain_inactive(), self._flips[-2], self._flips[-1])
+        self._source.flip()
+        time.sleep(0.01)  # let programs that read the old generation finish their add
+        self._emit(self._source.drain_inactive(), self._flips[-1], time.time_ns())
+
+    def _emit(self, entries: list[tuple[bytes, bytes]], start_ns: int, end_ns: int) -> None:
+        self.stats.windows += 1
+        for key, value in entries:
+            try:
+                flow = decode_flow(self._decoder, key, value)
+            except (ValueError, struct.error):
+                self.stats.decode_errors += 1
+                continue
+            cgroup = self._resolver.resolve(flow.cgroup_id)
+            record = RawUdpFlow(
+                node=self._node, window_start_ns=start_ns, window_end_ns=end_ns,
+                family=flow.family, local_addr=flow.local_addr, local_port=flow.local_port,
+                remote_addr=flow.remote_addr, remote_port=flow.remote_port,
+                cgroup_id=flow.cgroup_id, cgroup_path=cgroup.path, pod_uid=cgroup.pod_uid,
+                container_id=cgroup.container_id, bytes_out=flow.bytes_out,
+                packets_out=flow.packets_out, bytes_in=flow.bytes_in,
+                packets_in=flow.packets_in,
+            )  # fmt: skip
+            key_text = cgroup.pod_uid if cgroup.pod_uid is not None else self._node
+            if self._produce(self._topic, self._codec.encode(record), key_text):
+                self.stats.records += 1
+            else:
+                self.stats.produce_refused += 1
+
+    def counters(self) -> dict[str, int]:
+        values = {f"udp_{k}": v for k, v in vars(self.stats).items()}
+        values.update({f"kernel_udp_{k}": v for k, v in self._source.kernel_counters().items()})
+        return values

@@ -1,0 +1,198 @@
+"""The broker goes away during traffic and comes back: ``python -m collector`` keeps running,
+buffers, resumes by itself, and every connection made meanwhile arrives exactly once or is
+counted as dropped. Its counters are readable on the Prometheus endpoint and as health
+records on Kafka.
+
+The shared broker on 9092 is used by others: this test starts its own second broker
+(devbroker.Broker in a temporary state dir on free ports) and stops/starts only that one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from collector.health import CollectorHealth
+from collector.settings import REPO_ROOT
+from devbroker import Broker
+from flowscope.codec import JsonCodec
+from flowscope.kafka import TopicSpec, ensure_topics
+from flowscope.records import RawTcpConnection
+from flowscope.topics import Topics
+
+PER_PHASE = 40
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def own_broker(root_required: None, tmp_path: Path) -> Iterator[Broker]:
+    broker = Broker(state_dir=tmp_path / "kafka", port=_free_port(),
+                    controller_port=_free_port(), heap_mb=384)  # fmt: skip
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _connections(port: int, count: int) -> list[int]:
+    """``count`` loopback connections to our listener; returns the client ports."""
+    ports = []
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            ports.append(c.getsockname()[1])
+            c.sendall(b"p" * 100)
+            c.shutdown(socket.SHUT_WR)
+            while c.recv(65536):
+                pass
+    return ports
+
+
+def _serve(listener: socket.socket, stop: threading.Event) -> None:
+    listener.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        with conn:
+            while conn.recv(65536):
+                pass
+            conn.sendall(b"q" * 50)
+
+
+def _metrics(port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split()
+            values[name] = int(value)
+    return values
+
+
+def _consume(bootstrap: str, topic: str, timeout_s: float) -> list[bytes]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                         "auto.offset.reset": "earliest"})  # fmt: skip
+    consumer.subscribe([topic])
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    idle_until = time.monotonic() + 5
+    try:
+        while time.monotonic() < deadline and time.monotonic() < idle_until:
+            for msg in consumer.consume(num_messages=5000, timeout=0.5):
+                if msg.error() is None and msg.value() is not None:
+                    out.append(msg.value())
+                    idle_until = time.monotonic() + 3
+    finally:
+        consumer.close()
+    return out
+
+
+def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
+    own_broker: Broker, topics: Topics
+) -> None:
+    built = subprocess.run(["make", "-C", str(REPO_ROOT / "bpf")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    bootstrap = own_broker.bootstrap
+    health_topic = f"{topics.prefix}.collector.health"
+    ensure_topics(bootstrap, [TopicSpec(topics.raw_tcp), TopicSpec(health_topic)])
+    metrics_port = _free_port()
+    env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": bootstrap,
+           "FLOWSCOPE_TOPIC_PREFIX": topics.prefix}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector", "--ringbuf-bytes", "4194304",
+         "--metrics-port", str(metrics_port), "--health-interval-s", "1",
+         "--stats-interval-s", "1", "--flush-timeout-s", "60",
+         "--node-name", f"outage-{uuid.uuid4().hex[:6]}"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            if "collector ready" in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop_serving = threading.Event()
+    server = threading.Thread(target=_serve, args=(listener, stop_serving), daemon=True)
+    server.start()
+    client_ports: list[int] = []
+    try:
+        assert ready.wait(60), "".join(log)
+        client_ports += _connections(port, PER_PHASE)  # broker up
+        time.sleep(1.5)
+        before = _metrics(metrics_port)
+        assert before["flowscope_collector_delivered_total"] > 0, before
+
+        own_broker.stop()  # the outage
+        client_ports += _connections(port, PER_PHASE)
+        time.sleep(2)
+        during = _metrics(metrics_port)
+        assert proc.poll() is None, "collector died when the broker went away"
+        assert during["flowscope_collector_in_flight"] > 0, during  # buffered, not lost
+
+        own_broker.start()
+        client_ports += _connections(port, PER_PHASE)
+        time.sleep(2)
+    finally:
+        stop_serving.set()
+        server.join(5)
+        listener.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc == 0, "".join(log)
+    final = next(line for line in reversed(log) if "final stats" in line)
+    counters = dict(kv.split("=") for kv in final.split("final stats ")[1].split())
+    dropped = sum(int(counters[k]) for k in ("dropped_buffer_full", "delivery_failed"))
+    dropped += int(counters["kernel_lost_ringbuf"]) + int(counters["decode_errors"])
+
+    codec = JsonCodec(RawTcpConnection)
+    records = [codec.decode(v) for v in _consume(bootstrap, topics.raw_tcp, timeout_s=60)]
+    ours = [
+        (r.role, r.local_port, r.remote_port)
+        for r in records
+        if port in (r.local_port, r.remote_port) and not r.interim
+    ]
+    expected = {("client", p, port) for p in client_ports} | {
+        ("server", port, p) for p in client_ports
+    }
+    assert len(ours) == len(set(ours)), "a record arrived twice"
+    missing = expected - set(ours)
+    # Every missing connection end is accounted for by a loss counter.
+    assert len(missing) <= dropped, (len(missing), counters)
+    assert int(counters["delivered"]) >= len(expected) - dropped
+    health = [JsonCodec(CollectorHealth).decode(v)
+              for v in _consume(bootstrap, health_topic, timeout_s=20)]  # fmt: skip
+    assert health and "dropped_buffer_full" in health[-1].counters
+    assert max(h.counters["delivered"] for h in health) >= len(expected) - dropped
+    print(f"outage: {len(expected)} connection ends, {len(set(ours))} arrived, "
+          f"{len(missing)} missing, loss counters {dropped}")  # fmt: skip
