@@ -1,4 +1,5 @@
-"""``python -m processors worker``: run the TCP pair metrics worker.
+"""``python -m processors worker``: run the TCP connection metrics worker (pair totals,
+latency, cross-zone cost, alerts).
 
 Every option has a FLOWSCOPE_* environment variable as its default; the environment is read
 here and nowhere else.
@@ -18,9 +19,12 @@ from typing import TypeVar
 
 from flowscope.kafka import KafkaUnavailable, TopicSpec, ensure_topics, wait_for_broker
 from flowscope.topics import Topics
+from processors.alerts import AlertRuleError, load_rules
+from processors.prices import PriceTableError, load_price_table
 from processors.settings import LOG_LEVELS, ProcessorSettings, SettingsError
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("processors")
 
 
@@ -143,6 +147,34 @@ def parser() -> argparse.ArgumentParser:
         float,
         "after SIGTERM, exit hard (code 1) if faust has not stopped within this time",
     )
+    option(
+        "--prices",
+        "FLOWSCOPE_PROCESSORS_PRICES",
+        str(REPO / "config" / "prices.yaml"),
+        Path,
+        "data-transfer price table (USD per GB, per cloud and path class)",
+    )
+    option(
+        "--cloud",
+        "FLOWSCOPE_PROCESSORS_CLOUD",
+        "",
+        str,
+        "price table to use: aws, gcp, azure or custom; empty: the file's `cloud`",
+    )
+    option(
+        "--alert-rules",
+        "FLOWSCOPE_PROCESSORS_ALERT_RULES",
+        str(REPO / "config" / "alerts.yaml"),
+        Path,
+        "alert rules YAML",
+    )
+    option(
+        "--session-timeout-seconds",
+        "FLOWSCOPE_PROCESSORS_SESSION_TIMEOUT_S",
+        "10",
+        float,
+        "consumer group session timeout: how soon a dead worker's partitions move",
+    )
     w.add_argument(
         "--log-level",
         default=_env("FLOWSCOPE_LOG_LEVEL", "INFO").upper(),
@@ -181,8 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             sketch_alpha=args.sketch_alpha,
             shutdown_timeout_s=args.shutdown_timeout_seconds,
             log_level=args.log_level,
+            prices_path=args.prices,
+            cloud=args.cloud or None,
+            alert_rules_path=args.alert_rules,
+            session_timeout_s=args.session_timeout_seconds,
         )
-    except SettingsError as exc:
+        prices = load_price_table(settings.prices_path, settings.cloud)
+        rules = load_rules(settings.alert_rules_path)
+    except (SettingsError, PriceTableError, AlertRuleError) as exc:
         print(f"python -m processors: invalid setting: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -203,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             [
                 TopicSpec(topics.enriched_tcp),
                 TopicSpec(topics.metrics_tcp_pairs),
+                TopicSpec(topics.metrics_tcp_latency),
+                TopicSpec(topics.metrics_cost_pairs),
+                TopicSpec(topics.metrics_cost_rollups),
+                TopicSpec(topics.alerts),
                 TopicSpec(topics.deadletter),
             ],
         )
@@ -212,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported late: faust is slow to import and not needed for --help or bad settings.
     from processors.app import run_worker
 
-    code = run_worker(settings)
+    code = run_worker(settings, prices, rules)
     _exit_despite_lingering_threads(code)
     return code
 

@@ -1,26 +1,25 @@
-"""The faust-streaming worker for TCP pair metrics: Kafka in, Kafka out, nothing else.
+"""The faust-streaming worker for TCP connection metrics: Kafka in, Kafka out, nothing else.
 
-All logic lives in :class:`processors.tcp_pairs.TcpPairsProcessor`; this module only wires it
-to faust. Choices that avoid faust-streaming's known pitfalls (issue 6):
+All logic lives in :class:`processors.processor.ConnectionProcessor`; this module only wires
+it to faust. Choices that avoid faust-streaming's known pitfalls (issue 6):
 
 - No faust tables, no faust windows: the aggregation is in memory and the window close is
-  ours (event-time watermark plus grace, in processors.pairs), not faust's wall-clock expiry.
-  So no changelog writes per record and no windowed-table-in-take() trap.
-- One agent with ``concurrency=1`` (faust-streaming #606: concurrency > 1 can commit offsets
-  past unfinished messages). Scale with partitions and worker processes.
-- The ``kafka://`` driver (aiokafka), raw bytes in and out; JSON through flowscope.codec.
+  ours (event-time watermark plus grace), not faust's wall-clock expiry. No changelog writes.
+- One agent with ``concurrency=1`` (faust-streaming #606). Scale with partitions/processes.
+- The ``kafka://`` driver (aiokafka), raw bytes in and out; JSON through flowscope.codec;
+  a message holds one record or a batch (JSON array).
 
-Restarts (exactly-once is issue 6, not done here): faust acks each message once the agent has
-handled it and commits acked offsets every few seconds, but the open windows live only in this
-process's memory. A worker that stops therefore loses the connections of its open windows
-(logged at shutdown as ``unpublished_connections``), and a crash after a window was published
-but before its offsets were committed re-reads those records on restart and publishes a second
-record for that pair and window. Fixing both means acking a record only after its window is
-published (or making outputs idempotent), which issue 6 owns.
-
-Several workers in one consumer group split the partitions; unless the enriched topic is
-keyed by workload pair, two workers can each publish a partial record for the same pair and
-window (consumers can merge them: counts add, sketches merge).
+Restarts and crashes (issue 6): **acknowledge after publish, idempotent outputs.** The agent
+reads with acks disabled (``stream.noack()``) and acknowledges a message only once every
+window its records went into has been published and the broker has confirmed delivery of
+those metrics (faust commits only contiguous acknowledged offsets). A worker killed at any
+point therefore re-reads, on restart, every record whose window was not published: nothing is
+lost. Windows published but not yet committed may be published again from the re-read
+records: every metric carries a deterministic ``metric_id`` (window, source partition,
+grouping key) and the first record per id is complete (it was built before any record of its
+window could be committed), so consumers keep the first per id (processors.dedupe) and count
+each connection exactly once. When a rebalance takes a partition away, its open windows are
+dropped here (never published, never acked): the new owner re-reads them.
 """
 
 from __future__ import annotations
@@ -36,27 +35,36 @@ from typing import Any
 
 import faust
 
+from flowscope.records import DeadLetter  # noqa: F401  (the dead-letter contract)
 from flowscope.topics import Topics
+from processors.alerts import AlertRule
+from processors.prices import PriceTable
+from processors.processor import ConnectionProcessor, OutputKind, Source
 from processors.settings import ProcessorSettings
-from processors.tcp_pairs import Source, TcpPairsProcessor
 
 log = logging.getLogger(__name__)
 
-# A metric that is not delivered within this time is counted as failed; the timer goes on.
+# A metric not delivered within this time: the worker exits without acknowledging, so a
+# restart re-reads (and republishes) instead of losing the window.
 DELIVERY_TIMEOUT_S = 30.0
 EXIT_SHUTDOWN_TIMEOUT = 1
+EXIT_DELIVERY_FAILED = 5
 
 
-def build_processor(settings: ProcessorSettings) -> TcpPairsProcessor:
-    return TcpPairsProcessor(
+def build_processor(
+    settings: ProcessorSettings, prices: PriceTable, rules: list[AlertRule]
+) -> ConnectionProcessor:
+    return ConnectionProcessor(
         window_ns=settings.window_ns,
         grace_ns=settings.grace_ns,
         idle_allowance_ns=settings.idle_allowance_ns,
+        prices=prices,
+        rules=rules,
         alpha=settings.sketch_alpha,
     )
 
 
-def build_app(settings: ProcessorSettings, processor: TcpPairsProcessor) -> faust.App:
+def build_app(settings: ProcessorSettings, processor: ConnectionProcessor) -> faust.App:
     topics = Topics(settings.topic_prefix)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -73,6 +81,17 @@ def build_app(settings: ProcessorSettings, processor: TcpPairsProcessor) -> faus
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         worker_redirect_stdouts=False,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 4),
+        # Commits lag by up to window + grace + idle allowance by design (acks after publish):
+        # not a livelock.
+        broker_commit_livelock_soft_timeout=3600.0,
+        # faust would wait for every unacknowledged message before a rebalance or a stop; ours
+        # stay unacknowledged until their window is published, on purpose (re-read instead).
+        stream_wait_empty=False,
+        # Measured (bench/processors_bench.py): aiokafka's default 1 MiB per partition and
+        # fetch starves the worker on batched records (~1 KB each); 16 MiB fetches doubled it.
+        consumer_max_fetch_size=16 * 1024 * 1024,
     )
     source = app.topic(
         topics.enriched_tcp,
@@ -81,46 +100,68 @@ def build_app(settings: ProcessorSettings, processor: TcpPairsProcessor) -> faus
         key_serializer="raw",
         value_serializer="raw",
     )
-    metrics_topic = app.topic(
-        topics.metrics_tcp_pairs, key_serializer="raw", value_serializer="raw"
-    )
-    deadletter_topic = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
 
-    @app.agent(source, name="tcp_pairs", concurrency=1)
+    def out(name: str) -> Any:
+        return app.topic(name, key_serializer="raw", value_serializer="raw")
+
+    outputs: dict[OutputKind, Any] = {
+        "pairs": out(topics.metrics_tcp_pairs),
+        "latency": out(topics.metrics_tcp_latency),
+        "cost_pairs": out(topics.metrics_cost_pairs),
+        "cost_rollups": out(topics.metrics_cost_rollups),
+        "alerts": out(topics.alerts),
+    }
+    deadletter_topic = out(topics.deadletter)
+    # Messages read but not acknowledged: (partition, newest window start or None, event).
+    pending: list[tuple[int, int | None, Any]] = []
+    dead_futures: list[Any] = []
+
+    @app.agent(source, name="tcp_connections", concurrency=1)
     async def aggregate(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
+        # noack: acknowledged by close_windows once the records' windows are published.
+        async for event in stream.noack().events():  # type: ignore[attr-defined]
             message = event.message
-            dead = processor.handle(
+            partition = message.partition
+            newest, dead = processor.handle(
                 event.value,
-                Source(message.topic, message.partition, message.offset, message.key),
+                Source(message.topic, partition, message.offset, message.key),
                 time.time_ns(),
             )
-            if dead is not None:
-                # Sent as an attachment of this event: published when the event is acked.
-                # faust calls back on delivery only: dead_lettered - dead_letters_delivered
-                # is what is still in flight or failed.
-                await deadletter_topic.send(key=message.key, value=dead, callback=on_dead_sent)
-
-    def on_dead_sent(_fut: Any) -> None:
-        processor.outputs.dead_letters_delivered += 1
+            for letter in dead:
+                fut = await deadletter_topic.send(key=message.key, value=letter)
+                dead_futures.append(fut)
+            pending.append((partition, newest, event))
 
     async def close_windows() -> None:
         ready = processor.close_ready(time.time_ns())
-        if not ready:
-            return
-        pending = [await metrics_topic.send(key=key, value=value) for key, value in ready]
-        processor.outputs.metrics_sent += len(pending)
-        done, not_done = await asyncio.wait(
-            [asyncio.ensure_future(p) for p in pending], timeout=DELIVERY_TIMEOUT_S
-        )
-        failed = len(not_done) + sum(1 for d in done if d.exception() is not None)
-        processor.outputs.metrics_delivered += len(pending) - failed
-        processor.outputs.metrics_failed += failed
-        if failed:
-            log.error("%d of %d metrics were not delivered", failed, len(pending))
+        if ready:
+            futures = [await outputs[o.kind].send(key=o.key, value=o.value) for o in ready]
+            processor.outputs.metrics_sent += len(futures)
+            failed = await _delivered(futures)
+            processor.outputs.metrics_delivered += len(futures) - failed
+            processor.outputs.metrics_failed += failed
+            if failed:
+                _die(f"{failed} of {len(futures)} metrics were not delivered", processor)
+        if dead_futures:
+            letters = list(dead_futures)
+            dead_futures.clear()
+            failed = await _delivered(letters)
+            processor.outputs.dead_letters_delivered += len(letters) - failed
+            if failed:
+                _die(f"{failed} dead letters were not delivered", processor)
+        # Acknowledge what is now safely published (or needed no window).
+        is_closed = processor.aggregator.is_closed
+        keep = []
+        for item in pending:
+            _partition, newest, event = item
+            if newest is None or is_closed(newest):
+                event.ack()
+            else:
+                keep.append(item)
+        pending[:] = keep
 
     async def log_counters() -> None:
-        log.info("tcp_pairs counters %s", _format(processor.report()))
+        log.info("tcp counters %s", _format(processor.report()))
 
     first_assignment = True
 
@@ -129,16 +170,45 @@ def build_app(settings: ProcessorSettings, processor: TcpPairsProcessor) -> faus
         assigned: set[Any] = args[0] if args else set()
         mine = sorted(tp.partition for tp in assigned if tp.topic == source.get_topic_name())
         # "processor ready" is what scripts wait for: consuming from here on.
+        processor.assign(mine)
         label = "processor ready" if first_assignment else "partitions reassigned"
         first_assignment = False
         log.info("%s: %s partitions %s", label, source.get_topic_name(), mine)
 
+    async def on_revoked(_app: Any, /, *args: Any, signal: Any, **_kwargs: Any) -> None:
+        revoked: set[Any] = args[0] if args else set()
+        gone = {tp.partition for tp in revoked if tp.topic == source.get_topic_name()}
+        if not gone:
+            return
+        dropped = processor.drop_partitions(gone)
+        # Never acknowledge them now: the partition's next owner reads them again.
+        pending[:] = [item for item in pending if item[0] not in gone]
+        log.info("partitions %s revoked: dropped %d unpublished records", sorted(gone), dropped)
+
     app.on_partitions_assigned.connect(on_assigned)
+    app.on_partitions_revoked.connect(on_revoked)
     # Applied as calls, not decorators: faust's timer decorator is untyped (mypy --strict).
     app.timer(settings.close_interval_s, name="close_windows")(close_windows)
     app.timer(settings.log_interval_s, name="log_counters")(log_counters)
 
     return app
+
+
+async def _delivered(futures: list[Any]) -> int:
+    """How many of the send futures failed or did not complete in time."""
+    if not futures:
+        return 0
+    done, not_done = await asyncio.wait(
+        [asyncio.ensure_future(f) for f in futures], timeout=DELIVERY_TIMEOUT_S
+    )
+    return len(not_done) + sum(1 for d in done if d.exception() is not None)
+
+
+def _die(reason: str, processor: ConnectionProcessor) -> None:
+    log.error("%s: exiting without acknowledging; a restart re-reads them", reason)
+    log.info("final counters %s", _format(processor.report()))
+    logging.shutdown()
+    os._exit(EXIT_DELIVERY_FAILED)
 
 
 class MissingCodec(RuntimeError):
@@ -191,22 +261,22 @@ class _Worker(faust.Worker):
         os._exit(EXIT_SHUTDOWN_TIMEOUT)
 
 
-def run_worker(settings: ProcessorSettings) -> int:
+def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[AlertRule]) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. Logs go to stderr."""
     try:
         check_codecs()
     except MissingCodec as exc:
         log.error("%s", exc)
         return 4
-    processor = build_processor(settings)
+    processor = build_processor(settings, prices, rules)
     app = build_app(settings, processor)
 
     def final_report(code: int) -> None:
         report: dict[str, Any] = {
             **processor.report(),
-            "unpublished_connections": processor.aggregator.pending_connections(),
+            "unpublished_records": processor.aggregator.pending_records(),
         }
-        log.info("tcp_pairs worker stopped (exit %d); final counters %s", code, _format(report))
+        log.info("tcp worker stopped (exit %d); final counters %s", code, _format(report))
 
     worker = _Worker(
         app,
@@ -219,7 +289,7 @@ def run_worker(settings: ProcessorSettings) -> int:
         redirect_stdouts=False,
     )
     log.info(
-        "starting tcp_pairs worker app_id=%s source=%s window_s=%s grace_s=%s idle_s=%s",
+        "starting tcp worker app_id=%s source=%s window_s=%s grace_s=%s idle_s=%s",
         settings.app_id,
         Topics(settings.topic_prefix).enriched_tcp,
         settings.window_s,

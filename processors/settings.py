@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from processors.prices import CLOUDS
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
@@ -33,6 +35,12 @@ class ProcessorSettings:
     # After SIGTERM/SIGINT, exit hard if faust has not stopped by then (see app._Worker).
     shutdown_timeout_s: float = 15.0
     log_level: str = "INFO"
+    # The price table (config/prices.yaml) and which cloud's prices apply (None: the file's).
+    prices_path: Path = Path("config/prices.yaml")
+    cloud: str | None = None
+    alert_rules_path: Path = Path("config/alerts.yaml")
+    # Consumer group session: how soon a killed worker's partitions go to the others.
+    session_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -57,6 +65,10 @@ class ProcessorSettings:
             raise SettingsError(f"shutdown timeout must be > 0 s, got {self.shutdown_timeout_s}")
         if not 0 < self.sketch_alpha < 1:
             raise SettingsError(f"sketch alpha must be in (0, 1), got {self.sketch_alpha}")
+        if self.cloud is not None and self.cloud not in CLOUDS:
+            raise SettingsError(f"cloud {self.cloud!r} is not one of {', '.join(CLOUDS)}")
+        if not 6 <= self.session_timeout_s <= 300:
+            raise SettingsError(f"session timeout must be 6-300 s, got {self.session_timeout_s}")
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(
                 f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"

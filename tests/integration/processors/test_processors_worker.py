@@ -8,70 +8,43 @@ late however slow the machine is, and the windows close a few seconds later by w
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer
+from processors_harness import (
+    Worker,
+    final_counters,
+    new_app_id,
+    new_consumer,
+    start_worker,
+)
 
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics
 from flowscope.records import (
+    CostPairMetric,
+    CostRollupMetric,
     DeadLetter,
     Endpoint,
     EnrichedTcpConnection,
     Role,
+    TcpLatencyMetric,
     TcpPairMetric,
 )
 from flowscope.topics import Topics
 from processors.sketch import QuantileSketch
 
-REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000
 WINDOW_S = 2
 WINDOW = WINDOW_S * S
 ALPHA = 0.01
-
-
-@dataclass
-class Worker:
-    proc: subprocess.Popen[bytes]
-    stderr_path: Path
-    stdout_path: Path
-
-    def log(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def wait_for_log(self, pattern: str, timeout_s: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = re.search(pattern, self.log())
-            if found:
-                return found
-            if self.proc.poll() is not None:
-                pytest.fail(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            time.sleep(0.2)
-        pytest.fail(f"worker log never matched /{pattern}/ in {timeout_s}s:\n{self.log()[-4000:]}")
-
-    def stop(self, timeout_s: float = 20.0) -> int:
-        """SIGTERM; SIGKILL of its process group if it does not exit in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -79,38 +52,9 @@ def worker(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Worker]:
     extra_args: list[str] = getattr(request, "param", [])
-    # Two partitions: one worker must still publish one record per pair and window.
-    ensure_topics(
-        kafka_bootstrap,
-        [
-            TopicSpec(topics.enriched_tcp, partitions=2),
-            TopicSpec(topics.metrics_tcp_pairs),
-            TopicSpec(topics.deadletter),
-        ],
-    )
-    stderr_path, stdout_path = tmp_path / "worker.stderr", tmp_path / "worker.stdout"
-    argv = [
-        sys.executable, "-m", "processors", "worker",
-        "--bootstrap-servers", kafka_bootstrap,
-        "--topic-prefix", topics.prefix,
-        "--app-id", f"test-tcp-pairs-{uuid.uuid4().hex[:8]}",
-        "--state-dir", str(tmp_path / "state"),
-        "--window-seconds", str(WINDOW_S),
-        "--grace-seconds", "1",
-        "--idle-allowance-seconds", "1",
-        "--log-interval-seconds", "2",
-        *extra_args,
-    ]  # fmt: skip
-    with stderr_path.open("wb") as err, stdout_path.open("wb") as out:
-        proc = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            stdout=out,
-            stderr=err,
-            env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
-    w = Worker(proc, stderr_path, stdout_path)
+    # Two partitions: per-partition records, summed by consumers (and by this test).
+    ensure_topics(kafka_bootstrap, [TopicSpec(topics.enriched_tcp, partitions=2)])
+    w = start_worker(kafka_bootstrap, topics, tmp_path, new_app_id(), WINDOW_S, extra_args)
     try:
         yield w
     finally:
@@ -185,19 +129,6 @@ def consume_all(consumer: Consumer, want: int, timeout_s: float, worker: Worker)
     return values
 
 
-def new_consumer(bootstrap: str, topic: str) -> Consumer:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    return consumer
-
-
 def exact_quantile(values: list[int], q: float) -> int:
     ordered = sorted(values)
     return ordered[math.floor(q * (len(ordered) - 1))]
@@ -246,11 +177,16 @@ def test_worker_publishes_exact_pair_metrics_once_per_window(
 
     codec = JsonCodec(EnrichedTcpConnection)
     producer = RecordProducer(kafka_bootstrap)
-    for i, r in enumerate(records):
-        producer.produce(topics.enriched_tcp, codec.encode(r), key=str(i % 7))
+    # One key: every record on one partition, so one record per pair and window. Half are
+    # single records, half batches (JSON arrays): consumers must accept both.
+    half = len(records) // 2
+    for r in records[:half]:
+        producer.produce(topics.enriched_tcp, codec.encode(r), key=b"pairs")
+    for i in range(half, len(records), 50):
+        producer.produce(topics.enriched_tcp, codec.encode_batch(records[i : i + 50]), key=b"pairs")
     producer.produce(topics.enriched_tcp, b'{"not": "an enriched record"', key=b"bad")
     assert producer.flush(15) == 0
-    assert producer.counters.delivered == len(records) + 1
+    assert producer.counters.delivered == half + math.ceil((len(records) - half) / 50) + 1
 
     metrics_consumer = new_consumer(kafka_bootstrap, topics.metrics_tcp_pairs)
     metric_codec = JsonCodec(TcpPairMetric)
@@ -295,13 +231,45 @@ def test_worker_publishes_exact_pair_metrics_once_per_window(
     finally:
         metrics_consumer.close()
 
+    # The same windows in the latency and cost families.
+    latency_metrics = [
+        JsonCodec(TcpLatencyMetric).decode(v)
+        for v in consume_all(
+            new_consumer(kafka_bootstrap, topics.metrics_tcp_latency), len(truth), 30, worker
+        )
+    ]
+    assert {
+        (m.window_start_ns, m.client_workload, m.server_workload) for m in latency_metrics
+    } == set(truth)
+    for lm in latency_metrics:
+        t = truth[(lm.window_start_ns, lm.client_workload, lm.server_workload)]
+        assert lm.connections == t.connections
+        assert lm.outcomes == {"closed": lm.connections} and lm.failure_rate == 0.0
+    cost = [
+        JsonCodec(CostPairMetric).decode(v)
+        for v in consume_all(
+            new_consumer(kafka_bootstrap, topics.metrics_cost_pairs), len(truth), 30, worker
+        )
+    ]
+    assert len(cost) == len(truth)
+    for c in cost:
+        t = truth[(c.window_start_ns, c.source_workload, c.destination_workload)]
+        if c.cost_class == "cross_zone":  # aws: $0.01/GB sent + $0.01/GB received
+            usd = Decimal(t.c2s + t.s2c) * Decimal("0.02") / 10**9
+        else:  # internet: the server (inside) sends s2c at $0.09/GB; ingress is free
+            usd = Decimal(t.s2c) * Decimal("0.09") / 10**9
+        assert round(c.cost_usd, 2) == round(float(usd), 2)
+        assert abs(Decimal(repr(c.cost_usd)) - usd) <= Decimal("1e-9"), c
+    rollups = consume_all(new_consumer(kafka_bootstrap, topics.metrics_cost_rollups), 1, 5, worker)
+    assert any(JsonCodec(CostRollupMetric).decode(v).scope == "namespace" for v in rollups)
+
     dead_consumer = new_consumer(kafka_bootstrap, topics.deadletter)
     try:
         dead = [JsonCodec(DeadLetter).decode(v) for v in consume_all(dead_consumer, 1, 30, worker)]
     finally:
         dead_consumer.close()
     assert len(dead) == 1
-    assert dead[0].stage == "processors.tcp_pairs"
+    assert dead[0].stage == "processors.tcp"
     assert dead[0].source_topic == topics.enriched_tcp
     assert dead[0].key == "bad"
     assert dead[0].payload == '{"not": "an enriched record"'
@@ -310,17 +278,16 @@ def test_worker_publishes_exact_pair_metrics_once_per_window(
     started = time.monotonic()
     assert worker.stop() == 0
     assert time.monotonic() - started < 15, "SIGTERM must stop the worker promptly"
-    final = re.search(r"final counters (.*)", worker.log())
-    assert final is not None, worker.log()[-3000:]
-    counters = dict(kv.split("=", 1) for kv in final.group(1).split())
+    counters = final_counters(worker)
     n_web = sum(t.connections for k, t in truth.items() if k[1] == web_key)
     assert counters["records"] == str(len(records) + 1)
     assert counters["counted"] == str(len(records) - n_web)
     assert counters["duplicates_skipped"] == str(n_web)
     assert counters["late_dropped"] == "1"
     assert counters["dead_lettered"] == counters["dead_letters_delivered"] == "1"
-    assert counters["metrics_published"] == counters["metrics_delivered"] == str(len(truth))
-    assert counters["unpublished_connections"] == "0"
+    assert counters["metrics_published"] == counters["metrics_delivered"]
+    assert int(counters["metrics_delivered"]) >= 3 * len(truth)
+    assert counters["unpublished_records"] == "0"
     # Logs go to stderr; stdout stays clean for anything that wants to parse it.
     assert worker.stdout_path.read_text() == ""
 
