@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+/*
+ * dns: every DNS packet (UDP, and TCP on the DNS port) of every local socket, with the
+ * socket's cgroup, to user space through a ring buffer.
+ *
+ * Hook: cgroup_skb ingress and egress, attached once to the cgroup v2 root. Why this one:
+ *  - it runs for every packet of every socket in any descendant cgroup, so one attachment
+ *    covers all pods, present and future, and hostNetwork pods too; no per-interface
+ *    attachment to follow as veths come and go (TC would need that);
+ *  - the socket is known (the kernel sets skb->sk before running it, also on ingress), so
+ *    bpf_skb_cgroup_id() names the pod by its cgroup, which IPs cannot do under hostNetwork
+ *    and NAT; at TC on a veth there is no socket;
+ *  - it needs no kprobe/fentry (not available on every kernel we target) and sees both
+ *    directions, with the payload readable through bpf_skb_load_bytes();
+ *  - ingress runs at delivery to the socket, after conntrack has undone a Service DNAT, so
+ *    a response's source is the address the client asked. Egress runs after NAT; the
+ *    socket's connected peer (sock_daddr) gives the pre-NAT address there.
+ * Cost: it runs for every packet of every local socket, DNS or not; the non-DNS path is one
+ * 20-byte header read and a port compare.
+ *
+ * Always returns 1 (allow): observing never drops traffic.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "dns.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Knobs set by the collector before load (const: the verifier prunes what they disable). */
+const volatile struct dns_targs targs = {
+	.port = 53,
+};
+
+/* DNS packets to user space. Size can be changed before load (collector setting). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+/* Losses and totals, indexed by enum dns_counter; user space sums the CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DNS_CTR_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *value = bpf_map_lookup_elem(&counters, &idx);
+
+	if (value)
+		__sync_fetch_and_add(value, 1);
+}
+
+/* Where the packet's transport header and DNS payload are. */
+struct pkt {
+	__u32 l4_off;
+	__u16 family;
+	__u8 protocol;
+	__u8 _pad;
+	__u8 saddr[DNS_ADDR_LEN];
+	__u8 daddr[DNS_ADDR_LEN];
+};
+
+/* 1 if this is a first (or only) IP packet carrying UDP or TCP, 0 to ignore, -1 if broken. */
+static __always_inline int read_ip(struct __sk_buff *skb, struct pkt *p)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return -1;
+		if (ip.protocol != IPPROTO_UDP && ip.protocol != IPPROTO_TCP)
+			return 0;
+		if (ip.frag_off & bpf_htons(IP_OFFSET))
+			return 2; /* a later fragment: no transport header */
+		p->family = AF_INET;
+		p->protocol = ip.protocol;
+		p->l4_off = ip.ihl * 4;
+		__builtin_memcpy(p->saddr, &ip.saddr, 4);
+		__builtin_memcpy(p->daddr, &ip.daddr, 4);
+		return 1;
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return -1;
+		/* Extension headers are not walked: DNS packets do not carry them in practice. */
+		if (ip6.nexthdr != IPPROTO_UDP && ip6.nexthdr != IPPROTO_TCP)
+			return 0;
+		p->family = AF_INET6;
+		p->protocol = ip6.nexthdr;
+		p->l4_off = sizeof(ip6);
+		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+		return 1;
+	}
+	return 0;
+}
+
+/* The socket's connected peer: where the application sent, before NAT. */
+static __always_inline void read_sock_peer(struct __sk_buff *skb, struct dns_event *ev)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	__builtin_memset(ev->sock_daddr, 0, sizeof(ev->sock_daddr));
+	ev->sock_dport = 0;
+	if (!sk)
+		return;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return;
+	ev->sock_dport = bpf_ntohs(sk->dst_port);
+	if (sk->family == AF_INET) {
+		__u32 ip4 = sk->dst_ip4;
+
+		__builtin_memcpy(ev->sock_daddr, &ip4, 4);
+	} else if (sk->family == AF_INET6) {
+		__u32 ip6[4];
+
+		ip6[0] = sk->dst_ip6[0];
+		ip6[1] = sk->dst_ip6[1];
+		ip6[2] = sk->dst_ip6[2];
+		ip6[3] = sk->dst_ip6[3];
+		__builtin_memcpy(ev->sock_daddr, ip6, 16);
+	}
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
+{
+	struct pkt p = {};
+	struct dns_event *ev;
+	__u32 payload_off, payload_len;
+	__u64 captured;
+	__u16 sport, dport;
+	int rc;
+
+	rc = read_ip(skb, &p);
+	if (rc == 0)
+		return 1;
+	if (rc < 0) {
+		count(DNS_CTR_BAD_HEADER);
+		return 1;
+	}
+	if (rc == 2) {
+		/* Without the transport header the port is unknown: every later UDP/TCP
+		 * fragment is counted (a large DNS answer over UDP would fragment). */
+		count(DNS_CTR_FRAGMENTS);
+		return 1;
+	}
+	if (p.protocol == IPPROTO_UDP) {
+		struct udphdr udp;
+
+		if (bpf_skb_load_bytes(skb, p.l4_off, &udp, sizeof(udp))) {
+			count(DNS_CTR_BAD_HEADER);
+			return 1;
+		}
+		sport = bpf_ntohs(udp.source);
+		dport = bpf_ntohs(udp.dest);
+		payload_off = p.l4_off + sizeof(udp);
+	} else {
+		struct tcphdr tcp;
+
+		if (bpf_skb_load_bytes(skb, p.l4_off, &tcp, sizeof(tcp))) {
+			count(DNS_CTR_BAD_HEADER);
+			return 1;
+		}
+		sport = bpf_ntohs(tcp.source);
+		dport = bpf_ntohs(tcp.dest);
+		payload_off = p.l4_off + tcp.doff * 4;
+	}
+	if (sport != targs.port && dport != targs.port)
+		return 1;
+	if (skb->len <= payload_off)
+		return 1; /* TCP handshake, ACKs, FINs: no DNS bytes */
+	payload_len = skb->len - payload_off;
+
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count(DNS_CTR_LOST_RINGBUF);
+		return 1;
+	}
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->cgroup_id = bpf_skb_cgroup_id(skb);
+	__builtin_memcpy(ev->saddr, p.saddr, sizeof(ev->saddr));
+	__builtin_memcpy(ev->daddr, p.daddr, sizeof(ev->daddr));
+	read_sock_peer(skb, ev);
+	ev->payload_len = payload_len;
+	ev->sport = sport;
+	ev->dport = dport;
+	ev->family = p.family;
+	ev->direction = direction;
+	ev->protocol = p.protocol;
+	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
+
+	captured = payload_len;
+	if (captured > DNS_PAYLOAD_MAX) {
+		captured = DNS_PAYLOAD_MAX;
+		count(DNS_CTR_CLIPPED);
+	}
+	/* The verifier needs the length provably within [1, DNS_PAYLOAD_MAX] in the register
+	 * passed to the helper: the barrier stops clang from reusing an unclamped copy. */
+	barrier_var(captured);
+	if (captured == 0 || captured > DNS_PAYLOAD_MAX ||
+	    bpf_skb_load_bytes(skb, payload_off, ev->payload, captured)) {
+		/* Unreadable payload: still report the packet, with nothing captured, so that
+		 * user space counts it as malformed rather than never hearing of it. */
+		captured = 0;
+	}
+	ev->captured_len = captured;
+	bpf_ringbuf_submit(ev, 0);
+	count(DNS_CTR_EVENTS);
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int dns_egress(struct __sk_buff *skb)
+{
+	return handle(skb, DNS_DIR_EGRESS);
+}
+
+SEC("cgroup_skb/ingress")
+int dns_ingress(struct __sk_buff *skb)
+{
+	return handle(skb, DNS_DIR_INGRESS);
+}

@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * dns.h: the ABI between dns.bpf.c and the collector (collector/dns/abi.py mirrors every
+ * definition below; tests/unit/collector/test_dns_abi.py checks that it does).
+ *
+ * One event per DNS packet (UDP datagram, or TCP segment with payload) sent or received by
+ * any local socket, with the first DNS_PAYLOAD_MAX bytes of its DNS payload. Parsing and
+ * query/response matching happen in user space: a DNS message is variable-length and full
+ * of compression pointers, which is cheap in Python and painful under the verifier.
+ */
+#ifndef __DNS_H
+#define __DNS_H
+
+#define DNS_ADDR_LEN 16
+/* Header (12) + the longest question (255 + 4) fit with room for the first answers. Longer
+ * messages are clipped here and flagged by payload_len > captured_len. */
+#define DNS_PAYLOAD_MAX 512
+
+/* dns_event.direction, from the socket's point of view */
+enum dns_direction {
+	DNS_DIR_EGRESS = 0,  /* the local socket sent it */
+	DNS_DIR_INGRESS = 1, /* the local socket received it */
+};
+
+/* Indexes of the per-CPU "counters" array map; user space sums over CPUs. */
+enum dns_counter {
+	DNS_CTR_EVENTS = 0,       /* events submitted to the ring buffer */
+	DNS_CTR_LOST_RINGBUF = 1, /* ring buffer full: the packet is not reported */
+	DNS_CTR_CLIPPED = 2,      /* payload longer than DNS_PAYLOAD_MAX: reported clipped */
+	DNS_CTR_FRAGMENTS = 3,    /* non-first IPv4 fragment on the DNS port: not reported */
+	DNS_CTR_BAD_HEADER = 4,   /* IP/UDP/TCP header could not be read: not reported */
+	DNS_CTR_MAX = 5,
+};
+
+/* Load-time knobs (the object's .rodata, written by the collector before load). */
+struct dns_targs {
+	__u16 port;    /* the DNS port, host byte order (53) */
+	__u16 _pad[3];
+};
+
+/*
+ * One DNS packet. 600 bytes, a multiple of 8, no implicit padding.
+ * ts_ns is CLOCK_MONOTONIC (bpf_ktime_get_ns); ports and family in host byte order;
+ * addresses in network byte order, IPv4 in the first 4 bytes of the 16.
+ */
+struct dns_event {
+	__u64 ts_ns;
+	__u64 cgroup_id;                 /* cgroup v2 id of the socket that sent/received it */
+	__u8 saddr[DNS_ADDR_LEN];        /* packet source (egress: after NAT on this host) */
+	__u8 daddr[DNS_ADDR_LEN];        /* packet destination */
+	/* The socket's connected peer, zero when the socket is not connected. glibc connects
+	 * its UDP socket, so for a client this is the server address the application used,
+	 * before any Service DNAT (which egress packets have already been through). */
+	__u8 sock_daddr[DNS_ADDR_LEN];
+	__u32 payload_len;               /* DNS bytes in the packet (UDP payload, TCP segment data) */
+	__u32 captured_len;              /* bytes copied into payload[] */
+	__u16 sport;
+	__u16 dport;
+	__u16 sock_dport;                /* the socket's connected peer port; 0 if unconnected */
+	__u16 family;                    /* AF_INET (2) or AF_INET6 (10), of the packet */
+	__u8 direction;                  /* enum dns_direction */
+	__u8 protocol;                   /* IPPROTO_UDP (17) or IPPROTO_TCP (6) */
+	__u8 _pad[6];
+	__u8 payload[DNS_PAYLOAD_MAX];
+};
+
+#endif /* __DNS_H */
