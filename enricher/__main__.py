@@ -1,7 +1,10 @@
 """``python -m enricher publish|join``: the only place that reads the environment.
 
-publish  read a file of Kubernetes objects, write slim metadata to the compacted topic, exit
-join     join raw TCP records with the metadata topic and produce enriched records
+publish          read a file of Kubernetes objects, write slim metadata to the compacted
+                 topic, exit
+publish --watch  keep the topic in step with a live cluster (kubeconfig or in-cluster),
+                 one active replica per Lease
+join             join raw TCP records with the metadata topic and produce enriched records
 """
 
 from __future__ import annotations
@@ -10,14 +13,17 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from enricher import EnricherError
+from enricher.classify import Network, parse_cidrs
 from enricher.joiner import Joiner
 from enricher.kubeobjects import parse_text
 from enricher.publisher import MetadataPublisher
@@ -34,7 +40,38 @@ ENV = {
     "stats_interval_s": "FLOWSCOPE_ENRICHER_STATS_INTERVAL_S",
     "batch_size": "FLOWSCOPE_ENRICHER_BATCH_SIZE",
     "deleted_pod_grace_s": "FLOWSCOPE_ENRICHER_DELETED_POD_GRACE_S",
+    "holdback_s": "FLOWSCOPE_ENRICHER_HOLDBACK_S",
+    "holdback_max_records": "FLOWSCOPE_ENRICHER_HOLDBACK_MAX_RECORDS",
+    "cluster_cidrs": "FLOWSCOPE_CLUSTER_CIDRS",
+    "other_cluster_cidrs": "FLOWSCOPE_OTHER_CLUSTER_CIDRS",
+    "watch": "FLOWSCOPE_PUBLISH_WATCH",
+    "kubeconfig": "FLOWSCOPE_KUBECONFIG",
+    "kube_context": "FLOWSCOPE_KUBE_CONTEXT",
+    "leader_election": "FLOWSCOPE_PUBLISH_LEADER_ELECTION",
+    "lease_namespace": "FLOWSCOPE_LEASE_NAMESPACE",
+    "lease_name": "FLOWSCOPE_LEASE_NAME",
+    "identity": "FLOWSCOPE_PUBLISHER_IDENTITY",
+    "lease_duration_s": "FLOWSCOPE_LEASE_DURATION_S",
+    "renew_deadline_s": "FLOWSCOPE_LEASE_RENEW_DEADLINE_S",
+    "retry_period_s": "FLOWSCOPE_LEASE_RETRY_PERIOD_S",
+    "watch_timeout_s": "FLOWSCOPE_WATCH_TIMEOUT_S",
+    "publish_labels": "FLOWSCOPE_PUBLISH_LABELS",
 }
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _flag(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a boolean (valid: {', '.join(_TRUE + _FALSE[:-1])})"
+    )
 
 
 def _positive(kind: Callable[[str], N], what: str) -> Callable[[str], N]:
@@ -46,6 +83,26 @@ def _positive(kind: Callable[[str], N], what: str) -> Callable[[str], N]:
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{what}: must be > 0, got {text!r}")
         return value
+
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _cidrs(what: str) -> Callable[[str], tuple[Network, ...]]:
+    def parse(text: str) -> tuple[Network, ...]:
+        try:
+            return parse_cidrs(text, what)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
 
@@ -67,6 +124,13 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         default=default("topic_prefix", d.topic_prefix),
         help=f"prefix of every topic name (env {ENV['topic_prefix']}; default %(default)s)",
     )
+    common.add_argument(
+        "--stats-interval-s",
+        type=_positive(float, "--stats-interval-s"),
+        default=default("stats_interval_s", d.stats_interval_s),
+        help=f"seconds between counter log lines (env {ENV['stats_interval_s']}; "
+        f"default %(default)s)",
+    )
     common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
 
     parser = argparse.ArgumentParser(
@@ -85,6 +149,74 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         f"{ENV['metadata_file']})",
     )
     pub.add_argument(
+        "--watch",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=default("watch", False),
+        help=f"watch a live cluster instead of reading a file (env {ENV['watch']})",
+    )
+    pub.add_argument(
+        "--kubeconfig",
+        default=default("kubeconfig", env.get("KUBECONFIG")),
+        help=f"kubeconfig file (env {ENV['kubeconfig']}, then KUBECONFIG; default: the "
+        f"in-cluster service account)",
+    )
+    pub.add_argument(
+        "--context",
+        dest="kube_context",
+        default=default("kube_context", None),
+        help=f"kubeconfig context (env {ENV['kube_context']}; default: the current one)",
+    )
+    pub.add_argument(
+        "--leader-election",
+        type=_flag,
+        default=default("leader_election", d.leader_election),
+        help=f"stand by unless holding the Lease (env {ENV['leader_election']}; default "
+        f"%(default)s)",
+    )
+    pub.add_argument(
+        "--lease-namespace",
+        default=default("lease_namespace", d.lease_namespace),
+        help=f"namespace of the Lease (env {ENV['lease_namespace']}; default %(default)s)",
+    )
+    pub.add_argument(
+        "--lease-name",
+        default=default("lease_name", d.lease_name),
+        help=f"name of the Lease (env {ENV['lease_name']}; default %(default)s)",
+    )
+    pub.add_argument(
+        "--identity",
+        default=default("identity", d.identity),
+        help=f"this replica's name in the Lease (env {ENV['identity']}; default: host name "
+        f"and a random suffix)",
+    )
+    for name, what in (
+        ("lease_duration_s", "seconds a silent leader keeps the Lease"),
+        ("renew_deadline_s", "seconds the leader tries to renew before standing down"),
+        ("retry_period_s", "seconds between Lease attempts"),
+    ):
+        pub.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_positive(float, "--" + name.replace("_", "-")),
+            default=default(name, getattr(d, name)),
+            help=f"{what} (env {ENV[name]}; default %(default)s)",
+        )
+    pub.add_argument(
+        "--watch-timeout-s",
+        type=_positive(int, "--watch-timeout-s"),
+        default=default("watch_timeout_s", d.watch_timeout_s),
+        help=f"server-side length of one watch request (env {ENV['watch_timeout_s']}; default "
+        f"%(default)s)",
+    )
+    pub.add_argument(
+        "--publish-labels",
+        type=_flag,
+        default=default("publish_labels", d.publish_labels),
+        help=f"carry pod labels in the metadata (env {ENV['publish_labels']}; default "
+        f"%(default)s)",
+    )
+    pub.add_argument(
         "--no-prune",
         dest="prune",
         action="store_false",
@@ -99,13 +231,6 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         help=f"consumer group for the raw topic (env {ENV['consumer_group']}; default %(default)s)",
     )
     join.add_argument(
-        "--stats-interval-s",
-        type=_positive(float, "--stats-interval-s"),
-        default=default("stats_interval_s", d.stats_interval_s),
-        help=f"seconds between counter log lines (env {ENV['stats_interval_s']}; "
-        f"default %(default)s)",
-    )
-    join.add_argument(
         "--batch-size",
         type=_positive(int, "--batch-size"),
         default=default("batch_size", d.batch_size),
@@ -118,18 +243,127 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         help=f"how long a deleted pod still names its IP (env {ENV['deleted_pod_grace_s']}; "
         f"default %(default)s)",
     )
+    join.add_argument(
+        "--holdback-s",
+        type=_non_negative,
+        default=default("holdback_s", d.holdback_s),
+        help=f"seconds a record whose pod or peer has no metadata yet waits for it before it "
+        f"is emitted as unresolved; 0 disables (env {ENV['holdback_s']}; default %(default)s)",
+    )
+    join.add_argument(
+        "--holdback-max-records",
+        type=_positive(int, "--holdback-max-records"),
+        default=default("holdback_max_records", d.holdback_max_records),
+        help=f"records held at most; more are emitted unresolved at once and counted (env "
+        f"{ENV['holdback_max_records']}; default %(default)s)",
+    )
+    join.add_argument(
+        "--cluster-cidrs",
+        type=_cidrs("--cluster-cidrs"),
+        default=default("cluster_cidrs", ""),
+        help=f"this cluster's pod and service CIDRs, comma-separated; only unknown addresses "
+        f"inside them are held back (env {ENV['cluster_cidrs']}; default: none, then every "
+        f"private address is)",
+    )
+    join.add_argument(
+        "--other-cluster-cidrs",
+        type=_cidrs("--other-cluster-cidrs"),
+        default=default("other_cluster_cidrs", ""),
+        help=f"CIDRs of other (peered) clusters, comma-separated; their peers are classified "
+        f"as another cluster (env {ENV['other_cluster_cidrs']}; default: none)",
+    )
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     values = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__}
-    if values.get("metadata_file") is not None:
-        values["metadata_file"] = Path(values["metadata_file"])
+    for name in ("metadata_file", "kubeconfig"):
+        if values.get(name):
+            values[name] = Path(values[name])
     # argparse applies `type` to string defaults too, so env values are validated as well.
     return Settings(**values)
 
 
+def kube_api_client(settings: Settings) -> Any:
+    """An ApiClient from the kubeconfig, else from the pod's service account."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    if settings.kubeconfig is not None:
+        if not settings.kubeconfig.is_file():
+            raise EnricherError(f"kubeconfig not found: {settings.kubeconfig}")
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(settings.kubeconfig),
+            context=settings.kube_context,
+            client_configuration=cfg,
+        )
+    else:
+        try:
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=cfg
+            )
+        except config.ConfigException as exc:
+            raise EnricherError(
+                f"no kubeconfig given (--kubeconfig, {ENV['kubeconfig']} or KUBECONFIG) and "
+                f"not running in a cluster: {exc}"
+            ) from exc
+    return client.ApiClient(cfg)
+
+
+def publish_watch(settings: Settings) -> int:
+    from enricher.lease import LeaseConfig
+    from enricher.livepublisher import WatchOptions, WatchPublisher
+
+    identity = settings.identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    try:
+        lease = (
+            LeaseConfig(
+                namespace=settings.lease_namespace,
+                name=settings.lease_name,
+                identity=identity,
+                lease_duration_s=settings.lease_duration_s,
+                renew_deadline_s=settings.renew_deadline_s,
+                retry_period_s=settings.retry_period_s,
+            )
+            if settings.leader_election
+            else None
+        )
+    except ValueError as exc:
+        print(f"enricher: {exc}", file=sys.stderr)
+        return 2
+    api = kube_api_client(settings)
+    wait_for_broker(settings.bootstrap_servers)
+    stop = _stop_on_signals()
+    publisher = WatchPublisher(
+        api,
+        settings.bootstrap_servers,
+        settings.topics,
+        WatchOptions(
+            lease=lease,
+            watch_timeout_s=settings.watch_timeout_s,
+            include_labels=settings.publish_labels,
+            stats_interval_s=settings.stats_interval_s,
+        ),
+    )
+    publisher.run(stop)
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("enricher").info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
 def publish(settings: Settings) -> int:
+    if settings.watch:
+        return publish_watch(settings)
     path = settings.metadata_file
     if path is None:
         print(f"publish needs --file or {ENV['metadata_file']}", file=sys.stderr)
@@ -151,15 +385,7 @@ def publish(settings: Settings) -> int:
 
 
 def join(settings: Settings) -> int:
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger("enricher").info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    Joiner(settings).run(stop)
+    Joiner(settings).run(_stop_on_signals())
     return 0
 
 

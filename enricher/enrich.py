@@ -6,12 +6,11 @@ under hostNetwork and NAT); the remote end by the address, at the connection's s
 
 from __future__ import annotations
 
-import ipaddress
-from functools import lru_cache
-
+import msgspec
 from msgspec.structs import replace
 
-from enricher.index import MetadataIndex
+from enricher.classify import AddressClassifier
+from enricher.index import MetadataIndex, Resolved, canonical_ip
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
 from flowscope.records import Endpoint, EnrichedTcpConnection, PeerClass, RawTcpConnection
 
@@ -20,23 +19,23 @@ from flowscope.records import Endpoint, EnrichedTcpConnection, PeerClass, RawTcp
 _OBSERVED = frozenset(("pod", "host", "node"))
 
 
-@lru_cache(maxsize=65536)
-def is_global_address(addr: str) -> bool | None:
-    """True for internet addresses, False for private/ULA/loopback/link-local, None if unparsable.
+def _copied_fields() -> tuple[str, ...]:
+    """Fields the enriched record takes unchanged from the raw one: those after
+    ``peer_class`` that both records define (outcome, interim, sequence, ... as the shared
+    package adds them)."""
+    names = [f.name for f in msgspec.structs.fields(EnrichedTcpConnection)]
+    raw = {f.name for f in msgspec.structs.fields(RawTcpConnection)}
+    return tuple(n for n in names[names.index("peer_class") + 1 :] if n in raw)
 
-    Cached: a node talks to a bounded set of external peers and parsing costs ~1 µs.
-    """
-    try:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global
+
+COPIED_FIELDS = _copied_fields()
+
+# Without settings: no cluster CIDR known, so every unknown private address may be a pod.
+DEFAULT_CLASSIFIER = AddressClassifier()
 
 
 def _pod_template(pod: PodMeta, state: MetadataIndex) -> Endpoint:
-    template = state.pod_endpoints.get(pod.uid)
+    template = state.templates.get(pod.uid)
     if template is not None:
         return template
     node = state.node(pod.node)
@@ -53,76 +52,152 @@ def _pod_template(pod: PodMeta, state: MetadataIndex) -> Endpoint:
         deployment=name if kind == "Deployment" else None,
         statefulset=name if kind == "StatefulSet" else None,
         daemonset=name if kind == "DaemonSet" else None,
+        job=name if kind == "Job" else None,
+        cronjob=name if kind == "CronJob" else None,
+        # A backend of several Services is named by the first; the Service a client dialed
+        # (seen through NAT) replaces it on that client's records.
+        service=pod.services[0] if pod.services else None,
         node=pod.node,
         zone=node.zone if node else None,
         region=node.region if node else None,
     )
-    state.pod_endpoints[pod.uid] = template
+    state.templates[pod.uid] = template
     return template
 
 
-def local_endpoint(raw: RawTcpConnection, state: MetadataIndex) -> Endpoint:
-    pod = state.pod(raw.pod_uid) if raw.pod_uid is not None else None
-    if pod is not None:
-        return replace(
-            _pod_template(pod, state),
-            address=raw.local_addr,
-            port=raw.local_port,
-            container_id=raw.container_id,
-            pid=raw.pid or None,
-            command=raw.comm or None,
+def _node_template(node: NodeMeta, state: MetadataIndex) -> Endpoint:
+    key = "node\0" + node.name
+    template = state.templates.get(key)
+    if template is None:
+        template = state.templates[key] = Endpoint(
+            address="",
+            port=0,
+            attribution="node",
+            node=node.name,
+            zone=node.zone,
+            region=node.region,
         )
-    node = state.node(raw.node)
-    return Endpoint(
+    return template
+
+
+def _service_template(svc: ServiceMeta, state: MetadataIndex) -> Endpoint:
+    key = f"svc\0{svc.namespace}\0{svc.name}"
+    template = state.templates.get(key)
+    if template is None:
+        # A ClusterIP the collector could not translate to a backend: the service is known,
+        # the pod (and so its zone) is not.
+        template = state.templates[key] = Endpoint(
+            address="",
+            port=0,
+            attribution="unresolved",
+            namespace=svc.namespace,
+            workload_kind="Service",
+            workload_name=svc.name,
+            service=svc.name,
+        )
+    return template
+
+
+EXTERNAL = Endpoint(address="", port=0, attribution="external")
+UNRESOLVED = Endpoint(address="", port=0, attribution="unresolved")
+
+
+def local_template(raw: RawTcpConnection, state: MetadataIndex) -> Endpoint:
+    """The local end without its address, port and process (those vary per record)."""
+    uid = raw.pod_uid
+    if uid is not None:
+        pod = state.pods.get(uid)
+        if pod is not None:
+            return _pod_template(pod, state)
+        # A pod uid with no metadata yet is a pod we cannot name: not the host.
+        node = state.node(raw.node)
+        return Endpoint(
+            address="",
+            port=0,
+            attribution="unresolved",
+            pod_uid=uid,
+            node=raw.node,
+            zone=node.zone if node else None,
+            region=node.region if node else None,
+        )
+    key = "host\0" + raw.node
+    template = state.templates.get(key)
+    if template is None:
+        node = state.node(raw.node)
+        template = state.templates[key] = Endpoint(
+            address="",
+            port=0,
+            attribution="host",
+            node=raw.node,
+            zone=node.zone if node else None,
+            region=node.region if node else None,
+        )
+    return template
+
+
+def remote_template(
+    raw: RawTcpConnection, state: MetadataIndex, classifier: AddressClassifier = DEFAULT_CLASSIFIER
+) -> Endpoint:
+    """The remote end, named by its address at the connection's start, without address/port."""
+    found = state.lookup(raw.remote_addr, raw.start_time_ns)
+    return template_of(found, raw.remote_addr, state, classifier)
+
+
+def template_of(
+    found: Resolved | None, addr: str, state: MetadataIndex, classifier: AddressClassifier
+) -> Endpoint:
+    """The template of what an address resolved to (see MetadataIndex.lookup)."""
+    if found is None:
+        cls = classifier.classify(addr)
+        # Outside every cluster we have metadata for: a known kind of peer, not a failure.
+        return EXTERNAL if cls == "internet" or cls == "other_cluster" else UNRESOLVED
+    if isinstance(found, PodMeta):
+        return _pod_template(found, state)
+    if isinstance(found, NodeMeta):
+        return _node_template(found, state)
+    return _service_template(found, state)
+
+
+def local_endpoint(raw: RawTcpConnection, state: MetadataIndex) -> Endpoint:
+    return replace(
+        local_template(raw, state),
         address=raw.local_addr,
         port=raw.local_port,
-        # A pod uid with no metadata yet is a pod we cannot name: not the host.
-        attribution="host" if raw.pod_uid is None else "unresolved",
-        pod_uid=raw.pod_uid,
-        node=raw.node,
-        zone=node.zone if node else None,
-        region=node.region if node else None,
         container_id=raw.container_id,
         pid=raw.pid or None,
         command=raw.comm or None,
     )
 
 
-def remote_endpoint(raw: RawTcpConnection, state: MetadataIndex) -> Endpoint:
-    found = state.lookup(raw.remote_addr, raw.start_time_ns)
-    addr, port = raw.remote_addr, raw.remote_port
-    if isinstance(found, PodMeta):
-        return replace(_pod_template(found, state), address=addr, port=port)
-    if isinstance(found, NodeMeta):
-        return Endpoint(
-            address=addr,
-            port=port,
-            attribution="node",
-            node=found.name,
-            zone=found.zone,
-            region=found.region,
-        )
-    if isinstance(found, ServiceMeta):
-        # A ClusterIP the collector could not translate to a backend: the service is known,
-        # the pod (and so its zone) is not.
-        return Endpoint(
-            address=addr,
-            port=port,
-            attribution="unresolved",
-            namespace=found.namespace,
-            workload_kind="Service",
-            workload_name=found.name,
-        )
-    is_global = is_global_address(addr)
-    return Endpoint(address=addr, port=port, attribution="external" if is_global else "unresolved")
+def dialed_service(raw: RawTcpConnection, state: MetadataIndex) -> ServiceMeta | None:
+    """The Service whose ClusterIP the client dialed, when the collector saw the NAT (the
+    record's remote end is then the backend the kernel picked)."""
+    if raw.original_remote_addr is None:
+        return None
+    found = state.lookup(raw.original_remote_addr, raw.start_time_ns)
+    return found if isinstance(found, ServiceMeta) else None
 
 
-def peer_class(local: Endpoint, remote: Endpoint) -> PeerClass:
-    if remote.attribution in ("unresolved", "external") and remote.workload_kind is None:
-        is_global = is_global_address(remote.address)
-        if is_global is None:
-            return "unknown"
-        return "internet" if is_global else "private"
+def remote_endpoint(
+    raw: RawTcpConnection, state: MetadataIndex, classifier: AddressClassifier = DEFAULT_CLASSIFIER
+) -> Endpoint:
+    template = remote_template(raw, state, classifier)
+    svc = dialed_service(raw, state)
+    if svc is not None and template.service != svc.name:
+        template = replace(template, service=svc.name)
+    return replace(template, address=raw.remote_addr, port=raw.remote_port)
+
+
+def peer_class(
+    local: Endpoint,
+    remote: Endpoint,
+    classifier: AddressClassifier = DEFAULT_CLASSIFIER,
+    remote_addr: str | None = None,
+) -> PeerClass:
+    """``remote_addr`` stands in for ``remote.address`` when ``remote`` is a template."""
+    if remote.workload_kind is None and remote.attribution in ("unresolved", "external"):
+        addr = remote.address if remote_addr is None else remote_addr
+        return classifier.peer_class(classifier.classify(addr))
     if local.region is not None and remote.region is not None and local.region != remote.region:
         return "cross_region"
     if local.zone is not None and remote.zone is not None:
@@ -130,9 +205,36 @@ def peer_class(local: Endpoint, remote: Endpoint) -> PeerClass:
     return "unknown"
 
 
-def enrich(raw: RawTcpConnection, state: MetadataIndex) -> EnrichedTcpConnection:
+def missing_key(
+    raw: RawTcpConnection,
+    out: EnrichedTcpConnection,
+    classifier: AddressClassifier = DEFAULT_CLASSIFIER,
+) -> str | None:
+    """What metadata the record still waits for (a key of :meth:`MetadataState.drain_changes`),
+    or None when the record is as complete as it will get.
+
+    A pod uid with no metadata, or an unknown address that may belong to the cluster, may
+    just be late: the publisher and the collectors are not in step.
+    """
+    local, remote = (out.server, out.client) if raw.role == "server" else (out.client, out.server)
+    if local.attribution == "unresolved" and raw.pod_uid is not None:
+        return "uid:" + raw.pod_uid
+    if (
+        remote.attribution == "unresolved"
+        and remote.workload_kind is None
+        and classifier.holds_back(classifier.classify(remote.address))
+    ):
+        return "ip:" + canonical_ip(remote.address)
+    return None
+
+
+def enrich(
+    raw: RawTcpConnection,
+    state: MetadataIndex,
+    classifier: AddressClassifier = DEFAULT_CLASSIFIER,
+) -> EnrichedTcpConnection:
     local = local_endpoint(raw, state)
-    remote = remote_endpoint(raw, state)
+    remote = remote_endpoint(raw, state, classifier)
     # role "unknown" (e.g. a socket seen only after it was established): treat the local end
     # as the client. That keeps one orientation per record; client_observed stays True, so
     # pair metrics count it once from this side.
@@ -159,5 +261,6 @@ def enrich(raw: RawTcpConnection, state: MetadataIndex) -> EnrichedTcpConnection
         connect_latency_us=raw.connect_latency_us,
         srtt_us=raw.srtt_us,
         retrans_segs=raw.retrans_segs,
-        peer_class=peer_class(local, remote),
+        peer_class=peer_class(local, remote, classifier),
+        **{name: getattr(raw, name) for name in COPIED_FIELDS},
     )

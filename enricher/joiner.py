@@ -2,8 +2,15 @@
 
 At start the whole metadata topic is read to its end, so the first raw record is joined with
 a complete picture; after that the metadata topic is followed between raw batches. Raw records
-come through a consumer group (instances share the partitions). A record that cannot be
-decoded or enriched goes to the dead-letter topic with the reason; the stream never stops.
+come through a consumer group: instances share the raw partitions, while each reads the whole
+metadata topic (the follower assigns every partition itself, outside the group). A record that
+cannot be decoded or enriched goes to the dead-letter topic with the reason; the stream never
+stops.
+
+A record whose pod or remote address is not known yet is held back (see holdback.py) and
+retried when metadata for it arrives; when the hold time is up it is emitted as unresolved.
+Offsets are committed no further than the oldest held record, so a crash re-reads it
+(at-least-once: records after it may then be emitted twice).
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from enricher.enrich import enrich
+from enricher.classify import AddressClassifier
 from enricher.follower import MetadataFollower
+from enricher.holdback import Held, Holdback, PartitionKey
+from enricher.render import Rendered, Renderer, self_check
 from enricher.settings import Settings
 from enricher.state import MetadataState
 from flowscope.codec import DecodeError, JsonCodec
@@ -30,7 +39,7 @@ from flowscope.kafka import (
     ensure_topics,
     wait_for_broker,
 )
-from flowscope.records import DeadLetter, EnrichedTcpConnection, RawTcpConnection
+from flowscope.records import DeadLetter, RawTcpConnection
 
 log = logging.getLogger("enricher")
 
@@ -45,7 +54,13 @@ class JoinerCounters:
     remote_unresolved: int = 0  # remote end not named (private address or bare ClusterIP)
     remote_external: int = 0  # remote end on the internet
     local_unresolved: int = 0  # the collector's pod uid has no metadata (yet)
+    remote_other_cluster: int = 0  # remote end in another cluster's CIDRs
     deadlettered: int = 0
+    held: int = 0  # records put on hold (metadata missing), each counted once
+    held_resolved: int = 0  # emitted named after metadata arrived
+    held_expired: int = 0  # emitted unresolved after the hold time
+    held_released_unresolved: int = 0  # emitted unresolved early: revoke or shutdown
+    held_overflow: int = 0  # emitted unresolved at once: the hold buffer was full
     deadletter_reasons: Counter[str] = field(default_factory=Counter)
     consume_errors: int = 0
 
@@ -62,9 +77,20 @@ class Joiner:
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
         self.state = MetadataState(deleted_grace_ns=int(settings.deleted_pod_grace_s * 1e9))
+        self.classifier = AddressClassifier(settings.cluster_cidrs, settings.other_cluster_cidrs)
+        self.holdback: Holdback[RawTcpConnection] = Holdback(
+            int(settings.holdback_s * 1e9), settings.holdback_max_records
+        )
+        self.renderer = Renderer(self.state, self.classifier)
+        self._render = self.renderer.render
+        problem = self_check()
+        if problem is not None:
+            log.warning("fast join path disabled, using the reference path: %s", problem)
+            self._render = self.renderer.reference
         self.counters = JoinerCounters()
+        # Per raw partition, the offset after the last record handled (held or not).
+        self._next_offsets: dict[PartitionKey, int] = {}
         self._raw_codec = JsonCodec(RawTcpConnection)
-        self._out_codec = JsonCodec(EnrichedTcpConnection)
         self._dead_codec = JsonCodec(DeadLetter)
         self._follower: MetadataFollower | None = None
         self._consumer: Consumer | None = None
@@ -88,6 +114,7 @@ class Joiner:
         )
         self._follower = MetadataFollower(s.bootstrap_servers, t.metadata)
         loaded = self._follower.load(self.state.apply, timeout_s=s.metadata_load_timeout_s)
+        self.state.track_changes()
         log.info(
             "metadata loaded from %s: %d records, %d pods, %d nodes, %d services",
             t.metadata,
@@ -104,7 +131,7 @@ class Joiner:
             "group.id": s.consumer_group,
         }
         self._consumer = Consumer(config)
-        self._consumer.subscribe([t.raw_tcp])
+        self._consumer.subscribe([t.raw_tcp], on_revoke=self._on_revoke)
         self.ready.set()
         # Orchestrators (demo, tests, readiness probes) wait for this exact line.
         log.info("enricher ready: consuming %s", t.raw_tcp)
@@ -117,13 +144,16 @@ class Joiner:
         next_stats = time.monotonic() + self._settings.stats_interval_s
         try:
             while not stop.is_set():
-                self._follower.poll(self.state.apply)
+                if self._follower.poll(self.state.apply):
+                    self.retry_held()
                 batch = self._consumer.consume(
                     num_messages=self._settings.batch_size,
                     timeout=self._settings.poll_timeout_s,
                 )
                 if batch:
                     self.process_batch(batch)
+                if len(self.holdback):
+                    self.expire_held()
                 if time.monotonic() >= next_stats:
                     self.state.purge(time.time_ns())
                     self.log_stats()
@@ -131,10 +161,20 @@ class Joiner:
         finally:
             self.close()
 
+    def assigned_partitions(self) -> list[int]:
+        """Raw partitions this instance owns now (the group splits them among instances)."""
+        consumer = self._consumer
+        return [] if consumer is None else sorted(tp.partition for tp in consumer.assignment())
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._producer is not None and len(self.holdback):
+            # Emitted as they are rather than kept: the next owner of the partitions would
+            # re-read every record after them too.
+            self._emit_released(self.holdback.release_all(), resolved_as="stopped")
+            self._store_offsets(set(self._next_offsets))
         if self._producer is not None:
             left = self._producer.flush(30.0)
             if left:
@@ -151,7 +191,8 @@ class Joiner:
 
     def process_batch(self, batch: list[Message]) -> None:
         assert self._consumer is not None and self._producer is not None
-        last: dict[tuple[str, int], int] = {}
+        touched: set[PartitionKey] = set()
+        next_offsets = self._next_offsets
         for msg in batch:
             err = msg.error()
             if err is not None:
@@ -159,17 +200,30 @@ class Joiner:
                     self.counters.consume_errors += 1
                     log.warning("consume error: %s", err)
                 continue
-            self.handle(msg)
-            offset = msg.offset()
-            if offset is not None:
-                last[(msg.topic() or "", msg.partition() or 0)] = offset
-        if last:
-            self._consumer.store_offsets(
-                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-            )
+            part = (msg.topic() or "", msg.partition() or 0)
+            offset = msg.offset() or 0
+            self.handle(msg, part, offset)
+            next_offsets[part] = offset + 1
+            touched.add(part)
+        if touched:
+            self._store_offsets(touched)
 
-    def handle(self, msg: Message) -> None:
-        assert self._producer is not None
+    def _store_offsets(self, partitions: set[PartitionKey]) -> None:
+        """Store (for the next auto-commit) how far each partition is done: up to the oldest
+        record still held, else past the last one handled."""
+        if self._consumer is None:
+            return
+        offsets = []
+        for part in partitions:
+            done = self._next_offsets.get(part)
+            if done is None:
+                continue
+            held = self.holdback.oldest_offset(part)
+            offsets.append(TopicPartition(part[0], part[1], done if held is None else held))
+        if offsets:
+            self._consumer.store_offsets(offsets=offsets)
+
+    def handle(self, msg: Message, part: PartitionKey = ("", 0), offset: int = 0) -> None:
         self.counters.records_in += 1
         value = msg.value()
         try:
@@ -186,24 +240,89 @@ class Joiner:
             )
             return
         try:
-            out = enrich(raw, self.state)
+            out = self._render(raw)
         except Exception as exc:  # a bug in the join must cost one record, not the stream
             self.dead_letter(msg, "enrich_error", f"enrich failed: {type(exc).__name__}: {exc}")
             return
+        if out.missing is not None and self.holdback.enabled:
+            if self.holdback.add(raw, out.missing, part, offset, time.monotonic_ns()):
+                self.counters.held += 1
+                return
+            self.counters.held_overflow += 1
+        self.emit(raw, out)
+
+    def emit(self, raw: RawTcpConnection, out: Rendered) -> None:
+        assert self._producer is not None
         c = self.counters
-        local, remote = (
-            (out.server, out.client) if raw.role == "server" else (out.client, out.server)
-        )
-        if remote.attribution == "unresolved":
+        remote = out.remote.attribution
+        if remote == "pod":
+            pass  # the common case first
+        elif remote == "unresolved":
             c.remote_unresolved += 1
-        elif remote.attribution == "external":
-            c.remote_external += 1
-        if local.attribution == "unresolved":
+        elif remote == "external":
+            if self.classifier.classify(raw.remote_addr) == "other_cluster":
+                c.remote_other_cluster += 1
+            else:
+                c.remote_external += 1
+        if out.local.attribution == "unresolved":
             c.local_unresolved += 1
-        self._producer.produce(
-            self._topics.enriched_tcp, self._out_codec.encode(out), key=out.client.workload_key()
-        )
+        self._producer.produce(self._topics.enriched_tcp, out.value, key=out.key)
         c.enriched += 1
+
+    # -- held-back records ------------------------------------------------------------------
+
+    def retry_held(self) -> None:
+        """Re-join the held records whose missing metadata just arrived."""
+        changed = self.state.drain_changes()
+        released = self.holdback.release_changed(changed)
+        if not released:
+            return
+        now = time.monotonic_ns()
+        for held in released:
+            out = self._render(held.item)
+            key = out.missing
+            # Still missing something (e.g. the pod is known now but not the peer): wait on,
+            # but no longer than the record's first deadline.
+            if key is not None and now < held.deadline_ns:
+                if self.holdback.add(
+                    held.item, key, held.partition, held.offset, now, held.deadline_ns
+                ):
+                    continue
+                self.counters.held_overflow += 1
+            if key is None:
+                self.counters.held_resolved += 1
+            else:
+                self.counters.held_expired += 1
+            self.emit(held.item, out)
+        self._store_offsets({h.partition for h in released})
+
+    def expire_held(self) -> None:
+        expired = self.holdback.release_expired(time.monotonic_ns())
+        if expired:
+            self._emit_released(expired, resolved_as="expired")
+            self._store_offsets({h.partition for h in expired})
+
+    def _emit_released(self, released: list[Held[RawTcpConnection]], resolved_as: str) -> None:
+        for held in released:
+            out = self._render(held.item)
+            if out.missing is None:
+                self.counters.held_resolved += 1
+            elif resolved_as == "expired":
+                self.counters.held_expired += 1
+            else:
+                self.counters.held_released_unresolved += 1
+            self.emit(held.item, out)
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions move to another instance: emit what is held from them first, so the
+        offsets committed at the revoke cover them (the new owner starts after them)."""
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        released = self.holdback.release_partitions(revoked)
+        if released:
+            self._emit_released(released, resolved_as="revoked")
+        self._store_offsets(revoked & set(self._next_offsets))
+        for part in revoked:
+            self._next_offsets.pop(part, None)
 
     def dead_letter(self, msg: Message, category: str, reason: str) -> None:
         assert self._producer is not None
@@ -234,9 +353,16 @@ class Joiner:
             "enricher_records_enriched_total": c.enriched,
             "enricher_remote_unresolved_total": c.remote_unresolved,
             "enricher_remote_external_total": c.remote_external,
+            "enricher_remote_other_cluster_total": c.remote_other_cluster,
             "enricher_local_unresolved_total": c.local_unresolved,
             "enricher_deadletter_total": c.deadlettered,
             "enricher_consume_errors_total": c.consume_errors,
+            "enricher_held_total": c.held,
+            "enricher_held_resolved_total": c.held_resolved,
+            "enricher_held_expired_unresolved_total": c.held_expired,
+            "enricher_held_released_unresolved_total": c.held_released_unresolved,
+            "enricher_held_overflow_total": c.held_overflow,
+            "enricher_held_now": len(self.holdback),
             "enricher_metadata_upserts_total": sc.upserts,
             "enricher_metadata_tombstones_total": sc.tombstones,
             "enricher_metadata_invalid_total": sc.invalid + sc.unsupported_version,

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -85,12 +85,19 @@ def parse_objects(objects: Iterable[Obj]) -> ParsedObjects:
     objs = list(objects)
     out = ParsedObjects()
     owners = _OwnerTable(objs)
+    services_of: dict[str, set[str]] = {}
+    for obj in objs:
+        if obj.get("kind") == "EndpointSlice":
+            svc, uids = endpointslice_backends(obj)
+            for uid in uids:
+                services_of.setdefault(uid, set()).add(svc)
     for obj in objs:
         kind = str(obj.get("kind", "?"))
         out.seen[kind] += 1
         try:
             if kind == "Pod":
-                out.metas.append(pod_meta(obj, owners))
+                uid = str(_meta(obj).get("uid", ""))
+                out.metas.append(pod_meta(obj, owners, services_of.get(uid, ())))
             elif kind == "Node":
                 out.metas.append(node_meta(obj))
             elif kind == "Service":
@@ -118,6 +125,16 @@ def _controller_ref(obj: Obj) -> Obj | None:
     return dict(refs[0]) if refs else None
 
 
+class Owners(Protocol):
+    """Where owner objects (ReplicaSets, Jobs) are found by kind, namespace and name."""
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None: ...
+
+
+OWNER_KINDS = ("ReplicaSet", "Job")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
 class _OwnerTable:
     """ReplicaSets and Jobs in the file, by (namespace, name), to follow owner chains."""
 
@@ -133,7 +150,7 @@ class _OwnerTable:
         return self._by_key.get((kind, namespace, name))
 
 
-def workload_of(pod: Obj, owners: _OwnerTable) -> tuple[str, str]:
+def workload_of(pod: Obj, owners: Owners) -> tuple[str, str]:
     """(kind, name) of the workload that runs this pod; a bare pod is its own workload."""
     m = _meta(pod)
     namespace = m.get("namespace", "default")
@@ -162,15 +179,31 @@ def workload_of(pod: Obj, owners: _OwnerTable) -> tuple[str, str]:
     return kind, name
 
 
+def parse_end_time_ns(value: Any) -> int | None:
+    """An end bound from a Kubernetes time. Most of them (deletionTimestamp, finishedAt) are
+    whole seconds: the event happened somewhere in that second, so the bound is the second's
+    end. Cutting a pod's interval at the second's start would take its last connections away
+    (they would look like nobody's, or like the next holder's of the IP)."""
+    ns = parse_time_ns(value)
+    if ns is None:
+        return None
+    whole = (
+        value.microsecond == 0
+        if isinstance(value, datetime)
+        else (m := _RFC3339.match(str(value))) is not None and not m["frac"]
+    )
+    return ns + 1_000_000_000 if whole else ns
+
+
 def _pod_end_ns(pod: Obj) -> int | None:
     m = _meta(pod)
     if m.get("deletionTimestamp"):
-        return parse_time_ns(m["deletionTimestamp"])
+        return parse_end_time_ns(m["deletionTimestamp"])
     status = pod.get("status") or {}
     if status.get("phase") not in ("Succeeded", "Failed"):
         return None
     finished = [
-        parse_time_ns(cs["state"]["terminated"]["finishedAt"])
+        parse_end_time_ns(cs["state"]["terminated"]["finishedAt"])
         for cs in status.get("containerStatuses") or []
         if (cs.get("state") or {}).get("terminated", {}).get("finishedAt")
     ]
@@ -178,7 +211,9 @@ def _pod_end_ns(pod: Obj) -> int | None:
     return max(ends) if ends else None
 
 
-def pod_meta(pod: Obj, owners: _OwnerTable | None = None) -> PodMeta:
+def pod_meta(
+    pod: Obj, owners: Owners | None = None, services: Iterable[str] = ()
+) -> PodMeta:
     m = _meta(pod)
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
@@ -200,7 +235,20 @@ def pod_meta(pod: Obj, owners: _OwnerTable | None = None) -> PodMeta:
         workload_kind=kind,
         workload_name=name,
         labels={str(k): str(v) for k, v in (m.get("labels") or {}).items()},
+        services=sorted(set(services)),
     )
+
+
+def endpointslice_backends(eps: Obj) -> tuple[str, set[str]]:
+    """(service name, uids of the pods behind it) of one EndpointSlice."""
+    m = _meta(eps)
+    service = str((m.get("labels") or {}).get(SERVICE_NAME_LABEL) or "")
+    uids = {
+        str(ref["uid"])
+        for ep in eps.get("endpoints") or []
+        if (ref := ep.get("targetRef") or {}).get("kind") == "Pod" and ref.get("uid")
+    }
+    return service, uids if service else set()
 
 
 def _first_label(labels: Mapping[str, Any], names: Iterable[str]) -> str | None:

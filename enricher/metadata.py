@@ -30,6 +30,9 @@ class PodMeta(msgspec.Struct, frozen=True, kw_only=True, tag="Pod", tag_field="k
     workload_kind: str
     workload_name: str
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    # Services whose EndpointSlices list this pod as a backend (sorted). Added in the same
+    # version: older records simply have none.
+    services: list[str] = msgspec.field(default_factory=list)
 
     def key(self) -> str:
         return pod_key(self.namespace, self.name)

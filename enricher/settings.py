@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from enricher.classify import Network
 from flowscope.topics import DEFAULT_PREFIX, Topics
 
 
@@ -17,10 +18,33 @@ class Settings:
     prune: bool = True  # publish: tombstone keys the file no longer has
     stats_interval_s: float = 10.0
     batch_size: int = 2000  # raw records per consume() call
-    poll_timeout_s: float = 0.2
+    # consume() returns when the batch is full or this time is up: at low rates it is the
+    # delay the enricher adds, at high rates batches fill first. Idle cost: 50 wakeups/s.
+    poll_timeout_s: float = 0.02
     # How long a deleted pod still names its IP (records from collectors arrive late).
     deleted_pod_grace_s: float = 300.0
     metadata_load_timeout_s: float = 60.0
+    # Records whose pod or peer address has no metadata yet wait this long for it (0: never).
+    holdback_s: float = 5.0
+    holdback_max_records: int = 200_000  # beyond this, records are emitted unresolved at once
+    # This cluster's pod and service CIDRs: only unknown addresses inside them are held back.
+    # Empty: every unknown private address may be a pod, so all of them are.
+    cluster_cidrs: tuple[Network, ...] = ()
+    # publish --watch: a live cluster through the API server instead of a file.
+    watch: bool = False
+    kubeconfig: Path | None = None  # None: in-cluster config (service account)
+    kube_context: str | None = None
+    leader_election: bool = True
+    lease_namespace: str = "flowscope"
+    lease_name: str = "flowscope-metadata-publisher"
+    identity: str = ""  # "" -> host name and a random suffix
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+    watch_timeout_s: int = 300  # the server ends each watch after this; it is re-opened
+    publish_labels: bool = True
+    # Other clusters' CIDRs (peered clusters): their peers are classified, never held back.
+    other_cluster_cidrs: tuple[Network, ...] = ()
 
     @property
     def topics(self) -> Topics:

@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from enricher.index import MetadataIndex
+from enricher.index import MetadataIndex, canonical_ip
 from enricher.metadata import METADATA_VERSION, MetaCodec, NodeMeta, PodMeta, ServiceMeta
 
 ApplyOutcome = Literal["upserted", "deleted", "invalid", "unsupported_version", "ignored"]
@@ -37,6 +37,19 @@ class MetadataState(MetadataIndex):
         self._codec = MetaCodec()
         self._pod_uid_by_key: dict[str, str] = {}
         self._retired: dict[str, int] = {}  # uid -> time it was retired (ns)
+        # Keys ("ip:<addr>", "uid:<uid>") that became resolvable since the last drain, so the
+        # joiner retries only the held-back records that wait for them. None: not tracked.
+        self._changes: set[str] | None = None
+
+    def track_changes(self) -> None:
+        self._changes = set()
+
+    def drain_changes(self) -> set[str]:
+        changes = self._changes
+        if not changes:
+            return set()
+        self._changes = set()
+        return changes
 
     def apply(self, key: str | None, value: bytes | None, time_ns: int) -> ApplyOutcome:
         """Apply one metadata record. ``time_ns`` is when it was written (deletion time)."""
@@ -63,10 +76,17 @@ class MetadataState(MetadataIndex):
             self._retired.pop(meta.uid, None)
             self._pod_uid_by_key[key] = meta.uid
             self.upsert_pod(meta)
+            if self._changes is not None:
+                self._changes.add("uid:" + meta.uid)
+                self._changes.update("ip:" + canonical_ip(ip) for ip in meta.ips)
         elif isinstance(meta, NodeMeta):
             self.upsert_node(meta)
+            if self._changes is not None:
+                self._changes.update("ip:" + canonical_ip(ip) for ip in meta.addresses)
         else:
             self.upsert_service(meta)
+            if self._changes is not None:
+                self._changes.update("ip:" + canonical_ip(ip) for ip in meta.cluster_ips)
 
     def _delete(self, key: str | None, time_ns: int) -> ApplyOutcome:
         parts = (key or "").split("/")

@@ -6,7 +6,8 @@ set -euo pipefail
 
 PACKAGES=(
   clang llvm libbpf-dev libbpf1 bpftool libelf-dev zlib1g-dev make
-  iproute2 nftables conntrack procps
+  iproute2 nftables conntrack procps util-linux
+  etcd-server openssl curl  # the real kube-apiserver the publisher is tested against
   python3 python3-venv python3-dev
   openjdk-17-jre-headless maven
 )

@@ -131,7 +131,8 @@ def test_deletion_timestamp_ends_the_pod() -> None:
     text = _list(_pod("going")).replace(
         "uid: uid-going", 'uid: uid-going\n      deletionTimestamp: "2024-05-01T10:01:00Z"'
     )
-    assert _pods(text)["going"].end_time_ns == T0 + 60_000_000_000
+    # A whole-second time ends the interval at the end of that second.
+    assert _pods(text)["going"].end_time_ns == T0 + 61_000_000_000
 
 
 def test_multi_document_nodes_and_services() -> None:

@@ -1,0 +1,545 @@
+"""Enricher throughput and added delay, against the real broker, beside a pass-through ceiling.
+
+    .venv/bin/python bench/enricher_bench.py [--records 200000] [--bootstrap 127.0.0.1:9092]
+
+A large cluster's metadata (10,000 pods, 1,000 nodes, 2,000 services by default) is published
+to a fresh metadata topic, and ``--records`` raw records to a fresh raw topic. Two stages then
+run, each in its own process so its CPU time and peak RSS are its own:
+
+- ``passthrough``: consumer -> producer of the same bytes, with the same client settings and
+  batch size as the enricher: the ceiling for a Python stage on this broker;
+- ``enricher``: the real :class:`enricher.joiner.Joiner`.
+
+Phase 1 (throughput): each stage drains the backlog; records/s, CPU seconds per record (all
+threads of the process, librdkafka's included) and records/s per core are reported.
+Phase 2 (delay): with each stage running live, records are produced at a fixed rate with
+``start_time_ns`` = the time they were sent; a consumer of the stage's output takes
+receive time - send time. The delay the enricher adds is its p50/p99 minus the pass-through's
+at the same rate (both include the same producer lingering and broker round trips).
+
+Stages are run one after the other: this machine has 2 cores shared with the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, Message, TopicPartition
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from enricher.joiner import Joiner  # noqa: E402
+from enricher.kubeobjects import ParsedObjects  # noqa: E402
+from enricher.metadata import Meta, NodeMeta, PodMeta, ServiceMeta, ServicePort  # noqa: E402
+from enricher.publisher import MetadataPublisher  # noqa: E402
+from enricher.settings import Settings  # noqa: E402
+from flowscope.kafka import (  # noqa: E402
+    CONSUMER_DEFAULTS,
+    RecordProducer,
+    TopicSpec,
+    ensure_topics,
+    wait_for_broker,
+)
+from flowscope.records import RawTcpConnection  # noqa: E402
+from flowscope.topics import Topics  # noqa: E402
+
+S = 1_000_000_000
+ZONES = ("eu-west-1a", "eu-west-1b", "eu-west-1c")
+KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+
+
+# -- the cluster and the records ---------------------------------------------------------------
+
+
+def pod_ip(i: int) -> str:
+    return f"10.{64 + i // 65536}.{(i // 256) % 256}.{i % 256}"
+
+
+def cluster(pods: int, nodes: int, services: int, now_ns: int) -> list[Meta]:
+    metas: list[Meta] = [
+        NodeMeta(
+            name=f"node-{n}",
+            zone=ZONES[n % len(ZONES)],
+            region="eu-west-1",
+            addresses=[f"172.20.{n // 256}.{n % 256}"],
+        )
+        for n in range(nodes)
+    ]
+    for i in range(pods):
+        wl = i // 5  # five replicas per workload
+        metas.append(
+            PodMeta(
+                uid=f"uid-{i:06d}",
+                name=f"wl-{wl}-{i:06d}",
+                namespace=f"ns-{wl % 50}",
+                node=f"node-{i % nodes}",
+                ips=[pod_ip(i)],
+                start_time_ns=now_ns - 3600 * S,
+                workload_kind=KINDS[wl % len(KINDS)],
+                workload_name=f"wl-{wl}",
+                labels={"app": f"wl-{wl}"},
+            )
+        )
+    metas.extend(
+        ServiceMeta(
+            name=f"svc-{s}",
+            namespace=f"ns-{s % 50}",
+            cluster_ips=[f"10.96.{s // 256}.{s % 256}"],
+            ports=[ServicePort(port=80)],
+        )
+        for s in range(services)
+    )
+    return metas
+
+
+def raw_records(n: int, pods: int, nodes: int, services: int, now_ns: int) -> list[bytes]:
+    """A mix like a real node's: mostly pod to pod, some to ClusterIPs the collector could not
+    translate, to nodes and to the internet; client- and server-side ends."""
+    rng = random.Random(42)
+    enc = msgspec.json.Encoder()
+    out = []
+    for k in range(n):
+        i = rng.randrange(pods)
+        r = rng.random()
+        if r < 0.80:
+            remote = pod_ip(rng.randrange(pods))
+        elif r < 0.85:
+            s = rng.randrange(services)
+            remote = f"10.96.{s // 256}.{s % 256}"
+        elif r < 0.90:
+            m = rng.randrange(nodes)
+            remote = f"172.20.{m // 256}.{m % 256}"
+        else:
+            remote = f"{rng.randrange(1, 223)}.{rng.randrange(256)}.7.{rng.randrange(256)}"
+            if remote.startswith(("10.", "127.", "172.", "192.", "100.", "169.")):
+                remote = "8.8.8.8"
+        start = now_ns + k * 1000
+        out.append(
+            enc.encode(
+                RawTcpConnection(
+                    node=f"node-{i % nodes}",
+                    start_time_ns=start,
+                    end_time_ns=start + 5_000_000,
+                    role="client" if k % 3 else "server",
+                    family=4,
+                    local_addr=pod_ip(i),
+                    local_port=30000 + k % 30000,
+                    remote_addr=remote,
+                    remote_port=8080,
+                    pid=1000 + i % 100,
+                    comm="app",
+                    cgroup_id=i,
+                    cgroup_path=f"kubepods/burstable/poduid-{i:06d}/c{i:06d}",
+                    pod_uid=f"uid-{i:06d}",
+                    container_id=f"c{i:06d}",
+                    bytes_sent=rng.randrange(100_000),
+                    bytes_received=rng.randrange(100_000),
+                    srtt_us=rng.randrange(50, 5000),
+                    retrans_segs=0,
+                    connect_latency_us=rng.randrange(50, 2000),
+                )
+            )
+        )
+    return out
+
+
+# -- the stages (each run in a process of its own) ---------------------------------------------
+
+
+def _rusage() -> tuple[float, int]:
+    """CPU seconds of every thread of this process, and its peak RSS in KiB.
+
+    The peak comes from VmHWM: getrusage's ru_maxrss survives exec, so a child of a big
+    parent would report the parent's peak."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    hwm = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1])
+    return ru.ru_utime + ru.ru_stime, hwm
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per kind of thread: librdkafka's own ("rdk:...") and the rest (Python)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"python": 0.0, "librdkafka": 0.0}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        out["librdkafka" if comm.startswith("rdk:") else "python"] += cpu
+    return out
+
+
+class Passthrough:
+    """consume -> produce the same bytes: what any Python stage pays before doing any work."""
+
+    def __init__(
+        self, bootstrap: str, topics: Topics, group: str, out_topic: str, poll_timeout_s: float
+    ) -> None:
+        self.poll_timeout_s = poll_timeout_s
+        self.consumer = Consumer(
+            {**CONSUMER_DEFAULTS, "bootstrap.servers": bootstrap, "group.id": group}
+        )
+        self.consumer.subscribe([topics.raw_tcp])
+        self.producer = RecordProducer(bootstrap)
+        self.out_topic = out_topic
+        self.records_in = 0
+
+    def run(self, stop: threading.Event, batch_size: int = 2000) -> None:
+        while not stop.is_set():
+            batch = self.consumer.consume(num_messages=batch_size, timeout=self.poll_timeout_s)
+            if not batch:
+                continue
+            last: dict[tuple[str, int], int] = {}
+            for msg in batch:
+                if msg.error() is not None:
+                    continue
+                self.producer.produce(self.out_topic, msg.value(), key=msg.key())
+                self.records_in += 1
+                last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
+            self.consumer.store_offsets(
+                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+            )
+        self.producer.flush(30)
+        self.consumer.close()
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    topics = Topics(args.prefix)
+    stop = threading.Event()
+    group = f"bench-{args.stage}-{uuid.uuid4().hex[:6]}"
+    cpu0, _ = _rusage()
+    wall0 = time.perf_counter()
+    result: dict[str, Any] = {"stage": args.stage}
+    if args.stage == "enricher":
+        joiner = Joiner(
+            Settings(
+                bootstrap_servers=args.bootstrap, topic_prefix=args.prefix, consumer_group=group
+            )
+        )
+        joiner.start()  # reads the whole metadata topic
+        cpu1, rss1 = _rusage()
+        result.update(
+            metadata_load_s=time.perf_counter() - wall0,
+            metadata_load_cpu_s=cpu1 - cpu0,
+            metadata_pods=len(joiner.state.pods),
+            rss_after_metadata_kib=rss1,
+        )
+        target: Any = joiner
+        runner = threading.Thread(target=joiner.run, args=(stop,), daemon=True)
+
+        def done() -> int:
+            return joiner.counters.records_in
+    else:
+        target = Passthrough(
+            args.bootstrap, topics, group, args.out_topic, Settings().poll_timeout_s
+        )
+        runner = threading.Thread(target=target.run, args=(stop,), daemon=True)
+
+        def done() -> int:
+            return int(target.records_in)
+
+    if args.profile and args.stage == "enricher":
+        import cProfile
+
+        prof = cProfile.Profile()
+        wall_start, (cpu_start, _) = time.perf_counter(), _rusage()
+        prof.enable()
+        # Run the loop in this thread so the profile sees it.
+        threading.Thread(target=_stop_when, args=(stop, done, args.records), daemon=True).start()
+        joiner.run(stop)
+        prof.disable()
+        prof.dump_stats(args.profile)
+        stop.set()
+    else:
+        wall_start, (cpu_start, _) = time.perf_counter(), _rusage()
+        threads_start = _thread_cpu()
+        runner.start()
+        while done() < args.records:
+            time.sleep(0.01)
+    producer: RecordProducer = target._producer if args.stage == "enricher" else target.producer
+    if producer is not None:
+        producer.flush(60)
+    wall = time.perf_counter() - wall_start
+    cpu, rss = _rusage()
+    if not args.profile:
+        threads = _thread_cpu()
+        result["thread_cpu_s"] = {k: threads[k] - threads_start.get(k, 0.0) for k in threads}
+    result.update(
+        records=done(),
+        wall_s=wall,
+        cpu_s=cpu - cpu_start,
+        peak_rss_kib=rss,
+    )
+    if args.stage == "enricher":
+        result["counters"] = {
+            k: v for k, v in joiner.metrics().items() if not k.startswith("enricher_metadata_")
+        }
+    print(json.dumps(result), flush=True)
+    if args.profile:
+        return 0
+    # Phase 2: stay live until the parent closes stdin.
+    print("LIVE", flush=True)
+    sys.stdin.read()
+    stop.set()
+    runner.join(60)
+    return 0
+
+
+def _stop_when(stop: threading.Event, done: Any, n: int) -> None:
+    while done() < n:
+        time.sleep(0.01)
+    stop.set()
+
+
+# -- the parent: set-up, phases, report ---------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def measure_delay(
+    bootstrap: str,
+    raw_topic: str,
+    out_topics: list[str],
+    template: bytes,
+    rate: int,
+    seconds: float,
+) -> dict[str, list[float]]:
+    """Send ``rate`` records/s for ``seconds`` with start_time_ns = send time; return, per
+    output topic, the delays (ms) until each came out there."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-delay-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "latest",
+            "fetch.wait.max.ms": 5,
+        }
+    )
+    consumer.subscribe(out_topics)
+    # Wait for the assignment so no record is missed with offset reset "latest".
+    deadline = time.monotonic() + 30
+    while len(consumer.assignment()) < len(out_topics) and time.monotonic() < deadline:
+        consumer.poll(0.1)
+    consumer.poll(0.5)
+    producer = RecordProducer(bootstrap, {"linger.ms": 1})
+    raw = msgspec.json.decode(template, type=RawTcpConnection)
+    enc = msgspec.json.Encoder()
+    dec = msgspec.json.Decoder()
+    delays: dict[str, list[float]] = {t: [] for t in out_topics}
+    n = int(rate * seconds)
+    sent = 0
+    t0 = time.perf_counter()
+
+    def drain(timeout: float) -> None:
+        msgs: list[Message] = consumer.consume(num_messages=1000, timeout=timeout)
+        now = time.time_ns()
+        for msg in msgs:
+            value = msg.value()
+            if msg.error() is not None or not isinstance(value, bytes):
+                continue
+            obj = dec.decode(value)
+            start = obj.get("start_time_ns", obj.get("start_time_unix_nano"))
+            delays[msg.topic() or ""].append((now - int(start)) / 1e6)
+
+    while sent < n:
+        due = int((time.perf_counter() - t0) * rate)
+        while sent < min(due, n):
+            value = enc.encode(msgspec.structs.replace(raw, start_time_ns=time.time_ns()))
+            producer.produce(raw_topic, value)
+            sent += 1
+        producer.poll(0)
+        drain(0.001)
+    producer.flush(10)
+    deadline = time.monotonic() + 15
+    while min(len(d) for d in delays.values()) < n and time.monotonic() < deadline:
+        drain(0.1)
+    consumer.close()
+    return delays
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--bootstrap", default=os.environ.get("FLOWSCOPE_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    )
+    p.add_argument("--records", type=int, default=200_000)
+    p.add_argument("--pods", type=int, default=10_000)
+    p.add_argument("--nodes", type=int, default=1_000)
+    p.add_argument("--services", type=int, default=2_000)
+    p.add_argument("--delay-rate", type=int, default=2_000, help="records/s in the delay phase")
+    p.add_argument("--delay-seconds", type=float, default=5.0)
+    p.add_argument("--only", choices=["passthrough", "enricher"], help="run one stage only")
+    p.add_argument("--profile", help="enricher stage only: write a cProfile dump here")
+    # Internal: run one stage in this process.
+    p.add_argument("--stage", choices=["passthrough", "enricher"], help=argparse.SUPPRESS)
+    p.add_argument("--prefix", help=argparse.SUPPRESS)
+    p.add_argument("--out-topic", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.stage:
+        return run_stage(args)
+
+    wait_for_broker(args.bootstrap)
+    now = time.time_ns()
+    topics = Topics(prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    passthrough_topic = f"{topics.prefix}.passthrough"
+    ensure_topics(
+        args.bootstrap,
+        [
+            TopicSpec(topics.metadata, compacted=True),
+            TopicSpec(topics.raw_tcp),
+            TopicSpec(topics.enriched_tcp),
+            TopicSpec(topics.deadletter),
+            TopicSpec(passthrough_topic),
+        ],
+    )
+    t = time.perf_counter()
+    metas = cluster(args.pods, args.nodes, args.services, now)
+    MetadataPublisher(args.bootstrap, topics).publish(ParsedObjects(metas=metas), prune=False)
+    print(
+        f"metadata: {args.pods} pods, {args.nodes} nodes, {args.services} services published "
+        f"in {time.perf_counter() - t:.1f}s to {topics.metadata}"
+    )
+    t = time.perf_counter()
+    records = raw_records(args.records, args.pods, args.nodes, args.services, now)
+    producer = RecordProducer(args.bootstrap)
+    for value in records:
+        producer.produce(topics.raw_tcp, value)
+    producer.flush(120)
+    size = sum(map(len, records)) / len(records)
+    print(
+        f"raw: {len(records)} records ({size:.0f} B each) produced in "
+        f"{time.perf_counter() - t:.1f}s to {topics.raw_tcp}"
+    )
+
+    # Phase 1, one stage at a time; each stays up (idle) for phase 2.
+    results: dict[str, dict[str, Any]] = {}
+    procs: dict[str, subprocess.Popen[str]] = {}
+    out_topics = {"passthrough": passthrough_topic, "enricher": topics.enriched_tcp}
+    try:
+        for stage in ("passthrough", "enricher"):
+            if args.only and stage != args.only:
+                continue
+            cmd = [
+                sys.executable,
+                __file__,
+                "--stage",
+                stage,
+                "--bootstrap",
+                args.bootstrap,
+                "--prefix",
+                topics.prefix,
+                "--out-topic",
+                passthrough_topic,
+                "--records",
+                str(args.records),
+            ]
+            if args.profile and stage == "enricher":
+                cmd += ["--profile", args.profile]
+            proc = procs[stage] = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line:
+                proc.wait()
+                print(f"{stage} stage failed (exit {proc.returncode})", file=sys.stderr)
+                return 1
+            results[stage] = json.loads(line)
+            if not args.profile:
+                assert proc.stdout.readline().strip() == "LIVE"
+        # Phase 2: both stages live at once, fed the same paced records.
+        if not args.profile:
+            delays = measure_delay(
+                args.bootstrap,
+                topics.raw_tcp,
+                [out_topics[s] for s in results],
+                records[0],
+                args.delay_rate,
+                args.delay_seconds,
+            )
+            for stage in results:
+                d = delays[out_topics[stage]]
+                results[stage]["delay_ms"] = {
+                    "n": len(d),
+                    "p50": _percentile(d, 0.50),
+                    "p99": _percentile(d, 0.99),
+                    "max": max(d, default=float("nan")),
+                }
+    finally:
+        for proc in procs.values():
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait(120)
+    report(results, args)
+    return 0
+
+
+def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    print()
+    print(
+        f"{'stage':<12} {'records':>8} {'wall s':>7} {'rec/s':>9} {'CPU s':>7} "
+        f"{'µs CPU/rec':>10} {'rec/s/core':>10} {'peak RSS':>9} {'p50 ms':>7} {'p99 ms':>7}"
+    )
+    for stage, r in results.items():
+        rate = r["records"] / r["wall_s"]
+        per_core = r["records"] / r["cpu_s"]
+        d = r.get("delay_ms", {})
+        print(
+            f"{stage:<12} {r['records']:>8} {r['wall_s']:>7.2f} {rate:>9.0f} {r['cpu_s']:>7.2f} "
+            f"{r['cpu_s'] / r['records'] * 1e6:>10.2f} {per_core:>10.0f} "
+            f"{r['peak_rss_kib'] / 1024:>7.0f}Mi {d.get('p50', float('nan')):>7.1f} "
+            f"{d.get('p99', float('nan')):>7.1f}"
+        )
+        if d and d["n"] < args.delay_rate * args.delay_seconds:
+            print(f"  ({stage}: only {d['n']} of the paced records came out within 15 s)")
+    for stage, r in results.items():
+        if "thread_cpu_s" in r:
+            per = {k: v / r["records"] * 1e6 for k, v in r["thread_cpu_s"].items()}
+            print(
+                f"{stage}: µs CPU per record in Python threads {per['python']:.2f}, "
+                f"in librdkafka threads {per['librdkafka']:.2f}"
+            )
+    if "enricher" in results:
+        e = results["enricher"]
+        print(
+            f"\nenricher metadata load: {e['metadata_pods']} pods in {e['metadata_load_s']:.2f}s "
+            f"({e['metadata_load_cpu_s']:.2f} CPU s), RSS after load "
+            f"{e['rss_after_metadata_kib'] / 1024:.0f} MiB"
+        )
+        print("enricher counters: " + " ".join(f"{k}={v}" for k, v in e["counters"].items()))
+    if len(results) == 2:
+        e, pt = results["enricher"], results["passthrough"]
+        ratio = (e["records"] / e["cpu_s"]) / (pt["records"] / pt["cpu_s"])
+        print(f"enricher / pass-through, records per CPU second: {ratio:.2f}")
+        if "delay_ms" in e and "delay_ms" in pt:
+            print(
+                f"delay added by the enricher at {args.delay_rate} rec/s: "
+                f"p50 {e['delay_ms']['p50'] - pt['delay_ms']['p50']:+.1f} ms, "
+                f"p99 {e['delay_ms']['p99'] - pt['delay_ms']['p99']:+.1f} ms"
+            )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

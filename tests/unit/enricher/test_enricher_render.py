@@ -1,0 +1,177 @@
+"""The hot path renders exactly the bytes the reference join + codec give, for every kind of end."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import msgspec
+import pytest
+
+from enricher.classify import AddressClassifier, parse_cidrs
+from enricher.enrich import enrich, missing_key
+from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
+from enricher.render import Renderer
+from enricher.state import MetadataState
+from flowscope.codec import JsonCodec
+from flowscope.records import EnrichedTcpConnection, RawTcpConnection
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+CODEC = JsonCodec(EnrichedTcpConnection)
+CLASSIFIER = AddressClassifier(
+    parse_cidrs("10.0.0.0/16,10.96.0.0/12", "c"), parse_cidrs("10.200.0.0/16", "o")
+)
+
+
+def _pod(uid: str, ip: str, node: str | None, kind: str, **kw: Any) -> PodMeta:
+    return PodMeta(
+        uid=uid,
+        name=f"{kind.lower()}-{uid}",
+        namespace="shop",
+        node=node,
+        ips=[ip],
+        start_time_ns=T0,
+        workload_kind=kind,
+        workload_name=f"wl-{uid}",
+        **kw,
+    )
+
+
+@pytest.fixture
+def state() -> MetadataState:
+    st = MetadataState(early_tolerance_ns=0)
+    for meta in (
+        NodeMeta(name="node-a", zone="z-a", region="r1", addresses=["192.168.1.1"]),
+        NodeMeta(name="node-b", zone="z-b", region="r1", addresses=["192.168.1.2"]),
+        NodeMeta(name="node-c", zone=None, region=None, addresses=["192.168.1.3"]),
+        _pod("c1", "10.0.1.1", "node-a", "Deployment"),
+        _pod("s1", "10.0.2.1", "node-b", "StatefulSet"),
+        _pod("s2", "10.0.3.1", "node-c", "DaemonSet"),
+        _pod("j1", "10.0.4.1", "node-a", "Job"),
+        _pod("k1", "10.0.5.1", None, "CronJob"),
+        _pod("h1", "192.168.1.2", "node-b", "DaemonSet", host_network=True),
+        ServiceMeta(name="api", namespace="shop", cluster_ips=["10.96.0.10"]),
+    ):
+        st.upsert(meta, T0)
+    return st
+
+
+def _raw(**kw: Any) -> RawTcpConnection:
+    base: dict[str, Any] = {
+        "node": "node-a",
+        "start_time_ns": T0 + 10 * S,
+        "end_time_ns": T0 + 11 * S,
+        "role": "client",
+        "family": 4,
+        "local_addr": "10.0.1.1",
+        "local_port": 40000,
+        "remote_addr": "10.0.2.1",
+        "remote_port": 5432,
+        "pid": 123,
+        "comm": "curl",
+        "cgroup_id": 77,
+        "cgroup_path": "kubepods/podc1/abc",
+        "pod_uid": "c1",
+        "container_id": "abc",
+        "bytes_sent": 100,
+        "bytes_received": 2000,
+        "srtt_us": 150,
+        "retrans_segs": 1,
+        "connect_latency_us": 300,
+    }
+    base.update(kw)
+    return RawTcpConnection(**base)
+
+
+REMOTES = [
+    "10.0.2.1",  # pod, other zone
+    "10.0.3.1",  # pod on a node without zone
+    "10.0.4.1",  # Job pod
+    "10.0.5.1",  # CronJob pod with no node
+    "::ffff:10.0.2.1",  # IPv4-mapped spelling of a pod
+    "192.168.1.2",  # a node (and a hostNetwork pod's address)
+    "10.96.0.10",  # a ClusterIP
+    "10.0.9.9",  # cluster CIDR, unknown: waits
+    "10.200.0.1",  # another cluster
+    "172.16.0.1",  # private, outside the cluster
+    "8.8.8.8",
+    "2606:4700::1111",
+    "not-an-address",
+]
+LOCALS: list[dict[str, Any]] = [
+    {},
+    {"pod_uid": None, "container_id": None, "local_addr": "192.168.1.1"},  # host process
+    {"pod_uid": "no-such-uid"},  # pod without metadata yet
+    {"node": "node-z", "pod_uid": None},  # a node without metadata
+    {"pid": 0, "comm": "", "container_id": None},
+    {"comm": 'we"ird\\name\u00e9\n'},
+    {"connect_latency_us": None, "family": 6, "local_addr": "fd00::1"},
+    # An interim record of a connection still open: the copied fields travel along.
+    {"interim": True, "sequence": 3, "outcome": "open", "segs_out": 7},
+]
+ROLES = ["client", "server", "unknown"]
+# What the client dialed, when the collector saw Service NAT: a ClusterIP, or not a Service.
+NATS = [None, "10.96.0.10", "10.0.2.1"]
+
+
+def test_rendered_bytes_equal_the_reference(state: MetadataState) -> None:
+    renderer = Renderer(state, CLASSIFIER)
+    n = 0
+    for remote, local, role, nat in itertools.product(REMOTES, LOCALS, ROLES, NATS):
+        nat_fields = (
+            {} if nat is None else {"original_remote_addr": nat, "original_remote_port": 80}
+        )
+        raw = _raw(remote_addr=remote, role=role, **local, **nat_fields)
+        want = enrich(raw, state, CLASSIFIER)
+        for _ in range(2):  # the second time from the fragment caches
+            got = renderer.render(raw)
+            assert got.value == CODEC.encode(want), (remote, local, role, nat)
+            assert got.key == want.client.workload_key()
+            assert got.missing == missing_key(raw, want, CLASSIFIER)
+            local_end = want.server if role == "server" else want.client
+            assert got.local.attribution == local_end.attribution
+            n += 1
+    assert n == 2 * len(REMOTES) * len(LOCALS) * len(ROLES) * len(NATS)
+    assert msgspec.json.decode(got.value, type=EnrichedTcpConnection) == want
+    interim = enrich(_raw(interim=True, sequence=3, outcome="open", segs_out=7), state, CLASSIFIER)
+    assert (interim.interim, interim.sequence, interim.outcome, interim.segs_out) == (
+        True,
+        3,
+        "open",
+        7,
+    )
+
+
+def test_fragments_follow_metadata_changes(state: MetadataState) -> None:
+    renderer = Renderer(state, CLASSIFIER)
+    raw = _raw()
+    before = renderer.render(raw).value
+    assert b'"cloud.availability_zone":"z-b"' in before
+    # The server's node moves zone: every cached end must be re-rendered.
+    state.upsert(NodeMeta(name="node-b", zone="z-q", region="r1", addresses=[]), T0)
+    after = renderer.render(raw)
+    assert after.value == CODEC.encode(enrich(raw, state, CLASSIFIER))
+    assert b'"cloud.availability_zone":"z-q"' in after.value
+    # The pod is replaced by another workload under the same uid.
+    state.upsert(_pod("s1", "10.0.2.1", "node-b", "Deployment"), T0)
+    again = renderer.render(raw)
+    assert b'"k8s.deployment.name":"wl-s1"' in again.value
+    assert again.value == CODEC.encode(enrich(raw, state, CLASSIFIER))
+
+
+def test_service_nat_names_the_dialed_service_on_the_backend(state: MetadataState) -> None:
+    raw = _raw(original_remote_addr="10.96.0.10", original_remote_port=80)
+    out = enrich(raw, state, CLASSIFIER)
+    assert (out.server.pod_uid, out.server.service) == ("s1", "api")
+    assert out.server.address == "10.0.2.1"  # where the packets went
+    rendered = Renderer(state, CLASSIFIER).render(raw)
+    assert b'"k8s.service.name":"api"' in rendered.value
+    # Without NAT the same backend carries no service name.
+    assert enrich(_raw(), state, CLASSIFIER).server.service is None
+
+
+def test_self_check_passes_with_the_current_record_types() -> None:
+    from enricher.render import self_check
+
+    assert self_check() is None
