@@ -224,13 +224,22 @@ class Joiner:
             self._consumer.store_offsets(offsets=offsets)
 
     def handle(self, msg: Message, part: PartitionKey = ("", 0), offset: int = 0) -> None:
-        self.counters.records_in += 1
-        value = msg.value()
+        """Join one Kafka message: a single raw record or a batch (a JSON array; collectors
+        batch because per-message costs dominate). A batch that does not decode goes to the
+        dead-letter topic whole, with the reason naming the bad element (``$[i]``)."""
         try:
-            raw = self._raw_codec.decode(value)
+            raws = self._raw_codec.decode_batch(msg.value())
         except DecodeError as exc:
+            self.counters.records_in += 1
             self.dead_letter(msg, "decode", str(exc))
             return
+        for raw in raws:
+            self.counters.records_in += 1
+            self._handle_record(msg, raw, part, offset)
+
+    def _handle_record(
+        self, msg: Message, raw: RawTcpConnection, part: PartitionKey, offset: int
+    ) -> None:
         if raw.v != RAW_VERSION:
             self.dead_letter(
                 msg,

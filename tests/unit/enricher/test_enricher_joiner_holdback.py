@@ -174,3 +174,25 @@ def test_revoke_and_close_release_what_is_held() -> None:
     j._consumer = None  # close() must not touch the stand-in's missing methods
     j.close()
     assert len(producer.out) == 2 and j.counters.held_released_unresolved == 2
+
+
+def test_a_batch_message_is_joined_record_by_record() -> None:
+    j, consumer, producer = _joiner()
+    _apply(j, _pod("s1", "10.244.2.1"))
+    singles = [
+        msgspec.json.decode(_raw(0, local_port=p).value() or b"", type=RawTcpConnection)
+        for p in (41000, 41001, 41002)
+    ]
+    batch = Message(topic="raw", partition=0, offset=5, value=msgspec.json.encode(singles))
+    j.process_batch([batch])
+    assert [e.client.port for e in _decoded(producer)] == [41000, 41001, 41002]
+    assert j.counters.records_in == 3 and consumer.stored == {("raw", 0): 6}
+
+
+def test_a_batch_with_one_bad_element_is_dead_lettered_whole_with_its_index() -> None:
+    j, _, producer = _joiner()
+    good = msgspec.json.decode(_raw(0).value() or b"", type=RawTcpConnection)
+    bad = msgspec.json.encode([good, {"v": 1}])
+    j.process_batch([Message(topic="raw", partition=0, offset=9, value=bad)])
+    ((topic, value, _),) = producer.out
+    assert topic.endswith("deadletter") and b"$[1]" in value
