@@ -39,6 +39,16 @@ class Topics:
         return f"{self.prefix}.enriched.tcp"
 
     @property
+    def enriched_dns(self) -> str:
+        """Enricher -> processors and data lake: one record per DNS query per observing end."""
+        return f"{self.prefix}.enriched.dns"
+
+    @property
+    def metrics_dns(self) -> str:
+        """Processor output: per (client workload, DNS server, name group, window, partition)."""
+        return f"{self.prefix}.metrics.dns"
+
+    @property
     def metrics_tcp_pairs(self) -> str:
         """Processor output: one record per (client workload, server workload, window)."""
         return f"{self.prefix}.metrics.tcp.pairs"

@@ -1,5 +1,5 @@
-"""``python -m processors worker``: run the TCP connection metrics worker (pair totals,
-latency, cross-zone cost, alerts).
+"""``python -m processors worker``: run the metrics worker: TCP connections (pair totals,
+latency, cross-zone cost) and DNS queries (failure rates, latency), with their alerts.
 
 Every option has a FLOWSCOPE_* environment variable as its default; the environment is read
 here and nowhere else.
@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     w = sub.add_parser(
         "worker",
-        help="consume enriched TCP records, publish per workload pair metrics per window",
+        help="consume enriched TCP and DNS records, publish metrics and alerts per window",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
 
@@ -175,6 +175,35 @@ def parser() -> argparse.ArgumentParser:
         float,
         "consumer group session timeout: how soon a dead worker's partitions move",
     )
+    option(
+        "--dns-grace-seconds",
+        "FLOWSCOPE_PROCESSORS_DNS_GRACE_S",
+        "10",
+        float,
+        "DNS windows (event time = query) are published at their end + this; keep it above "
+        "the collector's DNS timeout",
+    )
+    option(
+        "--dns-name-group",
+        "FLOWSCOPE_PROCESSORS_DNS_NAME_GROUP",
+        "suffix",
+        str,
+        "DNS query name grouping: suffix (last labels of the asked name), asked, name, none",
+    )
+    option(
+        "--dns-name-labels",
+        "FLOWSCOPE_PROCESSORS_DNS_NAME_LABELS",
+        "2",
+        int,
+        "labels kept by --dns-name-group suffix",
+    )
+    option(
+        "--dns-cluster-domain",
+        "FLOWSCOPE_PROCESSORS_DNS_CLUSTER_DOMAIN",
+        "cluster.local",
+        str,
+        "cluster domain: <svc>.<ns>.svc.<domain> names are grouped per service",
+    )
     w.add_argument(
         "--log-level",
         default=_env("FLOWSCOPE_LOG_LEVEL", "INFO").upper(),
@@ -217,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cloud=args.cloud or None,
             alert_rules_path=args.alert_rules,
             session_timeout_s=args.session_timeout_seconds,
+            dns_grace_s=args.dns_grace_seconds,
+            dns_name_group=args.dns_name_group,
+            dns_name_labels=args.dns_name_labels,
+            dns_cluster_domain=args.dns_cluster_domain,
         )
         prices = load_price_table(settings.prices_path, settings.cloud)
         rules = load_rules(settings.alert_rules_path)
@@ -240,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.bootstrap_servers,
             [
                 TopicSpec(topics.enriched_tcp),
+                TopicSpec(topics.enriched_dns),
+                TopicSpec(topics.metrics_dns),
                 TopicSpec(topics.metrics_tcp_pairs),
                 TopicSpec(topics.metrics_tcp_latency),
                 TopicSpec(topics.metrics_cost_pairs),

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from flowscope.records import AlertEvent, CostPairMetric, TcpLatencyMetric
+from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
 from processors.connections import FAILURE_OUTCOMES
 from processors.sketch import QuantileSketch
 
@@ -32,7 +32,9 @@ LATENCY_DIMS = ("client_workload", "server_workload", "service", "client_namespa
                 "server_namespace")  # fmt: skip
 COST_DIMS = ("source_workload", "destination_workload", "source_namespace",
              "destination_namespace", "source_zone", "destination_zone")  # fmt: skip
-WORKLOAD_DIMS = ("client_workload", "server_workload", "source_workload", "destination_workload")
+DNS_DIMS = ("client_workload", "client_namespace", "server", "server_class", "name_group")
+WORKLOAD_DIMS = ("client_workload", "server_workload", "source_workload", "destination_workload",
+                 "server")  # fmt: skip
 
 
 class AlertRuleError(ValueError):
@@ -50,6 +52,7 @@ class _Sample:
     usd: float = 0.0
     connect: QuantileSketch | None = None
     rtt: QuantileSketch | None = None
+    dns_latency: QuantileSketch | None = None
     workloads: set[str] = field(default_factory=set)
 
 
@@ -69,7 +72,7 @@ def _p99(sketch: QuantileSketch | None) -> float | None:
 
 @dataclass(frozen=True)
 class MetricDef:
-    source: str  # "latency" or "cost"
+    source: str  # "latency", "cost" or "dns"
     dims: tuple[str, ...]
     value: Callable[[_Sample], float | None]
 
@@ -85,7 +88,18 @@ METRICS: dict[str, MetricDef] = {
     ),
     # Dollars on paths that leave the zone (cross zone, cross region, internet) per window.
     "cost.cross_zone_usd": MetricDef("cost", COST_DIMS, lambda s: s.usd),
+    # DNS (processors/dns.py): "connections" of a DNS sample are its queries minus search
+    # noise (the failure rate's denominator), so min_connections means queries there.
+    "dns.failure_rate": MetricDef(
+        "dns", DNS_DIMS, lambda s: s.failed / s.connections if s.connections else None
+    ),
+    "dns.latency_p99_us": MetricDef("dns", DNS_DIMS, lambda s: _p99(s.dns_latency)),
 }
+
+
+def rules_for(rules: Sequence[AlertRule], sources: frozenset[str]) -> list[AlertRule]:
+    """The rules whose metric comes from one of ``sources`` (each stream evaluates its own)."""
+    return [r for r in rules if METRICS[r.metric].source in sources]
 
 
 @dataclass(frozen=True)
@@ -104,8 +118,7 @@ class AlertRule:
         where = f"alert rule {self.name!r}"
         if self.metric not in METRICS:
             raise AlertRuleError(
-                f"{where}: unknown metric {self.metric!r}; use one of {', '.join(METRICS)} "
-                "(DNS metrics arrive with the DNS processor)"
+                f"{where}: unknown metric {self.metric!r}; use one of {', '.join(METRICS)}"
             )
         dims = METRICS[self.metric].dims
         bad = [d for d in self.group_by if d not in dims]
@@ -155,6 +168,8 @@ def load_rules(path: Path) -> list[AlertRule]:
 
 
 GroupKey = tuple[str | None, ...]
+# What a sample's ``connections`` counts, as named in the evidence.
+_COUNT_NAMES = {"dns": "queries"}
 
 
 @dataclass
@@ -165,10 +180,22 @@ class _GroupState:
 
 
 def _samples(
-    rule: AlertRule, latency: Sequence[TcpLatencyMetric], cost: Sequence[CostPairMetric]
+    rule: AlertRule,
+    latency: Sequence[TcpLatencyMetric],
+    cost: Sequence[CostPairMetric],
+    dns: Sequence[DnsMetric] = (),
 ) -> dict[GroupKey, _Sample]:
     out: dict[GroupKey, _Sample] = {}
-    if METRICS[rule.metric].source == "latency":
+    source = METRICS[rule.metric].source
+    if source == "dns":
+        for d in dns:
+            s = out.setdefault(tuple(getattr(d, g) for g in rule.group_by), _Sample())
+            s.connections += d.queries - d.search_noise
+            s.failed += d.failed
+            if rule.metric == "dns.latency_p99_us":
+                s.dns_latency = _merge(s.dns_latency, d.latency_sketch)
+            s.workloads.add(d.client_workload)
+    elif source == "latency":
         for m in latency:
             s = out.setdefault(tuple(getattr(m, d) for d in rule.group_by), _Sample())
             s.connections += m.connections
@@ -211,13 +238,14 @@ class AlertEvaluator:
         latency: Sequence[TcpLatencyMetric],
         cost: Sequence[CostPairMetric],
         now_ns: int,
+        dns: Sequence[DnsMetric] = (),
     ) -> list[AlertEvent]:
         if self.last_window_start_ns is not None and window_start_ns <= self.last_window_start_ns:
             return []  # already evaluated (windows are fed once, in order)
         self.last_window_start_ns = window_start_ns
         events: list[AlertEvent] = []
         for rule in self.rules:
-            samples = _samples(rule, latency, cost)
+            samples = _samples(rule, latency, cost, dns)
             keys = set(samples) | {g for (r, g) in self._state if r == rule.name}
             for group in sorted(keys, key=lambda g: tuple(x or "" for x in g)):
                 event = self._step(rule, group, samples.get(group), window_start_ns,
@@ -260,7 +288,9 @@ class AlertEvaluator:
             "window_start_ns": start_ns,
             "window_end_ns": end_ns,
             "value": value,
-            "connections": 0 if sample is None else sample.connections,
+            _COUNT_NAMES.get(METRICS[rule.metric].source, "connections"): 0
+            if sample is None
+            else sample.connections,
         }
         if baseline is not None:
             evidence["raw_value"] = raw

@@ -1,7 +1,9 @@
-"""The faust-streaming worker for TCP connection metrics: Kafka in, Kafka out, nothing else.
+"""The faust-streaming worker for TCP connection and DNS metrics: Kafka in, Kafka out.
 
-All logic lives in :class:`processors.processor.ConnectionProcessor`; this module only wires
-it to faust. Choices that avoid faust-streaming's known pitfalls (issue 6):
+All logic lives in :class:`processors.processor.ConnectionProcessor` (``enriched.tcp``) and
+:class:`processors.dnsprocessor.DnsProcessor` (``enriched.dns``, the second input, with its
+own agent, watermark and pending acknowledgements); this module only wires them to faust.
+Choices that avoid faust-streaming's known pitfalls (issue 6):
 
 - No faust tables, no faust windows: the aggregation is in memory and the window close is
   ours (event-time watermark plus grace), not faust's wall-clock expiry. No changelog writes.
@@ -31,15 +33,18 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import faust
 
 from flowscope.records import DeadLetter  # noqa: F401  (the dead-letter contract)
 from flowscope.topics import Topics
 from processors.alerts import AlertRule
+from processors.dns import NameGrouping, NameGroups
+from processors.dnsprocessor import DnsProcessor
 from processors.prices import PriceTable
-from processors.processor import ConnectionProcessor, OutputKind, Source
+from processors.processor import ConnectionProcessor, Output, OutputKind, Source
 from processors.settings import ProcessorSettings
 
 log = logging.getLogger(__name__)
@@ -64,7 +69,24 @@ def build_processor(
     )
 
 
-def build_app(settings: ProcessorSettings, processor: ConnectionProcessor) -> faust.App:
+def build_dns_processor(settings: ProcessorSettings, rules: list[AlertRule]) -> DnsProcessor:
+    return DnsProcessor(
+        window_ns=settings.window_ns,
+        grace_ns=settings.dns_grace_ns,
+        idle_allowance_ns=settings.idle_allowance_ns,
+        rules=rules,
+        alpha=settings.sketch_alpha,
+        names=NameGroups(
+            cast(NameGrouping, settings.dns_name_group),  # validated by the settings
+            settings.dns_name_labels,
+            settings.dns_cluster_domain,
+        ),
+    )
+
+
+def build_app(
+    settings: ProcessorSettings, processor: ConnectionProcessor, dns: DnsProcessor
+) -> faust.App:
     topics = Topics(settings.topic_prefix)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -101,6 +123,14 @@ def build_app(settings: ProcessorSettings, processor: ConnectionProcessor) -> fa
         value_serializer="raw",
     )
 
+    dns_source = app.topic(
+        topics.enriched_dns,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
     def out(name: str) -> Any:
         return app.topic(name, key_serializer="raw", value_serializer="raw")
 
@@ -110,10 +140,12 @@ def build_app(settings: ProcessorSettings, processor: ConnectionProcessor) -> fa
         "cost_pairs": out(topics.metrics_cost_pairs),
         "cost_rollups": out(topics.metrics_cost_rollups),
         "alerts": out(topics.alerts),
+        "dns": out(topics.metrics_dns),
     }
     deadletter_topic = out(topics.deadletter)
     # Messages read but not acknowledged: (partition, newest window start or None, event).
     pending: list[tuple[int, int | None, Any]] = []
+    dns_pending: list[tuple[int, int | None, Any]] = []
     dead_futures: list[Any] = []
 
     @app.agent(source, name="tcp_connections", concurrency=1)
@@ -132,36 +164,51 @@ def build_app(settings: ProcessorSettings, processor: ConnectionProcessor) -> fa
                 dead_futures.append(fut)
             pending.append((partition, newest, event))
 
+    @app.agent(dns_source, name="dns_queries", concurrency=1)
+    async def aggregate_dns(stream: faust.StreamT[bytes]) -> None:
+        # The same contract as the TCP agent: acknowledged once the window is published.
+        async for event in stream.noack().events():  # type: ignore[attr-defined]
+            message = event.message
+            partition = message.partition
+            newest, dead = dns.handle(
+                event.value,
+                Source(message.topic, partition, message.offset, message.key),
+                time.time_ns(),
+            )
+            for letter in dead:
+                fut = await deadletter_topic.send(key=message.key, value=letter)
+                dead_futures.append(fut)
+            dns_pending.append((partition, newest, event))
+
+    async def publish(ready: list[Output], stage: ConnectionProcessor | DnsProcessor) -> None:
+        if not ready:
+            return
+        futures = [await outputs[o.kind].send(key=o.key, value=o.value) for o in ready]
+        stage.outputs.metrics_sent += len(futures)
+        failed = await _delivered(futures)
+        stage.outputs.metrics_delivered += len(futures) - failed
+        stage.outputs.metrics_failed += failed
+        if failed:
+            _die(f"{failed} of {len(futures)} metrics were not delivered", processor, dns)
+
     async def close_windows() -> None:
-        ready = processor.close_ready(time.time_ns())
-        if ready:
-            futures = [await outputs[o.kind].send(key=o.key, value=o.value) for o in ready]
-            processor.outputs.metrics_sent += len(futures)
-            failed = await _delivered(futures)
-            processor.outputs.metrics_delivered += len(futures) - failed
-            processor.outputs.metrics_failed += failed
-            if failed:
-                _die(f"{failed} of {len(futures)} metrics were not delivered", processor)
+        now = time.time_ns()
+        await publish(processor.close_ready(now), processor)
+        await publish(dns.close_ready(now), dns)
         if dead_futures:
             letters = list(dead_futures)
             dead_futures.clear()
             failed = await _delivered(letters)
             processor.outputs.dead_letters_delivered += len(letters) - failed
             if failed:
-                _die(f"{failed} dead letters were not delivered", processor)
+                _die(f"{failed} dead letters were not delivered", processor, dns)
         # Acknowledge what is now safely published (or needed no window).
-        is_closed = processor.aggregator.is_closed
-        keep = []
-        for item in pending:
-            _partition, newest, event = item
-            if newest is None or is_closed(newest):
-                event.ack()
-            else:
-                keep.append(item)
-        pending[:] = keep
+        _ack_published(pending, processor.aggregator.is_closed)
+        _ack_published(dns_pending, dns.aggregator.is_closed)
 
     async def log_counters() -> None:
         log.info("tcp counters %s", _format(processor.report()))
+        log.info("dns counters %s", _format(dns.report()))
 
     first_assignment = True
 
@@ -169,21 +216,35 @@ def build_app(settings: ProcessorSettings, processor: ConnectionProcessor) -> fa
         nonlocal first_assignment
         assigned: set[Any] = args[0] if args else set()
         mine = sorted(tp.partition for tp in assigned if tp.topic == source.get_topic_name())
-        # "processor ready" is what scripts wait for: consuming from here on.
+        dns_mine = sorted(
+            tp.partition for tp in assigned if tp.topic == dns_source.get_topic_name()
+        )
         processor.assign(mine)
+        dns.assign(dns_mine)
+        # "processor ready" is what scripts wait for: consuming from here on.
         label = "processor ready" if first_assignment else "partitions reassigned"
         first_assignment = False
-        log.info("%s: %s partitions %s", label, source.get_topic_name(), mine)
+        log.info(
+            "%s: %s partitions %s, %s partitions %s",
+            label, source.get_topic_name(), mine, dns_source.get_topic_name(), dns_mine,
+        )  # fmt: skip
 
     async def on_revoked(_app: Any, /, *args: Any, signal: Any, **_kwargs: Any) -> None:
         revoked: set[Any] = args[0] if args else set()
-        gone = {tp.partition for tp in revoked if tp.topic == source.get_topic_name()}
-        if not gone:
-            return
-        dropped = processor.drop_partitions(gone)
-        # Never acknowledge them now: the partition's next owner reads them again.
-        pending[:] = [item for item in pending if item[0] not in gone]
-        log.info("partitions %s revoked: dropped %d unpublished records", sorted(gone), dropped)
+        for topic, stage, waiting in (
+            (source.get_topic_name(), processor, pending),
+            (dns_source.get_topic_name(), dns, dns_pending),
+        ):
+            gone = {tp.partition for tp in revoked if tp.topic == topic}
+            if not gone:
+                continue
+            dropped = stage.drop_partitions(gone)
+            # Never acknowledge them now: the partition's next owner reads them again.
+            waiting[:] = [item for item in waiting if item[0] not in gone]
+            log.info(
+                "%s partitions %s revoked: dropped %d unpublished records",
+                topic, sorted(gone), dropped,
+            )  # fmt: skip
 
     app.on_partitions_assigned.connect(on_assigned)
     app.on_partitions_revoked.connect(on_revoked)
@@ -192,6 +253,20 @@ def build_app(settings: ProcessorSettings, processor: ConnectionProcessor) -> fa
     app.timer(settings.log_interval_s, name="log_counters")(log_counters)
 
     return app
+
+
+def _ack_published(
+    pending: list[tuple[int, int | None, Any]], is_closed: Callable[[int], bool]
+) -> None:
+    """Acknowledge the messages whose newest window is published (or that needed none)."""
+    keep = []
+    for item in pending:
+        _partition, newest, event = item
+        if newest is None or is_closed(newest):
+            event.ack()
+        else:
+            keep.append(item)
+    pending[:] = keep
 
 
 async def _delivered(futures: list[Any]) -> int:
@@ -204,9 +279,10 @@ async def _delivered(futures: list[Any]) -> int:
     return len(not_done) + sum(1 for d in done if d.exception() is not None)
 
 
-def _die(reason: str, processor: ConnectionProcessor) -> None:
+def _die(reason: str, processor: ConnectionProcessor, dns: DnsProcessor) -> None:
     log.error("%s: exiting without acknowledging; a restart re-reads them", reason)
     log.info("final counters %s", _format(processor.report()))
+    log.info("dns counters at exit %s", _format(dns.report()))
     logging.shutdown()
     os._exit(EXIT_DELIVERY_FAILED)
 
@@ -269,7 +345,8 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
         log.error("%s", exc)
         return 4
     processor = build_processor(settings, prices, rules)
-    app = build_app(settings, processor)
+    dns = build_dns_processor(settings, rules)
+    app = build_app(settings, processor, dns)
 
     def final_report(code: int) -> None:
         report: dict[str, Any] = {
@@ -277,6 +354,8 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
             "unpublished_records": processor.aggregator.pending_records(),
         }
         log.info("tcp worker stopped (exit %d); final counters %s", code, _format(report))
+        # Worded apart from "final counters": scripts read the TCP line by that phrase.
+        log.info("dns counters at exit %s", _format(dns.report()))
 
     worker = _Worker(
         app,
@@ -289,12 +368,16 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
         redirect_stdouts=False,
     )
     log.info(
-        "starting tcp worker app_id=%s source=%s window_s=%s grace_s=%s idle_s=%s",
+        "starting tcp worker app_id=%s source=%s window_s=%s grace_s=%s idle_s=%s "
+        "dns_source=%s dns_grace_s=%s dns_name_group=%s",
         settings.app_id,
         Topics(settings.topic_prefix).enriched_tcp,
         settings.window_s,
         settings.grace_s,
         settings.idle_allowance_s,
+        Topics(settings.topic_prefix).enriched_dns,
+        settings.dns_grace_s,
+        settings.dns_name_group,
     )
     code = 0
     try:

@@ -23,7 +23,7 @@ from flowscope.records import (
     TcpLatencyMetric,
     TcpPairMetric,
 )
-from processors.alerts import AlertEvaluator, AlertRule
+from processors.alerts import AlertEvaluator, AlertRule, rules_for
 from processors.connections import ClosedWindow, ConnectionAggregator, PartitionWatermark
 from processors.cost import cost_metrics
 from processors.latency import latency_metrics, pair_metrics
@@ -33,7 +33,9 @@ from processors.prices import PriceTable
 log = logging.getLogger(__name__)
 
 STAGE = "processors.tcp"
-OutputKind = Literal["pairs", "latency", "cost_pairs", "cost_rollups", "alerts"]
+OutputKind = Literal["pairs", "latency", "cost_pairs", "cost_rollups", "alerts", "dns"]
+# The alert rule sources this processor evaluates; DNS rules go to processors.dnsprocessor.
+TCP_SOURCES = frozenset({"latency", "cost"})
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class ConnectionProcessor:
         self.aggregator = ConnectionAggregator(window_ns, grace_ns, alpha)
         self.watermark = PartitionWatermark(idle_allowance_ns)
         self.prices = prices
-        self.alerts = AlertEvaluator(list(rules))
+        self.alerts = AlertEvaluator(rules_for(list(rules), TCP_SOURCES))
         self.outputs = OutputCounters()
         self._decoder = JsonCodec(EnrichedTcpConnection)
         self._codecs = {

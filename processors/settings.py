@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from processors.dns import NAME_GROUPINGS
 from processors.prices import CLOUDS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -41,6 +42,13 @@ class ProcessorSettings:
     alert_rules_path: Path = Path("config/alerts.yaml")
     # Consumer group session: how soon a killed worker's partitions go to the others.
     session_timeout_s: float = 10.0
+    # DNS (processors/dns.py). A query's record leaves the collector when it is answered or
+    # timed out (5 s by default), up to that long after its event time (the query): the DNS
+    # grace must be longer than the collector's DNS timeout or timed-out queries are late.
+    dns_grace_s: float = 10.0
+    dns_name_group: str = "suffix"
+    dns_name_labels: int = 2
+    dns_cluster_domain: str = "cluster.local"
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -69,6 +77,18 @@ class ProcessorSettings:
             raise SettingsError(f"cloud {self.cloud!r} is not one of {', '.join(CLOUDS)}")
         if not 6 <= self.session_timeout_s <= 300:
             raise SettingsError(f"session timeout must be 6-300 s, got {self.session_timeout_s}")
+        if not self.dns_grace_s >= 0:
+            raise SettingsError(f"DNS grace must be >= 0 seconds, got {self.dns_grace_s}")
+        if self.dns_name_group not in NAME_GROUPINGS:
+            raise SettingsError(
+                f"DNS name group {self.dns_name_group!r} is not one of {', '.join(NAME_GROUPINGS)}"
+            )
+        if self.dns_name_labels < 1:
+            raise SettingsError(f"DNS name labels must be >= 1, got {self.dns_name_labels}")
+        if not self.dns_cluster_domain.strip(".") or " " in self.dns_cluster_domain:
+            raise SettingsError(
+                f"DNS cluster domain {self.dns_cluster_domain!r}: e.g. cluster.local"
+            )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(
                 f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
@@ -81,6 +101,10 @@ class ProcessorSettings:
     @property
     def grace_ns(self) -> int:
         return round(self.grace_s * 1e9)
+
+    @property
+    def dns_grace_ns(self) -> int:
+        return round(self.dns_grace_s * 1e9)
 
     @property
     def idle_allowance_ns(self) -> int:

@@ -29,10 +29,12 @@ from flowscope.records import (
     CostPairMetric,
     CostRollupMetric,
     DeadLetter,
+    DnsMetric,
+    EnrichedDnsQuery,
     EnrichedTcpConnection,
     RawDnsQuery,
-    RawUdpFlow,
     RawTcpConnection,
+    RawUdpFlow,
     TcpLatencyMetric,
     TcpPairMetric,
 )
@@ -78,6 +80,8 @@ PUBLISHED: tuple[PublishedSchema, ...] = (
     PublishedSchema(CostPairMetric, _TOPICS.metrics_cost_pairs),
     PublishedSchema(CostRollupMetric, _TOPICS.metrics_cost_rollups),
     PublishedSchema(AlertEvent, _TOPICS.alerts),
+    PublishedSchema(EnrichedDnsQuery, _TOPICS.enriched_dns),
+    PublishedSchema(DnsMetric, _TOPICS.metrics_dns),
 )
 
 

@@ -19,7 +19,12 @@ W = 10 * S
 
 def test_shipped_rules_load() -> None:
     rules = {r.name: r for r in load_rules(REPO / "config" / "alerts.yaml")}
-    assert set(rules) == {"connect-failure-rate", "connect-latency-p99", "cross-zone-cost-spike"}
+    assert set(rules) == {
+        "connect-failure-rate",
+        "connect-latency-p99",
+        "cross-zone-cost-spike",
+        "dns-failure-rate",
+    }
     assert rules["cross-zone-cost-spike"].baseline_windows == 6
 
 
