@@ -89,6 +89,9 @@ class PipelineSettings:
     # close the last window (see processors/pairs.py): short here so results come quickly.
     idle_allowance_s: float = 2.0
     cgroup_root: str | None = None
+    # Extra command-line arguments per service, e.g. ("--dns-enabled", "true").
+    collector_args: tuple[str, ...] = ()
+    processor_args: tuple[str, ...] = ()
 
 
 def _env(settings: PipelineSettings) -> dict[str, str]:
@@ -117,7 +120,9 @@ def running_pipeline(settings: PipelineSettings) -> Iterator[dict[str, ServicePr
             services[name] = svc
             svc.wait_for_log(ready, timeout_s)
 
-        start("collector", [py, "-m", "collector"], r"collector ready", 60)
+        start(
+            "collector", [py, "-m", "collector", *settings.collector_args], r"collector ready", 60
+        )
         start("enricher", [py, "-m", "enricher", "join"], r"enricher ready", 60)
         start(
             "processor",
@@ -132,6 +137,7 @@ def running_pipeline(settings: PipelineSettings) -> Iterator[dict[str, ServicePr
                 str(settings.grace_s),
                 "--idle-allowance-seconds",
                 str(settings.idle_allowance_s),
+                *settings.processor_args,
             ],
             r"processor ready",
             120,
