@@ -10,7 +10,14 @@ the ring buffer (no decoding, no Kafka), with kernel.bpf_stats_enabled on for it
 the shared machine's noise in connection rates cannot hide.
 
     sudo .venv/bin/python bench/collector_bench.py [--seconds 5] [--rounds 2] [--threads 2]
-        [--bootstrap 127.0.0.1:9092]
+        [--bootstrap 127.0.0.1:9092] [--variant LABEL=[ROOT][:KEY=VALUE,...]]...
+
+``--variant`` runs more than one collector in the same rounds, each phase after the other:
+ROOT is a tree holding collector/, flowscope/ and bpf/.output/ (default: this repository),
+KEY=VALUE are FLOWSCOPE_* environment settings for it. Example, before/after a change and
+batching on/off: ``--variant before=/tmp/before --variant b1=:FLOWSCOPE_COLLECTOR_BATCH_RECORDS=1
+--variant b256=:FLOWSCOPE_COLLECTOR_BATCH_RECORDS=256``. Without it: one variant "collector".
+The kernel-only phase is run per distinct ROOT (its bpf/.output objects).
 
 Needs root, gcc, and a broker (``python -m devbroker start``).
 """
@@ -43,11 +50,30 @@ STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 @dataclass(frozen=True)
+class Variant:
+    label: str
+    root: Path
+    env: tuple[tuple[str, str], ...]
+
+
+def parse_variant(text: str) -> Variant:
+    label, sep, rest = text.partition("=")
+    if not sep or not label:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LABEL=[ROOT][:KEY=VALUE,...]")
+    root_text, _, env_text = rest.partition(":")
+    env = tuple(tuple(kv.split("=", 1)) for kv in env_text.split(",") if kv)
+    if any(len(kv) != 2 for kv in env):
+        raise argparse.ArgumentTypeError(f"{text!r}: settings must be KEY=VALUE")
+    return Variant(label, Path(root_text) if root_text else REPO, env)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class Phase:
-    mode: str  # "none", "kernel", "collector"
+    mode: str  # "none", "kernel:<root>", or a variant's label
     connections: int
     errors: int
     seconds: float
+    round: int = 0
 
     @property
     def rate(self) -> float:
@@ -62,6 +88,25 @@ def build() -> None:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (the Python thread vs librdkafka's rdk:* threads)."""
+    found: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        name = stat.split("(", 1)[1].rsplit(")", 1)[0]
+        name = "python" if name.startswith("python") else name.split("/")[0]
+        found[name] = found.get(name, 0.0) + cpu_of_stat(stat)
+    return found
+
+
+def cpu_of_stat(stat: str) -> float:
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -83,14 +128,16 @@ def run_load(client: Pod, server_ip: str, threads: int, seconds: float) -> tuple
 class KernelOnly:
     """The collector's BPF programs attached, with a thread that only empties the ring."""
 
-    def __init__(self, cgroup_root: Path) -> None:
-        from collector.settings import DEFAULT_BPF_OBJECT, DEFAULT_UDP_BPF_OBJECT, Settings
+    def __init__(self, cgroup_root: Path, root: Path) -> None:
+        from collector.settings import Settings
         from collector.source import TcpConnSource
         from collector.udp import UdpFlowSource
 
-        self._tcp = TcpConnSource(DEFAULT_BPF_OBJECT, ringbuf_bytes=16 << 20,
+        # The objects of ``root`` with this tree's loader: the ABI is the same.
+        objects = root / "bpf" / ".output"
+        self._tcp = TcpConnSource(objects / "tcpconn.bpf.o", ringbuf_bytes=16 << 20,
                                   wakeup_bytes=Settings.wakeup_bytes)  # fmt: skip
-        self._udp = UdpFlowSource(DEFAULT_UDP_BPF_OBJECT, cgroup_root)
+        self._udp = UdpFlowSource(objects / "udpflow.bpf.o", cgroup_root)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self.lost = 0
@@ -123,13 +170,15 @@ class KernelOnly:
 
 
 class CollectorProcess:
-    def __init__(self, bootstrap: str, prefix: str) -> None:
+    def __init__(self, bootstrap: str, prefix: str, variant: Variant) -> None:
         env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": bootstrap,
-               "FLOWSCOPE_TOPIC_PREFIX": prefix}  # fmt: skip
+               "FLOWSCOPE_TOPIC_PREFIX": prefix, **dict(variant.env)}  # fmt: skip
+        env["PYTHONPATH"] = str(variant.root)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collector", "--stats-interval-s", "1",
              "--ringbuf-bytes", str(16 << 20), "--node-name", "bench"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=variant.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         self.log: list[str] = []
         self._ready = threading.Event()
@@ -150,8 +199,24 @@ class CollectorProcess:
         self.proc.wait(120)
         time.sleep(0.2)
         final = next(line for line in reversed(self.log) if "final stats" in line)
+        # Where a kernel loss first shows (stats lines come every second): at start, under
+        # load, or at shutdown. Printed because losses so far were single and unexplained.
+        stats = [line for line in self.log if " stats " in line]
+        lossy = [i for i, line in enumerate(stats) if "kernel_lost_ringbuf=0 " not in line]
+        if lossy:
+            print(f"  (ring buffer loss first in stats line {lossy[0] + 1} of {len(stats)}: "
+                  f"{stats[lossy[0]].split(' stats ')[0]})", file=sys.stderr)  # fmt: skip
         return {k: int(v) for k, v in
                 (kv.split("=") for kv in final.split("final stats ")[1].split())}  # fmt: skip
+
+
+def mean_ratio(phases: list[Phase], mode: str) -> float:
+    """Mean over rounds of (this mode's rate / the same round's rate without a collector):
+    each round's phases run back to back, so the machine's drift cancels out."""
+    by_round: dict[int, dict[str, float]] = {}
+    for ph in phases:
+        by_round.setdefault(ph.round, {})[ph.mode] = ph.rate
+    return statistics.mean(r[mode] / r["none"] for r in by_round.values())
 
 
 def main() -> int:
@@ -160,21 +225,32 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bootstrap", default="127.0.0.1:9092")
+    p.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=[],
+        help="LABEL=[ROOT][:KEY=VALUE,...], repeatable (see above)",
+    )
+    p.add_argument("--no-kernel", action="store_true", help="skip the kernel-only phases")
     args = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: it loads BPF programs and creates network namespaces")
+    variants: list[Variant] = args.variant or [Variant("collector", REPO, ())]
+    roots = [] if args.no_kernel else list(dict.fromkeys(v.root for v in variants))
     build()
     wait_for_broker(args.bootstrap)
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     ensure_topics(args.bootstrap, [TopicSpec(f"{prefix}.raw.tcp", partitions=3)])
 
     phases: list[Phase] = []
-    kernel_lost = 0
-    kernel_conns = 0
-    runs: dict[str, tuple[int, int]] = {}
-    cpu = 0.0
-    peak = 0.0
-    totals: dict[str, int] = {}
+    kernel_lost: dict[Path, int] = {}
+    kernel_conns: dict[Path, int] = {}
+    runs: dict[Path, dict[str, tuple[int, int]]] = {}
+    cpu: dict[str, float] = {}
+    threads: dict[str, dict[str, float]] = {}
+    peak: dict[str, float] = {}
+    totals: dict[str, dict[str, int]] = {}
     with Cluster([NodeSpec("node-a1", zone="zone-a"), NodeSpec("node-b1", zone="zone-b")]) as c:
         server = c.add_pod("server", node="node-b1")
         client = c.add_pod("client", node="node-a1")
@@ -185,60 +261,81 @@ def main() -> int:
                            stdout=subprocess.DEVNULL)  # fmt: skip
         server.wait_listening(PORT, proc=srv)
         run_load(client, server.ip, args.threads, 1.0)  # warm up
-        for _ in range(args.rounds):
-            for mode in ("none", "kernel", "collector"):
-                if mode == "kernel":
-                    with KernelOnly(c.cgroup_root) as kernel:
-                        ok, errors, elapsed = run_load(client, server.ip, args.threads,
-                                                       args.seconds)  # fmt: skip
-                    kernel_lost += kernel.lost
-                    kernel_conns += ok
-                    for name, (cnt, ns) in kernel.runs.items():
-                        old = runs.get(name, (0, 0))
-                        runs[name] = (old[0] + cnt, old[1] + ns)
-                    phases.append(Phase(mode, ok, errors, elapsed))
-                    continue
-                with_collector = mode == "collector"
-                collector = CollectorProcess(args.bootstrap, prefix) if with_collector else None
-                cpu0 = cpu_seconds(collector.proc.pid) if collector else 0.0
+        for rnd in range(args.rounds):
+            phases.append(Phase("none", *run_load(client, server.ip, args.threads,
+                                                  args.seconds), round=rnd))  # fmt: skip
+            for root in roots:
+                with KernelOnly(c.cgroup_root, root) as kernel:
+                    ok, errors, elapsed = run_load(client, server.ip, args.threads, args.seconds)
+                kernel_lost[root] = kernel_lost.get(root, 0) + kernel.lost
+                kernel_conns[root] = kernel_conns.get(root, 0) + ok
+                mine = runs.setdefault(root, {})
+                for name, (cnt, ns) in kernel.runs.items():
+                    old = mine.get(name, (0, 0))
+                    mine[name] = (old[0] + cnt, old[1] + ns)
+                phases.append(Phase(f"kernel:{root}", ok, errors, elapsed, round=rnd))
+            for v in variants:
+                collector = CollectorProcess(args.bootstrap, prefix, v)
+                cpu0 = cpu_seconds(collector.proc.pid)
+                threads0 = thread_cpu_seconds(collector.proc.pid)
                 ok, errors, elapsed = run_load(client, server.ip, args.threads, args.seconds)
-                phases.append(Phase(mode, ok, errors, elapsed))
-                if collector is not None:
-                    time.sleep(1.0)  # let it drain what the last connections produced
-                    cpu += cpu_seconds(collector.proc.pid) - cpu0
-                    peak = max(peak, peak_rss_mib(collector.proc.pid))
-                    for k, v in collector.stop().items():
-                        totals[k] = totals.get(k, 0) + v
+                phases.append(Phase(v.label, ok, errors, elapsed, round=rnd))
+                time.sleep(1.0)  # let it drain what the last connections produced
+                cpu[v.label] = cpu.get(v.label, 0.0) + cpu_seconds(collector.proc.pid) - cpu0
+                mine_threads = threads.setdefault(v.label, {})
+                for name, secs in thread_cpu_seconds(collector.proc.pid).items():
+                    delta = secs - threads0.get(name, 0.0)
+                    mine_threads[name] = mine_threads.get(name, 0.0) + delta
+                peak[v.label] = max(peak.get(v.label, 0.0), peak_rss_mib(collector.proc.pid))
+                mine_totals = totals.setdefault(v.label, {})
+                for k, val in collector.stop().items():
+                    mine_totals[k] = mine_totals.get(k, 0) + val
 
-    without = [ph.rate for ph in phases if ph.mode == "none"]
-    kernel_only = [ph.rate for ph in phases if ph.mode == "kernel"]
-    with_ = [ph.rate for ph in phases if ph.mode == "collector"]
-    conns_with = sum(ph.connections for ph in phases if ph.mode == "collector")
-    lost = {k: totals.get(k, 0) for k in
-            ("kernel_lost_ringbuf", "kernel_track_failed", "kernel_recursion_misses",
-             "decode_errors", "dropped_buffer_full", "delivery_failed")}  # fmt: skip
-    rate_without, rate_with = statistics.mean(without), statistics.mean(with_)
-    print(f"connections/s without collector: {rate_without:,.0f}  (phases: "
-          f"{', '.join(f'{r:,.0f}' for r in without)})")  # fmt: skip
-    print(f"connections/s with collector:    {rate_with:,.0f}  (phases: "
-          f"{', '.join(f'{r:,.0f}' for r in with_)})")  # fmt: skip
-    print(f"connections/s kernel only:       {statistics.mean(kernel_only):,.0f}  (phases: "
-          f"{', '.join(f'{r:,.0f}' for r in kernel_only)}; ring buffer losses {kernel_lost})")
-    print(f"ratio with/without:              {rate_with / rate_without:.1%}  (kernel only: "
-          f"{statistics.mean(kernel_only) / rate_without:.1%})")  # fmt: skip
-    print(f"connections with collector:      {conns_with:,} ({2 * conns_with:,} ends); "
-          f"collector events {totals.get('events', 0):,}, produced {totals.get('produced', 0):,}")
-    print(f"events lost:                     {sum(lost.values())}  {lost}")
-    per_k = cpu / conns_with * 1000 if conns_with else float("nan")
-    print(f"collector CPU:                   {cpu:.2f} s = {per_k:.3f} s per 1,000 connections "
-          f"= {per_k * 1000 / 2:.1f} µs per connection end")  # fmt: skip
-    print(f"collector peak RSS:              {peak:.0f} MiB")
-    total_ns = sum(ns for _, ns in runs.values())
-    print(f"BPF run time (kernel only):      {total_ns / max(kernel_conns, 1) / 1000:.2f} µs "
-          f"per connection: " + ", ".join(
-              f"{n} {c / max(kernel_conns, 1):.1f} runs x {ns / max(c, 1):.0f} ns"
-              for n, (c, ns) in sorted(runs.items())))  # fmt: skip
-    print(f"loadgen errors:                  {sum(ph.errors for ph in phases)}")
+    def rates(mode: str) -> list[float]:
+        return [ph.rate for ph in phases if ph.mode == mode]
+
+    def line(mode: str) -> str:
+        r = rates(mode)
+        return f"{statistics.mean(r):>8,.0f}/s  (phases: {', '.join(f'{x:,.0f}' for x in r)})"
+
+    print(f"without collector:  {line('none')}")
+    for root in roots:
+        mode = f"kernel:{root}"
+        print(f"kernel only {root}: {line(mode)}  ratio {mean_ratio(phases, mode):.1%}, "
+              f"ring buffer losses {kernel_lost[root]}")  # fmt: skip
+        n = max(kernel_conns[root], 1)
+        total_ns = sum(ns for _, ns in runs[root].values())
+        print(f"  BPF run time {total_ns / n / 1000:.2f} µs per connection: " + ", ".join(
+            f"{name} {cnt / n:.1f} runs x {ns / max(cnt, 1):.0f} ns"
+            for name, (cnt, ns) in sorted(runs[root].items())))  # fmt: skip
+    for v in variants:
+        t = totals[v.label]
+        conns = sum(ph.connections for ph in phases if ph.mode == v.label)
+        lost = {k: t.get(k, 0) for k in
+                ("kernel_lost_ringbuf", "kernel_track_failed", "kernel_recursion_misses",
+                 "decode_errors", "dropped_buffer_full", "delivery_failed")}  # fmt: skip
+        per_end = cpu[v.label] / max(conns, 1) * 1e6 / 2
+        env = ",".join(f"{k}={val}" for k, val in v.env)
+        print(f"{v.label} ({v.root}{' ' + env if env else ''}):")
+        print(f"  rate {line(v.label)}  ratio with/without {mean_ratio(phases, v.label):.1%}")
+        print(
+            f"  connections {conns:,} ({2 * conns:,} ends); events {t.get('events', 0):,}, "
+            f"records produced {t.get('records_produced', t.get('produced', 0)):,} in "
+            f"{t.get('produced', 0):,} messages, delivered {t.get('delivered', 0):,} messages"
+        )
+        print(f"  lost {sum(lost.values())} {lost}")
+        by_thread = ", ".join(
+            f"{name} {secs / max(conns, 1) * 1e6 / 2:.2f}"
+            for name, secs in sorted(threads[v.label].items(), key=lambda kv: -kv[1])
+            if secs > 0
+        )
+        print(f"  CPU µs per connection end by thread: {by_thread}")
+        print(
+            f"  CPU {cpu[v.label]:.2f} s = {per_end * 2 / 1000:.4f} s per 1,000 connections "
+            f"= {per_end:.2f} µs per connection end ({per_end * 2:.2f} per connection); "
+            f"peak RSS {peak[v.label]:.0f} MiB"
+        )
+    print(f"loadgen errors: {sum(ph.errors for ph in phases)}")
     return 0
 
 

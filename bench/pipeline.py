@@ -150,12 +150,14 @@ def main() -> int:
             cpu = {n: cpu_seconds(s.proc.pid) - cpu0[n] for n, s in services.items()}
             rss = {n: peak_rss_mib(s.proc.pid) for n, s in services.items()}
             raw = [
-                (ts, JsonCodec(RawTcpConnection).decode(v))
+                (ts, r)
                 for ts, v in readers["raw"].read_timestamped(3)
+                for r in JsonCodec(RawTcpConnection).decode_batch(v)
             ]
             enriched = [
-                (ts, JsonCodec(EnrichedTcpConnection).decode(v))
+                (ts, e)
                 for ts, v in readers["enriched"].read_timestamped(3)
+                for e in JsonCodec(EnrichedTcpConnection).decode_batch(v)
             ]
         for r in readers.values():
             r.close()

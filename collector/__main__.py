@@ -79,6 +79,8 @@ def run(settings: Settings) -> int:
             stats_interval_s=settings.stats_interval_s,
             nat=nat,
             periodic=periodic,
+            batch_records=settings.batch_records,
+            batch_bytes=settings.batch_bytes,
         )
 
         def counters() -> dict[str, int]:

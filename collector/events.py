@@ -225,27 +225,27 @@ class Decoder:
     talks to the same few services), so most records cost dict lookups, not formatting."""
 
     def __init__(self, cache_limit: int = 65536) -> None:
-        self._addresses: dict[tuple[int, bytes], tuple[Literal[4, 6], str]] = {}
-        self._comms: dict[bytes, str] = {}
+        self.addresses: dict[tuple[int, bytes], tuple[Literal[4, 6], str]] = {}
+        self.comms: dict[bytes, str] = {}
         self._limit = cache_limit
 
     def address(self, family: int, raw: bytes) -> tuple[Literal[4, 6], str]:
         key = (family, raw)
-        found = self._addresses.get(key)
+        found = self.addresses.get(key)
         if found is None:
             if family not in (AF_INET, AF_INET6):
                 raise ValueError(f"unknown address family {family}")
-            if len(self._addresses) >= self._limit:
-                self._addresses.clear()
-            found = self._addresses[key] = _address(family, raw)
+            if len(self.addresses) >= self._limit:
+                self.addresses.clear()
+            found = self.addresses[key] = _address(family, raw)
         return found
 
     def comm(self, raw: bytes) -> str:
-        found = self._comms.get(raw)
+        found = self.comms.get(raw)
         if found is None:
-            if len(self._comms) >= self._limit:
-                self._comms.clear()
-            found = self._comms[raw] = raw.split(b"\0", 1)[0].decode(errors="replace")
+            if len(self.comms) >= self._limit:
+                self.comms.clear()
+            found = self.comms[raw] = raw.split(b"\0", 1)[0].decode(errors="replace")
         return found
 
     def decode(self, data: bytes, offset: int, clock_offset: int) -> TcpConnEvent:
@@ -281,7 +281,7 @@ class Decoder:
         ) = EVENT.unpack_from(data, offset)
         # Hot path (once per record): cache hits inline, and the tuple built directly
         # rather than through the NamedTuple's Python-level __new__ with its 30 arguments.
-        addresses = self._addresses
+        addresses = self.addresses
         local = addresses.get((family, saddr)) or self.address(family, saddr)
         remote = addresses.get((family, daddr)) or self.address(family, daddr)
         end = end_ns + clock_offset
@@ -302,7 +302,7 @@ class Decoder:
                 remote[1],
                 dport,
                 pid,
-                self._comms.get(comm) or self.comm(comm),
+                self.comms.get(comm) or self.comm(comm),
                 cgroup_id,
                 bytes_sent,
                 bytes_received,

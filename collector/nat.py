@@ -200,6 +200,10 @@ class NatResolver:
         self._in_service = _membership(self._cidrs)
         self.stats = NatStats()
 
+    def in_service(self, address: str) -> bool:
+        """Whether ``address`` is in a Service range (cached: called once per client record)."""
+        return self._in_service(address)
+
     def wants(self, event: TcpConnEvent) -> bool:
         """Servers see the client's real address: only the connecting side can be DNATed."""
         return event.role != "server" and self._in_service(event.remote_addr)

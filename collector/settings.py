@@ -44,6 +44,8 @@ ENV = {
     "health_interval_s": "FLOWSCOPE_COLLECTOR_HEALTH_INTERVAL_S",
     "udp_interval_s": "FLOWSCOPE_COLLECTOR_UDP_INTERVAL_S",
     "wakeup_bytes": "FLOWSCOPE_COLLECTOR_WAKEUP_BYTES",
+    "batch_records": "FLOWSCOPE_COLLECTOR_BATCH_RECORDS",
+    "batch_bytes": "FLOWSCOPE_COLLECTOR_BATCH_BYTES",
     "udp_bpf_object": "FLOWSCOPE_COLLECTOR_UDP_BPF_OBJECT",
     "log_level": "FLOWSCOPE_LOG_LEVEL",
 }
@@ -87,6 +89,10 @@ class Settings:
     # The kernel wakes the reader once this much waits (else poll_interval_s bounds the
     # delay): one wakeup per ~400 events instead of one per event. 0: wake on every event.
     wakeup_bytes: int = 64 << 10
+    # Records of one pod per Kafka message (a JSON array; consumers read it with
+    # JsonCodec.decode_batch). 1: one JSON object per message, the form every consumer reads.
+    batch_records: int = 256
+    batch_bytes: int = 256 << 10  # a batch message is split below this (Kafka's limit: 1 MB)
     dns: dns_settings.DnsSettings = field(default_factory=dns_settings.DnsSettings)
 
     def __post_init__(self) -> None:
@@ -120,6 +126,15 @@ class Settings:
                      "health_interval_s"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if not 1 <= self.batch_records <= 100_000:
+            raise SettingsError(
+                f"batch_records: 1 (one record per message) to 100000, got {self.batch_records}"
+            )
+        if not 1024 <= self.batch_bytes <= 900_000:
+            raise SettingsError(
+                f"batch_bytes: 1024 to 900000 (below Kafka's 1 MB message limit), "
+                f"got {self.batch_bytes}"
+            )
         if self.max_batch <= 0:
             raise SettingsError(f"max_batch: must be > 0, got {self.max_batch}")
         if self.log_level not in LOG_LEVELS:
@@ -326,6 +341,22 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             "the kernel wakes the collector once this many bytes of events wait (it also "
             "reads every poll interval); 0: on every event",
         ),
+    )
+    p.add_argument(
+        "--batch-records",
+        type=_number(int, "--batch-records"),
+        default=default("batch_records"),
+        help=env_help(
+            "batch_records",
+            "most records of one pod per Kafka message, as a JSON array (1: one JSON object "
+            "per message; more needs consumers that read batches)",
+        ),
+    )
+    p.add_argument(
+        "--batch-bytes",
+        type=_number(int, "--batch-bytes"),
+        default=default("batch_bytes"),
+        help=env_help("batch_bytes", "most bytes of JSON per batch message"),
     )
     p.add_argument(
         "--udp-interval-s",

@@ -1,8 +1,10 @@
 """`make demo`: the whole pipeline on a simulated node, with a real Kafka broker.
 
-Starts the project's broker, builds pods in two zones, publishes their Kubernetes objects,
-starts collector, enricher and processor, runs traffic between the pods, waits for the
-windows to close and prints the per-workload-pair table read back from the metrics topic.
+Starts the project's broker, builds pods on three nodes in two zones (plus a DNS server pod),
+publishes their Kubernetes objects, starts collector, enricher and processor, runs traffic
+between the pods (including connections to a closed port and failing DNS names), waits for
+the windows to close and prints what the metric topics say: latency and failures per service
+pair, bytes and dollars per zone pair, DNS failure rates, and alerts.
 """
 
 from __future__ import annotations
@@ -16,13 +18,29 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from demo.readout import TopicReader, format_table, summarize
+from demo.readout import TopicReader
 from demo.services import PipelineSettings, publish_metadata, running_pipeline
+from demo.tables import alerts_table, cost_table, dns_table, latency_table
 from flowscope.codec import JsonCodec
-from flowscope.records import TcpPairMetric
+from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
 from flowscope.topics import Topics
+from processors.dedupe import FirstPerId
 from simnode import Cluster, NodeSpec, Pod
+from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
+
+T = TypeVar("T")
+DEMO_NAMESPACES = ("shop/", "billing/")
+DNS_RULES = {
+    "default": {"rcode": "NXDOMAIN"},
+    "names": {
+        "catalog.shop.svc.cluster.local": {"addrs": ["10.96.0.10"]},
+        "api.payments.example": {"addrs": ["192.0.2.10"]},
+        "flaky.partner.example": {"rcode": "SERVFAIL"},
+        "slow.partner.example": {"delay_ms": 150, "addrs": ["192.0.2.20"]},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -39,25 +57,32 @@ def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def main() -> int:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
     parser.add_argument("--window-seconds", type=float, default=5.0)
     parser.add_argument("--grace-seconds", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=40, help="per client pod and flow")
+    parser.add_argument("--cloud", default="aws", help="price table (config/prices.yaml)")
     parser.add_argument(
         "--bootstrap-servers",
         default=os.environ.get("FLOWSCOPE_BOOTSTRAP_SERVERS"),
         help="use this broker instead of starting the project's own",
     )
-    parser.add_argument("--keep-logs", type=Path, default=None, help="copy service logs here")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        print(
-            "the demo loads BPF programs and creates network namespaces: run it as root",
-            file=sys.stderr,
-        )
-        return 2
+    parser.add_argument("--keep-logs", type=Path, default=None, help="write service logs here")
+    return parser.parse_args()
 
+
+def _read(reader: TopicReader, type_: type[T], timeout_s: float) -> list[T]:
+    codec = JsonCodec(type_)
+    return [r for v in reader.read(timeout_s) for r in codec.decode_batch(v)]
+
+
+def main() -> int:
+    args = _parse_args()
+    if os.geteuid() != 0:
+        print("the demo loads BPF programs and creates network namespaces: run it as root",
+              file=sys.stderr)  # fmt: skip
+        return 2
     bootstrap = args.bootstrap_servers
     if not bootstrap:
         from devbroker import Broker
@@ -75,12 +100,15 @@ def main() -> int:
         NodeSpec("node-b1", zone="eu-west-1b", region="eu-west-1"),
     ]
     log_dir = args.keep_logs or Path(tempfile.mkdtemp(prefix="flowscope-demo-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
     with Cluster(nodes) as cluster:
         fe_a = cluster.add_pod("frontend", node="node-a1", namespace="shop")
         fe_b = cluster.add_pod("frontend", node="node-b1", namespace="shop")
         catalog = cluster.add_pod("catalog", node="node-a2", namespace="shop")
         checkout = cluster.add_pod("checkout", node="node-b1", namespace="shop")
         payments = cluster.add_pod("payments", node="node-a1", namespace="billing")
+        coredns = cluster.add_pod("coredns", node="node-a2", namespace="kube-system")
+        dns_server = DnsServerProcess(coredns, DNS_RULES)
         objects = cluster.write_objects(log_dir / "objects.yaml")
         _say(f"simulated cluster: {len(cluster.pods)} pods on 3 nodes in 2 zones ({objects})")
         print(publish_metadata(bootstrap, topics, objects), end="")
@@ -93,15 +121,20 @@ def main() -> int:
             Flow(checkout, payments, 9090, n // 4, 1_500, 300),
         ]
         settings = PipelineSettings(
-            bootstrap=bootstrap,
-            topics=topics,
-            node_name="sim-host",
-            log_dir=log_dir,
-            window_s=args.window_seconds,
-            grace_s=args.grace_seconds,
-        )
-        metrics_reader = TopicReader(bootstrap, topics.metrics_tcp_pairs)
+            bootstrap=bootstrap, topics=topics, node_name="sim-host", log_dir=log_dir,
+            window_s=args.window_seconds, grace_s=args.grace_seconds,
+            collector_args=("--dns-enabled", "true", "--dns-timeout-s", "1"),
+            processor_args=("--dns-grace-seconds", "2.5", "--cloud", args.cloud),
+        )  # fmt: skip
+        readers = {
+            name: TopicReader(bootstrap, topic)
+            for name, topic in (
+                ("latency", topics.metrics_tcp_latency), ("cost", topics.metrics_cost_pairs),
+                ("dns", topics.metrics_dns), ("alerts", topics.alerts),
+            )
+        }  # fmt: skip
         _say("starting collector (BPF), enricher and processor (Faust) ...")
+        started = time.monotonic()
         with running_pipeline(settings):
             servers = {}
             for f in flows:
@@ -109,46 +142,67 @@ def main() -> int:
                     proc = f.server.start_server(f.port, reply_bytes=f.reply_bytes)
                     f.server.wait_listening(f.port, proc=proc)
                     servers[(f.server.name, f.port)] = (f.server, proc)
-            _say(f"running {sum(f.count for f in flows)} connections between pods ...")
-            with ThreadPoolExecutor(len(flows)) as pool:
-                summaries = list(
-                    pool.map(
-                        lambda f: f.client.run_client(
-                            f.server.ip,
-                            f.port,
-                            count=f.count,
-                            send_bytes=f.send_bytes,
-                            expect_reply_bytes=f.reply_bytes,
-                            interval_ms=50,
-                        ),
-                        flows,
-                    )
-                )
+            _say(f"running {sum(f.count for f in flows)} connections between pods, "
+                 "5 to a closed port, and DNS lookups ...")  # fmt: skip
+            with ThreadPoolExecutor(len(flows) + 1) as pool:
+                summaries = pool.map(
+                    lambda f: f.client.run_client(
+                        f.server.ip, f.port, count=f.count, send_bytes=f.send_bytes,
+                        expect_reply_bytes=f.reply_bytes, interval_ms=50),
+                    flows,
+                )  # fmt: skip
+                lookups = pool.submit(_dns_lookups, fe_a, fe_b, coredns)
+                # Nothing listens on checkout:7070: every connect is refused.
+                fe_b.run(Pod.python("simnode.traffic", "client", "--host", checkout.ip,
+                                    "--port", "7070", "--count", "5", "--send-bytes", "10"),
+                         check=False)  # fmt: skip
+                done = sum(s.completed for s in summaries)
+                lookups.result()
             for server, proc in servers.values():
                 server.stop_server(proc)
-            done = sum(s.completed for s in summaries)
-            wait = args.window_seconds + args.grace_seconds + 3
+            traffic_s = time.monotonic() - started
+            wait = args.window_seconds + args.grace_seconds + 6
             _say(f"{done} connections completed; waiting {wait:.0f}s for the windows to close ...")
             time.sleep(wait)
-            raw = metrics_reader.read(5.0)
-        metrics_reader.close()
-    metrics = [JsonCodec(TcpPairMetric).decode(v) for v in raw]
-    # The collector sees every connection on this machine, not only the demo's pods: keep the
-    # demo's namespaces in the table and say how much else was seen.
-    ours = ("shop/", "billing/")
-    pods = [m for m in metrics if m.client_workload.startswith(ours)]
-    others = sum(m.connections for m in metrics) - sum(m.connections for m in pods)
-    print()
-    print(f"Service pairs, {len(metrics)} window records from {topics.metrics_tcp_pairs}:")
-    print(format_table(summarize(pods)))
-    print(f"\n(+ {others} other connections on this machine: host processes, Kafka clients, ...)")
+            latency = FirstPerId().keep(_read(readers["latency"], TcpLatencyMetric, 3.0))
+            cost = FirstPerId().keep(_read(readers["cost"], CostPairMetric, 1.0))
+            dns = FirstPerId().keep(_read(readers["dns"], DnsMetric, 1.0))
+            alerts = _read(readers["alerts"], AlertEvent, 1.0)
+        for reader in readers.values():
+            reader.close()
+        dns_server.stop()
+
+    ours = [m for m in latency if m.client_workload.startswith(DEMO_NAMESPACES)]
+    others = sum(m.connections for m in latency) - sum(m.connections for m in ours)
+    print(f"\nLatency and failures per service pair ({topics.metrics_tcp_latency}):")
+    print(latency_table(ours))
+    print(f"(+ {others} other connections on this machine: host processes, Kafka clients, ...)")
+    print(f"\nBytes and cost per zone pair, {args.cloud} prices, GB = 10^9 bytes "
+          f"({topics.metrics_cost_pairs}):")  # fmt: skip
+    print(cost_table([m for m in cost if m.source_workload.startswith(DEMO_NAMESPACES)],
+                     traffic_s))  # fmt: skip
+    print(f"\nDNS per client and server ({topics.metrics_dns}):")
+    print(dns_table([m for m in dns if m.client_workload.startswith(DEMO_NAMESPACES)]))
+    print(f"\nAlerts ({topics.alerts}):")
+    print(alerts_table(alerts) if alerts else "(none fired)")
     print(f"\nservice logs and objects: {log_dir}")
-    expected = sum(f.count for f in flows)
-    seen = sum(m.connections for m in pods)
+    expected = sum(f.count for f in flows) + 5
+    seen = sum(m.connections for m in ours)
     if seen != expected:
         _say(f"WARNING: {seen} connections in the metrics, {expected} made")
         return 1
     return 0
+
+
+def _dns_lookups(fe_a: Pod, fe_b: Pod, coredns: Pod) -> None:
+    """Names looked up the way applications do (getaddrinfo, ndots:5 search path), so the
+    table shows search-path noise apart from the real failures."""
+    names = ["catalog", "api.payments.example", "flaky.partner.example",
+             "slow.partner.example", "missing-service"]  # fmt: skip
+    for pod in (fe_a, fe_b):
+        conf = PodResolvConf(pod, render([coredns.ip], kubernetes_search("shop"), ndots=5))
+        for _ in range(3):
+            pod.run(conf.command(Pod.python("simnode.dns", "resolve", *names)), check=False)
 
 
 if __name__ == "__main__":

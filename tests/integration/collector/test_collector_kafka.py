@@ -121,8 +121,9 @@ def test_collector_process_produces_both_ends_and_flushes_on_sigterm(
 
     codec = JsonCodec(RawTcpConnection)
     records = [
-        (key, codec.decode(value))
+        (key, record)
         for key, value in _consume(kafka_bootstrap, topics.raw_tcp, want=10_000, timeout_s=8)
+        for record in codec.decode_batch(value)
     ]
     ours = [(key, r) for key, r in records if {r.local_port, r.remote_port} == {port, client_port}]
     assert sorted(r.role for _, r in ours) == ["client", "server"], ours

@@ -176,7 +176,9 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
     dropped += int(counters["kernel_lost_ringbuf"]) + int(counters["decode_errors"])
 
     codec = JsonCodec(RawTcpConnection)
-    records = [codec.decode(v) for v in _consume(bootstrap, topics.raw_tcp, timeout_s=60)]
+    records = [
+        r for v in _consume(bootstrap, topics.raw_tcp, timeout_s=60) for r in codec.decode_batch(v)
+    ]
     ours = [
         (r.role, r.local_port, r.remote_port)
         for r in records

@@ -44,6 +44,7 @@ def test_defaults(cgroup_root: Path) -> None:
     assert s.bpf_object.name == "tcpconn.bpf.o"
     assert s.mount_tracefs is True
     assert dict(s.kafka_options) == {}
+    assert (s.batch_records, s.batch_bytes) == (1, 256 << 10)
 
 
 @pytest.mark.parametrize(
@@ -53,6 +54,8 @@ def test_defaults(cgroup_root: Path) -> None:
         (["--poll-interval-s", "0"], "poll_interval_s"),
         (["--max-batch", "-1"], "max_batch"),
         (["--kafka-option", "novalue"], "KEY=VALUE"),
+        (["--batch-records", "0"], "batch_records"),
+        (["--batch-bytes", "2000000"], "batch_bytes"),
     ],
 )
 def test_invalid_values_fail_naming_the_setting(
