@@ -43,7 +43,14 @@ class Source(Protocol):
 class Sink(Protocol):
     counters: ProducerCounters
 
-    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None) -> bool: ...
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+        records: int = 1,
+    ) -> bool: ...
 
     def poll(self, timeout_s: float = 0.0) -> None: ...
     def flush(self, timeout_s: float = 10.0) -> int: ...
@@ -124,7 +131,7 @@ class Collector:
                 self._send(records[:half], key)
                 self._send(records[half:], key)
                 return
-        if self._sink.produce(self._topic, value, key):
+        if self._sink.produce(self._topic, value, key, records=len(records)):
             self.stats.records_produced += len(records)
             self.stats.messages += 1
         else:
@@ -200,6 +207,9 @@ class Collector:
             delivered=c.delivered,
             delivery_failed=c.delivery_failed,
             dropped_buffer_full=c.dropped_buffer_full,
+            # Records, not messages: a batch message holds many.
+            records_delivered=c.records_delivered,
+            records_delivery_failed=c.records_delivery_failed,
             in_flight=self._sink.in_flight(),
         )
         return values

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -36,6 +37,10 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
 }
 
 
+# Header on batch messages: how many records the message holds (a JSON array of them).
+RECORDS_HEADER = "flowscope-records"
+
+
 class KafkaUnavailable(RuntimeError):
     """The broker could not be reached within the time allowed."""
 
@@ -48,6 +53,12 @@ class ProducerCounters:
     delivered: int = 0
     delivery_failed: int = 0
     dropped_buffer_full: int = 0
+    # The same outcomes counted in records: a batch message (the ``flowscope-records``
+    # header says how many records it holds) counts once above and n times here.
+    records_produced: int = 0
+    records_delivered: int = 0
+    records_delivery_failed: int = 0
+    records_dropped_buffer_full: int = 0
     last_error: str | None = None
     errors_by_code: dict[str, int] = field(default_factory=dict)
 
@@ -57,6 +68,10 @@ class ProducerCounters:
             "delivered": self.delivered,
             "delivery_failed": self.delivery_failed,
             "dropped_buffer_full": self.dropped_buffer_full,
+            "records_produced": self.records_produced,
+            "records_delivered": self.records_delivered,
+            "records_delivery_failed": self.records_delivery_failed,
+            "records_dropped_buffer_full": self.records_dropped_buffer_full,
             "last_error": self.last_error,
         }
 
@@ -80,11 +95,13 @@ class RecordProducer:
         self._since_poll = 0
         self.counters = ProducerCounters()
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Message, records: int = 1) -> None:
         if err is None:
             self.counters.delivered += 1
+            self.counters.records_delivered += records
             return
         self.counters.delivery_failed += 1
+        self.counters.records_delivery_failed += records
         self.counters.last_error = str(err)
         name = err.name()
         self.counters.errors_by_code[name] = self.counters.errors_by_code.get(name, 0) + 1
@@ -95,13 +112,20 @@ class RecordProducer:
         value: bytes | None,
         key: bytes | str | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
+        records: int = 1,
     ) -> bool:
-        """Queue one record. Returns False (and counts it) if the bounded buffer stayed full."""
+        """Queue one message holding ``records`` records (a batch when more than one).
+        Returns False (and counts it) if the bounded buffer stayed full."""
+        if records != 1:
+            # Consumers can see the batch size; the delivery report of a failed message may
+            # come back without headers, so its record count travels in the callback instead.
+            headers = [*(headers or ()), (RECORDS_HEADER, str(records).encode())]
         try:
-            self._producer.produce(topic, value=value, key=key, headers=headers)
+            self._send(topic, value, key, headers, records)
         except BufferError:
-            return self._produce_when_full(topic, value, key, headers)
+            return self._produce_when_full(topic, value, key, headers, records)
         self.counters.produced += 1
+        self.counters.records_produced += records
         # Delivery reports pile up until poll() serves them; serving them every few hundred
         # records keeps that bounded without a poll call (about 1 µs) on every record.
         self._since_poll += 1
@@ -116,6 +140,7 @@ class RecordProducer:
         value: bytes | None,
         key: bytes | str | None,
         headers: list[tuple[str, str | bytes | None]] | None,
+        records: int,
     ) -> bool:
         # The local queue is full (broker slow or away): serve callbacks to make room, then
         # give up after a bounded wait so the caller's loop keeps running.
@@ -123,13 +148,31 @@ class RecordProducer:
         while time.monotonic() < deadline:
             self._producer.poll(0.05)
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers)
+                self._send(topic, value, key, headers, records)
             except BufferError:
                 continue
             self.counters.produced += 1
+            self.counters.records_produced += records
             return True
         self.counters.dropped_buffer_full += 1
+        self.counters.records_dropped_buffer_full += records
         return False
+
+    def _send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None,
+        headers: list[tuple[str, str | bytes | None]] | None,
+        records: int,
+    ) -> None:
+        if records == 1:  # the common case: the producer-wide callback, no closure
+            self._producer.produce(topic, value=value, key=key, headers=headers)
+        else:
+            on_delivery = partial(self._on_delivery, records=records)
+            self._producer.produce(
+                topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+            )
 
     def poll(self, timeout_s: float = 0.0) -> None:
         self._producer.poll(timeout_s)

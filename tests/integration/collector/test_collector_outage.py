@@ -172,7 +172,10 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
     assert rc == 0, "".join(log)
     final = next(line for line in reversed(log) if "final stats" in line)
     counters = dict(kv.split("=") for kv in final.split("final stats ")[1].split())
-    dropped = sum(int(counters[k]) for k in ("dropped_buffer_full", "delivery_failed"))
+    # Record counts (a batch message holds many records).
+    dropped = sum(
+        int(counters[k]) for k in ("records_dropped_buffer_full", "records_delivery_failed")
+    )
     dropped += int(counters["kernel_lost_ringbuf"]) + int(counters["decode_errors"])
 
     codec = JsonCodec(RawTcpConnection)
@@ -191,10 +194,10 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
     missing = expected - set(ours)
     # Every missing connection end is accounted for by a loss counter.
     assert len(missing) <= dropped, (len(missing), counters)
-    assert int(counters["delivered"]) >= len(expected) - dropped
+    assert int(counters["records_delivered"]) >= len(expected) - dropped
     health = [JsonCodec(CollectorHealth).decode(v)
               for v in _consume(bootstrap, health_topic, timeout_s=20)]  # fmt: skip
     assert health and "dropped_buffer_full" in health[-1].counters
-    assert max(h.counters["delivered"] for h in health) >= len(expected) - dropped
+    assert max(h.counters["records_delivered"] for h in health) >= len(expected) - dropped
     print(f"outage: {len(expected)} connection ends, {len(set(ours))} arrived, "
           f"{len(missing)} missing, loss counters {dropped}")  # fmt: skip

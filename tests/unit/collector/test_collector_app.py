@@ -44,7 +44,14 @@ class FakeSink:
         self.accept = accept
         self.flushed = False
 
-    def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None) -> bool:
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+        records: int = 1,
+    ) -> bool:
         if not self.accept:
             self.counters.dropped_buffer_full += 1
             return False

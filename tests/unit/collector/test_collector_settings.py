@@ -44,7 +44,7 @@ def test_defaults(cgroup_root: Path) -> None:
     assert s.bpf_object.name == "tcpconn.bpf.o"
     assert s.mount_tracefs is True
     assert dict(s.kafka_options) == {}
-    assert (s.batch_records, s.batch_bytes) == (1, 256 << 10)
+    assert (s.batch_records, s.batch_bytes) == (256, 256 << 10)
 
 
 @pytest.mark.parametrize(

@@ -27,3 +27,13 @@ def test_undeliverable_records_are_counted_as_failed() -> None:
     assert producer.counters.delivery_failed == 4
     assert producer.counters.delivered == 0
     assert producer.counters.last_error is not None
+
+
+def test_batch_messages_are_counted_in_records_too() -> None:
+    producer = RecordProducer("127.0.0.1:1", {"message.timeout.ms": 300, "log_level": 0})
+    assert producer.produce("t", b"[1,2,3]", records=3)
+    assert producer.produce("t", b"4")
+    assert producer.flush(5.0) == 0
+    c = producer.counters
+    assert (c.produced, c.records_produced) == (2, 4)
+    assert (c.delivery_failed, c.records_delivery_failed) == (2, 4)
