@@ -175,8 +175,11 @@ def test_same_commands_in_both_styles() -> None:
     for name, container in _all_containers():
         compose_command = _compose_service(name)["command"]
         if name == "metadata-publisher":
-            # In a cluster it watches the API; under compose it reads a mounted file.
-            assert container["args"] == ["enricher", "publish"]
+            # In a cluster it watches the API (two replicas, one leader); under compose it
+            # reads a mounted file.
+            assert container["args"] == [
+                "enricher", "publish", "--watch", "--leader-election", "true"
+            ]
             assert compose_command[:2] == ["enricher", "publish"]
             path = compose_command[compose_command.index("--file") + 1]
             assert _compose_mounts(name)[path] == "./k8s/examples/objects.yaml"
