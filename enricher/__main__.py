@@ -39,6 +39,7 @@ ENV = {
     "metadata_file": "FLOWSCOPE_METADATA_FILE",
     "stats_interval_s": "FLOWSCOPE_ENRICHER_STATS_INTERVAL_S",
     "batch_size": "FLOWSCOPE_ENRICHER_BATCH_SIZE",
+    "output_batch_records": "FLOWSCOPE_ENRICHER_BATCH_RECORDS",
     "deleted_pod_grace_s": "FLOWSCOPE_ENRICHER_DELETED_POD_GRACE_S",
     "holdback_s": "FLOWSCOPE_ENRICHER_HOLDBACK_S",
     "holdback_max_records": "FLOWSCOPE_ENRICHER_HOLDBACK_MAX_RECORDS",
@@ -85,6 +86,21 @@ def _positive(kind: Callable[[str], N], what: str) -> Callable[[str], N]:
         return value
 
     return parse
+
+
+MAX_BATCH_RECORDS = 10_000
+
+
+def _batch_records(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_BATCH_RECORDS:
+        raise argparse.ArgumentTypeError(
+            f"must be 1 (one record per message) to {MAX_BATCH_RECORDS}, got {text!r}"
+        )
+    return value
 
 
 def _non_negative(text: str) -> float:
@@ -234,7 +250,15 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive(int, "--batch-size"),
         default=default("batch_size", d.batch_size),
-        help=f"raw records per consume() (env {ENV['batch_size']}; default %(default)s)",
+        help=f"raw records per consume(), about (env {ENV['batch_size']}; default %(default)s)",
+    )
+    join.add_argument(
+        "--batch-records",
+        dest="output_batch_records",
+        type=_batch_records,
+        default=default("output_batch_records", d.output_batch_records),
+        help=f"enriched records per produced message, a JSON array when above 1 (1 to "
+        f"{MAX_BATCH_RECORDS}; env {ENV['output_batch_records']}; default %(default)s)",
     )
     join.add_argument(
         "--deleted-pod-grace-s",

@@ -8,7 +8,8 @@ it is released anyway and emitted as unresolved.
 
 Offsets: a held record's offset must not be committed, or a crash would lose it. Per
 partition a heap of held offsets (deleted lazily) gives the oldest; the joiner commits no
-further than that.
+further than that. A batched message puts several records at one offset: the offset stays
+held until the last of them is released.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ class Holdback(Generic[T]):
         self.hold_ns = hold_ns
         self.max_records = max_records
         self._by_key: dict[str, list[Held[T]]] = {}
-        self._by_partition: dict[PartitionKey, dict[int, Held[T]]] = {}
+        # Per partition, offset -> how many records from that offset are held.
+        self._by_partition: dict[PartitionKey, dict[int, int]] = {}
+        # Per partition, the held records in arrival order (a dict as an ordered set).
+        self._held_by_partition: dict[PartitionKey, dict[Held[T], None]] = {}
         self._offsets: dict[PartitionKey, list[int]] = {}  # heaps, may hold released offsets
         self._fifo: deque[Held[T]] = deque()  # arrival order = deadline order
         self._count = 0
@@ -70,8 +74,13 @@ class Holdback(Generic[T]):
             key,
         )
         self._by_key.setdefault(key, []).append(held)
-        self._by_partition.setdefault(partition, {})[offset] = held
-        heapq.heappush(self._offsets.setdefault(partition, []), offset)
+        part = self._by_partition.setdefault(partition, {})
+        if offset in part:
+            part[offset] += 1
+        else:
+            part[offset] = 1
+            heapq.heappush(self._offsets.setdefault(partition, []), offset)
+        self._held_by_partition.setdefault(partition, {})[held] = None
         self._fifo.append(held)
         self._count += 1
         return True
@@ -79,11 +88,17 @@ class Holdback(Generic[T]):
     def _take(self, held: Held[T]) -> None:
         held.done = True
         self._count -= 1
+        del self._held_by_partition[held.partition][held]
         part = self._by_partition[held.partition]
+        left = part[held.offset] - 1
+        if left:
+            part[held.offset] = left
+            return
         del part[held.offset]
         if not part:
             del self._by_partition[held.partition]
             del self._offsets[held.partition]
+            del self._held_by_partition[held.partition]
 
     def release_changed(self, keys: set[str]) -> list[Held[T]]:
         """Held records waiting for any of ``keys``, removed from the buffer."""
@@ -117,7 +132,9 @@ class Holdback(Generic[T]):
         """Everything held from these partitions (they are being revoked), oldest first."""
         out: list[Held[T]] = []
         for part in partitions:
-            for held in list(self._by_partition.get(part, {}).values()):
+            waiting = list(self._held_by_partition.get(part, ()))
+            waiting.sort(key=lambda h: h.offset)  # stable: a batch's records keep their order
+            for held in waiting:
                 self._take(held)
                 self._unkey(held)
                 out.append(held)

@@ -90,6 +90,10 @@ class MetadataIndex:
         # endpoints pre-encoded for the renderer and follows the same rules.
         self.templates: dict[str, Endpoint] = {}
         self.fragments: dict[str, object] = {}
+        # The renderer's shortcut for the commonest lookup, an IPv4 address held by one pod:
+        # ip -> (from, until, the pod's fragment), valid for times in [from, until). Dropped
+        # per IP whenever that IP's holders change, and with the fragments.
+        self.ip_fragments: dict[str, tuple[int, int, object]] = {}
 
     # -- pods -------------------------------------------------------------------------------
 
@@ -102,12 +106,14 @@ class MetadataIndex:
         end = pod.end_time_ns if pod.end_time_ns is not None else FOREVER_NS
         for ip in ips:
             self._pod_ips.setdefault(ip, _IpHistory()).add(pod.start_time_ns, end, pod.uid)
+            self.ip_fragments.pop(ip, None)
         self._pod_indexed_ips[pod.uid] = ips
 
     def remove_pod(self, uid: str) -> PodMeta | None:
         self.templates.pop(uid, None)
         self.fragments.pop(uid, None)
         for ip in self._pod_indexed_ips.pop(uid, ()):
+            self.ip_fragments.pop(ip, None)
             history = self._pod_ips.get(ip)
             if history is None:
                 continue
@@ -118,6 +124,17 @@ class MetadataIndex:
 
     def pod(self, uid: str) -> PodMeta | None:
         return self.pods.get(uid)
+
+    def sole_holder_span(self, ip: str) -> tuple[int, int] | None:
+        """For an IP that one pod ever held (as far as the index knows): the times at which
+        :meth:`lookup` names that pod, as ``[from, until)``. None when several pods held it."""
+        history = self._pod_ips.get(ip)
+        if history is None or len(history.starts) != 1:
+            return None
+        start, end = history.starts[0], history.ends[0]
+        # _IpHistory.at: the holder from its start until its end, and slightly before its
+        # start (clock skew tolerance) whatever its end says.
+        return start - self.early_tolerance_ns, max(start, end)
 
     def pod_at(self, ip: str, t_ns: int) -> PodMeta | None:
         history = self._pod_ips.get(ip)
@@ -147,6 +164,7 @@ class MetadataIndex:
     def _drop_templates(self) -> None:
         self.templates.clear()
         self.fragments.clear()
+        self.ip_fragments.clear()
 
     def node(self, name: str | None) -> NodeMeta | None:
         return self.nodes.get(name) if name is not None else None

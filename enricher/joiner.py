@@ -10,7 +10,12 @@ stops.
 A record whose pod or remote address is not known yet is held back (see holdback.py) and
 retried when metadata for it arrives; when the hold time is up it is emitted as unresolved.
 Offsets are committed no further than the oldest held record, so a crash re-reads it
-(at-least-once: records after it may then be emitted twice).
+(at-least-once: records after it may then be emitted twice). A raw message may carry many
+records (collector batches): its offset stays uncommitted while any of them is held.
+
+Output: ``output_batch_records`` above 1 sends enriched records as JSON arrays grouped per
+output partition (outbox.py), flushed after every consumed batch and before its offsets are
+stored, so batching adds no wait of its own and a stored offset never runs ahead of output.
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from enricher.classify import AddressClassifier
 from enricher.follower import MetadataFollower
 from enricher.holdback import Held, Holdback, PartitionKey
+from enricher.outbox import Outbox
 from enricher.render import Rendered, Renderer, self_check
 from enricher.settings import Settings
 from enricher.state import MetadataState
@@ -83,11 +89,16 @@ class Joiner:
         )
         self.renderer = Renderer(self.state, self.classifier)
         self._render = self.renderer.render
+        self._render_many = self.renderer.render_many
         problem = self_check()
         if problem is not None:
             log.warning("fast join path disabled, using the reference path: %s", problem)
             self._render = self.renderer.reference
+            self._render_many = self._reference_many
         self.counters = JoinerCounters()
+        self._outbox = Outbox(
+            self._produce_enriched, self._topics.enriched_tcp, settings.output_batch_records
+        )
         # Per raw partition, the offset after the last record handled (held or not).
         self._next_offsets: dict[PartitionKey, int] = {}
         self._raw_codec = JsonCodec(RawTcpConnection)
@@ -96,6 +107,9 @@ class Joiner:
         self._consumer: Consumer | None = None
         self._producer: RecordProducer | None = None
         self._closed = False
+        # batch_size counts records; raw messages may hold one or hundreds (collector
+        # batches), so the messages asked per consume() follow what the last batch held.
+        self._messages_per_consume = settings.batch_size
         self.ready = threading.Event()  # set once metadata is loaded and raw is subscribed
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -132,6 +146,7 @@ class Joiner:
         }
         self._consumer = Consumer(config)
         self._consumer.subscribe([t.raw_tcp], on_revoke=self._on_revoke)
+        self._refresh_output_partitions()
         self.ready.set()
         # Orchestrators (demo, tests, readiness probes) wait for this exact line.
         log.info("enricher ready: consuming %s", t.raw_tcp)
@@ -147,7 +162,7 @@ class Joiner:
                 if self._follower.poll(self.state.apply):
                     self.retry_held()
                 batch = self._consumer.consume(
-                    num_messages=self._settings.batch_size,
+                    num_messages=self._messages_per_consume,
                     timeout=self._settings.poll_timeout_s,
                 )
                 if batch:
@@ -156,10 +171,30 @@ class Joiner:
                     self.expire_held()
                 if time.monotonic() >= next_stats:
                     self.state.purge(time.time_ns())
+                    self._refresh_output_partitions()
                     self.log_stats()
                     next_stats = time.monotonic() + self._settings.stats_interval_s
         finally:
             self.close()
+
+    def _refresh_output_partitions(self) -> None:
+        """Batches are grouped by output partition (see outbox.py), so the count must follow
+        the topic's (partitions can be added while we run)."""
+        if self._consumer is None or self._outbox.max_records == 1:
+            return
+        topic = self._topics.enriched_tcp
+        try:
+            meta = self._consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+        except KafkaException as exc:
+            log.warning("could not read the partition count of %s: %s", topic, exc)
+            return
+        if meta is not None and meta.error is None and meta.partitions:
+            self._outbox.partitions = len(meta.partitions)
+
+    def _produce_enriched(self, topic: str, value: bytes, key: str, records: int) -> None:
+        assert self._producer is not None
+        # With ``records`` the producer counts deliveries in records (and marks the batch).
+        self._producer.produce(topic, value, key=key, records=records)
 
     def assigned_partitions(self) -> list[int]:
         """Raw partitions this instance owns now (the group splits them among instances)."""
@@ -174,6 +209,7 @@ class Joiner:
             # Emitted as they are rather than kept: the next owner of the partitions would
             # re-read every record after them too.
             self._emit_released(self.holdback.release_all(), resolved_as="stopped")
+            self._outbox.flush()
             self._store_offsets(set(self._next_offsets))
         if self._producer is not None:
             left = self._producer.flush(30.0)
@@ -193,20 +229,29 @@ class Joiner:
         assert self._consumer is not None and self._producer is not None
         touched: set[PartitionKey] = set()
         next_offsets = self._next_offsets
+        handle = self.handle
+        records_before = self.counters.records_in
         for msg in batch:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.counters.consume_errors += 1
-                    log.warning("consume error: %s", err)
+            if msg.error() is not None:
+                self._consume_error(msg)
                 continue
             part = (msg.topic() or "", msg.partition() or 0)
             offset = msg.offset() or 0
-            self.handle(msg, part, offset)
+            handle(msg, part, offset)
             next_offsets[part] = offset + 1
             touched.add(part)
+        per_message = max(1, (self.counters.records_in - records_before) // len(batch))
+        self._messages_per_consume = max(1, self._settings.batch_size // per_message)
+        # Produced before the offsets are stored: a stored offset never runs ahead of output.
+        self._outbox.flush()
         if touched:
             self._store_offsets(touched)
+
+    def _consume_error(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None and err.code() != KafkaError._PARTITION_EOF:
+            self.counters.consume_errors += 1
+            log.warning("consume error: %s", err)
 
     def _store_offsets(self, partitions: set[PartitionKey]) -> None:
         """Store (for the next auto-commit) how far each partition is done: up to the oldest
@@ -226,47 +271,69 @@ class Joiner:
     def handle(self, msg: Message, part: PartitionKey = ("", 0), offset: int = 0) -> None:
         """Join one Kafka message: a single raw record or a batch (a JSON array; collectors
         batch because per-message costs dominate). A batch that does not decode goes to the
-        dead-letter topic whole, with the reason naming the bad element (``$[i]``)."""
+        dead-letter topic whole, with the reason naming the bad element (``$[i]``).
+
+        The output is queued in the outbox; the caller flushes it (process_batch does)."""
         try:
             raws = self._raw_codec.decode_batch(msg.value())
         except DecodeError as exc:
             self.counters.records_in += 1
             self.dead_letter(msg, "decode", str(exc))
             return
-        for raw in raws:
-            self.counters.records_in += 1
-            self._handle_record(msg, raw, part, offset)
-
-    def _handle_record(
-        self, msg: Message, raw: RawTcpConnection, part: PartitionKey, offset: int
-    ) -> None:
-        if raw.v != RAW_VERSION:
-            self.dead_letter(
-                msg,
-                "unsupported_version",
-                f"RawTcpConnection: unsupported schema version v={raw.v} (this enricher reads "
-                f"v={RAW_VERSION})",
-            )
-            return
+        c = self.counters
+        c.records_in += len(raws)
+        outs: Sequence[Rendered | None]
         try:
-            out = self._render(raw)
+            outs = self._render_many(raws)
+        except Exception:  # a bug in the join: find the record(s) it was, one by one
+            outs = [self._render_one(msg, raw) for raw in raws]
+        # The per-record loop, kept flat: with the render, this is where the CPU goes.
+        add = self._outbox.add
+        holding = self.holdback.enabled
+        enriched = 0
+        for raw, out in zip(raws, outs, strict=True):
+            if out is None:
+                continue  # dead-lettered by _render_one
+            if raw.v != RAW_VERSION:
+                self._unsupported(msg, raw)
+                continue
+            value, key, _, _, missing, plain = out
+            if missing is not None and holding:
+                if self.holdback.add(raw, missing, part, offset, time.monotonic_ns()):
+                    c.held += 1
+                    continue
+                c.held_overflow += 1
+            if not plain:
+                self._count_unnamed(raw, out)
+            add(key, value)
+            enriched += 1
+        c.enriched += enriched
+
+    def _render_one(self, msg: Message, raw: RawTcpConnection) -> Rendered | None:
+        if raw.v != RAW_VERSION:
+            self._unsupported(msg, raw)
+            return None
+        try:
+            return self._render(raw)
         except Exception as exc:  # a bug in the join must cost one record, not the stream
             self.dead_letter(msg, "enrich_error", f"enrich failed: {type(exc).__name__}: {exc}")
-            return
-        if out.missing is not None and self.holdback.enabled:
-            if self.holdback.add(raw, out.missing, part, offset, time.monotonic_ns()):
-                self.counters.held += 1
-                return
-            self.counters.held_overflow += 1
-        self.emit(raw, out)
+            return None
 
-    def emit(self, raw: RawTcpConnection, out: Rendered) -> None:
-        assert self._producer is not None
+    def _reference_many(self, raws: Sequence[RawTcpConnection]) -> list[Rendered]:
+        return [self.renderer.reference(raw) for raw in raws]
+
+    def _unsupported(self, msg: Message, raw: RawTcpConnection) -> None:
+        self.dead_letter(
+            msg,
+            "unsupported_version",
+            f"RawTcpConnection: unsupported schema version v={raw.v} (this enricher reads "
+            f"v={RAW_VERSION})",
+        )
+
+    def _count_unnamed(self, raw: RawTcpConnection, out: Rendered) -> None:
         c = self.counters
         remote = out.remote.attribution
-        if remote == "pod":
-            pass  # the common case first
-        elif remote == "unresolved":
+        if remote == "unresolved":
             c.remote_unresolved += 1
         elif remote == "external":
             if self.classifier.classify(raw.remote_addr) == "other_cluster":
@@ -275,8 +342,13 @@ class Joiner:
                 c.remote_external += 1
         if out.local.attribution == "unresolved":
             c.local_unresolved += 1
-        self._producer.produce(self._topics.enriched_tcp, out.value, key=out.key)
-        c.enriched += 1
+
+    def emit(self, raw: RawTcpConnection, out: Rendered) -> None:
+        """Queue one enriched record (the caller flushes the outbox)."""
+        if not out.plain:
+            self._count_unnamed(raw, out)
+        self._outbox.add(out.key, out.value)
+        self.counters.enriched += 1
 
     # -- held-back records ------------------------------------------------------------------
 
@@ -303,12 +375,14 @@ class Joiner:
             else:
                 self.counters.held_expired += 1
             self.emit(held.item, out)
+        self._outbox.flush()
         self._store_offsets({h.partition for h in released})
 
     def expire_held(self) -> None:
         expired = self.holdback.release_expired(time.monotonic_ns())
         if expired:
             self._emit_released(expired, resolved_as="expired")
+            self._outbox.flush()
             self._store_offsets({h.partition for h in expired})
 
     def _emit_released(self, released: list[Held[RawTcpConnection]], resolved_as: str) -> None:
@@ -329,6 +403,7 @@ class Joiner:
         released = self.holdback.release_partitions(revoked)
         if released:
             self._emit_released(released, resolved_as="revoked")
+            self._outbox.flush()
         self._store_offsets(revoked & set(self._next_offsets))
         for part in revoked:
             self._next_offsets.pop(part, None)
@@ -390,6 +465,13 @@ class Joiner:
             out["enricher_produce_delivered_total"] = p.delivered
             out["enricher_produce_delivery_failed_total"] = p.delivery_failed
             out["enricher_produce_dropped_buffer_full_total"] = p.dropped_buffer_full
+            out["enricher_produce_messages_total"] = self._outbox.messages
+            out["enricher_produce_records_total"] = self._outbox.records
+            out["enricher_produce_records_delivered_total"] = p.records_delivered
+            out["enricher_produce_records_delivery_failed_total"] = p.records_delivery_failed
+            out["enricher_produce_records_dropped_buffer_full_total"] = (
+                p.records_dropped_buffer_full
+            )
         return out
 
     def log_stats(self, final: bool = False) -> None:

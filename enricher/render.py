@@ -14,8 +14,9 @@ and the joiner falls back to the reference path (slower, never wrong).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import msgspec
 from msgspec.structs import replace
@@ -36,7 +37,7 @@ from enricher.enrich import (
 )
 from enricher.index import MetadataIndex, canonical_ip
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
-from flowscope.records import Endpoint, EnrichedTcpConnection, RawTcpConnection
+from flowscope.records import Endpoint, EnrichedTcpConnection, PeerClass, RawTcpConnection
 
 _HEAD = b'{"address":"","port":0,'
 
@@ -46,23 +47,52 @@ _HEAD_FMT = (
     b'"flowscope.client.observed":%b,"network.transport":"tcp","network.type":"%b",'
 )
 _LOCAL = b'{"address":%b,"port":%d,%b%b}'
+_LOCAL_PROCESS = (
+    b'{"address":%b,"port":%d,%b,"container.id":%b,"process.pid":%d,"process.command":%b}'
+)
 _REMOTE = b'{"address":%b,"port":%d,%b}'
 _TAIL_FMT = (
     b'"bytes_client_to_server":%d,"bytes_server_to_client":%d,'
-    b'"connect_latency_us":%b,"srtt_us":%d,"retrans_segs":%d,"flowscope.peer.class":"%b"%b}'
+    b'"connect_latency_us":%b,"srtt_us":%d,"retrans_segs":%d,"flowscope.peer.class":"%b"'
 )
-# One formatting call per record, in either orientation (the local end is the client unless
-# the collector saw the server side).
-_LOCAL_IS_CLIENT = _HEAD_FMT + b'"client":' + _LOCAL + b',"server":' + _REMOTE + b"," + _TAIL_FMT
-_LOCAL_IS_SERVER = _HEAD_FMT + b'"client":' + _REMOTE + b',"server":' + _LOCAL + b"," + _TAIL_FMT
-_EXTRA = b',"container.id":%b,"process.pid":%d,"process.command":%b'
 _ENCODE_NAMES = {f.name: f.encode_name for f in msgspec.structs.fields(EnrichedTcpConnection)}
 # The copied fields (enrich.COPIED_FIELDS) in the record's order and wire names: encoded as
-# one small struct, whose braces are dropped, instead of one call per field.
+# one small struct, whose braces are dropped, instead of one call per field...
 _Copied = msgspec.defstruct(
     "_Copied", [(n, Any) for n in COPIED_FIELDS], rename=_ENCODE_NAMES, array_like=False
 )
 _copied_values = attrgetter(*COPIED_FIELDS) if len(COPIED_FIELDS) > 1 else None
+# ... or, for the fields and types this module knows, as part of the one formatting call
+# (about 0.4 µs less per record). Any other set of fields takes the struct path above.
+_RAW_TYPES = {f.name: f.type for f in msgspec.structs.fields(RawTcpConnection)}
+_COPIED_FAST = (
+    COPIED_FIELDS == ("outcome", "interim", "sequence", "segs_out")
+    and _RAW_TYPES["interim"] is bool
+    and _RAW_TYPES["sequence"] is int
+    and _RAW_TYPES["segs_out"] is int
+    and all(isinstance(v, str) and v.isidentifier() for v in get_args(_RAW_TYPES["outcome"]))
+)
+_OUTCOME = {v: b'"%s"' % v.encode() for v in get_args(_RAW_TYPES["outcome"])}
+_COPIED_FMT = (
+    b',"%s":%%b,"%s":%%b,"%s":%%d,"%s":%%d'
+    % tuple(_ENCODE_NAMES[n].encode() for n in COPIED_FIELDS)
+    if _COPIED_FAST
+    else b"%b"
+)
+# One formatting call per record, in either orientation (the local end is the client unless
+# the collector saw the server side), with the process fields (the usual case) or without.
+_WITH_PROCESS = (
+    _HEAD_FMT + b'"client":' + _LOCAL_PROCESS + b',"server":' + _REMOTE + b"," + _TAIL_FMT
+    + _COPIED_FMT + b"}",
+    _HEAD_FMT + b'"client":' + _REMOTE + b',"server":' + _LOCAL_PROCESS + b"," + _TAIL_FMT
+    + _COPIED_FMT + b"}",
+)  # fmt: skip
+_PLAIN = (
+    _HEAD_FMT + b'"client":' + _LOCAL + b',"server":' + _REMOTE + b"," + _TAIL_FMT
+    + _COPIED_FMT + b"}",
+    _HEAD_FMT + b'"client":' + _REMOTE + b',"server":' + _LOCAL + b"," + _TAIL_FMT
+    + _COPIED_FMT + b"}",
+)  # fmt: skip
 _ROLE = {"client": b"client", "server": b"server", "unknown": b"unknown"}
 _BOOL = {True: b"true", False: b"false"}
 _NETWORK = {4: b"ipv4", 6: b"ipv6"}
@@ -70,11 +100,17 @@ _NETWORK = {4: b"ipv4", 6: b"ipv6"}
 
 class Fragment(NamedTuple):
     """One end's template, its encoded fields after ``port``, and its grouping key if that
-    does not depend on the address."""
+    does not depend on the address; for the peer class, whether the end is unnamed (then its
+    address is classified) and else its (region, zone)."""
 
     template: Endpoint
     body: bytes
     key: str | None
+    unnamed: bool
+    where: tuple[str | None, str | None]  # shared by every end in the same zone
+    # The template's attribution again: the render reads only this tuple, not the template
+    # (one object less to fetch from memory per end; with 10,000 pods that shows).
+    attribution: str
 
 
 class Rendered(NamedTuple):
@@ -83,6 +119,27 @@ class Rendered(NamedTuple):
     local: Endpoint  # templates: attribution, names, zones (address and port are not set)
     remote: Endpoint
     missing: str | None  # what the record still waits for (see enrich.missing_key)
+    plain: bool  # the common case: a named local end and a pod as the remote end
+
+
+_new_tuple = tuple.__new__
+_WHERE: dict[tuple[str | None, str | None], tuple[str | None, str | None]] = {}
+_ADDRESS_PEER = {c: c.encode() for c in get_args(PeerClass)}
+# (local (region, zone), remote (region, zone)) -> peer class: few distinct pairs (zones).
+_LOCALITY: dict[tuple[tuple[str | None, str | None], tuple[str | None, str | None]], bytes] = {}
+_NAMED_SAMPLE = Endpoint(address="", port=0, attribution="pod")
+
+
+def _locality(local: tuple[str | None, str | None], remote: tuple[str | None, str | None]) -> bytes:
+    """The peer class of two named ends, from their regions and zones (enrich.peer_class)."""
+    found = _LOCALITY.get((local, remote))
+    if found is None:
+        if len(_LOCALITY) >= 4096:
+            _LOCALITY.clear()  # zones are few; this only guards against odd metadata
+        a = replace(_NAMED_SAMPLE, region=local[0], zone=local[1])
+        b = replace(_NAMED_SAMPLE, region=remote[0], zone=remote[1])
+        found = _LOCALITY[(local, remote)] = peer_class(a, b).encode()
+    return found
 
 
 class Renderer:
@@ -107,6 +164,7 @@ class Renderer:
             local,
             remote,
             missing_key(raw, out, self.classifier),
+            remote.attribution == "pod" and local.attribution != "unresolved",
         )
 
     def _encode(self, template: Endpoint) -> Fragment:
@@ -117,7 +175,15 @@ class Renderer:
             template.attribution in ("host", "node") and template.node is not None
         ):
             key = template.workload_key()
-        return Fragment(template, encoded[len(_HEAD) : -1], key)
+        unnamed = template.workload_kind is None and template.attribution in (
+            "unresolved",
+            "external",
+        )
+        where = (template.region, template.zone)
+        where = _WHERE.setdefault(where, where)
+        return Fragment(
+            template, encoded[len(_HEAD) : -1], key, unnamed, where, template.attribution
+        )
 
     def _fragment(self, template: Endpoint) -> Fragment:
         const = self._const.get(id(template))
@@ -153,87 +219,126 @@ class Renderer:
         self._nat[key] = (remote.template, frag)
         return frag
 
+    def _remote(self, addr: str, t: int) -> Fragment:
+        """The remote end's fragment through the index (and the shortcut filled for next time)."""
+        state = self.state
+        found = state.lookup(addr, t)
+        if found.__class__ is not PodMeta:
+            return self._fragment(template_of(found, addr, state, self.classifier))
+        uid = found.uid
+        frag = state.fragments.get(uid)
+        if frag is None:
+            frag = self._fragment(_pod_template(found, state))
+        # Only the index's own fragment (dropped with the pod) and a canonical spelling
+        # (IPv4: the index drops the shortcut under the canonical address).
+        if ":" not in addr and state.fragments.get(uid) is frag:
+            span = state.sole_holder_span(addr)
+            if span is not None:
+                state.ip_fragments[addr] = (span[0], span[1], frag)
+        return frag  # type: ignore[return-value]
+
     def render(self, raw: RawTcpConnection) -> Rendered:
+        return self.render_many((raw,))[0]
+
+    def render_many(self, raws: Sequence[RawTcpConnection]) -> list[Rendered]:
+        """Every record of a batch; one loop, so the lookups below are made once per batch."""
         state, enc, classifier = self.state, self._enc, self.classifier
         # A fragment in the index's cache is current: the index drops it with its template.
         frags: dict[str, Fragment] = state.fragments  # type: ignore[assignment]
-        uid = raw.pod_uid
-        local = frags.get(uid) if uid is not None else None
-        if local is None:
-            local = self._fragment(local_template(raw, state))
-        found = state.lookup(raw.remote_addr, raw.start_time_ns)
-        if found.__class__ is PodMeta:
-            remote = frags.get(found.uid) or self._fragment(_pod_template(found, state))
-        else:
-            remote = self._fragment(template_of(found, raw.remote_addr, state, classifier))
-        if raw.original_remote_addr is not None:
-            remote = self._with_service(remote, raw)
-        lt, rt = local.template, remote.template
+        ip_frags = state.ip_fragments
+        out: list[Rendered] = []
+        append = out.append
+        for raw in raws:
+            uid = raw.pod_uid
+            local = frags.get(uid) if uid is not None else None
+            if local is None:
+                local = self._fragment(local_template(raw, state))
+            addr, t = raw.remote_addr, raw.start_time_ns
+            hit = ip_frags.get(addr)
+            if hit is not None and hit[0] <= t < hit[1]:
+                remote: Fragment = hit[2]  # type: ignore[assignment]
+            else:
+                remote = self._remote(addr, t)
+            if raw.original_remote_addr is not None:
+                remote = self._with_service(remote, raw)
+            la, ra = local.attribution, remote.attribution
 
-        container_id, pid, comm = raw.container_id, raw.pid, raw.comm
-        if container_id is not None and pid and comm:  # the usual case: one call
-            extra = _EXTRA % (enc.encode(container_id), pid, enc.encode(comm))
-        else:
-            extra = b""
-            if container_id is not None:
-                extra += b',"container.id":' + enc.encode(container_id)
-            if pid:
-                extra += b',"process.pid":%d' % pid
-            if comm:
-                extra += b',"process.command":' + enc.encode(comm)
-        local_addr, remote_addr = enc.encode(raw.local_addr), enc.encode(raw.remote_addr)
-        if raw.role != "server":
-            fmt = _LOCAL_IS_CLIENT
-            ends: tuple[object, ...] = (
-                local_addr, raw.local_port, local.body, extra,
-                remote_addr, raw.remote_port, remote.body,
-            )  # fmt: skip
-            c2s, s2c = raw.bytes_sent, raw.bytes_received
-            observed = True
-            key = local.key or f"{lt.attribution}/{raw.local_addr}"
-        else:
-            fmt = _LOCAL_IS_SERVER
-            ends = (
-                remote_addr, raw.remote_port, remote.body,
-                local_addr, raw.local_port, local.body, extra,
-            )  # fmt: skip
-            c2s, s2c = raw.bytes_received, raw.bytes_sent
-            observed = rt.attribution in _OBSERVED
-            key = remote.key or f"{rt.attribution}/{raw.remote_addr}"
-        latency = raw.connect_latency_us
-        if _copied_values is not None:
-            copied = b"," + enc.encode(_Copied(*_copied_values(raw)))[1:-1]
-        elif COPIED_FIELDS:
-            copied = b"," + enc.encode(_Copied(getattr(raw, COPIED_FIELDS[0])))[1:-1]
-        else:
-            copied = b""
-        value = fmt % (
-            raw.start_time_ns,
-            raw.end_time_ns,
-            enc.encode(raw.node),
-            _ROLE[raw.role],
-            _BOOL[observed],
-            _NETWORK[raw.family],
-            *ends,
-            c2s,
-            s2c,
-            b"null" if latency is None else b"%d" % latency,
-            raw.srtt_us,
-            raw.retrans_segs,
-            peer_class(lt, rt, classifier, raw.remote_addr).encode(),
-            copied,
-        )
+            container_id, pid, comm = raw.container_id, raw.pid, raw.comm
+            if container_id is not None and pid and comm:  # the usual case: inside the one call
+                fmts = _WITH_PROCESS
+                extra: tuple[object, ...] = (enc.encode(container_id), pid, enc.encode(comm))
+            else:
+                fmts = _PLAIN
+                one = b""
+                if container_id is not None:
+                    one += b',"container.id":' + enc.encode(container_id)
+                if pid:
+                    one += b',"process.pid":%d' % pid
+                if comm:
+                    one += b',"process.command":' + enc.encode(comm)
+                extra = (one,)
+            if raw.role != "server":
+                fmt = fmts[0]
+                ends: tuple[object, ...] = (
+                    enc.encode(raw.local_addr), raw.local_port, local.body, *extra,
+                    enc.encode(addr), raw.remote_port, remote.body,
+                    raw.bytes_sent, raw.bytes_received,
+                )  # fmt: skip
+                observed = True
+                key = local.key or f"{la}/{raw.local_addr}"
+            else:
+                fmt = fmts[1]
+                ends = (
+                    enc.encode(addr), raw.remote_port, remote.body,
+                    enc.encode(raw.local_addr), raw.local_port, local.body, *extra,
+                    raw.bytes_received, raw.bytes_sent,
+                )  # fmt: skip
+                observed = ra in _OBSERVED
+                key = remote.key or f"{ra}/{addr}"
+            latency = raw.connect_latency_us
+            if _COPIED_FAST:
+                outcome, interim, sequence, segs_out = _copied_values(raw)  # type: ignore[misc]
+                copied: tuple[object, ...] = (_OUTCOME[outcome], _BOOL[interim], sequence, segs_out)
+            elif _copied_values is not None:
+                copied = (b"," + enc.encode(_Copied(*_copied_values(raw)))[1:-1],)
+            elif COPIED_FIELDS:
+                copied = (b"," + enc.encode(_Copied(getattr(raw, COPIED_FIELDS[0])))[1:-1],)
+            else:
+                copied = (b"",)
+            value = fmt % (
+                raw.start_time_ns,
+                raw.end_time_ns,
+                enc.encode(raw.node),
+                _ROLE[raw.role],
+                _BOOL[observed],
+                _NETWORK[raw.family],
+                *ends,
+                b"null" if latency is None else b"%d" % latency,
+                raw.srtt_us,
+                raw.retrans_segs,
+                (
+                    _ADDRESS_PEER[classifier.peer_class(classifier.classify(addr))]
+                    if remote.unnamed
+                    else _locality(local.where, remote.where)
+                ),
+                *copied,
+            )
 
-        missing: str | None = None
-        if lt.attribution == "unresolved" and raw.pod_uid is not None:
-            missing = "uid:" + raw.pod_uid
-        elif (
-            rt.attribution == "unresolved"
-            and rt.workload_kind is None
-            and classifier.holds_back(classifier.classify(raw.remote_addr))
-        ):
-            missing = "ip:" + canonical_ip(raw.remote_addr)
-        return Rendered(value, key, lt, rt, missing)
+            missing: str | None = None
+            if la == "unresolved" and uid is not None:
+                missing = "uid:" + uid
+            elif (
+                ra == "unresolved"
+                and remote.unnamed
+                and classifier.holds_back(classifier.classify(addr))
+            ):
+                missing = "ip:" + canonical_ip(addr)
+            # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call.
+            plain = ra == "pod" and la != "unresolved"
+            append(
+                _new_tuple(Rendered, (value, key, local.template, remote.template, missing, plain))
+            )
+        return out
 
 
 def _template_key(template: Endpoint) -> str | None:

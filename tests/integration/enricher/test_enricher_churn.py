@@ -32,10 +32,12 @@ from kubernetes import client
 from enricher.classify import parse_cidrs
 from enricher.joiner import Joiner
 from enricher.settings import Settings
+from flowscope.codec import JsonCodec
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
 from flowscope.topics import Topics
 
 S = 1_000_000_000
+ENRICHED = JsonCodec(EnrichedTcpConnection)
 POOL = [f"10.98.0.{i}" for i in range(10, 34)]  # 24 addresses
 COOLDOWN_NS = 1_500_000_000
 CHURN_S = 12.0
@@ -211,7 +213,7 @@ def test_churn_with_ip_reuse_is_attributed_exactly(
             for msg in consumer.consume(num_messages=1000, timeout=0.5):
                 payload = msg.value()
                 if msg.error() is None and isinstance(payload, bytes):
-                    out.append(msgspec.json.decode(payload, type=EnrichedTcpConnection))
+                    out.extend(ENRICHED.decode_batch(payload))  # batched or not
         consumer.close()
     finally:
         stop.set()

@@ -28,6 +28,7 @@ from confluent_kafka.admin._config import ConfigResource
 
 from enricher.joiner import Joiner
 from enricher.settings import Settings
+from flowscope.codec import JsonCodec
 from flowscope.records import DeadLetter, EnrichedTcpConnection, RawTcpConnection
 from flowscope.topics import Topics
 
@@ -197,6 +198,9 @@ def test_publish_join_and_dead_letter(
         consumer_group=f"test-enricher-{uuid.uuid4().hex[:8]}",
         stats_interval_s=1.0,
         poll_timeout_s=0.1,
+        # One record per message: this test follows single records by their Kafka key
+        # (batched output has its own test, test_enricher_batching.py).
+        output_batch_records=1,
     )
     j = Joiner(settings)
     stop = threading.Event()
@@ -344,9 +348,9 @@ def test_join_cli_stops_cleanly_on_sigterm(
     try:
         _produce(kafka_bootstrap, topics.raw_tcp, [_raw()])
         record = _consume(kafka_bootstrap, topics.enriched_tcp, 1, timeout_s=60)[0]
-        assert msgspec.json.decode(_value(record), type=EnrichedTcpConnection).server.pod_uid == (
-            "uid-db"
-        )
+        # The command line's default batches output: a JSON array, here of one record.
+        (first,) = JsonCodec(EnrichedTcpConnection).decode_batch(_value(record))
+        assert first.server.pod_uid == "uid-db"
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:

@@ -21,11 +21,13 @@ from enricher.kubeobjects import ParsedObjects
 from enricher.metadata import Meta, NodeMeta, PodMeta
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
+from flowscope.codec import JsonCodec
 from flowscope.kafka import TopicSpec, ensure_topics
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
 from flowscope.topics import Topics
 
 S = 1_000_000_000
+ENRICHED = JsonCodec(EnrichedTcpConnection)
 NOW = time.time_ns()
 
 
@@ -127,12 +129,12 @@ def _consume_enriched(
             for msg in consumer.consume(num_messages=500, timeout=0.3):
                 value = msg.value()
                 if msg.error() is None and isinstance(value, bytes):
-                    out.append(msgspec.json.decode(value, type=EnrichedTcpConnection))
+                    out.extend(ENRICHED.decode_batch(value))  # batched or not
         # Anything beyond n (a duplicate) must show up too.
         for msg in consumer.consume(num_messages=500, timeout=1.0):
             value = msg.value()
             if msg.error() is None and isinstance(value, bytes):
-                out.append(msgspec.json.decode(value, type=EnrichedTcpConnection))
+                out.extend(ENRICHED.decode_batch(value))
     finally:
         consumer.close()
     return out

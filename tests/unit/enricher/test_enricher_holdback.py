@@ -72,3 +72,27 @@ def test_release_partitions_and_all() -> None:
 def test_disabled_when_hold_is_zero() -> None:
     assert not Holdback[str](hold_ns=0, max_records=10).enabled
     assert Holdback[str](hold_ns=1, max_records=10).enabled
+
+
+def test_records_sharing_an_offset_keep_it_held_until_the_last_is_released() -> None:
+    # A batched raw message puts several records at one offset.
+    hb: Holdback[str] = Holdback(hold_ns=10, max_records=10)
+    p = ("raw", 0)
+    assert hb.add("a", "ip:1", p, 7, now_ns=0)
+    assert hb.add("b", "ip:2", p, 7, now_ns=0)
+    assert hb.add("c", "ip:2", p, 9, now_ns=0)
+    assert len(hb) == 3 and hb.oldest_offset(p) == 7
+    assert [h.item for h in hb.release_changed({"ip:1"})] == ["a"]
+    assert hb.oldest_offset(p) == 7  # "b" still holds offset 7
+    assert [h.item for h in hb.release_changed({"ip:2"})] == ["b", "c"]
+    assert hb.oldest_offset(p) is None and len(hb) == 0
+
+
+def test_revoking_a_partition_releases_batched_records_in_offset_order() -> None:
+    hb: Holdback[str] = Holdback(hold_ns=10, max_records=10)
+    p = ("raw", 1)
+    for item, offset in (("x", 5), ("y", 3), ("z", 5)):
+        assert hb.add(item, "k", p, offset, now_ns=0)
+    assert [h.item for h in hb.release_partitions({p})] == ["y", "x", "z"]
+    assert len(hb) == 0 and hb.oldest_offset(p) is None
+    assert hb.release_expired(now_ns=100) == []  # the released ones do not expire again

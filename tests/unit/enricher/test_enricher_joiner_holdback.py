@@ -12,12 +12,14 @@ from enricher.classify import parse_cidrs
 from enricher.joiner import Joiner
 from enricher.metadata import MetaCodec, NodeMeta, PodMeta
 from enricher.settings import Settings
+from flowscope.codec import JsonCodec
 from flowscope.kafka import ProducerCounters, RecordProducer
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
 
 S = 1_000_000_000
 T0 = time.time_ns() - 60 * S
 CODEC = MetaCodec()
+ENRICHED = JsonCodec(EnrichedTcpConnection)
 
 
 class FakeConsumer:
@@ -32,10 +34,14 @@ class FakeConsumer:
 class FakeProducer:
     def __init__(self) -> None:
         self.out: list[tuple[str, bytes, Any]] = []
+        self.records: list[int] = []
         self.counters = ProducerCounters()
 
-    def produce(self, topic: str, value: bytes, key: Any = None, headers: Any = None) -> bool:
+    def produce(
+        self, topic: str, value: bytes, key: Any = None, headers: Any = None, records: int = 1
+    ) -> bool:
         self.out.append((topic, value, key))
+        self.records.append(records)
         return True
 
     def flush(self, timeout_s: float = 0) -> int:
@@ -100,7 +106,8 @@ def _apply(j: Joiner, pod: PodMeta) -> None:
 
 
 def _decoded(producer: FakeProducer) -> list[EnrichedTcpConnection]:
-    return [msgspec.json.decode(v, type=EnrichedTcpConnection) for _, v, _ in producer.out]
+    """Every enriched record produced, whether one per message or batched."""
+    return [e for _, v, _ in producer.out for e in ENRICHED.decode_batch(v)]
 
 
 def test_unknown_remote_is_held_then_named_when_metadata_arrives() -> None:
@@ -196,3 +203,73 @@ def test_a_batch_with_one_bad_element_is_dead_lettered_whole_with_its_index() ->
     j.process_batch([Message(topic="raw", partition=0, offset=9, value=bad)])
     ((topic, value, _),) = producer.out
     assert topic.endswith("deadletter") and b"$[1]" in value
+
+
+def _batch(offset: int, ports: list[int], partition: int = 0, **kw: Any) -> Message:
+    records = [
+        msgspec.json.decode(_raw(0, local_port=p, **kw).value() or b"", type=RawTcpConnection)
+        for p in ports
+    ]
+    value = msgspec.json.encode(records)
+    return Message(topic="raw", partition=partition, offset=offset, value=value, key=b"k")
+
+
+def test_batched_output_is_one_array_per_consumed_batch_and_keeps_held_offsets() -> None:
+    j, consumer, producer = _joiner(output_batch_records=256)
+    _apply(j, _pod("s1", "10.244.2.1"))
+    # Message 3: two named records; message 4: one named, one to an unknown pod IP (held).
+    j.process_batch([_batch(3, [41000, 41001]), _batch(4, [41002])])
+    j.process_batch([_raw(5, remote_addr="10.244.9.9")])
+    ((topic, value, key),) = producer.out[:1]
+    assert topic.endswith("enriched.tcp") and value.startswith(b"[")
+    assert key == "ns/Deployment/wl-c1" and producer.records[0] == 3
+    assert [e.client.port for e in _decoded(producer)] == [41000, 41001, 41002]
+    # The held record's offset (5) is where the next start would read from.
+    assert consumer.stored == {("raw", 0): 5} and len(j.holdback) == 1
+    _apply(j, _pod("s9", "10.244.9.9"))
+    j.retry_held()
+    assert len(producer.out) == 2 and consumer.stored == {("raw", 0): 6}
+    assert _decoded(producer)[-1].server.pod_uid == "s9"
+    assert j.metrics()["enricher_produce_records_total"] == 4
+
+
+def test_a_batched_message_with_a_held_record_stays_uncommitted() -> None:
+    j, consumer, producer = _joiner(output_batch_records=16)
+    _apply(j, _pod("s1", "10.244.2.1"))
+    good = msgspec.json.decode(_raw(0).value() or b"", type=RawTcpConnection)
+    held = msgspec.structs.replace(good, remote_addr="10.244.7.7")
+    value = msgspec.json.encode([good, held, good])
+    j.process_batch([Message(topic="raw", partition=0, offset=8, value=value, key=b"k")])
+    assert len(_decoded(producer)) == 2 and len(j.holdback) == 1
+    assert consumer.stored == {("raw", 0): 8}  # a restart re-reads the whole message
+    j._consumer = None
+    j.close()
+    assert len(_decoded(producer)) == 3 and j.counters.held_released_unresolved == 1
+
+
+def test_a_join_bug_or_a_future_version_costs_one_record_of_a_batch() -> None:
+    j, _, producer = _joiner(output_batch_records=8)
+    _apply(j, _pod("s1", "10.244.2.1"))
+    render = j._render
+
+    def failing_many(raws: Any) -> Any:
+        raise RuntimeError("bug")
+
+    def failing_one(raw: RawTcpConnection) -> Any:
+        if raw.local_port == 41001:
+            raise RuntimeError("bug")
+        return render(raw)
+
+    j._render_many = failing_many
+    j._render = failing_one
+    j.process_batch([_batch(1, [41000, 41001, 41002])])
+    future = msgspec.structs.replace(
+        msgspec.json.decode(_raw(0).value() or b"", type=RawTcpConnection), v=2
+    )
+    good = msgspec.json.decode(_raw(0, local_port=41003).value() or b"", type=RawTcpConnection)
+    j._render_many = j.renderer.render_many
+    value = msgspec.json.encode([future, good])
+    j.process_batch([Message(topic="raw", partition=0, offset=2, value=value, key=b"k")])
+    enriched = [e for t, v, _ in producer.out if "enriched" in t for e in ENRICHED.decode_batch(v)]
+    assert [e.client.port for e in enriched] == [41000, 41002, 41003]
+    assert dict(j.counters.deadletter_reasons) == {"enrich_error": 1, "unsupported_version": 1}
