@@ -57,6 +57,7 @@ ENV = {
     "retry_period_s": "FLOWSCOPE_LEASE_RETRY_PERIOD_S",
     "watch_timeout_s": "FLOWSCOPE_WATCH_TIMEOUT_S",
     "publish_labels": "FLOWSCOPE_PUBLISH_LABELS",
+    "dns": "FLOWSCOPE_ENRICHER_DNS",
 }
 
 _TRUE = ("1", "true", "yes", "on")
@@ -253,6 +254,13 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         help=f"raw records per consume(), about (env {ENV['batch_size']}; default %(default)s)",
     )
     join.add_argument(
+        "--dns",
+        type=_flag,
+        default=default("dns", d.dns),
+        help=f"also join DNS queries ({Settings().topics.raw_dns} -> "
+        f"{Settings().topics.enriched_dns}; env {ENV['dns']}; default %(default)s)",
+    )
+    join.add_argument(
         "--batch-records",
         dest="output_batch_records",
         type=_batch_records,
@@ -409,8 +417,30 @@ def publish(settings: Settings) -> int:
 
 
 def join(settings: Settings) -> int:
-    Joiner(settings).run(_stop_on_signals())
-    return 0
+    stop = _stop_on_signals()
+    if not settings.dns:
+        Joiner(settings).run(stop)
+        return 0
+    from enricher.dnsjoin import DnsJoiner
+
+    failed: list[BaseException] = []
+
+    def run_dns() -> None:
+        try:
+            DnsJoiner(settings).run(stop)
+        except BaseException as exc:  # the whole enricher stops: a silent half is worse
+            logging.getLogger("enricher.dns").exception("DNS joiner failed")
+            failed.append(exc)
+            stop.set()
+
+    dns_thread = threading.Thread(target=run_dns, name="dns-join")
+    dns_thread.start()
+    try:
+        Joiner(settings).run(stop)
+    finally:
+        stop.set()
+        dns_thread.join(timeout=30)
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

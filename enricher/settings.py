@@ -51,6 +51,8 @@ class Settings:
     publish_labels: bool = True
     # Other clusters' CIDRs (peered clusters): their peers are classified, never held back.
     other_cluster_cidrs: tuple[Network, ...] = ()
+    # join: also join the raw DNS topic (enricher/dnsjoin.py) in the same process.
+    dns: bool = True
 
     @property
     def topics(self) -> Topics:

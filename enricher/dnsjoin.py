@@ -1,0 +1,221 @@
+"""The DNS joiner: raw DNS query records + metadata topic -> enriched DNS records.
+
+It runs beside the TCP joiner (``python -m enricher join`` starts both) with its own
+consumer group on the raw DNS topic and its own copy of the metadata, read to its end at
+start and followed after. The join itself is the pure :func:`flowscope.dns_enrich.enrich_dns`;
+this module adapts the enricher's metadata index to it and owns the Kafka side.
+
+No hold-back here: a DNS record leaves the collector only after its answer or its timeout
+(seconds after the query), by which time the pod's metadata has almost always arrived; what
+is still unknown is emitted unresolved and counted (``enricher_dns_*_unresolved_total``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message
+
+from enricher.classify import AddressClassifier
+from enricher.enrich import _node_template, _pod_template, template_of
+from enricher.follower import MetadataFollower
+from enricher.index import MetadataIndex
+from enricher.metadata import ServiceMeta
+from enricher.settings import Settings
+from enricher.state import MetadataState
+from flowscope.codec import DecodeError, JsonCodec
+from flowscope.dns_enrich import DEFAULT_DNS_SERVERS, DnsServers, ServiceName, enrich_dns
+from flowscope.kafka import (
+    CONSUMER_DEFAULTS,
+    RecordProducer,
+    TopicSpec,
+    ensure_topics,
+    wait_for_broker,
+)
+from flowscope.records import DeadLetter, Endpoint, EnrichedDnsQuery, PeerClass, RawDnsQuery
+
+log = logging.getLogger("enricher.dns")
+
+RAW_DNS_VERSION = 1
+STAGE = "enricher-dns"
+
+
+class IndexDnsLookups:
+    """:class:`flowscope.dns_enrich.DnsLookups` over the enricher's metadata index."""
+
+    def __init__(self, state: MetadataIndex, classifier: AddressClassifier) -> None:
+        self._state = state
+        self._classifier = classifier
+
+    def pod_endpoint(self, uid: str) -> Endpoint | None:
+        pod = self._state.pods.get(uid)
+        return None if pod is None else _pod_template(pod, self._state)
+
+    def node_endpoint(self, name: str) -> Endpoint | None:
+        node = self._state.node(name)
+        return None if node is None else _node_template(node, self._state)
+
+    def endpoint_at(self, addr: str, t_ns: int) -> Endpoint | None:
+        found = self._state.lookup(addr, t_ns)
+        return None if found is None else template_of(found, addr, self._state, self._classifier)
+
+    def service_at(self, addr: str, t_ns: int) -> ServiceName | None:
+        found = self._state.lookup(addr, t_ns)
+        return ServiceName(found.namespace, found.name) if isinstance(found, ServiceMeta) else None
+
+    def peer_class(self, addr: str) -> PeerClass:
+        return self._classifier.peer_class(self._classifier.classify(addr))
+
+
+@dataclass
+class DnsJoinerCounters:
+    records_in: int = 0
+    enriched: int = 0
+    client_unresolved: int = 0
+    server_unresolved: int = 0
+    deadlettered: int = 0
+    consume_errors: int = 0
+
+    def as_metrics(self) -> dict[str, int]:
+        return {f"enricher_dns_{name}_total": value for name, value in vars(self).items()}
+
+
+def join_dns(
+    raw: RawDnsQuery, lookups: IndexDnsLookups, servers: DnsServers = DEFAULT_DNS_SERVERS
+) -> EnrichedDnsQuery:
+    """One record, no I/O (the unit tests' entry point)."""
+    return enrich_dns(raw, lookups, servers, classify=lookups.peer_class)
+
+
+class DnsJoiner:
+    def __init__(self, settings: Settings, servers: DnsServers = DEFAULT_DNS_SERVERS) -> None:
+        self._settings = settings
+        self._topics = settings.topics
+        self._servers = servers
+        self.state = MetadataState(deleted_grace_ns=int(settings.deleted_pod_grace_s * 1e9))
+        classifier = AddressClassifier(settings.cluster_cidrs, settings.other_cluster_cidrs)
+        self.lookups = IndexDnsLookups(self.state, classifier)
+        self.counters = DnsJoinerCounters()
+        self._raw_codec = JsonCodec(RawDnsQuery)
+        self._out_codec = JsonCodec(EnrichedDnsQuery)
+        self._dead_codec = JsonCodec(DeadLetter)
+        self._follower: MetadataFollower | None = None
+        self._consumer: Consumer | None = None
+        self._producer: RecordProducer | None = None
+        self.ready = threading.Event()
+
+    def start(self) -> None:
+        s, t = self._settings, self._topics
+        wait_for_broker(s.bootstrap_servers)
+        ensure_topics(
+            s.bootstrap_servers,
+            [
+                TopicSpec(t.metadata, compacted=True),
+                TopicSpec(t.raw_dns),
+                TopicSpec(t.enriched_dns),
+            ],
+        )
+        self._follower = MetadataFollower(s.bootstrap_servers, t.metadata)
+        self._follower.load(self.state.apply, timeout_s=s.metadata_load_timeout_s)
+        self._producer = RecordProducer(s.bootstrap_servers)
+        config: dict[str, Any] = {
+            **CONSUMER_DEFAULTS,
+            "bootstrap.servers": s.bootstrap_servers,
+            "group.id": f"{s.consumer_group}-dns",
+        }
+        self._consumer = Consumer(config)
+        self._consumer.subscribe([t.raw_dns])
+        self.ready.set()
+        log.info("enricher dns ready: consuming %s", t.raw_dns)
+
+    def run(self, stop: threading.Event) -> None:
+        if self._consumer is None:
+            self.start()
+        assert self._consumer is not None and self._follower is not None
+        s = self._settings
+        next_stats = time.monotonic() + s.stats_interval_s
+        try:
+            while not stop.is_set():
+                self._follower.poll(self.state.apply)
+                batch = self._consumer.consume(num_messages=s.batch_size, timeout=0.1)
+                self.process_batch(batch)
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + s.stats_interval_s
+                    log.info("dns counters: %s", self.counters.as_metrics())
+        finally:
+            self.close()
+
+    def process_batch(self, batch: list[Message]) -> None:
+        assert self._consumer is not None
+        for msg in batch:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self.counters.consume_errors += 1
+                    log.warning("consume error: %s", err)
+                continue
+            self.handle(msg)
+            self._consumer.store_offsets(message=msg)
+
+    def handle(self, msg: Message) -> None:
+        assert self._producer is not None
+        try:
+            raws = self._raw_codec.decode_batch(msg.value())
+        except DecodeError as exc:
+            self.counters.records_in += 1
+            self.dead_letter(msg, "decode", str(exc))
+            return
+        for raw in raws:
+            self.counters.records_in += 1
+            if raw.v != RAW_DNS_VERSION:
+                self.dead_letter(msg, "unsupported_version", f"RawDnsQuery v={raw.v}")
+                continue
+            try:
+                out = join_dns(raw, self.lookups, self._servers)
+            except Exception as exc:  # a bug in the join must cost one record, not the stream
+                self.dead_letter(msg, "enrich_error", f"{type(exc).__name__}: {exc}")
+                continue
+            if out.client.attribution == "unresolved":
+                self.counters.client_unresolved += 1
+            if out.server.attribution == "unresolved":
+                self.counters.server_unresolved += 1
+            self._producer.produce(
+                self._topics.enriched_dns, self._out_codec.encode(out), key=msg.key()
+            )
+            self.counters.enriched += 1
+
+    def dead_letter(self, msg: Message, reason: str, detail: str) -> None:
+        assert self._producer is not None
+        value, key = msg.value(), msg.key()
+        letter = DeadLetter(
+            stage=STAGE,
+            reason=f"{reason}: {detail}",
+            source_topic=msg.topic() or "",
+            partition=msg.partition() or 0,
+            offset=msg.offset() or 0,
+            key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
+            payload=value.decode("utf-8", "replace") if isinstance(value, bytes) else "",
+            time_ns=time.time_ns(),
+        )
+        self._producer.produce(self._topics.deadletter, self._dead_codec.encode(letter), key=key)
+        self.counters.deadlettered += 1
+        log.warning(
+            "dead letter (%s) at %s[%s]@%s", reason, msg.topic(), msg.partition(), msg.offset()
+        )
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._producer is not None:
+            left = self._producer.flush(10)
+            if left:
+                log.warning("%d enriched DNS records still undelivered at shutdown", left)
+        if self._follower is not None:
+            self._follower.close()
+            self._follower = None
+        log.info("final dns counters: %s", self.counters.as_metrics())

@@ -1,0 +1,120 @@
+"""DNS, end to end: pods resolve through a real DNS server pod (getaddrinfo with a
+Kubernetes-style resolv.conf, and raw stub queries) -> cgroup_skb capture -> collector ->
+Kafka -> enricher (DNS join) -> Faust DNS metrics. The test knows every query it caused and
+checks the published per-window DNS metrics against that truth: counts per rcode, timeouts,
+search-path noise apart from real failures, the failure rate, and both ends named."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from demo.readout import TopicReader
+from demo.services import PipelineSettings, publish_metadata, running_pipeline
+from flowscope.codec import JsonCodec
+from flowscope.records import DnsMetric, EnrichedDnsQuery
+from flowscope.topics import Topics
+from processors.dedupe import FirstPerId
+from simnode import Cluster, NodeSpec, Pod
+from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
+
+WINDOW_S = 3.0
+DNS_TIMEOUT_S = 1.0
+RULES = {
+    "default": {"rcode": "NXDOMAIN"},
+    "names": {
+        "web.shop.svc.cluster.local": {"addrs": ["10.96.3.3"]},
+        "ok.test": {"addrs": ["192.0.2.1"]},
+        "broken.test": {"rcode": "SERVFAIL"},
+        "silent.test": {"drop": True},
+    },
+}
+CLIENT_WL, SERVER_WL = "shop/Deployment/frontend", "kube-system/Deployment/coredns"
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    nodes = [NodeSpec("node-a1", zone="zone-a"), NodeSpec("node-b1", zone="zone-b")]
+    with Cluster(nodes) as c:
+        yield c
+
+
+def test_dns_queries_flow_from_kernel_to_dns_metrics(
+    root_required: None, kafka_bootstrap: str, topics: Topics, cluster: Cluster, tmp_path: Path
+) -> None:
+    dns = cluster.add_pod("coredns", node="node-a1", namespace="kube-system")
+    app = cluster.add_pod("frontend", node="node-b1", namespace="shop")
+    server = DnsServerProcess(dns, RULES)
+    conf = PodResolvConf(app, render([dns.ip], kubernetes_search("shop"), ndots=5))
+    publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
+    settings = PipelineSettings(
+        bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host", log_dir=tmp_path / "logs",
+        window_s=WINDOW_S, grace_s=1.0,
+        collector_args=("--dns-enabled", "true", "--dns-timeout-s", str(DNS_TIMEOUT_S)),
+        processor_args=("--dns-grace-seconds", str(DNS_TIMEOUT_S + 1.5)),
+    )  # fmt: skip
+    enriched_reader = TopicReader(kafka_bootstrap, topics.enriched_dns)
+    metrics_reader = TopicReader(kafka_bootstrap, topics.metrics_dns)
+    try:
+        with running_pipeline(settings):
+            # getaddrinfo: "web" is found by its first search expansion (1 query); "nope" is
+            # tried with 3 expansions, then as itself: 4 NXDOMAIN, 3 of them search noise.
+            out = app.run(conf.command(Pod.python("simnode.dns", "resolve", "web", "nope")))
+            assert json.loads(out.stdout)[0]["addrs"] == ["10.96.3.3"]
+            stub = Pod.python("simnode.dns", "query", "--server", dns.ip, "--timeout-s", "2",
+                              "ok.test", "ok.test", "ok.test", "broken.test", "broken.test",
+                              "silent.test")  # fmt: skip
+            replies = json.loads(app.run(conf.command(stub)).stdout)
+            assert [r.get("timeout", False) for r in replies] == [False] * 5 + [True]
+
+            enriched = [e for e in enriched_reader.read_until(
+                JsonCodec(EnrichedDnsQuery),
+                lambda es: sum(e.client.pod_uid == app.uid and e.observer_role == "client"
+                               for e in es) >= 11,
+                timeout_s=60) if e.client.pod_uid == app.uid]  # fmt: skip
+            dedupe = FirstPerId()
+            codec = JsonCodec(DnsMetric)
+
+            def ours(values: list[bytes]) -> list[DnsMetric]:
+                ms = dedupe.keep(codec.decode(v) for v in values)
+                return [m for m in ms if (m.client_workload, m.server) == (CLIENT_WL, SERVER_WL)]
+
+            metrics: list[DnsMetric] = []
+            deadline = time.monotonic() + 60
+            while sum(m.queries for m in metrics) < 11 and time.monotonic() < deadline:
+                metrics += ours(metrics_reader.read(1.0))
+            time.sleep(WINDOW_S + 2)  # a double count would show up in the next windows
+            metrics += ours(metrics_reader.read(2.0))
+    finally:
+        enriched_reader.close()
+        metrics_reader.close()
+        received = server.stop()
+
+    assert sum(received.values()) == 11, received
+    client_side = [e for e in enriched if e.observer_role == "client"]
+    assert len(client_side) == 11
+    for e in client_side:
+        assert (e.client.workload_name, e.client.zone) == ("frontend", "zone-b"), e
+        assert (e.server.pod_uid, e.server.zone) == (dns.uid, "zone-a"), e
+        assert e.server_class == "cluster_dns" and e.peer_class == "cross_zone", e
+
+    def total(field: str) -> int:
+        return sum(getattr(m, field) for m in metrics)
+
+    rcodes: dict[str, int] = {}
+    for m in metrics:
+        for rcode, n in m.rcodes.items():
+            rcodes[rcode] = rcodes.get(rcode, 0) + n
+    assert total("queries") == 11, metrics
+    assert rcodes == {"NOERROR": 4, "NXDOMAIN": 4, "SERVFAIL": 2}
+    assert total("timeouts") == 1 and total("malformed") == 0
+    assert total("search_expansions") == 4  # web's first expansion + nope's three
+    assert total("search_noise") == 3
+    assert total("failed") == 4  # nope itself, 2 SERVFAIL, 1 timeout
+    assert all(m.server_class == "cluster_dns" for m in metrics)
+    answered = [m for m in metrics if m.answered]
+    assert all(m.latency_p50_us is not None and m.latency_p50_us > 0 for m in answered)
