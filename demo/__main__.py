@@ -108,6 +108,12 @@ def main() -> int:
         checkout = cluster.add_pod("checkout", node="node-b1", namespace="shop")
         payments = cluster.add_pod("payments", node="node-a1", namespace="billing")
         coredns = cluster.add_pod("coredns", node="node-a2", namespace="kube-system")
+        # DNS clients of their own: every process of these pods sees the pod's resolv.conf
+        # (search path, ndots:5), as every container of a real pod does.
+        recommenders = [
+            cluster.add_pod("recommender", node=node, namespace="shop")
+            for node in ("node-a1", "node-b1")
+        ]
         dns_server = DnsServerProcess(coredns, DNS_RULES)
         objects = cluster.write_objects(log_dir / "objects.yaml")
         _say(f"simulated cluster: {len(cluster.pods)} pods on 3 nodes in 2 zones ({objects})")
@@ -151,7 +157,7 @@ def main() -> int:
                         expect_reply_bytes=f.reply_bytes, interval_ms=50),
                     flows,
                 )  # fmt: skip
-                lookups = pool.submit(_dns_lookups, fe_a, fe_b, coredns)
+                lookups = pool.submit(_dns_lookups, recommenders, coredns)
                 # Nothing listens on checkout:7070: every connect is refused.
                 fe_b.run(Pod.python("simnode.traffic", "client", "--host", checkout.ip,
                                     "--port", "7070", "--count", "5", "--send-bytes", "10"),
@@ -194,15 +200,19 @@ def main() -> int:
     return 0
 
 
-def _dns_lookups(fe_a: Pod, fe_b: Pod, coredns: Pod) -> None:
+def _dns_lookups(pods: list[Pod], coredns: Pod, rounds: int = 8, pause_s: float = 1.5) -> None:
     """Names looked up the way applications do (getaddrinfo, ndots:5 search path), so the
-    table shows search-path noise apart from the real failures."""
+    table shows search-path noise apart from the real failures. Spread over a few windows,
+    so that the DNS failure-rate alert (2 windows in a row) can fire."""
     names = ["catalog", "api.payments.example", "flaky.partner.example",
              "slow.partner.example", "missing-service"]  # fmt: skip
-    for pod in (fe_a, fe_b):
-        conf = PodResolvConf(pod, render([coredns.ip], kubernetes_search("shop"), ndots=5))
-        for _ in range(3):
+    confs = [
+        PodResolvConf(pod, render([coredns.ip], kubernetes_search("shop"), ndots=5)) for pod in pods
+    ]
+    for _ in range(rounds):
+        for pod, conf in zip(pods, confs, strict=True):
             pod.run(conf.command(Pod.python("simnode.dns", "resolve", *names)), check=False)
+        time.sleep(pause_s)
 
 
 if __name__ == "__main__":
