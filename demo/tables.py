@@ -124,8 +124,13 @@ def dns_table(metrics: Sequence[DnsMetric]) -> str:
 
 
 def alerts_table(events: Sequence[AlertEvent]) -> str:
-    rows = [
-        [e.status, e.rule, e.severity, ", ".join(e.affected_workloads), str(e.evidence[:1])[:60]]
-        for e in events
-    ]
-    return render(["status", "rule", "severity", "workloads", "evidence"], rows)
+    rows = []
+    for e in events:
+        values = ", ".join(
+            f"{v:.3g}" if isinstance(v := ev.get("value"), float) else str(v) for ev in e.evidence
+        )
+        rows.append([e.status, e.rule, e.severity, e.metric, f"> {e.threshold:g}", values,
+                     ", ".join(e.affected_workloads)])  # fmt: skip
+    return render(
+        ["status", "rule", "severity", "metric", "threshold", "values", "workloads"], rows
+    )
