@@ -63,11 +63,18 @@ class MetadataFollower:
     def load(self, apply: ApplyFn, timeout_s: float = 60.0) -> int:
         """Assign every partition from the beginning and apply records up to the high
         watermarks taken now. Returns how many records were applied."""
-        metadata = self._consumer.list_topics(self._topic, timeout=timeout_s)
-        topic_md = metadata.topics.get(self._topic)
-        if topic_md is None or topic_md.error is not None:
-            err = topic_md.error if topic_md is not None else "absent"
-            raise MetadataReadError(f"metadata topic {self._topic} unavailable: {err}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            metadata = self._consumer.list_topics(self._topic, timeout=timeout_s)
+            topic_md = metadata.topics.get(self._topic)
+            if topic_md is not None and topic_md.error is None and topic_md.partitions:
+                break
+            # A topic created a moment ago (ensure_topics) is not in every broker's metadata
+            # yet: ask again until it is, or give up with the broker's answer.
+            if time.monotonic() > deadline:
+                err = topic_md.error if topic_md is not None else "absent"
+                raise MetadataReadError(f"metadata topic {self._topic} unavailable: {err}")
+            time.sleep(0.2)
         highs: dict[int, int] = {}
         for p in topic_md.partitions:
             low, high = self._consumer.get_watermark_offsets(
