@@ -126,11 +126,17 @@ def dns_table(metrics: Sequence[DnsMetric]) -> str:
 def alerts_table(events: Sequence[AlertEvent]) -> str:
     rows = []
     for e in events:
-        values = ", ".join(
-            f"{v:.3g}" if isinstance(v := ev.get("value"), float) else str(v) for ev in e.evidence
-        )
+        values = ", ".join(_evidence(ev) for ev in e.evidence)
         rows.append([e.status, e.rule, e.severity, e.metric, f"> {e.threshold:g}", values,
                      ", ".join(e.affected_workloads)])  # fmt: skip
     return render(
         ["status", "rule", "severity", "metric", "threshold", "values", "workloads"], rows
     )
+
+
+def _evidence(ev: dict[str, object]) -> str:
+    """``value (n=count)``: the rule's value in one window and how many records it is over."""
+    value = ev.get("value")
+    shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+    count = next((v for k, v in ev.items() if k in ("queries", "connections")), None)
+    return shown if count is None else f"{shown} (n={count})"
