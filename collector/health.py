@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import msgspec
 
+from collector.periodic import Periodic
 from flowscope.codec import JsonCodec
 
 log = logging.getLogger("collector.health")
@@ -107,22 +108,17 @@ class HealthReporter:
         self._produce = produce
         self._topic = topic
         self._node = node
-        self._interval = interval_s
-        self._clock = clock
-        self._started = clock()
-        self._next = self._started + interval_s
+        self._every = Periodic(interval_s, clock)
         self._codec = JsonCodec(CollectorHealth)
         self.sent = 0
 
     def tick(self, force: bool = False) -> None:
-        now = self._clock()
-        if not force and now < self._next:
+        if not self._every.due(force):
             return
-        self._next = now + self._interval
         record = CollectorHealth(
             node=self._node,
             time_ns=time.time_ns(),
-            uptime_s=round(now - self._started, 3),
+            uptime_s=round(self._every.last_s - self._every.started_s, 3),
             counters=self._counters(),
         )
         if self._produce(self._topic, self._codec.encode(record), self._node):

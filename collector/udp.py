@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Literal
 
 from collector.attribution import CgroupResolver
 from collector.events import Decoder
 from collector.libbpf import BpfObject
+from collector.periodic import Periodic
+from collector.programset import ProgramSet
 from flowscope.codec import JsonCodec
 from flowscope.records import RawUdpFlow
 
@@ -63,18 +64,17 @@ def decode_flow(decoder: Decoder, key: bytes, value: bytes) -> UdpFlow:
                    bytes_out, packets_out, bytes_in, packets_in)  # fmt: skip
 
 
-class UdpFlowSource:
+class UdpFlowSource(ProgramSet):
     """Loads ``udpflow.bpf.o`` and attaches it to the cgroup v2 root (every socket)."""
 
     def __init__(self, bpf_object: Path, cgroup_root: Path) -> None:
-        self._obj = BpfObject(bpf_object)
-        try:
-            self._gen = 0
-            self._obj.map_update("gen", _U32.pack(0), _U32.pack(0))
-            self._obj.attach_all_to_cgroup(cgroup_root)
-        except BaseException:
-            self._obj.close()
-            raise
+        self._gen = 0
+
+        def setup(obj: BpfObject) -> None:
+            obj.map_update("gen", _U32.pack(0), _U32.pack(0))
+            obj.attach_all_to_cgroup(cgroup_root)
+
+        super().__init__(BpfObject(bpf_object), setup)
 
     def flip(self) -> None:
         """Make the other map current."""
@@ -87,26 +87,8 @@ class UdpFlowSource:
     def drain_current(self) -> list[tuple[bytes, bytes]]:
         return self._obj.map_drain(FLOW_MAPS[self._gen], KEY_SIZE, VALUE_SIZE)
 
-    def program_ids(self) -> list[int]:
-        return self._obj.program_ids()
-
     def kernel_counters(self) -> dict[str, int]:
-        values = self._obj.percpu_u64_sums("udp_counters", len(COUNTER_NAMES))
-        return dict(zip(COUNTER_NAMES, values, strict=True))
-
-    def close(self) -> None:
-        self._obj.close()
-
-    def __enter__(self) -> UdpFlowSource:
-        return self
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        return self.percpu_counters("udp_counters", COUNTER_NAMES)
 
 
 @dataclass
@@ -135,19 +117,16 @@ class UdpReporter:
         self._produce = produce
         self._topic = topic
         self._node = node
-        self._interval = interval_s
-        self._clock = clock
+        self._every = Periodic(interval_s, clock)
         self._decoder = Decoder()
         self._codec = JsonCodec(RawUdpFlow)
-        self._next = clock() + interval_s
         # Wall-clock bounds of the windows held by each map: (start of previous, last flip).
         self._flips: list[int] = [time.time_ns()]
         self.stats = UdpStats()
 
     def tick(self) -> None:
-        if self._clock() < self._next:
+        if not self._every.due():
             return
-        self._next = self._clock() + self._interval
         if len(self._flips) >= 2:
             self._emit(self._source.drain_inactive(), self._flips[-2], self._flips[-1])
         self._source.flip()

@@ -1,0 +1,117 @@
+"""What the collector's BPF program sets (tcpconn, udpflow, dns) have in common.
+
+Each source owns one loaded :class:`BpfObject`: it sets it up and attaches it, reports its
+programs' ids and its per-CPU counters, and closes it, also when setting up fails half way.
+The ring-buffer sources (tcpconn, dns) also share their reader and counter layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+from collector.libbpf import BpfObject
+from collector.ringbuf import RecordBatch, RingBufferReader
+
+EVENTS_MAP: Final = "events"
+COUNTERS_MAP: Final = "counters"
+DEFAULT_TRACEFS: Final = Path("/sys/kernel/tracing")
+
+
+class ProgramSet:
+    """One loaded BPF object. Use it as a context manager, or call :meth:`close`."""
+
+    def __init__(self, obj: BpfObject, setup: Callable[[BpfObject], None]) -> None:
+        """``setup`` (fill maps, attach) runs once the object is owned here, so a failure
+        in it still closes everything."""
+        self._obj = obj
+        try:
+            setup(obj)
+        except BaseException:
+            self.close()
+            raise
+
+    def program_ids(self) -> list[int]:
+        return self._obj.program_ids()
+
+    def percpu_counters(self, map_name: str, names: Sequence[str]) -> dict[str, int]:
+        """A per-CPU u64 array summed over CPUs, by name (``names`` in index order)."""
+        return dict(zip(names, self._obj.percpu_u64_sums(map_name, len(names)), strict=True))
+
+    def close(self) -> None:
+        self._obj.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RingBufferSource(ProgramSet):
+    """A program set that sends events through the ring buffer map ``events`` and counts
+    in the per-CPU array ``counters``; reads its events in batches."""
+
+    def __init__(
+        self,
+        bpf_object: Path,
+        ringbuf_bytes: int | None,
+        rodata: bytes,
+        counter_names: Sequence[str],
+        attach: Callable[[BpfObject], None],
+        tracefs: Path = DEFAULT_TRACEFS,
+    ) -> None:
+        """``ringbuf_bytes``: the ring buffer's size (None or 0: as compiled in)."""
+        sizes = {EVENTS_MAP: ringbuf_bytes} if ringbuf_bytes else {}
+        obj = BpfObject(bpf_object, map_max_entries=sizes, tracefs=tracefs, rodata=rodata)
+        self._counter_names = counter_names
+        self._reader: RingBufferReader | None = None
+
+        def setup(obj: BpfObject) -> None:
+            self._reader = RingBufferReader(obj.map_fd(EVENTS_MAP), self.ringbuf_bytes)
+            attach(obj)
+
+        super().__init__(obj, setup)
+
+    @property
+    def ringbuf_bytes(self) -> int:
+        return self._obj.map_max_entries(EVENTS_MAP)
+
+    def program_names(self) -> list[str]:
+        return self._obj.program_names()
+
+    @property
+    def reader(self) -> RingBufferReader:
+        if self._reader is None:
+            raise RuntimeError("source is closed")
+        return self._reader
+
+    def wait(self, timeout_s: float) -> bool:
+        return self.reader.wait(timeout_s)
+
+    def read(self, max_records: int = 1 << 30) -> RecordBatch:
+        return self.reader.read(max_records)
+
+    def kernel_counters(self) -> dict[str, int]:
+        """The program's counters (summed over CPUs) and the kernel's recursion misses."""
+        counters = self.percpu_counters(COUNTERS_MAP, self._counter_names)
+        counters["recursion_misses"] = self._obj.recursion_misses()
+        return counters
+
+    def detach(self) -> None:
+        """Stop new events; what is in the ring buffer can still be read."""
+        self._obj.detach()
+
+    def close(self) -> None:
+        self._obj.detach()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._obj.close()
