@@ -44,8 +44,9 @@ from processors.alerts import AlertRule
 from processors.dns import NameGrouping, NameGroups
 from processors.dnsprocessor import DnsProcessor
 from processors.prices import PriceTable
-from processors.processor import ConnectionProcessor, Output, OutputKind, Source
+from processors.processor import ConnectionProcessor
 from processors.settings import ProcessorSettings
+from processors.stage import Output, OutputKind, Source, WindowedStage
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 DELIVERY_TIMEOUT_S = 30.0
 EXIT_SHUTDOWN_TIMEOUT = 1
 EXIT_DELIVERY_FAILED = 5
+# A message read but not acknowledged: (partition, newest window start or None, event).
+Pending = tuple[int, int | None, Any]
+AnyStage = WindowedStage[Any, Any, Any, Any]
 
 
 def build_processor(
@@ -143,18 +147,18 @@ def build_app(
         "dns": out(topics.metrics_dns),
     }
     deadletter_topic = out(topics.deadletter)
-    # Messages read but not acknowledged: (partition, newest window start or None, event).
-    pending: list[tuple[int, int | None, Any]] = []
-    dns_pending: list[tuple[int, int | None, Any]] = []
+    pending: list[Pending] = []
+    dns_pending: list[Pending] = []
     dead_futures: list[Any] = []
 
-    @app.agent(source, name="tcp_connections", concurrency=1)
-    async def aggregate(stream: faust.StreamT[bytes]) -> None:
+    async def consume(
+        stream: faust.StreamT[bytes], stage: AnyStage, waiting: list[Pending]
+    ) -> None:
         # noack: acknowledged by close_windows once the records' windows are published.
         async for event in stream.noack().events():  # type: ignore[attr-defined]
             message = event.message
             partition = message.partition
-            newest, dead = processor.handle(
+            newest, dead = stage.handle(
                 event.value,
                 Source(message.topic, partition, message.offset, message.key),
                 time.time_ns(),
@@ -162,25 +166,18 @@ def build_app(
             for letter in dead:
                 fut = await deadletter_topic.send(key=message.key, value=letter)
                 dead_futures.append(fut)
-            pending.append((partition, newest, event))
+            waiting.append((partition, newest, event))
+
+    @app.agent(source, name="tcp_connections", concurrency=1)
+    async def aggregate(stream: faust.StreamT[bytes]) -> None:
+        await consume(stream, processor, pending)
 
     @app.agent(dns_source, name="dns_queries", concurrency=1)
     async def aggregate_dns(stream: faust.StreamT[bytes]) -> None:
         # The same contract as the TCP agent: acknowledged once the window is published.
-        async for event in stream.noack().events():  # type: ignore[attr-defined]
-            message = event.message
-            partition = message.partition
-            newest, dead = dns.handle(
-                event.value,
-                Source(message.topic, partition, message.offset, message.key),
-                time.time_ns(),
-            )
-            for letter in dead:
-                fut = await deadletter_topic.send(key=message.key, value=letter)
-                dead_futures.append(fut)
-            dns_pending.append((partition, newest, event))
+        await consume(stream, dns, dns_pending)
 
-    async def publish(ready: list[Output], stage: ConnectionProcessor | DnsProcessor) -> None:
+    async def publish(ready: list[Output], stage: AnyStage) -> None:
         if not ready:
             return
         futures = [await outputs[o.kind].send(key=o.key, value=o.value) for o in ready]
@@ -255,9 +252,7 @@ def build_app(
     return app
 
 
-def _ack_published(
-    pending: list[tuple[int, int | None, Any]], is_closed: Callable[[int], bool]
-) -> None:
+def _ack_published(pending: list[Pending], is_closed: Callable[[int], bool]) -> None:
     """Acknowledge the messages whose newest window is published (or that needed none)."""
     keep = []
     for item in pending:

@@ -17,14 +17,12 @@ Rules, the same as for connections (processors/connections.py) where they apply:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from flowscope.records import DnsMetric, DnsServerClass, EnrichedDnsQuery
-from processors.connections import ConnectionCounters
-from processors.pairs import InvalidRecord
 from processors.sketch import DEFAULT_ALPHA, QuantileSketch
+from processors.windows import ClosedWindow, PartitionWindows
 
 # Answers that mean the server could not or would not resolve the name.
 FAILURE_RCODES = frozenset({"SERVFAIL", "REFUSED"})
@@ -111,12 +109,7 @@ class DnsCell:
     truncated: int = 0
 
 
-@dataclass(frozen=True)
-class ClosedDnsWindow:
-    partition: int
-    start_ns: int
-    end_ns: int
-    cells: dict[DnsCellKey, DnsCell]
+ClosedDnsWindow = ClosedWindow[DnsCellKey, DnsCell]
 
 
 def failure_reason(record: EnrichedDnsQuery) -> str | None:
@@ -131,7 +124,7 @@ def failure_reason(record: EnrichedDnsQuery) -> str | None:
     return None
 
 
-class DnsAggregator:
+class DnsAggregator(PartitionWindows[EnrichedDnsQuery, DnsCellKey, DnsCell]):
     """Tumbling windows of ``window_ns`` per partition, closed ``grace_ns`` after their end."""
 
     def __init__(
@@ -141,60 +134,23 @@ class DnsAggregator:
         alpha: float = DEFAULT_ALPHA,
         names: NameGroups | None = None,
     ) -> None:
-        if window_ns <= 0:
-            raise ValueError(f"window must be positive, got {window_ns} ns")
-        if grace_ns < 0:
-            raise ValueError(f"grace must be >= 0, got {grace_ns} ns")
-        self.window_ns = window_ns
-        self.grace_ns = grace_ns
-        self.alpha = alpha
+        super().__init__(window_ns, grace_ns, alpha)
         self.names = names or NameGroups()
-        self.counters = ConnectionCounters()
-        self._open: dict[tuple[int, int], dict[DnsCellKey, DnsCell]] = {}
-        self._records_in: dict[tuple[int, int], int] = {}
-        self._watermark_ns: int | None = None
-
-    @property
-    def watermark_ns(self) -> int | None:
-        return self._watermark_ns
-
-    def open_windows(self) -> list[tuple[int, int]]:
-        return sorted(self._open)
-
-    def pending_records(self) -> int:
-        return sum(self._records_in.values())
-
-    def is_closed(self, window_start_ns: int) -> bool:
-        return (
-            self._watermark_ns is not None
-            and window_start_ns + self.window_ns + self.grace_ns <= self._watermark_ns
-        )
 
     def add(self, partition: int, record: EnrichedDnsQuery) -> int | None:
         """Aggregate one record. Returns its window's start, or None when it was skipped
         (duplicate end, or late). Raises InvalidRecord and changes nothing if unusable."""
-        counters = self.counters
         latency = record.latency_us
         if (latency is not None and latency < 0) or record.attempts < 1 or record.time_ns < 0:
-            counters.rejected += 1
-            raise InvalidRecord(
+            raise self._reject(
                 f"negative latency, time or attempts: latency_us={latency} "
                 f"time_ns={record.time_ns} attempts={record.attempts}"
             )
-        counters.records += 1
-        if record.observer_role != "client" and record.client_observed:
-            counters.duplicates_skipped += 1
+        duplicate = record.observer_role != "client" and record.client_observed
+        window = self._cells(partition, record.time_ns, duplicate)
+        if window is None:
             return None
-        t = record.time_ns
-        start = t - t % self.window_ns
-        if self.is_closed(start):
-            counters.late_dropped += 1
-            return None
-        slot = (partition, start)
-        cells = self._open.get(slot)
-        if cells is None:
-            cells = self._open[slot] = {}
-            self._records_in[slot] = 0
+        start, cells = window
         server = record.server
         key = DnsCellKey(
             record.client.workload_key(),
@@ -228,33 +184,7 @@ class DnsAggregator:
         cell.retransmissions += record.attempts - 1
         if record.response_truncated:
             cell.truncated += 1
-        self._records_in[slot] += 1
-        counters.counted += 1
-        return start
-
-    def close_ready(self, watermark_ns: int) -> list[ClosedDnsWindow]:
-        """Every open (partition, window) with ``end + grace <= watermark``, oldest first."""
-        if self._watermark_ns is None or watermark_ns > self._watermark_ns:
-            self._watermark_ns = watermark_ns
-        ready = sorted(
-            (slot for slot in self._open if self.is_closed(slot[1])), key=lambda s: (s[1], s[0])
-        )
-        closed = []
-        for slot in ready:
-            cells = self._open.pop(slot)
-            del self._records_in[slot]
-            self.counters.windows_closed += 1
-            closed.append(ClosedDnsWindow(slot[0], slot[1], slot[1] + self.window_ns, cells))
-        return closed
-
-    def drop_partitions(self, partitions: Iterable[int]) -> int:
-        gone = set(partitions)
-        dropped = 0
-        for slot in [s for s in self._open if s[0] in gone]:
-            del self._open[slot]
-            dropped += self._records_in.pop(slot)
-        self.counters.dropped_on_revoke += dropped
-        return dropped
+        return self._counted(partition, start)
 
 
 def dns_id(start_ns: int, partition: int, key: DnsCellKey) -> str:

@@ -24,7 +24,7 @@ class ProcessorSettings:
     window_s: float = 10.0
     grace_s: float = 5.0
     # How far the watermark may trail wall-clock time when the stream is quiet or uniformly
-    # behind (see processors.pairs.Watermark).
+    # behind (see processors.windows.PartitionWatermark).
     idle_allowance_s: float = 10.0
     # Also the Kafka consumer group: workers with the same id share the partitions.
     app_id: str = "flowscope-tcp-pairs"

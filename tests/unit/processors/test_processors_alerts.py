@@ -11,7 +11,8 @@ from flowscope.codec import JsonCodec
 from flowscope.records import AlertEvent
 from processors.alerts import AlertEvaluator, AlertRule, AlertRuleError, load_rules, parse_rules
 from processors.prices import load_price_table
-from processors.processor import ConnectionProcessor, Source
+from processors.processor import ConnectionProcessor
+from processors.stage import Source
 
 REPO = Path(__file__).resolve().parents[3]
 W = 10 * S

@@ -18,7 +18,8 @@ from processors.alerts import AlertRule, load_rules
 from processors.dns import DnsAggregator, NameGroups, dns_metrics, failure_reason
 from processors.dnsprocessor import DnsProcessor
 from processors.prices import load_price_table
-from processors.processor import ConnectionProcessor, Source
+from processors.processor import ConnectionProcessor
+from processors.stage import Source
 
 REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000

@@ -10,8 +10,9 @@ from flowscope.codec import JsonCodec
 from flowscope.records import DeadLetter, EnrichedTcpConnection, TcpPairMetric
 from processors.__main__ import main
 from processors.prices import load_price_table
-from processors.processor import ConnectionProcessor, Source
+from processors.processor import ConnectionProcessor
 from processors.settings import ProcessorSettings, SettingsError
+from processors.stage import Source
 
 REPO = Path(__file__).resolve().parents[3]
 
