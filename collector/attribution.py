@@ -99,8 +99,10 @@ def walk_cgroup_tree(root: Path) -> dict[int, str]:
 class CgroupResolver:
     """cgroup id -> :class:`CgroupInfo`, cached; walks the tree again on a miss.
 
-    A miss walks at most once per ``min_walk_interval_s``: a burst of events from a pod that
-    is already gone must not turn into a burst of tree walks.
+    A miss walks the tree again at most once per ``min_walk_interval_s`` *per cgroup id*: a
+    burst of events from a pod that is already gone must not turn into a burst of walks, but a
+    pod created just after another pod's walk must still be found (a global limit turned its
+    first records into "host").
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class CgroupResolver:
         self._paths: dict[int, str] = {}
         self._infos: dict[int, CgroupInfo] = {}
         self._last_walk = float("-inf")
+        self._missed: dict[int, float] = {}  # cgroup id -> when a walk last failed to find it
         self.stats = ResolverStats()
 
     def refresh(self) -> None:
@@ -136,9 +139,15 @@ class CgroupResolver:
         if info is not None:
             return info
         path = self._paths.get(cgroup_id)
-        if path is None and self._clock() - self._last_walk >= self._min_interval:
-            self.refresh()
-            path = self._paths.get(cgroup_id)
+        if path is None:
+            now = self._clock()
+            if now - self._missed.get(cgroup_id, float("-inf")) >= self._min_interval:
+                self.refresh()
+                path = self._paths.get(cgroup_id)
+                if path is None:
+                    if len(self._missed) >= self._max_cached:
+                        self._missed.clear()
+                    self._missed[cgroup_id] = now
         if path is None:
             self.stats.misses += 1
             return CgroupInfo(None, None, None)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ipaddress
 import logging
+import os
 import secrets
 import signal
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -78,6 +81,10 @@ class Cluster:
             for s in specs
         }
         self.pods: dict[str, Pod] = {}
+        # Pods removed by delete_pod, oldest first; their metadata carries the deletion time.
+        self.deleted_pods: list[Pod] = []
+        # Host veth names are numbered by this counter, not by len(pods): pods come and go.
+        self._pods_made = 0
         self.services: dict[str, ServiceMeta] = {}
         self.created = rfc3339_now()
         self._template_hashes: dict[tuple[str, str], str] = {}
@@ -183,11 +190,14 @@ class Cluster:
         qos: cgroup.QosClass = "besteffort",
         container: str | None = None,
         image: str = "simnode/python:latest",
+        ip: str | None = None,
     ) -> Pod:
         """Create a running pod on ``node``, owned by ReplicaSet ``<deployment>-<hash>``.
 
         ``deployment=None`` makes a bare pod (no owner); then ``name`` is required. Labels
         default to ``{"app": deployment}``; ``pod-template-hash`` is added for deployments.
+        ``ip`` asks for a given address of the pod CIDR (e.g. one a deleted pod released, to
+        reuse it); it must not be held by a live pod. By default the next free one is taken.
         """
         if not self._started or self._closed:
             raise SimNodeError("add_pod needs a started cluster (use it as a context manager)")
@@ -208,13 +218,18 @@ class Cluster:
             raise SimNodeError("a bare pod (deployment=None) needs a name")
         if name in self.pods:
             raise SimNodeError(f"pod {name!r} exists already")
+        pod_ip = (
+            claim_ip(self._pod_ips, ip, self.pod_network, {p.ip for p in self.pods.values()})
+            if ip is not None
+            else str(self._next_ip(self._pod_ips, "pod"))
+        )
         meta = PodMeta(
             name=name,
             namespace=namespace,
             uid=str(uuid.uuid4()),
             labels=pod_labels,
             node=self.nodes[node],
-            ip=str(self._next_ip(self._pod_ips, "pod")),
+            ip=pod_ip,
             container_name=container or deployment or name,
             container_id=secrets.token_hex(32),
             image=image,
@@ -223,7 +238,8 @@ class Cluster:
             deployment=deployment,
             template_hash=template_hash,
         )
-        index = len(self.pods)
+        index = self._pods_made
+        self._pods_made += 1
         pod = Pod(
             meta,
             netns=netns_name(self.run_id, name),
@@ -238,6 +254,44 @@ class Cluster:
         pod.mac = network.plug_pod(
             pod.netns, pod.host_veth, self.bridge, f"{meta.ip}/{self.pod_network.prefixlen}"
         )
+        return pod
+
+    def delete_pod(self, name: str) -> Pod:
+        """Delete a pod as the kubelet would: kill its processes, remove its netns (eth0 and
+        the veth pair go with it) and its cgroups, and release its IP for reuse.
+
+        The pod moves to ``deleted_pods`` with ``meta.deletion_time`` set; ``objects(
+        include_deleted=True)`` still lists it as a terminating pod. Returns it.
+        """
+        if not self._started or self._closed:
+            raise SimNodeError("delete_pod needs a started cluster")
+        pod = self.pods.get(name)
+        if pod is None:
+            raise SimNodeError(f"no live pod {name!r}; pods are {sorted(self.pods)}")
+        pod.kill_all()
+        pod_cgroup = pod.cgroup_dir.parent  # .../pod<uid>: the container dir's parent
+        cgroup.kill_tree(pod_cgroup)
+        problems: list[str] = []
+        if not cgroup.wait_empty(pod_cgroup, 5.0):
+            problems.append(f"processes still in {pod_cgroup}: {cgroup.procs(pod_cgroup)}")
+        # A process that entered the netns some other way would keep it (and its IP) alive.
+        for pid in network.netns_pids(pod.netns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if (err := network.delete_netns(pod.netns)) is not None:
+            problems.append(err)
+        if (err := network.delete_link(pod.host_veth)) is not None:
+            problems.append(err)
+        problems += cgroup.remove_tree(pod_cgroup)
+        pod.reap()
+        if problems:
+            # The pod stays in ``pods`` so that close() tries again.
+            raise SimNodeError(f"deleting pod {name!r} left: {problems}")
+        del self.pods[name]
+        pod.meta = replace(pod.meta, deletion_time=rfc3339_now())
+        self.deleted_pods.append(pod)
+        # Back of the queue: like a real IPAM, a released address is the last to be reused.
+        self._pod_ips.append(ipaddress.IPv4Address(pod.ip))
         return pod
 
     def add_service(
@@ -277,24 +331,57 @@ class Cluster:
     def pod(self, name: str) -> Pod:
         return self.pods[name]
 
-    def objects(self, *, include_workloads: bool = True) -> dict[str, Any]:
-        """The cluster as a ``kind: List`` of Kubernetes objects (see ``simnode.objects``)."""
+    def objects(
+        self, *, include_workloads: bool = True, include_deleted: bool = False
+    ) -> dict[str, Any]:
+        """The cluster as a ``kind: List`` of Kubernetes objects (see ``simnode.objects``).
+
+        ``include_deleted`` also lists the pods ``delete_pod`` removed, as terminating pods
+        (with their ``deletionTimestamp``): what a publisher needs to end their IP intervals.
+        """
+        deleted = [p.meta for p in self.deleted_pods] if include_deleted else []
         return objects.cluster_objects(
             list(self.nodes.values()),
-            [p.meta for p in self.pods.values()],
+            deleted + [p.meta for p in self.pods.values()],
             list(self.services.values()),
             created=self.created,
             salt=self.run_id,
             include_workloads=include_workloads,
         )
 
-    def write_objects(self, path: Path, *, include_workloads: bool = True) -> Path:
+    def write_objects(
+        self, path: Path, *, include_workloads: bool = True, include_deleted: bool = False
+    ) -> Path:
         """Write the objects as YAML (what ``kubectl get -o yaml`` prints); returns ``path``.
 
         ``include_workloads=False`` leaves out Deployments, ReplicaSets and EndpointSlices
-        (Pods, Nodes and Services only).
+        (Pods, Nodes and Services only); ``include_deleted`` see ``objects``.
         """
-        return objects.write_yaml(self.objects(include_workloads=include_workloads), path)
+        return objects.write_yaml(
+            self.objects(include_workloads=include_workloads, include_deleted=include_deleted),
+            path,
+        )
+
+
+def claim_ip(
+    free: list[ipaddress.IPv4Address],
+    ip: str,
+    network: ipaddress.IPv4Network,
+    in_use: set[str],
+) -> str:
+    """Take ``ip`` for a new pod: it must be a host address of ``network`` that no live pod
+    holds. It leaves ``free`` (if there) so that no later pod gets it by default."""
+    try:
+        addr = ipaddress.IPv4Address(ip)
+    except ValueError as exc:
+        raise SimNodeError(f"not an IPv4 address: {ip!r}") from exc
+    if addr not in network or addr in (network.network_address, network.broadcast_address):
+        raise SimNodeError(f"{ip} is not a host address of the pod network {network}")
+    if str(addr) in in_use:
+        raise SimNodeError(f"{ip} is held by a live pod; delete it first")
+    if addr in free:
+        free.remove(addr)
+    return str(addr)
 
 
 def _random_block_hosts(net: ipaddress.IPv4Network) -> list[ipaddress.IPv4Address]:

@@ -35,6 +35,11 @@ def plug_pod(netns: str, host_veth: str, bridge: str, address_cidr: str) -> str:
     run(["ip", "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
     run(["ip", "link", "set", host_veth, "master", bridge, "up"])
     run(["ip", "-n", netns, "addr", "add", address_cidr, "dev", "eth0"])
+    # A gratuitous ARP when eth0 comes up (as CNI plugins send): when the address was a
+    # deleted pod's, the other pods' neighbour entries move to the new MAC at once instead of
+    # blackholing connections to it until they expire.
+    run(["nsenter", f"--net={netns_path(netns)}", "--", "sh", "-c",
+         "echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_notify"])
     run(["ip", "-n", netns, "link", "set", "eth0", "up"])
     shown = json.loads(run(["ip", "-j", "-n", netns, "link", "show", "eth0"]))
     return str(shown[0]["address"])

@@ -71,6 +71,10 @@ def pod_object(pod: PodMeta, salt: str) -> Obj:
         "creationTimestamp": pod.start_time,
         "labels": dict(pod.labels),
     }
+    if pod.deletion_time is not None:
+        # What `kubectl delete --grace-period=0` leaves until the object is gone.
+        metadata["deletionTimestamp"] = pod.deletion_time
+        metadata["deletionGracePeriodSeconds"] = 0
     rs = pod.replicaset
     if rs is not None:
         metadata["generateName"] = f"{rs}-"
@@ -226,13 +230,16 @@ def cluster_objects(
 ) -> Obj:
     """A ``kind: List`` holding every object, in the order kubectl would list them."""
     items: list[Obj] = [node_object(n, created) for n in nodes]
+    # Deleted (terminating) pods are written as pods, but no longer count as replicas or
+    # serve as endpoints.
+    live = [p for p in pods if p.deletion_time is None]
     if include_workloads:
-        items += workload_objects(pods, salt)
+        items += workload_objects(live, salt)
     items += [pod_object(p, salt) for p in pods]
     for svc in services:
         items.append(service_object(svc))
         if include_workloads:
-            items.append(endpoint_slice_object(svc, pods, salt))
+            items.append(endpoint_slice_object(svc, live, salt))
     return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
             "items": items}
 

@@ -61,6 +61,9 @@ class PodMeta:
     start_time: str  # RFC 3339, UTC, seconds
     deployment: str | None  # None: a bare pod with no owner
     template_hash: str | None
+    # RFC 3339, UTC, seconds: set once the pod was deleted (Cluster.delete_pod). A deleted pod
+    # still written out is a terminating one, as the API server shows it until it is gone.
+    deletion_time: str | None = None
 
     @property
     def replicaset(self) -> str | None:

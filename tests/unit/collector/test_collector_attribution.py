@@ -105,11 +105,21 @@ def test_resolver_rate_limits_walks_and_counts_misses() -> None:
     resolver.refresh()
     for _ in range(100):
         assert resolver.resolve(99).path is None
-    assert tree.walks == 1  # the burst did not walk the tree 100 times
+    assert tree.walks == 2  # one walk for the unknown id, not 100 for the burst
     assert resolver.stats.misses == 100
     clock.now += 2
     resolver.resolve(99)
-    assert tree.walks == 2
+    assert tree.walks == 3
+
+
+def test_a_pod_created_just_after_another_walk_is_still_found() -> None:
+    tree = FakeTree({1: "/"})
+    clock = FakeClock()
+    resolver = CgroupResolver(Path("/cg"), min_walk_interval_s=1.0, walk=tree, clock=clock)
+    assert resolver.resolve(98).path is None  # a gone pod's id: walks, misses
+    tree.tree[40] = f"/kubepods/besteffort/pod{UID}/{CID}"  # a new pod, 10 ms later
+    clock.now += 0.01
+    assert resolver.resolve(40).pod_uid == UID  # not turned into "host" by the last walk
 
 
 def test_resolver_keeps_answers_for_removed_cgroups() -> None:
