@@ -79,7 +79,8 @@ class ProducerCounters:
 class RecordProducer:
     """A confluent-kafka producer that never blocks forever and never loses a record silently."""
 
-    POLL_EVERY = 256  # records between two polls for delivery reports
+    POLL_EVERY = 256  # messages between two polls for delivery reports
+    POLL_INTERVAL_S = 0.5  # ... or this long, whichever comes first
 
     def __init__(
         self,
@@ -93,6 +94,7 @@ class RecordProducer:
         self._producer = Producer(config)
         self._buffer_full_wait_s = buffer_full_wait_s
         self._since_poll = 0
+        self._last_poll = time.monotonic()
         self.counters = ProducerCounters()
 
     def _on_delivery(self, err: KafkaError | None, msg: Message, records: int = 1) -> None:
@@ -126,11 +128,14 @@ class RecordProducer:
             return self._produce_when_full(topic, value, key, headers, records)
         self.counters.produced += 1
         self.counters.records_produced += records
-        # Delivery reports pile up until poll() serves them; serving them every few hundred
-        # records keeps that bounded without a poll call (about 1 µs) on every record.
+        # Delivery reports pile up (and counters lag) until poll() serves them: serve them
+        # every few hundred messages, or when the last poll is older than POLL_INTERVAL_S so
+        # a slow producer's counters stay current, without a poll call (~1 µs) per message.
         self._since_poll += 1
-        if self._since_poll >= self.POLL_EVERY:
+        now = time.monotonic()
+        if self._since_poll >= self.POLL_EVERY or now - self._last_poll >= self.POLL_INTERVAL_S:
             self._since_poll = 0
+            self._last_poll = now
             self._producer.poll(0)
         return True
 

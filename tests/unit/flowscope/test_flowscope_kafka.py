@@ -3,6 +3,8 @@ what fills up, exactly as when the real broker is away."""
 
 from __future__ import annotations
 
+import time
+
 from flowscope.kafka import RecordProducer
 
 
@@ -37,3 +39,12 @@ def test_batch_messages_are_counted_in_records_too() -> None:
     c = producer.counters
     assert (c.produced, c.records_produced) == (2, 4)
     assert (c.delivery_failed, c.records_delivery_failed) == (2, 4)
+
+
+def test_delivery_reports_are_served_without_an_explicit_poll() -> None:
+    """A slow producer (a few messages, no poll() by its caller) still sees its counters move."""
+    producer = RecordProducer("127.0.0.1:1", {"message.timeout.ms": 200, "log_level": 0})
+    producer.produce("t", b"x")
+    time.sleep(1.5)  # past the message timeout (checked about every second) and the interval
+    producer.produce("t", b"y")  # this call serves the first message's report
+    assert producer.counters.delivery_failed >= 1
