@@ -12,7 +12,13 @@ from msgspec.structs import replace
 from enricher.classify import AddressClassifier
 from enricher.index import MetadataIndex, Resolved, canonical_ip
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
-from flowscope.records import Endpoint, EnrichedTcpConnection, PeerClass, RawTcpConnection
+from flowscope.records import (
+    Attribution,
+    Endpoint,
+    EnrichedTcpConnection,
+    PeerClass,
+    RawTcpConnection,
+)
 
 # Ends that a flowscope collector runs beside (the DaemonSet covers every node), so a
 # connection they opened is reported by their own collector too.
@@ -120,14 +126,18 @@ def local_template(raw: RawTcpConnection, state: MetadataIndex) -> Endpoint:
             zone=node.zone if node else None,
             region=node.region if node else None,
         )
-    key = "host\0" + raw.node
+    # No pod uid: a host process, when the collector found the socket's cgroup and it is not
+    # a pod's. When it found no cgroup at all (the cgroup was already removed, or the kernel
+    # gave none), the owner is unknown: saying "host" would be a wrong answer.
+    attribution: Attribution = "host" if raw.cgroup_path is not None else "unresolved"
+    key = attribution + "\0" + raw.node
     template = state.templates.get(key)
     if template is None:
         node = state.node(raw.node)
         template = state.templates[key] = Endpoint(
             address="",
             port=0,
-            attribution="host",
+            attribution=attribution,
             node=raw.node,
             zone=node.zone if node else None,
             region=node.region if node else None,

@@ -27,6 +27,7 @@ from typing import NamedTuple, Protocol
 from msgspec.structs import replace
 
 from flowscope.records import (
+    Attribution,
     DnsServerClass,
     Endpoint,
     EnrichedDnsQuery,
@@ -100,8 +101,10 @@ def _local(raw: RawDnsQuery, lookups: DnsLookups) -> Endpoint:
                 node=raw.node, zone=zone, region=region,
             )  # fmt: skip
     else:
+        # No cgroup found (already removed): the owner is unknown, not the host.
+        attribution: Attribution = "host" if raw.cgroup_path is not None else "unresolved"
         base = Endpoint(
-            address="", port=0, attribution="host", node=raw.node, zone=zone, region=region
+            address="", port=0, attribution=attribution, node=raw.node, zone=zone, region=region
         )
     return replace(
         base,

@@ -57,3 +57,11 @@ def test_upstream_server_on_the_internet() -> None:
     out = join_dns(_query(remote_addr="8.8.8.8"), lookups)
     assert out.server_class == "upstream" and out.peer_class == "internet"
     assert out.server.attribution == "external"
+
+
+def test_host_process_and_unknown_owner_are_told_apart() -> None:
+    lookups = IndexDnsLookups(_state(), AddressClassifier(parse_cidrs("10.244.0.0/16", "c")))
+    host = join_dns(_query(pod_uid=None, cgroup_path="/system.slice/nscd.service"), lookups)
+    assert (host.client.attribution, host.client.zone) == ("host", "zb")
+    gone = join_dns(_query(pod_uid=None, cgroup_path=None), lookups)  # cgroup not found
+    assert gone.client.attribution == "unresolved"

@@ -212,6 +212,13 @@ def test_host_process_is_named_by_the_collectors_node(state: MetadataState) -> N
     assert out.peer_class == "cross_zone"
 
 
+def test_socket_whose_cgroup_was_not_found_is_unresolved_not_host(state: MetadataState) -> None:
+    """The collector found no cgroup (already removed): the owner is unknown, not the host."""
+    out = enrich(raw(pod_uid=None, container_id=None, cgroup_path=None), state)
+    assert out.client.attribution == "unresolved"
+    assert (out.client.node, out.client.zone) == ("node-a", "z-a")
+
+
 def test_pod_uid_without_metadata_is_unresolved_not_host(state: MetadataState) -> None:
     out = enrich(raw(pod_uid="nobody"), state)
     assert out.client.attribution == "unresolved"

@@ -104,6 +104,7 @@ LOCALS: list[dict[str, Any]] = [
     {"pod_uid": None, "container_id": None, "local_addr": "192.168.1.1"},  # host process
     {"pod_uid": "no-such-uid"},  # pod without metadata yet
     {"node": "node-z", "pod_uid": None},  # a node without metadata
+    {"pod_uid": None, "container_id": None, "cgroup_path": None},  # cgroup not found
     {"pid": 0, "comm": "", "container_id": None},
     {"comm": 'we"ird\\name\u00e9\n'},
     {"connect_latency_us": None, "family": 6, "local_addr": "fd00::1"},
