@@ -13,10 +13,9 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import msgspec
-
 from collector.periodic import Periodic
 from flowscope.codec import JsonCodec
+from flowscope.records import CollectorHealth
 
 log = logging.getLogger("collector.health")
 
@@ -24,16 +23,6 @@ Counters = Callable[[], dict[str, int]]
 
 # Values that are levels, not running totals (Prometheus gauges, no _total suffix).
 GAUGES = frozenset({"in_flight"})
-
-
-class CollectorHealth(msgspec.Struct, frozen=True, kw_only=True):
-    """One collector's counters at one time (topic ``<prefix>.collector.health``)."""
-
-    v: int = 1
-    node: str
-    time_ns: int
-    uptime_s: float
-    counters: dict[str, int]
 
 
 def prometheus_text(counters: dict[str, int], prefix: str = "flowscope_collector") -> str:

@@ -156,7 +156,7 @@ class Settings:
 
     @property
     def health_topic(self) -> str:
-        return f"{self.topic_prefix}.collector.health"
+        return Topics(self.topic_prefix).collector_health
 
 
 def parse_kafka_options(items: Sequence[str]) -> dict[str, str]:

@@ -463,3 +463,15 @@ class DnsMetric(msgspec.Struct, frozen=True, kw_only=True):
     latency_p90_us: float | None
     latency_p99_us: float | None
     latency_sketch: dict[str, object] | None
+
+
+class CollectorHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """One collector's counters at one time: every loss it can count (kernel ring buffer,
+    decode errors, Kafka buffer full, delivery failures, in records) beside its throughput
+    counters; the same numbers as its Prometheus endpoint."""
+
+    v: int = 1
+    node: str
+    time_ns: int
+    uptime_s: float
+    counters: dict[str, int]

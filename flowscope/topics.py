@@ -77,3 +77,8 @@ class Topics:
     def deadletter(self) -> str:
         """Records any stage could not handle, with the reason. Never silently dropped."""
         return f"{self.prefix}.deadletter"
+
+    @property
+    def collector_health(self) -> str:
+        """Each collector's counters, periodically (flowscope.records.CollectorHealth)."""
+        return f"{self.prefix}.collector.health"

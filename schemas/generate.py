@@ -26,6 +26,7 @@ import msgspec
 from flowscope import SCHEMA_VERSION
 from flowscope.records import (
     AlertEvent,
+    CollectorHealth,
     CostPairMetric,
     CostRollupMetric,
     DeadLetter,
@@ -76,6 +77,7 @@ PUBLISHED: tuple[PublishedSchema, ...] = (
     PublishedSchema(DeadLetter, _TOPICS.deadletter),
     PublishedSchema(RawDnsQuery, _TOPICS.raw_dns),
     PublishedSchema(RawUdpFlow, _TOPICS.raw_udp),
+    PublishedSchema(CollectorHealth, _TOPICS.collector_health),
     PublishedSchema(TcpLatencyMetric, _TOPICS.metrics_tcp_latency),
     PublishedSchema(CostPairMetric, _TOPICS.metrics_cost_pairs),
     PublishedSchema(CostRollupMetric, _TOPICS.metrics_cost_rollups),

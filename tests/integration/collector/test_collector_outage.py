@@ -24,12 +24,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from collector.health import CollectorHealth
 from collector.settings import REPO_ROOT
 from devbroker import Broker
 from flowscope.codec import JsonCodec
 from flowscope.kafka import TopicSpec, ensure_topics
-from flowscope.records import RawTcpConnection
+from flowscope.records import CollectorHealth, RawTcpConnection
 from flowscope.topics import Topics
 
 PER_PHASE = 40
@@ -113,7 +112,7 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
     built = subprocess.run(["make", "-C", str(REPO_ROOT / "bpf")], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     bootstrap = own_broker.bootstrap
-    health_topic = f"{topics.prefix}.collector.health"
+    health_topic = topics.collector_health
     ensure_topics(bootstrap, [TopicSpec(topics.raw_tcp), TopicSpec(health_topic)])
     metrics_port = _free_port()
     env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": bootstrap,
