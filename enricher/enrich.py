@@ -12,6 +12,7 @@ from msgspec.structs import replace
 from enricher.classify import AddressClassifier
 from enricher.index import MetadataIndex, Resolved, canonical_ip
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
+from flowscope.locality import is_unnamed, zone_class
 from flowscope.records import (
     Attribution,
     Endpoint,
@@ -205,14 +206,10 @@ def peer_class(
     remote_addr: str | None = None,
 ) -> PeerClass:
     """``remote_addr`` stands in for ``remote.address`` when ``remote`` is a template."""
-    if remote.workload_kind is None and remote.attribution in ("unresolved", "external"):
+    if is_unnamed(remote):
         addr = remote.address if remote_addr is None else remote_addr
         return classifier.peer_class(classifier.classify(addr))
-    if local.region is not None and remote.region is not None and local.region != remote.region:
-        return "cross_region"
-    if local.zone is not None and remote.zone is not None:
-        return "same_zone" if local.zone == remote.zone else "cross_zone"
-    return "unknown"
+    return zone_class(local.region, local.zone, remote.region, remote.zone)
 
 
 def missing_key(

@@ -32,11 +32,11 @@ from enricher.enrich import (
     enrich,
     local_template,
     missing_key,
-    peer_class,
     template_of,
 )
 from enricher.index import MetadataIndex, canonical_ip
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
+from flowscope.locality import zone_class
 from flowscope.records import Endpoint, EnrichedTcpConnection, PeerClass, RawTcpConnection
 
 _HEAD = b'{"address":"","port":0,'
@@ -127,18 +127,15 @@ _WHERE: dict[tuple[str | None, str | None], tuple[str | None, str | None]] = {}
 _ADDRESS_PEER = {c: c.encode() for c in get_args(PeerClass)}
 # (local (region, zone), remote (region, zone)) -> peer class: few distinct pairs (zones).
 _LOCALITY: dict[tuple[tuple[str | None, str | None], tuple[str | None, str | None]], bytes] = {}
-_NAMED_SAMPLE = Endpoint(address="", port=0, attribution="pod")
 
 
 def _locality(local: tuple[str | None, str | None], remote: tuple[str | None, str | None]) -> bytes:
-    """The peer class of two named ends, from their regions and zones (enrich.peer_class)."""
+    """The peer class of two named ends from their (region, zone), cached as JSON bytes."""
     found = _LOCALITY.get((local, remote))
     if found is None:
         if len(_LOCALITY) >= 4096:
             _LOCALITY.clear()  # zones are few; this only guards against odd metadata
-        a = replace(_NAMED_SAMPLE, region=local[0], zone=local[1])
-        b = replace(_NAMED_SAMPLE, region=remote[0], zone=remote[1])
-        found = _LOCALITY[(local, remote)] = peer_class(a, b).encode()
+        found = _LOCALITY[(local, remote)] = zone_class(*local, *remote).encode()
     return found
 
 

@@ -26,6 +26,7 @@ from typing import NamedTuple, Protocol
 
 from msgspec.structs import replace
 
+from flowscope.locality import is_unnamed, zone_class
 from flowscope.records import (
     Attribution,
     DnsServerClass,
@@ -144,13 +145,9 @@ def _peer_class(
     client: Endpoint, server: Endpoint, remote: Endpoint, classify: Callable[[str], PeerClass]
 ) -> PeerClass:
     """The same rule as the TCP join: unnamed remote ends by address, else zones/regions."""
-    if remote.workload_kind is None and remote.attribution in ("unresolved", "external"):
+    if is_unnamed(remote):
         return classify(remote.address)
-    if client.region is not None and server.region is not None and client.region != server.region:
-        return "cross_region"
-    if client.zone is not None and server.zone is not None:
-        return "same_zone" if client.zone == server.zone else "cross_zone"
-    return "unknown"
+    return zone_class(client.region, client.zone, server.region, server.zone)
 
 
 def enrich_dns(
