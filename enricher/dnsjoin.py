@@ -21,7 +21,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message
 
 from enricher.classify import AddressClassifier
-from enricher.enrich import _node_template, _pod_template, template_of
+from enricher.enrich import node_template, pod_template, template_of
 from enricher.follower import MetadataFollower
 from enricher.index import MetadataIndex
 from enricher.metadata import ServiceMeta
@@ -53,11 +53,11 @@ class IndexDnsLookups:
 
     def pod_endpoint(self, uid: str) -> Endpoint | None:
         pod = self._state.pods.get(uid)
-        return None if pod is None else _pod_template(pod, self._state)
+        return None if pod is None else pod_template(pod, self._state)
 
     def node_endpoint(self, name: str) -> Endpoint | None:
         node = self._state.node(name)
-        return None if node is None else _node_template(node, self._state)
+        return None if node is None else node_template(node, self._state)
 
     def endpoint_at(self, addr: str, t_ns: int) -> Endpoint | None:
         found = self._state.lookup(addr, t_ns)

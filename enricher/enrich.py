@@ -41,7 +41,7 @@ COPIED_FIELDS = _copied_fields()
 DEFAULT_CLASSIFIER = AddressClassifier()
 
 
-def _pod_template(pod: PodMeta, state: MetadataIndex) -> Endpoint:
+def pod_template(pod: PodMeta, state: MetadataIndex) -> Endpoint:
     template = state.templates.get(pod.uid)
     if template is not None:
         return template
@@ -72,7 +72,7 @@ def _pod_template(pod: PodMeta, state: MetadataIndex) -> Endpoint:
     return template
 
 
-def _node_template(node: NodeMeta, state: MetadataIndex) -> Endpoint:
+def node_template(node: NodeMeta, state: MetadataIndex) -> Endpoint:
     key = "node\0" + node.name
     template = state.templates.get(key)
     if template is None:
@@ -87,7 +87,7 @@ def _node_template(node: NodeMeta, state: MetadataIndex) -> Endpoint:
     return template
 
 
-def _service_template(svc: ServiceMeta, state: MetadataIndex) -> Endpoint:
+def service_template(svc: ServiceMeta, state: MetadataIndex) -> Endpoint:
     key = f"svc\0{svc.namespace}\0{svc.name}"
     template = state.templates.get(key)
     if template is None:
@@ -115,7 +115,7 @@ def local_template(raw: RawTcpConnection, state: MetadataIndex) -> Endpoint:
     if uid is not None:
         pod = state.pods.get(uid)
         if pod is not None:
-            return _pod_template(pod, state)
+            return pod_template(pod, state)
         # A pod uid with no metadata yet is a pod we cannot name: not the host.
         node = state.node(raw.node)
         return Endpoint(
@@ -163,10 +163,10 @@ def template_of(
         # Outside every cluster we have metadata for: a known kind of peer, not a failure.
         return EXTERNAL if cls == "internet" or cls == "other_cluster" else UNRESOLVED
     if isinstance(found, PodMeta):
-        return _pod_template(found, state)
+        return pod_template(found, state)
     if isinstance(found, NodeMeta):
-        return _node_template(found, state)
-    return _service_template(found, state)
+        return node_template(found, state)
+    return service_template(found, state)
 
 
 def local_endpoint(raw: RawTcpConnection, state: MetadataIndex) -> Endpoint:

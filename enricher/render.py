@@ -27,11 +27,11 @@ from enricher.enrich import (
     COPIED_FIELDS,
     EXTERNAL,
     UNRESOLVED,
-    _pod_template,
     dialed_service,
     enrich,
     local_template,
     missing_key,
+    pod_template,
     template_of,
 )
 from enricher.index import MetadataIndex, canonical_ip
@@ -225,7 +225,7 @@ class Renderer:
         uid = found.uid
         frag = state.fragments.get(uid)
         if frag is None:
-            frag = self._fragment(_pod_template(found, state))
+            frag = self._fragment(pod_template(found, state))
         # Only the index's own fragment (dropped with the pod) and a canonical spelling
         # (IPv4: the index drops the shortcut under the canonical address).
         if ":" not in addr and state.fragments.get(uid) is frag:
