@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 import pytest
+from enricher_records import T0, S, raw_connection
 
 from enricher.enrich import enrich
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
 from enricher.state import MetadataState
-from flowscope.records import Endpoint, RawTcpConnection
-
-S = 1_000_000_000
-T0 = 1_700_000_000 * S
+from flowscope.records import Endpoint
 
 
 def _pod(uid: str, ip: str, node: str, kind: str, name: str, ns: str = "shop") -> PodMeta:
@@ -48,31 +44,7 @@ def state() -> MetadataState:
     return st
 
 
-def raw(**kw: Any) -> RawTcpConnection:
-    base: dict[str, Any] = {
-        "node": "node-a",
-        "start_time_ns": T0 + 10 * S,
-        "end_time_ns": T0 + 11 * S,
-        "role": "client",
-        "family": 4,
-        "local_addr": "10.0.1.1",
-        "local_port": 40000,
-        "remote_addr": "10.0.2.1",
-        "remote_port": 5432,
-        "pid": 123,
-        "comm": "curl",
-        "cgroup_id": 77,
-        "cgroup_path": "kubepods/podc1/abc",
-        "pod_uid": "c1",
-        "container_id": "abc",
-        "bytes_sent": 100,
-        "bytes_received": 2000,
-        "srtt_us": 150,
-        "retrans_segs": 1,
-        "connect_latency_us": 300,
-    }
-    base.update(kw)
-    return RawTcpConnection(**base)
+raw = raw_connection
 
 
 def test_client_side_record_names_both_ends(state: MetadataState) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from enricher_records import T0, raw_connection
 
 from enricher.classify import AddressClassifier, parse_cidrs
 from enricher.enrich import enrich, missing_key
@@ -14,10 +15,8 @@ from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
 from enricher.render import Renderer
 from enricher.state import MetadataState
 from flowscope.codec import JsonCodec
-from flowscope.records import EnrichedTcpConnection, RawTcpConnection
+from flowscope.records import EnrichedTcpConnection
 
-S = 1_000_000_000
-T0 = 1_700_000_000 * S
 CODEC = JsonCodec(EnrichedTcpConnection)
 CLASSIFIER = AddressClassifier(
     parse_cidrs("10.0.0.0/16,10.96.0.0/12", "c"), parse_cidrs("10.200.0.0/16", "o")
@@ -57,31 +56,7 @@ def state() -> MetadataState:
     return st
 
 
-def _raw(**kw: Any) -> RawTcpConnection:
-    base: dict[str, Any] = {
-        "node": "node-a",
-        "start_time_ns": T0 + 10 * S,
-        "end_time_ns": T0 + 11 * S,
-        "role": "client",
-        "family": 4,
-        "local_addr": "10.0.1.1",
-        "local_port": 40000,
-        "remote_addr": "10.0.2.1",
-        "remote_port": 5432,
-        "pid": 123,
-        "comm": "curl",
-        "cgroup_id": 77,
-        "cgroup_path": "kubepods/podc1/abc",
-        "pod_uid": "c1",
-        "container_id": "abc",
-        "bytes_sent": 100,
-        "bytes_received": 2000,
-        "srtt_us": 150,
-        "retrans_segs": 1,
-        "connect_latency_us": 300,
-    }
-    base.update(kw)
-    return RawTcpConnection(**base)
+_raw = raw_connection
 
 
 REMOTES = [
