@@ -25,6 +25,7 @@ from enricher.enrich import node_template, pod_template, template_of
 from enricher.follower import MetadataFollower
 from enricher.index import MetadataIndex
 from enricher.metadata import ServiceMeta
+from enricher.outbox import Outbox
 from enricher.settings import Settings
 from enricher.state import MetadataState
 from flowscope.codec import DecodeError, JsonCodec
@@ -103,6 +104,10 @@ class DnsJoiner:
         self._raw_codec = JsonCodec(RawDnsQuery)
         self._out_codec = JsonCodec(EnrichedDnsQuery)
         self._dead_codec = JsonCodec(DeadLetter)
+        # Batched output, grouped by output partition, as the TCP joiner does.
+        self._outbox = Outbox(
+            self._produce, self._topics.enriched_dns, settings.output_batch_records
+        )
         self._follower: MetadataFollower | None = None
         self._consumer: Consumer | None = None
         self._producer: RecordProducer | None = None
@@ -128,6 +133,9 @@ class DnsJoiner:
             "group.id": f"{s.consumer_group}-dns",
         }
         self._consumer = Consumer(config)
+        out = self._consumer.list_topics(t.enriched_dns, timeout=10.0).topics.get(t.enriched_dns)
+        if out is not None and out.error is None and out.partitions:
+            self._outbox.partitions = len(out.partitions)
         self._consumer.subscribe([t.raw_dns])
         self.ready.set()
         log.info("enricher dns ready: consuming %s", t.raw_dns)
@@ -151,6 +159,7 @@ class DnsJoiner:
 
     def process_batch(self, batch: list[Message]) -> None:
         assert self._consumer is not None
+        done = []
         for msg in batch:
             err = msg.error()
             if err is not None:
@@ -159,7 +168,15 @@ class DnsJoiner:
                     log.warning("consume error: %s", err)
                 continue
             self.handle(msg)
+            done.append(msg)
+        # Output first, then offsets: a stored offset never runs ahead of what was produced.
+        self._outbox.flush()
+        for msg in done:
             self._consumer.store_offsets(message=msg)
+
+    def _produce(self, topic: str, value: bytes, key: str, records: int) -> None:
+        assert self._producer is not None
+        self._producer.produce(topic, value, key=key, records=records)
 
     def handle(self, msg: Message) -> None:
         assert self._producer is not None
@@ -169,6 +186,8 @@ class DnsJoiner:
             self.counters.records_in += 1
             self.dead_letter(msg, "decode", str(exc))
             return
+        raw_key = msg.key()
+        key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else raw_key or ""
         for raw in raws:
             self.counters.records_in += 1
             if raw.v != RAW_DNS_VERSION:
@@ -183,9 +202,7 @@ class DnsJoiner:
                 self.counters.client_unresolved += 1
             if out.server.attribution == "unresolved":
                 self.counters.server_unresolved += 1
-            self._producer.produce(
-                self._topics.enriched_dns, self._out_codec.encode(out), key=msg.key()
-            )
+            self._outbox.add(key, self._out_codec.encode(out))
             self.counters.enriched += 1
 
     def dead_letter(self, msg: Message, reason: str, detail: str) -> None:
