@@ -32,18 +32,22 @@ RUN rm -rf bpf/.output \
 
 # ---- Python packages ---------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS python
-# Every dependency ships a manylinux wheel for CPython 3.11, so no compiler is needed here.
+# Every dependency ships a manylinux wheel for CPython 3.11; the compiler builds our own C hot
+# paths (setup.py), in this stage only: the runtime image gets the built modules.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/flowscope
 ENV PATH=/opt/flowscope/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml setup.py ./
 COPY flowscope/ flowscope/
 COPY collector/ collector/
 COPY enricher/ enricher/
 COPY processors/ processors/
 RUN pip install --no-cache-dir --upgrade pip \
  && pip install --no-cache-dir . \
- && python -c "import flowscope, collector, enricher, processors"
+ && cd / && python -c "import flowscope, collector, enricher, processors, enricher._render"
 
 # ---- runtime -----------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -3,19 +3,23 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-deps venv bpf broker demo test lint unit bench clean
+.PHONY: setup system-deps venv native bpf broker demo test lint unit bench clean
 
-setup: system-deps venv bpf broker
+setup: system-deps venv native bpf broker
 
 system-deps:
 	bash scripts/system-deps.sh
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
+
+# The C hot paths (setup.py), built next to their Python twins; a no-op when up to date.
+native: venv
+	$(PY) setup.py -q build_ext --inplace
 
 bpf:
 	$(MAKE) -C bpf
@@ -44,3 +48,4 @@ bench: setup
 clean:
 	-$(PY) -m devbroker stop
 	$(MAKE) -C bpf clean
+	find collector enricher processors -name '_*.so' -delete

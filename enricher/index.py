@@ -90,9 +90,10 @@ class MetadataIndex:
         # endpoints pre-encoded for the renderer and follows the same rules.
         self.templates: dict[str, Endpoint] = {}
         self.fragments: dict[str, object] = {}
-        # The renderer's shortcut for the commonest lookup, an IPv4 address held by one pod:
-        # ip -> (from, until, the pod's fragment), valid for times in [from, until). Dropped
-        # per IP whenever that IP's holders change, and with the fragments.
+        # The renderer's shortcut for the commonest lookups, an IPv4 address held by one pod
+        # or by no pod ever (a node, a Service, an unknown address): ip -> (from, until, the
+        # fragment), valid for times in [from, until). Dropped per IP whenever that IP's
+        # holders change, and with the fragments.
         self.ip_fragments: dict[str, tuple[int, int, object]] = {}
 
     # -- pods -------------------------------------------------------------------------------
@@ -135,6 +136,12 @@ class MetadataIndex:
         # _IpHistory.at: the holder from its start until its end, and slightly before its
         # start (clock skew tolerance) whatever its end says.
         return start - self.early_tolerance_ns, max(start, end)
+
+    def ever_held_by_pod(self, ip: str) -> bool:
+        """Whether some pod held ``ip`` (as far as the index knows): then who the IP names
+        depends on the time; if not, it names the same node, service or nobody until the index
+        changes (which drops :attr:`ip_fragments`)."""
+        return ip in self._pod_ips
 
     def pod_at(self, ip: str, t_ns: int) -> PodMeta | None:
         history = self._pod_ips.get(ip)

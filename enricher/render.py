@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from operator import attrgetter
+from types import ModuleType
 from typing import Any, NamedTuple, get_args
 
 import msgspec
@@ -116,13 +117,39 @@ class Fragment(NamedTuple):
 class Rendered(NamedTuple):
     value: bytes
     key: str  # the client's workload key: the Kafka key, so a pair's records share a partition
-    local: Endpoint  # templates: attribution, names, zones (address and port are not set)
-    remote: Endpoint
+    # How each end was named (pod, node, host, service, external, unresolved): the join's
+    # counters read them. Strings, not the ends' templates: touching one more object per end
+    # costs a cache miss per record with a large cluster's metadata.
+    local_attribution: str
+    remote_attribution: str
     missing: str | None  # what the record still waits for (see enrich.missing_key)
     plain: bool  # the common case: a named local end and a pod as the remote end
 
 
 _new_tuple = tuple.__new__
+# Addresses shortcut for any time (see Renderer._remember_address), and how many at most.
+_EVER = (-(2**63), 2**63)
+_ADDRESS_LIMIT = 65536
+
+
+def _load_native() -> ModuleType | None:
+    """The C loop (enricher/_render.c), configured for this module's record layout; None where
+    it was not built or does not know the copied fields (then the Python loop runs)."""
+    try:
+        from enricher import _render
+    except ImportError:
+        return None
+    if not _COPIED_FAST:
+        return None
+    k0, k1, k2, k3 = (b',"%s":' % _ENCODE_NAMES[n].encode() for n in COPIED_FIELDS)
+    _render.configure(
+        Rendered, RawTcpConnection, _OBSERVED, msgspec.json.Encoder().encode, (k0, k1, k2, k3)
+    )
+    return _render
+
+
+_native = _load_native()
+NATIVE_BUILT = _native is not None
 _WHERE: dict[tuple[str | None, str | None], tuple[str | None, str | None]] = {}
 _ADDRESS_PEER = {c: c.encode() for c in get_args(PeerClass)}
 # (local (region, zone), remote (region, zone)) -> peer class: few distinct pairs (zones).
@@ -140,13 +167,20 @@ def _locality(local: tuple[str | None, str | None], remote: tuple[str | None, st
 
 
 class Renderer:
-    def __init__(self, state: MetadataIndex, classifier: AddressClassifier) -> None:
+    def __init__(
+        self, state: MetadataIndex, classifier: AddressClassifier, native: bool = True
+    ) -> None:
         self.state = state
         self.classifier = classifier
+        # The C loop when it was built; the Python loop if told so (or if self_check fails).
+        self.native = native and _native is not None
         self._enc = msgspec.json.Encoder()
         # The module's constant templates (external, unresolved), which live forever.
         self._const = {id(t): self._encode(t) for t in (EXTERNAL, UNRESOLVED)}
         self._nat: dict[tuple[int, str, str], tuple[Endpoint, Fragment]] = {}
+        self._addresses: list[str] = []  # the shortcuts of addresses no pod held
+        # Unnamed remote address -> (peer class, what it waits for) (see _finish).
+        self._unnamed: dict[str, tuple[bytes, str | None]] = {}
         self._reference_enc = msgspec.json.Encoder()
 
     def reference(self, raw: RawTcpConnection) -> Rendered:
@@ -158,8 +192,8 @@ class Renderer:
         return Rendered(
             self._reference_enc.encode(out),
             out.client.workload_key(),
-            local,
-            remote,
+            local.attribution,
+            remote.attribution,
             missing_key(raw, out, self.classifier),
             remote.attribution == "pod" and local.attribution != "unresolved",
         )
@@ -199,6 +233,18 @@ class Renderer:
             frags[key] = frag
         return frag
 
+    def _remember_address(self, addr: str, frag: Fragment) -> None:
+        """Shortcut an address no pod ever held: it names this node, Service or nobody at any
+        time until the index changes (which drops the shortcut). Unknown addresses are
+        unbounded in number (the internet): at most ``_ADDRESS_LIMIT`` are kept."""
+        if len(self._addresses) >= _ADDRESS_LIMIT:
+            ip_frags = self.state.ip_fragments
+            for old in self._addresses:
+                ip_frags.pop(old, None)
+            self._addresses.clear()
+        self.state.ip_fragments[addr] = (_EVER[0], _EVER[1], frag)
+        self._addresses.append(addr)
+
     def _with_service(self, remote: Fragment, raw: RawTcpConnection) -> Fragment:
         """The backend's fragment plus the Service the client dialed (Service NAT)."""
         svc = dialed_service(raw, self.state)
@@ -221,24 +267,72 @@ class Renderer:
         state = self.state
         found = state.lookup(addr, t)
         if found.__class__ is not PodMeta:
-            return self._fragment(template_of(found, addr, state, self.classifier))
+            frag = self._fragment(template_of(found, addr, state, self.classifier))
+            if ":" not in addr and not state.ever_held_by_pod(addr):
+                self._remember_address(addr, frag)
+            return frag
         uid = found.uid
-        frag = state.fragments.get(uid)
-        if frag is None:
-            frag = self._fragment(pod_template(found, state))
+        cached = state.fragments.get(uid)
+        pod_frag = (
+            cached if isinstance(cached, Fragment) else self._fragment(pod_template(found, state))
+        )
         # Only the index's own fragment (dropped with the pod) and a canonical spelling
         # (IPv4: the index drops the shortcut under the canonical address).
-        if ":" not in addr and state.fragments.get(uid) is frag:
+        if ":" not in addr and state.fragments.get(uid) is pod_frag:
             span = state.sole_holder_span(addr)
             if span is not None:
-                state.ip_fragments[addr] = (span[0], span[1], frag)
-        return frag  # type: ignore[return-value]
+                state.ip_fragments[addr] = (span[0], span[1], pod_frag)
+        return pod_frag
 
     def render(self, raw: RawTcpConnection) -> Rendered:
         return self.render_many((raw,))[0]
 
     def render_many(self, raws: Sequence[RawTcpConnection]) -> list[Rendered]:
-        """Every record of a batch; one loop, so the lookups below are made once per batch."""
+        """Every record of a batch: in C where it is built (``make native``), else in Python;
+        the two give the same bytes (the unit tests and :func:`self_check` compare them)."""
+        if _native is not None and self.native:
+            state = self.state
+            rendered: list[Rendered] = _native.render_batch(
+                raws, state.fragments, state.ip_fragments, _LOCALITY, self._unnamed, self
+            )
+            return rendered
+        return self.render_many_py(raws)
+
+    # The C loop's ways back into Python, for everything but the common case.
+    def _local_of(self, raw: RawTcpConnection) -> Fragment:
+        return self._fragment(local_template(raw, self.state))
+
+    def _finish(
+        self, raw: RawTcpConnection, local: Fragment, remote: Fragment
+    ) -> tuple[bytes, str | None]:
+        """The peer class and what the record still waits for (see render_many_py)."""
+        classifier, addr = self.classifier, raw.remote_addr
+        peer = (
+            _ADDRESS_PEER[classifier.peer_class(classifier.classify(addr))]
+            if remote.unnamed
+            else _locality(local.where, remote.where)
+        )
+        missing: str | None = None
+        local_unresolved = local.attribution == "unresolved"
+        if local_unresolved and raw.pod_uid is not None:
+            missing = "uid:" + raw.pod_uid
+        elif (
+            remote.attribution == "unresolved"
+            and remote.unnamed
+            and classifier.holds_back(classifier.classify(addr))
+        ):
+            missing = "ip:" + canonical_ip(addr)
+        if remote.unnamed and not local_unresolved:
+            # With a named local end, both answers depend on the address alone: kept for
+            # the C loop (the classes of an address do not change while we run).
+            if len(self._unnamed) >= _ADDRESS_LIMIT:
+                self._unnamed.clear()
+            self._unnamed[addr] = (peer, missing)
+        return peer, missing
+
+    def render_many_py(self, raws: Sequence[RawTcpConnection]) -> list[Rendered]:
+        """The Python twin of the C loop; one loop, so the lookups below are made once per
+        batch."""
         state, enc, classifier = self.state, self._enc, self.classifier
         # A fragment in the index's cache is current: the index drops it with its template.
         frags: dict[str, Fragment] = state.fragments  # type: ignore[assignment]
@@ -333,7 +427,7 @@ class Renderer:
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call.
             plain = ra == "pod" and la != "unresolved"
             append(
-                _new_tuple(Rendered, (value, key, local.template, remote.template, missing, plain))
+                _new_tuple(Rendered, (value, key, la, ra, missing, plain))
             )
         return out
 
@@ -351,8 +445,9 @@ def _template_key(template: Endpoint) -> str | None:
     return None
 
 
-def self_check() -> str | None:
-    """Render sample records both ways on a scratch index; say how they differ, if they do."""
+def self_check(native: bool = False) -> str | None:
+    """Render sample records both ways (the fast path in C if ``native``, else in Python, and
+    the reference) on a scratch index; say how they differ, if they do."""
     from enricher.state import MetadataState  # here: state imports nothing from render
 
     st = MetadataState(early_tolerance_ns=0)
@@ -374,7 +469,7 @@ def self_check() -> str | None:
             t0,
         )
     st.upsert(ServiceMeta(name="s", namespace="ns", cluster_ips=["10.96.0.1"]), t0)
-    renderer = Renderer(st, AddressClassifier())
+    renderer = Renderer(st, AddressClassifier(), native=native)
     for role in ("client", "server"):
         for remote, nat in (("10.0.0.2", None), ("10.0.0.2", "10.96.0.1"), ("8.8.8.8", None)):
             raw = RawTcpConnection(

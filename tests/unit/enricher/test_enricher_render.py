@@ -12,7 +12,7 @@ from enricher_records import T0, raw_connection
 from enricher.classify import AddressClassifier, parse_cidrs
 from enricher.enrich import enrich, missing_key
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
-from enricher.render import Renderer
+from enricher.render import NATIVE_BUILT, Renderer
 from enricher.state import MetadataState
 from flowscope.codec import JsonCodec
 from flowscope.records import EnrichedTcpConnection
@@ -59,6 +59,18 @@ def state() -> MetadataState:
 _raw = raw_connection
 
 
+@pytest.fixture(params=[True, False], ids=["c-loop", "python-loop"])
+def native(request: pytest.FixtureRequest) -> bool:
+    """Every rendering test runs on both loops: the C one (enricher/_render.c) and its twin."""
+    return bool(request.param)
+
+
+def test_the_c_loop_is_built() -> None:
+    # Not a skip: without it the enricher runs at about half speed, and the tests below
+    # would compare the Python loop with itself.
+    assert NATIVE_BUILT, "enricher._render (enricher/_render.c) is not built: run `make native`"
+
+
 REMOTES = [
     "10.0.2.1",  # pod, other zone
     "10.0.3.1",  # pod on a node without zone
@@ -91,8 +103,9 @@ ROLES = ["client", "server", "unknown"]
 NATS = [None, "10.96.0.10", "10.0.2.1"]
 
 
-def test_rendered_bytes_equal_the_reference(state: MetadataState) -> None:
-    renderer = Renderer(state, CLASSIFIER)
+def test_rendered_bytes_equal_the_reference(state: MetadataState, native: bool) -> None:
+    renderer = Renderer(state, CLASSIFIER, native=native)
+    assert renderer.native is native
     n = 0
     for remote, local, role, nat in itertools.product(REMOTES, LOCALS, ROLES, NATS):
         nat_fields = (
@@ -106,7 +119,7 @@ def test_rendered_bytes_equal_the_reference(state: MetadataState) -> None:
             assert got.key == want.client.workload_key()
             assert got.missing == missing_key(raw, want, CLASSIFIER)
             local_end = want.server if role == "server" else want.client
-            assert got.local.attribution == local_end.attribution
+            assert got.local_attribution == local_end.attribution
             n += 1
     assert n == 2 * len(REMOTES) * len(LOCALS) * len(ROLES) * len(NATS)
     assert msgspec.json.decode(got.value, type=EnrichedTcpConnection) == want
@@ -119,8 +132,8 @@ def test_rendered_bytes_equal_the_reference(state: MetadataState) -> None:
     )
 
 
-def test_fragments_follow_metadata_changes(state: MetadataState) -> None:
-    renderer = Renderer(state, CLASSIFIER)
+def test_fragments_follow_metadata_changes(state: MetadataState, native: bool) -> None:
+    renderer = Renderer(state, CLASSIFIER, native=native)
     raw = _raw()
     before = renderer.render(raw).value
     assert b'"cloud.availability_zone":"z-b"' in before
@@ -136,12 +149,14 @@ def test_fragments_follow_metadata_changes(state: MetadataState) -> None:
     assert again.value == CODEC.encode(enrich(raw, state, CLASSIFIER))
 
 
-def test_service_nat_names_the_dialed_service_on_the_backend(state: MetadataState) -> None:
+def test_service_nat_names_the_dialed_service_on_the_backend(
+    state: MetadataState, native: bool
+) -> None:
     raw = _raw(original_remote_addr="10.96.0.10", original_remote_port=80)
     out = enrich(raw, state, CLASSIFIER)
     assert (out.server.pod_uid, out.server.service) == ("s1", "api")
     assert out.server.address == "10.0.2.1"  # where the packets went
-    rendered = Renderer(state, CLASSIFIER).render(raw)
+    rendered = Renderer(state, CLASSIFIER, native=native).render(raw)
     assert b'"k8s.service.name":"api"' in rendered.value
     # Without NAT the same backend carries no service name.
     assert enrich(_raw(), state, CLASSIFIER).server.service is None
@@ -151,3 +166,55 @@ def test_self_check_passes_with_the_current_record_types() -> None:
     from enricher.render import self_check
 
     assert self_check() is None
+    assert self_check(native=True) is None
+
+
+def test_address_shortcuts_follow_the_index(state: MetadataState, native: bool) -> None:
+    """Addresses no pod held are shortcut for any time: a pod, node or Service taking one
+    later must be named from then on, never the cached answer."""
+    renderer = Renderer(state, CLASSIFIER, native=native)
+    unknown, internet = _raw(remote_addr="10.0.9.9"), _raw(remote_addr="8.8.8.8")
+    node = _raw(remote_addr="192.168.1.1")
+    for raw in (unknown, internet, node, unknown, internet, node):  # twice: from the caches
+        got = renderer.render(raw)
+        assert got.value == CODEC.encode(enrich(raw, state, CLASSIFIER))
+        assert got.missing == missing_key(raw, enrich(raw, state, CLASSIFIER), CLASSIFIER)
+    assert renderer.render(unknown).missing == "ip:10.0.9.9"
+    assert renderer.render(internet).remote_attribution == "external"
+    # A pod takes the unknown address, another the node's address (hostNetwork aside).
+    state.upsert(_pod("n1", "10.0.9.9", "node-b", "Deployment"), T0)
+    got = renderer.render(unknown)
+    assert (got.remote_attribution, got.missing, got.plain) == ("pod", None, True)
+    assert got.value == CODEC.encode(enrich(unknown, state, CLASSIFIER))
+    # A Service now owns the internet address (odd, but the index says so).
+    state.upsert(ServiceMeta(name="odd", namespace="shop", cluster_ips=["8.8.8.8"]), T0)
+    got = renderer.render(internet)
+    assert b'"k8s.service.name":"odd"' in got.value
+    assert got.value == CODEC.encode(enrich(internet, state, CLASSIFIER))
+
+
+def test_both_loops_render_a_large_mixed_batch_identically(state: MetadataState) -> None:
+    c_loop = Renderer(state, CLASSIFIER, native=True)
+    py_loop = Renderer(state, CLASSIFIER, native=False)
+    raws = [
+        _raw(
+            remote_addr=remote, role=role, bytes_sent=i * 7919, local_port=1 + i % 65535,
+            start_time_ns=T0 + i, **local,
+        )
+        for i, (remote, local, role) in enumerate(
+            itertools.product(REMOTES * 3, LOCALS, ROLES)
+        )
+    ]  # fmt: skip
+    assert c_loop.render_many(raws) == py_loop.render_many(raws)
+    assert c_loop.render_many(raws) == py_loop.render_many(raws)  # from the caches
+    huge = [_raw(bytes_sent=2**64 - 1, bytes_received=0, srtt_us=2**40)]
+    assert c_loop.render_many(huge) == py_loop.render_many(huge)
+
+
+def test_the_c_loop_reports_bad_input_like_python(state: MetadataState) -> None:
+    """An unknown address family fails the batch in both loops (the joiner then renders the
+    records one by one and dead-letters the bad one)."""
+    bad = [_raw(), msgspec.structs.replace(_raw(), family=5)]
+    for native in (True, False):
+        with pytest.raises(KeyError):
+            Renderer(state, CLASSIFIER, native=native).render_many(bad)

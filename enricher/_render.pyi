@@ -1,0 +1,20 @@
+"""Types of the C render loop (enricher/_render.c); its Python twin is in render.py."""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+def configure(
+    rendered: type[tuple[Any, ...]],
+    raw: type,
+    observed: frozenset[str],
+    encode: Callable[[Any], bytes],
+    copied_keys: tuple[bytes, bytes, bytes, bytes],
+) -> bool: ...
+def render_batch(
+    raws: Sequence[Any],
+    fragments: dict[str, Any],
+    ip_fragments: dict[str, tuple[int, int, Any]],
+    locality: dict[Any, bytes],
+    unnamed: dict[str, tuple[bytes, str | None]],
+    renderer: Any,
+) -> list[Any]: ...
