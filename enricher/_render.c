@@ -43,7 +43,8 @@ static PyObject *attrs[A_COUNT];
  * Struct's fields in slots described by member descriptors, read here without a lookup. */
 static PyTypeObject *raw_type;
 static Py_ssize_t attr_offsets[A_COUNT];
-static PyObject *s_local_of, *s_remote_of, *s_with_service, *s_finish;
+static Py_ssize_t v_offset; /* the schema version's slot */
+static PyObject *s_local_of, *s_remote_of, *s_with_service, *s_finish, *s_v;
 
 /* --- a growable output buffer --------------------------------------------------------- */
 
@@ -463,6 +464,131 @@ done:
     return out;
 }
 
+/* --- routing rendered records into the outbox (enricher.outbox.Outbox.add_rendered) ---- */
+
+/* Group each plain record's value under its output partition, in order; the others (not
+ * plain, waiting for metadata, or of an unknown schema version) go through ``attend(raw,
+ * out)`` first, which counts them, holds them back or dead-letters them and says whether
+ * to add them. A full group is sent at once with ``send(key, values)``. Returns how many
+ * records were added. The Python twin is Outbox.add_rendered_py. */
+static PyObject *route(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError,
+                        "route(outs, raws, version, attend, partition_by_key, partition_of, "
+                        "partitions, groups, (max_records, send))");
+        return NULL;
+    }
+    PyObject *outs = args[0], *raws = args[1], *version = args[2], *attend = args[3];
+    PyObject *by_key = args[4], *partition_of = args[5], *groups = args[7], *limits = args[8];
+    Py_ssize_t partitions = PyLong_AsSsize_t(args[6]);
+    if (partitions == -1 && PyErr_Occurred())
+        return NULL;
+    if (!PyList_Check(outs) || !PyList_Check(raws) || PyList_GET_SIZE(outs) != PyList_GET_SIZE(raws) ||
+        !PyDict_Check(by_key) || !PyDict_Check(groups) || !PyTuple_Check(limits) ||
+        PyTuple_GET_SIZE(limits) != 2) {
+        PyErr_SetString(PyExc_TypeError, "route: outs and raws must be lists of one length");
+        return NULL;
+    }
+    Py_ssize_t max_records = PyLong_AsSsize_t(PyTuple_GET_ITEM(limits, 0));
+    if (max_records == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *send = PyTuple_GET_ITEM(limits, 1);
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        return NULL;
+    Py_ssize_t added = 0;
+    Py_ssize_t n = PyList_GET_SIZE(outs);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *out = PyList_GET_ITEM(outs, i);
+        if (out == Py_None)
+            continue; /* dead-lettered while rendering */
+        if (!PyTuple_Check(out) || PyTuple_GET_SIZE(out) != 6) {
+            PyErr_SetString(PyExc_TypeError, "route: expected Rendered records");
+            goto fail;
+        }
+        PyObject *raw = PyList_GET_ITEM(raws, i);
+        int usual = PyTuple_GET_ITEM(out, 5) == Py_True && PyTuple_GET_ITEM(out, 4) == Py_None;
+        if (usual) {
+            PyObject *v = raw_type != NULL && Py_TYPE(raw) == raw_type
+                              ? *(PyObject **)((char *)raw + v_offset)
+                              : NULL;
+            int same = v != NULL ? PyObject_RichCompareBool(v, version, Py_EQ) : 0;
+            if (same < 0)
+                goto fail;
+            usual = same;
+        }
+        if (!usual) {
+            PyObject *verdict = PyObject_CallFunctionObjArgs(attend, raw, out, NULL);
+            if (verdict == NULL)
+                goto fail;
+            int add = PyObject_IsTrue(verdict);
+            Py_DECREF(verdict);
+            if (add < 0)
+                goto fail;
+            if (!add)
+                continue;
+        }
+        PyObject *value = PyTuple_GET_ITEM(out, 0), *key = PyTuple_GET_ITEM(out, 1);
+        PyObject *part; /* new reference */
+        if (partitions == 1) {
+            part = zero;
+            Py_INCREF(part);
+        } else {
+            part = PyDict_GetItemWithError(by_key, key);
+            if (part != NULL) {
+                Py_INCREF(part);
+            } else {
+                if (PyErr_Occurred() ||
+                    (part = PyObject_CallOneArg(partition_of, key)) == NULL)
+                    goto fail;
+            }
+        }
+        PyObject *group = PyDict_GetItemWithError(groups, part);
+        if (group == NULL) {
+            PyObject *values = PyErr_Occurred() ? NULL : PyList_New(1);
+            PyObject *entry = values != NULL ? PyTuple_Pack(2, key, values) : NULL;
+            if (values != NULL) {
+                Py_INCREF(value);
+                PyList_SET_ITEM(values, 0, value);
+            }
+            int rc = entry != NULL ? PyDict_SetItem(groups, part, entry) : -1;
+            Py_XDECREF(entry);
+            Py_XDECREF(values);
+            if (rc < 0) {
+                Py_DECREF(part);
+                goto fail;
+            }
+        } else {
+            PyObject *values = PyTuple_GET_ITEM(group, 1);
+            if (PyList_Append(values, value) < 0) {
+                Py_DECREF(part);
+                goto fail;
+            }
+            if (PyList_GET_SIZE(values) >= max_records) {
+                /* Full: out now, so memory stays bounded however large the consumed batch. */
+                Py_INCREF(values);
+                int rc = PyDict_DelItem(groups, part);
+                PyObject *sent = rc < 0 ? NULL
+                                        : PyObject_CallFunctionObjArgs(send, key, values, NULL);
+                Py_DECREF(values);
+                if (sent == NULL) {
+                    Py_DECREF(part);
+                    goto fail;
+                }
+                Py_DECREF(sent);
+            }
+        }
+        Py_DECREF(part);
+        added++;
+    }
+    Py_DECREF(zero);
+    return PyLong_FromSsize_t(added);
+fail:
+    Py_DECREF(zero);
+    return NULL;
+}
+
 /* --- module functions ----------------------------------------------------------------- */
 
 static PyObject *render_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -511,9 +637,9 @@ static PyObject *configure(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O!OOO!:configure", &PyType_Type, &type, &PyType_Type, &raw,
                           &observed, &encode, &PyTuple_Type, &keys))
         return NULL;
-    Py_ssize_t offsets[A_COUNT];
-    for (int i = 0; i < A_COUNT; i++) {
-        PyObject *descr = PyObject_GetAttr(raw, attrs[i]);
+    Py_ssize_t offsets[A_COUNT + 1];
+    for (int i = 0; i <= A_COUNT; i++) {
+        PyObject *descr = PyObject_GetAttr(raw, i < A_COUNT ? attrs[i] : s_v);
         if (descr == NULL)
             return NULL;
         int is_member = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
@@ -536,7 +662,8 @@ static PyObject *configure(PyObject *self, PyObject *args)
     Py_INCREF(type);
     Py_XSETREF(rendered_type, (PyTypeObject *)type);
     /* Direct slot reads only if every field is a plain object slot; else getattr. */
-    int direct = 1;
+    int direct = offsets[A_COUNT] > 0;
+    v_offset = offsets[A_COUNT];
     for (int i = 0; i < A_COUNT; i++) {
         attr_offsets[i] = offsets[i];
         direct = direct && offsets[i] > 0;
@@ -561,6 +688,9 @@ static PyObject *configure(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"render_batch", (PyCFunction)(void (*)(void))render_batch, METH_FASTCALL,
      "render_batch(raws, fragments, ip_fragments, locality, unnamed, renderer) -> list"},
+    {"route", (PyCFunction)(void (*)(void))route, METH_FASTCALL,
+     "route(outs, raws, version, attend, partition_by_key, partition_of, partitions, groups, "
+     "(max_records, send)) -> records added"},
     {"configure", configure, METH_VARARGS,
      "configure(Rendered, RawTcpConnection, observed, encode, copied_keys): once, first"},
     {NULL, NULL, 0, NULL},
@@ -580,7 +710,8 @@ PyMODINIT_FUNC PyInit__render(void)
     if ((s_local_of = PyUnicode_InternFromString("_local_of")) == NULL ||
         (s_remote_of = PyUnicode_InternFromString("_remote")) == NULL ||
         (s_with_service = PyUnicode_InternFromString("_with_service")) == NULL ||
-        (s_finish = PyUnicode_InternFromString("_finish")) == NULL)
+        (s_finish = PyUnicode_InternFromString("_finish")) == NULL ||
+        (s_v = PyUnicode_InternFromString("v")) == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -291,32 +292,33 @@ class Joiner:
             return
         c = self.counters
         c.records_in += len(raws)
-        outs: Sequence[Rendered | None]
+        outs: list[Rendered] | list[Rendered | None]
         try:
             outs = self._render_many(raws)
         except Exception:  # a bug in the join: find the record(s) it was, one by one
             outs = [self._render_one(msg, raw) for raw in raws]
-        # The per-record loop, kept flat: with the render, this is where the CPU goes.
-        add = self._outbox.add
-        holding = self.holdback.enabled
-        enriched = 0
-        for raw, out in zip(raws, outs, strict=True):
-            if out is None:
-                continue  # dead-lettered by _render_one
-            if raw.v != RAW_VERSION:
-                self._unsupported(msg, raw)
-                continue
-            value, key, _, _, missing, plain = out
-            if missing is not None and holding:
-                if self.holdback.add(raw, missing, part, offset, time.monotonic_ns()):
-                    c.held += 1
-                    continue
-                c.held_overflow += 1
-            if not plain:
-                self._count_unnamed(raw, out)
-            add(key, value)
-            enriched += 1
-        c.enriched += enriched
+        # Into the outbox in order; _attend sees the records that are not the usual case.
+        c.enriched += self._outbox.add_rendered(
+            outs, raws, RAW_VERSION, partial(self._attend, msg, part, offset), self.renderer.native
+        )
+
+    def _attend(
+        self, msg: Message, part: PartitionKey, offset: int, raw: RawTcpConnection, out: Rendered
+    ) -> bool:
+        """A record that is not plain, waits for metadata or has another schema version:
+        dead-letter it, hold it back, or count how it was named; True if it goes out now."""
+        if raw.v != RAW_VERSION:
+            self._unsupported(msg, raw)
+            return False
+        c = self.counters
+        if out.missing is not None and self.holdback.enabled:
+            if self.holdback.add(raw, out.missing, part, offset, time.monotonic_ns()):
+                c.held += 1
+                return False
+            c.held_overflow += 1
+        if not out.plain:
+            self._count_unnamed(raw, out)
+        return True
 
     def _render_one(self, msg: Message, raw: RawTcpConnection) -> Rendered | None:
         if raw.v != RAW_VERSION:

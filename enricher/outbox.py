@@ -20,6 +20,13 @@ batch adds is bounded by the consume timeout. No I/O here: ``produce`` is inject
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from enricher.render import NATIVE
+from flowscope.records import RawTcpConnection
+
+if TYPE_CHECKING:
+    from enricher.render import Rendered
 
 Produce = Callable[[str, bytes, str, int], object]  # topic, value, key, records in value
 
@@ -88,21 +95,63 @@ class Outbox:
             self._partitions = n
             self._partition_by_key.clear()
 
+    def add_rendered(
+        self,
+        outs: list[Rendered] | list[Rendered | None],
+        raws: list[RawTcpConnection],
+        version: int,
+        attend: Callable[[RawTcpConnection, Rendered], bool],
+        native: bool = True,
+    ) -> int:
+        """Add the values of a rendered batch in order (None: nothing to add); records that
+        are not plain, wait for metadata or carry another schema version go through
+        ``attend`` first (so do records whose ``v`` is not ``version``), which says whether
+        to add them. Returns how many were added.
+
+        In C (enricher/_render.c) when built: this loop is a tenth of the join's CPU in
+        Python. The twin below is the reference and the fallback."""
+        if NATIVE is not None and native and self.max_records > 1:
+            added: int = NATIVE.route(
+                outs, raws, version, attend, self._partition_by_key, self._partition,
+                self._partitions, self._groups, (self.max_records, self._send),
+            )  # fmt: skip
+            return added
+        return self.add_rendered_py(outs, raws, version, attend)
+
+    def add_rendered_py(
+        self,
+        outs: list[Rendered] | list[Rendered | None],
+        raws: list[RawTcpConnection],
+        version: int,
+        attend: Callable[[RawTcpConnection, Rendered], bool],
+    ) -> int:
+        add, added = self.add, 0
+        for raw, out in zip(raws, outs, strict=True):
+            if out is None:
+                continue
+            if (not out.plain or out.missing is not None or raw.v != version) and not attend(
+                raw, out
+            ):
+                continue
+            add(out.key, out.value)
+            added += 1
+        return added
+
+    def _partition(self, key: str) -> int:
+        found = self._partition_by_key.get(key)
+        if found is None:
+            if len(self._partition_by_key) >= _KEY_CACHE_LIMIT:
+                self._partition_by_key.clear()
+            found = self._partition_by_key[key] = partition_of(key, self._partitions)
+        return found
+
     def add(self, key: str, value: bytes) -> None:
         if self.max_records == 1:
             self._produce(self.topic, value, key, 1)
             self.messages += 1
             self.records += 1
             return
-        if self._partitions == 1:
-            part = 0
-        else:
-            found = self._partition_by_key.get(key)
-            if found is None:
-                if len(self._partition_by_key) >= _KEY_CACHE_LIMIT:
-                    self._partition_by_key.clear()
-                found = self._partition_by_key[key] = partition_of(key, self._partitions)
-            part = found
+        part = 0 if self._partitions == 1 else self._partition(key)
         group = self._groups.get(part)
         if group is None:
             self._groups[part] = (key, [value])

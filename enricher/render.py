@@ -148,7 +148,7 @@ def _load_native() -> ModuleType | None:
     return _render
 
 
-_native = _load_native()
+_native = NATIVE = _load_native()  # the configured C module, None where not built
 NATIVE_BUILT = _native is not None
 _WHERE: dict[tuple[str | None, str | None], tuple[str | None, str | None]] = {}
 _ADDRESS_PEER = {c: c.encode() for c in get_args(PeerClass)}

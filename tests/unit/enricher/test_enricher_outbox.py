@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from enricher_records import raw_connection
 
 from enricher.outbox import MAX_BATCH_BYTES, Outbox, murmur2, partition_of
+from enricher.render import NATIVE, Rendered
+from flowscope.records import RawTcpConnection
 
 Sent = list[tuple[str, bytes, str, int]]
 
@@ -94,3 +97,57 @@ def test_a_new_partition_count_flushes_what_was_grouped_under_the_old_one() -> N
 def test_max_records_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         _outbox(0)
+
+
+def _rendered_batch(n: int) -> tuple[list[Rendered | None], list[RawTcpConnection]]:
+    """Records of every kind the outbox treats apart: plain, not plain, waiting for metadata,
+    of another schema version, and None (dead-lettered while rendering)."""
+    outs: list[Rendered | None] = []
+    raws = []
+    for i in range(n):
+        kind = i % 7
+        raws.append(raw_connection(v=2 if kind == 3 else 1, local_port=1 + i))
+        if kind == 5:
+            outs.append(None)
+            continue
+        outs.append(
+            Rendered(
+                value=b'{"i":%d}' % i,
+                key=f"wl-{i % 11}",
+                local_attribution="pod",
+                remote_attribution="pod" if kind in (0, 1, 2, 3) else "external",
+                missing="ip:10.0.9.9" if kind == 6 else None,
+                plain=kind in (0, 1, 2, 3),
+            )
+        )
+    return outs, raws
+
+
+@pytest.mark.parametrize(("max_records", "partitions"), [(2, 1), (3, 4), (256, 1), (256, 6)])
+def test_the_c_router_adds_exactly_what_the_python_one_adds(
+    max_records: int, partitions: int
+) -> None:
+    assert NATIVE is not None, "enricher._render is not built: run `make native`"
+    outs, raws = _rendered_batch(200)
+    results = []
+    for native in (True, False):
+        outbox, sent = _outbox(max_records, partitions)
+        attended: list[int] = []
+
+        def attend(raw: RawTcpConnection, out: Rendered, seen: list[int] = attended) -> bool:
+            seen.append(raw.local_port)
+            return raw.local_port % 2 == 0  # some go out, some (held, dead-lettered) do not
+
+        added = outbox.add_rendered(outs, raws, 1, attend, native=native)
+        outbox.flush()
+        results.append((added, sent, attended, outbox.messages, outbox.records))
+    assert results[0] == results[1]
+    added, sent, attended, _, records = results[0]
+    assert added == records == sum(n for *_, n in sent)
+    # Attended: every record not plain, waiting, or of version 2 (kinds 3, 4, 6), not None.
+    assert attended == [i + 1 for i in range(200) if i % 7 in (3, 4, 6)]
+    # Every partition's messages hold only keys of that partition, in the order added.
+    for _, value, key, _ in sent:
+        for record in msgspec.json.decode(value):
+            key_of = f"wl-{record['i'] % 11}"
+            assert partition_of(key_of, partitions) == partition_of(key, partitions)
