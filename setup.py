@@ -8,7 +8,10 @@ install .`` builds them into the wheel.
 
 from setuptools import Extension, setup
 
-_CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+_CFLAGS = [
+    "-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+    "-Wno-missing-field-initializers",
+]  # fmt: skip
 
 EXTENSIONS = [
     Extension("enricher._render", ["enricher/_render.c"], extra_compile_args=_CFLAGS),

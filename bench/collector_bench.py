@@ -3,7 +3,9 @@ with a C load generator, without the collector and with it (``python -m collecto
 to a real broker), alternating phases so that drift on a shared machine hits both.
 
 Prints: connections/s without and with, their ratio, events lost (kernel ring buffer, decode,
-Kafka), collector CPU seconds per 1,000 connections (and µs per connection end), peak RSS.
+Kafka), collector CPU seconds per 1,000 connections (and µs per connection end, per thread),
+peak RSS, and page faults per connection end (each costs microseconds on a VM: memory given
+back to the kernel and faulted in again per batch would show there).
 A third phase, "kernel only", attaches the same BPF programs with a reader that only empties
 the ring buffer (no decoding, no Kafka), with kernel.bpf_stats_enabled on for its duration
 (restored after): the programs' own run time per connection, measured by the kernel, which
@@ -88,6 +90,12 @@ def build() -> None:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults of the whole process: each costs microseconds on this VM, so memory
+    handed back to the kernel and faulted in again per batch shows up as CPU."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
@@ -248,6 +256,7 @@ def main() -> int:
     kernel_conns: dict[Path, int] = {}
     runs: dict[Path, dict[str, tuple[int, int]]] = {}
     cpu: dict[str, float] = {}
+    faults: dict[str, int] = {}
     threads: dict[str, dict[str, float]] = {}
     peak: dict[str, float] = {}
     totals: dict[str, dict[str, int]] = {}
@@ -277,11 +286,14 @@ def main() -> int:
             for v in variants:
                 collector = CollectorProcess(args.bootstrap, prefix, v)
                 cpu0 = cpu_seconds(collector.proc.pid)
+                faults0 = minor_faults(collector.proc.pid)
                 threads0 = thread_cpu_seconds(collector.proc.pid)
                 ok, errors, elapsed = run_load(client, server.ip, args.threads, args.seconds)
                 phases.append(Phase(v.label, ok, errors, elapsed, round=rnd))
                 time.sleep(1.0)  # let it drain what the last connections produced
                 cpu[v.label] = cpu.get(v.label, 0.0) + cpu_seconds(collector.proc.pid) - cpu0
+                faults[v.label] = (faults.get(v.label, 0) + minor_faults(collector.proc.pid)
+                                   - faults0)  # fmt: skip
                 mine_threads = threads.setdefault(v.label, {})
                 for name, secs in thread_cpu_seconds(collector.proc.pid).items():
                     delta = secs - threads0.get(name, 0.0)
@@ -333,7 +345,8 @@ def main() -> int:
         print(
             f"  CPU {cpu[v.label]:.2f} s = {per_end * 2 / 1000:.4f} s per 1,000 connections "
             f"= {per_end:.2f} µs per connection end ({per_end * 2:.2f} per connection); "
-            f"peak RSS {peak[v.label]:.0f} MiB"
+            f"peak RSS {peak[v.label]:.0f} MiB; "
+            f"{faults[v.label] / max(2 * conns, 1):.3f} page faults per connection end"
         )
     print(f"loadgen errors: {sum(ph.errors for ph in phases)}")
     return 0

@@ -20,13 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from msgspec import Struct
-
 from collector.attribution import CgroupResolver
-from collector.encoder import RecordEncoder
 from collector.events import DecodeStats, clock_offset_ns
+from collector.messages import MessageEncoder, message_encoder
 from collector.nat import NatResolver
-from collector.record import encode_wire
 from collector.ringbuf import RecordBatch
 from flowscope.kafka import ProducerCounters
 
@@ -82,13 +79,17 @@ class Collector:
         periodic: Sequence[Callable[[], None]] = (),
         batch_records: int = 1,
         batch_bytes: int = 256 << 10,
+        encoder: MessageEncoder | None = None,
     ) -> None:
         """``periodic``: called once per loop turn (at least every ``poll_interval_s``);
         each decides itself whether its time has come (e.g. the health record).
 
         ``batch_records``: 1 produces one JSON object per message; more puts up to that
         many records of one key (pod) from one ring-buffer read in one message, a JSON
-        array of at most ``batch_bytes`` (unless a single record is larger)."""
+        array of at most ``batch_bytes`` (unless a single record is larger).
+
+        ``encoder``: what turns a batch into messages; default: the native one if built
+        (:func:`collector.messages.message_encoder`)."""
         self._source = source
         self._nat = nat
         self._periodic = tuple(periodic)
@@ -100,9 +101,9 @@ class Collector:
         self._poll_interval_s = poll_interval_s
         self._stats_interval_s = stats_interval_s
         self._clock_offset = clock_offset_ns()
-        self._batch_records = batch_records
-        self._batch_bytes = batch_bytes
-        self._encoder = RecordEncoder(resolver, node_name, nat)
+        self._encoder = encoder or message_encoder(
+            resolver, node_name, nat, batch_records, batch_bytes
+        )
         self.decode_stats = DecodeStats()
         self.stats = PipelineStats()
 
@@ -110,32 +111,18 @@ class Collector:
         """Decode, attribute and produce one batch. Returns records the sink accepted."""
         self.stats.batches += 1
         before = self.stats.records_produced
-        groups = self._encoder.group(batch, self._clock_offset, self.decode_stats)
-        size = self._batch_records
-        for key, records in groups.items():
-            if size == 1:
-                for record in records:
-                    self._send([record], key)
+        produce = self._sink.produce
+        topic = self._topic
+        stats = self.stats
+        for key, value, records in self._encoder.encode(
+            batch, self._clock_offset, self.decode_stats
+        ):
+            if produce(topic, value, key, records=records):
+                stats.records_produced += records
+                stats.messages += 1
             else:
-                for start in range(0, len(records), size):
-                    self._send(records[start : start + size], key)
+                stats.produce_refused += records
         return self.stats.records_produced - before
-
-    def _send(self, records: list[Struct], key: str) -> None:
-        if self._batch_records == 1:
-            value = encode_wire(records[0])
-        else:
-            value = encode_wire(records)
-            if len(value) > self._batch_bytes and len(records) > 1:
-                half = len(records) // 2  # rare: records are ~600 bytes; keep the order
-                self._send(records[:half], key)
-                self._send(records[half:], key)
-                return
-        if self._sink.produce(self._topic, value, key, records=len(records)):
-            self.stats.records_produced += len(records)
-            self.stats.messages += 1
-        else:
-            self.stats.produce_refused += len(records)
 
     def drain(self) -> int:
         """Process everything the ring buffer holds now."""
@@ -153,7 +140,7 @@ class Collector:
             if not full:
                 self._source.wait(self._poll_interval_s)
             batch = self._source.read(self._max_batch)
-            full = len(batch.spans) >= self._max_batch
+            full = len(batch) >= self._max_batch
             if batch.data:
                 self.process(batch)
             self._sink.poll(0)

@@ -1,7 +1,9 @@
 """Ring-buffer records straight to Kafka-ready JSON, grouped by partition key. Pure: no I/O
 (the resolvers it is given may walk the cgroup tree or ask conntrack, as they do anyway).
 
-The collector's hot path. :func:`collector.events.Decoder.decode` then
+The pure-Python hot path: the reference that ``collector/_encode.c`` is checked against,
+and the fallback where it was not built (:mod:`collector.messages` picks one).
+:func:`collector.events.Decoder.decode` then
 :func:`collector.record.encode_record` cost ~5.4 µs per record on the bench machine, mostly
 in building Python objects twice (a 28-field event tuple, then a 33-field struct). Here each
 record is unpacked once and its wire struct built directly from the unpacked values, with

@@ -200,6 +200,11 @@ class NatResolver:
         self._in_service = _membership(self._cidrs)
         self.stats = NatStats()
 
+    @property
+    def cidrs(self) -> tuple[Network, ...]:
+        """The Service ranges (the native encoder tests membership itself)."""
+        return self._cidrs
+
     def in_service(self, address: str) -> bool:
         """Whether ``address`` is in a Service range (cached: called once per client record)."""
         return self._in_service(address)

@@ -27,7 +27,7 @@ import mmap
 import os
 import select
 import struct
-from dataclasses import dataclass
+import time
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -37,19 +37,58 @@ _U64 = struct.Struct("Q")  # native: one aligned load/store, see the module docs
 _U32 = struct.Struct("I")
 
 
-@dataclass(frozen=True, slots=True)
 class RecordBatch:
-    """Records copied out of the ring: ``data[offset:offset+length]`` for each span."""
+    """Records copied out of the ring: ``data[offset:offset+length]`` for each span.
 
-    data: bytes
-    spans: list[tuple[int, int]]
-    discarded: int = 0
+    ``data`` as the ring lays records out (8-byte header, sample, padding to 8 bytes), so the
+    spans follow from its headers: the reader does not build them (a tuple per record costs
+    more than the native encoder's whole record), :attr:`spans` walks the headers on first
+    use, and ``collector._encode`` walks them in C. Tests may give spans instead (their
+    headers are zeros)."""
+
+    __slots__ = ("_count", "_spans", "data", "discarded")
+
+    def __init__(
+        self,
+        data: bytes,
+        spans: list[tuple[int, int]] | None = None,
+        discarded: int = 0,
+        count: int | None = None,
+    ) -> None:
+        self.data = data
+        self.discarded = discarded
+        self._spans = spans
+        self._count = count
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        if self._spans is None:
+            self._spans = walk_spans(self.data)
+        return self._spans
+
+    @property
+    def given_spans(self) -> list[tuple[int, int]] | None:
+        """The spans if known, else None: walk ``data``'s headers (what _encode takes)."""
+        return self._spans
 
     def __len__(self) -> int:
-        return len(self.spans)
+        return self._count if self._count is not None else len(self.spans)
 
 
-EMPTY = RecordBatch(b"", [])
+def walk_spans(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of each sample in records copied out of the ring, discarded skipped."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while pos + HEADER_SIZE <= len(data):
+        header: int = _U32.unpack_from(data, pos)[0]
+        length = header & ~(BUSY_BIT | DISCARD_BIT)
+        if not header & DISCARD_BIT:
+            spans.append((pos + HEADER_SIZE, length))
+        pos += (length + HEADER_SIZE + 7) & ~7
+    return spans
+
+
+EMPTY = RecordBatch(b"", [], count=0)
 
 
 class RingBufferReader:
@@ -80,12 +119,28 @@ class RingBufferReader:
         self.records_read = 0
         self.bytes_read = 0
 
-    def wait(self, timeout_s: float) -> bool:
-        """Block until the kernel signals data (or the timeout). True if signalled."""
+    def wait(self, timeout_s: float, min_bytes: int = 0) -> bool:
+        """Block until the kernel signals data with at least ``min_bytes`` waiting, or the
+        timeout. True if signalled.
+
+        ``min_bytes``: the program's wakeup threshold (it wakes the reader only once that
+        much waits). The registration is edge-triggered, so only a wakeup the program sent
+        ends a wait: a ring buffer polls readable whenever any record waits, so
+        level-triggered, the few records that arrived while a batch was processed ended
+        the next wait at once, and a busy ring was read as a full batch then a tiny one.
+        A wakeup sent before the last read (it found less than ``min_bytes`` waiting) is
+        stale: wait on. Records below the threshold are read after the timeout."""
         if self._epoll is None:
             self._epoll = select.epoll()
-            self._epoll.register(self._fd, select.EPOLLIN)
-        return bool(self._epoll.poll(timeout_s, 1))
+            self._epoll.register(self._fd, select.EPOLLIN | select.EPOLLET)
+        deadline = time.monotonic() + timeout_s
+        while self._epoll.poll(timeout_s, 1):
+            if self.pending_bytes() >= min_bytes:
+                return True
+            timeout_s = deadline - time.monotonic()
+            if timeout_s <= 0:
+                return False
+        return False
 
     def pending_bytes(self) -> int:
         return int(_U64.unpack_from(self._producer, 0)[0]) - self._pos
@@ -97,9 +152,8 @@ class RingBufferReader:
         data = self._data
         mask = self._mask
         pos = start
-        spans: list[tuple[int, int]] = []
-        discarded = 0
-        while pos < producer and len(spans) < max_records:
+        count = discarded = 0
+        while pos < producer and count < max_records:
             header: int = _U32.unpack_from(data, pos & mask)[0]
             if header & BUSY_BIT:
                 break  # reserved, not yet submitted: later records wait for it too
@@ -112,7 +166,7 @@ class RingBufferReader:
             # Fast path: the records that follow are usually the same size. Read their
             # headers with one strided slice (one C-level pass) and take the whole run of
             # committed records of this length without a Python call per header.
-            limit = min((producer - pos) // stride, max_records - len(spans))
+            limit = min((producer - pos) // stride, max_records - count)
             words = self._words[(pos & mask) >> 2 :: stride >> 2][:limit]
             run = 0
             for word in words.tolist():
@@ -121,8 +175,7 @@ class RingBufferReader:
                 run += 1
             if run == 0:  # cannot happen (the first header was read committed); be safe
                 run = 1
-            first = pos - start + HEADER_SIZE
-            spans.extend((first + i * stride, length) for i in range(run))
+            count += run
             pos += run * stride
         if pos == start:
             return EMPTY
@@ -131,9 +184,9 @@ class RingBufferReader:
         blob = bytes(data[offset : offset + (pos - start)])
         _U64.pack_into(self._consumer, 0, pos)
         self._pos = pos
-        self.records_read += len(spans)
+        self.records_read += count
         self.bytes_read += pos - start
-        return RecordBatch(blob, spans, discarded)
+        return RecordBatch(blob, None, discarded, count)
 
     def close(self) -> None:
         if self._epoll is not None:

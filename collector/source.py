@@ -38,6 +38,7 @@ class TcpConnSource(RingBufferSource):
         if mount_tracefs and ensure_tracefs(tracefs):
             log.info("mounted tracefs at %s", tracefs)
         targs = TARGS.pack(round(interim_interval_s * 1e9), wakeup_bytes)
+        self._wakeup_bytes = wakeup_bytes
         super().__init__(
             bpf_object, ringbuf_bytes, targs, COUNTER_NAMES, BpfObject.attach_all, tracefs
         )
@@ -47,3 +48,7 @@ class TcpConnSource(RingBufferSource):
             bpf_object,
             self.ringbuf_bytes,
         )
+
+    def wait(self, timeout_s: float) -> bool:
+        # Not woken by a wakeup older than the last read (see RingBufferReader.wait).
+        return self.reader.wait(timeout_s, self._wakeup_bytes)
