@@ -115,13 +115,16 @@ class AddressClassifier:
 
     def _classify(self, addr: str) -> AddressClass:
         v4 = _v4(addr)
-        if v4 is not None:
-            if any(v4 & mask == net for net, mask in self._cluster_v4):
-                return "cluster"
-            if any(v4 & mask == net for net, mask in self._other_v4):
-                return "other_cluster"
-            if any(v4 & mask == net for net, mask in _V4_NOT_GLOBAL_MASKS):
-                return "private"
+        if v4 is not None:  # loops, not any(): every new internet address takes this path
+            for net, mask in self._cluster_v4:
+                if v4 & mask == net:
+                    return "cluster"
+            for net, mask in self._other_v4:
+                if v4 & mask == net:
+                    return "other_cluster"
+            for net, mask in _V4_NOT_GLOBAL_MASKS:
+                if v4 & mask == net:
+                    return "private"
             return "internet"
         try:
             ip = ipaddress.ip_address(addr.split("%", 1)[0])

@@ -270,6 +270,8 @@ class Renderer:
             frag = self._fragment(template_of(found, addr, state, self.classifier))
             if ":" not in addr and not state.ever_held_by_pod(addr):
                 self._remember_address(addr, frag)
+                if frag.unnamed:
+                    self._unnamed_answers(addr, frag)  # so the C loop needs no _finish
             return frag
         uid = found.uid
         cached = state.fragments.get(uid)
@@ -306,29 +308,38 @@ class Renderer:
         self, raw: RawTcpConnection, local: Fragment, remote: Fragment
     ) -> tuple[bytes, str | None]:
         """The peer class and what the record still waits for (see render_many_py)."""
-        classifier, addr = self.classifier, raw.remote_addr
-        peer = (
-            _ADDRESS_PEER[classifier.peer_class(classifier.classify(addr))]
-            if remote.unnamed
-            else _locality(local.where, remote.where)
+        addr = raw.remote_addr
+        if local.attribution == "unresolved":
+            peer = (
+                self._unnamed_answers(addr, remote)[0]
+                if remote.unnamed
+                else _locality(local.where, remote.where)
+            )
+            if raw.pod_uid is not None:
+                return peer, "uid:" + raw.pod_uid
+            return peer, self._unnamed_answers(addr, remote)[1] if remote.unnamed else None
+        if remote.unnamed:
+            return self._unnamed_answers(addr, remote)
+        return _locality(local.where, remote.where), None
+
+    def _unnamed_answers(self, addr: str, remote: Fragment) -> tuple[bytes, str | None]:
+        """For an unnamed remote end: its peer class, and what a record with a named local
+        end waits for. Both depend on the address alone (its classes do not change while we
+        run): kept where the C loop looks first."""
+        found = self._unnamed.get(addr)
+        if found is not None:
+            return found
+        classifier = self.classifier
+        cls = classifier.classify(addr)
+        missing = (
+            "ip:" + canonical_ip(addr)
+            if remote.attribution == "unresolved" and classifier.holds_back(cls)
+            else None
         )
-        missing: str | None = None
-        local_unresolved = local.attribution == "unresolved"
-        if local_unresolved and raw.pod_uid is not None:
-            missing = "uid:" + raw.pod_uid
-        elif (
-            remote.attribution == "unresolved"
-            and remote.unnamed
-            and classifier.holds_back(classifier.classify(addr))
-        ):
-            missing = "ip:" + canonical_ip(addr)
-        if remote.unnamed and not local_unresolved:
-            # With a named local end, both answers depend on the address alone: kept for
-            # the C loop (the classes of an address do not change while we run).
-            if len(self._unnamed) >= _ADDRESS_LIMIT:
-                self._unnamed.clear()
-            self._unnamed[addr] = (peer, missing)
-        return peer, missing
+        if len(self._unnamed) >= _ADDRESS_LIMIT:
+            self._unnamed.clear()
+        found = self._unnamed[addr] = (_ADDRESS_PEER[classifier.peer_class(cls)], missing)
+        return found
 
     def render_many_py(self, raws: Sequence[RawTcpConnection]) -> list[Rendered]:
         """The Python twin of the C loop; one loop, so the lookups below are made once per
