@@ -1,6 +1,6 @@
 """Write the published JSON Schemas of every record that crosses a flowscope Kafka topic.
 
-The schemas are generated from the msgspec types in ``flowscope/records.py`` (the one source
+The schemas are generated from the msgspec types in ``flowscope/records/`` (the one source
 of truth) and committed, so that consumers outside the project can read them without Python.
 ``--check`` regenerates in memory and fails when a committed file differs: CI runs it so that
 a changed record type cannot ship with stale schemas.

@@ -1,0 +1,52 @@
+"""Records that cross Kafka topics. The JSON schemas under schemas/ are generated from these.
+
+Units are in field names (``_ns``, ``_us``, ``bytes_``). Times are Unix epoch nanoseconds
+(event time: when the kernel saw it), which is what OTLP uses too.
+
+One module per family (``transport``, ``dns``, ``metrics``, ``operations``, and the
+``endpoint`` and ``vocabulary`` they share); import them from here.
+"""
+
+from __future__ import annotations
+
+from flowscope.records.dns import (
+    DnsMetric,
+    DnsOutcome,
+    DnsServerClass,
+    EnrichedDnsQuery,
+    RawDnsQuery,
+)
+from flowscope.records.endpoint import Endpoint
+from flowscope.records.metrics import (
+    AlertEvent,
+    CostPairMetric,
+    CostRollupMetric,
+    TcpLatencyMetric,
+    TcpPairMetric,
+)
+from flowscope.records.operations import CollectorHealth, DeadLetter
+from flowscope.records.transport import EnrichedTcpConnection, RawTcpConnection, RawUdpFlow
+from flowscope.records.vocabulary import Attribution, Outcome, PeerClass, Role
+
+__all__ = [
+    "AlertEvent",
+    "Attribution",
+    "CollectorHealth",
+    "CostPairMetric",
+    "CostRollupMetric",
+    "DeadLetter",
+    "DnsMetric",
+    "DnsOutcome",
+    "DnsServerClass",
+    "Endpoint",
+    "EnrichedDnsQuery",
+    "EnrichedTcpConnection",
+    "Outcome",
+    "PeerClass",
+    "RawDnsQuery",
+    "RawTcpConnection",
+    "RawUdpFlow",
+    "Role",
+    "TcpLatencyMetric",
+    "TcpPairMetric",
+]
