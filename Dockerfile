@@ -47,7 +47,7 @@ COPY enricher/ enricher/
 COPY processors/ processors/
 RUN pip install --no-cache-dir --upgrade pip \
  && pip install --no-cache-dir . \
- && cd / && python -c "import flowscope, collector, enricher, processors, enricher._render"
+ && cd / && python -c "import flowscope, collector, enricher, processors, enricher._render, collector._encode"
 
 # ---- runtime -----------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
