@@ -11,8 +11,12 @@ enricher's high-rate path sends them), then, in the same run and on the same top
 Records are dated in windows that start a minute from now, so no window closes during the
 run: what is measured is consumption and aggregation, not publishing.
 
-    python -m bench.processors_bench [--records 200000] [--batch 500]
+    python -m bench.processors_bench [--records 200000] [--batch 500] [--repeat 3]
         [--quix-python .state/quix-venv/bin/python]
+
+Each run reports records/s (records / first-to-last-message span, the same span for both) and
+CPU per record over that span (the whole process, client threads included, and the handling
+thread alone): on a shared machine CPU per record is the steadier figure.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 
@@ -37,7 +43,8 @@ from flowscope.kafka import TopicSpec, ensure_topics, wait_for_broker
 from flowscope.records import Endpoint, EnrichedTcpConnection, Role
 from flowscope.topics import Topics
 from processors.prices import load_price_table
-from processors.processor import ConnectionProcessor, Source
+from processors.processor import ConnectionProcessor
+from processors.stage import Source
 
 REPO = Path(__file__).resolve().parents[1]
 S = 1_000_000_000
@@ -129,11 +136,17 @@ def faust_rate(bootstrap: str, topics: Topics, records: int, workdir: Path) -> d
                 counters = dict(kv.split("=", 1) for kv in lines[-1].split())
                 if int(counters["records"]) >= records:
                     span_s = int(counters["handling_span_ms"]) / 1000
+                    n = int(counters["records"])
                     return {
-                        "records": int(counters["records"]),
+                        "records": n,
                         "messages": int(counters["messages"]),
                         "span_s": span_s,
-                        "records_per_s": int(counters["records"]) / span_s,
+                        "records_per_s": n / span_s,
+                        "cpu_us_per_record": int(counters["handling_cpu_ms"]) * 1000 / n,
+                        "thread_cpu_us_per_record": (
+                            int(counters["handling_thread_cpu_ms"]) * 1000 / n
+                        ),
+                        "handle_cpu_us_per_record": int(counters["handle_cpu_ms"]) * 1000 / n,
                     }
             if proc.poll() is not None:
                 raise RuntimeError(f"faust worker exited:\n{err.read_text()[-3000:]}")
@@ -166,6 +179,7 @@ def main() -> int:
     )
     p.add_argument("--records", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=500, help="records per Kafka message")
+    p.add_argument("--repeat", type=int, default=3, help="side-by-side runs (best reported)")
     p.add_argument("--quix-python", default=str(REPO / ".state" / "quix-venv" / "bin" / "python"))
     args = p.parse_args()
     if not Path(args.quix_python).exists():
@@ -176,6 +190,31 @@ def main() -> int:
         )
         return 2
     wait_for_broker(args.bootstrap)
+    runs = []
+    for run in range(1, args.repeat + 1):
+        print(f"run {run} of {args.repeat}")
+        # Alternate which side goes first: on a shared machine load drifts within a run.
+        runs.append(one_run(args, quix_first=run % 2 == 0))
+    if args.repeat > 1:
+        faust, quix = max(r["faust"] for r in runs), max(r["quix"] for r in runs)
+        ratios = sorted(r["ratio"] for r in runs)
+        cpu = sorted(r["cpu_ratio"] for r in runs)
+        print(f"best of {args.repeat}: faust {faust:,.0f} records/s, Quix {quix:,.0f} records/s, "
+              f"ratio of the bests {faust / quix:.2f}; per-run ratios {ratios[0]:.2f}.."
+              f"{ratios[-1]:.2f} (median {ratios[len(ratios) // 2]:.2f}), records per CPU "
+              f"second {cpu[0]:.2f}..{cpu[-1]:.2f} (median {cpu[len(cpu) // 2]:.2f})")  # fmt: skip
+    return 0
+
+
+def show(label: str, r: Mapping[str, Any]) -> None:
+    print(f"{label} {r['records_per_s']:>10,.0f} records/s ({r['messages']:.0f} messages in "
+          f"{r['span_s']:.2f} s; CPU per record {r['cpu_us_per_record']:.2f} us process, "
+          f"{r['thread_cpu_us_per_record']:.2f} us handling thread, of which "
+          f"{r['handle_cpu_us_per_record']:.2f} us in the processor)")  # fmt: skip
+
+
+def one_run(args: argparse.Namespace, quix_first: bool) -> dict[str, float]:
+    """One side-by-side run on a fresh topic: the pure ceiling, then faust and Quix."""
     topics = Topics(f"bench-{uuid.uuid4().hex[:8]}")
     ensure_topics(args.bootstrap, [TopicSpec(topics.enriched_tcp, partitions=1)])
     records = make_records(args.records, time.time_ns() + 60 * S)
@@ -192,16 +231,29 @@ def main() -> int:
     print(f"topic {topics.enriched_tcp}: {len(records):,} records in {len(batches):,} messages "
           f"of {args.batch} ({sum(map(len, batches)) // len(records)} B/record)")  # fmt: skip
     print(f"pure aggregation (no Kafka):  {pure_rate(batches, len(records)):>10,.0f} records/s")
-    with tempfile.TemporaryDirectory(prefix="bench-processors-") as tmp:
-        faust = faust_rate(args.bootstrap, topics, len(records), Path(tmp))
-    print(f"faust worker (1 process):     {faust['records_per_s']:>10,.0f} records/s "
-          f"({faust['messages']:.0f} messages in {faust['span_s']:.2f} s)")  # fmt: skip
-    quix = quix_rate(args.quix_python, args.bootstrap, topics.enriched_tcp, len(records))
-    print(f"Quix Streams {quix['quixstreams']} (1 process): {quix['records_per_s']:>10,.0f} "
-          f"records/s ({quix['messages']} messages in {quix['span_s']:.2f} s)")  # fmt: skip
+
+    def run_faust() -> dict[str, float]:
+        with tempfile.TemporaryDirectory(prefix="bench-processors-") as tmp:
+            faust = faust_rate(args.bootstrap, topics, len(records), Path(tmp))
+        show("faust worker (1 process):    ", faust)
+        return faust
+
+    def run_quix() -> dict[str, object]:
+        quix = quix_rate(args.quix_python, args.bootstrap, topics.enriched_tcp, len(records))
+        show(f"Quix Streams {quix['quixstreams']} (1 process):", quix)
+        return quix
+
+    if quix_first:
+        quix = run_quix()
+        faust = run_faust()
+    else:
+        faust = run_faust()
+        quix = run_quix()
     ratio = float(faust["records_per_s"]) / float(quix["records_per_s"])  # type: ignore[arg-type]
-    print(f"faust / quix ratio: {ratio:.2f}")
-    return 0
+    cpu_ratio = float(quix["cpu_us_per_record"]) / faust["cpu_us_per_record"]  # type: ignore[arg-type]
+    print(f"faust / quix ratio: {ratio:.2f} records/s, {cpu_ratio:.2f} records per CPU second")
+    return {"faust": faust["records_per_s"], "quix": float(quix["records_per_s"]),  # type: ignore[arg-type]
+            "ratio": ratio, "cpu_ratio": cpu_ratio}  # fmt: skip
 
 
 if __name__ == "__main__":

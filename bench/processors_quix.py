@@ -3,7 +3,8 @@
 Run by bench/processors_bench.py with an interpreter that has quixstreams installed (it pins
 an older confluent-kafka than flowscope's, so it lives in its own virtualenv). Reads the bench
 topic from the start, feeds every message to the same pure ConnectionProcessor the faust
-worker uses, and prints one JSON line: records, span_s, records_per_s, quixstreams version.
+worker uses, and prints one JSON line: records, span_s, records_per_s, CPU per record (the
+whole process, librdkafka's threads included, and the handling thread), quixstreams version.
 
     <quix-python> bench/processors_quix.py BOOTSTRAP TOPIC EXPECTED_RECORDS
 """
@@ -22,7 +23,8 @@ import quixstreams
 from quixstreams import Application, message_context
 
 from processors.prices import load_price_table
-from processors.processor import ConnectionProcessor, Source
+from processors.processor import ConnectionProcessor
+from processors.stage import Source
 
 REPO = Path(__file__).resolve().parents[1]
 S = 1_000_000_000
@@ -44,21 +46,19 @@ def main() -> int:
     )
     topic = app.topic(topic_name, value_deserializer="bytes", key_deserializer="bytes")
     sdf = app.dataframe(topic)
-    span: dict[str, float] = {}
 
     def aggregate(value: bytes) -> None:
-        now = time.time_ns()
-        span.setdefault("first", time.perf_counter())
         ctx = message_context()
-        processor.handle(value, Source(topic_name, ctx.partition, ctx.offset, None), now)
+        processor.handle(value, Source(topic_name, ctx.partition, ctx.offset, None), time.time_ns())
         if processor.aggregator.counters.records >= expected:
-            span["last"] = time.perf_counter()
             app.stop()
 
     sdf.update(aggregate)
     app.run()
     records = processor.aggregator.counters.records
-    seconds = span.get("last", time.perf_counter()) - span.get("first", time.perf_counter())
+    # The span the faust worker reports too (processors/stage.py): first to last message.
+    span = processor.handling_span()
+    seconds = span["handling_span_ms"] / 1000
     print(
         json.dumps(
             {
@@ -66,6 +66,9 @@ def main() -> int:
                 "messages": processor.outputs.messages,
                 "span_s": seconds,
                 "records_per_s": records / seconds if seconds > 0 else 0.0,
+                "cpu_us_per_record": span["handling_cpu_ms"] * 1000 / records,
+                "thread_cpu_us_per_record": span["handling_thread_cpu_ms"] * 1000 / records,
+                "handle_cpu_us_per_record": span["handle_cpu_ms"] * 1000 / records,
                 "quixstreams": quixstreams.__version__,
             }
         )

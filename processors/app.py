@@ -297,6 +297,44 @@ def check_codecs() -> None:
         )
 
 
+# Every module of the pinned aiokafka that binds lz4_decode by name (checked by a unit test).
+LZ4_DECODE_USERS = (
+    "aiokafka.codec",
+    "aiokafka.record.default_records",
+    "aiokafka.record.legacy_records",
+    "aiokafka.record._crecords.default_records",
+    "aiokafka.record._crecords.legacy_records",
+    "aiokafka.protocol.message",
+)
+
+
+def use_gil_free_lz4() -> str:
+    """Make aiokafka decompress lz4 with ``lz4.frame`` (the same bytes), which releases the
+    GIL; returns the decompressor in use.
+
+    Measured (bench/processors_bench.py): faust runs aiokafka in its own thread, and
+    aiokafka's lz4 path (cramjam, then a ``bytes`` copy) holds the GIL for the whole
+    decompression, so that thread's work was serialised with the agent's: the worker's wall
+    time per record equalled its process CPU per record. librdkafka (under Quix Streams)
+    decompresses in C threads that never take the GIL. With ``lz4.frame`` the decompression
+    overlaps the agent on the second core. Without the package, aiokafka's own path stays.
+    """
+    try:
+        lz4_frame = importlib.import_module("lz4.frame")
+    except ImportError:
+        return "cramjam (lz4 not installed: decompression holds the GIL)"
+    decompress = lz4_frame.decompress
+
+    def lz4_decode(payload: Any) -> bytes:
+        return cast(bytes, decompress(payload))
+
+    for name in LZ4_DECODE_USERS:
+        module = importlib.import_module(name)
+        if hasattr(module, "lz4_decode"):
+            module.__dict__["lz4_decode"] = lz4_decode
+    return "lz4.frame (GIL released)"
+
+
 class _Worker(faust.Worker):
     """faust's Worker with a deadline on shutdown.
 
@@ -339,6 +377,7 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
     except MissingCodec as exc:
         log.error("%s", exc)
         return 4
+    log.info("lz4 decompression: %s", use_gil_free_lz4())
     processor = build_processor(settings, prices, rules)
     dns = build_dns_processor(settings, rules)
     app = build_app(settings, processor, dns)

@@ -20,12 +20,14 @@ Rules (the window bookkeeping and watermark are processors/windows.py, shared wi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from flowscope.records import EnrichedTcpConnection
 from processors import windows
 from processors.sketch import QuantileSketch
-from processors.windows import PartitionWindows
+from processors.windows import BatchResult, InvalidRecord, PartitionWindows
 
 # Outcomes counted as failed connections. reset_locally/abandoned/aborted are the
 # application's or an operator's doing, not the network's: listed in outcomes, not failures.
@@ -34,8 +36,10 @@ FAILURE_OUTCOMES = frozenset({"refused", "timed_out", "reset_by_peer", "unreacha
 IN_CLUSTER = frozenset({"pod", "host", "node"})
 
 
-@dataclass(frozen=True, slots=True)
-class CellKey:
+class CellKey(NamedTuple):
+    """A cell's grouping. A tuple so that the hot path looks cells up with a plain tuple of
+    the same fields (equal hash and equality, both in C) and builds a CellKey once per cell."""
+
     client_workload: str
     server_workload: str
     service: str | None
@@ -64,6 +68,40 @@ class Cell:
 ClosedWindow = windows.ClosedWindow[CellKey, Cell]
 
 
+def _invalid(record: EnrichedTcpConnection) -> str | None:
+    """Why a record cannot be aggregated (negative volume or time), or None."""
+    latency = record.connect_latency_us
+    if (
+        record.bytes_client_to_server < 0
+        or record.bytes_server_to_client < 0
+        or record.srtt_us < 0
+        or record.retrans_segs < 0
+        or record.segs_out < 0
+        or (latency is not None and latency < 0)
+    ):
+        return (
+            "negative volume or time: "
+            f"c2s={record.bytes_client_to_server} s2c={record.bytes_server_to_client} "
+            f"srtt_us={record.srtt_us} retrans_segs={record.retrans_segs} "
+            f"segs_out={record.segs_out} connect_latency_us={latency}"
+        )
+    return None
+
+
+class _BatchWindow:
+    """One window as a batch sees it: its open cells and the records the batch counted."""
+
+    __slots__ = ("cells", "counted")
+
+    def __init__(self, cells: dict[CellKey, Cell]) -> None:
+        self.cells = cells
+        self.counted = 0
+
+
+# The batch's stand-in for a window already handed out: its records are late.
+_LATE = _BatchWindow({})
+
+
 class ConnectionAggregator(PartitionWindows[EnrichedTcpConnection, CellKey, Cell]):
     """Tumbling windows of ``window_ns`` per partition, closed ``grace_ns`` after their end."""
 
@@ -71,56 +109,125 @@ class ConnectionAggregator(PartitionWindows[EnrichedTcpConnection, CellKey, Cell
         """Aggregate one record. Returns the start of the window it went into, or None when it
         was skipped (duplicate end, or late). Raises InvalidRecord and changes nothing if the
         record is unusable."""
-        latency = record.connect_latency_us
-        if (
-            record.bytes_client_to_server < 0
-            or record.bytes_server_to_client < 0
-            or record.srtt_us < 0
-            or record.retrans_segs < 0
-            or record.segs_out < 0
-            or (latency is not None and latency < 0)
-        ):
-            raise self._reject(
-                "negative volume or time: "
-                f"c2s={record.bytes_client_to_server} s2c={record.bytes_server_to_client} "
-                f"srtt_us={record.srtt_us} retrans_segs={record.retrans_segs} "
-                f"segs_out={record.segs_out} connect_latency_us={latency}"
-            )
-        duplicate = record.observer_role != "client" and record.client_observed
-        window = self._cells(partition, record.end_time_ns, duplicate)
-        if window is None:
-            return None
-        start, cells = window
-        client, server = record.client, record.server
-        key = CellKey(
-            client.workload_key(),
-            server.workload_key(),
-            server.service,
-            client.zone,
-            server.zone,
-            record.peer_class,
-            client.attribution in IN_CLUSTER,
-            server.attribution in IN_CLUSTER,
-        )
-        cell = cells.get(key)
-        if cell is None:
-            cell = cells[key] = Cell(
-                client.namespace,
-                server.namespace,
-                QuantileSketch(self.alpha),
-                QuantileSketch(self.alpha),
-            )
-        cell.bytes_client_to_server += record.bytes_client_to_server
-        cell.bytes_server_to_client += record.bytes_server_to_client
-        cell.retrans_segs += record.retrans_segs
-        cell.segs_out += record.segs_out
-        # Only the client measures SYN -> established; it is reported on the first record.
-        if latency is not None and record.sequence == 0 and record.observer_role == "client":
-            cell.connect_sketch.add(latency)
-        if not record.interim:
-            cell.connections += 1
-            outcomes = cell.outcomes
-            outcomes[record.outcome] = outcomes.get(record.outcome, 0) + 1
-            if record.srtt_us > 0:  # 0: never established, no RTT sample
-                cell.rtt_sketch.add(record.srtt_us)
-        return self._counted(partition, start)
+        result = self.add_batch(partition, (record,))
+        if result.rejected:
+            raise InvalidRecord(result.rejected[0][1])
+        return result.newest_start_ns
+
+    def add_batch(
+        self,
+        partition: int,
+        records: Sequence[EnrichedTcpConnection],
+        event_time: Callable[[EnrichedTcpConnection], int] | None = None,
+    ) -> BatchResult[EnrichedTcpConnection]:
+        """One message's records, each exactly as the rules above say (and as the generic
+        per-record path in processors/windows.py would count it), in one loop: the per-record
+        cost is what bounds a worker's rate. The event time is ``end_time_ns``."""
+        result: BatchResult[EnrichedTcpConnection] = BatchResult()
+        counters = self.counters
+        window_ns = self.window_ns
+        alpha = self.alpha
+        in_cluster = IN_CLUSTER
+        batch_windows: dict[int, _BatchWindow] = {}  # window start -> cells, or _LATE
+        newest_event = -1
+        seen = duplicates = late = 0
+        try:
+            for record in records:
+                latency = record.connect_latency_us
+                c2s = record.bytes_client_to_server
+                s2c = record.bytes_server_to_client
+                srtt = record.srtt_us
+                retrans = record.retrans_segs
+                segs = record.segs_out
+                if (
+                    c2s < 0
+                    or s2c < 0
+                    or srtt < 0
+                    or retrans < 0
+                    or segs < 0
+                    or (latency is not None and latency < 0)
+                ):
+                    counters.rejected += 1
+                    result.rejected.append((record, _invalid(record) or "invalid"))
+                    continue
+                seen += 1
+                t = record.end_time_ns
+                if t > newest_event:
+                    newest_event = t
+                role = record.observer_role
+                if role != "client" and record.client_observed:
+                    duplicates += 1
+                    continue
+                start = t - t % window_ns
+                window = batch_windows.get(start)
+                if window is None:
+                    window = batch_windows[start] = self._batch_window(partition, start)
+                if window is _LATE:
+                    late += 1
+                    continue
+                client, server = record.client, record.server
+                key = (
+                    client.workload_key(),
+                    server.workload_key(),
+                    server.service,
+                    client.zone,
+                    server.zone,
+                    record.peer_class,
+                    client.attribution in in_cluster,
+                    server.attribution in in_cluster,
+                )
+                cells = window.cells
+                cell = cells.get(key)  # type: ignore[call-overload]  # a tuple equal to a CellKey
+                if cell is None:
+                    cell = cells[CellKey._make(key)] = Cell(
+                        client.namespace,
+                        server.namespace,
+                        QuantileSketch(alpha),
+                        QuantileSketch(alpha),
+                    )
+                cell.bytes_client_to_server += c2s
+                cell.bytes_server_to_client += s2c
+                cell.retrans_segs += retrans
+                cell.segs_out += segs
+                # Only the client measures SYN -> established; reported on the first record.
+                if latency is not None and role == "client" and record.sequence == 0:
+                    cell.connect_sketch.add(latency)
+                if not record.interim:
+                    cell.connections += 1
+                    outcomes = cell.outcomes
+                    outcome = record.outcome
+                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                    if srtt > 0:  # 0: never established, no RTT sample
+                        cell.rtt_sketch.add(srtt)
+                window.counted += 1
+        finally:
+            # Applied even if a record broke the loop, so the counters match the cells.
+            newest = None
+            counted = 0
+            for start, window in batch_windows.items():
+                n = window.counted
+                if not n:  # _LATE counts nothing
+                    continue
+                self._records_in[(partition, start)] += n
+                counted += n
+                if newest is None or start > newest:
+                    newest = start
+            counters.records += seen
+            counters.duplicates_skipped += duplicates
+            counters.late_dropped += late
+            counters.counted += counted
+        result.newest_start_ns = newest
+        result.newest_event_ns = newest_event
+        return result
+
+    def _batch_window(self, partition: int, start: int) -> _BatchWindow:
+        """A batch's handle on window ``start``: its open cells (opened here if new) and a
+        count of the records the batch adds to it; ``_LATE`` if it was handed out."""
+        if self.is_closed(start):
+            return _LATE
+        slot = (partition, start)
+        cells = self._open.get(slot)
+        if cells is None:
+            cells = self._open[slot] = {}
+            self._records_in[slot] = 0
+        return _BatchWindow(cells)

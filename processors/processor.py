@@ -99,9 +99,4 @@ class ConnectionProcessor(WindowedStage[EnrichedTcpConnection, CellKey, Cell, Tc
 
     def report(self) -> dict[str, int]:
         """All counters, for the periodic log line."""
-        return {
-            **super().report(),
-            "handling_span_ms": 0
-            if self._first_message_ns is None
-            else (self._last_message_ns - self._first_message_ns) // 1_000_000,
-        }
+        return {**super().report(), **self.handling_span()}

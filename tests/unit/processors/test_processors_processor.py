@@ -183,8 +183,6 @@ def test_cli_rejects_an_unknown_cloud_and_a_missing_price_file(
     assert main(["worker", "--prices", str(tmp_path / "none.yaml")]) == 2
     assert "cannot read the price table" in capsys.readouterr().err
     rules = tmp_path / "rules.yaml"
-    rules.write_text(
-        "rules:\n  - {name: x, metric: dns.nope, group_by: [a], threshold: 1}\n"
-    )
+    rules.write_text("rules:\n  - {name: x, metric: dns.nope, group_by: [a], threshold: 1}\n")
     assert main(["worker", "--alert-rules", str(rules)]) == 2
     assert "unknown metric 'dns.nope'" in capsys.readouterr().err

@@ -133,3 +133,32 @@ def test_from_dict_rejects_malformed(mutate: object) -> None:
     mutate(data)  # type: ignore[operator]
     with pytest.raises(SketchError):
         QuantileSketch.from_dict(data)
+
+
+def test_buffered_integer_inserts_fold_into_the_same_sketch() -> None:
+    # Integers take the buffered path (more distinct values than the buffer holds, so it
+    # folds mid-stream too); the same values as floats take the immediate path.
+    rng = random.Random(7)
+    values = [rng.choice((0, rng.randrange(1, 50), rng.randrange(1, 10**7))) for _ in range(20_000)]
+    buffered, immediate = QuantileSketch(0.01), QuantileSketch(0.01)
+    for i, v in enumerate(values):
+        buffered.add(v)
+        immediate.add(float(v))
+        if i == 9_999:  # a read in the middle folds what is buffered
+            assert buffered.count == immediate.count == 10_000
+    assert len(set(values)) > 2 * QuantileSketch.PENDING_LIMIT
+    assert buffered.to_dict() == immediate.to_dict()
+    assert buffered.quantile(0.5) == immediate.quantile(0.5)
+    merged = QuantileSketch(0.01)
+    merged.add(3)
+    merged.merge(buffered)
+    assert merged.count == len(values) + 1 and merged.min == 0
+
+
+def test_a_buffered_negative_or_invalid_value_is_still_rejected_at_once() -> None:
+    sketch = QuantileSketch()
+    with pytest.raises(SketchError):
+        sketch.add(-1)
+    with pytest.raises(SketchError):
+        sketch.add(math.nan)
+    assert sketch.count == 0
