@@ -1,4 +1,5 @@
-"""A processors worker as a real subprocess, and readers of its output topics."""
+"""A processors worker as a real subprocess, readers of its output topics and of its consumer
+group's offsets, and the pieces the fault tests (TCP and DNS) share."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 
+from flowscope.records import Endpoint
 from flowscope.topics import Topics
+from processors.dedupe import FirstPerId, HasMetricId
 
 REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000
+M = TypeVar("M", bound=HasMetricId)
 
 
 @dataclass
@@ -127,7 +133,56 @@ def consume(consumer: Consumer, timeout_s: float, workers: list[Worker]) -> list
     return values
 
 
-def final_counters(worker: Worker) -> dict[str, str]:
-    final = re.search(r"final counters (.*)", worker.log())
-    assert final is not None, worker.log()[-3000:]
-    return dict(kv.split("=", 1) for kv in final.group(1).split())
+def logged_counters(worker: Worker, phrase: str) -> dict[str, str] | None:
+    """The counters of the worker's latest log line ``<phrase> key=value ...`` (None: none yet)."""
+    found = re.findall(rf"{phrase} (\w+=.*)", worker.log())
+    return dict(kv.split("=", 1) for kv in found[-1].split()) if found else None
+
+
+def final_counters(worker: Worker, phrase: str = "final counters") -> dict[str, str]:
+    """The counters a stopped worker logged on exit (TCP: "final counters", DNS: "dns
+    counters at exit")."""
+    counters = logged_counters(worker, phrase)
+    assert counters is not None, worker.log()[-3000:]
+    return counters
+
+
+def pod(name: str, zone: str, namespace: str = "shop", service: str | None = None) -> Endpoint:
+    return Endpoint(
+        address=f"10.9.0.{len(name)}", port=80, attribution="pod", namespace=namespace,
+        workload_kind="Deployment", workload_name=name, service=service, zone=zone, region="r1",
+    )  # fmt: skip
+
+
+def read_until(
+    consumer: Consumer,
+    workers: list[Worker],
+    decode: Callable[[bytes], M],
+    dedupe: FirstPerId,
+    enough: Callable[[list[M]], bool],
+    timeout_s: float,
+) -> list[M]:
+    """Metrics as a consumer keeps them (the first per ``metric_id``), read until ``enough``
+    of them have arrived or ``timeout_s`` has passed."""
+    kept: list[M] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        kept += dedupe.keep(decode(v) for v in consume(consumer, 1, workers))
+        if enough(kept):
+            break
+    return kept
+
+
+def group_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[tuple[int, int]]:
+    """(committed offset, end offset) per partition of ``topic`` for consumer group ``group``
+    (a worker's app id); 0 where nothing is committed. Reads offsets without joining the
+    group, so the workers' assignment is not disturbed."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False})  # fmt: skip
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committed = consumer.committed(tps, timeout=10)
+        ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
+    finally:
+        consumer.close()
+    return [(max(tp.offset, 0), end) for tp, end in zip(committed, ends, strict=True)]

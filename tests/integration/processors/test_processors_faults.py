@@ -22,6 +22,8 @@ from processors_harness import (
     final_counters,
     new_app_id,
     new_consumer,
+    pod,
+    read_until,
     start_worker,
 )
 
@@ -36,13 +38,6 @@ WINDOW_S = 2
 WINDOW = WINDOW_S * S
 PARTITIONS = 4
 BATCH = 40
-
-
-def pod(name: str, zone: str) -> Endpoint:
-    return Endpoint(
-        address=f"10.9.0.{len(name)}", port=80, attribution="pod", namespace="shop",
-        workload_kind="Deployment", workload_name=name, zone=zone, region="r1",
-    )  # fmt: skip
 
 
 PODS = [pod("web", "r1-a"), pod("api", "r1-b"), pod("db", "r1-a"), pod("cache", "r1-c")]
@@ -123,17 +118,15 @@ def test_sigkill_restart_and_a_second_worker_give_exact_totals(
         reader = new_consumer(kafka_bootstrap, topics.metrics_tcp_latency)
         cost_reader = new_consumer(kafka_bootstrap, topics.metrics_cost_pairs)
         dedupe, cost_dedupe = FirstPerId(), FirstPerId()
-        latency: list[TcpLatencyMetric] = []
         cost: list[CostPairMetric] = []
         want = sum(t[0] for t in truth.values())
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            latency += dedupe.keep(
-                JsonCodec(TcpLatencyMetric).decode(v) for v in consume(reader, 1, workers)
-            )
-            got = sum(m.connections for m in latency if "sentinel" not in m.client_workload)
-            if got >= want:
-                break
+
+        def all_counted(ms: list[TcpLatencyMetric]) -> bool:
+            return sum(m.connections for m in ms if "sentinel" not in m.client_workload) >= want
+
+        latency = read_until(
+            reader, workers, JsonCodec(TcpLatencyMetric).decode, dedupe, all_counted, 90
+        )
         cost += cost_dedupe.keep(
             JsonCodec(CostPairMetric).decode(v) for v in consume(cost_reader, 3, workers)
         )
