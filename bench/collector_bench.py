@@ -9,10 +9,14 @@ back to the kernel and faulted in again per batch would show there).
 A third phase, "kernel only", attaches the same BPF programs with a reader that only empties
 the ring buffer (no decoding, no Kafka), with kernel.bpf_stats_enabled on for its duration
 (restored after): the programs' own run time per connection, measured by the kernel, which
-the shared machine's noise in connection rates cannot hide.
+the shared machine's noise in connection rates cannot hide. It is printed per program (runs
+per connection x ns per run) for the whole run and for each round; every ratio is printed
+per round too, best first. ``--kernel-only`` runs only these phases and needs no broker:
+with ``--variant``, it compares BPF objects (before/after a change) in the same rounds.
 
     sudo .venv/bin/python bench/collector_bench.py [--seconds 5] [--rounds 2] [--threads 2]
         [--bootstrap 127.0.0.1:9092] [--variant LABEL=[ROOT][:KEY=VALUE,...]]...
+        [--no-kernel | --kernel-only]
 
 ``--variant`` runs more than one collector in the same rounds, each phase after the other:
 ROOT is a tree holding collector/, flowscope/ and bpf/.output/ (default: this repository),
@@ -227,6 +231,26 @@ def mean_ratio(phases: list[Phase], mode: str) -> float:
     return statistics.mean(r[mode] / r["none"] for r in by_round.values())
 
 
+def round_ratios(phases: list[Phase], mode: str) -> str:
+    """Each round's ratio, best first: on a shared machine the spread says how much of the
+    mean is noise, and the best round is the least disturbed one."""
+    by_round: dict[int, dict[str, float]] = {}
+    for ph in phases:
+        by_round.setdefault(ph.round, {})[ph.mode] = ph.rate
+    ratios = sorted((r[mode] / r["none"] for r in by_round.values()), reverse=True)
+    return ", ".join(f"{x:.1%}" for x in ratios)
+
+
+def bpf_line(by_prog: dict[str, tuple[int, int]], conns: int) -> str:
+    """Per program: runs per connection x ns per run (run_time_ns / run_cnt, measured by
+    the kernel with kernel.bpf_stats_enabled, which adds its own two clock reads per run)."""
+    n = max(conns, 1)
+    total_ns = sum(ns for _, ns in by_prog.values())
+    return f"{total_ns / n / 1000:.2f} µs per connection: " + ", ".join(
+        f"{name} {cnt / n:.1f} runs x {ns / max(cnt, 1):.0f} ns = {ns / n:.0f} ns"
+        for name, (cnt, ns) in sorted(by_prog.items()))  # fmt: skip
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seconds", type=float, default=5.0)
@@ -241,20 +265,27 @@ def main() -> int:
         help="LABEL=[ROOT][:KEY=VALUE,...], repeatable (see above)",
     )
     p.add_argument("--no-kernel", action="store_true", help="skip the kernel-only phases")
+    p.add_argument(
+        "--kernel-only", action="store_true", help="only the kernel-only phases, no collector"
+    )
     args = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: it loads BPF programs and creates network namespaces")
     variants: list[Variant] = args.variant or [Variant("collector", REPO, ())]
     roots = [] if args.no_kernel else list(dict.fromkeys(v.root for v in variants))
+    if args.kernel_only and args.no_kernel:
+        sys.exit("--kernel-only and --no-kernel leave nothing to run")
     build()
-    wait_for_broker(args.bootstrap)
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    ensure_topics(args.bootstrap, [TopicSpec(f"{prefix}.raw.tcp", partitions=3)])
+    if not args.kernel_only:
+        wait_for_broker(args.bootstrap)
+        ensure_topics(args.bootstrap, [TopicSpec(f"{prefix}.raw.tcp", partitions=3)])
 
     phases: list[Phase] = []
     kernel_lost: dict[Path, int] = {}
     kernel_conns: dict[Path, int] = {}
     runs: dict[Path, dict[str, tuple[int, int]]] = {}
+    round_runs: list[tuple[int, Path, int, dict[str, tuple[int, int]]]] = []
     cpu: dict[str, float] = {}
     faults: dict[str, int] = {}
     threads: dict[str, dict[str, float]] = {}
@@ -278,12 +309,13 @@ def main() -> int:
                     ok, errors, elapsed = run_load(client, server.ip, args.threads, args.seconds)
                 kernel_lost[root] = kernel_lost.get(root, 0) + kernel.lost
                 kernel_conns[root] = kernel_conns.get(root, 0) + ok
+                round_runs.append((rnd, root, ok, kernel.runs))
                 mine = runs.setdefault(root, {})
                 for name, (cnt, ns) in kernel.runs.items():
                     old = mine.get(name, (0, 0))
                     mine[name] = (old[0] + cnt, old[1] + ns)
                 phases.append(Phase(f"kernel:{root}", ok, errors, elapsed, round=rnd))
-            for v in variants:
+            for v in [] if args.kernel_only else variants:
                 collector = CollectorProcess(args.bootstrap, prefix, v)
                 cpu0 = cpu_seconds(collector.proc.pid)
                 faults0 = minor_faults(collector.proc.pid)
@@ -313,14 +345,13 @@ def main() -> int:
     print(f"without collector:  {line('none')}")
     for root in roots:
         mode = f"kernel:{root}"
-        print(f"kernel only {root}: {line(mode)}  ratio {mean_ratio(phases, mode):.1%}, "
+        print(f"kernel only {root}: {line(mode)}  ratio {mean_ratio(phases, mode):.1%} "
+              f"(rounds: {round_ratios(phases, mode)}), "
               f"ring buffer losses {kernel_lost[root]}")  # fmt: skip
-        n = max(kernel_conns[root], 1)
-        total_ns = sum(ns for _, ns in runs[root].values())
-        print(f"  BPF run time {total_ns / n / 1000:.2f} µs per connection: " + ", ".join(
-            f"{name} {cnt / n:.1f} runs x {ns / max(cnt, 1):.0f} ns"
-            for name, (cnt, ns) in sorted(runs[root].items())))  # fmt: skip
-    for v in variants:
+        print(f"  BPF run time {bpf_line(runs[root], kernel_conns[root])}")
+        for rnd, _, conns, by_prog in (r for r in round_runs if r[1] == root):
+            print(f"    round {rnd}: {bpf_line(by_prog, conns)}")
+    for v in [] if args.kernel_only else variants:
         t = totals[v.label]
         conns = sum(ph.connections for ph in phases if ph.mode == v.label)
         lost = {k: t.get(k, 0) for k in
@@ -329,7 +360,8 @@ def main() -> int:
         per_end = cpu[v.label] / max(conns, 1) * 1e6 / 2
         env = ",".join(f"{k}={val}" for k, val in v.env)
         print(f"{v.label} ({v.root}{' ' + env if env else ''}):")
-        print(f"  rate {line(v.label)}  ratio with/without {mean_ratio(phases, v.label):.1%}")
+        print(f"  rate {line(v.label)}  ratio with/without {mean_ratio(phases, v.label):.1%} "
+              f"(rounds: {round_ratios(phases, v.label)})")  # fmt: skip
         print(
             f"  connections {conns:,} ({2 * conns:,} ends); events {t.get('events', 0):,}, "
             f"records produced {t.get('records_produced', t.get('produced', 0)):,} in "
