@@ -96,6 +96,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
+def local_broker_pid() -> int | None:
+    """The Kafka broker on this machine (main class kafka.Kafka), if there is one: its CPU
+    during the collector's phases is taken from the same two cores as the load, a cost a
+    real node does not pay (its broker runs elsewhere), so it is reported apart."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" in args:
+            return int(proc.name)
+    return None
+
+
 def minor_faults(pid: int) -> int:
     """Page faults of the whole process: each costs microseconds on this VM, so memory
     handed back to the kernel and faulted in again per batch shows up as CPU."""
@@ -291,6 +307,9 @@ def main() -> int:
     threads: dict[str, dict[str, float]] = {}
     peak: dict[str, float] = {}
     totals: dict[str, dict[str, int]] = {}
+    broker = None if args.kernel_only else local_broker_pid()
+    broker_cpu: dict[str, float] = {}  # phase mode -> broker CPU seconds during it
+    busy: dict[str, float] = {}  # phase mode -> load seconds
     with Cluster([NodeSpec("node-a1", zone="zone-a"), NodeSpec("node-b1", zone="zone-b")]) as c:
         server = c.add_pod("server", node="node-b1")
         client = c.add_pod("client", node="node-a1")
@@ -302,8 +321,12 @@ def main() -> int:
         server.wait_listening(PORT, proc=srv)
         run_load(client, server.ip, args.threads, 1.0)  # warm up
         for rnd in range(args.rounds):
+            b0 = cpu_seconds(broker) if broker else 0.0
             phases.append(Phase("none", *run_load(client, server.ip, args.threads,
                                                   args.seconds), round=rnd))  # fmt: skip
+            if broker:
+                broker_cpu["none"] = broker_cpu.get("none", 0.0) + cpu_seconds(broker) - b0
+                busy["none"] = busy.get("none", 0.0) + phases[-1].seconds
             for root in roots:
                 with KernelOnly(c.cgroup_root, root) as kernel:
                     ok, errors, elapsed = run_load(client, server.ip, args.threads, args.seconds)
@@ -320,8 +343,13 @@ def main() -> int:
                 cpu0 = cpu_seconds(collector.proc.pid)
                 faults0 = minor_faults(collector.proc.pid)
                 threads0 = thread_cpu_seconds(collector.proc.pid)
+                b0 = cpu_seconds(broker) if broker else 0.0
                 ok, errors, elapsed = run_load(client, server.ip, args.threads, args.seconds)
                 phases.append(Phase(v.label, ok, errors, elapsed, round=rnd))
+                if broker:
+                    used = cpu_seconds(broker) - b0
+                    broker_cpu[v.label] = broker_cpu.get(v.label, 0.0) + used
+                    busy[v.label] = busy.get(v.label, 0.0) + elapsed
                 time.sleep(1.0)  # let it drain what the last connections produced
                 cpu[v.label] = cpu.get(v.label, 0.0) + cpu_seconds(collector.proc.pid) - cpu0
                 faults[v.label] = (faults.get(v.label, 0) + minor_faults(collector.proc.pid)
@@ -368,6 +396,13 @@ def main() -> int:
             f"{t.get('produced', 0):,} messages, delivered {t.get('delivered', 0):,} messages"
         )
         print(f"  lost {sum(lost.values())} {lost}")
+        if broker and busy.get(v.label):
+            share = broker_cpu[v.label] / busy[v.label] / (os.cpu_count() or 1)
+            idle = broker_cpu.get("none", 0.0) / max(busy.get("none", 0.0), 1e-9)
+            idle /= os.cpu_count() or 1
+            print(f"  the local broker took {share:.1%} of the machine's CPU during these "
+                  f"phases ({idle:.1%} without the collector): load this bench's rig puts on "
+                  f"the same cores, not the collector's")  # fmt: skip
         by_thread = ", ".join(
             f"{name} {secs / max(conns, 1) * 1e6 / 2:.2f}"
             for name, secs in sorted(threads[v.label].items(), key=lambda kv: -kv[1])
