@@ -139,4 +139,6 @@ def _evidence(ev: dict[str, object]) -> str:
     value = ev.get("value")
     shown = f"{value:.3g}" if isinstance(value, float) else str(value)
     count = next((v for k, v in ev.items() if k in ("queries", "connections")), None)
-    return shown if count is None else f"{shown} (n={count})"
+    shown = shown if count is None else f"{shown} (n={count})"
+    reason = ev.get("reason")  # on resolved events: why the window was not a breach
+    return shown if reason is None else f"{shown}: {reason}"

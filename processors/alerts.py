@@ -313,6 +313,7 @@ class AlertEvaluator:
         else:
             if state.episode is not None:
                 self.resolved += 1
+                evidence["reason"] = _why_not(rule, sample, value, raw)
                 event = self._event(
                     rule, group, "resolved", [evidence], start_ns, end_ns, now_ns, state.episode
                 )
@@ -354,3 +355,20 @@ class AlertEvaluator:
             window_end_ns=end_ns,
             time_ns=now_ns,
         )
+
+
+def _why_not(
+    rule: AlertRule, sample: _Sample | None, value: float | None, raw: float | None
+) -> str:
+    """Why a window is not a breach, for the resolved event's evidence: a resolution on too
+    little traffic (the value may still be above the threshold) reads differently from one
+    where the value went back under it."""
+    if sample is None:
+        return "no traffic"
+    if sample.connections < rule.min_connections:
+        return f"too few to judge ({sample.connections} < {rule.min_connections})"
+    if raw is not None and raw < rule.min_value:
+        return f"below min_value ({raw:g} < {rule.min_value:g})"
+    if value is None:
+        return "no value (no baseline yet, or nothing measured)"
+    return f"not above the threshold ({value:g} <= {rule.threshold:g})"

@@ -136,7 +136,8 @@ class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):
     group: dict[str, str | None]
     affected_workloads: list[str]
     threshold: float
-    # The window values that crossed (firing) or the first window that did not (resolved).
+    # The window values that crossed (firing) or the first window that did not (resolved,
+    # with a "reason": not above the threshold, too few to judge, no traffic...).
     evidence: list[dict[str, object]]
     window_start_ns: int  # the window that caused this event
     window_end_ns: int

@@ -86,6 +86,7 @@ def test_failure_rate_fires_after_for_windows_and_resolves_once() -> None:
     assert [e["value"] for e in fire.evidence] == [0.3, 0.4]
     assert [e["window_start_ns"] for e in fire.evidence] == [T0 + 3 * W, T0 + 4 * W]
     assert resolve.evidence[0]["value"] == 0.0 and resolve.window_start_ns == T0 + 6 * W
+    assert resolve.evidence[0]["reason"] == "not above the threshold (0 <= 0.1)"
     assert fire.severity == "critical" and fire.group["server_workload"] == "shop/Deployment/api"
 
 
@@ -97,9 +98,23 @@ def test_a_firing_alert_resolves_when_traffic_stops() -> None:
     assert [e.status for e in events_until(p, 0)] == ["firing"]
     [resolved] = events_until(p, 1)  # no traffic in window 1: resolves there, once
     assert (resolved.status, resolved.window_start_ns) == ("resolved", T0 + W)
+    assert resolved.evidence[0]["reason"] == "no traffic"
     assert events_until(p, 2) == []
     assert p.alerts.firing() == []
     assert p.alerts.resolved == 1
+
+
+def test_a_window_too_small_to_judge_resolves_and_says_so() -> None:
+    rule = AlertRule(name="fail", metric="tcp.connect_failure_rate",
+                     group_by=("server_workload",), threshold=0.1, min_connections=10)  # fmt: skip
+    p = ConnectionProcessor(W, 0, 0, load_price_table(REPO / "config/prices.yaml"), [rule])
+    feed(p, 0, 10, 10)
+    assert [e.status for e in events_until(p, 0)] == ["firing"]
+    feed(p, 1, 4, 4)  # still all failing, but 4 connections: below min_connections
+    [resolved] = events_until(p, 1)
+    assert resolved.status == "resolved"
+    assert resolved.evidence[0]["value"] == 1.0  # the value is shown as it was...
+    assert resolved.evidence[0]["reason"] == "too few to judge (4 < 10)"  # ...and why
 
 
 def test_cost_spike_compares_with_the_baseline() -> None:
