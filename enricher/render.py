@@ -307,7 +307,8 @@ class Renderer:
     def _finish(
         self, raw: RawTcpConnection, local: Fragment, remote: Fragment
     ) -> tuple[bytes, str | None]:
-        """The peer class and what the record still waits for (see render_many_py)."""
+        """The peer class and what the record still waits for: the one rule, for both loops
+        (the C loop asks only when its caches do not answer)."""
         addr = raw.remote_addr
         if local.attribution == "unresolved":
             peer = (
@@ -344,7 +345,7 @@ class Renderer:
     def render_many_py(self, raws: Sequence[RawTcpConnection]) -> list[Rendered]:
         """The Python twin of the C loop; one loop, so the lookups below are made once per
         batch."""
-        state, enc, classifier = self.state, self._enc, self.classifier
+        state, enc, finish = self.state, self._enc, self._finish
         # A fragment in the index's cache is current: the index drops it with its template.
         frags: dict[str, Fragment] = state.fragments  # type: ignore[assignment]
         ip_frags = state.ip_fragments
@@ -398,6 +399,7 @@ class Renderer:
                 observed = ra in _OBSERVED
                 key = remote.key or f"{ra}/{addr}"
             latency = raw.connect_latency_us
+            peer, missing = finish(raw, local, remote)  # the same answers the C loop gets
             if _COPIED_FAST:
                 outcome, interim, sequence, segs_out = _copied_values(raw)  # type: ignore[misc]
                 copied: tuple[object, ...] = (_OUTCOME[outcome], _BOOL[interim], sequence, segs_out)
@@ -418,23 +420,9 @@ class Renderer:
                 b"null" if latency is None else b"%d" % latency,
                 raw.srtt_us,
                 raw.retrans_segs,
-                (
-                    _ADDRESS_PEER[classifier.peer_class(classifier.classify(addr))]
-                    if remote.unnamed
-                    else _locality(local.where, remote.where)
-                ),
+                peer,
                 *copied,
             )
-
-            missing: str | None = None
-            if la == "unresolved" and uid is not None:
-                missing = "uid:" + uid
-            elif (
-                ra == "unresolved"
-                and remote.unnamed
-                and classifier.holds_back(classifier.classify(addr))
-            ):
-                missing = "ip:" + canonical_ip(addr)
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call.
             plain = ra == "pod" and la != "unresolved"
             append(
