@@ -181,12 +181,20 @@ static int check_fragment(PyObject *f)
 
 /* --- one record ------------------------------------------------------------------------- */
 
+/* A record's fields. Read from the slots of the known record type, they are borrowed: the
+ * type is frozen, so one reference to the record keeps every field alive (one incref per
+ * record instead of one per field). Read through getattr, each is owned. */
 typedef struct {
     PyObject *v[A_COUNT];
+    PyObject *record; /* set when the fields are borrowed from it */
 } Fields;
 
 static void fields_clear(Fields *f)
 {
+    if (f->record != NULL) {
+        Py_CLEAR(f->record);
+        return;
+    }
     for (int i = 0; i < A_COUNT; i++)
         Py_CLEAR(f->v[i]);
 }
@@ -194,13 +202,14 @@ static void fields_clear(Fields *f)
 static int fields_read(Fields *f, PyObject *raw)
 {
     if (Py_TYPE(raw) == raw_type) { /* read the slots directly (offsets from configure) */
+        Py_INCREF(raw);
+        f->record = raw; /* first: on an error below, fields_clear releases only the record */
         for (int i = 0; i < A_COUNT; i++) {
             PyObject *v = *(PyObject **)((char *)raw + attr_offsets[i]);
             if (v == NULL) {
                 PyErr_Format(PyExc_AttributeError, "%U is not set", attrs[i]);
                 return -1;
             }
-            Py_INCREF(v);
             f->v[i] = v;
         }
         return 0;
@@ -326,7 +335,7 @@ static int peer_and_missing(PyObject *slow, PyObject *locality, PyObject *unname
 static PyObject *render_one(Buf *b, PyObject *raw, PyObject *frags, PyObject *ip_frags,
                             PyObject *locality, PyObject *unnamed, PyObject *slow)
 {
-    Fields f = {{NULL}};
+    Fields f = {{NULL}, NULL};
     PyObject *local = NULL, *remote = NULL, *peer = NULL, *missing = NULL, *value = NULL;
     PyObject *key = NULL, *out = NULL;
     if (fields_read(&f, raw) < 0)
