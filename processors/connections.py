@@ -225,9 +225,4 @@ class ConnectionAggregator(PartitionWindows[EnrichedTcpConnection, CellKey, Cell
         count of the records the batch adds to it; ``_LATE`` if it was handed out."""
         if self.is_closed(start):
             return _LATE
-        slot = (partition, start)
-        cells = self._open.get(slot)
-        if cells is None:
-            cells = self._open[slot] = {}
-            self._records_in[slot] = 0
-        return _BatchWindow(cells)
+        return _BatchWindow(self._open_cells(partition, start))

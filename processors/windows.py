@@ -159,12 +159,16 @@ class PartitionWindows(Generic[R, K, C]):
         if self.is_closed(start):
             counters.late_dropped += 1
             return None
+        return start, self._open_cells(partition, start)
+
+    def _open_cells(self, partition: int, start: int) -> dict[K, C]:
+        """The cells of an open window (opened here, with no records yet, if new)."""
         slot = (partition, start)
         cells = self._open.get(slot)
         if cells is None:
             cells = self._open[slot] = {}
             self._records_in[slot] = 0
-        return start, cells
+        return cells
 
     def _counted(self, partition: int, start: int) -> int:
         self._records_in[(partition, start)] += 1
