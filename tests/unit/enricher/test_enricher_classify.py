@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from enricher_records import IN_CLUSTER, raw_connection
 
 from enricher.classify import OTHER_CLUSTER_PEER, AddressClassifier, parse_cidrs
 from enricher.enrich import enrich, missing_key
@@ -63,30 +64,7 @@ def test_what_is_held_back_depends_on_cluster_cidrs() -> None:
 
 
 def _raw(**kw: Any) -> RawTcpConnection:
-    base: dict[str, Any] = {
-        "node": "node-a",
-        "start_time_ns": T0 + 10 * S,
-        "end_time_ns": T0 + 11 * S,
-        "role": "client",
-        "family": 4,
-        "local_addr": "10.244.1.1",
-        "local_port": 40000,
-        "remote_addr": "10.244.2.1",
-        "remote_port": 80,
-        "pid": 1,
-        "comm": "curl",
-        "cgroup_id": 1,
-        "cgroup_path": None,
-        "pod_uid": "c1",
-        "container_id": None,
-        "bytes_sent": 1,
-        "bytes_received": 2,
-        "srtt_us": 3,
-        "retrans_segs": 0,
-        "connect_latency_us": 4,
-    }
-    base.update(kw)
-    return RawTcpConnection(**base)
+    return raw_connection(**{**IN_CLUSTER, **kw})
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import msgspec
 from confluent_kafka import Consumer, Message, TopicPartition
+from enricher_records import IN_CLUSTER, raw_connection
 
 from enricher.classify import parse_cidrs
 from enricher.joiner import Joiner
@@ -49,30 +50,9 @@ class FakeProducer:
 
 
 def _raw(offset: int, partition: int = 0, **kw: Any) -> Message:
-    base: dict[str, Any] = {
-        "node": "node-a",
-        "start_time_ns": T0 + 10 * S,
-        "end_time_ns": T0 + 11 * S,
-        "role": "client",
-        "family": 4,
-        "local_addr": "10.244.1.1",
-        "local_port": 40000 + offset,
-        "remote_addr": "10.244.2.1",
-        "remote_port": 80,
-        "pid": 1,
-        "comm": "curl",
-        "cgroup_id": 1,
-        "cgroup_path": None,
-        "pod_uid": "c1",
-        "container_id": None,
-        "bytes_sent": 1,
-        "bytes_received": 2,
-        "srtt_us": 3,
-        "retrans_segs": 0,
-        "connect_latency_us": 4,
-    }
-    base.update(kw)
-    value = msgspec.json.encode(RawTcpConnection(**base))
+    times = {"start_time_ns": T0 + 10 * S, "end_time_ns": T0 + 11 * S}  # this test's T0
+    record = raw_connection(**{**IN_CLUSTER, **times, "local_port": 40000 + offset, **kw})
+    value = msgspec.json.encode(record)
     return Message(topic="raw", partition=partition, offset=offset, value=value, key=b"k")
 
 
