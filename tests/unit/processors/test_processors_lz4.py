@@ -1,4 +1,4 @@
-"""The worker's lz4 decompressor for aiokafka (processors.app.use_gil_free_lz4): same bytes."""
+"""The worker's lz4 decompressor for aiokafka (processors.runtime.use_gil_free_lz4): same bytes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import ModuleType
 import cramjam
 import pytest
 
-from processors.app import LZ4_DECODE_USERS, use_gil_free_lz4
+from processors.runtime import LZ4_DECODE_USERS, use_gil_free_lz4
 
 
 def payloads() -> list[bytes]:
