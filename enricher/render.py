@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from operator import attrgetter
 from types import ModuleType
-from typing import Any, NamedTuple, get_args
+from typing import NamedTuple, get_args
 
 import msgspec
 from msgspec.structs import replace
@@ -57,28 +57,22 @@ _TAIL_FMT = (
     b'"connect_latency_us":%b,"srtt_us":%d,"retrans_segs":%d,"flowscope.peer.class":"%b"'
 )
 _ENCODE_NAMES = {f.name: f.encode_name for f in msgspec.structs.fields(EnrichedTcpConnection)}
-# The copied fields (enrich.COPIED_FIELDS) in the record's order and wire names: encoded as
-# one small struct, whose braces are dropped, instead of one call per field...
-_Copied = msgspec.defstruct(
-    "_Copied", [(n, Any) for n in COPIED_FIELDS], rename=_ENCODE_NAMES, array_like=False
-)
-_copied_values = attrgetter(*COPIED_FIELDS) if len(COPIED_FIELDS) > 1 else None
-# ... or, for the fields and types this module knows, as part of the one formatting call
-# (about 0.4 µs less per record). Any other set of fields takes the struct path above.
+# The fields copied from the raw record (enrich.COPIED_FIELDS) that the fast paths know, written
+# inside the one formatting call. Should the copied fields change, self_check says so at start
+# and the joiner takes the reference path (slower, never wrong) until this module follows.
+_FAST_COPIED = ("outcome", "interim", "sequence", "segs_out")
+_copied_values = attrgetter(*_FAST_COPIED)
 _RAW_TYPES = {f.name: f.type for f in msgspec.structs.fields(RawTcpConnection)}
 _COPIED_FAST = (
-    COPIED_FIELDS == ("outcome", "interim", "sequence", "segs_out")
+    COPIED_FIELDS == _FAST_COPIED
     and _RAW_TYPES["interim"] is bool
     and _RAW_TYPES["sequence"] is int
     and _RAW_TYPES["segs_out"] is int
     and all(isinstance(v, str) and v.isidentifier() for v in get_args(_RAW_TYPES["outcome"]))
 )
 _OUTCOME = {v: b'"%s"' % v.encode() for v in get_args(_RAW_TYPES["outcome"])}
-_COPIED_FMT = (
-    b',"%s":%%b,"%s":%%b,"%s":%%d,"%s":%%d'
-    % tuple(_ENCODE_NAMES[n].encode() for n in COPIED_FIELDS)
-    if _COPIED_FAST
-    else b"%b"
+_COPIED_FMT = b',"%s":%%b,"%s":%%b,"%s":%%d,"%s":%%d' % tuple(
+    _ENCODE_NAMES[n].encode() for n in _FAST_COPIED
 )
 # One formatting call per record, in either orientation (the local end is the client unless
 # the collector saw the server side), with the process fields (the usual case) or without.
@@ -141,7 +135,7 @@ def _load_native() -> ModuleType | None:
         return None
     if not _COPIED_FAST:
         return None
-    k0, k1, k2, k3 = (b',"%s":' % _ENCODE_NAMES[n].encode() for n in COPIED_FIELDS)
+    k0, k1, k2, k3 = (b',"%s":' % _ENCODE_NAMES[n].encode() for n in _FAST_COPIED)
     _render.configure(
         Rendered, RawTcpConnection, _OBSERVED, msgspec.json.Encoder().encode, (k0, k1, k2, k3)
     )
@@ -400,15 +394,7 @@ class Renderer:
                 key = remote.key or f"{ra}/{addr}"
             latency = raw.connect_latency_us
             peer, missing = finish(raw, local, remote)  # the same answers the C loop gets
-            if _COPIED_FAST:
-                outcome, interim, sequence, segs_out = _copied_values(raw)  # type: ignore[misc]
-                copied: tuple[object, ...] = (_OUTCOME[outcome], _BOOL[interim], sequence, segs_out)
-            elif _copied_values is not None:
-                copied = (b"," + enc.encode(_Copied(*_copied_values(raw)))[1:-1],)
-            elif COPIED_FIELDS:
-                copied = (b"," + enc.encode(_Copied(getattr(raw, COPIED_FIELDS[0])))[1:-1],)
-            else:
-                copied = (b"",)
+            outcome, interim, sequence, segs_out = _copied_values(raw)
             value = fmt % (
                 raw.start_time_ns,
                 raw.end_time_ns,
@@ -421,7 +407,10 @@ class Renderer:
                 raw.srtt_us,
                 raw.retrans_segs,
                 peer,
-                *copied,
+                _OUTCOME[outcome],
+                _BOOL[interim],
+                sequence,
+                segs_out,
             )
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call.
             plain = ra == "pod" and la != "unresolved"
@@ -448,6 +437,12 @@ def self_check(native: bool = False) -> str | None:
     """Render sample records both ways (the fast path in C if ``native``, else in Python, and
     the reference) on a scratch index; say how they differ, if they do."""
     from enricher.state import MetadataState  # here: state imports nothing from render
+
+    if not _COPIED_FAST:
+        return (
+            f"the copied fields are {COPIED_FIELDS}; the fast paths know {_FAST_COPIED} "
+            "(and their types)"
+        )
 
     st = MetadataState(early_tolerance_ns=0)
     t0 = 1_700_000_000_000_000_000
