@@ -43,7 +43,7 @@ def test_defaults(cgroup_root: Path) -> None:
     assert s.ringbuf_bytes == 4 << 20
     assert s.bpf_object.name == "tcpconn.bpf.o"
     assert s.mount_tracefs is True
-    assert dict(s.kafka_options) == {}
+    assert dict(s.kafka_options) == {"linger.ms": "100"}  # the collector's own default
     assert (s.batch_records, s.batch_bytes) == (256, 256 << 10)
 
 
