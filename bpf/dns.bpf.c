@@ -24,6 +24,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "dns.h"
+#include "reserve.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -143,6 +144,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	__u32 payload_off, payload_len;
 	__u64 captured;
 	__u16 sport, dport;
+	bool busy = false;
 	int rc;
 
 	rc = read_ip(skb, &p);
@@ -185,7 +187,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 		return 1; /* TCP handshake, ACKs, FINs: no DNS bytes */
 	payload_len = skb->len - payload_off;
 
-	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	ev = reserve_retrying(&events, sizeof(*ev), &busy);
+	if (busy)
+		count(DNS_CTR_RINGBUF_BUSY);
 	if (!ev) {
 		count(DNS_CTR_LOST_RINGBUF);
 		return 1;

@@ -57,7 +57,14 @@ DIR_EGRESS: Final = 0
 DIR_INGRESS: Final = 1
 
 # enum dns_counter, in index order
-COUNTER_NAMES: Final = ("events", "lost_ringbuf", "clipped", "fragments", "bad_header")
+COUNTER_NAMES: Final = (
+    "events",
+    "lost_ringbuf",
+    "clipped",
+    "fragments",
+    "bad_header",
+    "ringbuf_busy",
+)
 
 Transport = Literal["udp", "tcp"]
 
