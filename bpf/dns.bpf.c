@@ -24,7 +24,6 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "dns.h"
-#include "reserve.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -144,7 +143,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	__u32 payload_off, payload_len;
 	__u64 captured;
 	__u16 sport, dport;
-	bool busy = false;
 	int rc;
 
 	rc = read_ip(skb, &p);
@@ -187,9 +185,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 		return 1; /* TCP handshake, ACKs, FINs: no DNS bytes */
 	payload_len = skb->len - payload_off;
 
-	ev = reserve_retrying(&events, sizeof(*ev), &busy);
-	if (busy)
-		count(DNS_CTR_RINGBUF_BUSY);
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		count(DNS_CTR_LOST_RINGBUF);
 		return 1;

@@ -29,8 +29,7 @@ enum dns_counter {
 	DNS_CTR_CLIPPED = 2,      /* payload longer than DNS_PAYLOAD_MAX: reported clipped */
 	DNS_CTR_FRAGMENTS = 3,    /* non-first IPv4 fragment on the DNS port: not reported */
 	DNS_CTR_BAD_HEADER = 4,   /* IP/UDP/TCP header could not be read: not reported */
-	DNS_CTR_RINGBUF_BUSY = 5, /* a reserve failed with room left and was retried (reserve.h) */
-	DNS_CTR_MAX = 6,
+	DNS_CTR_MAX = 5,
 };
 
 /* Load-time knobs (the object's .rodata, written by the collector before load). */

@@ -57,14 +57,7 @@ DIR_EGRESS: Final = 0
 DIR_INGRESS: Final = 1
 
 # enum dns_counter, in index order
-COUNTER_NAMES: Final = (
-    "events",
-    "lost_ringbuf",
-    "clipped",
-    "fragments",
-    "bad_header",
-    "ringbuf_busy",
-)
+COUNTER_NAMES: Final = ("events", "lost_ringbuf", "clipped", "fragments", "bad_header")
 
 Transport = Literal["udp", "tcp"]
 
