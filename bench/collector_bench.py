@@ -395,8 +395,7 @@ def main() -> int:
             f"records produced {t.get('records_produced', t.get('produced', 0)):,} in "
             f"{t.get('produced', 0):,} messages, delivered {t.get('delivered', 0):,} messages"
         )
-        print(f"  lost {sum(lost.values())} {lost}; ring buffer reserves retried because its "
-              f"lock gave up with room left: {t.get('kernel_ringbuf_busy', 0)}")  # fmt: skip
+        print(f"  lost {sum(lost.values())} {lost}")
         if broker and busy.get(v.label):
             share = broker_cpu[v.label] / busy[v.label] / (os.cpu_count() or 1)
             idle = broker_cpu.get("none", 0.0) / max(busy.get("none", 0.0), 1e-9)

@@ -47,10 +47,7 @@ enum tcpconn_counter {
 	/* Ring buffer full for an interim event: nothing is lost, its deltas go into the
 	 * connection's next record, which comes later than it should. */
 	TCPCONN_CTR_INTERIM_DEFERRED = 5,
-	/* A reserve failed while the ring had room (its lock gave up) and was tried again:
-	 * nothing lost unless lost_ringbuf also counts it. */
-	TCPCONN_CTR_RINGBUF_BUSY = 6,
-	TCPCONN_CTR_MAX = 7,
+	TCPCONN_CTR_MAX = 6,
 };
 
 /* Load-time knobs (the object's .rodata, written by the collector before load). */

@@ -83,7 +83,6 @@ COUNTER_NAMES: Final = (
     "track_failed",
     "interim_events",
     "interim_deferred",
-    "ringbuf_busy",
 )
 
 # Linux TCP states (include/net/tcp_states.h), for the state a socket closed from.
