@@ -319,12 +319,6 @@ static __always_inline void on_close(struct tcp_sock *tp, __u64 key, int oldstat
 		count(TCPCONN_CTR_UNTRACKED_CLOSE);
 
 	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	/* Recent kernels take the ring's lock with a resilient spinlock that gives up (deadlock
-	 * check, timeout) rather than spin forever, so a reserve can fail on a ring that is far
-	 * from full: seen once in ~300k events on a busy VM with a 16 MiB ring. One retry; a
-	 * second failure is counted. */
-	if (!ev)
-		ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		count(TCPCONN_CTR_LOST_RINGBUF);
 		goto forget;
