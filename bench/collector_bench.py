@@ -7,12 +7,14 @@ Kafka), collector CPU seconds per 1,000 connections (and µs per connection end,
 peak RSS, and page faults per connection end (each costs microseconds on a VM: memory given
 back to the kernel and faulted in again per batch would show there).
 A third phase, "kernel only", attaches the same BPF programs with a reader that only empties
-the ring buffer (no decoding, no Kafka), with kernel.bpf_stats_enabled on for its duration
-(restored after): the programs' own run time per connection, measured by the kernel, which
-the shared machine's noise in connection rates cannot hide. It is printed per program (runs
-per connection x ns per run) for the whole run and for each round; every ratio is printed
-per round too, best first. ``--kernel-only`` runs only these phases and needs no broker:
-with ``--variant``, it compares BPF objects (before/after a change) in the same rounds.
+the ring buffer (no decoding, no Kafka): the rate with the kernel's part alone. After the
+rounds, one more such phase runs with kernel.bpf_stats_enabled on (restored after): the
+programs' own run time per connection, measured by the kernel, which the shared machine's
+noise in connection rates cannot hide, printed per program (runs per connection x ns per
+run). The stats are off in the rounds: their two clock reads per program run cost the rate
+~2 points here. Every ratio is printed per round too, best first. ``--kernel-only`` runs only
+these phases and needs no broker: with ``--variant``, it compares BPF objects (before/after
+a change) in the same rounds.
 
     sudo .venv/bin/python bench/collector_bench.py [--seconds 5] [--rounds 2] [--threads 2]
         [--bootstrap 127.0.0.1:9092] [--variant LABEL=[ROOT][:KEY=VALUE,...]]...
@@ -154,9 +156,10 @@ def run_load(client: Pod, server_ip: str, threads: int, seconds: float) -> tuple
 
 
 class KernelOnly:
-    """The collector's BPF programs attached, with a thread that only empties the ring."""
+    """The collector's BPF programs attached, with a thread that only empties the ring;
+    with ``stats``, kernel.bpf_stats_enabled is on meanwhile and :attr:`runs` filled."""
 
-    def __init__(self, cgroup_root: Path, root: Path) -> None:
+    def __init__(self, cgroup_root: Path, root: Path, stats: bool = False) -> None:
         from collector.settings import Settings
         from collector.source import TcpConnSource
         from collector.udp import UdpFlowSource
@@ -170,6 +173,7 @@ class KernelOnly:
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self.lost = 0
         self._ids = self._tcp.program_ids() + self._udp.program_ids()
+        self._stats = stats
         self._stats_was = STATS.read_text().strip()
         self.runs: dict[str, tuple[int, int]] = {}  # program -> (run_cnt, run_time_ns)
 
@@ -179,7 +183,8 @@ class KernelOnly:
             self._tcp.read()
 
     def __enter__(self) -> KernelOnly:
-        STATS.write_text("1")
+        if self._stats:
+            STATS.write_text("1")
         self._thread.start()
         return self
 
@@ -187,12 +192,13 @@ class KernelOnly:
         self._stop.set()
         self._thread.join(5)
         self.lost = self._tcp.kernel_counters()["lost_ringbuf"]
-        for prog_id in self._ids:
+        for prog_id in self._ids if self._stats else ():
             shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id",
                                                str(prog_id)], capture_output=True,
                                               text=True, check=True).stdout)  # fmt: skip
             self.runs[shown["name"]] = (shown.get("run_cnt", 0), shown.get("run_time_ns", 0))
-        STATS.write_text(self._stats_was)
+        if self._stats:
+            STATS.write_text(self._stats_was)
         self._tcp.close()
         self._udp.close()
 
@@ -299,9 +305,7 @@ def main() -> int:
 
     phases: list[Phase] = []
     kernel_lost: dict[Path, int] = {}
-    kernel_conns: dict[Path, int] = {}
-    runs: dict[Path, dict[str, tuple[int, int]]] = {}
-    round_runs: list[tuple[int, Path, int, dict[str, tuple[int, int]]]] = []
+    runs: dict[Path, tuple[int, dict[str, tuple[int, int]]]] = {}  # root -> (conns, by program)
     cpu: dict[str, float] = {}
     faults: dict[str, int] = {}
     threads: dict[str, dict[str, float]] = {}
@@ -331,12 +335,6 @@ def main() -> int:
                 with KernelOnly(c.cgroup_root, root) as kernel:
                     ok, errors, elapsed = run_load(client, server.ip, args.threads, args.seconds)
                 kernel_lost[root] = kernel_lost.get(root, 0) + kernel.lost
-                kernel_conns[root] = kernel_conns.get(root, 0) + ok
-                round_runs.append((rnd, root, ok, kernel.runs))
-                mine = runs.setdefault(root, {})
-                for name, (cnt, ns) in kernel.runs.items():
-                    old = mine.get(name, (0, 0))
-                    mine[name] = (old[0] + cnt, old[1] + ns)
                 phases.append(Phase(f"kernel:{root}", ok, errors, elapsed, round=rnd))
             for v in [] if args.kernel_only else variants:
                 collector = CollectorProcess(args.bootstrap, prefix, v)
@@ -362,6 +360,12 @@ def main() -> int:
                 mine_totals = totals.setdefault(v.label, {})
                 for k, val in collector.stop().items():
                     mine_totals[k] = mine_totals.get(k, 0) + val
+        # The programs' own run time, apart: bpf_stats would cost the rounds' rates.
+        for root in roots:
+            with KernelOnly(c.cgroup_root, root, stats=True) as kernel:
+                ok, _, _ = run_load(client, server.ip, args.threads, args.seconds)
+            kernel_lost[root] += kernel.lost
+            runs[root] = (ok, kernel.runs)
 
     def rates(mode: str) -> list[float]:
         return [ph.rate for ph in phases if ph.mode == mode]
@@ -375,10 +379,9 @@ def main() -> int:
         mode = f"kernel:{root}"
         print(f"kernel only {root}: {line(mode)}  ratio {mean_ratio(phases, mode):.1%} "
               f"(rounds: {round_ratios(phases, mode)}), "
-              f"ring buffer losses {kernel_lost[root]}")  # fmt: skip
-        print(f"  BPF run time {bpf_line(runs[root], kernel_conns[root])}")
-        for rnd, _, conns, by_prog in (r for r in round_runs if r[1] == root):
-            print(f"    round {rnd}: {bpf_line(by_prog, conns)}")
+              f"ring buffer losses {kernel_lost[root]} (stats phase included)")  # fmt: skip
+        conns, by_prog = runs[root]
+        print(f"  BPF run time (one more phase, bpf_stats on): {bpf_line(by_prog, conns)}")
     for v in [] if args.kernel_only else variants:
         t = totals[v.label]
         conns = sum(ph.connections for ph in phases if ph.mode == v.label)
