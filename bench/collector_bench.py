@@ -6,15 +6,16 @@ Prints: connections/s without and with, their ratio, events lost (kernel ring bu
 Kafka), collector CPU seconds per 1,000 connections (and µs per connection end, per thread),
 peak RSS, and page faults per connection end (each costs microseconds on a VM: memory given
 back to the kernel and faulted in again per batch would show there).
-A third phase, "kernel only", attaches the same BPF programs with a reader that only empties
-the ring buffer (no decoding, no Kafka): the rate with the kernel's part alone. After the
-rounds, one more such phase runs with kernel.bpf_stats_enabled on (restored after): the
-programs' own run time per connection, measured by the kernel, which the shared machine's
-noise in connection rates cannot hide, printed per program (runs per connection x ns per
-run). The stats are off in the rounds: their two clock reads per program run cost the rate
-~2 points here. Every ratio is printed per round too, best first. ``--kernel-only`` runs only
-these phases and needs no broker: with ``--variant``, it compares BPF objects (before/after
-a change) in the same rounds.
+The collector runs as the shipped manifests run it, DNS capture on. A third phase, "kernel
+only", attaches the same BPF programs (TCP, UDP, DNS) with a reader that only empties the
+TCP ring buffer (no decoding, no Kafka; the bench makes no DNS traffic): the rate with the
+kernel's part alone. After the rounds, one more such phase runs with
+kernel.bpf_stats_enabled on (restored after): the programs' own run time per connection,
+measured by the kernel, which the shared machine's noise in connection rates cannot hide,
+printed per program (runs per connection x ns per run). The stats are off in the rounds:
+their two clock reads per program run cost the rate ~2 points here. Every ratio is printed
+per round too, best first. ``--kernel-only`` runs only these phases and needs no broker:
+with ``--variant``, it compares BPF objects (before/after a change) in the same rounds.
 
     sudo .venv/bin/python bench/collector_bench.py [--seconds 5] [--rounds 2] [--threads 2]
         [--bootstrap 127.0.0.1:9092] [--variant LABEL=[ROOT][:KEY=VALUE,...]]...
@@ -160,6 +161,7 @@ class KernelOnly:
     with ``stats``, kernel.bpf_stats_enabled is on meanwhile and :attr:`runs` filled."""
 
     def __init__(self, cgroup_root: Path, root: Path, stats: bool = False) -> None:
+        from collector.dns.source import DnsSource
         from collector.settings import Settings
         from collector.source import TcpConnSource
         from collector.udp import UdpFlowSource
@@ -169,10 +171,11 @@ class KernelOnly:
         self._tcp = TcpConnSource(objects / "tcpconn.bpf.o", ringbuf_bytes=16 << 20,
                                   wakeup_bytes=Settings.wakeup_bytes)  # fmt: skip
         self._udp = UdpFlowSource(objects / "udpflow.bpf.o", cgroup_root)
+        self._dns = DnsSource(objects / "dns.bpf.o", cgroup_root)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self.lost = 0
-        self._ids = self._tcp.program_ids() + self._udp.program_ids()
+        self._ids = self._tcp.program_ids() + self._udp.program_ids() + self._dns.program_ids()
         self._stats = stats
         self._stats_was = STATS.read_text().strip()
         self.runs: dict[str, tuple[int, int]] = {}  # program -> (run_cnt, run_time_ns)
@@ -191,7 +194,8 @@ class KernelOnly:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
-        self.lost = self._tcp.kernel_counters()["lost_ringbuf"]
+        self.lost = (self._tcp.kernel_counters()["lost_ringbuf"]
+                     + self._dns.kernel_counters()["lost_ringbuf"])  # fmt: skip
         for prog_id in self._ids if self._stats else ():
             shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id",
                                                str(prog_id)], capture_output=True,
@@ -201,12 +205,15 @@ class KernelOnly:
             STATS.write_text(self._stats_was)
         self._tcp.close()
         self._udp.close()
+        self._dns.close()
 
 
 class CollectorProcess:
     def __init__(self, bootstrap: str, prefix: str, variant: Variant) -> None:
+        # DNS capture on, as the shipped manifests run it (k8s/configmap.yaml, compose).
         env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": bootstrap,
-               "FLOWSCOPE_TOPIC_PREFIX": prefix, **dict(variant.env)}  # fmt: skip
+               "FLOWSCOPE_TOPIC_PREFIX": prefix, "FLOWSCOPE_DNS_ENABLED": "true",
+               **dict(variant.env)}  # fmt: skip
         env["PYTHONPATH"] = str(variant.root)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collector", "--stats-interval-s", "1",
