@@ -15,8 +15,8 @@
  *  - ingress runs at delivery to the socket, after conntrack has undone a Service DNAT, so
  *    a response's source is the address the client asked. Egress runs after NAT; the
  *    socket's connected peer (sock_daddr) gives the pre-NAT address there.
- * Cost: it runs for every packet of every local socket, DNS or not; the non-DNS path is one
- * 20-byte header read and a port compare.
+ * Cost: it runs for every packet of every local socket, DNS or not; the non-DNS path reads
+ * the IP header and the ports in place (surely_not_dns) and compares.
  *
  * Always returns 1 (allow): observing never drops traffic.
  */
@@ -136,6 +136,48 @@ static __always_inline void read_sock_peer(struct __sk_buff *skb, struct dns_eve
 	}
 }
 
+/*
+ * Most packets are not DNS (every TCP segment of every socket passes here): tell from the
+ * linear header with direct packet access, no helper call, whenever it is there. 1: not a
+ * DNS packet, nothing to count; 0: look closer (handle() decides, counting what it must).
+ * Measured (bench/collector_bench.py, bpf_stats): 150 ns per run on a non-DNS packet with
+ * the helper reads alone, ~20 runs per short TCP connection.
+ */
+static __always_inline int surely_not_dns(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 l4;
+	__u16 *ports;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data;
+
+		if ((void *)(ip + 1) > data_end)
+			return 0;
+		if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
+			return 1;
+		if (ip->frag_off & bpf_htons(IP_OFFSET))
+			return 0; /* a later fragment: counted there */
+		l4 = ip->ihl * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return 0;
+		if (ip6->nexthdr != IPPROTO_UDP && ip6->nexthdr != IPPROTO_TCP)
+			return 1;
+		l4 = sizeof(*ip6);
+	} else {
+		return 1;
+	}
+	/* UDP and TCP both start with the source and destination ports. */
+	ports = data + l4;
+	if ((void *)(ports + 2) > data_end)
+		return 0;
+	return bpf_ntohs(ports[0]) != targs.port && bpf_ntohs(ports[1]) != targs.port;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 {
 	struct pkt p = {};
@@ -145,6 +187,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 	__u16 sport, dport;
 	int rc;
 
+	if (surely_not_dns(skb))
+		return 1;
 	rc = read_ip(skb, &p);
 	if (rc == 0)
 		return 1;
