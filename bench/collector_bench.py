@@ -19,7 +19,7 @@ with ``--variant``, it compares BPF objects (before/after a change) in the same 
 
     sudo .venv/bin/python bench/collector_bench.py [--seconds 5] [--rounds 2] [--threads 2]
         [--bootstrap 127.0.0.1:9092] [--variant LABEL=[ROOT][:KEY=VALUE,...]]...
-        [--no-kernel | --kernel-only]
+        [--no-kernel | --kernel-only] [--kernel-steps]
 
 ``--variant`` runs more than one collector in the same rounds, each phase after the other:
 ROOT is a tree holding collector/, flowscope/ and bpf/.output/ (default: this repository),
@@ -56,6 +56,7 @@ LOADGEN = REPO / "bench" / "loadgen" / "loadgen"
 PORT = 7070
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+ALL_PARTS = "tcp+udp+dns"  # the program sets the collector attaches (DNS capture on)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,10 @@ class KernelOnly:
     """The collector's BPF programs attached, with a thread that only empties the ring;
     with ``stats``, kernel.bpf_stats_enabled is on meanwhile and :attr:`runs` filled."""
 
-    def __init__(self, cgroup_root: Path, root: Path, stats: bool = False) -> None:
+    def __init__(
+        self, cgroup_root: Path, root: Path, stats: bool = False, parts: str = ALL_PARTS
+    ) -> None:
+        """``parts``: which program sets to attach besides TCP's ("tcp", "tcp+udp", ...)."""
         from collector.dns.source import DnsSource
         from collector.settings import Settings
         from collector.source import TcpConnSource
@@ -170,12 +174,15 @@ class KernelOnly:
         objects = root / "bpf" / ".output"
         self._tcp = TcpConnSource(objects / "tcpconn.bpf.o", ringbuf_bytes=16 << 20,
                                   wakeup_bytes=Settings.wakeup_bytes)  # fmt: skip
-        self._udp = UdpFlowSource(objects / "udpflow.bpf.o", cgroup_root)
-        self._dns = DnsSource(objects / "dns.bpf.o", cgroup_root)
+        self._udp = (UdpFlowSource(objects / "udpflow.bpf.o", cgroup_root)
+                     if "udp" in parts else None)  # fmt: skip
+        self._dns = DnsSource(objects / "dns.bpf.o", cgroup_root) if "dns" in parts else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self.lost = 0
-        self._ids = self._tcp.program_ids() + self._udp.program_ids() + self._dns.program_ids()
+        self._ids = self._tcp.program_ids()
+        for extra in (self._udp, self._dns):
+            self._ids += extra.program_ids() if extra is not None else []
         self._stats = stats
         self._stats_was = STATS.read_text().strip()
         self.runs: dict[str, tuple[int, int]] = {}  # program -> (run_cnt, run_time_ns)
@@ -194,8 +201,9 @@ class KernelOnly:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
-        self.lost = (self._tcp.kernel_counters()["lost_ringbuf"]
-                     + self._dns.kernel_counters()["lost_ringbuf"])  # fmt: skip
+        self.lost = self._tcp.kernel_counters()["lost_ringbuf"]
+        if self._dns is not None:
+            self.lost += self._dns.kernel_counters()["lost_ringbuf"]
         for prog_id in self._ids if self._stats else ():
             shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id",
                                                str(prog_id)], capture_output=True,
@@ -204,8 +212,9 @@ class KernelOnly:
         if self._stats:
             STATS.write_text(self._stats_was)
         self._tcp.close()
-        self._udp.close()
-        self._dns.close()
+        for extra in (self._udp, self._dns):
+            if extra is not None:
+                extra.close()
 
 
 class CollectorProcess:
@@ -295,6 +304,12 @@ def main() -> int:
     )
     p.add_argument("--no-kernel", action="store_true", help="skip the kernel-only phases")
     p.add_argument(
+        "--kernel-steps",
+        action="store_true",
+        help="kernel-only phases with the TCP programs alone and with TCP+UDP too, in the same "
+        "rounds: what each program set costs the rate",
+    )
+    p.add_argument(
         "--kernel-only", action="store_true", help="only the kernel-only phases, no collector"
     )
     args = p.parse_args()
@@ -302,6 +317,7 @@ def main() -> int:
         sys.exit("run as root: it loads BPF programs and creates network namespaces")
     variants: list[Variant] = args.variant or [Variant("collector", REPO, ())]
     roots = [] if args.no_kernel else list(dict.fromkeys(v.root for v in variants))
+    steps = ["tcp", "tcp+udp", ALL_PARTS] if args.kernel_steps else [ALL_PARTS]
     if args.kernel_only and args.no_kernel:
         sys.exit("--kernel-only and --no-kernel leave nothing to run")
     build()
@@ -339,10 +355,13 @@ def main() -> int:
                 broker_cpu["none"] = broker_cpu.get("none", 0.0) + cpu_seconds(broker) - b0
                 busy["none"] = busy.get("none", 0.0) + phases[-1].seconds
             for root in roots:
-                with KernelOnly(c.cgroup_root, root) as kernel:
-                    ok, errors, elapsed = run_load(client, server.ip, args.threads, args.seconds)
-                kernel_lost[root] = kernel_lost.get(root, 0) + kernel.lost
-                phases.append(Phase(f"kernel:{root}", ok, errors, elapsed, round=rnd))
+                for parts in steps:
+                    with KernelOnly(c.cgroup_root, root, parts=parts) as kernel:
+                        ok, errors, elapsed = run_load(client, server.ip, args.threads,
+                                                       args.seconds)  # fmt: skip
+                    kernel_lost[root] = kernel_lost.get(root, 0) + kernel.lost
+                    suffix = "" if parts == ALL_PARTS else f":{parts}"
+                    phases.append(Phase(f"kernel:{root}{suffix}", ok, errors, elapsed, round=rnd))
             for v in [] if args.kernel_only else variants:
                 collector = CollectorProcess(args.bootstrap, prefix, v)
                 cpu0 = cpu_seconds(collector.proc.pid)
@@ -387,6 +406,10 @@ def main() -> int:
         print(f"kernel only {root}: {line(mode)}  ratio {mean_ratio(phases, mode):.1%} "
               f"(rounds: {round_ratios(phases, mode)}), "
               f"ring buffer losses {kernel_lost[root]} (stats phase included)")  # fmt: skip
+        for parts in steps[:-1]:
+            mode = f"kernel:{root}:{parts}"
+            print(f"  {parts} programs only: {line(mode)}  ratio {mean_ratio(phases, mode):.1%} "
+                  f"(rounds: {round_ratios(phases, mode)})")  # fmt: skip
         conns, by_prog = runs[root]
         print(f"  BPF run time (one more phase, bpf_stats on): {bpf_line(by_prog, conns)}")
     for v in [] if args.kernel_only else variants:
