@@ -7,8 +7,10 @@ Maven Central jars. Set FLOWSCOPE_TEST_BOOTSTRAP to run the tests against anothe
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +59,16 @@ def topics() -> Topics:
 @pytest.fixture(scope="session")
 def root_required() -> None:
     _require_root()
+
+
+@pytest.fixture(scope="session")
+def bpf_built(root_required: None) -> None:
+    """The BPF objects (``make -C bpf``) built once per session, or a loud failure."""
+    bpf = Path(__file__).resolve().parent.parent / "bpf"
+    built = subprocess.run(["make", "-C", str(bpf)], capture_output=True, text=True, check=False)
+    if built.returncode != 0:
+        pytest.fail(
+            "make -C bpf failed (needs clang, llvm, libbpf-dev, bpftool and "
+            f"/sys/kernel/btf/vmlinux):\n{built.stdout}\n{built.stderr}",
+            pytrace=False,
+        )

@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 
-import pytest
 from confluent_kafka import Consumer
 
 from collector.settings import REPO_ROOT
@@ -66,12 +65,8 @@ def _consume(
 
 
 def test_collector_process_produces_both_ends_and_flushes_on_sigterm(
-    kafka_bootstrap: str, topics: Topics
+    kafka_bootstrap: str, topics: Topics, bpf_built: None
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.fail("the collector loads BPF programs: run the tests as root")
-    built = subprocess.run(["make", "-C", str(REPO_ROOT / "bpf")], capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
     node = f"node-{uuid.uuid4().hex[:6]}"
     env = {
         **os.environ,

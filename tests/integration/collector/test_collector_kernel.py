@@ -26,7 +26,7 @@ import pytest
 from collector.attribution import CgroupResolver
 from collector.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
 from collector.libbpf import BpfError
-from collector.settings import DEFAULT_BPF_OBJECT, REPO_ROOT, default_cgroup_root
+from collector.settings import DEFAULT_BPF_OBJECT, default_cgroup_root
 from collector.source import TcpConnSource
 
 CLIENT_BYTES = 1234
@@ -54,17 +54,7 @@ s.close()
 
 
 @pytest.fixture(scope="module")
-def bpf_object() -> Path:
-    if os.geteuid() != 0:
-        pytest.fail("the collector's kernel tests load BPF programs: run them as root")
-    built = subprocess.run(
-        ["make", "-C", str(REPO_ROOT / "bpf")], capture_output=True, text=True, check=False
-    )
-    if built.returncode != 0:
-        pytest.fail(
-            "make -C bpf failed (needs clang, llvm, libbpf-dev, bpftool and "
-            f"/sys/kernel/btf/vmlinux):\n{built.stdout}\n{built.stderr}"
-        )
+def bpf_object(bpf_built: None) -> Path:
     return DEFAULT_BPF_OBJECT
 
 

@@ -108,10 +108,8 @@ def _consume(bootstrap: str, topic: str, timeout_s: float) -> list[bytes]:
 
 
 def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
-    own_broker: Broker, topics: Topics
+    own_broker: Broker, topics: Topics, bpf_built: None
 ) -> None:
-    built = subprocess.run(["make", "-C", str(REPO_ROOT / "bpf")], capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
     bootstrap = own_broker.bootstrap
     health_topic = topics.collector_health
     ensure_topics(bootstrap, [TopicSpec(topics.raw_tcp), TopicSpec(health_topic)])

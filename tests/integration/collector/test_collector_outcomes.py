@@ -26,7 +26,7 @@ from collector.attribution import CgroupResolver
 from collector.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
 from collector.nat import NatResolver, parse_cidrs
 from collector.record import build_record
-from collector.settings import DEFAULT_BPF_OBJECT, REPO_ROOT
+from collector.settings import DEFAULT_BPF_OBJECT
 from collector.source import TcpConnSource
 from simnode import Cluster, NodeSpec, Pod
 
@@ -100,12 +100,7 @@ print(json.dumps({"pid": os.getpid(), "received": got}), flush=True)
 
 
 @pytest.fixture(scope="module")
-def source(root_required: None) -> Iterator[TcpConnSource]:
-    built = subprocess.run(
-        ["make", "-C", str(REPO_ROOT / "bpf")], capture_output=True, text=True, check=False
-    )
-    if built.returncode != 0:
-        pytest.fail(f"make -C bpf failed (needs clang, libbpf-dev, bpftool):\n{built.stderr}")
+def source(bpf_built: None) -> Iterator[TcpConnSource]:
     with TcpConnSource(DEFAULT_BPF_OBJECT, ringbuf_bytes=4 << 20,
                        interim_interval_s=INTERIM_S) as src:  # fmt: skip
         yield src

@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -66,9 +65,9 @@ def cluster(root_required: None) -> Iterator[Cluster]:
         yield c
 
 
-def test_udp_pairs_count_exact_bytes_and_packets_both_ways(cluster: Cluster) -> None:
-    built = subprocess.run(["make", "-C", str(REPO_ROOT / "bpf")], capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
+def test_udp_pairs_count_exact_bytes_and_packets_both_ways(
+    cluster: Cluster, bpf_built: None
+) -> None:
     client = cluster.add_pod("udp-client", node="node-a1")
     server = cluster.add_pod("udp-server", node="node-b1")
     port = 30000 + secrets.randbelow(20000)

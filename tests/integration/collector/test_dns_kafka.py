@@ -64,10 +64,8 @@ def _hash(name: str) -> str:
 
 
 def test_collector_produces_raw_dns_with_hashed_names(
-    kafka_bootstrap: str, topics: Topics, root_required: None
+    kafka_bootstrap: str, topics: Topics, bpf_built: None
 ) -> None:
-    built = subprocess.run(["make", "-C", str(REPO_ROOT / "bpf")], capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
     node = f"node-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "FLOWSCOPE_TOPIC_PREFIX": topics.prefix, "FLOWSCOPE_NODE_NAME": node,

@@ -82,18 +82,8 @@ class Node:
         return [r for r in self.sink.records if match(r)]
 
 
-def _build_bpf() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("DNS capture tests load BPF programs and create namespaces: run as root")
-    built = subprocess.run(["make", "-C", str(REPO_ROOT / "bpf")], capture_output=True,
-                           text=True, check=False)  # fmt: skip
-    if built.returncode != 0:
-        pytest.fail(f"make -C bpf failed (clang, libbpf-dev, bpftool):\n{built.stderr}")
-
-
 @pytest.fixture(scope="module")
-def node() -> Iterator[Node]:
-    _build_bpf()
+def node(bpf_built: None) -> Iterator[Node]:
     root = default_cgroup_root()
     resolver = CgroupResolver(root, min_walk_interval_s=0.0)
     with DnsSource(DEFAULT_DNS_BPF_OBJECT, root, ringbuf_bytes=1 << 22) as source, \
@@ -231,9 +221,8 @@ def _attached(root: Path) -> set[int]:
     return {int(p["id"]) for p in json.loads(shown.stdout or "[]")}
 
 
-def test_links_vanish_when_the_owner_dies() -> None:
+def test_links_vanish_when_the_owner_dies(bpf_built: None) -> None:
     """BPF links, nothing pinned: a SIGKILLed collector leaves no program on the cgroup."""
-    _build_bpf()
     root = default_cgroup_root()
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(DEFAULT_DNS_BPF_OBJECT),
                               str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -4,10 +4,8 @@ UDP and TCP, both directions, and nothing else."""
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -16,7 +14,7 @@ import pytest
 from collector.dns.abi import DecodeStats, DnsPacket, clock_offset_ns, decode_batch
 from collector.dns.settings import DEFAULT_DNS_BPF_OBJECT
 from collector.dns.source import DnsSource
-from collector.settings import REPO_ROOT, default_cgroup_root
+from collector.settings import default_cgroup_root
 
 # A query for "a.test" A, and its answer with no records (only the header differs).
 QUERY = bytes.fromhex("beef01000001000000000000") + b"\x01a\x04test\x00" + b"\x00\x01\x00\x01"
@@ -47,13 +45,7 @@ def dns_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def source(dns_port: int) -> Iterator[DnsSource]:
-    if os.geteuid() != 0:
-        pytest.fail("DNS capture tests load BPF programs: run as root")
-    built = subprocess.run(["make", "-C", str(REPO_ROOT / "bpf")], capture_output=True,
-                           text=True, check=False)  # fmt: skip
-    if built.returncode != 0:
-        pytest.fail(f"make -C bpf failed (clang, libbpf-dev, bpftool):\n{built.stderr}")
+def source(dns_port: int, bpf_built: None) -> Iterator[DnsSource]:
     with DnsSource(DEFAULT_DNS_BPF_OBJECT, default_cgroup_root(), port=dns_port) as src:
         yield src
 
