@@ -68,24 +68,15 @@ class Cell:
 ClosedWindow = windows.ClosedWindow[CellKey, Cell]
 
 
-def _invalid(record: EnrichedTcpConnection) -> str | None:
-    """Why a record cannot be aggregated (negative volume or time), or None."""
-    latency = record.connect_latency_us
-    if (
-        record.bytes_client_to_server < 0
-        or record.bytes_server_to_client < 0
-        or record.srtt_us < 0
-        or record.retrans_segs < 0
-        or record.segs_out < 0
-        or (latency is not None and latency < 0)
-    ):
-        return (
-            "negative volume or time: "
-            f"c2s={record.bytes_client_to_server} s2c={record.bytes_server_to_client} "
-            f"srtt_us={record.srtt_us} retrans_segs={record.retrans_segs} "
-            f"segs_out={record.segs_out} connect_latency_us={latency}"
-        )
-    return None
+def _rejection(record: EnrichedTcpConnection) -> str:
+    """The dead-letter reason of a record add_batch found unusable (its check is inline:
+    it runs for every record)."""
+    return (
+        "negative volume or time: "
+        f"c2s={record.bytes_client_to_server} s2c={record.bytes_server_to_client} "
+        f"srtt_us={record.srtt_us} retrans_segs={record.retrans_segs} "
+        f"segs_out={record.segs_out} connect_latency_us={record.connect_latency_us}"
+    )
 
 
 class _BatchWindow:
@@ -148,7 +139,7 @@ class ConnectionAggregator(PartitionWindows[EnrichedTcpConnection, CellKey, Cell
                     or (latency is not None and latency < 0)
                 ):
                     counters.rejected += 1
-                    result.rejected.append((record, _invalid(record) or "invalid"))
+                    result.rejected.append((record, _rejection(record)))
                     continue
                 seen += 1
                 t = record.end_time_ns
