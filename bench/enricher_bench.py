@@ -39,6 +39,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -336,7 +337,9 @@ def run_stage(args: argparse.Namespace) -> int:
             k: v for k, v in joiner.metrics().items() if not k.startswith("enricher_metadata_")
         }
     print(json.dumps(result), flush=True)
-    if args.profile:
+    if args.profile or args.no_live:
+        stop.set()
+        runner.join(60)
         return 0
     # Phase 2: stay live until the parent closes stdin.
     print("LIVE", flush=True)
@@ -449,6 +452,12 @@ def main() -> int:
     p.add_argument("--services", type=int, default=2_000)
     p.add_argument("--delay-rate", type=int, default=2_000, help="records/s in the delay phase")
     p.add_argument("--delay-seconds", type=float, default=5.0)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="phase-1 rounds, the stages alternating (a fresh process per stage and round)",
+    )
     p.add_argument("--only", choices=["passthrough", "enricher"], help="run one stage only")
     p.add_argument("--profile", help="enricher stage only: write a cProfile dump here")
     # Internal: run one stage in this process.
@@ -457,6 +466,7 @@ def main() -> int:
     p.add_argument("--out-topic", help=argparse.SUPPRESS)
     p.add_argument("--messages", type=int, help=argparse.SUPPRESS)
     p.add_argument("--warm-messages", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--no-live", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.stage:
         return run_stage(args)
@@ -507,50 +517,64 @@ def main() -> int:
         f"{time.perf_counter() - t:.1f}s to {topics.raw_tcp}"
     )
 
-    # Phase 1, one stage at a time; each stays up (idle) for phase 2.
+    # Phase 1, one stage at a time, in alternating rounds (this machine's speed drifts by 2x
+    # within minutes: a ratio is only fair between neighbouring runs). The last round's stages
+    # stay up (idle) for phase 2.
     results: dict[str, dict[str, Any]] = {}
+    rounds: list[dict[str, dict[str, Any]]] = []
     procs: dict[str, subprocess.Popen[str]] = {}
     out_topics = {"passthrough": passthrough_topic, "enricher": topics.enriched_tcp}
+    stages = [s for s in ("passthrough", "enricher") if not args.only or s == args.only]
+    n_rounds = 1 if args.profile else max(1, args.rounds)
     try:
-        for stage in ("passthrough", "enricher"):
-            if args.only and stage != args.only:
-                continue
-            cmd = [
-                sys.executable,
-                __file__,
-                "--stage",
-                stage,
-                "--bootstrap",
-                args.bootstrap,
-                "--prefix",
-                topics.prefix,
-                "--out-topic",
-                passthrough_topic,
-                "--records",
-                str(args.records),
-                "--messages",
-                str(len(messages)),
-                "--warmup",
-                str(warmup),
-                "--warm-messages",
-                str(len(warm_messages)),
-                "--output-batch",
-                str(args.output_batch),
-            ]
-            if args.profile and stage == "enricher":
-                cmd += ["--profile", args.profile]
-            proc = procs[stage] = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-            )
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                proc.wait()
-                print(f"{stage} stage failed (exit {proc.returncode})", file=sys.stderr)
-                return 1
-            results[stage] = json.loads(line)
-            if not args.profile:
-                assert proc.stdout.readline().strip() == "LIVE"
+        for rnd in range(n_rounds):
+            last = rnd == n_rounds - 1
+            rounds.append({})
+            for stage in stages:
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--stage",
+                    stage,
+                    "--bootstrap",
+                    args.bootstrap,
+                    "--prefix",
+                    topics.prefix,
+                    "--out-topic",
+                    passthrough_topic,
+                    "--records",
+                    str(args.records),
+                    "--messages",
+                    str(len(messages)),
+                    "--warmup",
+                    str(warmup),
+                    "--warm-messages",
+                    str(len(warm_messages)),
+                    "--output-batch",
+                    str(args.output_batch),
+                ]
+                if args.profile and stage == "enricher":
+                    cmd += ["--profile", args.profile]
+                if not last:
+                    cmd.append("--no-live")
+                proc = subprocess.Popen(
+                    cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                )
+                if last:
+                    procs[stage] = proc
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                if not line:
+                    proc.wait()
+                    print(f"{stage} stage failed (exit {proc.returncode})", file=sys.stderr)
+                    return 1
+                rounds[-1][stage] = json.loads(line)
+                if not last:
+                    proc.wait(120)
+                elif not args.profile:
+                    assert proc.stdout.readline().strip() == "LIVE"
+            print(_round_line(rnd + 1, rounds[-1]), flush=True)
+        results = rounds[-1]
         # Phase 2: both stages live at once, fed the same paced records.
         if not args.profile:
             delays = measure_delay(
@@ -575,7 +599,38 @@ def main() -> int:
                 proc.stdin.close()
             proc.wait(120)
     report(results, args)
+    report_rounds(rounds)
     return 0
+
+
+def _per_core(r: dict[str, Any]) -> float:
+    return float(r["records"] / r["cpu_s"])
+
+
+def _round_line(n: int, stages: dict[str, dict[str, Any]]) -> str:
+    parts = [f"round {n}:"]
+    parts += [f"{s} {_per_core(r):,.0f} rec/s/core" for s, r in stages.items()]
+    if len(stages) == 2:
+        ratio = _per_core(stages["enricher"]) / _per_core(stages["passthrough"])
+        parts.append(f"ratio {ratio:.2f}")
+    return "  ".join(parts)
+
+
+def report_rounds(rounds: list[dict[str, dict[str, Any]]]) -> None:
+    """Each stage's records/s per core over the rounds: median and range (the table above
+    is the last round's)."""
+    if len(rounds) < 2:
+        return
+    print(f"\nover {len(rounds)} rounds (records/s per core, all threads):")
+    for stage in rounds[0]:
+        rates = sorted(_per_core(r[stage]) for r in rounds)
+        print(
+            f"  {stage:<12} median {statistics.median(rates):,.0f}  min {rates[0]:,.0f}  "
+            f"max {rates[-1]:,.0f}"
+        )
+    if all(len(r) == 2 for r in rounds):
+        ratios = sorted(_per_core(r["enricher"]) / _per_core(r["passthrough"]) for r in rounds)
+        print(f"  enricher / pass-through per round: {ratios[0]:.2f}-{ratios[-1]:.2f}")
 
 
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
