@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -57,6 +58,7 @@ ENV = {
     "retry_period_s": "FLOWSCOPE_LEASE_RETRY_PERIOD_S",
     "watch_timeout_s": "FLOWSCOPE_WATCH_TIMEOUT_S",
     "publish_labels": "FLOWSCOPE_PUBLISH_LABELS",
+    "publish_annotations": "FLOWSCOPE_PUBLISH_ANNOTATIONS",
     "dns": "FLOWSCOPE_ENRICHER_DNS",
 }
 
@@ -122,6 +124,28 @@ def _cidrs(what: str) -> Callable[[str], tuple[Network, ...]]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+# A Kubernetes annotation key: an optional DNS-subdomain prefix and "/", then a name of at
+# most 63 alphanumerics, "-", "_" and ".", starting and ending alphanumeric.
+_ANNOTATION_KEY = re.compile(
+    r"(?:[a-z0-9]([-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+
+
+def _annotation_keys(text: str | frozenset[str]) -> frozenset[str]:
+    """Comma- or space-separated annotation keys (exact keys: no patterns)."""
+    if isinstance(text, frozenset):
+        return text
+    keys = text.replace(",", " ").split()
+    for key in keys:
+        prefix = key.rpartition("/")[0]
+        if not _ANNOTATION_KEY.fullmatch(key) or len(prefix) > 253:
+            raise argparse.ArgumentTypeError(
+                f"{key!r} is not an annotation key (e.g. example.com/team or team)"
+            )
+    return frozenset(keys)
 
 
 def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
@@ -232,6 +256,14 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         default=default("publish_labels", d.publish_labels),
         help=f"carry pod labels in the metadata (env {ENV['publish_labels']}; default "
         f"%(default)s)",
+    )
+    pub.add_argument(
+        "--publish-annotations",
+        type=_annotation_keys,
+        default=default("publish_annotations", d.publish_annotations),
+        metavar="KEYS",
+        help=f"pod annotation keys whose values the metadata carries, comma-separated; no "
+        f"others ever are (env {ENV['publish_annotations']}; default: none)",
     )
     pub.add_argument(
         "--no-prune",
@@ -373,7 +405,7 @@ def publish_watch(settings: Settings) -> int:
         WatchOptions(
             lease=lease,
             watch_timeout_s=settings.watch_timeout_s,
-            include_labels=settings.publish_labels,
+            pod_fields=settings.pod_fields,
             stats_interval_s=settings.stats_interval_s,
         ),
     )
@@ -403,7 +435,7 @@ def publish(settings: Settings) -> int:
     if not path.is_file():
         print(f"metadata file not found: {path}", file=sys.stderr)
         return 2
-    parsed = parse_text(path.read_text())
+    parsed = parse_text(path.read_text(), settings.pod_fields)
     for problem in parsed.skipped:
         print(f"skipped {problem}", file=sys.stderr)
     wait_for_broker(settings.bootstrap_servers)

@@ -20,8 +20,10 @@ from typing import Any
 import msgspec
 
 from enricher.kubeobjects import (
+    ALL_LABELS_NO_ANNOTATIONS,
     OWNER_KINDS,
     ObjectFileError,
+    PodFields,
     endpointslice_backends,
     node_meta,
     pod_meta,
@@ -39,8 +41,9 @@ def _pick(d: Any, *keys: str) -> Obj:
     return {k: d[k] for k in keys if isinstance(d, dict) and d.get(k) is not None}
 
 
-def slim(kind: str, obj: Obj) -> Obj:
-    """The fields of ``obj`` that kubeobjects reads for this kind; nothing else is kept."""
+def slim(kind: str, obj: Obj, annotations: frozenset[str] = frozenset()) -> Obj:
+    """The fields of ``obj`` that kubeobjects reads for this kind, and of a pod's annotations
+    only those in ``annotations``; nothing else is kept."""
     meta = obj.get("metadata") or {}
     out: Obj = {"kind": kind}
     if kind == "Pod":
@@ -55,6 +58,10 @@ def slim(kind: str, obj: Obj) -> Obj:
             "creationTimestamp",
             "deletionTimestamp",
         )
+        if annotations and meta.get("annotations"):
+            kept = {k: v for k, v in meta["annotations"].items() if k in annotations}
+            if kept:
+                out["metadata"]["annotations"] = kept
         out["spec"] = _pick(obj.get("spec"), "nodeName", "hostNetwork")
         out["status"] = _pick(status, "phase", "podIP", "podIPs", "startTime")
         finished = [
@@ -102,8 +109,8 @@ class ModelCounters:
 
 
 class ClusterModel:
-    def __init__(self, include_labels: bool = True) -> None:
-        self.include_labels = include_labels
+    def __init__(self, fields: PodFields = ALL_LABELS_NO_ANNOTATIONS) -> None:
+        self.fields = fields
         self.objects: dict[str, dict[str, Obj]] = {k: {} for k in WATCHED_KINDS}
         # What the metadata topic holds now, per key (the last value written or read back).
         self.published: dict[str, bytes] = {}
@@ -123,7 +130,8 @@ class ClusterModel:
     def snapshot(self, kind: str, items: Iterable[Obj], now_ns: int | None = None) -> list[Change]:
         """A complete list of ``kind``: anything known before and absent now was deleted."""
         now_ns = time.time_ns() if now_ns is None else now_ns
-        fresh = {object_key(kind, o): slim(kind, o) for o in items}
+        keep = self.fields.annotations
+        fresh = {object_key(kind, o): slim(kind, o, keep) for o in items}
         changes: list[Change] = []
         for key in [k for k in self.objects[kind] if k not in fresh]:
             changes += self._remove(kind, key, now_ns)
@@ -140,9 +148,9 @@ class ClusterModel:
             if kind == "Pod" and key in self.objects["Pod"]:
                 # Keep the deletion time with the final state, so the IP interval closes
                 # where the API server says, not where the tombstone happens to land.
-                self.objects["Pod"][key] = slim(kind, obj)
+                self.objects["Pod"][key] = slim(kind, obj, self.fields.annotations)
             return self._remove(kind, key, now_ns)
-        return self._put(kind, key, slim(kind, obj))
+        return self._put(kind, key, slim(kind, obj, self.fields.annotations))
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -229,14 +237,12 @@ class ClusterModel:
 
     def _pod_meta(self, pod: Obj) -> PodMeta | None:
         try:
-            meta = pod_meta(pod, self, self.services_of(str(pod["metadata"].get("uid", ""))))
+            uid = str(pod["metadata"].get("uid", ""))
+            return pod_meta(pod, self, self.services_of(uid), self.fields)
         except (KeyError, TypeError, ValueError, ObjectFileError) as exc:
             self.counters.invalid += 1
             self.counters.last_invalid = f"{object_key('Pod', pod)}: {exc}"
             return None
-        if not self.include_labels and meta.labels:
-            meta = msgspec.structs.replace(meta, labels={})
-        return meta
 
     def _write_pod(self, key: str) -> list[Change]:
         pod = self.objects["Pod"].get(key)

@@ -60,6 +60,24 @@ def parse_time_ns(value: Any) -> int | None:
     return int(whole.timestamp()) * 1_000_000_000 + int(frac)
 
 
+@dataclass(frozen=True)
+class PodFields:
+    """What a pod's metadata carries beyond what the join needs: its labels (on by default)
+    and the values of these annotation keys (none by default)."""
+
+    labels: bool = True
+    annotations: frozenset[str] = frozenset()
+
+    def pick_annotations(self, meta: Mapping[str, Any]) -> dict[str, str]:
+        if not self.annotations:
+            return {}
+        found = meta.get("annotations") or {}
+        return {k: str(found[k]) for k in sorted(self.annotations) if k in found}
+
+
+ALL_LABELS_NO_ANNOTATIONS = PodFields()
+
+
 def iter_objects(documents: Iterable[Any]) -> Iterator[Obj]:
     """Flatten documents and ``kind: List`` wrappers into single objects."""
     for doc in documents:
@@ -81,7 +99,9 @@ def load_objects(text: str) -> list[Obj]:
         raise ObjectFileError(f"not valid YAML: {exc}") from exc
 
 
-def parse_objects(objects: Iterable[Obj]) -> ParsedObjects:
+def parse_objects(
+    objects: Iterable[Obj], fields: PodFields = ALL_LABELS_NO_ANNOTATIONS
+) -> ParsedObjects:
     objs = list(objects)
     out = ParsedObjects()
     owners = _OwnerTable(objs)
@@ -97,7 +117,7 @@ def parse_objects(objects: Iterable[Obj]) -> ParsedObjects:
         try:
             if kind == "Pod":
                 uid = str(_meta(obj).get("uid", ""))
-                out.metas.append(pod_meta(obj, owners, services_of.get(uid, ())))
+                out.metas.append(pod_meta(obj, owners, services_of.get(uid, ()), fields))
             elif kind == "Node":
                 out.metas.append(node_meta(obj))
             elif kind == "Service":
@@ -108,8 +128,8 @@ def parse_objects(objects: Iterable[Obj]) -> ParsedObjects:
     return out
 
 
-def parse_text(text: str) -> ParsedObjects:
-    return parse_objects(load_objects(text))
+def parse_text(text: str, fields: PodFields = ALL_LABELS_NO_ANNOTATIONS) -> ParsedObjects:
+    return parse_objects(load_objects(text), fields)
 
 
 def _meta(obj: Obj) -> Obj:
@@ -212,7 +232,10 @@ def _pod_end_ns(pod: Obj) -> int | None:
 
 
 def pod_meta(
-    pod: Obj, owners: Owners | None = None, services: Iterable[str] = ()
+    pod: Obj,
+    owners: Owners | None = None,
+    services: Iterable[str] = (),
+    fields: PodFields = ALL_LABELS_NO_ANNOTATIONS,
 ) -> PodMeta:
     m = _meta(pod)
     spec = pod.get("spec") or {}
@@ -234,8 +257,11 @@ def pod_meta(
         end_time_ns=_pod_end_ns(pod),
         workload_kind=kind,
         workload_name=name,
-        labels={str(k): str(v) for k, v in (m.get("labels") or {}).items()},
+        labels=(
+            {str(k): str(v) for k, v in (m.get("labels") or {}).items()} if fields.labels else {}
+        ),
         services=sorted(set(services)),
+        annotations=fields.pick_annotations(m),
     )
 
 

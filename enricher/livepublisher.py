@@ -20,6 +20,7 @@ from typing import Any
 
 from enricher.cluster import WATCHED_KINDS, Change, ClusterModel
 from enricher.follower import MetadataFollower
+from enricher.kubeobjects import ALL_LABELS_NO_ANNOTATIONS, PodFields
 from enricher.kubewatch import Backoff, EventType, Obj, ResourceWatch
 from enricher.lease import LeaseConfig, LeaseElector
 from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics
@@ -33,7 +34,7 @@ class WatchOptions:
     lease: LeaseConfig | None  # None: no election, publish at once (a single replica)
     watch_timeout_s: int = 300
     request_timeout_s: float = 30.0
-    include_labels: bool = True
+    pod_fields: PodFields = ALL_LABELS_NO_ANNOTATIONS  # labels, chosen annotations
     stats_interval_s: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -107,7 +108,7 @@ class WatchPublisher:
 
     def lead(self, lost: threading.Event) -> None:
         self.terms += 1
-        model = self.model = ClusterModel(include_labels=self.options.include_labels)
+        model = self.model = ClusterModel(self.options.pod_fields)
         read = self._read_back(model)
         log.info("leading: %d records read back from %s", read, self._topics.metadata)
         producer = RecordProducer(self._bootstrap, self._producer_overrides)

@@ -1,8 +1,9 @@
 """The slim metadata schema carried by the compacted metadata topic.
 
-Only what the join needs travels: no env, no annotations, no pod spec beyond the node and
-host-network flag. Each value is a JSON object tagged by ``kind`` and versioned by ``v`` so a
-newer publisher can be detected (and its records skipped and counted) by an older joiner.
+Only what the join needs travels: no env, no pod spec beyond the node and host-network flag,
+and no annotations but those the publisher is told to carry (``--publish-annotations``). Each
+value is a JSON object tagged by ``kind`` and versioned by ``v`` so a newer publisher can be
+detected (and its records skipped and counted) by an older joiner.
 
 Keys are ``<Kind>/<namespace>/<name>`` (``Node/<name>`` for nodes); a null value (tombstone)
 means the object was deleted.
@@ -33,6 +34,10 @@ class PodMeta(msgspec.Struct, frozen=True, kw_only=True, tag="Pod", tag_field="k
     # Services whose EndpointSlices list this pod as a backend (sorted). Added in the same
     # version: older records simply have none.
     services: list[str] = msgspec.field(default_factory=list)
+    # Only the annotation keys the publisher was configured with (none by default): they can
+    # hold anything, secrets included (e.g. last-applied-configuration). Same version: older
+    # records have none.
+    annotations: dict[str, str] = msgspec.field(default_factory=dict)
 
     def key(self) -> str:
         return pod_key(self.namespace, self.name)

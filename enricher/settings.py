@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enricher.classify import Network
+from enricher.kubeobjects import PodFields
 from flowscope.topics import DEFAULT_PREFIX, Topics
 
 
@@ -49,10 +50,17 @@ class Settings:
     retry_period_s: float = 2.0
     watch_timeout_s: int = 300  # the server ends each watch after this; it is re-opened
     publish_labels: bool = True
+    # Pod annotation keys whose values the metadata carries; none by default (annotations can
+    # hold anything, e.g. kubectl's last-applied-configuration with a Secret's data).
+    publish_annotations: frozenset[str] = frozenset()
     # Other clusters' CIDRs (peered clusters): their peers are classified, never held back.
     other_cluster_cidrs: tuple[Network, ...] = ()
     # join: also join the raw DNS topic (enricher/dnsjoin.py) in the same process.
     dns: bool = True
+
+    @property
+    def pod_fields(self) -> PodFields:
+        return PodFields(labels=self.publish_labels, annotations=self.publish_annotations)
 
     @property
     def topics(self) -> Topics:

@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes import client
 
 from enricher.follower import MetadataFollower
+from enricher.kubeobjects import ALL_LABELS_NO_ANNOTATIONS, PodFields
 from enricher.lease import LeaseConfig
 from enricher.livepublisher import WatchOptions, WatchPublisher
 from enricher.metadata import MetaCodec
@@ -114,7 +115,12 @@ def create_pod(
 
 
 def start_publisher(
-    api: client.ApiClient, bootstrap: str, topics: Topics, lease_ns: str | None, name: str = "p"
+    api: client.ApiClient,
+    bootstrap: str,
+    topics: Topics,
+    lease_ns: str | None,
+    name: str = "p",
+    pod_fields: PodFields = ALL_LABELS_NO_ANNOTATIONS,
 ) -> tuple[WatchPublisher, threading.Event, threading.Thread]:
     lease = (
         LeaseConfig(
@@ -128,7 +134,8 @@ def start_publisher(
         if lease_ns
         else None
     )
-    pub = WatchPublisher(api, bootstrap, topics, WatchOptions(lease=lease, stats_interval_s=5))
+    options = WatchOptions(lease=lease, stats_interval_s=5, pod_fields=pod_fields)
+    pub = WatchPublisher(api, bootstrap, topics, options)
     stop = threading.Event()
     thread = threading.Thread(target=pub.run, args=(stop,), daemon=True)
     thread.start()

@@ -29,6 +29,7 @@ from kubehelp_enricher import (
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 
+from enricher.kubeobjects import PodFields
 from enricher.kubewatch import ResourceWatch
 from enricher.metadata import MetaCodec, NodeMeta, PodMeta, ServiceMeta
 from flowscope.topics import Topics
@@ -107,7 +108,10 @@ def test_objects_created_relabelled_and_deleted_reach_the_topic(
     )
 
     # The publisher starts after the objects exist: they come from its first list.
-    pub, stop, thread = start_publisher(api, kafka_bootstrap, topics, namespace)
+    team = "example.com/team"
+    pub, stop, thread = start_publisher(
+        api, kafka_bootstrap, topics, namespace, pod_fields=PodFields(annotations=frozenset({team}))
+    )
     try:
         wait_for(pub.synced.is_set, "the publisher to list everything", 90)
         r = reader()
@@ -130,6 +134,14 @@ def test_objects_created_relabelled_and_deleted_reach_the_topic(
         # The joiner's view of the same topic: the IP names the pod, the ClusterIP the service.
         found = r.state.lookup("10.90.1.1", time.time_ns())
         assert isinstance(found, PodMeta) and found.workload_name == "web"
+
+        # Annotate the pod: the configured key reaches the topic, no other does.
+        assert pod.annotations == {}
+        annotations = {team: "payments", "kubectl.kubernetes.io/last-applied-configuration": "{}"}
+        core.patch_namespaced_pod(
+            web.metadata.name, namespace, {"metadata": {"annotations": annotations}}
+        )
+        wait_for(lambda: r.meta(web_key).annotations == {team: "payments"}, "the team annotation")
 
         # Relabel a node: its zone changes in the topic.
         core.patch_node(n1, {"metadata": {"labels": {"topology.kubernetes.io/zone": "zone-c"}}})

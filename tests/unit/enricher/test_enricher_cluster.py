@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from enricher.cluster import ClusterModel, slim
+from enricher.kubeobjects import PodFields
 from enricher.metadata import MetaCodec, NodeMeta, PodMeta
 
 CODEC = MetaCodec()
@@ -151,7 +152,7 @@ def test_snapshot_deletes_what_is_gone_and_prune_clears_stale_topic_keys() -> No
 
 
 def test_labels_can_be_left_out() -> None:
-    m = ClusterModel(include_labels=False)
+    m = ClusterModel(PodFields(labels=False))
     out = decoded(m.event("Pod", "ADDED", pod("a", "u1", "10.0.0.1")))
     assert out["Pod/ns/a"].labels == {}
 
