@@ -1,7 +1,7 @@
 """Enricher throughput and added delay, against the real broker, beside a pass-through ceiling.
 
     .venv/bin/python bench/enricher_bench.py [--records 200000] [--warmup 100000]
-        [--input-batch 256] [--output-batch 256] [--bootstrap 127.0.0.1:9092]
+        [--rounds 5] [--input-batch 256] [--output-batch 256] [--bootstrap 127.0.0.1:9092]
 
 A large cluster's metadata (10,000 pods, 1,000 nodes, 2,000 services by default) is published
 to a fresh metadata topic, and ``--records`` raw records to a fresh raw topic, ``--input-batch``
@@ -14,7 +14,10 @@ stages then run, each in its own process so its CPU time and peak RSS are its ow
   enriched records per message.
 
 Phase 1 (throughput): each stage drains the backlog; records/s, CPU seconds per record (all
-threads of the process, librdkafka's included) and records/s per core are reported. The
+threads of the process, librdkafka's included) and records/s per core are reported. It runs
+``--rounds`` times, the stages alternating, each time in fresh processes with fresh consumer
+groups over the same records; each round is printed, then the median and range per stage
+(the detailed table is the last round's). The
 backlog starts with ``--warmup`` records (other connections between the same pods: other
 ports, other internet peers), timed apart and reported on their own line: the enricher
 renders each pod's, node's and Service's end once, at its first record, and keeps it until
@@ -455,7 +458,7 @@ def main() -> int:
     p.add_argument(
         "--rounds",
         type=int,
-        default=3,
+        default=5,
         help="phase-1 rounds, the stages alternating (a fresh process per stage and round)",
     )
     p.add_argument("--only", choices=["passthrough", "enricher"], help="run one stage only")
