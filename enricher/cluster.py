@@ -41,9 +41,9 @@ def _pick(d: Any, *keys: str) -> Obj:
     return {k: d[k] for k in keys if isinstance(d, dict) and d.get(k) is not None}
 
 
-def slim(kind: str, obj: Obj, annotations: frozenset[str] = frozenset()) -> Obj:
+def slim(kind: str, obj: Obj, fields: PodFields = ALL_LABELS_NO_ANNOTATIONS) -> Obj:
     """The fields of ``obj`` that kubeobjects reads for this kind, and of a pod's annotations
-    only those in ``annotations``; nothing else is kept."""
+    only those ``fields`` carries; nothing else is kept."""
     meta = obj.get("metadata") or {}
     out: Obj = {"kind": kind}
     if kind == "Pod":
@@ -58,10 +58,9 @@ def slim(kind: str, obj: Obj, annotations: frozenset[str] = frozenset()) -> Obj:
             "creationTimestamp",
             "deletionTimestamp",
         )
-        if annotations and meta.get("annotations"):
-            kept = {k: v for k, v in meta["annotations"].items() if k in annotations}
-            if kept:
-                out["metadata"]["annotations"] = kept
+        kept = fields.pick_annotations(meta)
+        if kept:
+            out["metadata"]["annotations"] = kept
         out["spec"] = _pick(obj.get("spec"), "nodeName", "hostNetwork")
         out["status"] = _pick(status, "phase", "podIP", "podIPs", "startTime")
         finished = [
@@ -130,8 +129,7 @@ class ClusterModel:
     def snapshot(self, kind: str, items: Iterable[Obj], now_ns: int | None = None) -> list[Change]:
         """A complete list of ``kind``: anything known before and absent now was deleted."""
         now_ns = time.time_ns() if now_ns is None else now_ns
-        keep = self.fields.annotations
-        fresh = {object_key(kind, o): slim(kind, o, keep) for o in items}
+        fresh = {object_key(kind, o): slim(kind, o, self.fields) for o in items}
         changes: list[Change] = []
         for key in [k for k in self.objects[kind] if k not in fresh]:
             changes += self._remove(kind, key, now_ns)
@@ -148,9 +146,9 @@ class ClusterModel:
             if kind == "Pod" and key in self.objects["Pod"]:
                 # Keep the deletion time with the final state, so the IP interval closes
                 # where the API server says, not where the tombstone happens to land.
-                self.objects["Pod"][key] = slim(kind, obj, self.fields.annotations)
+                self.objects["Pod"][key] = slim(kind, obj, self.fields)
             return self._remove(kind, key, now_ns)
-        return self._put(kind, key, slim(kind, obj, self.fields.annotations))
+        return self._put(kind, key, slim(kind, obj, self.fields))
 
     # -- bookkeeping ------------------------------------------------------------------------
 

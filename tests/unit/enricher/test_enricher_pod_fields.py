@@ -59,7 +59,7 @@ def test_only_the_configured_annotation_keys_travel() -> None:
     assert "hunter2" not in repr(meta)
     obj = pod("a", "u1", "10.0.0.1", annotations={TEAM: "payments", "secret": "x"})
     # The watch cache keeps the chosen keys only, and the published record carries them.
-    assert slim("Pod", obj, fields.annotations)["metadata"]["annotations"] == {TEAM: "payments"}
+    assert slim("Pod", obj, fields)["metadata"]["annotations"] == {TEAM: "payments"}
     assert _watched(fields, obj).annotations == {TEAM: "payments"}
 
 
