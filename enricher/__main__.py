@@ -12,26 +12,31 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import socket
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
 from enricher import EnricherError
-from enricher.classify import Network, parse_cidrs
+from enricher.argtypes import (
+    MAX_BATCH_RECORDS,
+    annotation_keys,
+    batch_records,
+    cidrs,
+    flag,
+    non_negative,
+    positive,
+)
 from enricher.joiner import Joiner
 from enricher.kubeobjects import parse_text
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope.kafka import KafkaUnavailable, wait_for_broker
-
-N = TypeVar("N", int, float)
 
 ENV = {
     "bootstrap_servers": "FLOWSCOPE_BOOTSTRAP_SERVERS",
@@ -62,92 +67,6 @@ ENV = {
     "dns": "FLOWSCOPE_ENRICHER_DNS",
 }
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
-
-
-def _flag(text: str | bool) -> bool:
-    if isinstance(text, bool):
-        return text
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(
-        f"{text!r} is not a boolean (valid: {', '.join(_TRUE + _FALSE[:-1])})"
-    )
-
-
-def _positive(kind: Callable[[str], N], what: str) -> Callable[[str], N]:
-    def parse(text: str) -> N:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what}: {text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{what}: must be > 0, got {text!r}")
-        return value
-
-    return parse
-
-
-MAX_BATCH_RECORDS = 10_000
-
-
-def _batch_records(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_BATCH_RECORDS:
-        raise argparse.ArgumentTypeError(
-            f"must be 1 (one record per message) to {MAX_BATCH_RECORDS}, got {text!r}"
-        )
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def _cidrs(what: str) -> Callable[[str], tuple[Network, ...]]:
-    def parse(text: str) -> tuple[Network, ...]:
-        try:
-            return parse_cidrs(text, what)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
-# A Kubernetes annotation key: an optional DNS-subdomain prefix and "/", then a name of at
-# most 63 alphanumerics, "-", "_" and ".", starting and ending alphanumeric.
-_ANNOTATION_KEY = re.compile(
-    r"(?:[a-z0-9]([-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-)
-
-
-def _annotation_keys(text: str | frozenset[str]) -> frozenset[str]:
-    """Comma- or space-separated annotation keys (exact keys: no patterns)."""
-    if isinstance(text, frozenset):
-        return text
-    keys = text.replace(",", " ").split()
-    for key in keys:
-        prefix = key.rpartition("/")[0]
-        if not _ANNOTATION_KEY.fullmatch(key) or len(prefix) > 253:
-            raise argparse.ArgumentTypeError(
-                f"{key!r} is not an annotation key (e.g. example.com/team or team)"
-            )
-    return frozenset(keys)
-
-
 def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     d = Settings()
 
@@ -167,7 +86,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--stats-interval-s",
-        type=_positive(float, "--stats-interval-s"),
+        type=positive(float, "--stats-interval-s"),
         default=default("stats_interval_s", d.stats_interval_s),
         help=f"seconds between counter log lines (env {ENV['stats_interval_s']}; "
         f"default %(default)s)",
@@ -191,7 +110,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     )
     pub.add_argument(
         "--watch",
-        type=_flag,
+        type=flag,
         nargs="?",
         const=True,
         default=default("watch", False),
@@ -211,7 +130,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     )
     pub.add_argument(
         "--leader-election",
-        type=_flag,
+        type=flag,
         default=default("leader_election", d.leader_election),
         help=f"stand by unless holding the Lease (env {ENV['leader_election']}; default "
         f"%(default)s)",
@@ -239,27 +158,27 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     ):
         pub.add_argument(
             "--" + name.replace("_", "-"),
-            type=_positive(float, "--" + name.replace("_", "-")),
+            type=positive(float, "--" + name.replace("_", "-")),
             default=default(name, getattr(d, name)),
             help=f"{what} (env {ENV[name]}; default %(default)s)",
         )
     pub.add_argument(
         "--watch-timeout-s",
-        type=_positive(int, "--watch-timeout-s"),
+        type=positive(int, "--watch-timeout-s"),
         default=default("watch_timeout_s", d.watch_timeout_s),
         help=f"server-side length of one watch request (env {ENV['watch_timeout_s']}; default "
         f"%(default)s)",
     )
     pub.add_argument(
         "--publish-labels",
-        type=_flag,
+        type=flag,
         default=default("publish_labels", d.publish_labels),
         help=f"carry pod labels in the metadata (env {ENV['publish_labels']}; default "
         f"%(default)s)",
     )
     pub.add_argument(
         "--publish-annotations",
-        type=_annotation_keys,
+        type=annotation_keys,
         default=default("publish_annotations", d.publish_annotations),
         metavar="KEYS",
         help=f"pod annotation keys whose values the metadata carries, comma-separated; no "
@@ -281,13 +200,13 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     )
     join.add_argument(
         "--batch-size",
-        type=_positive(int, "--batch-size"),
+        type=positive(int, "--batch-size"),
         default=default("batch_size", d.batch_size),
         help=f"raw records per consume(), about (env {ENV['batch_size']}; default %(default)s)",
     )
     join.add_argument(
         "--dns",
-        type=_flag,
+        type=flag,
         default=default("dns", d.dns),
         help=f"also join DNS queries ({Settings().topics.raw_dns} -> "
         f"{Settings().topics.enriched_dns}; env {ENV['dns']}; default %(default)s)",
@@ -295,35 +214,35 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     join.add_argument(
         "--batch-records",
         dest="output_batch_records",
-        type=_batch_records,
+        type=batch_records,
         default=default("output_batch_records", d.output_batch_records),
         help=f"enriched records per produced message, a JSON array when above 1 (1 to "
         f"{MAX_BATCH_RECORDS}; env {ENV['output_batch_records']}; default %(default)s)",
     )
     join.add_argument(
         "--deleted-pod-grace-s",
-        type=_positive(float, "--deleted-pod-grace-s"),
+        type=positive(float, "--deleted-pod-grace-s"),
         default=default("deleted_pod_grace_s", d.deleted_pod_grace_s),
         help=f"how long a deleted pod still names its IP (env {ENV['deleted_pod_grace_s']}; "
         f"default %(default)s)",
     )
     join.add_argument(
         "--holdback-s",
-        type=_non_negative,
+        type=non_negative,
         default=default("holdback_s", d.holdback_s),
         help=f"seconds a record whose pod or peer has no metadata yet waits for it before it "
         f"is emitted as unresolved; 0 disables (env {ENV['holdback_s']}; default %(default)s)",
     )
     join.add_argument(
         "--holdback-max-records",
-        type=_positive(int, "--holdback-max-records"),
+        type=positive(int, "--holdback-max-records"),
         default=default("holdback_max_records", d.holdback_max_records),
         help=f"records held at most; more are emitted unresolved at once and counted (env "
         f"{ENV['holdback_max_records']}; default %(default)s)",
     )
     join.add_argument(
         "--cluster-cidrs",
-        type=_cidrs("--cluster-cidrs"),
+        type=cidrs("--cluster-cidrs"),
         default=default("cluster_cidrs", ""),
         help=f"this cluster's pod and service CIDRs, comma-separated; only unknown addresses "
         f"inside them are held back (env {ENV['cluster_cidrs']}; default: none, then every "
@@ -331,7 +250,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     )
     join.add_argument(
         "--other-cluster-cidrs",
-        type=_cidrs("--other-cluster-cidrs"),
+        type=cidrs("--other-cluster-cidrs"),
         default=default("other_cluster_cidrs", ""),
         help=f"CIDRs of other (peered) clusters, comma-separated; their peers are classified "
         f"as another cluster (env {ENV['other_cluster_cidrs']}; default: none)",
