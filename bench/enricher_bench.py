@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import statistics
 import subprocess
@@ -57,9 +56,9 @@ from confluent_kafka import Consumer, Message, TopicPartition
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.enricher_workload import cluster, raw_records  # noqa: E402
 from enricher.joiner import Joiner  # noqa: E402
 from enricher.kubeobjects import ParsedObjects  # noqa: E402
-from enricher.metadata import Meta, NodeMeta, PodMeta, ServiceMeta, ServicePort  # noqa: E402
 from enricher.publisher import MetadataPublisher  # noqa: E402
 from enricher.settings import Settings  # noqa: E402
 from flowscope.kafka import (  # noqa: E402
@@ -71,108 +70,6 @@ from flowscope.kafka import (  # noqa: E402
 )
 from flowscope.records import RawTcpConnection  # noqa: E402
 from flowscope.topics import Topics  # noqa: E402
-
-S = 1_000_000_000
-ZONES = ("eu-west-1a", "eu-west-1b", "eu-west-1c")
-KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
-
-
-# -- the cluster and the records ---------------------------------------------------------------
-
-
-def pod_ip(i: int) -> str:
-    return f"10.{64 + i // 65536}.{(i // 256) % 256}.{i % 256}"
-
-
-def cluster(pods: int, nodes: int, services: int, now_ns: int) -> list[Meta]:
-    metas: list[Meta] = [
-        NodeMeta(
-            name=f"node-{n}",
-            zone=ZONES[n % len(ZONES)],
-            region="eu-west-1",
-            addresses=[f"172.20.{n // 256}.{n % 256}"],
-        )
-        for n in range(nodes)
-    ]
-    for i in range(pods):
-        wl = i // 5  # five replicas per workload
-        metas.append(
-            PodMeta(
-                uid=f"uid-{i:06d}",
-                name=f"wl-{wl}-{i:06d}",
-                namespace=f"ns-{wl % 50}",
-                node=f"node-{i % nodes}",
-                ips=[pod_ip(i)],
-                start_time_ns=now_ns - 3600 * S,
-                workload_kind=KINDS[wl % len(KINDS)],
-                workload_name=f"wl-{wl}",
-                labels={"app": f"wl-{wl}"},
-            )
-        )
-    metas.extend(
-        ServiceMeta(
-            name=f"svc-{s}",
-            namespace=f"ns-{s % 50}",
-            cluster_ips=[f"10.96.{s // 256}.{s % 256}"],
-            ports=[ServicePort(port=80)],
-        )
-        for s in range(services)
-    )
-    return metas
-
-
-def raw_records(
-    n: int, pods: int, nodes: int, services: int, now_ns: int, seed: int = 42
-) -> list[bytes]:
-    """A mix like a real node's: mostly pod to pod, some to ClusterIPs the collector could not
-    translate, to nodes and to the internet; client- and server-side ends."""
-    rng = random.Random(seed)
-    enc = msgspec.json.Encoder()
-    out = []
-    for k in range(n):
-        i = rng.randrange(pods)
-        r = rng.random()
-        if r < 0.80:
-            remote = pod_ip(rng.randrange(pods))
-        elif r < 0.85:
-            s = rng.randrange(services)
-            remote = f"10.96.{s // 256}.{s % 256}"
-        elif r < 0.90:
-            m = rng.randrange(nodes)
-            remote = f"172.20.{m // 256}.{m % 256}"
-        else:
-            remote = f"{rng.randrange(1, 223)}.{rng.randrange(256)}.7.{rng.randrange(256)}"
-            if remote.startswith(("10.", "127.", "172.", "192.", "100.", "169.")):
-                remote = "8.8.8.8"
-        start = now_ns + k * 1000
-        out.append(
-            enc.encode(
-                RawTcpConnection(
-                    node=f"node-{i % nodes}",
-                    start_time_ns=start,
-                    end_time_ns=start + 5_000_000,
-                    role="client" if k % 3 else "server",
-                    family=4,
-                    local_addr=pod_ip(i),
-                    local_port=30000 + k % 30000,
-                    remote_addr=remote,
-                    remote_port=8080,
-                    pid=1000 + i % 100,
-                    comm="app",
-                    cgroup_id=i,
-                    cgroup_path=f"kubepods/burstable/poduid-{i:06d}/c{i:06d}",
-                    pod_uid=f"uid-{i:06d}",
-                    container_id=f"c{i:06d}",
-                    bytes_sent=rng.randrange(100_000),
-                    bytes_received=rng.randrange(100_000),
-                    srtt_us=rng.randrange(50, 5000),
-                    retrans_segs=0,
-                    connect_latency_us=rng.randrange(50, 2000),
-                )
-            )
-        )
-    return out
-
 
 # -- the stages (each run in a process of its own) ---------------------------------------------
 
@@ -523,43 +420,29 @@ def main() -> int:
     # Phase 1, one stage at a time, in alternating rounds (this machine's speed drifts by 2x
     # within minutes: a ratio is only fair between neighbouring runs). The last round's stages
     # stay up (idle) for phase 2.
-    results: dict[str, dict[str, Any]] = {}
     rounds: list[dict[str, dict[str, Any]]] = []
     procs: dict[str, subprocess.Popen[str]] = {}
     out_topics = {"passthrough": passthrough_topic, "enricher": topics.enriched_tcp}
     stages = [s for s in ("passthrough", "enricher") if not args.only or s == args.only]
     n_rounds = 1 if args.profile else max(1, args.rounds)
+    # Each stage process's command line; the rounds before the last add --no-live.
+    stage_base = {
+        stage: [
+            sys.executable, __file__, "--stage", stage, "--bootstrap", args.bootstrap,
+            "--prefix", topics.prefix, "--out-topic", passthrough_topic,
+            "--records", str(args.records), "--messages", str(len(messages)),
+            "--warmup", str(warmup), "--warm-messages", str(len(warm_messages)),
+            "--output-batch", str(args.output_batch),
+        ]
+        + (["--profile", args.profile] if args.profile and stage == "enricher" else [])
+        for stage in stages
+    }  # fmt: skip
     try:
         for rnd in range(n_rounds):
             last = rnd == n_rounds - 1
             rounds.append({})
             for stage in stages:
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--stage",
-                    stage,
-                    "--bootstrap",
-                    args.bootstrap,
-                    "--prefix",
-                    topics.prefix,
-                    "--out-topic",
-                    passthrough_topic,
-                    "--records",
-                    str(args.records),
-                    "--messages",
-                    str(len(messages)),
-                    "--warmup",
-                    str(warmup),
-                    "--warm-messages",
-                    str(len(warm_messages)),
-                    "--output-batch",
-                    str(args.output_batch),
-                ]
-                if args.profile and stage == "enricher":
-                    cmd += ["--profile", args.profile]
-                if not last:
-                    cmd.append("--no-live")
+                cmd = stage_base[stage] + ([] if last else ["--no-live"])
                 proc = subprocess.Popen(
                     cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
                 )
