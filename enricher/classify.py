@@ -13,7 +13,8 @@ An address the index does not know is one of:
 
 The answer is cached per address string. A public-facing pod can see millions of distinct
 client addresses, so a cache miss must be cheap too: IPv4 (the common case) is classified
-with integer masks (~2 µs) instead of ``ipaddress`` (~20 µs for ``is_global``).
+with integer masks, the special-purpose ranges looked up by first octet (~0.5 µs), instead
+of ``ipaddress`` (~20 µs for ``is_global``).
 """
 
 from __future__ import annotations
@@ -72,7 +73,23 @@ def _v4(addr: str) -> int | None:
         return None
 
 
-_V4_NOT_GLOBAL_MASKS = _masks(_V4_NOT_GLOBAL)
+def _by_first_octet(nets: Iterable[Network]) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Per first octet, the (network, mask) pairs of ``nets`` that overlap its /8; a range
+    wider than a /8 stands as that whole /8. Most octets have none: an internet address is
+    then told with one index instead of a loop over every range (a new address: 1.0-1.2 ->
+    0.4-0.6 µs, measured over 100,000 random ones)."""
+    table: list[list[tuple[int, int]]] = [[] for _ in range(256)]
+    for net, mask in _masks(nets):
+        if mask >> 24 != 0xFF:  # wider than a /8: every /8 it covers, whole
+            first, last = net >> 24, (net | ~mask & 0xFFFFFFFF) >> 24
+            for octet in range(first, last + 1):
+                table[octet].append((octet << 24, 0xFF000000))
+        else:
+            table[net >> 24].append((net, mask))
+    return tuple(tuple(pairs) for pairs in table)
+
+
+_V4_NOT_GLOBAL_BY_OCTET = _by_first_octet(_V4_NOT_GLOBAL)
 
 
 def parse_cidrs(text: str, what: str) -> tuple[Network, ...]:
@@ -122,7 +139,7 @@ class AddressClassifier:
             for net, mask in self._other_v4:
                 if v4 & mask == net:
                     return "other_cluster"
-            for net, mask in _V4_NOT_GLOBAL_MASKS:
+            for net, mask in _V4_NOT_GLOBAL_BY_OCTET[v4 >> 24]:
                 if v4 & mask == net:
                     return "private"
             return "internet"

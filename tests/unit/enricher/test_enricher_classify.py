@@ -188,3 +188,17 @@ def test_short_ipv4_forms_are_not_taken_for_addresses() -> None:
     c = AddressClassifier()
     assert c.classify("127.1") == "invalid"
     assert c.classify("10.0.0.256") == "invalid"
+
+
+def test_ranges_by_first_octet_keep_narrow_ranges_and_split_wide_ones() -> None:
+    import ipaddress
+
+    from enricher.classify import _by_first_octet
+
+    table = _by_first_octet(
+        [ipaddress.IPv4Network("172.16.0.0/12"), ipaddress.IPv4Network("240.0.0.0/6")]
+    )
+    assert table[172] == ((0xAC100000, 0xFFF00000),)
+    # A /6 is four whole /8s, each standing alone; the octets around them have nothing.
+    assert [octet for octet, pairs in enumerate(table) if pairs] == [172, 240, 241, 242, 243]
+    assert table[243] == ((243 << 24, 0xFF000000),)
