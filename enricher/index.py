@@ -83,11 +83,13 @@ class MetadataIndex:
         self._pod_indexed_ips: dict[str, list[str]] = {}
         self._node_ips: dict[str, str] = {}
         self._service_ips: dict[str, tuple[str, str]] = {}
+        self._pods_by_node: dict[str, set[str]] = {}  # node name -> uids of its pods
         # Endpoints without address/port, per pod uid (and per node or service under keys with
         # a NUL, which no uid has): the join fills in the rest, far cheaper than building a
-        # 17-field Endpoint per record. A pod's entry is dropped when it changes; all are
-        # dropped when a node (zones) or a service changes. ``fragments`` holds the same
-        # endpoints pre-encoded for the renderer and follows the same rules.
+        # 17-field Endpoint per record. A pod's entry is dropped when it changes, a node's
+        # and its pods' when the node changes (zones), a Service's when it changes.
+        # ``fragments`` holds the same endpoints pre-encoded for the renderer and follows the
+        # same rules.
         self.templates: dict[str, Endpoint] = {}
         self.fragments: dict[str, object] = {}
         # The renderer's shortcut for the commonest lookups, an IPv4 address held by one pod
@@ -101,6 +103,8 @@ class MetadataIndex:
     def upsert_pod(self, pod: PodMeta) -> None:
         self.remove_pod(pod.uid)
         self.pods[pod.uid] = pod
+        if pod.node is not None:
+            self._pods_by_node.setdefault(pod.node, set()).add(pod.uid)
         if pod.host_network:
             return  # its IP is the node's: lookups by IP name the node
         ips = [canonical_ip(ip) for ip in pod.ips]
@@ -121,7 +125,14 @@ class MetadataIndex:
             history.remove(uid)
             if not history.starts:
                 del self._pod_ips[ip]
-        return self.pods.pop(uid, None)
+        pod = self.pods.pop(uid, None)
+        if pod is not None and pod.node is not None:
+            on_node = self._pods_by_node.get(pod.node)
+            if on_node is not None:
+                on_node.discard(uid)
+                if not on_node:
+                    del self._pods_by_node[pod.node]
+        return pod
 
     def pod(self, uid: str) -> PodMeta | None:
         return self.pods.get(uid)
@@ -153,45 +164,79 @@ class MetadataIndex:
     # -- nodes and services -----------------------------------------------------------------
 
     def upsert_node(self, node: NodeMeta) -> None:
-        self.remove_node(node.name)
-        self._drop_templates()
+        old = self._unindex_node(node.name)
         self.nodes[node.name] = node
         for ip in node.addresses:
             self._node_ips[canonical_ip(ip)] = node.name
+        self._forget_node(node.name, [*node.addresses, *(old.addresses if old else ())])
 
     def remove_node(self, name: str) -> NodeMeta | None:
+        old = self._unindex_node(name)
+        if old is not None:
+            self._forget_node(name, old.addresses)
+        return old
+
+    def _unindex_node(self, name: str) -> NodeMeta | None:
         old = self.nodes.pop(name, None)
         if old is not None:
-            self._drop_templates()
             for ip in old.addresses:
                 if self._node_ips.get(canonical_ip(ip)) == name:
                     del self._node_ips[canonical_ip(ip)]
         return old
 
-    def _drop_templates(self) -> None:
-        self.templates.clear()
-        self.fragments.clear()
-        self.ip_fragments.clear()
+    def _forget_node(self, name: str, addresses: list[str]) -> None:
+        """Drop the ends built from a node's metadata: its own (node, host processes, sockets
+        without a cgroup), its pods' (they carry its zone), and the shortcuts of its old and
+        new addresses. The rest stay: dropping every end at each node or Service change made
+        the join rebuild a large cluster's ends each time (the warm-up's pace, not the
+        steady state's)."""
+        for key in ("node\0" + name, "host\0" + name, "unresolved\0" + name):
+            self.templates.pop(key, None)
+            self.fragments.pop(key, None)
+        for uid in self._pods_by_node.get(name, ()):
+            self._forget_pod_ends(uid)
+        for ip in addresses:
+            self.ip_fragments.pop(canonical_ip(ip), None)
+
+    def _forget_pod_ends(self, uid: str) -> None:
+        self.templates.pop(uid, None)
+        self.fragments.pop(uid, None)
+        for ip in self._pod_indexed_ips.get(uid, ()):
+            self.ip_fragments.pop(ip, None)
 
     def node(self, name: str | None) -> NodeMeta | None:
         return self.nodes.get(name) if name is not None else None
 
     def upsert_service(self, svc: ServiceMeta) -> None:
         key = (svc.namespace, svc.name)
-        self.remove_service(*key)
-        self._drop_templates()
+        old = self._unindex_service(key)
         self.services[key] = svc
         for ip in svc.cluster_ips:
             self._service_ips[canonical_ip(ip)] = key
+        self._forget_service(key, [*svc.cluster_ips, *(old.cluster_ips if old else ())])
 
     def remove_service(self, namespace: str, name: str) -> ServiceMeta | None:
-        old = self.services.pop((namespace, name), None)
+        old = self._unindex_service((namespace, name))
         if old is not None:
-            self._drop_templates()
+            self._forget_service((namespace, name), old.cluster_ips)
+        return old
+
+    def _unindex_service(self, key: tuple[str, str]) -> ServiceMeta | None:
+        old = self.services.pop(key, None)
+        if old is not None:
             for ip in old.cluster_ips:
-                if self._service_ips.get(canonical_ip(ip)) == (namespace, name):
+                if self._service_ips.get(canonical_ip(ip)) == key:
                     del self._service_ips[canonical_ip(ip)]
         return old
+
+    def _forget_service(self, key: tuple[str, str], addresses: list[str]) -> None:
+        """Drop the Service's own end and the shortcuts of its old and new ClusterIPs; pods'
+        ends do not depend on it (a pod's Services come with the pod's metadata)."""
+        template_key = f"svc\0{key[0]}\0{key[1]}"
+        self.templates.pop(template_key, None)
+        self.fragments.pop(template_key, None)
+        for ip in addresses:
+            self.ip_fragments.pop(canonical_ip(ip), None)
 
     # -- the lookup -------------------------------------------------------------------------
 

@@ -149,6 +149,75 @@ def test_fragments_follow_metadata_changes(state: MetadataState, native: bool) -
     assert again.value == CODEC.encode(enrich(raw, state, CLASSIFIER))
 
 
+def _renders_like_the_reference(renderer: Renderer, state: MetadataState, **kw: Any) -> bytes:
+    raw = _raw(**kw)
+    got = renderer.render(raw)
+    want = enrich(raw, state, CLASSIFIER)
+    assert got.value == CODEC.encode(want), kw
+    assert got.missing == missing_key(raw, want, CLASSIFIER), kw
+    return got.value
+
+
+def test_a_node_change_drops_its_own_and_its_pods_ends_only(
+    state: MetadataState, native: bool
+) -> None:
+    renderer = Renderer(state, CLASSIFIER, native=native)
+    host_on_b = {"node": "node-b", "pod_uid": None, "container_id": None}
+    cases: list[dict[str, Any]] = [
+        {},  # c1 (node-a) -> s1 (node-b)
+        {"remote_addr": "192.168.1.1"},  # -> node-a by its address
+        {"remote_addr": "192.168.1.2"},  # -> node-b
+        host_on_b,
+    ]
+    for kw in cases:
+        _renders_like_the_reference(renderer, state, **kw)
+    on_a = state.fragments["c1"]
+    # node-b moves zone and changes address; node-a's ends and pods are untouched.
+    state.upsert(NodeMeta(name="node-b", zone="z-q", region="r1", addresses=["192.168.1.7"]), T0)
+    assert state.fragments.get("c1") is on_a
+    assert "s1" not in state.fragments and "h1" not in state.fragments
+    out = _renders_like_the_reference(renderer, state)
+    assert b'"cloud.availability_zone":"z-q"' in out
+    assert b'"z-q"' in _renders_like_the_reference(renderer, state, **host_on_b)
+    # Its old address names nobody now, its new one names it.
+    old = _renders_like_the_reference(renderer, state, remote_addr="192.168.1.2")
+    assert b'"k8s.node.name":"node-b"' not in old
+    new = _renders_like_the_reference(renderer, state, remote_addr="192.168.1.7")
+    assert b'"k8s.node.name":"node-b"' in new
+    # A node that appears later gives its zone to the ends already built without it.
+    assert b'"k8s.node.name":"node-z"' in _renders_like_the_reference(
+        renderer, state, node="node-z", pod_uid=None
+    )
+    state.upsert(NodeMeta(name="node-z", zone="z-z", region="r1", addresses=[]), T0)
+    assert b'"z-z"' in _renders_like_the_reference(renderer, state, node="node-z", pod_uid=None)
+    # Deleted: its pods' ends lose the zone, the rest stays.
+    state.apply("Node/node-b", None, T0)
+    assert state.fragments.get("c1") is on_a
+    assert b'"z-q"' not in _renders_like_the_reference(renderer, state)
+
+
+def test_a_service_change_drops_its_own_end_only(state: MetadataState, native: bool) -> None:
+    renderer = Renderer(state, CLASSIFIER, native=native)
+    for kw in ({}, {"remote_addr": "10.96.0.10"}, {"remote_addr": "10.96.0.20"}):
+        _renders_like_the_reference(renderer, state, **kw)
+    assert renderer.render(_raw(remote_addr="10.96.0.20")).missing == "ip:10.96.0.20"
+    pod_ends = {uid: state.fragments[uid] for uid in ("c1", "s1")}
+    # A new Service takes the address that was unknown (and shortcut as such).
+    state.upsert(ServiceMeta(name="web", namespace="shop", cluster_ips=["10.96.0.20"]), T0)
+    assert all(state.fragments.get(uid) is frag for uid, frag in pod_ends.items())
+    out = _renders_like_the_reference(renderer, state, remote_addr="10.96.0.20")
+    assert b'"k8s.service.name":"web"' in out
+    # One moves to another ClusterIP, then the other is deleted.
+    state.upsert(ServiceMeta(name="api", namespace="shop", cluster_ips=["10.96.0.11"]), T0)
+    assert b'"api"' not in _renders_like_the_reference(renderer, state, remote_addr="10.96.0.10")
+    assert b'"api"' in _renders_like_the_reference(renderer, state, remote_addr="10.96.0.11")
+    state.apply("Service/shop/web", None, T0)
+    gone = renderer.render(_raw(remote_addr="10.96.0.20"))
+    assert (gone.missing, b'"web"' in gone.value) == ("ip:10.96.0.20", False)
+    _renders_like_the_reference(renderer, state, remote_addr="10.96.0.20")
+    assert all(state.fragments.get(uid) is frag for uid, frag in pod_ends.items())
+
+
 def test_service_nat_names_the_dialed_service_on_the_backend(
     state: MetadataState, native: bool
 ) -> None:
