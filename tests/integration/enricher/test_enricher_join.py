@@ -27,6 +27,9 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 
 from enricher.joiner import Joiner
+from enricher.kubeobjects import ParsedObjects
+from enricher.metadata import NodeMeta
+from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
 from flowscope.records import DeadLetter, EnrichedTcpConnection, RawTcpConnection
@@ -326,6 +329,54 @@ def test_publish_join_and_dead_letter(
     assert m["enricher_remote_external_total"] == 1
     assert m["enricher_produce_delivered_total"] == 7
     assert m["enricher_produce_delivery_failed_total"] == 0
+
+
+def test_a_node_moved_to_another_zone_moves_its_pods_from_then_on(
+    kafka_bootstrap: str, topics: Topics, objects_file: Path
+) -> None:
+    """The join keeps each end encoded until its metadata changes: a node relabelled to
+    another zone through the metadata topic must re-zone its pods' records from then on, and
+    leave the other node's pods as they were."""
+    _publish_cli(kafka_bootstrap, topics, objects_file)
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topics.prefix,
+        consumer_group=f"test-enricher-{uuid.uuid4().hex[:8]}",
+        poll_timeout_s=0.1,
+        output_batch_records=1,
+    )
+    j = Joiner(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=j.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert j.ready.wait(60), "joiner did not load metadata and subscribe within 60s"
+        _produce(kafka_bootstrap, topics.raw_tcp, [_raw(), _raw(remote_addr="1.1.1.1")])
+        before = _consume(kafka_bootstrap, topics.enriched_tcp, 2)
+        # Only the node's record: the file publisher would rewrite every pod's record too
+        # (a new process has not seen them), and a pod's change drops its end anyway.
+        moved = NodeMeta(name="node-b", zone="zone-a", region="r1", addresses=["192.168.77.2"])
+        MetadataPublisher(kafka_bootstrap, topics).publish(
+            ParsedObjects(metas=[moved]), prune=False
+        )
+        deadline = time.monotonic() + 30
+        while j.state.nodes["node-b"].zone != "zone-a" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert j.state.nodes["node-b"].zone == "zone-a", "the node's new zone did not arrive"
+        _produce(kafka_bootstrap, topics.raw_tcp, [_raw(), _raw(remote_addr="1.1.1.1")])
+        after = _consume(kafka_bootstrap, topics.enriched_tcp, 4)[2:]
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive(), "joiner did not stop within 60s"
+    records = [msgspec.json.decode(_value(m), type=EnrichedTcpConnection) for m in before + after]
+    to_db = [r for r in records if r.server.pod_uid == "uid-db"]
+    assert [(r.client.zone, r.server.zone, r.peer_class) for r in to_db] == [
+        ("zone-a", "zone-b", "cross_zone"),
+        ("zone-a", "zone-a", "same_zone"),
+    ]
+    to_internet = [r for r in records if r.server.attribution == "external"]
+    assert [(r.client.pod_uid, r.client.zone) for r in to_internet] == [("uid-fe", "zone-a")] * 2
 
 
 def test_join_cli_stops_cleanly_on_sigterm(
