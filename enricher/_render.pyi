@@ -17,4 +17,5 @@ def render_batch(
     locality: dict[Any, bytes],
     unnamed: dict[str, tuple[bytes, str | None]],
     renderer: Any,
+    internet: tuple[object, ...] | None,
 ) -> list[Any]: ...

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from collections.abc import Iterable
 from typing import Literal
 
@@ -122,6 +123,13 @@ class AddressClassifier:
                 self._cache.clear()  # a scan of the address space must not grow memory
             found = self._cache[addr] = self._classify(addr)
         return found
+
+    def not_internet_v4(self) -> bytes:
+        """Every IPv4 range an address is *not* classed ``internet`` in (this cluster's, the
+        other clusters', the special-purpose ones), as native uint32 (network, mask) pairs: the
+        C join loop tells an internet peer with them (enricher/_render.c, unknown_internet)."""
+        pairs = (*self._cluster_v4, *self._other_v4, *_masks(_V4_NOT_GLOBAL))
+        return b"".join(struct.pack("=II", net, mask) for net, mask in pairs)
 
     def holds_back(self, cls: AddressClass) -> bool:
         """Whether an unknown address of this class may still get metadata (so is worth a wait)."""

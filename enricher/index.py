@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
@@ -153,6 +154,12 @@ class MetadataIndex:
         depends on the time; if not, it names the same node, service or nobody until the index
         changes (which drops :attr:`ip_fragments`)."""
         return ip in self._pod_ips
+
+    def address_tables(self) -> tuple[Mapping[str, object], ...]:
+        """The addresses pods ever held, nodes' and ClusterIPs, each a dict keyed by address
+        (the index keeps these three objects for its lifetime): the C join loop checks them
+        to know an address nobody in the cluster has."""
+        return self._pod_ips, self._node_ips, self._service_ips
 
     def pod_at(self, ip: str, t_ns: int) -> PodMeta | None:
         history = self._pod_ips.get(ip)

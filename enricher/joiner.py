@@ -347,7 +347,13 @@ class Joiner:
         if remote == "unresolved":
             c.remote_unresolved += 1
         elif remote == "external":
-            if self.classifier.classify(raw.remote_addr) == "other_cluster":
+            # The internet or another cluster; with no other cluster configured, the internet
+            # without a lookup (the C loop keeps no cache entry per internet address).
+            classifier = self.classifier
+            if (
+                classifier.other_cluster_cidrs
+                and classifier.classify(raw.remote_addr) == "other_cluster"
+            ):
                 c.remote_other_cluster += 1
             else:
                 c.remote_external += 1

@@ -1,4 +1,4 @@
-"""The joiner's hold-back and offset logic, with stand-ins for the consumer and producer."""
+"""The joiner's hold-back, offsets and counters, with stand-ins for the consumer and producer."""
 
 from __future__ import annotations
 
@@ -253,3 +253,22 @@ def test_a_join_bug_or_a_future_version_costs_one_record_of_a_batch() -> None:
     enriched = [e for t, v, _ in producer.out if "enriched" in t for e in ENRICHED.decode_batch(v)]
     assert [e.client.port for e in enriched] == [41000, 41002, 41003]
     assert dict(j.counters.deadletter_reasons) == {"enrich_error": 1, "unsupported_version": 1}
+
+
+def test_internet_and_other_cluster_peers_are_counted_apart() -> None:
+    peers = ["8.8.8.8", "10.200.0.1", "1.2.3.4", "10.200.9.9"]
+    j, _, producer = _joiner(other_cluster_cidrs=parse_cidrs("10.200.0.0/16", "o"))
+    j.process_batch([_raw(i, remote_addr=addr) for i, addr in enumerate(peers)])
+    assert [e.peer_class for e in _decoded(producer)] == [
+        "internet", "other_cluster", "internet", "other_cluster",
+    ]  # fmt: skip
+    m = j.metrics()
+    assert (m["enricher_remote_external_total"], m["enricher_remote_other_cluster_total"]) == (2, 2)
+    # Without other clusters configured, the same addresses are the internet and private
+    # addresses outside this cluster's range (unresolved, not held back).
+    j, _, producer = _joiner()
+    j.process_batch([_raw(i, remote_addr=addr) for i, addr in enumerate(peers)])
+    assert [e.peer_class for e in _decoded(producer)] == ["internet", "private"] * 2
+    m = j.metrics()
+    assert (m["enricher_remote_external_total"], m["enricher_remote_other_cluster_total"]) == (2, 0)
+    assert m["enricher_remote_unresolved_total"] == 2

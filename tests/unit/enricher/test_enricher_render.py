@@ -262,6 +262,49 @@ def test_address_shortcuts_follow_the_index(state: MetadataState, native: bool) 
     assert got.value == CODEC.encode(enrich(internet, state, CLASSIFIER))
 
 
+# Addresses at the edges of the C loop's internet path (enricher/_render.c, unknown_internet):
+# what it takes (a canonical dotted quad outside every non-internet range) and what it must
+# leave to Python (other spellings, special-purpose ranges, other clusters, pod addresses).
+EDGE_ADDRESSES = [
+    "1.2.3.4", "9.255.255.255", "11.0.0.0", "100.63.255.255", "100.128.0.0", "223.255.255.255",
+    "100.64.0.1", "169.254.1.1", "172.31.255.255", "192.0.2.7", "198.19.0.1", "240.0.0.1",
+    "255.255.255.255", "0.1.2.3", "10.200.3.4", "10.0.9.9",
+    "01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5", "1.2.3.256", "1.2.3.4 ", "1..3.4", "1.2.3.",
+    "1.2.3.1000", "0x1.2.3.4", "\u0661.2.3.4", "34.1.2.3",
+]  # fmt: skip
+
+
+def test_internet_peers_render_like_the_reference(state: MetadataState, native: bool) -> None:
+    # A pod (and a node) with public addresses, as clusters on public ranges have: their
+    # addresses must never be taken for the internet.
+    state.upsert(_pod("pub", "34.1.2.3", "node-a", "Deployment"), T0)
+    state.upsert(NodeMeta(name="node-p", zone="z-a", region="r1", addresses=["35.1.1.1"]), T0)
+    renderer = Renderer(state, CLASSIFIER, native=native)
+    for addr in [*EDGE_ADDRESSES, "35.1.1.1"]:
+        for role in ("client", "server"):
+            for _ in range(2):  # the second time from whatever the first one cached
+                _renders_like_the_reference(renderer, state, remote_addr=addr, role=role)
+    out = renderer.render(_raw(remote_addr="34.1.2.3"))
+    assert (out.remote_attribution, out.plain) == ("pod", True)
+
+
+def test_the_c_loop_names_internet_peers_without_caching_them(state: MetadataState) -> None:
+    fresh = AddressClassifier(CLASSIFIER.cluster_cidrs, CLASSIFIER.other_cluster_cidrs)
+    c_loop = Renderer(state, fresh, native=True)
+    got = c_loop.render(_raw(remote_addr="1.2.3.4"))
+    assert (got.remote_attribution, got.missing) == ("external", None)
+    assert b'"flowscope.peer.class":"internet"' in got.value
+    # Told in C: no shortcut, no per-address answer, no classification kept for it.
+    assert "1.2.3.4" not in state.ip_fragments and "1.2.3.4" not in c_loop._unnamed
+    assert "1.2.3.4" not in c_loop.classifier._cache
+    # The Python loop takes the long way, which caches.
+    Renderer(state, fresh, native=False).render(_raw(remote_addr="1.2.3.5"))
+    assert "1.2.3.5" in state.ip_fragments
+    # Once a pod holds an address the C loop would have called internet, it names the pod.
+    state.upsert(_pod("pub", "1.2.3.4", "node-a", "Deployment"), T0)
+    assert c_loop.render(_raw(remote_addr="1.2.3.4")).remote_attribution == "pod"
+
+
 def test_both_loops_render_a_large_mixed_batch_identically(state: MetadataState) -> None:
     c_loop = Renderer(state, CLASSIFIER, native=True)
     py_loop = Renderer(state, CLASSIFIER, native=False)
