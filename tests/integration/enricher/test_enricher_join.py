@@ -14,6 +14,8 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -176,6 +178,34 @@ def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     assert producer.flush(30) == 0
 
 
+@contextmanager
+def _running_joiner(bootstrap: str, topics: Topics, **settings: Any) -> Iterator[Joiner]:
+    """A joiner in its own thread, its metadata loaded; stopped (and checked) on the way out.
+
+    One record per output message: these tests follow single records by their Kafka key
+    (batched output has its own test, test_enricher_batching.py)."""
+    j = Joiner(
+        Settings(
+            bootstrap_servers=bootstrap,
+            topic_prefix=topics.prefix,
+            consumer_group=f"test-enricher-{uuid.uuid4().hex[:8]}",
+            poll_timeout_s=0.1,
+            output_batch_records=1,
+            **settings,
+        )
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=j.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert j.ready.wait(60), "joiner did not load metadata and subscribe within 60s"
+        yield j
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive(), "joiner did not stop within 60s"
+
+
 @pytest.fixture
 def objects_file(tmp_path: Path) -> Path:
     path = tmp_path / "objects.yaml"
@@ -195,22 +225,7 @@ def test_publish_join_and_dead_letter(
     assert config["cleanup.policy"].value == "compact"
 
     # The joiner starts only now: its state must come from reading the topic back.
-    settings = Settings(
-        bootstrap_servers=kafka_bootstrap,
-        topic_prefix=topics.prefix,
-        consumer_group=f"test-enricher-{uuid.uuid4().hex[:8]}",
-        stats_interval_s=1.0,
-        poll_timeout_s=0.1,
-        # One record per message: this test follows single records by their Kafka key
-        # (batched output has its own test, test_enricher_batching.py).
-        output_batch_records=1,
-    )
-    j = Joiner(settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=j.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        assert j.ready.wait(60), "joiner did not load metadata and subscribe within 60s"
+    with _running_joiner(kafka_bootstrap, topics, stats_interval_s=1.0) as j:
         assert set(j.state.pods) == {"uid-fe", "uid-db"}
 
         client_side = _raw()
@@ -262,10 +277,6 @@ def test_publish_join_and_dead_letter(
             time.sleep(0.1)
         retired = j.state.pod("uid-late")
         assert retired is not None and retired.end_time_ns is not None
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not thread.is_alive(), "joiner did not stop within 60s"
 
     decoded = [msgspec.json.decode(_value(m), type=EnrichedTcpConnection) for m in enriched]
     by_role = {(e.observer_role, e.server.port): e for e in decoded}
@@ -338,19 +349,7 @@ def test_a_node_moved_to_another_zone_moves_its_pods_from_then_on(
     another zone through the metadata topic must re-zone its pods' records from then on, and
     leave the other node's pods as they were."""
     _publish_cli(kafka_bootstrap, topics, objects_file)
-    settings = Settings(
-        bootstrap_servers=kafka_bootstrap,
-        topic_prefix=topics.prefix,
-        consumer_group=f"test-enricher-{uuid.uuid4().hex[:8]}",
-        poll_timeout_s=0.1,
-        output_batch_records=1,
-    )
-    j = Joiner(settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=j.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        assert j.ready.wait(60), "joiner did not load metadata and subscribe within 60s"
+    with _running_joiner(kafka_bootstrap, topics) as j:
         _produce(kafka_bootstrap, topics.raw_tcp, [_raw(), _raw(remote_addr="1.1.1.1")])
         before = _consume(kafka_bootstrap, topics.enriched_tcp, 2)
         # Only the node's record: the file publisher would rewrite every pod's record too
@@ -365,10 +364,6 @@ def test_a_node_moved_to_another_zone_moves_its_pods_from_then_on(
         assert j.state.nodes["node-b"].zone == "zone-a", "the node's new zone did not arrive"
         _produce(kafka_bootstrap, topics.raw_tcp, [_raw(), _raw(remote_addr="1.1.1.1")])
         after = _consume(kafka_bootstrap, topics.enriched_tcp, 4)[2:]
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not thread.is_alive(), "joiner did not stop within 60s"
     records = [msgspec.json.decode(_value(m), type=EnrichedTcpConnection) for m in before + after]
     to_db = [r for r in records if r.server.pod_uid == "uid-db"]
     assert [(r.client.zone, r.server.zone, r.peer_class) for r in to_db] == [
