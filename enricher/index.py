@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
@@ -116,10 +116,8 @@ class MetadataIndex:
         self._pod_indexed_ips[pod.uid] = ips
 
     def remove_pod(self, uid: str) -> PodMeta | None:
-        self.templates.pop(uid, None)
-        self.fragments.pop(uid, None)
+        self._forget_pod_ends(uid)
         for ip in self._pod_indexed_ips.pop(uid, ()):
-            self.ip_fragments.pop(ip, None)
             history = self._pod_ips.get(ip)
             if history is None:
                 continue
@@ -202,14 +200,17 @@ class MetadataIndex:
             self.fragments.pop(key, None)
         for uid in self._pods_by_node.get(name, ()):
             self._forget_pod_ends(uid)
-        for ip in addresses:
-            self.ip_fragments.pop(canonical_ip(ip), None)
+        self._forget_shortcuts(addresses)
 
     def _forget_pod_ends(self, uid: str) -> None:
         self.templates.pop(uid, None)
         self.fragments.pop(uid, None)
-        for ip in self._pod_indexed_ips.get(uid, ()):
-            self.ip_fragments.pop(ip, None)
+        self._forget_shortcuts(self._pod_indexed_ips.get(uid, ()))
+
+    def _forget_shortcuts(self, addresses: Iterable[str]) -> None:
+        """Drop the renderer's shortcuts of addresses whose holder may have changed."""
+        for ip in addresses:
+            self.ip_fragments.pop(canonical_ip(ip), None)
 
     def node(self, name: str | None) -> NodeMeta | None:
         return self.nodes.get(name) if name is not None else None
@@ -242,8 +243,7 @@ class MetadataIndex:
         template_key = f"svc\0{key[0]}\0{key[1]}"
         self.templates.pop(template_key, None)
         self.fragments.pop(template_key, None)
-        for ip in addresses:
-            self.ip_fragments.pop(canonical_ip(ip), None)
+        self._forget_shortcuts(addresses)
 
     # -- the lookup -------------------------------------------------------------------------
 
