@@ -90,6 +90,7 @@ def _by_first_octet(nets: Iterable[Network]) -> tuple[tuple[tuple[int, int], ...
     return tuple(tuple(pairs) for pairs in table)
 
 
+_V4_NOT_GLOBAL_MASKS = _masks(_V4_NOT_GLOBAL)
 _V4_NOT_GLOBAL_BY_OCTET = _by_first_octet(_V4_NOT_GLOBAL)
 
 
@@ -124,11 +125,16 @@ class AddressClassifier:
             found = self._cache[addr] = self._classify(addr)
         return found
 
+    def is_other_cluster(self, addr: str) -> bool:
+        """Whether ``addr`` is in another cluster's CIDRs: False at once when none is set (no
+        lookup and no cache entry, which the C join loop keeps none of for internet peers)."""
+        return bool(self.other_cluster_cidrs) and self.classify(addr) == "other_cluster"
+
     def not_internet_v4(self) -> bytes:
         """Every IPv4 range an address is *not* classed ``internet`` in (this cluster's, the
         other clusters', the special-purpose ones), as native uint32 (network, mask) pairs: the
         C join loop tells an internet peer with them (enricher/_render.c, unknown_internet)."""
-        pairs = (*self._cluster_v4, *self._other_v4, *_masks(_V4_NOT_GLOBAL))
+        pairs = (*self._cluster_v4, *self._other_v4, *_V4_NOT_GLOBAL_MASKS)
         return b"".join(struct.pack("=II", net, mask) for net, mask in pairs)
 
     def holds_back(self, cls: AddressClass) -> bool:

@@ -347,13 +347,7 @@ class Joiner:
         if remote == "unresolved":
             c.remote_unresolved += 1
         elif remote == "external":
-            # The internet or another cluster; with no other cluster configured, the internet
-            # without a lookup (the C loop keeps no cache entry per internet address).
-            classifier = self.classifier
-            if (
-                classifier.other_cluster_cidrs
-                and classifier.classify(raw.remote_addr) == "other_cluster"
-            ):
+            if self.classifier.is_other_cluster(raw.remote_addr):
                 c.remote_other_cluster += 1
             else:
                 c.remote_external += 1
