@@ -5,11 +5,12 @@
 The enricher keeps each pod's, node's and Service's end encoded until its metadata changes
 (enricher/index.py says what a change drops). This measures what changes cost the records
 around them: the bench's large cluster (10,000 pods, 1,000 nodes, 2,000 services) and its
-record mix (bench/enricher_workload.py), 256 records per message, decoded, rendered and
-routed into the outbox (a no-op produce) as the joiner does, with one metadata change every
-``--every`` messages, alternating a new Service and a node update, and without changes, in
-alternating rounds in one process. Prints µs of CPU per record and records/s per core (this
-thread's CPU), each round and the median per setting.
+record mix (bench/enricher_workload.py), 256 records per message through the real joiner's
+per-message work (Joiner.handle, then its outbox flushed to a no-op producer), with one
+metadata change every ``--every`` messages (a new Service or a node update, applied as the
+joiner's run loop applies the metadata topic's records, held records retried after), and
+without changes, in alternating rounds in one process. Prints µs of CPU per record and
+records/s per core (this thread's CPU), each round and the median per setting.
 """
 
 from __future__ import annotations
@@ -21,35 +22,41 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
+
+from confluent_kafka import Message
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.enricher_workload import cluster, raw_records  # noqa: E402
-from enricher.classify import AddressClassifier  # noqa: E402
+from enricher.joiner import Joiner  # noqa: E402
 from enricher.metadata import NodeMeta, ServiceMeta  # noqa: E402
-from enricher.outbox import Outbox  # noqa: E402
-from enricher.render import Renderer  # noqa: E402
+from enricher.settings import Settings  # noqa: E402
 from enricher.state import MetadataState  # noqa: E402
-from flowscope.codec import JsonCodec  # noqa: E402
-from flowscope.records import RawTcpConnection  # noqa: E402
+from flowscope.kafka import RecordProducer  # noqa: E402
 
 PODS, NODES, SERVICES, BATCH = 10_000, 1_000, 2_000, 256
 
 
-class Join:
-    """decode -> render -> outbox, the joiner's per-message steps (enricher/joiner.py)."""
+class Sink:
+    """Stands in for the joiner's producer: the bench measures the join, not the broker."""
 
-    def __init__(self, state: MetadataState) -> None:
-        self.codec = JsonCodec(RawTcpConnection)
-        self.renderer = Renderer(state, AddressClassifier())
-        self.outbox = Outbox(lambda topic, value, key, records: None, "enriched", BATCH, 6)
+    def produce(self, topic: str, value: bytes, key: object = None, records: int = 1) -> bool:
+        return True
 
-    def message(self, value: bytes) -> None:
-        raws = self.codec.decode_batch(value)
-        outs = self.renderer.render_many(raws)
-        self.outbox.add_rendered(outs, raws, 1, lambda raw, out: True, self.renderer.native)
-        self.outbox.flush()
+
+def joiner() -> Joiner:
+    """The real joiner, fed messages by hand: decode, render, count, hold, route into its
+    outbox (Joiner.handle), then flush to the sink, as process_batch does after each batch."""
+    j = Joiner(Settings())
+    j._producer = cast(RecordProducer, Sink())
+    return j
+
+
+def message(j: Joiner, value: bytes, offset: int) -> None:
+    j.handle(Message(topic="raw", partition=0, offset=offset, value=value), ("raw", 0), offset)
+    j._outbox.flush()
 
 
 def changes(state: MetadataState, now_ns: int) -> Callable[[int], None]:
@@ -80,23 +87,25 @@ def main() -> int:
     intervals = [0] + [int(x) for x in args.every.split(",") if x.strip()]
 
     now = time.time_ns()
-    state = MetadataState()
+    j = joiner()
+    state = j.state
     for meta in cluster(PODS, NODES, SERVICES, now):
         state.upsert(meta, now)
+    state.track_changes()
     gc.freeze()  # as the joiner does after its load
-    join, change = Join(state), changes(state, now)
+    change = changes(state, now)
 
     def messages(n: int, seed: int) -> list[bytes]:
         recs = raw_records(n, PODS, NODES, SERVICES, now, seed=seed)
         return [b"[" + b",".join(recs[i : i + BATCH]) + b"]" for i in range(0, n, BATCH)]
 
-    for value in messages(100_000, seed=41):  # every end encoded once, as in the steady state
-        join.message(value)
+    for offset, value in enumerate(messages(100_000, seed=41)):  # every end encoded once
+        message(j, value, offset)
     measured = messages(args.records, seed=42)
     records = len(measured) * BATCH
     print(
         f"{PODS} pods, {NODES} nodes, {SERVICES} services; {records} records per round in "
-        f"{len(measured)} messages of {BATCH}; C loop: {join.renderer.native}"
+        f"{len(measured)} messages of {BATCH}; C loop: {j.renderer.native}"
     )
     results: dict[int, list[float]] = {every: [] for every in intervals}
     n_change = 0
@@ -108,7 +117,8 @@ def main() -> int:
                 if every and i % every == 0:
                     n_change += 1
                     change(n_change)
-                join.message(value)
+                    j.retry_held()
+                message(j, value, i)
             us = (time.thread_time_ns() - t0) / records / 1e3
             results[every].append(us)
             label = "no changes" if not every else f"a change every {every} messages"
