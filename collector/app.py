@@ -185,6 +185,9 @@ class Collector:
                 nat_lookups=n.lookups,
                 nat_translated=n.translated,
                 nat_not_translated=n.not_translated,
+                nat_no_entry=n.no_entry,
+                nat_no_dnat=n.no_dnat,
+                nat_translated_in_socket_netns=n.translated_in_socket_netns,
                 nat_netns_unknown=n.netns_unknown,
                 nat_errors=n.errors,
             )

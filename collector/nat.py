@@ -1,22 +1,26 @@
 """Service NAT: where a connection to a ClusterIP really went, from conntrack (pyroute2).
 
-kube-proxy (iptables, nftables or IPVS) DNATs a connection to a ClusterIP inside the
-*client's* network namespace, and the socket keeps the ClusterIP as its peer. The conntrack
-entry of that namespace holds both: the original tuple (what the socket says) and the reply
-tuple, whose source is the backend. Conntrack tables are per network namespace, so the
-lookup must run in the socket's one.
+kube-proxy (iptables, nftables or IPVS mode) DNATs a pod's connection to a ClusterIP in the
+*node's root* network namespace: nat PREROUTING as the packet leaves the pod's veth, OUTPUT for
+host processes and hostNetwork pods. The socket keeps the ClusterIP as its peer, and the root
+namespace's conntrack entry holds both: the original tuple (what the socket says) and the
+reply tuple, whose source is the backend. So the lookup runs there first: the collector runs
+in the node's namespace (``hostNetwork``), which is its own. A rule some other component puts
+inside the pod's namespace (a sidecar proxy, a CNI that NATs in the pod) is found by a second
+lookup in the socket's own namespace. Clusters with socket-level load balancing (Cilium's or
+Calico's eBPF service handling) have no NAT to see: the socket is connected to the backend
+already and the enricher names the Service from the backend's EndpointSlices.
 
-Which namespace: the BPF program reports the inode number of the socket's netns
-(``sk->__sk_common.skc_net.net->ns.inum``), read from the socket itself when it closes, so it
-is right even when the owning process has exited (short-lived clients do, before we look).
-The inode is what ``stat /proc/<pid>/ns/net`` and ``stat /run/netns/<name>`` return, so
+Which namespace is the socket's: the BPF program reports the inode number of the socket's
+netns (``sk->__sk_common.skc_net.net->ns.inum``), read from the socket itself when it closes,
+so it is right even when the owning process has exited (short-lived clients do, before we
+look). The inode is what ``stat /proc/<pid>/ns/net`` and ``stat /run/netns/<name>`` return, so
 :class:`NetnsIndex` maps it to a path by scanning both, again when it meets an unknown one
-(rate-limited). A netns cookie would do as well but needs a socket in each namespace to
-learn it (SO_NETNS_COOKIE); the inode needs only stat().
+(rate-limited).
 
 Known limit: conntrack deletes an entry as soon as an RST answers the SYN, so a refused
 connect to a ClusterIP has nothing left to look up; its record keeps the ClusterIP
-(counted in ``not_translated``). Timed-out and established connections are resolved.
+(counted in ``no_entry``). Timed-out and established connections are resolved.
 
 Only connections whose remote address is inside the configured service CIDRs are looked up:
 a netlink round trip per connection would cost more than the whole rest of the pipeline.
@@ -40,6 +44,7 @@ from collector.events import TcpConnEvent
 log = logging.getLogger("collector.nat")
 
 IPPROTO_TCP = 6
+IPPROTO_UDP = 17
 RUN_NETNS = Path("/run/netns")
 PROC = Path("/proc")
 
@@ -48,10 +53,13 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass
 class NatStats:
-    lookups: int = 0  # conntrack queries made
-    translated: int = 0  # queries that found a DNAT (record carries both destinations)
-    not_translated: int = 0  # entry found without DNAT, or no entry (already expired)
-    netns_unknown: int = 0  # the socket's netns is gone or was never found: not looked up
+    lookups: int = 0  # connections looked up (one or two conntrack queries each)
+    translated: int = 0  # a DNAT was found (record carries both destinations)
+    translated_in_socket_netns: int = 0  # ... of which inside the socket's own namespace
+    not_translated: int = 0  # nothing found: no_entry + no_dnat
+    no_entry: int = 0  # no conntrack entry anywhere (expired, or deleted at an RST)
+    no_dnat: int = 0  # an entry, but not rewritten (e.g. a ClusterIP with no rule)
+    netns_unknown: int = 0  # the socket's netns is gone: only the node's was looked up
     errors: int = 0  # netlink failures other than "no such entry"
 
 
@@ -120,10 +128,10 @@ class NetnsIndex:
 
 
 class ConntrackTable(Protocol):
-    """One namespace's conntrack: the reply source of a TCP original tuple, or None."""
+    """One namespace's conntrack: the reply source of an original tuple, or None."""
 
     def reply_source(
-        self, family: int, saddr: str, daddr: str, sport: int, dport: int
+        self, family: int, saddr: str, daddr: str, sport: int, dport: int, proto: int = ...
     ) -> tuple[str, int] | None: ...
 
     def close(self) -> None: ...
@@ -143,14 +151,15 @@ class PyrouteConntrack:
         }
 
     def reply_source(
-        self, family: int, saddr: str, daddr: str, sport: int, dport: int
+        self, family: int, saddr: str, daddr: str, sport: int, dport: int,
+        proto: int = IPPROTO_TCP,
     ) -> tuple[str, int] | None:
         from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
         af = socket.AF_INET if family == 4 else socket.AF_INET6
         orig = NFCTAttrTuple(
-            family=af, saddr=saddr, daddr=daddr, proto=IPPROTO_TCP, sport=sport, dport=dport
+            family=af, saddr=saddr, daddr=daddr, proto=proto, sport=sport, dport=dport
         )
         try:
             msgs = self._sockets[af].entry("get", tuple_orig=orig)
@@ -163,11 +172,11 @@ class PyrouteConntrack:
             if reply is None:
                 continue
             ip = reply.get_attr("CTA_TUPLE_IP")
-            proto = reply.get_attr("CTA_TUPLE_PROTO")
-            if ip is None or proto is None:
+            l4 = reply.get_attr("CTA_TUPLE_PROTO")
+            if ip is None or l4 is None:
                 continue
             src = ip.get_attr("CTA_IP_V4_SRC") or ip.get_attr("CTA_IP_V6_SRC")
-            port = proto.get_attr("CTA_PROTO_SRC_PORT")
+            port = l4.get_attr("CTA_PROTO_SRC_PORT")
             if src is not None and port is not None:
                 return str(src), int(port)
         return None
@@ -217,26 +226,56 @@ class NatResolver:
         """The backend (address, port) if conntrack says this connection was DNATed."""
         if not self.wants(event):
             return None
-        table = self._table(event.netns_ino)
-        if table is None:
-            self.stats.netns_unknown += 1
-            return None
+        return self.resolve_tuple(
+            event.family, event.local_addr, event.remote_addr,
+            event.local_port, event.remote_port, IPPROTO_TCP, event.netns_ino,
+        )  # fmt: skip
+
+    def resolve_tuple(
+        self,
+        family: int,
+        local_addr: str,
+        remote_addr: str,
+        local_port: int,
+        remote_port: int,
+        proto: int,
+        netns_ino: int | None = None,
+    ) -> tuple[str, int] | None:
+        """The backend of one original tuple: the node's namespace first (kube-proxy's), then
+        the socket's own (``netns_ino``, when it is another one and still exists)."""
         self.stats.lookups += 1
-        try:
-            found = table.reply_source(
-                event.family, event.local_addr, event.remote_addr,
-                event.local_port, event.remote_port,
-            )  # fmt: skip
-        except Exception as exc:  # a netlink failure must not stop the pipeline
-            self.stats.errors += 1
-            log.debug("conntrack lookup failed: %s", exc)
-            self._forget(event.netns_ino)
-            return None
-        if found is None or found == (event.remote_addr, event.remote_port):
-            self.stats.not_translated += 1
-            return None
-        self.stats.translated += 1
-        return found
+        spaces = [self._own]
+        if netns_ino is not None and netns_ino != self._own:
+            spaces.append(netns_ino)
+        entry_seen = False
+        for inode in spaces:
+            table = self._table(inode)
+            if table is None:
+                self.stats.netns_unknown += 1
+                continue
+            try:
+                found = table.reply_source(
+                    family, local_addr, remote_addr, local_port, remote_port, proto
+                )
+            except Exception as exc:  # a netlink failure must not stop the pipeline
+                self.stats.errors += 1
+                log.debug("conntrack lookup failed: %s", exc)
+                self._forget(inode)
+                continue
+            if found is None:
+                continue
+            entry_seen = True
+            if found != (remote_addr, remote_port):
+                self.stats.translated += 1
+                if inode != self._own:
+                    self.stats.translated_in_socket_netns += 1
+                return found
+        self.stats.not_translated += 1
+        if entry_seen:
+            self.stats.no_dnat += 1
+        else:
+            self.stats.no_entry += 1
+        return None
 
     def _table(self, inode: int) -> ConntrackTable | None:
         table = self._tables.get(inode)

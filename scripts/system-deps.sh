@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages flowscope needs (idempotent: only what is missing).
 # clang/llvm/libbpf-dev/bpftool build the BPF programs; libbpf1 is loaded by the collector;
-# iproute2/nftables/conntrack build the simulated node; Java 17 + Maven run the Kafka broker;
+# iproute2/nftables/iptables/conntrack build the simulated node (both kube-proxy modes);
+# Java 17 + Maven run the Kafka broker;
 # gcc + python3-dev build the C hot paths (setup.py).
 set -euo pipefail
 
 PACKAGES=(
   clang llvm libbpf-dev libbpf1 bpftool libelf-dev zlib1g-dev make
-  iproute2 nftables conntrack procps util-linux
+  iproute2 nftables iptables conntrack procps util-linux
   etcd-server openssl curl  # the real kube-apiserver the publisher is tested against
   python3 python3-venv python3-dev gcc libc6-dev
   openjdk-17-jre-headless maven

@@ -21,6 +21,7 @@ from typing import Any
 from simnode import cgroup, network, objects
 from simnode.commands import require_tools
 from simnode.errors import SimNodeError
+from simnode.kubeproxy import KubeProxy, KubeProxyMode, ServicePortRule
 from simnode.names import bridge_name, host_veth_name, netns_name, new_run_id, run_tag
 from simnode.pod import Pod
 from simnode.registry import DEFAULT_STATE_DIR, Registry
@@ -43,7 +44,11 @@ def rfc3339_now() -> str:
 
 
 class Cluster:
-    """A set of pods on one Linux bridge, with "nodes" in several zones as metadata.
+    """A set of pods on this machine, with "nodes" in several zones as metadata.
+
+    ``pod_wiring`` chooses how pods are plugged (``bridge`` or Calico-style ``routed``, see
+    ``simnode.network``); ``kube_proxy`` how Services work (``nftables`` or ``iptables``
+    rules in the root namespace, or ``socket-lb``, see ``simnode.kubeproxy``).
 
     Use it as a context manager: everything it created is removed on exit, also when the body
     raised, at interpreter exit, and on SIGTERM. ``sweep()`` removes crashed runs' leftovers.
@@ -60,6 +65,8 @@ class Cluster:
         state_dir: Path = DEFAULT_STATE_DIR,
         sweep_stale: bool = True,
         handle_sigterm: bool = True,
+        pod_wiring: network.PodWiring = "bridge",
+        kube_proxy: KubeProxyMode = "nftables",
     ) -> None:
         specs = tuple(nodes) if nodes is not None else default_nodes()
         if not specs:
@@ -69,9 +76,17 @@ class Cluster:
         self.run_id = new_run_id()
         self.cgroup_root = cgroup_root
         self.cgroup_run_dir = cgroup_root / run_tag(self.run_id)
+        if pod_wiring not in network.POD_WIRINGS:
+            raise SimNodeError(f"unknown pod wiring {pod_wiring!r}; valid: {network.POD_WIRINGS}")
+        self.pod_wiring = pod_wiring
+        self.kube_proxy = KubeProxy(self.run_id, kube_proxy)
         self.bridge = bridge_name(self.run_id)
+        # The cluster's pod CIDR (metadata); this run's pods take one free /24 block of it.
         self.pod_network = ipaddress.IPv4Network(pod_cidr)
-        self._pod_ips = _random_block_hosts(self.pod_network)
+        self._pod_block_parent = self.pod_network
+        self.pod_block = self.pod_network
+        self.gateway = ""
+        self._pod_ips: list[ipaddress.IPv4Address] = []
         self._service_ips = _random_block_hosts(ipaddress.IPv4Network(service_cidr))
         node_ips = ipaddress.IPv4Network(node_cidr).hosts()
         next(node_ips)  # .1 looks like a gateway; skip it
@@ -126,8 +141,14 @@ class Cluster:
         atexit.register(self._close_at_exit)
         self._install_sigterm()
         try:
+            self.pod_block = _free_block(self._pod_block_parent, network.routed_prefixes())
+            hosts = list(self.pod_block.hosts())
+            self.gateway = str(hosts[0])  # .1, as the bridge plugin and host-local IPAM do
+            self._pod_ips = hosts[1:]
+            network.enable_forwarding()
             cgroup.create(self.cgroup_run_dir)
-            network.create_bridge(self.bridge)
+            gateway = f"{self.gateway}/{self.pod_block.prefixlen}"
+            network.create_bridge(self.bridge, gateway if self.pod_wiring == "bridge" else None)
         except BaseException:
             self.close(raise_errors=False)
             raise
@@ -219,7 +240,7 @@ class Cluster:
         if name in self.pods:
             raise SimNodeError(f"pod {name!r} exists already")
         pod_ip = (
-            claim_ip(self._pod_ips, ip, self.pod_network, {p.ip for p in self.pods.values()})
+            claim_ip(self._pod_ips, ip, self.pod_block, {p.ip for p in self.pods.values()})
             if ip is not None
             else str(self._next_ip(self._pod_ips, "pod"))
         )
@@ -252,8 +273,10 @@ class Cluster:
         cgroup.create(pod.cgroup_dir)
         network.create_netns(pod.netns)
         pod.mac = network.plug_pod(
-            pod.netns, pod.host_veth, self.bridge, f"{meta.ip}/{self.pod_network.prefixlen}"
-        )
+            pod.netns, pod.host_veth, self.bridge, f"{meta.ip}/{self.pod_block.prefixlen}",
+            wiring=self.pod_wiring, gateway=self.gateway,
+        )  # fmt: skip
+        self._sync_services()
         return pod
 
     def delete_pod(self, name: str) -> Pod:
@@ -292,6 +315,7 @@ class Cluster:
         self.deleted_pods.append(pod)
         # Back of the queue: like a real IPAM, a released address is the last to be reused.
         self._pod_ips.append(ipaddress.IPv4Address(pod.ip))
+        self._sync_services()
         return pod
 
     def add_service(
@@ -303,20 +327,66 @@ class Cluster:
         target_port: int | None = None,
         namespace: str = "default",
         port_name: str = "",
+        protocols: Sequence[str] = ("TCP",),
+        cluster_ip: str | None = None,
     ) -> ServiceMeta:
-        """A ClusterIP Service object (metadata only: no DNAT rule is installed)."""
+        """A ClusterIP Service and its rules, as kube-proxy programs them (``kube_proxy``).
+
+        One port, over each of ``protocols`` (CoreDNS's Service has 53 over UDP and TCP).
+        ``cluster_ip`` asks for a given address (e.g. the cluster DNS's); it must be free.
+        """
         if name in self.services:
             raise SimNodeError(f"service {name!r} exists already")
+        if cluster_ip is None:
+            ip = str(self._next_ip(self._service_ips, "service"))
+        elif any(s.cluster_ip == cluster_ip for s in self.services.values()):
+            raise SimNodeError(f"ClusterIP {cluster_ip} is taken")
+        else:
+            ip = cluster_ip
+            with contextlib.suppress(ValueError):
+                self._service_ips.remove(ipaddress.IPv4Address(ip))
         svc = ServiceMeta(
             name=name,
             namespace=namespace,
             uid=str(uuid.uuid4()),
-            cluster_ip=str(self._next_ip(self._service_ips, "service")),
+            cluster_ip=ip,
             selector=dict(selector),
-            ports=(ServicePort(port, target_port or port, port_name),),
+            ports=tuple(
+                ServicePort(port, target_port or port, port_name, proto.upper())
+                for proto in protocols
+            ),
         )
         self.services[name] = svc
+        self._sync_services()
         return svc
+
+    def endpoints(self, svc: ServiceMeta) -> list[Pod]:
+        """The live pods a Service selects, in creation order (its EndpointSlice's)."""
+        return [p for p in self.pods.values() if svc.selects(p.meta)]
+
+    def backend_of(self, svc: ServiceMeta) -> tuple[str, int]:
+        """Where a client's connect() to the Service lands under ``socket-lb``: the socket-level
+        balancer picks an endpoint before any packet exists (here: the first one)."""
+        pods = self.endpoints(svc)
+        if not pods:
+            raise SimNodeError(f"service {svc.name!r} has no endpoints")
+        return pods[0].ip, svc.ports[0].target_port
+
+    def _sync_services(self) -> None:
+        if not self.services:
+            return
+        rules = [
+            ServicePortRule(
+                name=f"{svc.namespace}/{svc.name}:{p.port}",
+                cluster_ip=svc.cluster_ip,
+                protocol=p.protocol.lower(),
+                port=p.port,
+                endpoints=tuple((pod.ip, p.target_port) for pod in self.endpoints(svc)),
+            )
+            for svc in self.services.values()
+            for p in svc.ports
+        ]
+        self.kube_proxy.sync(rules)
 
     @staticmethod
     def _next_ip(
@@ -382,6 +452,21 @@ def claim_ip(
     if addr in free:
         free.remove(addr)
     return str(addr)
+
+
+def _free_block(net: ipaddress.IPv4Network, routed: Sequence[str]) -> ipaddress.IPv4Network:
+    """A random /24 of ``net`` that no route of the host overlaps (another run's pods)."""
+    if net.prefixlen >= 24:
+        return net
+    taken = []
+    for dst in routed:
+        with contextlib.suppress(ValueError):
+            taken.append(ipaddress.ip_network(dst, strict=False))
+    blocks = [b for b in net.subnets(new_prefix=24)
+              if not any(b.version == t.version and b.overlaps(t) for t in taken)]  # fmt: skip
+    if not blocks:
+        raise SimNodeError(f"every /24 of the pod CIDR {net} is routed already")
+    return secrets.choice(blocks)
 
 
 def _random_block_hosts(net: ipaddress.IPv4Network) -> list[ipaddress.IPv4Address]:

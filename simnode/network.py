@@ -1,8 +1,18 @@
-"""Bridge, network namespaces and veth pairs, through iproute2.
+"""Bridge, network namespaces, veth pairs and routes, through iproute2.
 
-Every pod is a netns whose ``eth0`` is one end of a veth pair; the other end is a port of the
-run's bridge. The host has no address on the bridge: pods reach each other over L2 only, so
-two runs with the same pod CIDR never fight over a host route.
+Every pod is a netns whose ``eth0`` is one end of a veth pair. Two wirings, as CNI plugins do:
+
+* ``bridge`` (the reference ``bridge`` plugin with ``isGateway``): the host end is a port of
+  the run's bridge, which holds the gateway address (the pod block's ``.1``); the pod has its
+  block's route on eth0 and a default route through the gateway. Pod-to-pod traffic on the
+  bridge is L2 (and passes the root namespace's netfilter hooks through br_netfilter, as the
+  kubelet requires); anything else, a ClusterIP included, is routed by the node.
+* ``routed`` (Calico): the pod's address is a /32, its only routes go through the link-local
+  gateway 169.254.1.1 that the host end answers for by proxy ARP, and the node has a /32 route
+  per pod on its host veth. Every packet between pods is routed by the node.
+
+Either way the node's root namespace forwards (``ip_forward``), which a Kubernetes node needs.
+Each run takes a pod block no route of the host covers yet, so concurrent runs never share one.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 from simnode.commands import run, try_run
 from simnode.errors import SimNodeError
@@ -17,9 +28,29 @@ from simnode.errors import SimNodeError
 NETNS_DIR = Path("/run/netns")
 
 
-def create_bridge(name: str) -> None:
+PodWiring = Literal["bridge", "routed"]
+POD_WIRINGS: tuple[PodWiring, ...] = ("bridge", "routed")
+CALICO_GATEWAY = "169.254.1.1"
+
+
+def create_bridge(name: str, gateway_cidr: str | None = None) -> None:
     run(["ip", "link", "add", name, "type", "bridge", "forward_delay", "0", "stp_state", "0"])
+    if gateway_cidr is not None:
+        run(["ip", "addr", "add", gateway_cidr, "dev", name])
     run(["ip", "link", "set", name, "up"])
+
+
+def enable_forwarding() -> None:
+    """A node routes for its pods; without it no packet reaches a ClusterIP's backend."""
+    for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
+        with open(path, "w") as f:
+            f.write("1")
+
+
+def routed_prefixes() -> list[str]:
+    """Every destination in the host's main routing table (to pick a free pod block)."""
+    shown = json.loads(run(["ip", "-j", "route", "show"]) or "[]")
+    return [str(r["dst"]) for r in shown if r.get("dst") not in (None, "default")]
 
 
 def create_netns(name: str) -> None:
@@ -27,22 +58,48 @@ def create_netns(name: str) -> None:
     run(["ip", "-n", name, "link", "set", "lo", "up"])
 
 
-def plug_pod(netns: str, host_veth: str, bridge: str, address_cidr: str) -> str:
-    """Create the veth pair: eth0 (with the pod address) in the netns, the peer on the bridge.
+def plug_pod(
+    netns: str,
+    host_veth: str,
+    bridge: str,
+    address_cidr: str,
+    *,
+    wiring: PodWiring = "bridge",
+    gateway: str | None = None,
+) -> str:
+    """Create the veth pair and the pod's routes (see the module's docstring for ``wiring``).
 
     Returns eth0's MAC address.
     """
     run(["ip", "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
-    run(["ip", "link", "set", host_veth, "master", bridge, "up"])
-    run(["ip", "-n", netns, "addr", "add", address_cidr, "dev", "eth0"])
+    address = address_cidr.split("/")[0]
+    if wiring == "bridge":
+        run(["ip", "link", "set", host_veth, "master", bridge, "up"])
+        run(["ip", "-n", netns, "addr", "add", address_cidr, "dev", "eth0"])
+    else:
+        _write(f"/proc/sys/net/ipv4/conf/{host_veth}/proxy_arp", "1")
+        run(["ip", "link", "set", host_veth, "up"])
+        run(["ip", "-n", netns, "addr", "add", f"{address}/32", "dev", "eth0"])
     # A gratuitous ARP when eth0 comes up (as CNI plugins send): when the address was a
     # deleted pod's, the other pods' neighbour entries move to the new MAC at once instead of
     # blackholing connections to it until they expire.
     run(["nsenter", f"--net={netns_path(netns)}", "--", "sh", "-c",
          "echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_notify"])
     run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+    if wiring == "bridge":
+        if gateway is not None:
+            run(["ip", "-n", netns, "route", "add", "default", "via", gateway, "dev", "eth0"])
+    else:
+        run(["ip", "-n", netns, "route", "add", CALICO_GATEWAY, "dev", "eth0", "scope", "link"])
+        run(["ip", "-n", netns, "route", "add", "default", "via", CALICO_GATEWAY, "dev", "eth0"])
+        run(["ip", "route", "add", f"{address}/32", "dev", host_veth, "scope", "link"])
     shown = json.loads(run(["ip", "-j", "-n", netns, "link", "show", "eth0"]))
     return str(shown[0]["address"])
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
 
 
 def netns_path(name: str) -> str:

@@ -3,7 +3,8 @@
 ``Cluster.close`` and ``sweep`` both end in ``remove_run``, so a crashed run is cleaned exactly
 like a finished one: kill every process (the run's cgroup subtree, then anything else still in
 its netns, because a live process keeps a deleted netns and its veth alive), delete the netns
-(the veth pairs go with them), the host-side veths and the bridge, then rmdir the cgroups.
+(the veth pairs go with them), the host-side veths and the bridge, the Service rules
+(nftables tables, iptables chains), then rmdir the cgroups.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simnode import cgroup, network
+from simnode import cgroup, kubeproxy, network
 from simnode.names import run_id_of, run_tag
 from simnode.registry import DEFAULT_STATE_DIR, Registry
 
@@ -52,6 +53,7 @@ def find_runs(cgroup_root: Path, registry: Registry) -> dict[str, RunObjects]:
     ids |= {run_id_of(n) for n in network.list_links()}
     if cgroup_root.is_dir():
         ids |= {run_id_of(n) for n in os.listdir(cgroup_root)}
+    ids |= kubeproxy.run_ids_with_rules()
     ids |= set(registry.run_ids())
     return {rid: find_run(rid, cgroup_root) for rid in sorted(i for i in ids if i is not None)}
 
@@ -80,6 +82,7 @@ def remove_run(run_id: str, cgroup_root: Path, extra_netns: list[str] | None = N
     for name in sorted(network.list_links(), key=lambda n: n.endswith("-br")):
         if run_id_of(name) == run_id and (err := network.delete_link(name)) is not None:
             problems.append(err)
+    problems += kubeproxy.remove_rules(run_id)
     problems += cgroup.remove_tree(run_dir)
     left = _wait_empty(run_id, cgroup_root, GONE_WAIT_S)
     if not left.empty() and not problems:

@@ -373,7 +373,7 @@ def test_random_loss_shows_as_retransmissions_with_exact_bytes(
     assert retrans_bytes >= dropped * 100
 
 
-def test_service_dnat_is_resolved_through_the_client_netns_conntrack(
+def test_dnat_inside_the_pod_namespace_is_found_by_the_fallback_lookup(
     source: TcpConnSource, pods: tuple[Pod, Pod], cluster: Cluster
 ) -> None:
     client, server = pods
@@ -382,11 +382,11 @@ def test_service_dnat_is_resolved_through_the_client_netns_conntrack(
                               port=80, target_port=port)  # fmt: skip
     cluster_ip = svc.cluster_ip
     table = f"fs_nat_{secrets.token_hex(4)}"
-    # kube-proxy's job, in the client pod's netns: ClusterIP:80 -> the server pod.
+    # Not kube-proxy's way (it NATs in the node's namespace, test_collector_service_nat.py):
+    # a component that rewrites inside the pod (a sidecar's redirect), ClusterIP:80 -> server.
     client.run(["nft", "add", "table", "ip", table])
     try:
-        # The pod has a route for the pod CIDR only; a ClusterIP needs one to be routed at
-        # all (a real pod has a default route) before the DNAT rewrites it.
+        # On-link, so that the node (whose Service rules would match first) never routes it.
         client.run(["ip", "route", "add", f"{cluster_ip}/32", "dev", "eth0"])
         client.run(["nft", "add", "chain", "ip", table, "out",
                     "{ type nat hook output priority -100; }"])  # fmt: skip
@@ -430,3 +430,4 @@ def test_service_dnat_is_resolved_through_the_client_netns_conntrack(
     assert (failed.outcome, failed.original_remote_addr, failed.remote_addr) == (
         "refused", None, cluster_ip)  # fmt: skip
     assert (nat.stats.translated, nat.stats.not_translated, nat.stats.errors) == (1, 1, 0)
+    assert nat.stats.translated_in_socket_netns == 1

@@ -64,12 +64,12 @@ def test_new_fields_decode() -> None:
 class FakeTable:
     def __init__(self, answer: tuple[str, int] | None) -> None:
         self.answer = answer
-        self.asked: list[tuple[int, str, str, int, int]] = []
+        self.asked: list[tuple[int, str, str, int, int, int]] = []
 
     def reply_source(
-        self, family: int, saddr: str, daddr: str, sport: int, dport: int
+        self, family: int, saddr: str, daddr: str, sport: int, dport: int, proto: int = 6
     ) -> tuple[str, int] | None:
-        self.asked.append((family, saddr, daddr, sport, dport))
+        self.asked.append((family, saddr, daddr, sport, dport, proto))
         return self.answer
 
     def close(self) -> None:
@@ -81,32 +81,55 @@ def _event(**fields: object) -> events.TcpConnEvent:
     return e
 
 
-def test_nat_looks_up_only_service_cidrs_in_the_socket_netns() -> None:
-    table = FakeTable(("10.244.1.7", 8080))
-    opened: list[str | None] = []
-
+def _resolver(tables: dict[str | None, FakeTable], opened: list[str | None]) -> NatResolver:
     def open_table(path: str | None) -> FakeTable:
         opened.append(path)
-        return table
+        return tables[path]
 
-    nat = NatResolver(
+    return NatResolver(
         parse_cidrs("10.96.0.0/12"),
         NetnsIndex(scan=lambda: {77: "/run/netns/pod-a"}),
         open_table=open_table,
         own_netns_inode=1,
     )
+
+
+def test_nat_is_looked_up_in_the_node_namespace_first() -> None:
+    """kube-proxy DNATs in the node's root namespace (the collector's own): found there, the
+    socket's namespace is never opened."""
+    root, pod = FakeTable(("10.244.1.7", 8080)), FakeTable(None)
+    opened: list[str | None] = []
+    nat = _resolver({None: root, "/run/netns/pod-a": pod}, opened)
     svc = _event(daddr="10.96.0.10", dport=80, netns_ino=77)
     assert nat.resolve(svc) == ("10.244.1.7", 8080)
     assert nat.resolve(_event(daddr="10.244.9.9", netns_ino=77)) is None  # not a service
     assert nat.resolve(_event(daddr="10.96.0.10", role=events.ROLE_SERVER, netns_ino=77)) is None
-    assert nat.resolve(_event(daddr="10.96.0.10", netns_ino=99)) is None  # netns gone
-    assert opened == ["/run/netns/pod-a"]
-    assert table.asked == [(4, "10.1.2.3", "10.96.0.10", 40000, 80)]
-    assert (nat.stats.lookups, nat.stats.translated, nat.stats.netns_unknown) == (1, 1, 1)
+    assert opened == [None]
+    assert root.asked == [(4, "10.1.2.3", "10.96.0.10", 40000, 80, 6)] and pod.asked == []
+    assert (nat.stats.lookups, nat.stats.translated, nat.stats.translated_in_socket_netns) == (
+        1, 1, 0)  # fmt: skip
     record = build_record(svc, CgroupResolver(Path("/x"), walk=lambda _: {}).resolve(1), "n",
                           ("10.244.1.7", 8080))  # fmt: skip
     assert (record.remote_addr, record.remote_port) == ("10.244.1.7", 8080)
     assert (record.original_remote_addr, record.original_remote_port) == ("10.96.0.10", 80)
+
+
+def test_nat_falls_back_to_the_socket_namespace_and_counts_misses_by_cause() -> None:
+    root, pod = FakeTable(None), FakeTable(("10.244.1.8", 9090))
+    opened: list[str | None] = []
+    nat = _resolver({None: root, "/run/netns/pod-a": pod}, opened)
+    assert nat.resolve(_event(daddr="10.96.0.11", netns_ino=77)) == ("10.244.1.8", 9090)
+    assert (nat.stats.translated, nat.stats.translated_in_socket_netns) == (1, 1)
+    pod.answer = None
+    assert nat.resolve(_event(daddr="10.96.0.11", netns_ino=77)) is None
+    root.answer = ("10.96.0.11", 80)  # an entry, not rewritten
+    assert nat.resolve(_event(daddr="10.96.0.11", dport=80, netns_ino=77)) is None
+    root.answer = None
+    assert nat.resolve(_event(daddr="10.96.0.11", netns_ino=99)) is None  # netns gone
+    assert opened == [None, "/run/netns/pod-a"]
+    s = nat.stats
+    assert (s.lookups, s.not_translated, s.no_entry, s.no_dnat, s.netns_unknown) == (
+        4, 3, 2, 1, 1)  # fmt: skip
 
 
 def test_nat_lookup_errors_are_counted_not_raised() -> None:

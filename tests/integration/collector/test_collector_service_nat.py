@@ -1,0 +1,127 @@
+"""Service NAT where kube-proxy puts it: rules in the node's root namespace, on every pod
+wiring and kube-proxy mode the rig models, and no NAT at all under socket-level balancing.
+
+Each case builds its own cluster (pods wired on a bridge or routed with a /32 each, Services
+programmed as kube-proxy's nftables or iptables mode does), connects a client pod to a
+ClusterIP for real, and checks the collector's records: the client's names the backend pod
+and keeps the ClusterIP it dialed, both ends carry the same 4-tuple, the translation was found
+in the node's conntrack (not the pod's), and a refused connect is counted as having no entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from test_collector_outcomes import (
+    collect,
+    finals,
+    free_port,
+    run_client,
+    server_result,
+    start_server,
+)
+
+from collector.attribution import CgroupResolver
+from collector.nat import NatResolver, parse_cidrs
+from collector.record import build_record
+from collector.settings import DEFAULT_BPF_OBJECT
+from collector.source import TcpConnSource
+from simnode import Cluster, NodeSpec
+
+NODES = [NodeSpec("node-a1", zone="zone-a"), NodeSpec("node-b1", zone="zone-b")]
+LAYOUTS = [
+    ("bridge", "nftables"),
+    ("bridge", "iptables"),
+    ("routed", "nftables"),
+    ("routed", "iptables"),
+]
+
+
+@pytest.fixture(scope="module")
+def source(bpf_built: None) -> Iterator[TcpConnSource]:
+    with TcpConnSource(DEFAULT_BPF_OBJECT, ringbuf_bytes=4 << 20) as src:
+        yield src
+
+
+@pytest.mark.parametrize(("wiring", "mode"), LAYOUTS)
+def test_service_nat_is_resolved_in_the_node_namespace(
+    source: TcpConnSource, root_required: None, wiring: str, mode: str
+) -> None:
+    with Cluster(NODES, pod_wiring=wiring, kube_proxy=mode) as cluster:  # type: ignore[arg-type]
+        client = cluster.add_pod("client", node="node-a1")
+        server = cluster.add_pod("server", node="node-b1")
+        port = free_port()
+        svc = cluster.add_service("web", selector={"app": "server"}, port=80, target_port=port)
+        cluster_ip = svc.cluster_ip
+        proc = start_server(server, port, expect=1000, reply=2000, abort=False)
+        result = run_client(client, cluster_ip, 80, send=1000)
+        server_result(proc)
+        refused = run_client(client, cluster_ip, 80)  # nothing listens any more
+        assert result["received"] == 2000 and refused["error"] == 111
+        # The pod's own namespace never tracked it: kube-proxy's rules are the node's.
+        shown = client.run(["conntrack", "-L", "-d", cluster_ip], check=False)
+        assert cluster_ip not in shown.stdout
+
+        nat = NatResolver(parse_cidrs(f"{cluster_ip}/32"))
+        resolver = CgroupResolver(cluster.cgroup_root)
+        try:
+            events = collect(
+                source,
+                lambda e: port in (e.local_port, e.remote_port) or e.remote_addr == cluster_ip,
+                lambda es: len(finals(es)) >= 3,
+            )
+            records = [
+                build_record(e, resolver.resolve(e.cgroup_id), "node-a1", nat.resolve(e))
+                for e in finals(events)
+            ]
+        finally:
+            nat.close()
+    by_port = {(r.role, r.local_port): r for r in records}
+    c = by_port[("client", result["port"])]
+    s = next(r for r in records if r.role == "server")
+    failed = by_port[("client", refused["port"])]
+    assert (c.original_remote_addr, c.original_remote_port) == (cluster_ip, 80)
+    assert (c.remote_addr, c.remote_port) == (server.ip, port)
+    assert (c.bytes_sent, c.bytes_received, c.outcome) == (1000, 2000, "closed")
+    # Both ends now carry the same 4-tuple: consumers can match them.
+    assert (c.local_addr, c.local_port, c.remote_addr, c.remote_port) == (
+        s.remote_addr, s.remote_port, s.local_addr, s.local_port)  # fmt: skip
+    assert (s.original_remote_addr, s.pod_uid, c.pod_uid) == (None, server.uid, client.uid)
+    # Known limit: conntrack deletes an entry at once when an RST answers the SYN, so a
+    # refused connect to a ClusterIP cannot be resolved afterwards; it keeps the ClusterIP.
+    assert (failed.outcome, failed.original_remote_addr, failed.remote_addr) == (
+        "refused", None, cluster_ip)  # fmt: skip
+    st = nat.stats
+    assert (st.translated, st.translated_in_socket_netns, st.no_entry, st.errors) == (1, 0, 1, 0)
+
+
+def test_socket_lb_connects_to_the_backend_with_nothing_to_translate(
+    source: TcpConnSource, root_required: None
+) -> None:
+    """Cilium/Calico eBPF service handling: the socket is the backend's from connect() on."""
+    with Cluster(NODES, pod_wiring="routed", kube_proxy="socket-lb") as cluster:
+        client = cluster.add_pod("client", node="node-a1")
+        server = cluster.add_pod("server", node="node-b1")
+        port = free_port()
+        svc = cluster.add_service("web", selector={"app": "server"}, port=80, target_port=port)
+        host, target = cluster.backend_of(svc)
+        assert (host, target) == (server.ip, port)
+        proc = start_server(server, port, expect=10, reply=20, abort=False)
+        result = run_client(client, host, target, send=10)
+        server_result(proc)
+        nat = NatResolver(parse_cidrs(f"{svc.cluster_ip}/32"))
+        resolver = CgroupResolver(cluster.cgroup_root)
+        try:
+            events = collect(source, lambda e: port in (e.local_port, e.remote_port),
+                             lambda es: len(finals(es)) >= 2)  # fmt: skip
+            records = [
+                build_record(e, resolver.resolve(e.cgroup_id), "node-a1", nat.resolve(e))
+                for e in finals(events)
+            ]
+        finally:
+            nat.close()
+    c = next(r for r in records if r.role == "client")
+    assert (c.remote_addr, c.remote_port, c.original_remote_addr) == (server.ip, port, None)
+    assert (c.local_port, c.bytes_sent, c.bytes_received) == (result["port"], 10, 20)
+    assert nat.stats.lookups == 0  # not a ClusterIP: nothing asked of conntrack
