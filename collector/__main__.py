@@ -65,7 +65,7 @@ def run(settings: Settings) -> int:
         if udp is not None:
             periodic.append(udp.tick)
         dns = start_dns(stack, settings.dns, settings.cgroup_root, resolver, producer,
-                        settings.topics.raw_dns, settings.node_name)  # fmt: skip
+                        settings.topics.raw_dns, settings.node_name, nat)  # fmt: skip
         if dns is not None:
             periodic.append(dns.tick)
         collector = Collector(

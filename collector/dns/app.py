@@ -13,6 +13,7 @@ from collector.dns.resolvconf import ResolvConfReader
 from collector.dns.search import SearchTracker
 from collector.dns.settings import DnsSettings
 from collector.dns.source import DnsSource
+from collector.nat import NatResolver
 
 log = logging.getLogger("collector.dns")
 
@@ -25,6 +26,7 @@ def start_dns(
     sink: Sink,
     topic: str,
     node_name: str,
+    nat: NatResolver | None = None,
 ) -> DnsPipeline | None:
     """Load and attach the DNS program (closed with ``stack``) and build its pipeline; None
     when DNS capture is disabled. Call ``tick()`` every loop turn, ``shutdown()`` at the end,
@@ -46,6 +48,7 @@ def start_dns(
         NamePrivacy(settings.query_names, settings.name_hash_key.encode()),
         timeout_s=settings.timeout_s,
         search=search,
+        nat=nat,
     )
     log.info("DNS capture on: producing to %s (timeout %.1fs, query names %s)",
              topic, settings.timeout_s, settings.query_names)  # fmt: skip

@@ -22,6 +22,7 @@ from collector.dns.parser import DnsParseError, Message, parse
 from collector.dns.privacy import NamePrivacy
 from collector.dns.record import build_record, record_key
 from collector.dns.search import SearchTracker
+from collector.nat import IPPROTO_TCP, IPPROTO_UDP, NatResolver
 from collector.ringbuf import RecordBatch
 from flowscope.codec import JsonCodec
 from flowscope.kafka import ProducerCounters
@@ -71,8 +72,10 @@ class DnsPipeline:
         max_batch: int = 8192,
         clock_ns: Callable[[], int] = time.monotonic_ns,
         stats_interval_s: float = 10.0,
+        nat: NatResolver | None = None,
     ) -> None:
         self._source = source
+        self._nat = nat
         self._sink = sink
         self._resolver = resolver
         self._node = node_name
@@ -162,13 +165,29 @@ class DnsPipeline:
         encode = self._codec.encode
         for result in results:
             cgroup = self._resolver.resolve(result.query.cgroup_id)
-            record = build_record(result, cgroup, self._node, self._privacy)
+            record = build_record(
+                result, cgroup, self._node, self._privacy, self._backend(result)
+            )
             self.stats.records += 1
             if self._sink.produce(self._topic, encode(record), record_key(cgroup, self._node)):
                 produced += 1
             else:
                 self.stats.produce_refused += 1
         return produced
+
+    def _backend(self, result: QueryResult) -> tuple[str, int] | None:
+        """A client's query to a ClusterIP: the DNS pod kube-proxy sent it to (conntrack)."""
+        if self._nat is None or result.role != "client":
+            return None
+        query = result.query
+        remote_addr, remote_port = query.remote
+        if not self._nat.in_service(remote_addr):
+            return None
+        local_addr, local_port = query.local
+        proto = IPPROTO_UDP if query.transport == "udp" else IPPROTO_TCP
+        return self._nat.resolve_tuple(
+            query.family, local_addr, remote_addr, local_port, remote_port, proto
+        )
 
     def shutdown(self) -> None:
         """Detach, then match what the ring buffer still holds. Queries still waiting for

@@ -10,15 +10,25 @@ from flowscope.records import RawDnsQuery
 
 
 def build_record(
-    result: QueryResult, cgroup: CgroupInfo, node: str, privacy: NamePrivacy
+    result: QueryResult,
+    cgroup: CgroupInfo,
+    node: str,
+    privacy: NamePrivacy,
+    backend: tuple[str, int] | None = None,
 ) -> RawDnsQuery:
+    """``backend``: where the node's conntrack says a query to a ClusterIP was DNATed."""
     query = result.query
     local_addr, local_port = query.local
     remote_addr, remote_port = query.remote
     response = result.response
     message = result.message
     original: str | None = None
-    if result.role == "client":
+    if backend is not None and backend != (remote_addr, remote_port):
+        # kube-proxy's DNAT is in the node's namespace: the pod's packets only ever carry
+        # the ClusterIP, the backend is known from conntrack alone.
+        original = remote_addr
+        remote_addr, remote_port = backend
+    elif result.role == "client":
         # Egress packets are past NAT; the socket's peer (connected UDP, TCP) or the response's
         # source (un-NATed on ingress) is what the application addressed.
         addressed = query.sock_peer_addr

@@ -24,6 +24,7 @@ from collector.dns.resolvconf import ResolvConfReader
 from collector.dns.search import SearchTracker
 from collector.dns.settings import DEFAULT_DNS_BPF_OBJECT
 from collector.dns.source import DnsSource
+from collector.nat import NatResolver, parse_cidrs
 from collector.settings import REPO_ROOT, default_cgroup_root
 from flowscope.codec import JsonCodec
 from flowscope.kafka import ProducerCounters
@@ -67,6 +68,7 @@ class Node:
     sink: ListSink
     dns: Pod
     server: DnsServerProcess
+    nat: NatResolver
 
     def collect(self, match: Callable[[RawDnsQuery], bool], want: int,
                 timeout_s: float = 10) -> list[RawDnsQuery]:  # fmt: skip
@@ -92,10 +94,13 @@ def node(bpf_built: None) -> Iterator[Node]:
         server = DnsServerProcess(dns, RULES)
         sink = ListSink()
         search = SearchTracker(ResolvConfReader(root, lambda c: resolver.resolve(c).path))
+        nat = NatResolver(parse_cidrs("10.96.0.0/16"))  # the cluster's Service CIDR
         pipeline = DnsPipeline(source, sink, resolver, "node-test", "t", NamePrivacy(),
-                               timeout_s=COLLECTOR_TIMEOUT_S, search=search)  # fmt: skip
-        yield Node(cluster, source, pipeline, sink, dns, server)
+                               timeout_s=COLLECTOR_TIMEOUT_S, search=search,
+                               nat=nat)  # fmt: skip
+        yield Node(cluster, source, pipeline, sink, dns, server, nat)
         server.stop()
+        nat.close()
 
 
 def _of_pods(*pods: Pod) -> Callable[[RawDnsQuery], bool]:
@@ -187,28 +192,26 @@ def test_stub_queries_rcodes_delay_timeout_malformed(node: Node) -> None:
     assert counters["dns_kernel_lost_ringbuf"] == 0 and counters["dns_decode_errors"] == 0
 
 
-def test_cluster_dns_service_through_dnat(node: Node) -> None:
-    """resolv.conf names a ClusterIP; nftables DNAT in the pod sends it to the DNS pod."""
+def test_cluster_dns_service_through_kube_proxy(node: Node) -> None:
+    """resolv.conf names the DNS Service's ClusterIP; kube-proxy's rules in the node's
+    namespace send it to the DNS pod, and the node's conntrack names that pod."""
     app = node.cluster.add_pod("natty", node="node-b1")
-    service_ip = "10.96.0.10"
-    rules = (f"add table ip fsdns\nadd chain ip fsdns out {{ type nat hook output priority "
-             f"-100; }}\nadd rule ip fsdns out ip daddr {service_ip} udp dport 53 dnat to "
-             f"{node.dns.ip}\n")  # fmt: skip
-    subprocess.run(["nsenter", f"--net=/run/netns/{app.netns}", "nft", "-f", "-"],
-                   input=rules, text=True, check=True)  # fmt: skip
-    app.run(["ip", "route", "add", "10.96.0.0/16", "dev", "eth0"])
-    conf = PodResolvConf(app, render([service_ip], kubernetes_search("default"), ndots=5,
+    svc = node.cluster.add_service("kube-dns", namespace="kube-system", selector={"app": "coredns"},
+                                   port=53, protocols=("UDP", "TCP"))  # fmt: skip
+    conf = PodResolvConf(app, render([svc.cluster_ip], kubernetes_search("default"), ndots=5,
                                      options=["timeout:1", "attempts:1"]))  # fmt: skip
     app.run(conf.command(Pod.python("simnode.dns", "resolve", "web")))
     (record,) = [r for r in node.collect(_of_pods(app), want=1) if r.role == "client"]
-    assert record.remote_addr == node.dns.ip and record.original_remote_addr == service_ip
+    assert record.remote_addr == node.dns.ip and record.original_remote_addr == svc.cluster_ip
     assert record.outcome == "answered" and record.asked_name == "web"
+    assert node.nat.stats.translated >= 1 and node.nat.stats.translated_in_socket_netns == 0
 
 
 CHILD = r"""
 import sys
 from pathlib import Path
 from collector.dns.source import DnsSource
+from collector.nat import NatResolver, parse_cidrs
 src = DnsSource(Path(sys.argv[1]), Path(sys.argv[2]))
 print(" ".join(map(str, src.program_ids())), flush=True)
 sys.stdin.read()
