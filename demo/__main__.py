@@ -51,6 +51,12 @@ class Flow:
     count: int
     send_bytes: int
     reply_bytes: int
+    # Where the client connects: a Service's ClusterIP and port (kube-proxy's rules in the
+    # node's namespace send it to the server pod), or None for the pod's address.
+    via: tuple[str, int] | None = None
+
+    def target(self) -> tuple[str, int]:
+        return self.via if self.via is not None else (self.server.ip, self.port)
 
 
 def _say(msg: str) -> None:
@@ -115,21 +121,31 @@ def main() -> int:
             for node in ("node-a1", "node-b1")
         ]
         dns_server = DnsServerProcess(coredns, DNS_RULES)
+        # Services as kube-proxy (nftables mode) programs them, in the node's namespace.
+        catalog_svc = cluster.add_service("catalog", namespace="shop",
+                                          selector={"app": "catalog"}, port=80, target_port=8080)
+        checkout_svc = cluster.add_service("checkout", namespace="shop",
+                                           selector={"app": "checkout"}, port=80,
+                                           target_port=8081)
+        kube_dns = cluster.add_service("kube-dns", namespace="kube-system",
+                                       selector={"app": "coredns"}, port=53,
+                                       protocols=("UDP", "TCP"))  # fmt: skip
         objects = cluster.write_objects(log_dir / "objects.yaml")
         _say(f"simulated cluster: {len(cluster.pods)} pods on 3 nodes in 2 zones ({objects})")
         print(publish_metadata(bootstrap, topics, objects), end="")
         n = args.connections
         flows = [
-            Flow(fe_a, catalog, 8080, n, 600, 24_000),
-            Flow(fe_b, catalog, 8080, n, 600, 24_000),
-            Flow(fe_a, checkout, 8081, n // 2, 4_000, 800),
-            Flow(fe_b, checkout, 8081, n // 2, 4_000, 800),
+            Flow(fe_a, catalog, 8080, n, 600, 24_000, (catalog_svc.cluster_ip, 80)),
+            Flow(fe_b, catalog, 8080, n, 600, 24_000, (catalog_svc.cluster_ip, 80)),
+            Flow(fe_a, checkout, 8081, n // 2, 4_000, 800, (checkout_svc.cluster_ip, 80)),
+            Flow(fe_b, checkout, 8081, n // 2, 4_000, 800, (checkout_svc.cluster_ip, 80)),
             Flow(checkout, payments, 9090, n // 4, 1_500, 300),
         ]
         settings = PipelineSettings(
             bootstrap=bootstrap, topics=topics, node_name="sim-host", log_dir=log_dir,
             window_s=args.window_seconds, grace_s=args.grace_seconds,
-            collector_args=("--dns-enabled", "true", "--dns-timeout-s", "1"),
+            collector_args=("--dns-enabled", "true", "--dns-timeout-s", "1",
+                            "--service-cidrs", str(cluster.service_network)),
             processor_args=("--dns-grace-seconds", "2.5", "--cloud", args.cloud),
         )  # fmt: skip
         readers = {
@@ -153,11 +169,11 @@ def main() -> int:
             with ThreadPoolExecutor(len(flows) + 1) as pool:
                 summaries = pool.map(
                     lambda f: f.client.run_client(
-                        f.server.ip, f.port, count=f.count, send_bytes=f.send_bytes,
+                        *f.target(), count=f.count, send_bytes=f.send_bytes,
                         expect_reply_bytes=f.reply_bytes, interval_ms=50),
                     flows,
                 )  # fmt: skip
-                lookups = pool.submit(_dns_lookups, recommenders, coredns)
+                lookups = pool.submit(_dns_lookups, recommenders, kube_dns.cluster_ip)
                 # Nothing listens on checkout:7070: every connect is refused.
                 fe_b.run(Pod.python("simnode.traffic", "client", "--host", checkout.ip,
                                     "--port", "7070", "--count", "5", "--send-bytes", "10"),
@@ -200,14 +216,14 @@ def main() -> int:
     return 0
 
 
-def _dns_lookups(pods: list[Pod], coredns: Pod, rounds: int = 8, pause_s: float = 1.5) -> None:
+def _dns_lookups(pods: list[Pod], dns_ip: str, rounds: int = 8, pause_s: float = 1.5) -> None:
     """Names looked up the way applications do (getaddrinfo, ndots:5 search path), so the
     table shows search-path noise apart from the real failures. Spread over a few windows,
     so that the DNS failure-rate alert (2 windows in a row) can fire."""
     names = ["catalog", "api.payments.example", "flaky.partner.example",
              "slow.partner.example", "missing-service"]  # fmt: skip
     confs = [
-        PodResolvConf(pod, render([coredns.ip], kubernetes_search("shop"), ndots=5)) for pod in pods
+        PodResolvConf(pod, render([dns_ip], kubernetes_search("shop"), ndots=5)) for pod in pods
     ]
     for _ in range(rounds):
         for pod, conf in zip(pods, confs, strict=True):

@@ -57,8 +57,8 @@ def _pct(v: float | None) -> str:
 
 def latency_table(metrics: Sequence[TcpLatencyMetric]) -> str:
     rows = []
-    for (client, server), ms in sorted(
-        _group(metrics, lambda m: (m.client_workload, m.server_workload)).items()
+    for (client, server, service), ms in sorted(
+        _group(metrics, lambda m: (m.client_workload, m.server_workload, m.service or "-")).items()
     ):
         conns = sum(m.connections for m in ms)
         failed = sum(m.failed_connections for m in ms)
@@ -69,11 +69,14 @@ def latency_table(metrics: Sequence[TcpLatencyMetric]) -> str:
                     outcomes[name] = outcomes.get(name, 0) + n
         p50, p99 = _merged_quantiles(m.connect_latency_sketch for m in ms)
         rows.append([
-            client, server, str(conns), str(failed), _pct(failed / conns if conns else None),
+            client, server, service, str(conns), str(failed),
+            _pct(failed / conns if conns else None),
             ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "-", p50, p99,
         ])  # fmt: skip
     return render(
-        ["client", "server", "conns", "failed", "fail %", "outcomes", "p50 ms", "p99 ms"], rows
+        ["client", "server", "service", "conns", "failed", "fail %", "outcomes", "p50 ms",
+         "p99 ms"],
+        rows,
     )
 
 

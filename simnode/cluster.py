@@ -67,6 +67,7 @@ class Cluster:
         handle_sigterm: bool = True,
         pod_wiring: network.PodWiring = "bridge",
         kube_proxy: KubeProxyMode = "nftables",
+        dual_stack: bool = False,
     ) -> None:
         specs = tuple(nodes) if nodes is not None else default_nodes()
         if not specs:
@@ -79,6 +80,11 @@ class Cluster:
         if pod_wiring not in network.POD_WIRINGS:
             raise SimNodeError(f"unknown pod wiring {pod_wiring!r}; valid: {network.POD_WIRINGS}")
         self.pod_wiring = pod_wiring
+        # Dual-stack: every pod and Service also has an IPv6 address, derived from its IPv4
+        # one (the pod block's /24 maps to a /64 of fd00:10:244::/48, Services to fd00:10:96::).
+        self.dual_stack = dual_stack
+        self.pod_block6: ipaddress.IPv6Network | None = None
+        self.gateway6: str | None = None
         self.kube_proxy = KubeProxy(self.run_id, kube_proxy)
         self.bridge = bridge_name(self.run_id)
         # The cluster's pod CIDR (metadata); this run's pods take one free /24 block of it.
@@ -87,7 +93,8 @@ class Cluster:
         self.pod_block = self.pod_network
         self.gateway = ""
         self._pod_ips: list[ipaddress.IPv4Address] = []
-        self._service_ips = _random_block_hosts(ipaddress.IPv4Network(service_cidr))
+        self.service_network = ipaddress.IPv4Network(service_cidr)
+        self._service_ips = _random_block_hosts(self.service_network)
         node_ips = ipaddress.IPv4Network(node_cidr).hosts()
         next(node_ips)  # .1 looks like a gateway; skip it
         self.nodes: dict[str, Node] = {
@@ -145,10 +152,14 @@ class Cluster:
             hosts = list(self.pod_block.hosts())
             self.gateway = str(hosts[0])  # .1, as the bridge plugin and host-local IPAM do
             self._pod_ips = hosts[1:]
-            network.enable_forwarding()
+            gateways = [f"{self.gateway}/{self.pod_block.prefixlen}"]
+            if self.dual_stack:
+                self.pod_block6 = _ipv6_block(self.pod_block)
+                self.gateway6 = str(self.pod_block6.network_address + 1)
+                gateways.append(f"{self.gateway6}/64")
+            network.enable_forwarding(self.dual_stack)
             cgroup.create(self.cgroup_run_dir)
-            gateway = f"{self.gateway}/{self.pod_block.prefixlen}"
-            network.create_bridge(self.bridge, gateway if self.pod_wiring == "bridge" else None)
+            network.create_bridge(self.bridge, *(gateways if self.pod_wiring == "bridge" else ()))
         except BaseException:
             self.close(raise_errors=False)
             raise
@@ -258,6 +269,7 @@ class Cluster:
             start_time=rfc3339_now(),
             deployment=deployment,
             template_hash=template_hash,
+            ip6=_ipv6_of(pod_ip, self.pod_block6) if self.pod_block6 is not None else None,
         )
         index = self._pods_made
         self._pods_made += 1
@@ -275,6 +287,7 @@ class Cluster:
         pod.mac = network.plug_pod(
             pod.netns, pod.host_veth, self.bridge, f"{meta.ip}/{self.pod_block.prefixlen}",
             wiring=self.pod_wiring, gateway=self.gateway,
+            address6_cidr=f"{meta.ip6}/64" if meta.ip6 else None, gateway6=self.gateway6,
         )  # fmt: skip
         self._sync_services()
         return pod
@@ -350,6 +363,7 @@ class Cluster:
             namespace=namespace,
             uid=str(uuid.uuid4()),
             cluster_ip=ip,
+            cluster_ip6=_ipv6_service_ip(ip) if self.dual_stack else None,
             selector=dict(selector),
             ports=tuple(
                 ServicePort(port, target_port or port, port_name, proto.upper())
@@ -378,12 +392,17 @@ class Cluster:
         rules = [
             ServicePortRule(
                 name=f"{svc.namespace}/{svc.name}:{p.port}",
-                cluster_ip=svc.cluster_ip,
+                cluster_ip=cluster_ip,
                 protocol=p.protocol.lower(),
                 port=p.port,
-                endpoints=tuple((pod.ip, p.target_port) for pod in self.endpoints(svc)),
+                endpoints=tuple(
+                    (pod.ip if family == 4 else str(pod.meta.ip6), p.target_port)
+                    for pod in self.endpoints(svc)
+                    if family == 4 or pod.meta.ip6 is not None
+                ),
             )
             for svc in self.services.values()
+            for family, cluster_ip in zip((4, 6), svc.cluster_ips, strict=False)
             for p in svc.ports
         ]
         self.kube_proxy.sync(rules)
@@ -452,6 +471,19 @@ def claim_ip(
     if addr in free:
         free.remove(addr)
     return str(addr)
+
+
+def _ipv6_block(block: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    third = int(block.network_address) >> 8 & 0xFF
+    return ipaddress.IPv6Network(f"fd00:10:244:{third:x}::/64")
+
+
+def _ipv6_of(ip: str, block6: ipaddress.IPv6Network) -> str:
+    return str(block6.network_address + (int(ipaddress.IPv4Address(ip)) & 0xFF))
+
+
+def _ipv6_service_ip(ip: str) -> str:
+    return str(ipaddress.IPv6Address("fd00:10:96::") + (int(ipaddress.IPv4Address(ip)) & 0xFFFF))
 
 
 def _free_block(net: ipaddress.IPv4Network, routed: Sequence[str]) -> ipaddress.IPv4Network:

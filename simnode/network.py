@@ -31,20 +31,26 @@ NETNS_DIR = Path("/run/netns")
 PodWiring = Literal["bridge", "routed"]
 POD_WIRINGS: tuple[PodWiring, ...] = ("bridge", "routed")
 CALICO_GATEWAY = "169.254.1.1"
+# Calico gives every host veth this MAC, so the pod's IPv6 next hop is its EUI-64 link-local.
+CALICO_MAC = "ee:ee:ee:ee:ee:ee"
+CALICO_GATEWAY6 = "fe80::ecee:eeff:feee:eeee"
 
 
-def create_bridge(name: str, gateway_cidr: str | None = None) -> None:
+def create_bridge(name: str, *gateway_cidrs: str) -> None:
     run(["ip", "link", "add", name, "type", "bridge", "forward_delay", "0", "stp_state", "0"])
-    if gateway_cidr is not None:
-        run(["ip", "addr", "add", gateway_cidr, "dev", name])
+    for cidr in gateway_cidrs:
+        # nodad: an IPv6 address is usable at once (no duplicate detection on our own bridge).
+        extra = ["nodad"] if ":" in cidr else []
+        run(["ip", "addr", "add", cidr, "dev", name, *extra])
     run(["ip", "link", "set", name, "up"])
 
 
-def enable_forwarding() -> None:
-    """A node routes for its pods; without it no packet reaches a ClusterIP's backend."""
-    for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
-        with open(path, "w") as f:
-            f.write("1")
+def enable_forwarding(ipv6: bool) -> None:
+    """A node routes for its pods; without it no packet reaches a ClusterIP's backend. IPv6
+    forwarding only for dual-stack runs: it stops the host accepting router advertisements."""
+    _write("/proc/sys/net/ipv4/ip_forward", "1")
+    if ipv6:
+        _write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
 
 
 def routed_prefixes() -> list[str]:
@@ -66,6 +72,8 @@ def plug_pod(
     *,
     wiring: PodWiring = "bridge",
     gateway: str | None = None,
+    address6_cidr: str | None = None,
+    gateway6: str | None = None,
 ) -> str:
     """Create the veth pair and the pod's routes (see the module's docstring for ``wiring``).
 
@@ -73,13 +81,19 @@ def plug_pod(
     """
     run(["ip", "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
     address = address_cidr.split("/")[0]
+    address6 = address6_cidr.split("/")[0] if address6_cidr else None
     if wiring == "bridge":
         run(["ip", "link", "set", host_veth, "master", bridge, "up"])
         run(["ip", "-n", netns, "addr", "add", address_cidr, "dev", "eth0"])
+        if address6_cidr:
+            run(["ip", "-n", netns, "addr", "add", address6_cidr, "dev", "eth0", "nodad"])
     else:
         _write(f"/proc/sys/net/ipv4/conf/{host_veth}/proxy_arp", "1")
+        run(["ip", "link", "set", host_veth, "address", CALICO_MAC])
         run(["ip", "link", "set", host_veth, "up"])
         run(["ip", "-n", netns, "addr", "add", f"{address}/32", "dev", "eth0"])
+        if address6:
+            run(["ip", "-n", netns, "addr", "add", f"{address6}/128", "dev", "eth0", "nodad"])
     # A gratuitous ARP when eth0 comes up (as CNI plugins send): when the address was a
     # deleted pod's, the other pods' neighbour entries move to the new MAC at once instead of
     # blackholing connections to it until they expire.
@@ -89,10 +103,17 @@ def plug_pod(
     if wiring == "bridge":
         if gateway is not None:
             run(["ip", "-n", netns, "route", "add", "default", "via", gateway, "dev", "eth0"])
+        if address6 and gateway6 is not None:
+            run(["ip", "-n", netns, "-6", "route", "add", "default", "via", gateway6,
+                 "dev", "eth0"])  # fmt: skip
     else:
         run(["ip", "-n", netns, "route", "add", CALICO_GATEWAY, "dev", "eth0", "scope", "link"])
         run(["ip", "-n", netns, "route", "add", "default", "via", CALICO_GATEWAY, "dev", "eth0"])
         run(["ip", "route", "add", f"{address}/32", "dev", host_veth, "scope", "link"])
+        if address6:
+            run(["ip", "-n", netns, "-6", "route", "add", "default", "via", CALICO_GATEWAY6,
+                 "dev", "eth0"])  # fmt: skip
+            run(["ip", "-6", "route", "add", f"{address6}/128", "dev", host_veth])
     shown = json.loads(run(["ip", "-j", "-n", netns, "link", "show", "eth0"]))
     return str(shown[0]["address"])
 

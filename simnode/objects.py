@@ -102,7 +102,7 @@ def pod_object(pod: PodMeta, salt: str) -> Obj:
             "hostIP": pod.node.internal_ip,
             "hostIPs": [{"ip": pod.node.internal_ip}],
             "podIP": pod.ip,
-            "podIPs": [{"ip": pod.ip}],
+            "podIPs": [{"ip": ip} for ip in pod.ips],
             "startTime": pod.start_time,
             "conditions": [{"type": "Ready", "status": "True"}],
             "containerStatuses": [
@@ -175,8 +175,9 @@ def service_object(svc: ServiceMeta) -> Obj:
         "spec": {
             "type": "ClusterIP",
             "clusterIP": svc.cluster_ip,
-            "clusterIPs": [svc.cluster_ip],
-            "ipFamilies": ["IPv4"],
+            "clusterIPs": list(svc.cluster_ips),
+            "ipFamilies": ["IPv4"] if svc.cluster_ip6 is None else ["IPv4", "IPv6"],
+            "ipFamilyPolicy": "SingleStack" if svc.cluster_ip6 is None else "PreferDualStack",
             "selector": dict(svc.selector),
             "ports": [
                 {**_port_name(p.name), "port": p.port, "targetPort": p.target_port,
@@ -187,8 +188,11 @@ def service_object(svc: ServiceMeta) -> Obj:
     }
 
 
-def endpoint_slice_object(svc: ServiceMeta, pods: Iterable[PodMeta], salt: str) -> Obj:
-    name = f"{svc.name}-{svc.uid[:5]}"
+def endpoint_slice_object(
+    svc: ServiceMeta, pods: Iterable[PodMeta], salt: str, family: int = 4
+) -> Obj:
+    """The EndpointSlice of one address family (the controller makes one per family)."""
+    name = f"{svc.name}-{svc.uid[:5]}" + ("" if family == 4 else "-v6")
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -201,10 +205,10 @@ def endpoint_slice_object(svc: ServiceMeta, pods: Iterable[PodMeta], salt: str) 
                                  "uid": svc.uid, "controller": True,
                                  "blockOwnerDeletion": True}],
         },
-        "addressType": "IPv4",
+        "addressType": "IPv4" if family == 4 else "IPv6",
         "endpoints": [
             {
-                "addresses": [pod.ip],
+                "addresses": [pod.ip if family == 4 else pod.ip6],
                 "conditions": {"ready": True, "serving": True, "terminating": False},
                 "nodeName": pod.node.name,
                 "zone": pod.node.zone,
@@ -212,7 +216,7 @@ def endpoint_slice_object(svc: ServiceMeta, pods: Iterable[PodMeta], salt: str) 
                               "uid": pod.uid},
             }
             for pod in pods
-            if svc.selects(pod)
+            if svc.selects(pod) and (family == 4 or pod.ip6 is not None)
         ],
         "ports": [{**_port_name(p.name), "port": p.target_port, "protocol": p.protocol}
                   for p in svc.ports],
@@ -240,6 +244,8 @@ def cluster_objects(
         items.append(service_object(svc))
         if include_workloads:
             items.append(endpoint_slice_object(svc, live, salt))
+            if svc.cluster_ip6 is not None:
+                items.append(endpoint_slice_object(svc, live, salt, family=6))
     return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
             "items": items}
 

@@ -54,6 +54,10 @@ class Pod:
         return self.meta.ip
 
     @property
+    def ip6(self) -> str | None:
+        return self.meta.ip6
+
+    @property
     def uid(self) -> str:
         return self.meta.uid
 

@@ -64,6 +64,12 @@ class PodMeta:
     # RFC 3339, UTC, seconds: set once the pod was deleted (Cluster.delete_pod). A deleted pod
     # still written out is a terminating one, as the API server shows it until it is gone.
     deletion_time: str | None = None
+    ip6: str | None = None  # the IPv6 address of a dual-stack pod
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        """Every address, IPv4 first (``status.podIPs``)."""
+        return (self.ip,) if self.ip6 is None else (self.ip, self.ip6)
 
     @property
     def replicaset(self) -> str | None:
@@ -88,6 +94,12 @@ class ServiceMeta:
     cluster_ip: str
     selector: dict[str, str]
     ports: tuple[ServicePort, ...]
+    cluster_ip6: str | None = None  # a dual-stack Service's IPv6 ClusterIP
+
+    @property
+    def cluster_ips(self) -> tuple[str, ...]:
+        return (self.cluster_ip,) if self.cluster_ip6 is None else (
+            self.cluster_ip, self.cluster_ip6)  # fmt: skip
 
     def selects(self, pod: PodMeta) -> bool:
         return (
