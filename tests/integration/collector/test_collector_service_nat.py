@@ -10,6 +10,8 @@ in the node's conntrack (not the pod's), and a refused connect is counted as hav
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -125,3 +127,64 @@ def test_socket_lb_connects_to_the_backend_with_nothing_to_translate(
     assert (c.remote_addr, c.remote_port, c.original_remote_addr) == (server.ip, port, None)
     assert (c.local_port, c.bytes_sent, c.bytes_received) == (result["port"], 10, 20)
     assert nat.stats.lookups == 0  # not a ClusterIP: nothing asked of conntrack
+
+
+V6_CLIENT = r"""
+import json, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"c" * 300)
+s.shutdown(socket.SHUT_WR)
+got = 0
+while data := s.recv(65536):
+    got += len(data)
+print(json.dumps({"port": s.getsockname()[1], "received": got}))
+"""
+V6_SERVER = r"""
+import socket, sys
+ls = socket.create_server(("::", int(sys.argv[1])), family=socket.AF_INET6)
+print("listening", flush=True)
+c, _ = ls.accept()
+while c.recv(65536):
+    pass
+c.sendall(b"s" * 700)
+c.close()
+"""
+
+
+@pytest.mark.parametrize("wiring", ["bridge", "routed"])
+def test_dual_stack_service_nat_over_ipv6(
+    source: TcpConnSource, root_required: None, wiring: str
+) -> None:
+    with Cluster(NODES, pod_wiring=wiring, dual_stack=True) as cluster:  # type: ignore[arg-type]
+        client = cluster.add_pod("client", node="node-a1")
+        server = cluster.add_pod("server", node="node-b1")
+        assert client.ip6 is not None and server.ip6 is not None
+        port = free_port()
+        svc = cluster.add_service("web", selector={"app": "server"}, port=80, target_port=port)
+        assert svc.cluster_ip6 is not None
+        proc = server.start([sys.executable, "-c", V6_SERVER, str(port)])
+        server.wait_listening(port, proc=proc)
+        done = client.run([sys.executable, "-c", V6_CLIENT, svc.cluster_ip6, "80"])
+        result = json.loads(done.stdout)
+        proc.communicate(timeout=30)
+        assert result["received"] == 700
+        nat = NatResolver(parse_cidrs("fd00:10:96::/112"))
+        resolver = CgroupResolver(cluster.cgroup_root)
+        try:
+            events = collect(source, lambda e: port in (e.local_port, e.remote_port)
+                             or e.remote_addr == svc.cluster_ip6,
+                             lambda es: len(finals(es)) >= 2)  # fmt: skip
+            records = [
+                build_record(e, resolver.resolve(e.cgroup_id), "node-a1", nat.resolve(e))
+                for e in finals(events)
+            ]
+        finally:
+            nat.close()
+    c = next(r for r in records if r.role == "client")
+    s = next(r for r in records if r.role == "server")
+    assert (c.family, c.original_remote_addr, c.original_remote_port) == (6, svc.cluster_ip6, 80)
+    assert (c.remote_addr, c.remote_port, c.local_addr) == (server.ip6, port, client.ip6)
+    assert (c.bytes_sent, c.bytes_received, c.pod_uid, s.pod_uid) == (
+        300, 700, client.uid, server.uid)  # fmt: skip
+    assert (s.remote_addr, s.remote_port) == (client.ip6, result["port"])
+    assert nat.stats.translated == 1
