@@ -60,6 +60,8 @@ class Cluster:
         state_dir: Path = DEFAULT_STATE_DIR,
         sweep_stale: bool = True,
         handle_sigterm: bool = True,
+        cgroup_driver: cgroup.CgroupDriver = "cgroupfs",
+        runtime: cgroup.Runtime = "containerd",
     ) -> None:
         specs = tuple(nodes) if nodes is not None else default_nodes()
         if not specs:
@@ -69,6 +71,8 @@ class Cluster:
         self.run_id = new_run_id()
         self.cgroup_root = cgroup_root
         self.cgroup_run_dir = cgroup_root / run_tag(self.run_id)
+        # How the kubelet's cgroup driver and the runtime name pod and container cgroups.
+        self.cgroup_layout = cgroup.Layout(cgroup_driver, runtime)
         self.bridge = bridge_name(self.run_id)
         self.pod_network = ipaddress.IPv4Network(pod_cidr)
         self._pod_ips = _random_block_hosts(self.pod_network)
@@ -237,19 +241,25 @@ class Cluster:
             start_time=rfc3339_now(),
             deployment=deployment,
             template_hash=template_hash,
+            runtime=self.cgroup_layout.runtime,
         )
         index = self._pods_made
         self._pods_made += 1
+        layout = self.cgroup_layout
+        pod_cgroup = layout.pod_dir(self.cgroup_run_dir, qos, meta.uid)
         pod = Pod(
             meta,
             netns=netns_name(self.run_id, name),
             host_veth=host_veth_name(self.run_id, index),
             cgroup_root=self.cgroup_root,
-            cgroup_dir=cgroup.pod_dir(self.cgroup_run_dir, qos, meta.uid) / meta.container_id,
+            cgroup_dir=layout.container_dir(pod_cgroup, meta.container_id),
+            monitor_cgroup_dir=layout.monitor_dir(pod_cgroup, meta.container_id),
         )
         # Registered first so that close() removes it even if creation fails half-way.
         self.pods[name] = pod
         cgroup.create(pod.cgroup_dir)
+        if pod.monitor_cgroup_dir is not None:
+            cgroup.create(pod.monitor_cgroup_dir)
         network.create_netns(pod.netns)
         pod.mac = network.plug_pod(
             pod.netns, pod.host_veth, self.bridge, f"{meta.ip}/{self.pod_network.prefixlen}"
