@@ -15,12 +15,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-# cgroupfs driver: .../kubepods[/burstable|/besteffort]/pod<uid>/<container id>
+# The kubelet names a pod's cgroup kubepods[/<qos>]/pod<uid> (no QoS level for Guaranteed
+# pods), below its --cgroup-root if one is set (kind sets /kubelet).
+# cgroupfs driver: the name as a path, .../kubepods[/burstable|/besteffort]/pod<uid>/<container>.
 _CGROUPFS_POD = re.compile(r"pod([0-9a-fA-F][0-9a-fA-F-]*)")
-# systemd driver: .../kubepods[-<qos>]-pod<uid with _ for ->.slice/<runtime>-<id>.scope
-_SYSTEMD_POD = re.compile(r"kubepods(?:-[a-z]+)?-pod([0-9a-fA-F_]+)\.slice")
-# Runtime prefixes: containerd, docker, cri-o. cri-o's conmon monitor is not the container.
-_CONTAINER = re.compile(r"(?:(?:cri-containerd|docker|crio|cri-o)-)?([0-9a-fA-F]{12,})(?:\.scope)?")
+# systemd driver: one slice name holds the whole cgroup name, its parts joined with "-" after
+# each part's "-" became "_", and every prefix is a parent slice, so the pod's slice names
+# itself: [<root>-]kubepods[-burstable|-besteffort]-pod<uid with _>.slice. kind's is
+# kubelet-kubepods-besteffort-pod<uid>.slice under kubelet.slice/kubelet-kubepods.slice/...
+_SYSTEMD_POD = re.compile(
+    r"(?:[^-]+-)*kubepods(?:-burstable|-besteffort)?-pod([0-9a-fA-F][0-9a-fA-F_]*)\.slice"
+)
+# The container's cgroup, the pod's child. systemd: runc's unit <prefix>-<id>.scope, the
+# prefix being containerd's "cri-containerd", CRI-O's "crio" or dockerd's "docker";
+# cgroupfs: <id> (containerd, dockerd) or crio-<id> (CRI-O).
+_CONTAINER = re.compile(r"(?:(?:cri-containerd|crio|docker)-)?([0-9a-fA-F]{12,})(?:\.scope)?")
+# CRI-O's conmon (crio-conmon-<id>[.scope], beside the container's cgroup with conmon_cgroup
+# "pod") monitors one container but is not it: its processes belong to the pod and are
+# attributed to the pod with no container. Naming the container would put the monitor's
+# sockets on the workload.
 _NOT_A_CONTAINER = re.compile(r"crio-conmon-.*")
 
 
@@ -36,24 +49,22 @@ class CgroupInfo:
 def parse_kubelet_path(path: str) -> tuple[str | None, str | None]:
     """``(pod_uid, container_id)`` from a cgroup path, ``(None, None)`` for host processes.
 
-    The pod component may sit anywhere below a ``kubepods`` component (kind and k3s nest
-    the kubelet's root; a container may create sub-cgroups below its own).
+    Nothing above the kubelet's tree counts: it may start at the root or deeper (a
+    --cgroup-root, a nested node, the simulated node's run directory), and a container may
+    create sub-cgroups below its own. A cgroupfs ``pod<uid>`` must sit below a ``kubepods``
+    component; a systemd pod slice carries ``kubepods`` in its own name.
     """
     parts = [p for p in path.split("/") if p]
     seen_kubepods = False
     for index, part in enumerate(parts):
-        if part.startswith("kubepods"):
-            seen_kubepods = True
-        if not seen_kubepods:
-            continue
         systemd = _SYSTEMD_POD.fullmatch(part)
         if systemd:
             uid = systemd.group(1).replace("_", "-")
-        else:
-            cgroupfs = _CGROUPFS_POD.fullmatch(part)
-            if not cgroupfs:
-                continue
+        elif seen_kubepods and (cgroupfs := _CGROUPFS_POD.fullmatch(part)):
             uid = cgroupfs.group(1)
+        else:
+            seen_kubepods = seen_kubepods or part == "kubepods"
+            continue
         return uid, _container_id(parts[index + 1] if index + 1 < len(parts) else None)
     return None, None
 

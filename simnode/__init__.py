@@ -1,9 +1,13 @@
 """simnode: a simulated Kubernetes node on this machine, for tests and the demo.
 
 A pod is a network namespace (``eth0`` on a veth into the run's bridge, an IPv4 address from
-the pod CIDR) plus a cgroup v2 directory shaped like the kubelet's cgroupfs layout
-(``<root>/fs-<run id>/kubepods/besteffort/pod<uid>/<container id>``); its processes run in
-both. "Nodes" and "zones" are metadata only. ``write_objects`` writes the matching Node, Pod
+the pod CIDR) plus a cgroup v2 directory shaped like the kubelet's; its processes run in both.
+``Cluster(cgroup_driver=..., runtime=...)`` picks the layout (``simnode.cgroup.Layout``): by
+default the cgroupfs driver with containerd
+(``<root>/fs-<run id>/kubepods/besteffort/pod<uid>/<container id>``); with systemd and CRI-O,
+``<root>/fs-<run id>/kubepods.slice/kubepods-besteffort.slice/
+kubepods-besteffort-pod<uid with _>.slice/crio-<container id>.scope``.
+"Nodes" and "zones" are metadata only. ``write_objects`` writes the matching Node, Pod
 (and Deployment, ReplicaSet, Service, EndpointSlice) objects as a ``kind: List`` YAML file.
 Needs root, iproute2 and util-linux (nsenter).
 

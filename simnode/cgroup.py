@@ -1,10 +1,23 @@
-"""cgroup v2 directories shaped like the kubelet's (cgroupfs driver).
+"""cgroup v2 directories shaped like the kubelet's and the container runtime's.
 
-The kubelet with the cgroupfs driver puts a container at
-``kubepods/<qos>/pod<uid>/<container id>`` (``kubepods/pod<uid>/...`` for Guaranteed pods),
-and the collector recognises pods by exactly those last components. simnode puts that tree
-under one run-specific parent (``<root>/fs-<run id>/kubepods/...``) so that killing and
-removing a whole run is one subtree.
+Two things vary between real nodes, and the rig models both (:class:`Layout`):
+
+- the kubelet's **cgroup driver** (pkg/kubelet/cm/cgroup_manager_linux.go). A pod's cgroup
+  name is ``kubepods[/<qos>]/pod<uid>`` (no QoS level for Guaranteed pods). ``cgroupfs``
+  joins it as a path; ``systemd`` (``CgroupName.ToSystemd``) replaces ``-`` with ``_`` in
+  each part, joins the parts with ``-`` into one slice name and expands it so that every
+  prefix is a parent slice: ``kubepods.slice/kubepods-burstable.slice/
+  kubepods-burstable-pod<uid with _>.slice``.
+- the **runtime**, which names the container's cgroup below the pod's. With systemd each
+  asks runc for ``<slice>:<prefix>:<id>``, which becomes the unit ``<prefix>-<id>.scope``:
+  containerd's CRI plugin uses ``cri-containerd`` (getCgroupsPath), CRI-O ``crio``
+  (cgmgr.CrioPrefix), dockerd ``docker`` (WithCgroups). With cgroupfs containerd and
+  dockerd use ``<parent>/<id>``, CRI-O ``<parent>/crio-<id>``. CRI-O also puts the
+  container's conmon monitor in the pod's cgroup (``conmon_cgroup = "pod"``, what Kubernetes
+  deployments set): ``crio-conmon-<id>.scope`` (systemd) or ``crio-conmon-<id>`` (cgroupfs).
+
+simnode puts that tree under one run-specific parent (``<root>/fs-<run id>/kubepods...``) so
+that killing and removing a whole run is one subtree; on a real node it starts at the root.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import contextlib
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +35,10 @@ from simnode.errors import SimNodeError
 DEFAULT_ROOT = Path("/sys/fs/cgroup/unified")
 QosClass = Literal["guaranteed", "burstable", "besteffort"]
 QOS_CLASSES: tuple[QosClass, ...] = ("guaranteed", "burstable", "besteffort")
+CgroupDriver = Literal["cgroupfs", "systemd"]
+CGROUP_DRIVERS: tuple[CgroupDriver, ...] = ("cgroupfs", "systemd")
+Runtime = Literal["containerd", "crio", "docker"]
+RUNTIMES: tuple[Runtime, ...] = ("containerd", "crio", "docker")
 
 
 def check_root(root: Path) -> None:
@@ -34,10 +52,63 @@ def check_root(root: Path) -> None:
         raise SimNodeError(f"{root} is not writable: simnode must run as root")
 
 
-def pod_dir(run_dir: Path, qos: QosClass, pod_uid: str) -> Path:
-    base = run_dir / "kubepods"
-    # Guaranteed pods sit directly under kubepods: the kubelet has no QoS dir for them.
-    return (base if qos == "guaranteed" else base / qos) / f"pod{pod_uid}"
+# The scope prefix each runtime passes to runc with the systemd driver, and the prefix of the
+# container's directory name with cgroupfs (see the module docstring for where each is set).
+_SCOPE_PREFIX: dict[Runtime, str] = {
+    "containerd": "cri-containerd",
+    "crio": "crio",
+    "docker": "docker",
+}
+_CGROUPFS_PREFIX: dict[Runtime, str] = {"containerd": "", "crio": "crio-", "docker": ""}
+
+
+def _kubelet_name(qos: QosClass, pod_uid: str) -> list[str]:
+    # Guaranteed pods sit directly under kubepods: the kubelet has no QoS level for them.
+    return ["kubepods", *([] if qos == "guaranteed" else [qos]), f"pod{pod_uid}"]
+
+
+def pod_dir(run_dir: Path, qos: QosClass, pod_uid: str, driver: CgroupDriver = "cgroupfs") -> Path:
+    """The pod's cgroup as the kubelet makes it with ``driver``, below ``run_dir``."""
+    parts = _kubelet_name(qos, pod_uid)
+    if driver == "cgroupfs":
+        return run_dir.joinpath(*parts)
+    # CgroupName.ToSystemd: "-" would be a level in a slice name, so it becomes "_"; then
+    # ExpandSlice turns "a-b-c.slice" into a.slice/a-b.slice/a-b-c.slice.
+    escaped = [p.replace("-", "_") for p in parts]
+    return run_dir.joinpath(*("-".join(escaped[: i + 1]) + ".slice" for i in range(len(parts))))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a pod's and a container's cgroups go for one (cgroup driver, runtime) pair."""
+
+    driver: CgroupDriver = "cgroupfs"
+    runtime: Runtime = "containerd"
+
+    def __post_init__(self) -> None:
+        if self.driver not in CGROUP_DRIVERS:
+            raise SimNodeError(f"unknown cgroup driver {self.driver!r}; valid: {CGROUP_DRIVERS}")
+        if self.runtime not in RUNTIMES:
+            raise SimNodeError(f"unknown runtime {self.runtime!r}; valid: {RUNTIMES}")
+
+    def pod_dir(self, run_dir: Path, qos: QosClass, pod_uid: str) -> Path:
+        return pod_dir(run_dir, qos, pod_uid, self.driver)
+
+    def container_dir(self, pod: Path, container_id: str) -> Path:
+        return pod / self._name(container_id, conmon=False)
+
+    def monitor_dir(self, pod: Path, container_id: str) -> Path | None:
+        """CRI-O's conmon cgroup for this container, beside it; None for other runtimes
+        (containerd's shim and dockerd's stay outside the pod's cgroup)."""
+        if self.runtime != "crio":
+            return None
+        return pod / self._name(container_id, conmon=True)
+
+    def _name(self, container_id: str, *, conmon: bool) -> str:
+        if self.driver == "systemd":
+            prefix = _SCOPE_PREFIX[self.runtime] + ("-conmon" if conmon else "")
+            return f"{prefix}-{container_id}.scope"
+        return ("crio-conmon-" if conmon else _CGROUPFS_PREFIX[self.runtime]) + container_id
 
 
 def create(path: Path) -> None:

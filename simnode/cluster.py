@@ -68,6 +68,8 @@ class Cluster:
         pod_wiring: network.PodWiring = "bridge",
         kube_proxy: KubeProxyMode = "nftables",
         dual_stack: bool = False,
+        cgroup_driver: cgroup.CgroupDriver = "cgroupfs",
+        runtime: cgroup.Runtime = "containerd",
     ) -> None:
         specs = tuple(nodes) if nodes is not None else default_nodes()
         if not specs:
@@ -86,6 +88,8 @@ class Cluster:
         self.pod_block6: ipaddress.IPv6Network | None = None
         self.gateway6: str | None = None
         self.kube_proxy = KubeProxy(self.run_id, kube_proxy)
+        # How the kubelet's cgroup driver and the runtime name pod and container cgroups.
+        self.cgroup_layout = cgroup.Layout(cgroup_driver, runtime)
         self.bridge = bridge_name(self.run_id)
         # The cluster's pod CIDR (metadata); this run's pods take one free /24 block of it.
         self.pod_network = ipaddress.IPv4Network(pod_cidr)
@@ -270,19 +274,25 @@ class Cluster:
             deployment=deployment,
             template_hash=template_hash,
             ip6=_ipv6_of(pod_ip, self.pod_block6) if self.pod_block6 is not None else None,
+            runtime=self.cgroup_layout.runtime,
         )
         index = self._pods_made
         self._pods_made += 1
+        layout = self.cgroup_layout
+        pod_cgroup = layout.pod_dir(self.cgroup_run_dir, qos, meta.uid)
         pod = Pod(
             meta,
             netns=netns_name(self.run_id, name),
             host_veth=host_veth_name(self.run_id, index),
             cgroup_root=self.cgroup_root,
-            cgroup_dir=cgroup.pod_dir(self.cgroup_run_dir, qos, meta.uid) / meta.container_id,
+            cgroup_dir=layout.container_dir(pod_cgroup, meta.container_id),
+            monitor_cgroup_dir=layout.monitor_dir(pod_cgroup, meta.container_id),
         )
         # Registered first so that close() removes it even if creation fails half-way.
         self.pods[name] = pod
         cgroup.create(pod.cgroup_dir)
+        if pod.monitor_cgroup_dir is not None:
+            cgroup.create(pod.monitor_cgroup_dir)
         network.create_netns(pod.netns)
         pod.mac = network.plug_pod(
             pod.netns, pod.host_veth, self.bridge, f"{meta.ip}/{self.pod_block.prefixlen}",

@@ -23,7 +23,9 @@ REGION_LABEL = "topology.kubernetes.io/region"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 TEMPLATE_HASH_LABEL = "pod-template-hash"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-CONTAINER_RUNTIME = "containerd"
+# The kubelet writes containerID as "<runtime type>://<id>", the type being the name the CRI
+# runtime reports for itself (cri-dockerd reports "docker").
+CONTAINER_ID_SCHEMES = {"containerd": "containerd", "crio": "cri-o", "docker": "docker"}
 
 
 def _uid(kind: str, namespace: str, name: str, salt: str) -> str:
@@ -108,7 +110,7 @@ def pod_object(pod: PodMeta, salt: str) -> Obj:
             "containerStatuses": [
                 {
                     "name": pod.container_name,
-                    "containerID": f"{CONTAINER_RUNTIME}://{pod.container_id}",
+                    "containerID": f"{CONTAINER_ID_SCHEMES[pod.runtime]}://{pod.container_id}",
                     "image": pod.image,
                     "imageID": pod.image,
                     "ready": True,

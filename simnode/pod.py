@@ -32,12 +32,22 @@ TCP_LISTEN = "0A"
 
 class Pod:
     def __init__(
-        self, meta: PodMeta, *, netns: str, host_veth: str, cgroup_root: Path, cgroup_dir: Path
+        self,
+        meta: PodMeta,
+        *,
+        netns: str,
+        host_veth: str,
+        cgroup_root: Path,
+        cgroup_dir: Path,
+        monitor_cgroup_dir: Path | None = None,
     ) -> None:
         self.meta = meta
         self.netns = netns
         self.host_veth = host_veth
-        self.cgroup_dir = cgroup_dir
+        self.cgroup_dir = cgroup_dir  # the container's; its parent is the pod's
+        # CRI-O's conmon cgroup beside the container's (None for other runtimes): part of the
+        # pod, not of the container. Empty: no conmon runs in simnode.
+        self.monitor_cgroup_dir = monitor_cgroup_dir
         self.cgroup_path = cgroup.relative(cgroup_root, cgroup_dir)  # as /proc/<pid>/cgroup
         self.mac = ""
         self._procs: list[subprocess.Popen[str]] = []

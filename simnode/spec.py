@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from simnode.cgroup import QosClass
+from simnode.cgroup import QosClass, Runtime
 
 # Kubernetes' name-suffix alphabet (k8s.io/apimachinery/pkg/util/rand): no vowels, no 0/1/3.
 K8S_ALPHANUMS = "bcdfghjklmnpqrstvwxz2456789"
@@ -55,7 +55,7 @@ class PodMeta:
     node: Node
     ip: str
     container_name: str
-    container_id: str  # 64 hex digits, the cgroup dir's name
+    container_id: str  # 64 hex digits, in the container cgroup's name (see cgroup.Layout)
     image: str
     qos: QosClass
     start_time: str  # RFC 3339, UTC, seconds
@@ -65,6 +65,8 @@ class PodMeta:
     # still written out is a terminating one, as the API server shows it until it is gone.
     deletion_time: str | None = None
     ip6: str | None = None  # the IPv6 address of a dual-stack pod
+    # The runtime that "runs" the container: the scheme of containerStatuses[].containerID.
+    runtime: Runtime = "containerd"
 
     @property
     def ips(self) -> tuple[str, ...]:

@@ -146,7 +146,7 @@ def test_objects_yaml_matches_the_pods(cluster: Cluster, tmp_path: Path) -> None
         assert pod.name.startswith(owner["name"] + "-")
         # The pod really has that IP on eth0 in its netns.
         shown = pod.run(["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
-        assert f" {pod.ip}/16 " in shown
+        assert f" {pod.ip}/{cluster.pod_block.prefixlen} " in shown  # the run's /24 block
 
     assert items[("Pod", client.name)]["metadata"]["labels"]["tier"] == "web"
     zones = {n["metadata"]["labels"]["topology.kubernetes.io/zone"]

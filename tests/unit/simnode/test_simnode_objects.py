@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from simnode.objects import cluster_objects, to_yaml, write_yaml
@@ -73,6 +75,17 @@ def test_pod_fields_match_metadata() -> None:
     assert status["startTime"] == "2024-05-01T10:00:00Z"
     cs = status["containerStatuses"][0]
     assert cs["containerID"] == "containerd://" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("runtime", "scheme"), [("containerd", "containerd"), ("crio", "cri-o"), ("docker", "docker")]
+)
+def test_container_id_uses_the_runtime_scheme(runtime: str, scheme: str) -> None:
+    # The kubelet writes "<type>://<id>", type being the name the CRI runtime reports.
+    meta = replace(SERVER, runtime=runtime)  # type: ignore[arg-type]
+    lst = cluster_objects([NODE_B], [meta], [], created="2024-05-01T09:00:00Z", salt="s")
+    [p] = by_kind(lst, "Pod")
+    assert p["status"]["containerStatuses"][0]["containerID"] == f"{scheme}://{'ab' * 32}"
 
 
 def test_bare_pod_has_no_owner() -> None:

@@ -69,6 +69,69 @@ def test_kubelet_cgroup_layout() -> None:
     assert cgroup.relative(Path("/cg"), run_dir / "kubepods") == "/fs-abc123/kubepods"
 
 
+UID = "1234abcd-5678-4ef0-9abc-def012345678"
+UID_US = UID.replace("-", "_")
+CID = "0123456789abcdef" * 4
+
+
+# Written out from the kubelet's CgroupName.ToSystemd / ToCgroupfs and each runtime's naming
+# (containerd getCgroupsPath, CRI-O cgmgr, dockerd WithCgroups, runc "<prefix>-<id>.scope"):
+# (driver, runtime, qos) -> (container dir, CRI-O conmon dir or None), below the run dir.
+LAYOUTS = {
+    ("cgroupfs", "containerd", "besteffort"): (f"kubepods/besteffort/pod{UID}/{CID}", None),
+    ("cgroupfs", "crio", "burstable"): (
+        f"kubepods/burstable/pod{UID}/crio-{CID}",
+        f"kubepods/burstable/pod{UID}/crio-conmon-{CID}",
+    ),
+    ("cgroupfs", "docker", "guaranteed"): (f"kubepods/pod{UID}/{CID}", None),
+    ("systemd", "containerd", "besteffort"): (
+        "kubepods.slice/kubepods-besteffort.slice/"
+        f"kubepods-besteffort-pod{UID_US}.slice/cri-containerd-{CID}.scope",
+        None,
+    ),
+    ("systemd", "crio", "burstable"): (
+        "kubepods.slice/kubepods-burstable.slice/"
+        f"kubepods-burstable-pod{UID_US}.slice/crio-{CID}.scope",
+        "kubepods.slice/kubepods-burstable.slice/"
+        f"kubepods-burstable-pod{UID_US}.slice/crio-conmon-{CID}.scope",
+    ),
+    ("systemd", "docker", "guaranteed"): (
+        f"kubepods.slice/kubepods-pod{UID_US}.slice/docker-{CID}.scope",
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize(("key", "expected"), LAYOUTS.items(), ids=str)
+def test_every_driver_and_runtime_layout(
+    key: tuple[cgroup.CgroupDriver, cgroup.Runtime, cgroup.QosClass],
+    expected: tuple[str, str | None],
+) -> None:
+    driver, runtime, qos = key
+    run_dir = Path("/cg/fs-abc123")
+    layout = cgroup.Layout(driver, runtime)
+    pod = layout.pod_dir(run_dir, qos, UID)
+    container, monitor = layout.container_dir(pod, CID), layout.monitor_dir(pod, CID)
+    assert container == run_dir / expected[0]
+    assert monitor == (None if expected[1] is None else run_dir / expected[1])
+    assert container.parent == pod  # delete_pod removes the container's parent
+
+
+def test_systemd_name_matches_the_kubelet_own_example() -> None:
+    # CgroupName.ToSystemd's doc comment: {"kubepods", "burstable", "pod1234-abcd-5678-efgh"}
+    got = cgroup.pod_dir(Path("/"), "burstable", "1234-abcd-5678-efgh", "systemd")
+    assert str(got) == (
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_abcd_5678_efgh.slice"
+    )
+
+
+def test_unknown_layout_names_the_valid_ones() -> None:
+    with pytest.raises(SimNodeError, match="'cgroupfs', 'systemd'"):
+        cgroup.Layout("cgroupv1", "containerd")  # type: ignore[arg-type]
+    with pytest.raises(SimNodeError, match="'containerd', 'crio', 'docker'"):
+        cgroup.Layout("systemd", "podman")  # type: ignore[arg-type]
+
+
 def test_check_root_rejects_a_non_cgroup_dir(tmp_path: Path) -> None:
     with pytest.raises(SimNodeError, match="not a cgroup v2 mount"):
         cgroup.check_root(tmp_path)
