@@ -144,10 +144,17 @@ class Pod:
         return [sys.executable, "-m", module, *args]
 
     def start_server(
-        self, port: int, reply_bytes: int, *, request_bytes: int | None = None
+        self,
+        port: int,
+        reply_bytes: int,
+        *,
+        request_bytes: int | None = None,
+        bind: str = "0.0.0.0",
     ) -> subprocess.Popen[str]:
-        """Start ``simnode.traffic server`` here (see ``simnode.traffic``)."""
-        args = ["server", "--port", str(port), "--reply-bytes", str(reply_bytes)]
+        """Start ``simnode.traffic server`` here (see ``simnode.traffic``); ``bind`` "::"
+        serves both families."""
+        args = ["server", "--port", str(port), "--reply-bytes", str(reply_bytes),
+                "--bind", bind]  # fmt: skip
         if request_bytes is not None:
             args += ["--request-bytes", str(request_bytes)]
         # It prints two lines (listening, and its summary at exit): the pipe cannot fill.
