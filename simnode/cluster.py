@@ -22,7 +22,13 @@ from simnode import cgroup, network, objects
 from simnode.commands import require_tools
 from simnode.errors import SimNodeError
 from simnode.kubeproxy import KubeProxy, KubeProxyMode, ServicePortRule
-from simnode.names import bridge_name, host_veth_name, netns_name, new_run_id, run_tag
+from simnode.names import (
+    bridge_name,
+    host_veth_name,
+    netns_name,
+    new_run_id,
+    run_tag,
+)
 from simnode.pod import Pod
 from simnode.registry import DEFAULT_STATE_DIR, Registry
 from simnode.spec import (
@@ -61,7 +67,7 @@ class Cluster:
         cgroup_root: Path = cgroup.DEFAULT_ROOT,
         pod_cidr: str = "10.244.0.0/16",
         service_cidr: str = "10.96.0.0/16",
-        node_cidr: str = "172.18.0.0/24",
+        node_cidr: str = "172.18.0.0/16",
         state_dir: Path = DEFAULT_STATE_DIR,
         sweep_stale: bool = True,
         handle_sigterm: bool = True,
@@ -99,7 +105,9 @@ class Cluster:
         self._pod_ips: list[ipaddress.IPv4Address] = []
         self.service_network = ipaddress.IPv4Network(service_cidr)
         self._service_ips = _random_block_hosts(self.service_network)
-        node_ips = ipaddress.IPv4Network(node_cidr).hosts()
+        # A /24 of the node CIDR that no other run's addresses use (they are real, see start).
+        node_block = _free_block(ipaddress.IPv4Network(node_cidr), network.routed_prefixes())
+        node_ips = node_block.hosts()
         next(node_ips)  # .1 looks like a gateway; skip it
         self.nodes: dict[str, Node] = {
             s.name: Node(s.name, s.zone, s.region, s.internal_ip or str(next(node_ips)),
@@ -164,6 +172,7 @@ class Cluster:
             network.enable_forwarding(self.dual_stack)
             cgroup.create(self.cgroup_run_dir)
             network.create_bridge(self.bridge, *(gateways if self.pod_wiring == "bridge" else ()))
+            network.add_node_addresses(self.bridge, [n.internal_ip for n in self.nodes.values()])
         except BaseException:
             self.close(raise_errors=False)
             raise
@@ -180,7 +189,7 @@ class Cluster:
         for pod in self.pods.values():
             pod.kill_all()
         problems = remove_run(self.run_id, self.cgroup_root,
-                              [p.netns for p in self.pods.values()])
+                              [p.netns for p in self.pods.values() if p.netns])
         for pod in self.pods.values():
             pod.reap()
         if problems:
@@ -227,6 +236,7 @@ class Cluster:
         container: str | None = None,
         image: str = "simnode/python:latest",
         ip: str | None = None,
+        host_network: bool = False,
     ) -> Pod:
         """Create a running pod on ``node``, owned by ReplicaSet ``<deployment>-<hash>``.
 
@@ -254,11 +264,15 @@ class Cluster:
             raise SimNodeError("a bare pod (deployment=None) needs a name")
         if name in self.pods:
             raise SimNodeError(f"pod {name!r} exists already")
-        pod_ip = (
-            claim_ip(self._pod_ips, ip, self.pod_block, {p.ip for p in self.pods.values()})
-            if ip is not None
-            else str(self._next_ip(self._pod_ips, "pod"))
-        )
+        if host_network:
+            # The kubelet starts it in the node's namespace: the node's address is its own.
+            pod_ip = self.nodes[node].internal_ip
+        elif ip is not None:
+            live = {p.ip for p in self.pods.values() if not p.meta.host_network}
+            pod_ip = claim_ip(self._pod_ips, ip, self.pod_block, live)
+        else:
+            pod_ip = str(self._next_ip(self._pod_ips, "pod"))
+        dual = self.pod_block6 is not None and not host_network
         meta = PodMeta(
             name=name,
             namespace=namespace,
@@ -273,8 +287,9 @@ class Cluster:
             start_time=rfc3339_now(),
             deployment=deployment,
             template_hash=template_hash,
-            ip6=_ipv6_of(pod_ip, self.pod_block6) if self.pod_block6 is not None else None,
+            ip6=_ipv6_of(pod_ip, self.pod_block6) if dual and self.pod_block6 else None,
             runtime=self.cgroup_layout.runtime,
+            host_network=host_network,
         )
         index = self._pods_made
         self._pods_made += 1
@@ -282,8 +297,8 @@ class Cluster:
         pod_cgroup = layout.pod_dir(self.cgroup_run_dir, qos, meta.uid)
         pod = Pod(
             meta,
-            netns=netns_name(self.run_id, name),
-            host_veth=host_veth_name(self.run_id, index),
+            netns=None if host_network else netns_name(self.run_id, name),
+            host_veth=None if host_network else host_veth_name(self.run_id, index),
             cgroup_root=self.cgroup_root,
             cgroup_dir=layout.container_dir(pod_cgroup, meta.container_id),
             monitor_cgroup_dir=layout.monitor_dir(pod_cgroup, meta.container_id),
@@ -293,6 +308,9 @@ class Cluster:
         cgroup.create(pod.cgroup_dir)
         if pod.monitor_cgroup_dir is not None:
             cgroup.create(pod.monitor_cgroup_dir)
+        if pod.netns is None or pod.host_veth is None:
+            self._sync_services()
+            return pod
         network.create_netns(pod.netns)
         pod.mac = network.plug_pod(
             pod.netns, pod.host_veth, self.bridge, f"{meta.ip}/{self.pod_block.prefixlen}",
@@ -320,14 +338,15 @@ class Cluster:
         problems: list[str] = []
         if not cgroup.wait_empty(pod_cgroup, 5.0):
             problems.append(f"processes still in {pod_cgroup}: {cgroup.procs(pod_cgroup)}")
-        # A process that entered the netns some other way would keep it (and its IP) alive.
-        for pid in network.netns_pids(pod.netns):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if (err := network.delete_netns(pod.netns)) is not None:
-            problems.append(err)
-        if (err := network.delete_link(pod.host_veth)) is not None:
-            problems.append(err)
+        if pod.netns is not None and pod.host_veth is not None:
+            # A process that entered the netns some other way would keep it (and its IP) alive.
+            for pid in network.netns_pids(pod.netns):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if (err := network.delete_netns(pod.netns)) is not None:
+                problems.append(err)
+            if (err := network.delete_link(pod.host_veth)) is not None:
+                problems.append(err)
         problems += cgroup.remove_tree(pod_cgroup)
         pod.reap()
         if problems:
@@ -337,7 +356,8 @@ class Cluster:
         pod.meta = replace(pod.meta, deletion_time=rfc3339_now())
         self.deleted_pods.append(pod)
         # Back of the queue: like a real IPAM, a released address is the last to be reused.
-        self._pod_ips.append(ipaddress.IPv4Address(pod.ip))
+        if not pod.meta.host_network:
+            self._pod_ips.append(ipaddress.IPv4Address(pod.ip))
         self._sync_services()
         return pod
 

@@ -54,9 +54,21 @@ def enable_forwarding(ipv6: bool) -> None:
 
 
 def routed_prefixes() -> list[str]:
-    """Every destination in the host's main routing table (to pick a free pod block)."""
-    shown = json.loads(run(["ip", "-j", "route", "show"]) or "[]")
-    return [str(r["dst"]) for r in shown if r.get("dst") not in (None, "default")]
+    """Every destination of the host's main and local tables (to pick free address blocks:
+    the local table holds addresses, another run's node addresses among them)."""
+    found: list[str] = []
+    for table in ("main", "local"):
+        shown = json.loads(run(["ip", "-j", "route", "show", "table", table]) or "[]")
+        found += [str(r["dst"]) for r in shown if r.get("dst") not in (None, "default")]
+    return found
+
+
+def add_node_addresses(bridge: str, addresses: list[str]) -> None:
+    """The nodes' InternalIPs, as /32s on the run's bridge (there is no dummy link driver on
+    every kernel; the bridge goes with the run): pods reach them through the node's routing,
+    and hostNetwork pods bind to them as their pod IP."""
+    for address in addresses:
+        run(["ip", "addr", "add", f"{address}/32", "dev", bridge])
 
 
 def create_netns(name: str) -> None:
@@ -98,7 +110,7 @@ def plug_pod(
     # deleted pod's, the other pods' neighbour entries move to the new MAC at once instead of
     # blackholing connections to it until they expire.
     run(["nsenter", f"--net={netns_path(netns)}", "--", "sh", "-c",
-         "echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_notify"])
+         "echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_notify"])  # fmt: skip
     run(["ip", "-n", netns, "link", "set", "eth0", "up"])
     if wiring == "bridge":
         if gateway is not None:

@@ -96,6 +96,7 @@ def pod_object(pod: PodMeta, salt: str) -> Obj:
         "metadata": metadata,
         "spec": {
             "nodeName": pod.node.name,
+            **({"hostNetwork": True} if pod.host_network else {}),
             "containers": [{"name": pod.container_name, "image": pod.image}],
         },
         "status": {

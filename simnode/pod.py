@@ -27,6 +27,9 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 # remounts /sys, which would hide the cgroup v2 mount from the process.
 _ENTER = 'echo $$ > "$1" && ns="$2" && shift 2 && exec nsenter --net="$ns" -- "$@"'
 
+# A hostNetwork pod: the container cgroup only, the node's own network namespace.
+_ENTER_HOST = 'echo $$ > "$1" && shift && exec "$@"'
+
 TCP_LISTEN = "0A"
 
 
@@ -35,13 +38,14 @@ class Pod:
         self,
         meta: PodMeta,
         *,
-        netns: str,
-        host_veth: str,
+        netns: str | None,
+        host_veth: str | None,
         cgroup_root: Path,
         cgroup_dir: Path,
         monitor_cgroup_dir: Path | None = None,
     ) -> None:
         self.meta = meta
+        # None for a hostNetwork pod: its processes run in the node's namespace.
         self.netns = netns
         self.host_veth = host_veth
         self.cgroup_dir = cgroup_dir  # the container's; its parent is the pod's
@@ -94,6 +98,8 @@ class Pod:
         if not argv:
             raise SimNodeError("empty command")
         procs_file = str(self.cgroup_dir / "cgroup.procs")
+        if self.netns is None:
+            return ["sh", "-c", _ENTER_HOST, "sh", procs_file, *argv]
         return ["sh", "-c", _ENTER, "sh", procs_file, netns_path(self.netns), *argv]
 
     def start(
@@ -186,6 +192,7 @@ class Pod:
         expect_reply_bytes: int | None = None,
         interval_ms: int = 0,
         timeout_s: float = 120,
+        source: str | None = None,
     ) -> ClientSummary:
         """Run ``simnode.traffic client`` here to completion; return its summary.
 
@@ -195,6 +202,8 @@ class Pod:
                 "--send-bytes", str(send_bytes), "--interval-ms", str(interval_ms)]
         if expect_reply_bytes is not None:
             args += ["--expect-reply-bytes", str(expect_reply_bytes)]
+        if source is not None:
+            args += ["--source", source]
         done = self.run(self.python("simnode.traffic", *args), timeout_s=timeout_s, check=False)
         lines = done.stdout.strip().splitlines()
         if not lines:
@@ -214,8 +223,8 @@ class Pod:
         Read from /proc/net/tcp{,6} inside the netns rather than by connecting: a probe
         connection would be a real TCP connection that the collector reports.
         """
-        text = run(["nsenter", f"--net={netns_path(self.netns)}", "--",
-                    "cat", "/proc/net/tcp", "/proc/net/tcp6"])
+        enter = [] if self.netns is None else ["nsenter", f"--net={netns_path(self.netns)}", "--"]
+        text = run([*enter, "cat", "/proc/net/tcp", "/proc/net/tcp6"])
         return parse_listening(text)
 
     def wait_listening(

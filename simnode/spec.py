@@ -67,6 +67,8 @@ class PodMeta:
     ip6: str | None = None  # the IPv6 address of a dual-stack pod
     # The runtime that "runs" the container: the scheme of containerStatuses[].containerID.
     runtime: Runtime = "containerd"
+    # In the node's network namespace: its IP is the node's (status.podIP == hostIP).
+    host_network: bool = False
 
     @property
     def ips(self) -> tuple[str, ...]:

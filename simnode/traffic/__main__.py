@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
                    help="pause between connections (default 0)")
     c.add_argument("--timeout-s", type=float, default=30.0,
                    help="connect/read timeout per connection (default 30)")
+    c.add_argument("--source", default=None,
+                   help="source address to bind (default: the kernel's choice)")
     return p
 
 
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_client(ClientSettings(
         host=args.host, port=args.port, count=args.count, send_bytes=args.send_bytes,
         expect_reply_bytes=args.expect_reply_bytes, interval_s=args.interval_ms / 1000,
-        timeout_s=args.timeout_s,
+        timeout_s=args.timeout_s, source=args.source,
     ))
     print(summary.to_json(), flush=True)
     return 0 if summary.failed == 0 else 1

@@ -19,6 +19,8 @@ class ClientSettings:
     expect_reply_bytes: int | None  # None: any reply size counts as complete
     interval_s: float
     timeout_s: float
+    # Source address to bind before connecting (a hostNetwork pod uses its node's address).
+    source: str | None = None
 
 
 def run_client(settings: ClientSettings) -> ClientSummary:
@@ -40,7 +42,9 @@ def run_client(settings: ClientSettings) -> ClientSummary:
 
 def _one(settings: ClientSettings, summary: ClientSummary) -> None:
     t0 = time.perf_counter_ns()
-    with socket.create_connection((settings.host, settings.port), settings.timeout_s) as sock:
+    source = (settings.source, 0) if settings.source else None
+    with socket.create_connection((settings.host, settings.port), settings.timeout_s,
+                                  source_address=source) as sock:  # fmt: skip
         connect_us = (time.perf_counter_ns() - t0) // 1000
         local_addr, local_port = sock.getsockname()[:2]
         send_exactly(sock, settings.send_bytes)

@@ -188,3 +188,50 @@ def test_dual_stack_service_nat_over_ipv6(
         300, 700, client.uid, server.uid)  # fmt: skip
     assert (s.remote_addr, s.remote_port) == (client.ip6, result["port"])
     assert nat.stats.translated == 1
+
+
+def test_host_network_pods_are_named_by_cgroup_and_natted_on_output(
+    source: TcpConnSource, root_required: None
+) -> None:
+    """A hostNetwork pod runs in the node's namespace with the node's address: its sockets are
+    its pod's by cgroup, and its connects to a ClusterIP are rewritten on nat OUTPUT."""
+    with Cluster(NODES, pod_wiring="routed", kube_proxy="nftables") as cluster:
+        agent = cluster.add_pod("agent", node="node-a1", host_network=True)
+        server = cluster.add_pod("server", node="node-b1")
+        node_ip = cluster.nodes["node-a1"].internal_ip
+        assert agent.ip == node_ip and agent.netns is None
+        port = free_port()
+        svc = cluster.add_service("web", selector={"app": "server"}, port=80, target_port=port)
+        proc = server.start_server(port, reply_bytes=500)
+        server.wait_listening(port, proc=proc)
+        summary = agent.run_client(svc.cluster_ip, 80, count=3, send_bytes=200,
+                                   expect_reply_bytes=500, source=node_ip)  # fmt: skip
+        server.stop_server(proc)
+        assert summary.completed == 3
+        objects = cluster.objects()
+        nat = NatResolver(parse_cidrs(f"{svc.cluster_ip}/32"))
+        resolver = CgroupResolver(cluster.cgroup_root)
+        try:
+            events = collect(source, lambda e: port in (e.local_port, e.remote_port)
+                             or e.remote_addr == svc.cluster_ip,
+                             lambda es: len(finals(es)) >= 6)  # fmt: skip
+            records = [
+                build_record(e, resolver.resolve(e.cgroup_id), "node-a1", nat.resolve(e))
+                for e in finals(events)
+            ]
+        finally:
+            nat.close()
+    [pod_obj] = [o for o in objects["items"]
+                 if o["kind"] == "Pod" and o["metadata"]["name"] == agent.name]  # fmt: skip
+    assert pod_obj["spec"]["hostNetwork"] is True and pod_obj["status"]["podIP"] == node_ip
+    clients = [r for r in records if r.role == "client"]
+    servers = [r for r in records if r.role == "server"]
+    assert sorted(r.local_port for r in clients) == sorted(summary.local_ports)
+    for r in clients:
+        assert (r.pod_uid, r.container_id, r.local_addr) == (agent.uid, agent.container_id,
+                                                            node_ip)  # fmt: skip
+        assert (r.remote_addr, r.remote_port, r.original_remote_addr) == (
+            server.ip, port, svc.cluster_ip)  # fmt: skip
+        assert (r.bytes_sent, r.bytes_received) == (200, 500)
+    assert len(servers) == 3 and {r.remote_addr for r in servers} == {node_ip}
+    assert nat.stats.translated == 3
