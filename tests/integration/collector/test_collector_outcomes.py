@@ -369,6 +369,60 @@ def test_application_connect_timeout_and_cancel_are_told_apart_by_syn_retries(
     assert (metric.connections, metric.failed_connections) == (2, 1)
 
 
+# A client whose connect is under way until the test says to give up (a line on stdin).
+HELD_CLIENT = r"""
+import json, os, socket, sys
+s = socket.socket()
+s.setblocking(False)
+err = s.connect_ex((sys.argv[1], int(sys.argv[2])))
+print(json.dumps({"pid": os.getpid(), "port": s.getsockname()[1], "errno": err}), flush=True)
+sys.stdin.readline()
+s.close()
+"""
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not {what} after {timeout_s}s")
+        time.sleep(0.05)
+
+
+def test_connect_under_way_at_attach_still_counts_its_syn_retries(
+    bpf_built: None, pods: tuple[Pod, Pod]
+) -> None:
+    # A collector started while a connect is under way (a restart, a rollout) never saw it
+    # open: role unknown, start unknown. Its SYN retries must still make it a timeout.
+    client, server = pods
+    port = free_port()
+    with Nft(server) as nft:
+        nft.rule("tcp", "dport", str(port), "tcp", "flags", "syn", "counter", "drop")
+        proc = client.start([sys.executable, "-c", HELD_CLIENT, server.ip, str(port)],
+                            stdin=subprocess.PIPE)  # fmt: skip
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            held = json.loads(proc.stdout.readline())
+            with TcpConnSource(DEFAULT_BPF_OBJECT, ringbuf_bytes=1 << 20) as late:
+                wait_for(lambda: nft.packets() >= 2, "a SYN retransmitted")
+                proc.stdin.write("\n")
+                proc.stdin.close()
+                assert proc.wait(timeout=10) == 0
+                syns = nft.packets()
+                events = finals(collect(late, between(client, server, port),
+                                        lambda es: len(es) >= 1))  # fmt: skip
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert held["errno"] == 115
+    [event] = events
+    assert (event.role, event.established, event.close_state) == ("unknown", False, "SYN_SENT")
+    assert (event.local_port, event.sk_err, event.outcome) == (held["port"], 0, "connect_timeout")
+    assert event.syn_retries == syns - 1 >= 1
+    assert (event.retrans_segs, event.bytes_sent, event.bytes_received) == (0, 0, 0)
+
+
 def test_abortive_close_is_reset_locally_on_one_end_and_by_peer_on_the_other(
     source: TcpConnSource, pods: tuple[Pod, Pod], resolver: CgroupResolver
 ) -> None:
