@@ -363,11 +363,17 @@ static __always_inline void on_close(struct tcp_sock *tp, __u64 key, int oldstat
 		ev->flags |= TCPCONN_F_FIN_RECEIVED;
 		current_counters.bytes_received -= current_counters.bytes_received > 0;
 	}
-	if (info->flags & TCPCONN_F_ESTABLISHED || info->flags & TCPCONN_F_START_UNKNOWN) {
+	/* Never established: seen opening and never ESTABLISHED, or opened before the attach and
+	 * closing from a handshake state (user space applies the same rule to the flags). */
+	if (info->flags & TCPCONN_F_ESTABLISHED ||
+	    (info->flags & TCPCONN_F_START_UNKNOWN && oldstate != TCP_SYN_SENT &&
+	     oldstate != TCP_SYN_RECV)) {
 		fill_volume(ev, &current_counters, &info->base);
 	} else {
-		/* Never established: every retransmission was a SYN; no payload moved. */
-		if (info->role == TCPCONN_ROLE_CLIENT)
+		/* Every retransmission was a SYN; no payload moved. A socket closing from SYN_SENT
+		 * is a client even when its start was not seen (role unknown): its SYN retries tell
+		 * the application's connect timeout from a cancelled connect. */
+		if (info->role == TCPCONN_ROLE_CLIENT || oldstate == TCP_SYN_SENT)
 			ev->syn_retries = saturate_u8(current_counters.total_retrans);
 		current_counters.bytes_acked = 0;
 		current_counters.bytes_received = 0;

@@ -93,7 +93,8 @@ struct tcpconn_event {
 	__u8 role;            /* enum tcpconn_role */
 	__u8 oldstate;        /* TCP state the socket closed from (final), or its state now */
 	__u8 kind;            /* enum tcpconn_kind */
-	__u8 syn_retries;     /* SYNs retransmitted by a client (saturates at 255) */
+	__u8 syn_retries;     /* SYNs retransmitted by a client, also one opened before the attach
+			       * that closes from SYN_SENT (saturates at 255) */
 	__u8 _pad[2];
 	char comm[TCPCONN_COMM_LEN]; /* task comm matching pid */
 };

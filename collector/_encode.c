@@ -748,8 +748,9 @@ static int encode_one(Encoder *self, Batch *b, const unsigned char *ev, Py_ssize
         outcome = "aborted";
     else if (sk_err)
         outcome = "error";
-    else if (!established)
-        outcome = "abandoned";
+    else if (!established) /* closed by its own side: after a SYN retransmission, the
+                              application's connect timeout; before any, cancelled */
+        outcome = ev[O_SYN_RETRIES] ? "connect_timeout" : "cancelled";
     else if (oldstate == 1 || oldstate == 8 || oldstate == 4) /* ESTABLISHED, CLOSE_WAIT,
                                                                  FIN_WAIT1: local abort */
         outcome = "reset_locally";

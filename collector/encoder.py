@@ -8,9 +8,9 @@ and the fallback where it was not built (:mod:`collector.messages` picks one).
 in building Python objects twice (a 28-field event tuple, then a 33-field struct). Here each
 record is unpacked once and its wire struct built directly from the unpacked values, with
 everything that repeats looked up in small caches (addresses, comms, the cgroup of the batch,
-the outcome of a (kind, flags, state, errno) combination); ~2.4 µs. Grouping by key lets the
-caller put many records in one Kafka message, which costs less to encode (one msgspec call
-per message) and far less to produce.
+the outcome of a (kind, flags, state, errno, SYN retried or not) combination); ~2.4 µs.
+Grouping by key lets the caller put many records in one Kafka message, which costs less to
+encode (one msgspec call per message) and far less to produce.
 
 The bytes decode to exactly what ``build_record(decode(...))`` returns: the unit tests check
 both paths against each other.
@@ -42,13 +42,13 @@ from collector.record import Wire, record_key
 from collector.ringbuf import RecordBatch
 from flowscope.records import Outcome
 
-# (kind, flags & (F_ESTABLISHED | F_START_UNKNOWN), oldstate, sk_err) ->
+# (kind, flags & (F_ESTABLISHED | F_START_UNKNOWN), oldstate, sk_err, syn_retries > 0) ->
 #   (close_state for the record, outcome, counts as a failed connect)
 _Ending = tuple[str | None, Outcome, bool]
 _FLAG_MASK = F_ESTABLISHED | F_START_UNKNOWN
 
 
-def _ending(kind: int, flags: int, oldstate: int, sk_err: int) -> _Ending:
+def _ending(kind: int, flags: int, oldstate: int, sk_err: int, retried: bool) -> _Ending:
     state = TCP_STATES[oldstate] if oldstate < len(TCP_STATES) else str(oldstate)
     if flags & F_START_UNKNOWN:
         established = state not in ("SYN_SENT", "SYN_RECV")
@@ -57,7 +57,7 @@ def _ending(kind: int, flags: int, oldstate: int, sk_err: int) -> _Ending:
     interim = kind == KIND_INTERIM
     return (
         None if interim else state,
-        outcome_of(kind, established, state, sk_err),
+        outcome_of(kind, established, state, sk_err, int(retried)),
         not interim and not established,
     )
 
@@ -83,7 +83,7 @@ class RecordEncoder:
         self._node = node
         self._nat = nat
         self._decoder = decoder or Decoder()
-        self._endings: dict[tuple[int, int, int, int], _Ending] = {}
+        self._endings: dict[tuple[int, int, int, int, bool], _Ending] = {}
         self.stats = EncodeStats()
 
     def group(
@@ -122,7 +122,7 @@ class RecordEncoder:
             except ValueError:  # unknown family
                 errors += 1
                 continue
-            ending_key = (kind, flags & _FLAG_MASK, oldstate, sk_err)
+            ending_key = (kind, flags & _FLAG_MASK, oldstate, sk_err, syn_retries > 0)
             ending = endings.get(ending_key)
             if ending is None:
                 if len(endings) >= 4096:  # sk_err and states are few; bound it anyway

@@ -118,12 +118,16 @@ UNREACHABLE_ERRNOS: Final = frozenset({101, 112, 113})  # ENETUNREACH, EHOSTDOWN
 _LOCAL_ABORT_STATES: Final = frozenset({"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1"})
 
 
-def outcome_of(kind: int, established: bool, close_state: str, sk_err: int) -> Outcome:
-    """How a connection end finished, from the socket's last state and its error.
+def outcome_of(
+    kind: int, established: bool, close_state: str, sk_err: int, syn_retries: int
+) -> Outcome:
+    """How a connection end finished, from the socket's last state, its error and its SYN
+    retransmissions (flowscope.records.vocabulary.OUTCOME_RULES states the rules).
 
-    ``abandoned``: the application closed it before the handshake completed (typically its
-    own connect timeout); ``timed_out``: the kernel gave up (SYN retries, or retransmissions
-    / keepalive once established).
+    A socket that never established and closed with no error was closed by its own side:
+    after one or more SYN retransmissions that is the application's connect timeout
+    (``connect_timeout``, a failure: it gave up long before the kernel's ``timed_out``),
+    before any it was ``cancelled`` (happy eyeballs, a client that stopped at once).
     """
     if kind == KIND_INTERIM:
         return "open"
@@ -140,7 +144,7 @@ def outcome_of(kind: int, established: bool, close_state: str, sk_err: int) -> O
     if sk_err:
         return "error"
     if not established:
-        return "abandoned"
+        return "connect_timeout" if syn_retries else "cancelled"
     if close_state in _LOCAL_ABORT_STATES:
         return "reset_locally"
     return "closed"
@@ -313,7 +317,7 @@ class Decoder:
                 state,
                 kind == KIND_INTERIM,
                 seq,
-                outcome_of(kind, established, state, sk_err),
+                outcome_of(kind, established, state, sk_err, syn_retries),
                 sk_err,
                 syn_retries,
                 segs_in,

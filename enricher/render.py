@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from operator import attrgetter
 from types import ModuleType
-from typing import NamedTuple, get_args
+from typing import Annotated, NamedTuple, get_args, get_origin
 
 import msgspec
 from msgspec.structs import replace
@@ -62,7 +62,14 @@ _ENCODE_NAMES = {f.name: f.encode_name for f in msgspec.structs.fields(EnrichedT
 # and the joiner takes the reference path (slower, never wrong) until this module follows.
 _FAST_COPIED = ("outcome", "interim", "sequence", "segs_out")
 _copied_values = attrgetter(*_FAST_COPIED)
-_RAW_TYPES = {f.name: f.type for f in msgspec.structs.fields(RawTcpConnection)}
+
+
+def _bare(type_: object) -> object:
+    """A field's type without its schema annotation (``Annotated[Outcome, Meta(...)]``)."""
+    return get_args(type_)[0] if get_origin(type_) is Annotated else type_
+
+
+_RAW_TYPES = {f.name: _bare(f.type) for f in msgspec.structs.fields(RawTcpConnection)}
 _COPIED_FAST = (
     COPIED_FIELDS == _FAST_COPIED
     and _RAW_TYPES["interim"] is bool
@@ -429,9 +436,7 @@ class Renderer:
             )
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call.
             plain = ra == "pod" and la != "unresolved"
-            append(
-                _new_tuple(Rendered, (value, key, la, ra, missing, plain))
-            )
+            append(_new_tuple(Rendered, (value, key, la, ra, missing, plain)))
         return out
 
 

@@ -23,8 +23,13 @@ from typing import Any
 
 import yaml
 
-from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
-from processors.connections import FAILURE_OUTCOMES
+from flowscope.records import (
+    FAILURE_OUTCOMES,
+    AlertEvent,
+    CostPairMetric,
+    DnsMetric,
+    TcpLatencyMetric,
+)
 from processors.sketch import QuantileSketch
 
 SEVERITIES = ("info", "warning", "critical")

@@ -29,9 +29,6 @@ from processors import windows
 from processors.sketch import QuantileSketch
 from processors.windows import BatchResult, InvalidRecord, PartitionWindows
 
-# Outcomes counted as failed connections. reset_locally/abandoned/aborted are the
-# application's or an operator's doing, not the network's: listed in outcomes, not failures.
-FAILURE_OUTCOMES = frozenset({"refused", "timed_out", "reset_by_peer", "unreachable", "error"})
 # Ends we run (and pay for): the others are outside the cluster.
 IN_CLUSTER = frozenset({"pod", "host", "node"})
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flowscope.records import TcpLatencyMetric, TcpPairMetric
-from processors.connections import FAILURE_OUTCOMES, ClosedWindow
+from flowscope.records import FAILURE_OUTCOMES, TcpLatencyMetric, TcpPairMetric
+from processors.connections import ClosedWindow
 from processors.sketch import QuantileSketch
 
 

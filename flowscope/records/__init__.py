@@ -26,9 +26,18 @@ from flowscope.records.metrics import (
 )
 from flowscope.records.operations import CollectorHealth, DeadLetter
 from flowscope.records.transport import EnrichedTcpConnection, RawTcpConnection, RawUdpFlow
-from flowscope.records.vocabulary import Attribution, Outcome, PeerClass, Role
+from flowscope.records.vocabulary import (
+    FAILURE_OUTCOMES,
+    OUTCOME_RULES,
+    Attribution,
+    Outcome,
+    PeerClass,
+    Role,
+)
 
 __all__ = [
+    "FAILURE_OUTCOMES",
+    "OUTCOME_RULES",
     "AlertEvent",
     "Attribution",
     "CollectorHealth",

@@ -53,7 +53,9 @@ class TcpLatencyMetric(msgspec.Struct, frozen=True, kw_only=True):
     client_namespace: str | None
     server_namespace: str | None
     connections: int  # finished connections (final records)
-    failed_connections: int  # outcomes refused, timed_out, reset_by_peer, unreachable, error
+    # outcomes in FAILURE_OUTCOMES: refused, timed_out, connect_timeout, reset_by_peer,
+    # unreachable, error (not cancelled, reset_locally, aborted)
+    failed_connections: int
     outcomes: dict[str, int]  # every final outcome, failures included ("closed": clean)
     failure_rate: float | None  # failed_connections / connections
     connect_latency_p50_us: float | None

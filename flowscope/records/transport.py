@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from flowscope.records.endpoint import Endpoint
-from flowscope.records.vocabulary import Outcome, PeerClass, Role
+from flowscope.records.vocabulary import OutcomeField, PeerClass, Role
 
 
 class RawTcpConnection(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -50,10 +50,12 @@ class RawTcpConnection(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # A connection is identified by (node, local/remote address and port, start_time_ns).
     interim: bool = False
     sequence: int = 0  # this record's place among the connection's records
-    outcome: Outcome = "closed"
+    outcome: OutcomeField = "closed"
     close_state: str | None = None  # TCP state it closed from (ESTABLISHED, SYN_SENT, ...)
     sk_err: int = 0  # the socket's errno at close (111 refused, 110 timed out, 104 reset)
-    syn_retries: int = 0  # SYNs retransmitted by the client before an answer (or giving up)
+    # SYNs retransmitted by the client before the answer came, or before it or the kernel
+    # gave up (0 for servers); on a connect that got no answer, >= 1 is connect_timeout.
+    syn_retries: int = 0
     segs_in: int = 0  # segments received, handshake included
     segs_out: int = 0  # segments sent, handshake and retransmissions included
     retrans_bytes: int = 0
@@ -118,7 +120,7 @@ class EnrichedTcpConnection(msgspec.Struct, frozen=True, kw_only=True, gc=False)
     peer_class: PeerClass = msgspec.field(name="flowscope.peer.class")
     # Added for the stream processors (issue 6); the defaults keep earlier producers valid.
     # The enricher copies them from RawTcpConnection. Volumes are deltas on interim records.
-    outcome: Outcome = "closed"  # how the observing end finished ("open" on interim records)
+    outcome: OutcomeField = "closed"  # how the observing end finished ("open" on interim records)
     interim: bool = False  # True: a periodic record of a connection still open
     sequence: int = 0  # this record's place among the connection's records (0 = first)
     segs_out: int = 0  # segments sent by the observing end, retransmissions included

@@ -4,9 +4,11 @@ loader, ring buffer reader, decoder and cgroup resolver, and checked against wha
 itself did: the programs in the pods print their own ports, pids and byte counts.
 
 Outcomes: a closed port (refused), an nftables rule dropping SYNs (timed out, with the SYN
-retry count), an abortive close (reset locally on one end, by the peer on the other), a
-normal close; volume: a long transfer across several interim intervals (records sum to the
-totals), random loss with nftables ``numgen`` (retransmissions).
+retry count; and the application giving up first: a connect timeout after a retransmitted
+SYN, a connect cancelled before any), an abortive close (reset locally on one end, by the
+peer on the other), a normal close; volume: a long transfer across several interim
+intervals (records sum to the totals), random loss with nftables ``numgen``
+(retransmissions).
 """
 
 from __future__ import annotations
@@ -24,10 +26,18 @@ import pytest
 
 from collector.attribution import CgroupResolver
 from collector.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
+from collector.messages import NativeMessages, PythonMessages
 from collector.nat import NatResolver, parse_cidrs
 from collector.record import build_record
+from collector.ringbuf import RecordBatch
 from collector.settings import DEFAULT_BPF_OBJECT
 from collector.source import TcpConnSource
+from enricher.enrich import enrich
+from enricher.state import MetadataState
+from flowscope.codec import JsonCodec
+from flowscope.records import RawTcpConnection
+from processors.connections import ConnectionAggregator
+from processors.latency import latency_metrics
 from simnode import Cluster, NodeSpec, Pod
 
 INTERIM_S = 0.5
@@ -96,6 +106,29 @@ else:
         got += 0
 c.close()
 print(json.dumps({"pid": os.getpid(), "received": got}), flush=True)
+"""
+
+
+# A client that gives up on its own: with a timeout (socket.settimeout, a non-blocking
+# connect and a poll, as most runtimes do it), or at once after a non-blocking connect.
+GIVING_UP_CLIENT = r"""
+import json, os, socket, sys
+host, port, timeout_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket()
+out = {"pid": os.getpid()}
+if timeout_s:
+    s.settimeout(timeout_s)
+    try:
+        s.connect((host, port))
+        out["connected"] = True
+    except TimeoutError:
+        out["gave_up"] = True
+else:
+    s.setblocking(False)
+    out["errno"] = s.connect_ex((host, port))  # EINPROGRESS: the SYN is out
+out["port"] = s.getsockname()[1]
+s.close()
+print(json.dumps(out))
 """
 
 
@@ -253,6 +286,141 @@ def test_unanswered_syn_times_out_with_its_retry_count(
     assert event.segs_out == dropped  # what the nftables counter saw
     assert event.pid == result["pid"]
     assert_pod(resolver, event, client)
+
+
+def run_giving_up_client(pod: Pod, host: str, port: int, timeout_s: float) -> dict[str, int]:
+    done = pod.run([sys.executable, "-c", GIVING_UP_CLIENT, host, str(port), str(timeout_s)],
+                   timeout_s=30)  # fmt: skip
+    result: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def collect_batches(
+    source: TcpConnSource, match: Callable[[TcpConnEvent], bool], finals_wanted: int
+) -> tuple[list[RecordBatch], list[TcpConnEvent]]:
+    """Like :func:`collect`, keeping the ring-buffer batches for the encoders to read too."""
+    batches: list[RecordBatch] = []
+    found: list[TcpConnEvent] = []
+    stats = DecodeStats()
+    offset = clock_offset_ns()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(finals(found)) < finals_wanted:
+        source.wait(0.1)
+        batches.append(source.read())
+        found += [e for e in decode_batch(batches[-1], offset, stats) if match(e)]
+    assert stats.decode_errors == 0
+    return batches, found
+
+
+def test_application_connect_timeout_and_cancel_are_told_apart_by_syn_retries(
+    source: TcpConnSource, pods: tuple[Pod, Pod], resolver: CgroupResolver, cluster: Cluster
+) -> None:
+    client, server = pods
+    port = free_port()
+    with Nft(server) as nft:
+        nft.rule("tcp", "dport", str(port), "tcp", "flags", "syn", "counter", "drop")
+        cancel = run_giving_up_client(client, server.ip, port, timeout_s=0)
+        cancel_syns = nft.packets()
+        # 1.5 s: past the kernel's first SYN retransmission (initial RTO 1 s), far short of
+        # its own give-up (tcp_syn_retries, ~2 min): the application's timeout ends it.
+        gave_up = run_giving_up_client(client, server.ip, port, timeout_s=1.5)
+        timeout_syns = nft.packets() - cancel_syns
+    assert cancel["errno"] == 115 and gave_up.get("gave_up")  # EINPROGRESS; TimeoutError
+    assert cancel_syns == 1 and timeout_syns >= 2  # the nftables counter is the truth
+    batches, found = collect_batches(source, between(client, server, port), finals_wanted=2)
+    by_port = {e.local_port: e for e in finals(found)}
+    assert sorted(by_port) == sorted((cancel["port"], gave_up["port"])), found
+    c, t = by_port[cancel["port"]], by_port[gave_up["port"]]
+    assert (c.outcome, c.close_state, c.sk_err, c.syn_retries) == ("cancelled", "SYN_SENT", 0, 0)
+    assert (t.outcome, t.close_state, t.sk_err) == ("connect_timeout", "SYN_SENT", 0)
+    assert t.syn_retries == timeout_syns - 1 >= 1
+    assert (c.segs_out, t.segs_out) == (cancel_syns, timeout_syns)
+    assert (c.pid, t.pid, c.role, t.role) == (cancel["pid"], gave_up["pid"], "client", "client")
+    assert c.connect_latency_us is None and t.connect_latency_us is None
+    for event in (c, t):
+        assert_pod(resolver, event, client)
+
+    # The same kernel records through both encoders, as the collector ships them.
+    codec = JsonCodec(RawTcpConnection)
+    offset = clock_offset_ns()
+    shipped = []
+    for kind in (NativeMessages, PythonMessages):
+        enc = kind(CgroupResolver(cluster.cgroup_root), "node-a1", None, 256, 256 << 10)
+        shipped.append([
+            r for b in batches for _key, value, _n in enc.encode(b, offset, DecodeStats())
+            for r in codec.decode_batch(value) if r.local_port in by_port
+            and r.remote_addr == server.ip
+        ])  # fmt: skip
+    native, python = shipped
+    assert native == python
+    raw = {r.local_port: r for r in native if not r.interim}
+    assert (raw[cancel["port"]].outcome, raw[cancel["port"]].syn_retries) == ("cancelled", 0)
+    assert (raw[gave_up["port"]].outcome, raw[gave_up["port"]].syn_retries) == (
+        "connect_timeout", t.syn_retries)  # fmt: skip
+
+    # Enriched and aggregated as the processors do: the timeout is a failure, the cancel not.
+    window_ns = 3600 * 10**9
+    agg = ConnectionAggregator(window_ns, 0)
+    for r in raw.values():
+        agg.add(0, enrich(r, MetadataState()))
+    [window] = agg.close_ready(max(r.end_time_ns for r in raw.values()) + 2 * window_ns)
+    [metric] = latency_metrics(window)
+    assert metric.outcomes == {"cancelled": 1, "connect_timeout": 1}
+    assert (metric.connections, metric.failed_connections) == (2, 1)
+
+
+# A client whose connect is under way until the test says to give up (a line on stdin).
+HELD_CLIENT = r"""
+import json, os, socket, sys
+s = socket.socket()
+s.setblocking(False)
+err = s.connect_ex((sys.argv[1], int(sys.argv[2])))
+print(json.dumps({"pid": os.getpid(), "port": s.getsockname()[1], "errno": err}), flush=True)
+sys.stdin.readline()
+s.close()
+"""
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not {what} after {timeout_s}s")
+        time.sleep(0.05)
+
+
+def test_connect_under_way_at_attach_still_counts_its_syn_retries(
+    bpf_built: None, pods: tuple[Pod, Pod]
+) -> None:
+    # A collector started while a connect is under way (a restart, a rollout) never saw it
+    # open: role unknown, start unknown. Its SYN retries must still make it a timeout.
+    client, server = pods
+    port = free_port()
+    with Nft(server) as nft:
+        nft.rule("tcp", "dport", str(port), "tcp", "flags", "syn", "counter", "drop")
+        proc = client.start([sys.executable, "-c", HELD_CLIENT, server.ip, str(port)],
+                            stdin=subprocess.PIPE)  # fmt: skip
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            held = json.loads(proc.stdout.readline())
+            with TcpConnSource(DEFAULT_BPF_OBJECT, ringbuf_bytes=1 << 20) as late:
+                wait_for(lambda: nft.packets() >= 2, "a SYN retransmitted")
+                proc.stdin.write("\n")
+                proc.stdin.close()
+                assert proc.wait(timeout=10) == 0
+                syns = nft.packets()
+                events = finals(collect(late, between(client, server, port),
+                                        lambda es: len(es) >= 1))  # fmt: skip
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert held["errno"] == 115
+    [event] = events
+    assert (event.role, event.established, event.close_state) == ("unknown", False, "SYN_SENT")
+    assert (event.local_port, event.sk_err, event.outcome) == (held["port"], 0, "connect_timeout")
+    assert event.syn_retries == syns - 1 >= 1
+    assert (event.retrans_segs, event.bytes_sent, event.bytes_received) == (0, 0, 0)
 
 
 def test_abortive_close_is_reset_locally_on_one_end_and_by_peer_on_the_other(

@@ -31,7 +31,9 @@ VARIETY = [
     {"kind": events.KIND_INTERIM, "seq": 4, "oldstate": 1, "cgroup_id": 500},
     {"flags": 0, "oldstate": 2, "sk_err": 111, "syn_retries": 3},  # refused
     {"flags": 0, "oldstate": 2, "sk_err": 110, "syn_retries": 6},  # timed out
-    {"flags": 0, "oldstate": 2, "connect_us": 0},  # abandoned
+    {"flags": 0, "oldstate": 2, "connect_us": 0},  # cancelled (no SYN retransmitted)
+    {"flags": 0, "oldstate": 2, "syn_retries": 2},  # connect timeout (the application's)
+    {"oldstate": 5, "syn_retries": 1},  # retried SYNs, then established: closed
     {"oldstate": 1, "sk_err": 0, "cgroup_id": 500},  # reset locally
     {"flags": events.F_START_UNKNOWN, "start_ns": 0, "role": 0, "oldstate": 8},
     {"family": socket.AF_INET6, "saddr": "fd00::1", "daddr": "fd00::2", "cgroup_id": 500},
@@ -75,7 +77,8 @@ def test_same_records_as_the_reference_path_grouped_by_pod_in_order(with_nat: bo
     nated = [r for r in got if r.original_remote_addr is not None]
     assert len(nated) == (1 if with_nat else 0)
     assert stats.decoded == len(VARIETY)
-    assert (enc.stats.failed_connects, enc.stats.interim_records) == (3, 1)
+    # refused, timed out, cancelled, connect timeout: never established
+    assert (enc.stats.failed_connects, enc.stats.interim_records) == (4, 1)
 
 
 def test_bad_records_are_counted_and_skipped() -> None:

@@ -72,7 +72,14 @@ VARIETY: list[dict[str, object]] = [
     {"kind": events.KIND_INTERIM, "seq": 9, "oldstate": 1, "flags": 0},
     {"flags": 0, "oldstate": 2, "sk_err": 111, "syn_retries": 3},  # refused
     {"flags": 0, "oldstate": 2, "sk_err": 110, "syn_retries": 255},  # timed out
-    {"flags": 0, "oldstate": 2, "connect_us": 0},  # abandoned
+    {"flags": 0, "oldstate": 2, "connect_us": 0, "syn_retries": 0},  # cancelled
+    {"flags": 0, "oldstate": 2, "syn_retries": 1},  # connect timeout
+    {"flags": 0, "oldstate": 2, "syn_retries": 255},  # connect timeout
+    {"oldstate": 1, "syn_retries": 2},  # retried SYNs, then established: reset locally
+    {"oldstate": 5, "syn_retries": 1},  # retried SYNs, then established: closed
+    {"flags": 0, "oldstate": 2, "sk_err": 113, "syn_retries": 2},  # unreachable
+    {"flags": events.F_START_UNKNOWN, "start_ns": 0, "role": 0, "oldstate": 2, "syn_retries": 4},
+    {"kind": events.KIND_INTERIM, "flags": 0, "oldstate": 2, "syn_retries": 3},
     {"flags": 0, "oldstate": 3, "role": SERVER},
     {"sk_err": 104},
     {"sk_err": 32},
@@ -206,6 +213,28 @@ def test_random_records_make_the_same_bytes() -> None:
         records.append(bytes(raw[:152]))
     for size in (1, 64, 256):
         both([batch(*records[:1000]), batch(*records[1000:])], batch_records=size)
+
+
+def test_random_endings_make_the_same_bytes_and_outcomes() -> None:
+    # The outcome depends on kind, flags, the state, sk_err and whether a SYN was
+    # retransmitted: draw those together (the test above mostly draws a non-zero sk_err).
+    rng = random.Random(11)
+    records = []
+    for i in range(4000):
+        flags = rng.choice([0, events.F_ESTABLISHED, events.F_START_UNKNOWN,
+                            events.F_START_UNKNOWN | events.F_ESTABLISHED])  # fmt: skip
+        records.append(make(
+            end_ns=5_000_000 + i, flags=flags, kind=rng.choice([0, 0, 0, events.KIND_INTERIM]),
+            oldstate=rng.randrange(14), sk_err=rng.choice([0, 0, 0, 110, 111, 104, 113, 22]),
+            syn_retries=rng.choice([0, 1, 2, 7, 255]), role=rng.choice([0, 1, 1, SERVER]),
+        ))  # fmt: skip
+    both(batch(*records))
+    enc = NativeMessages(resolver(), NODE, None, 256, 256 << 10)
+    outcomes = [r.outcome for _key, value, _n in enc.encode(batch(*records), OFFSET,
+                DecodeStats()) for r in CODEC.decode_batch(value)]  # fmt: skip
+    want = [e.outcome for e in events.decode_batch(batch(*records), OFFSET, DecodeStats())]
+    assert sorted(outcomes) == sorted(want)
+    assert {"connect_timeout", "cancelled", "closed", "reset_locally", "open"} <= set(want)
 
 
 def test_times_beyond_64_bits_make_the_same_bytes() -> None:

@@ -23,29 +23,39 @@ F = events.KIND_FINAL
 
 
 @pytest.mark.parametrize(
-    ("established", "state", "err", "want"),
+    ("established", "state", "err", "syn_retries", "want"),
     [
-        (False, "SYN_SENT", 111, "refused"),
-        (False, "SYN_SENT", 110, "timed_out"),
-        (False, "SYN_SENT", 113, "unreachable"),
-        (False, "SYN_SENT", 0, "abandoned"),
-        (True, "ESTABLISHED", 104, "reset_by_peer"),
-        (True, "CLOSE_WAIT", 32, "reset_by_peer"),
-        (True, "ESTABLISHED", 0, "reset_locally"),
-        (True, "CLOSE_WAIT", 0, "reset_locally"),
-        (True, "FIN_WAIT2", 0, "closed"),
-        (True, "LAST_ACK", 0, "closed"),
-        (True, "ESTABLISHED", 110, "timed_out"),
-        (True, "ESTABLISHED", 103, "aborted"),
-        (True, "ESTABLISHED", 22, "error"),
+        (False, "SYN_SENT", 111, 0, "refused"),
+        (False, "SYN_SENT", 110, 6, "timed_out"),  # the kernel gave up
+        (False, "SYN_SENT", 113, 2, "unreachable"),
+        # Closed by the application with no answer yet: a connect timeout once a SYN was
+        # retransmitted, cancelled before any.
+        (False, "SYN_SENT", 0, 1, "connect_timeout"),
+        (False, "SYN_SENT", 0, 255, "connect_timeout"),
+        (False, "SYN_SENT", 0, 0, "cancelled"),
+        (False, "SYN_RECV", 0, 0, "cancelled"),
+        (True, "ESTABLISHED", 104, 0, "reset_by_peer"),
+        (True, "CLOSE_WAIT", 32, 0, "reset_by_peer"),
+        (True, "ESTABLISHED", 0, 0, "reset_locally"),
+        (True, "ESTABLISHED", 0, 3, "reset_locally"),  # retried SYNs, then established
+        (True, "CLOSE_WAIT", 0, 0, "reset_locally"),
+        (True, "FIN_WAIT2", 0, 0, "closed"),
+        (True, "FIN_WAIT2", 0, 2, "closed"),
+        (True, "LAST_ACK", 0, 0, "closed"),
+        (True, "ESTABLISHED", 110, 0, "timed_out"),
+        (True, "ESTABLISHED", 103, 0, "aborted"),
+        (True, "ESTABLISHED", 22, 0, "error"),
     ],
 )
-def test_outcome_from_state_and_error(established: bool, state: str, err: int, want: str) -> None:
-    assert outcome_of(F, established, state, err) == want
+def test_outcome_from_state_error_and_syn_retries(
+    established: bool, state: str, err: int, syn_retries: int, want: str
+) -> None:
+    assert outcome_of(F, established, state, err, syn_retries) == want
 
 
 def test_interim_records_are_open_whatever_the_state() -> None:
-    assert outcome_of(events.KIND_INTERIM, True, "ESTABLISHED", 0) == "open"
+    assert outcome_of(events.KIND_INTERIM, True, "ESTABLISHED", 0, 0) == "open"
+    assert outcome_of(events.KIND_INTERIM, False, "SYN_SENT", 0, 2) == "open"
 
 
 def test_new_fields_decode() -> None:

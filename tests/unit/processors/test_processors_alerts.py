@@ -47,10 +47,12 @@ def test_bad_rules_fail_naming_the_valid_values(rule: dict[str, object], match: 
         parse_rules({"rules": [rule]})
 
 
-def feed(p: ConnectionProcessor, window: int, total: int, failed: int) -> None:
+def feed(
+    p: ConnectionProcessor, window: int, total: int, failed: int, failure: str = "refused"
+) -> None:
     web, api = pod("web", "z-a"), pod("api", "z-b", service="api")
     for i in range(total):
-        outcome = "refused" if i < failed else "closed"
+        outcome = failure if i < failed else "closed"
         rec = conn(T0 + window * W + i, web, api, outcome=outcome, peer_class="cross_zone")
         p.handle(JsonCodec(type(rec)).encode(rec), Source("t", 0, i, None), T0)
 
@@ -139,3 +141,16 @@ def test_cost_spike_compares_with_the_baseline() -> None:
     assert [[e.status for e in evs] for evs in out] == [[], [], [], ["firing"], ["resolved"]]
     assert out[3][0].evidence[0]["baseline"] == 1.75
     assert out[3][0].evidence[0]["raw_value"] == 9.0
+
+
+def test_application_connect_timeouts_fire_the_failure_rate_and_cancels_do_not() -> None:
+    rule = AlertRule(name="fail", metric="tcp.connect_failure_rate",
+                     group_by=("server_workload",), threshold=0.1, min_connections=10)  # fmt: skip
+    p = ConnectionProcessor(W, 0, 0, load_price_table(REPO / "config/prices.yaml"), [rule])
+    feed(p, 0, 20, 20, failure="cancelled")  # all cancelled (happy eyeballs): no failure
+    assert events_until(p, 0) == []
+    feed(p, 1, 20, 5, failure="connect_timeout")  # 5 of 20 gave up waiting for a SYN-ACK
+    [fired] = events_until(p, 1)
+    assert (fired.status, [e["value"] for e in fired.evidence]) == ("firing", [0.25])
+    feed(p, 2, 20, 20, failure="cancelled")
+    assert [e.status for e in events_until(p, 2)] == ["resolved"]

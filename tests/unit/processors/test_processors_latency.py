@@ -88,3 +88,18 @@ def test_partitions_are_published_apart_with_distinct_ids() -> None:
     agg.add(3, conn(T0, web, api))
     ids = [m.metric_id for w in agg.close_ready(T0 + 100 * S) for m in latency_metrics(w)]
     assert len(ids) == len(set(ids)) == 2
+
+
+def test_connect_timeouts_are_failures_and_cancelled_connects_are_not() -> None:
+    agg = ConnectionAggregator(W, 0)
+    web, api = pod("web", "z-a"), pod("api", "z-b", service="api")
+    ends = ["connect_timeout"] * 3 + ["cancelled"] * 2 + ["timed_out"] + ["closed"] * 4
+    for i, outcome in enumerate(ends):
+        established = outcome == "closed"
+        agg.add(0, conn(T0 + i, web, api, outcome=outcome, latency_us=400 if established
+                        else None, srtt_us=100 if established else 0))  # fmt: skip
+    [window] = agg.close_ready(T0 + 100 * S)
+    [m] = latency_metrics(window)
+    assert m.outcomes == {"cancelled": 2, "closed": 4, "connect_timeout": 3, "timed_out": 1}
+    # The application's connect timeouts fail like the kernel's; cancelled connects do not.
+    assert (m.connections, m.failed_connections, m.failure_rate) == (10, 4, 0.4)
