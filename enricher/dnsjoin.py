@@ -29,6 +29,7 @@ from enricher.outbox import Outbox
 from enricher.settings import Settings
 from enricher.state import MetadataState
 from flowscope.codec import DecodeError, JsonCodec
+from flowscope.deadletter import encode_dead_letter
 from flowscope.dns_enrich import DEFAULT_DNS_SERVERS, DnsServers, ServiceName, enrich_dns
 from flowscope.kafka import (
     CONSUMER_DEFAULTS,
@@ -37,7 +38,7 @@ from flowscope.kafka import (
     ensure_topics,
     wait_for_broker,
 )
-from flowscope.records import DeadLetter, Endpoint, EnrichedDnsQuery, PeerClass, RawDnsQuery
+from flowscope.records import Endpoint, EnrichedDnsQuery, PeerClass, RawDnsQuery
 
 log = logging.getLogger("enricher.dns")
 
@@ -79,6 +80,7 @@ class DnsJoinerCounters:
     client_unresolved: int = 0
     server_unresolved: int = 0
     deadlettered: int = 0
+    metadata_deadlettered: int = 0  # metadata records refused (also in deadlettered)
     consume_errors: int = 0
 
     def as_metrics(self) -> dict[str, int]:
@@ -103,7 +105,6 @@ class DnsJoiner:
         self.counters = DnsJoinerCounters()
         self._raw_codec = JsonCodec(RawDnsQuery)
         self._out_codec = JsonCodec(EnrichedDnsQuery)
-        self._dead_codec = JsonCodec(DeadLetter)
         # Batched output, grouped by output partition, as the TCP joiner does.
         self._outbox = Outbox(
             self._produce, self._topics.enriched_dns, settings.output_batch_records
@@ -122,11 +123,15 @@ class DnsJoiner:
                 TopicSpec(t.metadata, compacted=True),
                 TopicSpec(t.raw_dns),
                 TopicSpec(t.enriched_dns),
+                TopicSpec(t.deadletter),
             ],
         )
-        self._follower = MetadataFollower(s.bootstrap_servers, t.metadata)
-        self._follower.load(self.state.apply, timeout_s=s.metadata_load_timeout_s)
+        # Before the metadata is read: a refused metadata record is dead-lettered.
         self._producer = RecordProducer(s.bootstrap_servers)
+        self._follower = MetadataFollower(
+            s.bootstrap_servers, t.metadata, on_rejected=self._metadata_rejected
+        )
+        self._follower.load(self.state.apply, timeout_s=s.metadata_load_timeout_s)
         config: dict[str, Any] = {
             **CONSUMER_DEFAULTS,
             "bootstrap.servers": s.bootstrap_servers,
@@ -205,20 +210,24 @@ class DnsJoiner:
             self._outbox.add(key, self._out_codec.encode(out))
             self.counters.enriched += 1
 
+    def _metadata_rejected(self, msg: Message, outcome: str) -> None:
+        self.counters.metadata_deadlettered += 1
+        self.dead_letter(msg, "metadata", self.state.last_rejection or outcome)
+
     def dead_letter(self, msg: Message, reason: str, detail: str) -> None:
         assert self._producer is not None
-        value, key = msg.value(), msg.key()
-        letter = DeadLetter(
+        key = msg.key()
+        letter = encode_dead_letter(
             stage=STAGE,
             reason=f"{reason}: {detail}",
             source_topic=msg.topic() or "",
             partition=msg.partition() or 0,
             offset=msg.offset() or 0,
-            key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
-            payload=value.decode("utf-8", "replace") if isinstance(value, bytes) else "",
+            key=key,
+            value=msg.value(),
             time_ns=time.time_ns(),
         )
-        self._producer.produce(self._topics.deadletter, self._dead_codec.encode(letter), key=key)
+        self._producer.produce(self._topics.deadletter, letter, key=key)
         self.counters.deadlettered += 1
         log.warning(
             "dead letter (%s) at %s[%s]@%s", reason, msg.topic(), msg.partition(), msg.offset()

@@ -22,8 +22,11 @@ from confluent_kafka import (
 
 from enricher import EnricherError
 
-# (key, value or None for a tombstone, time the record was written in ns)
+# (key, value or None for a tombstone, time the record was written in ns) -> outcome
 ApplyFn = Callable[[str | None, bytes | None, int], object]
+# A record the apply function refused ("invalid", "unsupported_version"), for a dead letter.
+RejectFn = Callable[[Message, str], None]
+REFUSED = ("invalid", "unsupported_version")
 
 
 class MetadataReadError(EnricherError):
@@ -44,7 +47,11 @@ def _key(msg: Message) -> str | None:
 
 class MetadataFollower:
     def __init__(
-        self, bootstrap_servers: str, topic: str, overrides: Mapping[str, Any] | None = None
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        overrides: Mapping[str, Any] | None = None,
+        on_rejected: RejectFn | None = None,
     ) -> None:
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
@@ -56,6 +63,7 @@ class MetadataFollower:
             **dict(overrides or {}),
         }
         self._topic = topic
+        self._on_rejected = on_rejected
         self._consumer = Consumer(config)
         self.records_read = 0
         self.read_errors = 0
@@ -122,7 +130,9 @@ class MetadataFollower:
                 self.read_errors += 1
             return False
         self.records_read += 1
-        apply(_key(msg), msg.value(), record_time_ns(msg))
+        outcome = apply(_key(msg), msg.value(), record_time_ns(msg))
+        if self._on_rejected is not None and outcome in REFUSED:
+            self._on_rejected(msg, str(outcome))
         return True
 
     def close(self) -> None:

@@ -40,6 +40,7 @@ from enricher.render import NATIVE_BUILT, Rendered, Renderer, self_check
 from enricher.settings import Settings
 from enricher.state import MetadataState
 from flowscope.codec import DecodeError, JsonCodec
+from flowscope.deadletter import encode_dead_letter
 from flowscope.kafka import (
     CONSUMER_DEFAULTS,
     RecordProducer,
@@ -47,7 +48,7 @@ from flowscope.kafka import (
     ensure_topics,
     wait_for_broker,
 )
-from flowscope.records import DeadLetter, RawTcpConnection
+from flowscope.records import RawTcpConnection
 
 log = logging.getLogger("enricher")
 
@@ -109,7 +110,6 @@ class Joiner:
         # Per raw partition, the offset after the last record handled (held or not).
         self._next_offsets: dict[PartitionKey, int] = {}
         self._raw_codec = JsonCodec(RawTcpConnection)
-        self._dead_codec = JsonCodec(DeadLetter)
         self._follower: MetadataFollower | None = None
         self._consumer: Consumer | None = None
         self._producer: RecordProducer | None = None
@@ -133,7 +133,11 @@ class Joiner:
                 TopicSpec(t.deadletter),
             ],
         )
-        self._follower = MetadataFollower(s.bootstrap_servers, t.metadata)
+        # Before the metadata is read: a refused metadata record is dead-lettered.
+        self._producer = RecordProducer(s.bootstrap_servers, self._producer_overrides)
+        self._follower = MetadataFollower(
+            s.bootstrap_servers, t.metadata, on_rejected=self._metadata_rejected
+        )
         loaded = self._follower.load(self.state.apply, timeout_s=s.metadata_load_timeout_s)
         self.state.track_changes()
         # The metadata loaded now lives as long as the process: out of the cyclic GC's sight,
@@ -147,7 +151,6 @@ class Joiner:
             len(self.state.nodes),
             len(self.state.services),
         )
-        self._producer = RecordProducer(s.bootstrap_servers, self._producer_overrides)
         config: dict[str, Any] = {
             **CONSUMER_DEFAULTS,
             **self._consumer_overrides,
@@ -419,23 +422,25 @@ class Joiner:
         for part in revoked:
             self._next_offsets.pop(part, None)
 
+    def _metadata_rejected(self, msg: Message, outcome: str) -> None:
+        # Every joiner instance reads the whole topic (and again after a restart): its letters
+        # name (stage, topic, partition, offset), by which a reader drops repeats.
+        self.dead_letter(msg, "metadata", self.state.last_rejection or outcome)
+
     def dead_letter(self, msg: Message, category: str, reason: str) -> None:
         assert self._producer is not None
         key = msg.key()
-        value = msg.value()
-        letter = DeadLetter(
+        letter = encode_dead_letter(
             stage=STAGE,
             reason=reason,
             source_topic=msg.topic() or "",
             partition=msg.partition() or 0,
             offset=msg.offset() or 0,
-            key=key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
-            payload=(
-                value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
-            ),
+            key=key,
+            value=msg.value(),
             time_ns=time.time_ns(),
         )
-        self._producer.produce(self._topics.deadletter, self._dead_codec.encode(letter), key=key)
+        self._producer.produce(self._topics.deadletter, letter, key=key)
         self.counters.deadlettered += 1
         self.counters.deadletter_reasons[category] += 1
 

@@ -40,6 +40,8 @@ class MetadataState(MetadataIndex):
         # Keys ("ip:<addr>", "uid:<uid>") that became resolvable since the last drain, so the
         # joiner retries only the held-back records that wait for them. None: not tracked.
         self._changes: set[str] | None = None
+        # Why the last record was refused (invalid, unsupported version), for its dead letter.
+        self.last_rejection = ""
 
     def track_changes(self) -> None:
         self._changes = set()
@@ -57,11 +59,13 @@ class MetadataState(MetadataIndex):
             return self._delete(key, time_ns)
         try:
             meta = self._codec.decode(value)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.counters.invalid += 1
+            self.last_rejection = f"invalid metadata record: {exc}"
             return "invalid"
         if meta.v > METADATA_VERSION:
             self.counters.unsupported_version += 1
+            self.last_rejection = f"unsupported metadata version v={meta.v}"
             return "unsupported_version"
         self.upsert(meta, time_ns)
         self.counters.upserts += 1
@@ -100,6 +104,7 @@ class MetadataState(MetadataIndex):
             self.remove_service(parts[1], parts[2])
         else:
             self.counters.invalid += 1
+            self.last_rejection = f"tombstone with an unknown key {key!r}"
             return "invalid"
         self.counters.tombstones += 1
         return "deleted"

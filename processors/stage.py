@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from flowscope.codec import DecodeError, JsonCodec
-from flowscope.records import AlertEvent, DeadLetter
+from flowscope.deadletter import encode_dead_letter
+from flowscope.records import AlertEvent
 from processors.alerts import AlertEvaluator
 from processors.windows import ClosedWindow, PartitionWatermark, PartitionWindows
 
@@ -79,7 +80,6 @@ class WindowedStage(Generic[R, K, C, A]):
         self.outputs = OutputCounters()
         self._decoder = decoder
         self._codecs = codecs
-        self._dead_codec = JsonCodec(DeadLetter)
         self._log = log
         self._late_seen = 0
         self._late_reported = 0
@@ -238,15 +238,13 @@ class WindowedStage(Generic[R, K, C, A]):
         }
 
     def _dead_letter(self, reason: str, value: bytes | None, source: Source, now_ns: int) -> bytes:
-        return self._dead_codec.encode(
-            DeadLetter(
-                stage=self.STAGE,
-                reason=reason,
-                source_topic=source.topic,
-                partition=source.partition,
-                offset=source.offset,
-                key=None if source.key is None else source.key.decode("utf-8", "replace"),
-                payload="" if value is None else value.decode("utf-8", "replace"),
-                time_ns=now_ns,
-            )
+        return encode_dead_letter(
+            stage=self.STAGE,
+            reason=reason,
+            source_topic=source.topic,
+            partition=source.partition,
+            offset=source.offset,
+            key=source.key,
+            value=value,
+            time_ns=now_ns,
         )

@@ -38,7 +38,10 @@ def start_dns(
     )
     search: SearchTracker | None = None
     if settings.mark_search:
-        search = SearchTracker(ResolvConfReader(cgroup_root, lambda c: resolver.resolve(c).path))
+        search = SearchTracker(
+            ResolvConfReader(cgroup_root, lambda c: resolver.resolve(c).path),
+            hold_s=settings.timeout_s,
+        )
     pipeline = DnsPipeline(
         source,
         sink,

@@ -113,6 +113,8 @@ class DnsPipeline:
             if len(batch.spans) < self._max_batch:
                 break
         produced += self._emit(self.matcher.expire(now - EXPIRY_MARGIN_NS))
+        if self._search is not None:
+            produced += self._emit(self._search.release(now - EXPIRY_MARGIN_NS), settle=False)
         if self._search is not None and now - self._last_search_gc > 10_000_000_000:
             self._search.forget_idle(now)
             self._last_search_gc = now
@@ -160,10 +162,13 @@ class DnsPipeline:
         if pos != len(data) and not packet.clipped:
             self.stats.tcp_unframed += 1
 
-    def _emit(self, results: list[QueryResult]) -> int:
+    def _emit(self, results: list[QueryResult], settle: bool = True) -> int:
         produced = 0
         encode = self._codec.encode
+        search = self._search if settle else None
         for result in results:
+            if search is not None and result.role == "client" and search.settle(result):
+                continue  # held until its search sequence is decided, see collector.dns.search
             cgroup = self._resolver.resolve(result.query.cgroup_id)
             record = build_record(
                 result, cgroup, self._node, self._privacy, self._backend(result)
@@ -194,6 +199,8 @@ class DnsPipeline:
         an answer are left out (their wait was cut short, not timed out) and counted."""
         self._source.detach()
         self.pump()
+        if self._search is not None:
+            self._emit(self._search.flush(), settle=False)
         if len(self.matcher):
             log.info("%d DNS queries still pending at shutdown", len(self.matcher))
 
@@ -223,6 +230,9 @@ class DnsPipeline:
         if self._search is not None:
             values["dns_search_expansions"] = self._search.stats.expansions
             values["dns_search_unknown_config"] = self._search.stats.unknown_config
+            values["dns_search_held"] = self._search.stats.held
+            values["dns_search_not_continued"] = self._search.stats.not_continued
+            values["dns_search_unsettled"] = self._search.stats.unsettled
         try:
             kernel = self._source.kernel_counters()
         except Exception as exc:  # stats must not stop the pipeline

@@ -93,7 +93,8 @@ def node(bpf_built: None) -> Iterator[Node]:
         dns = cluster.add_pod("coredns", node="node-a1", namespace="kube-system")
         server = DnsServerProcess(dns, RULES)
         sink = ListSink()
-        search = SearchTracker(ResolvConfReader(root, lambda c: resolver.resolve(c).path))
+        search = SearchTracker(ResolvConfReader(root, lambda c: resolver.resolve(c).path),
+                               hold_s=COLLECTOR_TIMEOUT_S)  # fmt: skip
         nat = NatResolver(parse_cidrs("10.96.0.0/16"))  # the cluster's Service CIDR
         pipeline = DnsPipeline(source, sink, resolver, "node-test", "t", NamePrivacy(),
                                timeout_s=COLLECTOR_TIMEOUT_S, search=search,
@@ -142,6 +143,28 @@ def test_getaddrinfo_search_path_expansions_marked(node: Node) -> None:
     assert len(server) == 9 and {r.pod_uid for r in server} == {node.dns.uid}
     assert sorted(r.query_name or "" for r in server) == sorted(expected_names)
     assert all(r.search_expansion is None for r in server)
+
+
+def test_absolute_name_is_a_failure_not_search_noise(node: Node) -> None:
+    """getaddrinfo("gone") sends gone.<search[i]> then "gone"; getaddrinfo of the absolute
+    "gone.default.svc.cluster.local." sends one query, the same on the wire as gone's first
+    expansion. Its NXDOMAIN is what the application got: not marked as an expansion."""
+    app = node.cluster.add_pod("absolute", node="node-b1")
+    conf = PodResolvConf(app, render([node.dns.ip], kubernetes_search("default"), ndots=5,
+                                     options=["timeout:1", "attempts:1"]))  # fmt: skip
+    fqdn = "gone.default.svc.cluster.local"
+    done = app.run(conf.command(Pod.python("simnode.dns", "resolve", "gone", fqdn + ".")))
+    assert [r["ok"] for r in json.loads(done.stdout)] == [False, False]
+
+    client = [r for r in node.collect(_of_pods(app), want=5) if r.role == "client"]
+    search = kubernetes_search("default")
+    got = [(r.query_name, r.rcode, r.search_expansion, r.asked_name)
+           for r in sorted(client, key=lambda r: r.time_ns)]  # fmt: skip
+    assert got == [(f"gone.{s}", "NXDOMAIN", True, "gone") for s in search] + [
+        ("gone", "NXDOMAIN", False, "gone"),
+        (fqdn, "NXDOMAIN", False, None),
+    ]
+    assert node.pipeline.counters()["dns_search_not_continued"] >= 1
 
 
 def test_stub_queries_rcodes_delay_timeout_malformed(node: Node) -> None:

@@ -213,3 +213,110 @@ def test_help_documents_every_dns_setting_and_its_variable() -> None:
     assert set(DNS_ENV) == set(DnsSettings.__dataclass_fields__)
     for name, variable in DNS_ENV.items():
         assert variable in text and "--dns-" + name.replace("_", "-") in text, name
+
+
+K8S_DEFAULT = SearchConfig(("default.svc.cluster.local", "svc.cluster.local", "cluster.local"), 5)
+NXDOMAIN = 3
+
+
+def client_flow(src: FakeSource, steps: list[tuple[str, int, int, int, bool]]) -> None:
+    """The client's side of a resolver's queries: (name, txid, sent ms, answered ms, found).
+    Not found: NXDOMAIN with no answer."""
+    for name, txid, t0, t1, found in steps:
+        q = build_query(txid, name)
+        r = build_response(q, parse_query(q), 0 if found else NXDOMAIN,
+                           ["10.1.2.3"] if found else [])  # fmt: skip
+        src.records += [event(t0, 11, True, C, S, q, peer=SVC), event(t1, 11, False, SVC, C, r)]
+
+
+def marks_of(sink: ListSink) -> dict[str, tuple[bool | None, str | None, str | None]]:
+    return {r.query_name or "": (r.search_expansion, r.asked_name, r.rcode)
+            for r in sink.records()}  # fmt: skip
+
+
+def test_absolute_name_nxdomain_is_not_a_search_expansion() -> None:
+    """getaddrinfo("nope.default.svc.cluster.local.") sends that one query and stops at its
+    NXDOMAIN: no later candidate follows it, so it is the asked name and a real failure,
+    although on the wire it is the first expansion of "nope"."""
+    now = [0]
+    search = SearchTracker(lambda _c: K8S_DEFAULT, hold_s=1.0)
+    p, src, sink = pipeline(search=search, now_ms=now)
+    client_flow(src, [("nope.default.svc.cluster.local", 1, 10, 12, False)])
+    now[0] = 20
+    p.pump()
+    assert sink.records() == []  # held: the resolver may still go on to the next domain
+    now[0] = 1100
+    p.pump()
+    assert marks_of(sink) == {"nope.default.svc.cluster.local": (False, None, "NXDOMAIN")}
+    assert p.counters()["dns_search_not_continued"] == 1
+    assert p.counters()["dns_search_expansions"] == 0
+
+
+def test_first_expansion_nxdomain_confirmed_by_the_next_candidate() -> None:
+    now = [0]
+    search = SearchTracker(lambda _c: K8S_DEFAULT, hold_s=1.0)
+    p, src, sink = pipeline(search=search, now_ms=now)
+    client_flow(src, [("nope.default.svc.cluster.local", 1, 10, 12, False)])
+    now[0] = 20
+    p.pump()
+    client_flow(
+        src,
+        [
+            ("nope.svc.cluster.local", 2, 13, 15, False),
+            ("nope.cluster.local", 3, 16, 18, False),
+            ("nope", 4, 19, 21, False),
+        ],
+    )
+    now[0] = 40
+    p.pump()
+    assert marks_of(sink) == {
+        "nope.default.svc.cluster.local": (True, "nope", "NXDOMAIN"),
+        "nope.svc.cluster.local": (True, "nope", "NXDOMAIN"),
+        "nope.cluster.local": (True, "nope", "NXDOMAIN"),
+        "nope": (False, "nope", "NXDOMAIN"),
+    }
+    assert p.counters()["dns_search_expansions"] == 3
+
+
+def test_search_that_ended_is_not_continued_by_a_later_absolute_name() -> None:
+    """The short name "web" is found by its first expansion, so glibc stops there; a pod asking for
+    the absolute "web.svc.cluster.local." a moment later is its own lookup, not the second
+    expansion of "web"."""
+    now = [0]
+    search = SearchTracker(lambda _c: K8S_DEFAULT, hold_s=1.0)
+    p, src, sink = pipeline(search=search, now_ms=now)
+    client_flow(src, [("web.default.svc.cluster.local", 1, 10, 12, True),
+                      ("web.svc.cluster.local", 2, 500, 502, False)])  # fmt: skip
+    now[0] = 2000
+    p.pump()
+    assert marks_of(sink) == {
+        "web.default.svc.cluster.local": (True, "web", "NOERROR"),
+        "web.svc.cluster.local": (False, None, "NXDOMAIN"),
+    }
+
+
+def test_name_of_ndots_dots_that_is_also_a_first_expansion() -> None:
+    """With ndots:2, "web.default.svc.cluster.local" is both "web"'s first expansion and a
+    name asked as is before its own search list: its next query says which lookup it was."""
+    now = [0]
+    conf = SearchConfig(K8S_DEFAULT.search, 2)
+    p, src, sink = pipeline(search=SearchTracker(lambda _c: conf, hold_s=1.0), now_ms=now)
+    asked = "web.default.svc.cluster.local"
+    client_flow(src, [(asked, 1, 10, 12, False), (f"{asked}.default.svc.cluster.local", 2, 13,
+                                                   15, True)])  # fmt: skip
+    now[0] = 2000
+    p.pump()
+    assert marks_of(sink) == {
+        asked: (False, None, "NXDOMAIN"),
+        f"{asked}.default.svc.cluster.local": (True, asked, "NOERROR"),
+    }
+
+
+def test_held_result_at_shutdown_is_emitted_with_the_mark_unknown() -> None:
+    now = [0]
+    p, src, sink = pipeline(search=SearchTracker(lambda _c: K8S_DEFAULT), now_ms=now)
+    client_flow(src, [("nope.default.svc.cluster.local", 1, 10, 12, False)])
+    now[0] = 20
+    p.shutdown()
+    assert marks_of(sink) == {"nope.default.svc.cluster.local": (None, None, "NXDOMAIN")}
+    assert p.counters()["dns_search_unsettled"] == 1 and src.detached

@@ -54,6 +54,25 @@ def test_many_dots_tried_as_is_first() -> None:
     assert marks(tracker(), names) == [Mark(False, None), Mark(True, "a.b.c.d.e.f")]
 
 
+def test_many_dots_expansion_needs_its_as_is_query_first() -> None:
+    """glibc asks a name of ndots dots or more as is before the search list, and musl never
+    expands it: "a.b.c.d.e.f.<search[0]>" with no "a.b.c.d.e.f" before it is not an
+    expansion of it."""
+    names = ["a.b.c.d.e.f.default.svc.cluster.local"]
+    assert marks(tracker(), names) == [Mark(False, None)]
+    with_as_is = ["a.b.c.d.e.f"] + [f"a.b.c.d.e.f.{s}" for s in K8S.search]
+    assert marks(tracker(), with_as_is) == [Mark(False, None)] + [Mark(True, "a.b.c.d.e.f")] * 3
+
+
+def test_many_dots_name_asked_again_starts_over() -> None:
+    t = tracker()
+    assert marks(t, ["a.b.c.d.e.f", "a.b.c.d.e.f", "a.b.c.d.e.f.default.svc.cluster.local"]) == [
+        Mark(False, None),
+        Mark(False, None),
+        Mark(True, "a.b.c.d.e.f"),
+    ]
+
+
 def test_a_and_aaaa_interleaved() -> None:
     t = tracker()
     seq = [(A, "x.default.svc.cluster.local"), (AAAA, "x.default.svc.cluster.local"),
