@@ -281,6 +281,8 @@ def measure_delay(
             "group.id": f"bench-delay-{uuid.uuid4().hex[:6]}",
             "auto.offset.reset": "latest",
             "fetch.wait.max.ms": 5,
+            # What a consumer of enriched.* sees: transactions, once committed.
+            "isolation.level": "read_committed",
         }
     )
     consumer.subscribe(out_topics)
