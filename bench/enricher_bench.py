@@ -57,6 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.enricher_workload import cluster, raw_records  # noqa: E402
+from enricher.argtypes import flag  # noqa: E402
 from enricher.joiner import Joiner  # noqa: E402
 from enricher.kubeobjects import ParsedObjects  # noqa: E402
 from enricher.publisher import MetadataPublisher  # noqa: E402
@@ -150,6 +151,7 @@ def run_stage(args: argparse.Namespace) -> int:
                 topic_prefix=args.prefix,
                 consumer_group=group,
                 output_batch_records=args.output_batch,
+                exactly_once=args.exactly_once,
             )
         )
         joiner.start()  # reads the whole metadata topic
@@ -281,6 +283,8 @@ def measure_delay(
             "group.id": f"bench-delay-{uuid.uuid4().hex[:6]}",
             "auto.offset.reset": "latest",
             "fetch.wait.max.ms": 5,
+            # What a consumer of enriched.* sees: transactions, once committed.
+            "isolation.level": "read_committed",
         }
     )
     consumer.subscribe(out_topics)
@@ -362,6 +366,12 @@ def main() -> int:
         help="phase-1 rounds, the stages alternating (a fresh process per stage and round)",
     )
     p.add_argument("--only", choices=["passthrough", "enricher"], help="run one stage only")
+    p.add_argument(
+        "--exactly-once",
+        type=flag,
+        default=True,
+        help="the enricher's transactional output (false: at-least-once, as before it)",
+    )
     p.add_argument("--profile", help="enricher stage only: write a cProfile dump here")
     # Internal: run one stage in this process.
     p.add_argument("--stage", choices=["passthrough", "enricher"], help=argparse.SUPPRESS)
@@ -436,6 +446,7 @@ def main() -> int:
             "--records", str(args.records), "--messages", str(len(messages)),
             "--warmup", str(warmup), "--warm-messages", str(len(warm_messages)),
             "--output-batch", str(args.output_batch),
+            "--exactly-once", str(args.exactly_once).lower(),
         ]
         + (["--profile", args.profile] if args.profile and stage == "enricher" else [])
         for stage in stages

@@ -24,6 +24,8 @@ class TopicReader:
                 "group.id": f"flowscope-reader-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
+                # enriched.* is written in transactions: an aborted one is never shown.
+                "isolation.level": "read_committed",
                 # Topics may not exist yet when the reader starts; they will.
                 "topic.metadata.refresh.interval.ms": 1000,
             }

@@ -36,7 +36,7 @@ from enricher.joiner import Joiner
 from enricher.kubeobjects import parse_text
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
-from flowscope.kafka import KafkaUnavailable, wait_for_broker
+from flowscope.kafka import KafkaUnavailable, ProducerFenced, wait_for_broker
 
 ENV = {
     "bootstrap_servers": "FLOWSCOPE_BOOTSTRAP_SERVERS",
@@ -65,7 +65,12 @@ ENV = {
     "publish_labels": "FLOWSCOPE_PUBLISH_LABELS",
     "publish_annotations": "FLOWSCOPE_PUBLISH_ANNOTATIONS",
     "dns": "FLOWSCOPE_ENRICHER_DNS",
+    "exactly_once": "FLOWSCOPE_ENRICHER_EXACTLY_ONCE",
+    "instance": "FLOWSCOPE_ENRICHER_INSTANCE",
+    "commit_interval_s": "FLOWSCOPE_ENRICHER_COMMIT_INTERVAL_S",
+    "commit_max_records": "FLOWSCOPE_ENRICHER_COMMIT_MAX_RECORDS",
 }
+
 
 def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     d = Settings()
@@ -173,8 +178,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         "--publish-labels",
         type=flag,
         default=default("publish_labels", d.publish_labels),
-        help=f"carry pod labels in the metadata (env {ENV['publish_labels']}; default "
-        f"%(default)s)",
+        help=f"carry pod labels in the metadata (env {ENV['publish_labels']}; default %(default)s)",
     )
     pub.add_argument(
         "--publish-annotations",
@@ -254,6 +258,34 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         default=default("other_cluster_cidrs", ""),
         help=f"CIDRs of other (peered) clusters, comma-separated; their peers are classified "
         f"as another cluster (env {ENV['other_cluster_cidrs']}; default: none)",
+    )
+    join.add_argument(
+        "--exactly-once",
+        type=flag,
+        default=default("exactly_once", d.exactly_once),
+        help=f"commit output and input offsets in Kafka transactions; false: at-least-once "
+        f"(env {ENV['exactly_once']}; default %(default)s)",
+    )
+    join.add_argument(
+        "--instance",
+        default=default("instance", d.instance),
+        help=f"this instance's stable name, e.g. its pod name: the transactional.id and the "
+        f"static group membership derive from it, so a restart fences its zombie and resumes "
+        f"at once; never shared by two live instances (env {ENV['instance']}; default: none)",
+    )
+    join.add_argument(
+        "--commit-interval-s",
+        type=positive(float, "--commit-interval-s"),
+        default=default("commit_interval_s", d.commit_interval_s),
+        help=f"seconds between transaction commits, the latency read_committed readers see "
+        f"(env {ENV['commit_interval_s']}; default %(default)s)",
+    )
+    join.add_argument(
+        "--commit-max-records",
+        type=positive(int, "--commit-max-records"),
+        default=default("commit_max_records", d.commit_max_records),
+        help=f"input records per transaction at most (env {ENV['commit_max_records']}; "
+        f"default %(default)s)",
     )
     return parser
 
@@ -402,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(args)
     try:
         return publish(settings) if args.command == "publish" else join(settings)
-    except (EnricherError, KafkaUnavailable) as exc:
+    except (EnricherError, KafkaUnavailable, ProducerFenced) as exc:
         print(f"enricher: {exc}", file=sys.stderr)
         return 1
 

@@ -8,6 +8,9 @@ this module adapts the enricher's metadata index to it and owns the Kafka side.
 No hold-back here: a DNS record leaves the collector only after its answer or its timeout
 (seconds after the query), by which time the pod's metadata has almost always arrived; what
 is still unknown is emitted unresolved and counted (``enricher_dns_*_unresolved_total``).
+
+Exactly-once as the TCP joiner (transactions.py): output and input offsets in one transaction,
+its own transactional.id and static member name (``<instance>.dns``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from enricher.classify import AddressClassifier
 from enricher.enrich import node_template, pod_template, template_of
@@ -28,11 +32,13 @@ from enricher.metadata import ServiceMeta
 from enricher.outbox import Outbox
 from enricher.settings import Settings
 from enricher.state import MetadataState
+from enricher.transactions import TransactionalOffsets, transactional_id
 from flowscope.codec import DecodeError, JsonCodec
 from flowscope.deadletter import encode_dead_letter
 from flowscope.dns_enrich import DEFAULT_DNS_SERVERS, DnsServers, ServiceName, enrich_dns
 from flowscope.kafka import (
     CONSUMER_DEFAULTS,
+    ProducerFenced,
     RecordProducer,
     TopicSpec,
     ensure_topics,
@@ -112,6 +118,8 @@ class DnsJoiner:
         self._follower: MetadataFollower | None = None
         self._consumer: Consumer | None = None
         self._producer: RecordProducer | None = None
+        self._metadata_letters: RecordProducer | None = None
+        self._txn: TransactionalOffsets | None = None
         self.ready = threading.Event()
 
     def start(self) -> None:
@@ -126,22 +134,41 @@ class DnsJoiner:
                 TopicSpec(t.deadletter),
             ],
         )
-        # Before the metadata is read: a refused metadata record is dead-lettered.
-        self._producer = RecordProducer(s.bootstrap_servers)
+        # Before the metadata is read: a refused metadata record is dead-lettered, through a
+        # producer of its own (never transactional: the metadata is read outside any cycle).
+        self._metadata_letters = RecordProducer(s.bootstrap_servers)
         self._follower = MetadataFollower(
             s.bootstrap_servers, t.metadata, on_rejected=self._metadata_rejected
         )
         self._follower.load(self.state.apply, timeout_s=s.metadata_load_timeout_s)
+        group = f"{s.consumer_group}-dns"
         config: dict[str, Any] = {
             **CONSUMER_DEFAULTS,
             "bootstrap.servers": s.bootstrap_servers,
-            "group.id": f"{s.consumer_group}-dns",
+            "group.id": group,
         }
+        if s.instance:
+            config["group.instance.id"] = f"{s.instance}.dns"
+        if s.exactly_once:
+            config["enable.auto.commit"] = False
+            config["isolation.level"] = "read_committed"
+            tid = transactional_id(group, s.instance or uuid.uuid4().hex, "dns")
+            self._producer = RecordProducer(s.bootstrap_servers, transactional_id=tid)
+        else:
+            self._producer = RecordProducer(s.bootstrap_servers)
         self._consumer = Consumer(config)
+        if s.exactly_once:
+            self._txn = TransactionalOffsets(
+                self._consumer,
+                self._producer,
+                s.commit_interval_s,
+                s.commit_max_records,
+                self._rewind,
+            )
         out = self._consumer.list_topics(t.enriched_dns, timeout=10.0).topics.get(t.enriched_dns)
         if out is not None and out.error is None and out.partitions:
             self._outbox.partitions = len(out.partitions)
-        self._consumer.subscribe([t.raw_dns])
+        self._consumer.subscribe([t.raw_dns], on_revoke=self._on_revoke)
         self.ready.set()
         log.info("enricher dns ready: consuming %s", t.raw_dns)
 
@@ -156,6 +183,8 @@ class DnsJoiner:
                 self._follower.poll(self.state.apply)
                 batch = self._consumer.consume(num_messages=s.batch_size, timeout=0.1)
                 self.process_batch(batch)
+                if self._txn is not None:
+                    self._txn.maybe_commit()
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + s.stats_interval_s
                     log.info("dns counters: %s", self.counters.as_metrics())
@@ -176,8 +205,31 @@ class DnsJoiner:
             done.append(msg)
         # Output first, then offsets: a stored offset never runs ahead of what was produced.
         self._outbox.flush()
-        for msg in done:
-            self._consumer.store_offsets(message=msg)
+        if not done:
+            return
+        offsets = [
+            TopicPartition(m.topic() or "", m.partition() or 0, (m.offset() or 0) + 1) for m in done
+        ]
+        if self._txn is not None:
+            self._txn.store(offsets)  # later offsets of a partition replace earlier ones
+            self._txn.took(len(done))
+        else:
+            self._consumer.store_offsets(offsets=offsets)
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Commit while this member still owns the partitions (nothing is held here)."""
+        if self._txn is not None:
+            self._txn.commit()
+            self._txn.forget((tp.topic, tp.partition) for tp in partitions)
+
+    def _rewind(self) -> None:
+        """An aborted transaction: read again from the committed offsets."""
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        if assignment:
+            for tp in self._consumer.committed(assignment, timeout=30.0):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def _produce(self, topic: str, value: bytes, key: str, records: int) -> None:
         assert self._producer is not None
@@ -212,10 +264,14 @@ class DnsJoiner:
 
     def _metadata_rejected(self, msg: Message, outcome: str) -> None:
         self.counters.metadata_deadlettered += 1
-        self.dead_letter(msg, "metadata", self.state.last_rejection or outcome)
+        self.dead_letter(msg, "metadata", self.state.last_rejection or outcome,
+                         via=self._metadata_letters)  # fmt: skip
 
-    def dead_letter(self, msg: Message, reason: str, detail: str) -> None:
-        assert self._producer is not None
+    def dead_letter(
+        self, msg: Message, reason: str, detail: str, via: RecordProducer | None = None
+    ) -> None:
+        producer = via or self._producer
+        assert producer is not None
         key = msg.key()
         letter = encode_dead_letter(
             stage=STAGE,
@@ -227,20 +283,27 @@ class DnsJoiner:
             value=msg.value(),
             time_ns=time.time_ns(),
         )
-        self._producer.produce(self._topics.deadletter, letter, key=key)
+        producer.produce(self._topics.deadletter, letter, key=key)
         self.counters.deadlettered += 1
         log.warning(
             "dead letter (%s) at %s[%s]@%s", reason, msg.topic(), msg.partition(), msg.offset()
         )
 
     def close(self) -> None:
+        if self._txn is not None:
+            try:
+                self._txn.commit()
+            except ProducerFenced as exc:
+                log.warning("final commit failed: %s", exc)
+            self._txn = None
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
-        if self._producer is not None:
-            left = self._producer.flush(10)
-            if left:
-                log.warning("%d enriched DNS records still undelivered at shutdown", left)
+        for producer in (self._producer, self._metadata_letters):
+            if producer is not None:
+                left = producer.flush(10)
+                if left:
+                    log.warning("%d DNS join records still undelivered at shutdown", left)
         if self._follower is not None:
             self._follower.close()
             self._follower = None

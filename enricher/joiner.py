@@ -9,9 +9,17 @@ stops.
 
 A record whose pod or remote address is not known yet is held back (see holdback.py) and
 retried when metadata for it arrives; when the hold time is up it is emitted as unresolved.
-Offsets are committed no further than the oldest held record, so a crash re-reads it
-(at-least-once: records after it may then be emitted twice). A raw message may carry many
-records (collector batches): its offset stays uncommitted while any of them is held.
+Offsets are committed no further than the oldest held record, so a crash re-reads it. A raw
+message may carry many records (collector batches): its offset stays uncommitted while any
+of them is held.
+
+Exactly-once (``exactly_once``, the default): output, dead letters and input offsets are
+committed in one Kafka transaction (transactions.py), so read_committed consumers see each
+record once across kills and restarts. One case still repeats records: records *after* a
+held one, emitted and committed while it waited, are read again if the instance dies before
+the held record is released (the committed offset stops at it). Static group membership
+(``instance``) lets a restarted instance take its partitions back without a rebalance.
+Without ``exactly_once`` the offsets are auto-committed after the output (at-least-once).
 
 Output: ``output_batch_records`` above 1 sends enriched records as JSON arrays grouped per
 output partition (outbox.py), flushed after every consumed batch and before its offsets are
@@ -24,14 +32,23 @@ import gc
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
+from enricher import EnricherError
 from enricher.classify import AddressClassifier
 from enricher.follower import MetadataFollower
 from enricher.holdback import Held, Holdback, PartitionKey
@@ -39,10 +56,12 @@ from enricher.outbox import Outbox
 from enricher.render import NATIVE_BUILT, Rendered, Renderer, self_check
 from enricher.settings import Settings
 from enricher.state import MetadataState
+from enricher.transactions import TransactionalOffsets, transactional_id
 from flowscope.codec import DecodeError, JsonCodec
 from flowscope.deadletter import encode_dead_letter
 from flowscope.kafka import (
     CONSUMER_DEFAULTS,
+    ProducerFenced,
     RecordProducer,
     TopicSpec,
     ensure_topics,
@@ -113,6 +132,12 @@ class Joiner:
         self._follower: MetadataFollower | None = None
         self._consumer: Consumer | None = None
         self._producer: RecordProducer | None = None
+        # Letters for refused metadata records: never transactional, because the metadata is
+        # read outside any consume-transform-produce cycle (at start, and between batches).
+        self._metadata_letters: RecordProducer | None = None
+        self._txn: TransactionalOffsets | None = None  # exactly_once: offsets go here
+        self.rewinds = 0  # aborted transactions whose input was read again
+        self._revoking: set[PartitionKey] = set()
         self._closed = False
         # batch_size counts records; raw messages may hold one or hundreds (collector
         # batches), so the messages asked per consume() follow what the last batch held.
@@ -134,7 +159,7 @@ class Joiner:
             ],
         )
         # Before the metadata is read: a refused metadata record is dead-lettered.
-        self._producer = RecordProducer(s.bootstrap_servers, self._producer_overrides)
+        self._metadata_letters = RecordProducer(s.bootstrap_servers, self._producer_overrides)
         self._follower = MetadataFollower(
             s.bootstrap_servers, t.metadata, on_rejected=self._metadata_rejected
         )
@@ -157,7 +182,33 @@ class Joiner:
             "bootstrap.servers": s.bootstrap_servers,
             "group.id": s.consumer_group,
         }
+        if s.instance:
+            # Static membership: a restarted instance rejoins as the same member and gets
+            # its partitions back at once, not after the dead member's session timeout.
+            config["group.instance.id"] = f"{s.instance}.tcp"
+        if s.exactly_once:
+            # Offsets travel in the transaction, never by auto-commit; read_committed makes
+            # the committed-offset fetch wait for a transaction still being resolved.
+            config["enable.auto.commit"] = False
+            config["isolation.level"] = "read_committed"
+            # Created (and its transactions initialised) before the consumer joins: that
+            # fences the zombie with the same id and aborts its open transaction first.
+            tid = transactional_id(s.consumer_group, s.instance or uuid.uuid4().hex, "tcp")
+            self._producer = RecordProducer(
+                s.bootstrap_servers, self._producer_overrides, transactional_id=tid
+            )
+            log.info("exactly-once output: transactional.id %s", tid)
+        else:
+            self._producer = RecordProducer(s.bootstrap_servers, self._producer_overrides)
         self._consumer = Consumer(config)
+        if s.exactly_once:
+            self._txn = TransactionalOffsets(
+                self._consumer,
+                self._producer,
+                s.commit_interval_s,
+                s.commit_max_records,
+                self._rewind,
+            )
         self._consumer.subscribe([t.raw_tcp], on_revoke=self._on_revoke)
         self._refresh_output_partitions()
         self.ready.set()
@@ -182,6 +233,8 @@ class Joiner:
                     self.process_batch(batch)
                 if len(self.holdback):
                     self.expire_held()
+                if self._txn is not None:
+                    self._txn.maybe_commit()
                 if time.monotonic() >= next_stats:
                     self.state.purge(time.time_ns())
                     self._refresh_output_partitions()
@@ -224,10 +277,16 @@ class Joiner:
             self._emit_released(self.holdback.release_all(), resolved_as="stopped")
             self._outbox.flush()
             self._store_offsets(set(self._next_offsets))
-        if self._producer is not None:
-            left = self._producer.flush(30.0)
-            if left:
-                log.warning("%d produced records still undelivered at shutdown", left)
+        if self._txn is not None:
+            try:
+                self._txn.commit()
+            except ProducerFenced as exc:  # the next owner reads again from the last commit
+                log.warning("final commit failed: %s", exc)
+        for producer in (self._producer, self._metadata_letters):
+            if producer is not None:
+                left = producer.flush(30.0)
+                if left:
+                    log.warning("%d produced records still undelivered at shutdown", left)
         if self._consumer is not None:
             # Closing commits the offsets stored after each batch.
             self._consumer.close()
@@ -253,12 +312,15 @@ class Joiner:
             handle(msg, part, offset)
             next_offsets[part] = offset + 1
             touched.add(part)
-        per_message = max(1, (self.counters.records_in - records_before) // len(batch))
+        records = self.counters.records_in - records_before
+        per_message = max(1, records // len(batch))
         self._messages_per_consume = max(1, self._settings.batch_size // per_message)
         # Produced before the offsets are stored: a stored offset never runs ahead of output.
         self._outbox.flush()
         if touched:
             self._store_offsets(touched)
+        if self._txn is not None:
+            self._txn.took(records)
 
     def _consume_error(self, msg: Message) -> None:
         err = msg.error()
@@ -278,8 +340,36 @@ class Joiner:
                 continue
             held = self.holdback.oldest_offset(part)
             offsets.append(TopicPartition(part[0], part[1], done if held is None else held))
-        if offsets:
+        if not offsets:
+            return
+        if self._txn is not None:
+            self._txn.store(offsets)  # committed with the output, in its transaction
+        else:
             self._consumer.store_offsets(offsets=offsets)
+
+    def _rewind(self) -> None:
+        """The open transaction was aborted: its output will never be read and its offsets
+        were not committed. Forget what was done since the last commit (held records too:
+        their offsets are not committed either) and read it again from the committed offsets."""
+        assert self._consumer is not None
+        self.rewinds += 1
+        self.holdback.release_all()  # dropped, not emitted: they are read again
+        self._next_offsets.clear()
+        # Partitions being revoked are not sought: their next owner starts at the commit.
+        kept = [
+            tp
+            for tp in self._consumer.assignment()
+            if (tp.topic, tp.partition) not in self._revoking
+        ]
+        if not kept:
+            return
+        try:
+            for tp in self._consumer.committed(kept, timeout=30.0):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        except KafkaException as exc:
+            # Going on from here would lose the aborted output: stop, a restart re-reads.
+            raise EnricherError(f"could not rewind after an aborted transaction: {exc}") from exc
 
     def handle(self, msg: Message, part: PartitionKey = ("", 0), offset: int = 0) -> None:
         """Join one Kafka message: a single raw record or a batch (a JSON array; collectors
@@ -414,21 +504,32 @@ class Joiner:
         """Partitions move to another instance: emit what is held from them first, so the
         offsets committed at the revoke cover them (the new owner starts after them)."""
         revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self._revoking = revoked
         released = self.holdback.release_partitions(revoked)
         if released:
             self._emit_released(released, resolved_as="revoked")
             self._outbox.flush()
         self._store_offsets(revoked & set(self._next_offsets))
+        if self._txn is not None:
+            # Now, while this member still owns them: the next owner starts at these offsets.
+            # Aborted: the next owner re-reads from the last commit, which is as correct.
+            self._txn.commit()
+            self._txn.forget(revoked)
+        self._revoking = set()
         for part in revoked:
             self._next_offsets.pop(part, None)
 
     def _metadata_rejected(self, msg: Message, outcome: str) -> None:
         # Every joiner instance reads the whole topic (and again after a restart): its letters
         # name (stage, topic, partition, offset), by which a reader drops repeats.
-        self.dead_letter(msg, "metadata", self.state.last_rejection or outcome)
+        self.dead_letter(msg, "metadata", self.state.last_rejection or outcome,
+                         via=self._metadata_letters)  # fmt: skip
 
-    def dead_letter(self, msg: Message, category: str, reason: str) -> None:
-        assert self._producer is not None
+    def dead_letter(
+        self, msg: Message, category: str, reason: str, via: RecordProducer | None = None
+    ) -> None:
+        producer = via or self._producer
+        assert producer is not None
         key = msg.key()
         letter = encode_dead_letter(
             stage=STAGE,
@@ -440,7 +541,7 @@ class Joiner:
             value=msg.value(),
             time_ns=time.time_ns(),
         )
-        self._producer.produce(self._topics.deadletter, letter, key=key)
+        producer.produce(self._topics.deadletter, letter, key=key)
         self.counters.deadlettered += 1
         self.counters.deadletter_reasons[category] += 1
 
@@ -488,6 +589,10 @@ class Joiner:
             out["enricher_produce_records_dropped_buffer_full_total"] = (
                 p.records_dropped_buffer_full
             )
+            if self._txn is not None:
+                out["enricher_transactions_committed_total"] = p.transactions_committed
+                out["enricher_transactions_aborted_total"] = p.transactions_aborted
+                out["enricher_transactions_records_aborted_total"] = p.records_aborted
         return out
 
     def log_stats(self, final: bool = False) -> None:

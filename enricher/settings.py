@@ -57,6 +57,21 @@ class Settings:
     other_cluster_cidrs: tuple[Network, ...] = ()
     # join: also join the raw DNS topic (enricher/dnsjoin.py) in the same process.
     dns: bool = True
+    # join: output and input offsets committed together in Kafka transactions, so a restart
+    # neither loses nor repeats a record for read_committed consumers. False: at-least-once
+    # (offsets auto-committed after output; a restart re-emits what followed the last commit).
+    exactly_once: bool = True
+    # join: this instance's stable name (a StatefulSet pod name). The transactional.id and the
+    # static group membership (group.instance.id) derive from it, so a restarted instance
+    # fences its zombie and takes its partitions back at once instead of after the session
+    # timeout. "": a random name per process (no fencing across restarts, no static
+    # membership). Two live instances must never share one.
+    instance: str = ""
+    # join: a transaction is committed once it holds this many input records or is this old
+    # (whichever first; at the end of a consumed batch). read_committed consumers see output
+    # only when it commits: the interval is the latency it adds.
+    commit_interval_s: float = 0.1
+    commit_max_records: int = 50_000
 
     @property
     def pod_fields(self) -> PodFields:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -37,12 +37,27 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
 }
 
 
+# A transactional producer's transactions are committed every fraction of a second: a zombie's
+# open one (an instance killed mid-transaction and not restarted under the same id) blocks
+# read_committed readers of its partitions until the broker aborts it after this long.
+TRANSACTION_TIMEOUT_MS = 10_000
+
 # Header on batch messages: how many records the message holds (a JSON array of them).
 RECORDS_HEADER = "flowscope-records"
 
 
 class KafkaUnavailable(RuntimeError):
     """The broker could not be reached within the time allowed."""
+
+
+class TransactionAborted(RuntimeError):
+    """The open transaction was aborted: nothing produced in it will be read (read_committed)
+    and its input offsets were not committed; the caller reads that input again."""
+
+
+class ProducerFenced(RuntimeError):
+    """A fatal transactional error, e.g. another producer with the same transactional.id
+    started (this one is the zombie): this producer can never produce again."""
 
 
 @dataclass
@@ -59,6 +74,11 @@ class ProducerCounters:
     records_delivered: int = 0
     records_delivery_failed: int = 0
     records_dropped_buffer_full: int = 0
+    # Transactional producers only: commits, aborts, and the records whose transaction was
+    # aborted (delivered to the log but never visible to read_committed consumers).
+    transactions_committed: int = 0
+    transactions_aborted: int = 0
+    records_aborted: int = 0
     last_error: str | None = None
     errors_by_code: dict[str, int] = field(default_factory=dict)
 
@@ -72,12 +92,21 @@ class ProducerCounters:
             "records_delivered": self.records_delivered,
             "records_delivery_failed": self.records_delivery_failed,
             "records_dropped_buffer_full": self.records_dropped_buffer_full,
+            "transactions_committed": self.transactions_committed,
+            "transactions_aborted": self.transactions_aborted,
+            "records_aborted": self.records_aborted,
             "last_error": self.last_error,
         }
 
 
 class RecordProducer:
-    """A confluent-kafka producer that never blocks forever and never loses a record silently."""
+    """A confluent-kafka producer that never blocks forever and never loses a record silently.
+
+    With ``transactional_id`` it is a transactional producer (consume-transform-produce): a
+    transaction begins with the first message after a commit, and :meth:`commit` ends it
+    together with the consumer offsets of the input it came from, atomically. Creating it
+    fences any earlier producer with the same id (a zombie) and aborts its open transaction.
+    """
 
     POLL_EVERY = 256  # messages between two polls for delivery reports
     POLL_INTERVAL_S = 0.5  # ... or this long, whichever comes first
@@ -87,15 +116,30 @@ class RecordProducer:
         bootstrap_servers: str,
         overrides: Mapping[str, Any] | None = None,
         buffer_full_wait_s: float = 1.0,
+        transactional_id: str | None = None,
+        init_timeout_s: float = 30.0,
     ) -> None:
         config = {**PRODUCER_DEFAULTS, **dict(overrides or {})}
         config["bootstrap.servers"] = bootstrap_servers
         config["on_delivery"] = self._on_delivery
+        if transactional_id:
+            config["transactional.id"] = transactional_id
+            config.setdefault("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
         self._producer = Producer(config)
         self._buffer_full_wait_s = buffer_full_wait_s
         self._since_poll = 0
         self._last_poll = time.monotonic()
         self.counters = ProducerCounters()
+        self.transactional = bool(transactional_id)
+        self._in_transaction = False
+        self._transaction_records = 0  # records produced in the open transaction
+        if self.transactional:
+            try:
+                self._producer.init_transactions(init_timeout_s)
+            except KafkaException as exc:
+                raise KafkaUnavailable(
+                    f"could not initialise transactions as {transactional_id}: {exc}"
+                ) from exc
 
     def _on_delivery(self, err: KafkaError | None, msg: Message, records: int = 1) -> None:
         if err is None:
@@ -122,12 +166,15 @@ class RecordProducer:
             # Consumers can see the batch size; the delivery report of a failed message may
             # come back without headers, so its record count travels in the callback instead.
             headers = [*(headers or ()), (RECORDS_HEADER, str(records).encode())]
+        if self.transactional and not self._in_transaction:
+            self._begin()
         try:
             self._send(topic, value, key, headers, records)
         except BufferError:
             return self._produce_when_full(topic, value, key, headers, records)
         self.counters.produced += 1
         self.counters.records_produced += records
+        self._transaction_records += records
         # Delivery reports pile up (and counters lag) until poll() serves them: serve them
         # every few hundred messages, or when the last poll is older than POLL_INTERVAL_S so
         # a slow producer's counters stay current, without a poll call (~1 µs) per message.
@@ -158,6 +205,7 @@ class RecordProducer:
                 continue
             self.counters.produced += 1
             self.counters.records_produced += records
+            self._transaction_records += records
             return True
         self.counters.dropped_buffer_full += 1
         self.counters.records_dropped_buffer_full += records
@@ -178,6 +226,87 @@ class RecordProducer:
             self._producer.produce(
                 topic, value=value, key=key, headers=headers, on_delivery=on_delivery
             )
+
+    # -- transactions (transactional producers only) ---------------------------------------
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_transaction
+
+    @property
+    def transaction_records(self) -> int:
+        """Records produced in the open transaction (0 when none is open)."""
+        return self._transaction_records
+
+    def _begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise ProducerFenced(f"could not begin a transaction: {exc}") from exc
+        self._in_transaction = True
+        self._transaction_records = 0
+
+    def commit(
+        self,
+        offsets: list[TopicPartition],
+        group_metadata: Any,
+        timeout_s: float = 30.0,
+    ) -> None:
+        """Commit what was produced since the last commit together with ``offsets`` (the
+        next offset to read per input partition) for the consumer group ``group_metadata``
+        (``Consumer.consumer_group_metadata()``: a consumer fenced by a rebalance cannot
+        commit). Opens a transaction if none is open so that offsets alone can be committed.
+
+        Raises TransactionAborted (after aborting) or ProducerFenced; retriable errors are
+        retried until ``timeout_s``."""
+        if not self._in_transaction:
+            if not offsets:
+                return
+            self._begin()
+        deadline = time.monotonic() + timeout_s
+        if offsets:
+            self._retrying(
+                lambda left: self._producer.send_offsets_to_transaction(
+                    offsets, group_metadata, left
+                ),
+                deadline,
+            )
+        self._retrying(self._producer.commit_transaction, deadline)
+        self._in_transaction = False
+        self._transaction_records = 0
+        self.counters.transactions_committed += 1
+
+    def abort(self, timeout_s: float = 30.0) -> None:
+        """Abort the open transaction (if any): its messages are never read committed."""
+        if not self._in_transaction:
+            return
+        try:
+            self._producer.abort_transaction(timeout_s)
+        except KafkaException as exc:
+            raise ProducerFenced(f"could not abort the transaction: {exc}") from exc
+        finally:
+            self._in_transaction = False
+            self.counters.transactions_aborted += 1
+            self.counters.records_aborted += self._transaction_records
+            self._transaction_records = 0
+
+    def _retrying(self, call: Any, deadline: float) -> None:
+        while True:
+            try:
+                call(max(0.1, deadline - time.monotonic()))
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                self.counters.last_error = str(err)
+                if err.fatal():
+                    self._in_transaction = False
+                    raise ProducerFenced(f"transactional producer fenced or failed: {err}") from exc
+                if err.retriable() and time.monotonic() < deadline:
+                    continue
+                if err.txn_requires_abort() or err.retriable():
+                    self.abort(max(1.0, deadline - time.monotonic()))
+                    raise TransactionAborted(f"transaction aborted: {err}") from exc
+                raise
 
     def poll(self, timeout_s: float = 0.0) -> None:
         self._producer.poll(timeout_s)

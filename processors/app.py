@@ -47,6 +47,7 @@ from processors.processor import ConnectionProcessor
 from processors.runtime import MissingCodec, check_codecs, tune_interpreter, use_gil_free_lz4
 from processors.settings import ProcessorSettings
 from processors.stage import Output, OutputKind, Source, WindowedStage
+from processors.transport import ReadCommittedTransport
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ def build_app(
         # fetch starves the worker on batched records (~1 KB each); 16 MiB fetches doubled it.
         consumer_max_fetch_size=16 * 1024 * 1024,
     )
+    # Before the first topic (topics reach the transport): enriched.* is written in
+    # transactions, so only committed records are read (processors/transport.py).
+    app.transport = ReadCommittedTransport(app.conf.broker_consumer, app)
     source = app.topic(
         topics.enriched_tcp,
         key_type=bytes,

@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 from processors_harness import (
     Worker,
     final_counters,
@@ -303,3 +303,44 @@ def test_worker_stuck_in_shutdown_exits_at_its_deadline_with_counters(worker: Wo
     log = worker.log()
     assert "shutdown did not finish within" in log
     assert re.search(r"worker stopped \(exit 1\); final counters records=0 ", log), log[-2000:]
+
+
+def test_worker_reads_committed_records_only(
+    worker: Worker, kafka_bootstrap: str, topics: Topics
+) -> None:
+    """The enricher writes in transactions: what an aborted one left in the log (a killed
+    enricher's last batch, which its successor produces again) must not be counted."""
+    worker.wait_for_log(r"processor ready", timeout_s=90)
+    now = time.time_ns()
+    w1 = (now + S) - (now + S) % WINDOW + WINDOW
+    web, db = endpoint("web", "zone-a", "10.1.0.5"), endpoint("db", "zone-b", "10.2.0.7")
+    codec = JsonCodec(EnrichedTcpConnection)
+
+    def batch(n: int, c2s: int) -> bytes:
+        records = [
+            connection(w1 + i, "client", True, web, db, c2s, 1, 100, "cross_zone") for i in range(n)
+        ]
+        return codec.encode_batch(records)
+
+    producer = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "transactional.id": f"test-{new_app_id()}"}
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(topics.enriched_tcp, batch(30, 7), key=b"pairs")
+    producer.flush(15)  # in the log, then aborted
+    producer.abort_transaction(30)
+    producer.begin_transaction()
+    producer.produce(topics.enriched_tcp, batch(20, 1000), key=b"pairs")
+    producer.commit_transaction(30)
+
+    metrics_consumer = new_consumer(kafka_bootstrap, topics.metrics_tcp_pairs)
+    try:
+        (value,) = consume_all(metrics_consumer, want=1, timeout_s=60, worker=worker)
+        # Anything else for this window (a count of the aborted records) shows up too.
+        assert consume_all(metrics_consumer, want=1, timeout_s=3, worker=worker) == []
+    finally:
+        metrics_consumer.close()
+    metric = JsonCodec(TcpPairMetric).decode(value)
+    assert metric.window_start_ns == w1
+    assert (metric.connections, metric.bytes_client_to_server) == (20, 20 * 1000)
