@@ -16,6 +16,7 @@ from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     TopicPartition,
 )
@@ -27,6 +28,9 @@ ApplyFn = Callable[[str | None, bytes | None, int], object]
 # A record the apply function refused ("invalid", "unsupported_version"), for a dead letter.
 RejectFn = Callable[[Message, str], None]
 REFUSED = ("invalid", "unsupported_version")
+_NO_LEADER_YET = frozenset(
+    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TIMED_OUT}
+)
 
 
 class MetadataReadError(EnricherError):
@@ -85,9 +89,7 @@ class MetadataFollower:
             time.sleep(0.2)
         highs: dict[int, int] = {}
         for p in topic_md.partitions:
-            low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self._topic, p), timeout=timeout_s
-            )
+            low, high = self._watermarks(p, deadline)
             if high > low:
                 highs[p] = high
         self._consumer.assign(
@@ -114,6 +116,25 @@ class MetadataFollower:
                 if tp.offset >= 0 and tp.offset >= highs[tp.partition]:
                     del highs[tp.partition]
         return applied
+
+    def _watermarks(self, partition: int, deadline: float) -> tuple[int, int]:
+        """A new topic's partitions may have no leader yet for a moment (NOT_LEADER,
+        LEADER_NOT_AVAILABLE): retriable, so ask again until the deadline."""
+        while True:
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, partition),
+                    timeout=max(0.1, deadline - time.monotonic()),
+                )
+                return int(low), int(high)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                retriable = isinstance(err, KafkaError) and err.code() in _NO_LEADER_YET
+                if not retriable or time.monotonic() > deadline:
+                    raise MetadataReadError(
+                        f"metadata topic {self._topic}[{partition}] offsets unavailable: {exc}"
+                    ) from None
+                time.sleep(0.2)
 
     def poll(self, apply: ApplyFn, max_records: int = 1000) -> int:
         """Apply whatever arrived since the last call, without waiting."""
