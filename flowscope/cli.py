@@ -27,6 +27,7 @@ COMMANDS: dict[str, Command] = {
     "enricher": Command("enricher.__main__:main", "publish k8s metadata | join raw records"),
     "processors": Command("processors.__main__:main", "metrics and alerts per window (faust)"),
     "tail": Command("consumers.tail:main", "follow a topic, decoded and filtered"),
+    "top": Command("consumers.top.app:main", "live view of the metric topics"),
 }
 
 
