@@ -28,6 +28,7 @@ COMMANDS: dict[str, Command] = {
     "processors": Command("processors.__main__:main", "metrics and alerts per window (faust)"),
     "tail": Command("consumers.tail:main", "follow a topic, decoded and filtered"),
     "top": Command("consumers.top.app:main", "live view of the metric topics"),
+    "exporter": Command("consumers.exporter:main", "Prometheus /metrics of the metric topics"),
 }
 
 
