@@ -208,6 +208,12 @@ def main() -> int:
     print(f"\nAlerts ({topics.alerts}):")
     print(alerts_table(alerts) if alerts else "(none fired)")
     print(f"\nservice logs and objects: {log_dir}")
+    print(f"\nread this run's topics again, as a person or Prometheus would:\n"
+          f"  flowscope top --bootstrap-servers {bootstrap} --topic-prefix {topics.prefix}\n"
+          f"  flowscope tail enriched.tcp --start earliest --filter 'outcome!=closed' "
+          f"--bootstrap-servers {bootstrap} --topic-prefix {topics.prefix}\n"
+          f"  flowscope exporter --bootstrap-servers {bootstrap} --topic-prefix "
+          f"{topics.prefix} --start earliest   # then curl :9464/metrics")  # fmt: skip
     expected = sum(f.count for f in flows) + 5
     seen = sum(m.connections for m in ours)
     if seen != expected:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
-from confluent_kafka import Consumer, KafkaError
-
 from flowscope.codec import JsonCodec
+from flowscope.kafka import TopicFollower
 
 T = TypeVar("T")
 
@@ -18,19 +16,7 @@ class TopicReader:
     """A consumer reading one topic from the beginning, with its own throwaway group."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"flowscope-reader-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                # enriched.* is written in transactions: an aborted one is never shown.
-                "isolation.level": "read_committed",
-                # Topics may not exist yet when the reader starts; they will.
-                "topic.metadata.refresh.interval.ms": 1000,
-            }
-        )
-        self._consumer.subscribe([topic])
+        self._follower = TopicFollower(bootstrap, [topic], start="earliest")
         self.topic = topic
 
     def read(self, timeout_s: float) -> list[bytes]:
@@ -43,15 +29,11 @@ class TopicReader:
         values: list[tuple[int, bytes]] = []
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
-            for msg in self._consumer.consume(num_messages=1000, timeout=min(left, 0.5)):
-                err = msg.error()
-                if err is not None:
-                    if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                        continue
-                    raise RuntimeError(f"reading {self.topic}: {err}")
-                value = msg.value()
-                if value is not None:
-                    values.append((msg.timestamp()[1], value))
+            for msg in self._follower.poll(min(left, 0.5)):
+                if msg.value is not None:
+                    values.append((msg.timestamp_ms, msg.value))
+            if self._follower.counters.errors:
+                raise RuntimeError(f"reading {self.topic}: {self._follower.counters.last_error}")
         return values
 
     def read_until(
@@ -70,4 +52,4 @@ class TopicReader:
         return records
 
     def close(self) -> None:
-        self._consumer.close()
+        self._follower.close()

@@ -7,12 +7,21 @@ producer counts every outcome so that a loss is a number, not a log line.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -368,3 +377,97 @@ def ensure_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise RuntimeError(f"could not create topic {name}: {exc}") from exc
+
+
+# Where a follower starts on each partition: the oldest record, the next new one, or the
+# first record produced at or after a time (Unix ms; Kafka's own offsets-for-times lookup).
+Start = str | int  # "earliest", "latest" or a Unix time in ms
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as a follower hands it on: where it came from and its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    value: bytes | None
+    key: bytes | None
+
+
+@dataclass
+class FollowerCounters:
+    messages: int = 0
+    errors: int = 0  # consume errors other than end-of-partition and unknown topic
+    last_error: str | None = None
+
+
+class TopicFollower:
+    """Reads topics for a person or a bridge: its own throwaway consumer group (no commits,
+    so it never moves another reader's offsets), topics that do not exist yet are waited for
+    rather than fatal, and errors are counted instead of raised."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: Iterable[str],
+        start: Start = "earliest",
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        config: dict[str, Any] = {
+            "group.id": f"flowscope-follower-{uuid.uuid4().hex[:10]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest" if start == "latest" else "earliest",
+            # enriched.* is written in transactions: an aborted one is never shown.
+            "isolation.level": "read_committed",
+            # Topics may appear after the follower starts (a stage not started yet).
+            "topic.metadata.refresh.interval.ms": 1000,
+            **dict(overrides or {}),
+        }
+        config["bootstrap.servers"] = bootstrap_servers
+        self._consumer = Consumer(config)
+        self._start = start
+        self.topics = list(topics)
+        self.counters = FollowerCounters()
+        self._consumer.subscribe(self.topics, on_assign=self._on_assign)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not isinstance(self._start, int):
+            return  # auto.offset.reset does it
+        wanted = [TopicPartition(p.topic, p.partition, self._start) for p in partitions]
+        found = consumer.offsets_for_times(wanted, timeout=10.0)
+        # -1: nothing at or after that time yet; start at the end (what comes next).
+        consumer.assign(
+            [
+                TopicPartition(p.topic, p.partition, p.offset if p.offset >= 0 else OFFSET_END)
+                for p in found
+            ]
+        )
+
+    def poll(self, timeout_s: float, max_messages: int = 1000) -> list[Received]:
+        """What arrives within ``timeout_s`` (at most ``max_messages``)."""
+        out: list[Received] = []
+        for msg in self._consumer.consume(num_messages=max_messages, timeout=timeout_s):
+            err = msg.error()
+            if err is not None:
+                if err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    self.counters.errors += 1
+                    self.counters.last_error = str(err)
+                continue
+            self.counters.messages += 1
+            # Topic, partition and offset are None only on error messages, handled above.
+            out.append(
+                Received(
+                    msg.topic() or "",
+                    msg.partition() or 0,
+                    msg.offset() or 0,
+                    msg.timestamp()[1],
+                    msg.value(),
+                    msg.key(),
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -10,6 +10,7 @@ PACKAGES=(
   clang llvm libbpf-dev libbpf1 bpftool libelf-dev zlib1g-dev make
   iproute2 nftables iptables conntrack procps util-linux
   etcd-server openssl curl  # the real kube-apiserver the publisher is tested against
+  tmux  # flowscope top is tested in a real terminal (send-keys, capture-pane)
   python3 python3-venv python3-dev gcc libc6-dev
   openjdk-17-jre-headless maven
 )

@@ -1,0 +1,1 @@
+"""``flowscope top``: a live terminal view of the metric topics (views, model, terminal)."""
