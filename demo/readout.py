@@ -10,6 +10,7 @@ from typing import TypeVar
 from confluent_kafka import Consumer, KafkaError
 
 from flowscope.codec import JsonCodec
+from flowscope.kafka_security import secured
 
 T = TypeVar("T")
 
@@ -19,14 +20,16 @@ class TopicReader:
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"flowscope-reader-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                # Topics may not exist yet when the reader starts; they will.
-                "topic.metadata.refresh.interval.ms": 1000,
-            }
+            secured(
+                {
+                    "bootstrap.servers": bootstrap,
+                    "group.id": f"flowscope-reader-{uuid.uuid4().hex[:8]}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                    # Topics may not exist yet when the reader starts; they will.
+                    "topic.metadata.refresh.interval.ms": 1000,
+                }
+            )
         )
         self._consumer.subscribe([topic])
         self.topic = topic

@@ -37,6 +37,7 @@ from flowscope.kafka import (
     ensure_topics,
     wait_for_broker,
 )
+from flowscope.kafka_security import secured
 from flowscope.records import DeadLetter, Endpoint, EnrichedDnsQuery, PeerClass, RawDnsQuery
 
 log = logging.getLogger("enricher.dns")
@@ -132,7 +133,7 @@ class DnsJoiner:
             "bootstrap.servers": s.bootstrap_servers,
             "group.id": f"{s.consumer_group}-dns",
         }
-        self._consumer = Consumer(config)
+        self._consumer = Consumer(secured(config))
         out = self._consumer.list_topics(t.enriched_dns, timeout=10.0).topics.get(t.enriched_dns)
         if out is not None and out.error is None and out.partitions:
             self._outbox.partitions = len(out.partitions)

@@ -21,6 +21,7 @@ from confluent_kafka import (
 )
 
 from enricher import EnricherError
+from flowscope.kafka_security import secured
 
 # (key, value or None for a tombstone, time the record was written in ns)
 ApplyFn = Callable[[str | None, bytes | None, int], object]
@@ -56,7 +57,7 @@ class MetadataFollower:
             **dict(overrides or {}),
         }
         self._topic = topic
-        self._consumer = Consumer(config)
+        self._consumer = Consumer(secured(config))
         self.records_read = 0
         self.read_errors = 0
 

@@ -47,6 +47,7 @@ from flowscope.kafka import (
     ensure_topics,
     wait_for_broker,
 )
+from flowscope.kafka_security import secured
 from flowscope.records import DeadLetter, RawTcpConnection
 
 log = logging.getLogger("enricher")
@@ -154,7 +155,7 @@ class Joiner:
             "bootstrap.servers": s.bootstrap_servers,
             "group.id": s.consumer_group,
         }
-        self._consumer = Consumer(config)
+        self._consumer = Consumer(secured(config))
         self._consumer.subscribe([t.raw_tcp], on_revoke=self._on_revoke)
         self._refresh_output_partitions()
         self.ready.set()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from enricher.classify import Network
 from enricher.kubeobjects import PodFields
+from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from flowscope.topics import DEFAULT_PREFIX, Topics
 
 
@@ -57,6 +58,7 @@ class Settings:
     other_cluster_cidrs: tuple[Network, ...] = ()
     # join: also join the raw DNS topic (enricher/dnsjoin.py) in the same process.
     dns: bool = True
+    kafka_security: KafkaSecurity = PLAINTEXT
 
     @property
     def pod_fields(self) -> PodFields:

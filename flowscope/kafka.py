@@ -16,6 +16,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from flowscope.kafka_security import Refusal, secured
+
 # Throughput-oriented defaults (see DESIGN.md): idempotence keeps retries from duplicating,
 # lz4 is cheap on CPU, and murmur2_random puts keys where Java/aiokafka clients would.
 PRODUCER_DEFAULTS: Mapping[str, Any] = {
@@ -91,7 +93,7 @@ class RecordProducer:
         config = {**PRODUCER_DEFAULTS, **dict(overrides or {})}
         config["bootstrap.servers"] = bootstrap_servers
         config["on_delivery"] = self._on_delivery
-        self._producer = Producer(config)
+        self._producer = Producer(secured(config))
         self._buffer_full_wait_s = buffer_full_wait_s
         self._since_poll = 0
         self._last_poll = time.monotonic()
@@ -190,18 +192,33 @@ class RecordProducer:
         return len(self._producer)
 
 
-def wait_for_broker(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
-    """Block until the cluster answers a metadata request, or raise KafkaUnavailable."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+def wait_for_broker(
+    bootstrap_servers: str, timeout_s: float = 30.0, *, require: bool = True
+) -> None:
+    """Block until the cluster answers a metadata request, or raise KafkaUnavailable.
+
+    Refused credentials or an untrusted certificate raise at once, naming the cause.
+    require=False: an unreachable cluster is not an error (only a refusal is)."""
+    refusal = Refusal(bootstrap_servers)
+    # Refusals come through error_cb; librdkafka's own log lines would only repeat them.
+    config = {"bootstrap.servers": bootstrap_servers, "error_cb": refusal.on_error}
+    admin = AdminClient(secured({**config, "log_level": 2}))
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            admin.list_topics(timeout=2.0)
+            admin.list_topics(timeout=1.0)
             return
         except KafkaException as exc:
             last = exc
-            time.sleep(0.5)
+        admin.poll(0)  # error_cb is served here
+        if refusal.reason is not None:
+            raise KafkaUnavailable(refusal.reason)
+        time.sleep(0.2)
+    if refusal.reason is not None:
+        raise KafkaUnavailable(refusal.reason)
+    if not require:
+        return
     raise KafkaUnavailable(
         f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:.0f}s "
         f"(start one with `python -m devbroker start`): {last}"
@@ -219,7 +236,7 @@ def ensure_topics(
     bootstrap_servers: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(secured({"bootstrap.servers": bootstrap_servers}))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     new = [
         NewTopic(
