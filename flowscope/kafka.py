@@ -237,12 +237,17 @@ def ensure_topics(
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
     admin = AdminClient(secured({"bootstrap.servers": bootstrap_servers}))
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    metadata = admin.list_topics(timeout=timeout_s)
+    existing = set(metadata.topics)
+    # Three replicas where the cluster has three brokers (a cluster with
+    # min.insync.replicas=2 refuses acks=all writes to one replica); one on a single broker.
+    # Partitions and retention per family: flowscope.provisioning (`python -m flowscope topics`).
+    replication = max(1, min(3, len(metadata.brokers)))
     new = [
         NewTopic(
             s.name,
             num_partitions=s.partitions,
-            replication_factor=1,
+            replication_factor=replication,
             config={"cleanup.policy": "compact"} if s.compacted else {},
         )
         for s in specs
