@@ -21,7 +21,8 @@ from collector.nat import NatResolver, parse_cidrs
 from collector.settings import Settings, parse_settings
 from collector.source import TcpConnSource
 from collector.udp import UdpFlowSource, UdpReporter
-from flowscope.kafka import KafkaUnavailable, RecordProducer
+from flowscope import kafka_security
+from flowscope.kafka import KafkaUnavailable, RecordProducer, wait_for_broker
 
 log = logging.getLogger("collector")
 
@@ -40,6 +41,11 @@ def run(settings: Settings) -> int:
     resolver.refresh()
     cidrs = parse_cidrs(settings.service_cidrs)
     nat = NatResolver(cidrs) if cidrs else None
+    kafka_security.register(settings.bootstrap_servers, settings.kafka_security)
+    if settings.kafka_security.protocol != "PLAINTEXT":
+        # Refused credentials or an untrusted certificate end the start here, with the cause;
+        # an unreachable cluster does not: the producer buffers until it is back.
+        wait_for_broker(settings.bootstrap_servers, timeout_s=10.0, require=False)
     producer = RecordProducer(settings.bootstrap_servers, settings.kafka_options)
     metrics: MetricsServer | None = None
     with ExitStack() as stack:
@@ -100,10 +106,11 @@ def run(settings: Settings) -> int:
                 metrics = MetricsServer(counters, settings.metrics_port)
             # Others (the demo, tests) wait for this line: the programs are attached by now.
             log.info(
-                "collector ready: producing to %s at %s as node %s (cgroup root %s, "
+                "collector ready: producing to %s at %s (%s) as node %s (cgroup root %s, "
                 "metrics port %s, udp %s)",
                 settings.topics.raw_tcp,
                 settings.bootstrap_servers,
+                settings.kafka_security.describe(),
                 settings.node_name,
                 settings.cgroup_root,
                 metrics.port if metrics is not None else "off",

@@ -15,6 +15,8 @@ from types import MappingProxyType
 from collector.dns import settings as dns_settings
 from collector.errors import CollectorError
 from collector.nat import parse_cidrs
+from flowscope import kafka_security
+from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from flowscope.topics import DEFAULT_PREFIX, Topics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +108,7 @@ class Settings:
     batch_records: int = 256
     batch_bytes: int = 256 << 10  # a batch message is split below this (Kafka's limit: 1 MB)
     dns: dns_settings.DnsSettings = field(default_factory=dns_settings.DnsSettings)
+    kafka_security: KafkaSecurity = PLAINTEXT
 
     def __post_init__(self) -> None:
         page = mmap.PAGESIZE
@@ -395,6 +398,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help=env_help("log_level", "log level"),
     )
     dns_settings.add_arguments(p, env)
+    kafka_security.add_arguments(p, env)
     return p
 
 
@@ -407,4 +411,8 @@ def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settin
     values = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__}
     values["kafka_options"] = options
     values["dns"] = dns_settings.from_args(args)
+    try:
+        values["kafka_security"] = kafka_security.from_args(args, env)
+    except kafka_security.KafkaSecurityError as exc:
+        raise SettingsError(str(exc)) from None
     return Settings(**values)

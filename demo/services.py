@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowscope.topics import Topics
@@ -92,6 +92,8 @@ class PipelineSettings:
     # Extra command-line arguments per service, e.g. ("--dns-enabled", "true").
     collector_args: tuple[str, ...] = ()
     processor_args: tuple[str, ...] = ()
+    # More environment for every service, e.g. the FLOWSCOPE_KAFKA_* security settings.
+    extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
 def _env(settings: PipelineSettings) -> dict[str, str]:
@@ -102,7 +104,7 @@ def _env(settings: PipelineSettings) -> dict[str, str]:
     }
     if settings.cgroup_root:
         env["FLOWSCOPE_CGROUP_ROOT"] = settings.cgroup_root
-    return env
+    return {**env, **settings.extra_env}
 
 
 @contextmanager
@@ -145,7 +147,9 @@ def running_pipeline(settings: PipelineSettings) -> Iterator[dict[str, ServicePr
         yield services
 
 
-def publish_metadata(bootstrap: str, topics: Topics, objects: Path) -> str:
+def publish_metadata(
+    bootstrap: str, topics: Topics, objects: Path, env: Mapping[str, str] | None = None
+) -> str:
     """Publish a file of Kubernetes objects to the metadata topic (``enricher publish``).
 
     Returns the publisher's report; raises ServiceFailed with its output if it fails."""
@@ -166,6 +170,7 @@ def publish_metadata(bootstrap: str, topics: Topics, objects: Path) -> str:
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     if done.returncode != 0:
         raise ServiceFailed(

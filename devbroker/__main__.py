@@ -9,11 +9,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from devbroker.broker import Broker
+from devbroker.broker import Broker, BrokerStatus
+from devbroker.cluster import Cluster
 from devbroker.errors import DevBrokerError
 from devbroker.layout import DEFAULT_STATE_DIR
 
-COMMANDS = ("fetch", "start", "stop", "status")
+COMMANDS = ("fetch", "start", "stop", "status", "env")
 # `status` exits with this when the broker is not running (the LSB "not running" code).
 EXIT_NOT_RUNNING = 3
 
@@ -23,6 +24,8 @@ class Settings:
     command: str
     port: int
     controller_port: int | None
+    sasl_ssl_port: int | None
+    brokers: int
     state_dir: Path
     fresh: bool
     heap_mb: int
@@ -54,6 +57,22 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         type=int,
         default=_int_env(env, "FLOWSCOPE_KAFKA_CONTROLLER_PORT", None),
         help="KRaft controller port (env FLOWSCOPE_KAFKA_CONTROLLER_PORT; default --port + 1)",
+    )
+    common.add_argument(
+        "--sasl-ssl-port",
+        type=int,
+        default=_int_env(env, "FLOWSCOPE_KAFKA_SASL_SSL_PORT", None),
+        help="also listen with SASL_SSL here (a generated CA, user 'flowscope' with PLAIN, "
+        "SCRAM-SHA-256 and SCRAM-SHA-512; `env` prints the client settings) "
+        "(env FLOWSCOPE_KAFKA_SASL_SSL_PORT; default: none)",
+    )
+    common.add_argument(
+        "--brokers",
+        type=int,
+        default=_int_env(env, "FLOWSCOPE_KAFKA_BROKERS", 1),
+        help="nodes (each broker+controller): 1, or 3 for replication factor 3 and "
+        "min.insync.replicas 2; node i takes every port + i-1 "
+        "(env FLOWSCOPE_KAFKA_BROKERS; default 1)",
     )
     common.add_argument(
         "--state-dir",
@@ -106,11 +125,19 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         parents=[common],
         help=f"print the broker's state; exit {EXIT_NOT_RUNNING} if stopped",
     )
+    sub.add_parser(
+        "env",
+        parents=[common],
+        help="print the FLOWSCOPE_* settings of a client of the SASL_SSL listener "
+        "(the password as a file name, never its value)",
+    )
     args = parser.parse_args(argv)
-    for name in ("port", "controller_port"):
+    for name in ("port", "controller_port", "sasl_ssl_port"):
         value = getattr(args, name)
         if value is not None and not 1 <= value <= 65535:
             parser.error(f"--{name.replace('_', '-')} {value} is not a port (valid: 1..65535)")
+    if args.brokers < 1:
+        parser.error(f"--brokers {args.brokers} must be 1 or more")
     if args.heap_mb < 128:
         parser.error(f"--heap-mb {args.heap_mb} is too small (valid: 128 or more)")
     if args.start_timeout <= 0:
@@ -119,6 +146,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         command=args.command,
         port=args.port,
         controller_port=args.controller_port,
+        sasl_ssl_port=args.sasl_ssl_port,
+        brokers=args.brokers,
         state_dir=args.state_dir,
         fresh=getattr(args, "fresh", False),
         heap_mb=args.heap_mb,
@@ -128,45 +157,67 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     )
 
 
-def run(settings: Settings) -> int:
-    try:
-        broker = Broker(
+def _build(settings: Settings) -> Broker | Cluster:
+    if settings.brokers > 1:
+        return Cluster(
             settings.state_dir,
             settings.port,
             settings.controller_port,
+            brokers=settings.brokers,
+            sasl_ssl_port=settings.sasl_ssl_port,
             heap_mb=settings.heap_mb,
             java=settings.java,
             mvn=settings.mvn,
             start_timeout_s=settings.start_timeout_s,
         )
+    return Broker(
+        settings.state_dir,
+        settings.port,
+        settings.controller_port,
+        sasl_ssl_port=settings.sasl_ssl_port,
+        heap_mb=settings.heap_mb,
+        java=settings.java,
+        mvn=settings.mvn,
+        start_timeout_s=settings.start_timeout_s,
+    )
+
+
+def run(settings: Settings) -> int:
+    try:
+        broker = _build(settings)
     except ValueError as exc:
         print(f"devbroker: {exc}", file=sys.stderr)
         return 2
     try:
         if settings.command == "fetch":
             if not broker.fetch():
-                print(f"Kafka {broker.jars.version} jars already complete in {broker.jars.lib_dir}")
+                print("Kafka jars already complete")
         elif settings.command == "start":
             broker.start(fresh=settings.fresh)
         elif settings.command == "stop":
             if not broker.stop():
-                print(f"not running (state dir {broker.state.root})")
+                print(f"not running (state dir {settings.state_dir})")
+        elif settings.command == "env":
+            print(f"FLOWSCOPE_BOOTSTRAP_SERVERS={broker.sasl_bootstrap}")
+            for key, value in broker.client_security().env().items():
+                print(f"{key}={value}")
         else:
-            return _print_status(broker)
+            nodes = broker.status() if isinstance(broker, Cluster) else [broker.status()]
+            return max(_print_status(status) for status in nodes)
     except DevBrokerError as exc:
         print(f"devbroker: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _print_status(broker: Broker) -> int:
-    status = broker.status()
+def _print_status(status: BrokerStatus) -> int:
     if not status.running:
         print(f"stopped (Kafka {status.kafka_version}, state dir {status.state_dir})")
         return EXIT_NOT_RUNNING
     rss = f"{status.rss_bytes / 2**20:.0f} MiB" if status.rss_bytes else "unknown"
+    sasl = f", SASL_SSL at {status.sasl_bootstrap}" if status.sasl_bootstrap else ""
     print(
-        f"running: Kafka {status.kafka_version} at {status.bootstrap}, pid {status.pid}, "
+        f"running: Kafka {status.kafka_version} at {status.bootstrap}{sasl}, pid {status.pid}, "
         f"RSS {rss}, state dir {status.state_dir}"
     )
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -13,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from devbroker import config, layout, process
+from devbroker import config, layout, process, tls
 from devbroker.errors import DevBrokerError
 from devbroker.jars import JarCache
 
@@ -27,6 +29,32 @@ def print_progress(message: str) -> None:
 
 
 @dataclass(frozen=True)
+class ClientSecurity:
+    """What a client needs for the SASL_SSL listener: the user, where its password is, the
+    CA to trust, and a client certificate (the listener does not ask for one; an SSL client
+    may still present it)."""
+
+    username: str
+    password_file: Path
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    def env(self, mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+        """The FLOWSCOPE_KAFKA_* settings every flowscope service reads (no secret values)."""
+        return {
+            "FLOWSCOPE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "FLOWSCOPE_KAFKA_SASL_MECHANISM": mechanism,
+            "FLOWSCOPE_KAFKA_SASL_USERNAME": self.username,
+            "FLOWSCOPE_KAFKA_SASL_PASSWORD_FILE": str(self.password_file),
+            "FLOWSCOPE_KAFKA_SSL_CA_FILE": str(self.ca_file),
+        }
+
+
+@dataclass(frozen=True)
 class BrokerStatus:
     running: bool
     bootstrap: str
@@ -34,6 +62,7 @@ class BrokerStatus:
     kafka_version: str
     pid: int | None = None
     rss_bytes: int | None = None
+    sasl_bootstrap: str | None = None
 
 
 class Broker:
@@ -49,6 +78,9 @@ class Broker:
         port: int = 9092,
         controller_port: int | None = None,
         *,
+        sasl_ssl_port: int | None = None,
+        node: config.Node = config.SINGLE_NODE,
+        security_dir: Path | None = None,
         heap_mb: int = 512,
         java: str = "/usr/bin/java",
         mvn: str = "/usr/bin/mvn",
@@ -56,18 +88,49 @@ class Broker:
         stop_timeout_s: float = 30.0,
         progress: Progress = print_progress,
     ) -> None:
-        self.ports = config.Ports(port, controller_port if controller_port else port + 1)
+        self.ports = config.Ports(
+            port, controller_port if controller_port else port + 1, sasl_ssl_port
+        )
+        self.node = node
         self.state = layout.StateLayout(Path(state_dir or layout.DEFAULT_STATE_DIR).resolve())
+        # The CA, certificates and SASL password; a cluster's nodes share one.
+        self.security_dir = Path(security_dir or self.state.root / "security").resolve()
         self.jars = JarCache(layout.POM, layout.JARS_ROOT, mvn)
         self._heap_mb = heap_mb
         self._java = java
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._progress = progress
+        self._started = 0.0
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.ports.broker}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        if self.ports.sasl_ssl is None:
+            raise DevBrokerError("this broker has no SASL_SSL listener (give sasl_ssl_port)")
+        return f"127.0.0.1:{self.ports.sasl_ssl}"
+
+    @property
+    def tls_files(self) -> tls.TlsFiles:
+        return tls.TlsFiles(self.security_dir / "tls")
+
+    @property
+    def _password_file(self) -> Path:
+        return self.security_dir / "sasl-password"
+
+    def client_security(self) -> ClientSecurity:
+        """The SASL_SSL listener's client settings (made at the first start)."""
+        files = self.tls_files
+        return ClientSecurity(
+            username=config.SASL_USER,
+            password_file=self._password_file,
+            ca_file=files.ca_cert,
+            cert_file=files.client_cert,
+            key_file=files.client_key,
+        )
 
     @property
     def _marker(self) -> str:
@@ -94,6 +157,7 @@ class Broker:
             kafka_version=self.jars.version,
             pid=pid if running else None,
             rss_bytes=process.rss_bytes(pid) if running and pid is not None else None,
+            sasl_bootstrap=self.sasl_bootstrap if self.ports.sasl_ssl is not None else None,
         )
 
     def start(self, fresh: bool = False) -> bool:
@@ -107,17 +171,9 @@ class Broker:
                     self._progress(f"already running at {self.bootstrap} (pid {self._pid()})")
                     return False
                 self._stop_locked()
-            self._check_ports_free()
             self.jars.fetch(self._progress)
-            if fresh and self.state.data_dir.exists():
-                self._progress(f"wiping {self.state.data_dir}")
-                shutil.rmtree(self.state.data_dir)
-            self.state.logs_dir.mkdir(parents=True, exist_ok=True)
-            props = config.server_properties(self.ports, self.state.data_dir)
-            self.state.server_properties.write_text(config.render(props))
-            if not self.state.meta_properties.exists():
-                self._format()
-            self._launch()
+            self.prepare(fresh, config.new_cluster_id())
+            self.await_ready(self.spawn())
             return True
 
     def stop(self) -> bool:
@@ -125,7 +181,41 @@ class Broker:
         with self._locked():
             return self._stop_locked()
 
-    # -- steps --------------------------------------------------------------------------
+    # -- steps (a Cluster runs them node by node, under its own lock) ----------------------
+
+    def prepare(self, fresh: bool, cluster_id: str) -> None:
+        """Ports checked, configuration written, storage formatted unless it already is."""
+        self._check_ports_free()
+        if fresh and self.state.data_dir.exists():
+            self._progress(f"wiping {self.state.data_dir}")
+            shutil.rmtree(self.state.data_dir)
+        self.state.logs_dir.mkdir(parents=True, exist_ok=True)
+        sasl = self._sasl() if self.ports.sasl_ssl is not None else None
+        props = config.server_properties(self.ports, self.state.data_dir, self.node, sasl)
+        # The PLAIN user's password is in the file: readable by its owner only.
+        self.state.server_properties.touch(mode=0o600)
+        os.chmod(self.state.server_properties, 0o600)
+        self.state.server_properties.write_text(config.render(props))
+        if not self.state.meta_properties.exists():
+            self._format(cluster_id, sasl)
+        elif sasl is not None and not self._scram_marker.exists():
+            raise DevBrokerError(
+                f"{self.state.data_dir} was formatted without the SCRAM user; start it once "
+                "with --fresh to add the SASL_SSL listener"
+            )
+
+    @property
+    def _scram_marker(self) -> Path:
+        return self.state.data_dir / "devbroker-scram-user"
+
+    def _sasl(self) -> config.Sasl:
+        files = tls.ensure_tls(self.tls_files.root)
+        if not self._password_file.is_file():
+            self.security_dir.mkdir(parents=True, exist_ok=True)
+            self._password_file.touch(mode=0o600)
+            # Hex: nothing that needs quoting in a JAAS line or an --add-scram argument.
+            self._password_file.write_text(secrets.token_hex(16) + "\n")
+        return config.Sasl(files.broker_keystore, self.client_security().password())
 
     def _pid(self) -> int | None:
         return process.read_pid(self.state.pid_file)
@@ -170,8 +260,7 @@ class Broker:
             self.jars.classpath(),
         ]
 
-    def _format(self) -> None:
-        cluster_id = config.new_cluster_id()
+    def _format(self, cluster_id: str, sasl: config.Sasl | None) -> None:
         self._progress(f"formatting storage in {self.state.data_dir} (cluster id {cluster_id})")
         cmd = [
             *self._jvm(256),
@@ -181,20 +270,32 @@ class Broker:
             cluster_id,
             "--config",
             str(self.state.server_properties),
+            # Kafka's own tool writes the SCRAM credentials into the metadata log.
+            *(config.scram_arguments(sasl.password) if sasl is not None else []),
         ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             output = "\n".join((result.stdout + result.stderr).splitlines()[-LOG_TAIL_LINES:])
+            if sasl is not None:
+                output = output.replace(sasl.password, "<password>")
             raise DevBrokerError(f"formatting storage failed ({result.returncode}):\n{output}")
+        if sasl is not None:
+            self._scram_marker.write_text(config.SASL_USER + "\n")
 
-    def _launch(self) -> None:
+    def spawn(self) -> int:
+        """Start the JVM (configured by prepare) without waiting; returns its pid."""
         cmd = [*self._jvm(self._heap_mb), "kafka.Kafka", str(self.state.server_properties)]
-        started = time.monotonic()
+        self._started = time.monotonic()
         pid = process.spawn_detached(cmd, self.state.console_log, self.state.root)
         self.state.pid_file.write_text(f"{pid}\n")
         self._progress(
-            f"started Kafka {self.jars.version} (pid {pid}); waiting for {self.bootstrap}"
+            f"started Kafka {self.jars.version} node {self.node.node_id} (pid {pid}); "
+            f"waiting for {self.bootstrap}"
         )
+        return pid
+
+    def await_ready(self, pid: int) -> None:
+        """Wait until the node serves requests; kill it if it does not."""
         try:
             self._wait_ready(pid)
         except DevBrokerError:
@@ -202,7 +303,25 @@ class Broker:
             process.terminate(pid, self._marker, 5.0)
             self.state.pid_file.unlink(missing_ok=True)
             raise
-        self._progress(f"ready at {self.bootstrap} after {time.monotonic() - started:.1f}s")
+        waited = time.monotonic() - self._started
+        self._progress(f"node {self.node.node_id} ready at {self.bootstrap} after {waited:.1f}s")
+
+    def kill(self) -> bool:
+        """SIGKILL the node (a crash, for fault tests). False if it was not running."""
+        pid = self._pid()
+        if pid is None or not process.is_alive(pid, self._marker):
+            return False
+        process.kill(pid, self._marker)
+        self.state.pid_file.unlink(missing_ok=True)
+        self._progress(f"killed node {self.node.node_id} (pid {pid})")
+        return True
+
+    def restart(self) -> None:
+        """Start a stopped or killed node again on its existing data and wait for it."""
+        with self._locked():
+            if self.is_running():
+                return
+            self.await_ready(self.spawn())
 
     def _wait_ready(self, pid: int) -> None:
         deadline = time.monotonic() + self._start_timeout_s
@@ -211,7 +330,7 @@ class Broker:
             if not process.is_alive(pid, self._marker):
                 raise DevBrokerError(self._failure("the broker process exited during start-up"))
             # Probe the port first: librdkafka logs every refused connection to stderr.
-            if _accepts(self.ports.broker) and _answers_metadata(self.bootstrap):
+            if _accepts(self.ports.broker) and _answers_metadata(self.bootstrap, self.node.node_id):
                 return
             if time.monotonic() >= next_note:
                 waited = self._start_timeout_s - (deadline - time.monotonic())
@@ -253,7 +372,7 @@ def _accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _answers_metadata(bootstrap: str) -> bool:
+def _answers_metadata(bootstrap: str, node_id: int) -> bool:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
@@ -263,4 +382,4 @@ def _answers_metadata(bootstrap: str) -> bool:
     except KafkaException:
         return False
     # A KRaft broker lists itself only once it is registered and unfenced.
-    return bool(metadata.brokers)
+    return node_id in metadata.brokers

@@ -78,6 +78,14 @@ def terminate(pid: int, marker: str, timeout_s: float) -> bool:
     return False
 
 
+def kill(pid: int, marker: str) -> None:
+    """SIGKILL and wait until the process is gone: a crash, as fault tests need one."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if not _wait_gone(pid, marker, 10.0):
+        raise DevBrokerError(f"process {pid} survived SIGKILL")
+
+
 def _wait_gone(pid: int, marker: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -36,6 +36,7 @@ from enricher.joiner import Joiner
 from enricher.kubeobjects import parse_text
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
+from flowscope import kafka_security
 from flowscope.kafka import KafkaUnavailable, ProducerFenced, wait_for_broker
 
 ENV = {
@@ -97,6 +98,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         f"default %(default)s)",
     )
     common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    kafka_security.add_arguments(common, env)
 
     parser = argparse.ArgumentParser(
         prog="python -m enricher",
@@ -290,8 +292,9 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> Settings:
     values = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__}
+    values["kafka_security"] = kafka_security.from_args(args, env or {})
     for name in ("metadata_file", "kubeconfig"):
         if values.get(name):
             values[name] = Path(values[name])
@@ -401,6 +404,8 @@ def publish(settings: Settings) -> int:
 
 def join(settings: Settings) -> int:
     stop = _stop_on_signals()
+    # Before the two joiners start: a refusal ends the start with one line, not two.
+    wait_for_broker(settings.bootstrap_servers)
     if not settings.dns:
         Joiner(settings).run(stop)
         return 0
@@ -427,11 +432,17 @@ def join(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser(dict(os.environ)).parse_args(argv)
+    env = dict(os.environ)
+    args = build_parser(env).parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args, env)
+    except kafka_security.KafkaSecurityError as exc:
+        print(f"enricher: {exc}", file=sys.stderr)
+        return 2
+    kafka_security.register(settings.bootstrap_servers, settings.kafka_security)
     try:
         return publish(settings) if args.command == "publish" else join(settings)
     except (EnricherError, KafkaUnavailable, ProducerFenced) as exc:

@@ -44,6 +44,7 @@ from flowscope.kafka import (
     ensure_topics,
     wait_for_broker,
 )
+from flowscope.kafka_security import secured
 from flowscope.records import Endpoint, EnrichedDnsQuery, PeerClass, RawDnsQuery
 
 log = logging.getLogger("enricher.dns")
@@ -156,7 +157,7 @@ class DnsJoiner:
             self._producer = RecordProducer(s.bootstrap_servers, transactional_id=tid)
         else:
             self._producer = RecordProducer(s.bootstrap_servers)
-        self._consumer = Consumer(config)
+        self._consumer = Consumer(secured(config))
         if s.exactly_once:
             self._txn = TransactionalOffsets(
                 self._consumer,

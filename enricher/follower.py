@@ -22,6 +22,7 @@ from confluent_kafka import (
 )
 
 from enricher import EnricherError
+from flowscope.kafka_security import secured
 
 # (key, value or None for a tombstone, time the record was written in ns) -> outcome
 ApplyFn = Callable[[str | None, bytes | None, int], object]
@@ -68,7 +69,7 @@ class MetadataFollower:
         }
         self._topic = topic
         self._on_rejected = on_rejected
-        self._consumer = Consumer(config)
+        self._consumer = Consumer(secured(config))
         self.records_read = 0
         self.read_errors = 0
 

@@ -67,6 +67,7 @@ from flowscope.kafka import (
     ensure_topics,
     wait_for_broker,
 )
+from flowscope.kafka_security import secured
 from flowscope.records import RawTcpConnection
 
 log = logging.getLogger("enricher")
@@ -200,7 +201,7 @@ class Joiner:
             log.info("exactly-once output: transactional.id %s", tid)
         else:
             self._producer = RecordProducer(s.bootstrap_servers, self._producer_overrides)
-        self._consumer = Consumer(config)
+        self._consumer = Consumer(secured(config))
         if s.exactly_once:
             self._txn = TransactionalOffsets(
                 self._consumer,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from enricher.classify import Network
 from enricher.kubeobjects import PodFields
+from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from flowscope.topics import DEFAULT_PREFIX, Topics
 
 
@@ -72,6 +73,7 @@ class Settings:
     # only when it commits: the interval is the latency it adds.
     commit_interval_s: float = 0.1
     commit_max_records: int = 50_000
+    kafka_security: KafkaSecurity = PLAINTEXT
 
     @property
     def pod_fields(self) -> PodFields:

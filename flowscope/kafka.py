@@ -25,6 +25,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from flowscope.kafka_security import Refusal, secured
+
 # Throughput-oriented defaults (see DESIGN.md): idempotence keeps retries from duplicating,
 # lz4 is cheap on CPU, and murmur2_random puts keys where Java/aiokafka clients would.
 PRODUCER_DEFAULTS: Mapping[str, Any] = {
@@ -134,7 +136,7 @@ class RecordProducer:
         if transactional_id:
             config["transactional.id"] = transactional_id
             config.setdefault("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
-        self._producer = Producer(config)
+        self._producer = Producer(secured(config))
         self._buffer_full_wait_s = buffer_full_wait_s
         self._since_poll = 0
         self._last_poll = time.monotonic()
@@ -328,18 +330,33 @@ class RecordProducer:
         return len(self._producer)
 
 
-def wait_for_broker(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
-    """Block until the cluster answers a metadata request, or raise KafkaUnavailable."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+def wait_for_broker(
+    bootstrap_servers: str, timeout_s: float = 30.0, *, require: bool = True
+) -> None:
+    """Block until the cluster answers a metadata request, or raise KafkaUnavailable.
+
+    Refused credentials or an untrusted certificate raise at once, naming the cause.
+    require=False: an unreachable cluster is not an error (only a refusal is)."""
+    refusal = Refusal(bootstrap_servers)
+    # Refusals come through error_cb; librdkafka's own log lines would only repeat them.
+    config = {"bootstrap.servers": bootstrap_servers, "error_cb": refusal.on_error}
+    admin = AdminClient(secured({**config, "log_level": 2}))
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            admin.list_topics(timeout=2.0)
+            admin.list_topics(timeout=1.0)
             return
         except KafkaException as exc:
             last = exc
-            time.sleep(0.5)
+        admin.poll(0)  # error_cb is served here
+        if refusal.reason is not None:
+            raise KafkaUnavailable(refusal.reason)
+        time.sleep(0.2)
+    if refusal.reason is not None:
+        raise KafkaUnavailable(refusal.reason)
+    if not require:
+        return
     raise KafkaUnavailable(
         f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:.0f}s "
         f"(start one with `python -m devbroker start`): {last}"
@@ -357,13 +374,18 @@ def ensure_topics(
     bootstrap_servers: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    admin = AdminClient(secured({"bootstrap.servers": bootstrap_servers}))
+    metadata = admin.list_topics(timeout=timeout_s)
+    existing = set(metadata.topics)
+    # Three replicas where the cluster has three brokers (a cluster with
+    # min.insync.replicas=2 refuses acks=all writes to one replica); one on a single broker.
+    # Partitions and retention per family: flowscope.provisioning (`python -m flowscope topics`).
+    replication = max(1, min(3, len(metadata.brokers)))
     new = [
         NewTopic(
             s.name,
             num_partitions=s.partitions,
-            replication_factor=1,
+            replication_factor=replication,
             config={"cleanup.policy": "compact"} if s.compacted else {},
         )
         for s in specs
@@ -426,7 +448,7 @@ class TopicFollower:
             **dict(overrides or {}),
         }
         config["bootstrap.servers"] = bootstrap_servers
-        self._consumer = Consumer(config)
+        self._consumer = Consumer(secured(config))
         self._start = start
         self.topics = list(topics)
         self.counters = FollowerCounters()

@@ -17,7 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from flowscope import kafka_security
 from flowscope.kafka import KafkaUnavailable, TopicSpec, ensure_topics, wait_for_broker
+from flowscope.kafka_security import KafkaSecurityError
 from flowscope.topics import Topics
 from processors.alerts import AlertRuleError, load_rules
 from processors.prices import PriceTableError, load_price_table
@@ -217,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
         type=_typed(float, "FLOWSCOPE_BROKER_WAIT_S"),
         help="how long to wait for the broker at start [env FLOWSCOPE_BROKER_WAIT_S]",
     )
+    kafka_security.add_arguments(w, os.environ)
     return p
 
 
@@ -250,10 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             dns_name_group=args.dns_name_group,
             dns_name_labels=args.dns_name_labels,
             dns_cluster_domain=args.dns_cluster_domain,
+            kafka_security=kafka_security.from_args(args, os.environ),
         )
         prices = load_price_table(settings.prices_path, settings.cloud)
         rules = load_rules(settings.alert_rules_path)
-    except (SettingsError, PriceTableError, AlertRuleError) as exc:
+    except (SettingsError, PriceTableError, AlertRuleError, KafkaSecurityError) as exc:
         print(f"python -m processors: invalid setting: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -265,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # clean stop, not a kill.
     signal.signal(signal.SIGTERM, _stop_before_start)
     topics = Topics(settings.topic_prefix)
+    kafka_security.register(settings.bootstrap_servers, settings.kafka_security)
     try:
         wait_for_broker(settings.bootstrap_servers, timeout_s=args.broker_wait_seconds)
         # Created here (if missing) so that the worker never waits on a topic that another

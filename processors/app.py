@@ -97,6 +97,7 @@ def build_app(
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=settings.kafka_security.faust_credentials(),
         datadir=str(settings.data_dir),
         store="memory://",
         autodiscover=False,

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from processors.dns import NAME_GROUPINGS
 from processors.prices import CLOUDS
 
@@ -49,6 +50,7 @@ class ProcessorSettings:
     dns_name_group: str = "suffix"
     dns_name_labels: int = 2
     dns_cluster_domain: str = "cluster.local"
+    kafka_security: KafkaSecurity = PLAINTEXT
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():

@@ -11,10 +11,14 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from flowscope.topics import Topics
+
+if TYPE_CHECKING:
+    from devbroker import Broker
 
 
 def _require_root() -> None:
@@ -72,3 +76,25 @@ def bpf_built(root_required: None) -> None:
             f"/sys/kernel/btf/vmlinux):\n{built.stdout}\n{built.stderr}",
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="session")
+def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One broker per session with a SASL_SSL listener (PLAIN, SCRAM-SHA-256/512) on free
+    ports, in a temporary state dir: never the shared broker. A JVM start costs seconds."""
+    from devbroker import Broker
+    from devbroker.ports import free_port_block
+
+    base = free_port_block(3)
+    broker = Broker(
+        tmp_path_factory.mktemp("sasl-broker"),
+        base,
+        base + 1,
+        sasl_ssl_port=base + 2,
+        heap_mb=384,
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
