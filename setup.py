@@ -16,6 +16,7 @@ _CFLAGS = [
 EXTENSIONS = [
     Extension("enricher._render", ["enricher/_render.c"], extra_compile_args=_CFLAGS),
     Extension("collector._encode", ["collector/_encode.c"], extra_compile_args=_CFLAGS),
+    Extension("collector.dns._native", ["collector/dns/_native.c"], extra_compile_args=_CFLAGS),
 ]
 
 setup(ext_modules=EXTENSIONS)

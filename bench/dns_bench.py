@@ -1,20 +1,21 @@
-"""DNS capture overhead, side by side: UDP queries between simulated pods without capture,
-then with bpf/dns.bpf.o attached and the collector's DNS pipeline (decode, parse, match,
-encode; optionally produce to Kafka) running in this process. Phases alternate so that
-drift on a shared machine hits both.
+"""DNS capture overhead, side by side in the same rounds: DNS queries between simulated pods
+without capture, then with bpf/dns.bpf.o attached and the collector's DNS pipeline (decode,
+parse, match, encode; optionally produce to Kafka) running in this process, for UDP and TCP,
+IPv4 and IPv6. Phases alternate so that drift on a shared machine hits both.
 
-Prints per phase: queries/s answered, and with capture: packets seen by the kernel, ring
-buffer losses, records (two per query: client and server end), queries missing a record,
-and this process's CPU per query (it runs only the pipeline: the DNS server and the load
-clients are other processes in their pods). With ``--bpf-stats``, kernel.bpf_stats_enabled
-is switched on for the run (restored after) to report the BPF programs' own ns per packet.
+Prints per phase: queries/s answered, and with capture: packets the kernel reported, ring
+buffer losses, queries answered without a client record (lost), this process's CPU per
+query (all its threads; it runs only the pipeline: the DNS server and the load clients are
+other processes in their pods), and the BPF programs' own ns per packet (bpf_stats, switched
+on for the run and restored after; they run for every packet of every local socket). Then one
+table with every mode's figures.
 
-    sudo .venv/bin/python bench/dns_bench.py [--queries 20000] [--clients 2] [--window 16]
-        [--rounds 2] [--bootstrap 127.0.0.1:9092] [--bpf-stats]
+    sudo .venv/bin/python bench/dns_bench.py [--queries 40000] [--clients 2] [--window 32]
+        [--rounds 2] [--modes udp4,udp6,tcp4,tcp6] [--rate 0] [--path native|python]
+        [--bootstrap 127.0.0.1:9092]
 
-Needs root. The load is Python (simnode.dns load/server), so the rate is bounded by the
-Python DNS server on this machine, not by the capture; the capture's loss and CPU per
-query are the numbers that transfer.
+Needs root. The server and the load are C (bench/dnsload), one process each, on the same two
+cores as the collector: the rate is what the machine reaches with all three.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -41,28 +43,32 @@ from collector.dns.source import DnsSource  # noqa: E402
 from collector.settings import default_cgroup_root  # noqa: E402
 from flowscope.kafka import ProducerCounters, RecordProducer  # noqa: E402
 from simnode import Cluster, Pod  # noqa: E402
-from simnode.dns import DnsServerProcess  # noqa: E402
 
-NAMES = [f"svc{i}.bench.svc.cluster.local" for i in range(50)]
-RULES: dict[str, Any] = {"names": {"*.bench.svc.cluster.local": {"addrs": ["10.96.9.9"]}}}
+DNSLOAD = REPO / "bench" / "dnsload" / "dnsload"
+MODES = ("udp4", "udp6", "tcp4", "tcp6")
 
 
 class CountingSink:
+    """Counts records, and the client ends' answered ones (what each answered query owes)."""
+
     def __init__(self) -> None:
         self.counters = ProducerCounters()
-        self.bytes = 0
+        self.client_answered = 0
 
     def produce(self, topic: str, value: bytes | None, key: bytes | str | None = None) -> bool:
         self.counters.produced += 1
-        self.bytes += len(value or b"")
+        if value and b'"role":"client"' in value and b'"outcome":"answered"' in value:
+            self.client_answered += 1
         return True
 
 
-def run_load(clients: list[Pod], server_ip: str, queries: int, window: int) -> dict[str, float]:
+def run_load(clients: list[Pod], server_ip: str, mode: str, queries: int, window: int,
+             rate: float = 0, timeout_ms: int = 2000) -> dict[str, float]:  # fmt: skip
+    """``rate``: queries/s of all clients together, 0 for as fast as answers come."""
     per_client = queries // len(clients)
-    procs = [c.start(Pod.python("simnode.dns", "load", "--server", server_ip, "--count",
-                                str(per_client), "--window", str(window), *NAMES))
-             for c in clients]  # fmt: skip
+    argv = [str(DNSLOAD), "client", server_ip, mode[:3], str(per_client), str(window),
+            str(timeout_ms), str(rate / len(clients))]  # fmt: skip
+    procs = [c.start(argv) for c in clients]
     start = time.monotonic()
     answered = lost = 0
     for proc in procs:
@@ -76,7 +82,8 @@ def run_load(clients: list[Pod], server_ip: str, queries: int, window: int) -> d
     return {"answered": answered, "lost": lost, "elapsed_s": elapsed, "qps": answered / elapsed}
 
 
-def capture_phase(clients: list[Pod], dns: Pod, args: argparse.Namespace) -> dict[str, Any]:
+def capture_phase(clients: list[Pod], server_ip: str, mode: str,
+                  args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     root = default_cgroup_root()
     resolver = CgroupResolver(root)
     resolver.refresh()
@@ -84,7 +91,8 @@ def capture_phase(clients: list[Pod], dns: Pod, args: argparse.Namespace) -> dic
     topic = f"bench-{uuid.uuid4().hex[:8]}.raw.dns"
     with DnsSource(DEFAULT_DNS_BPF_OBJECT, root, ringbuf_bytes=args.ringbuf_bytes) as source:
         pipeline = DnsPipeline(source, sink, resolver, "bench", topic, NamePrivacy(),
-                               timeout_s=2.0, search=None)  # fmt: skip
+                               timeout_s=2.0, search=None,
+                               native={"native": True, "python": False}[args.path])  # fmt: skip
         stop = threading.Event()
 
         def loop() -> None:
@@ -94,40 +102,41 @@ def capture_phase(clients: list[Pod], dns: Pod, args: argparse.Namespace) -> dic
                 if args.bootstrap:
                     sink.poll(0)
 
+        runs0 = _bpf_stats(source.program_ids())
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         thread = threading.Thread(target=loop, daemon=True)
         thread.start()
-        load = run_load(clients, dns.ip, args.queries, args.window)
-        time.sleep(0.5)
+        load = run_load(clients, server_ip, mode, args.queries, args.window, args.rate)
+        time.sleep(0.3)  # the last responses' packets reach the ring
         stop.set()
         thread.join()
         pipeline.pump()
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         counters = pipeline.counters()
-        bpf = _bpf_stats(source.program_ids())
+        runs1 = _bpf_stats(source.program_ids())
         if args.bootstrap:
             sink.flush(30)
     cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    client_answered = counters["dns_answered"] // 2
+    runs, ns = runs1[0] - runs0[0], runs1[1] - runs0[1]
+    client_answered = sink.client_answered if not args.bootstrap else counters["dns_answered"] // 2
     return {
         **load,
         "kernel_packets": counters["dns_kernel_events"],
         "kernel_lost_ringbuf": counters["dns_kernel_lost_ringbuf"],
         "decode_errors": counters["dns_decode_errors"],
         "records": counters["dns_records"],
-        "answered_records": counters["dns_answered"],
         "timeouts": counters["dns_timeouts"],
         "missing": int(load["answered"]) - client_answered,
         "collector_cpu_s": cpu_s,
         "collector_cpu_us_per_query": cpu_s / max(1, load["answered"]) * 1e6,
         "collector_cpu_share": cpu_s / load["elapsed_s"],
-        **bpf,
+        "bpf_runs": runs,
+        "bpf_ns_per_run": ns / runs if runs else 0.0,
     }
 
 
-def _bpf_stats(ids: list[int]) -> dict[str, float]:
-    """The programs' own run time as the kernel counts it (with kernel.bpf_stats_enabled).
-    They run for every packet of every local socket, DNS or not."""
+def _bpf_stats(ids: list[int]) -> tuple[int, int]:
+    """(runs, ns) of the programs as the kernel counts them (kernel.bpf_stats_enabled)."""
     runs = ns = 0
     for prog_id in ids:
         shown = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
@@ -135,50 +144,92 @@ def _bpf_stats(ids: list[int]) -> dict[str, float]:
         info = json.loads(shown.stdout)
         runs += int(info.get("run_cnt", 0))
         ns += int(info.get("run_time_ns", 0))
-    return {"bpf_runs": runs, "bpf_ns_per_run": ns / runs if runs else 0.0}
+    return runs, ns
+
+
+def start_server(pod: Pod) -> subprocess.Popen[str]:
+    proc = pod.start([str(DNSLOAD), "server", "53"])
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith('{"listening"'):
+        raise SystemExit(f"dnsload server did not start: {line!r}")
+    return proc
+
+
+def summary(results: list[dict[str, Any]], modes: list[str]) -> None:
+    print(f"{'mode':5} {'q/s bare':>9} {'q/s capt':>9} {'ratio':>6} {'packets':>8} "
+          f"{'rb lost':>8} {'q lost':>7} {'µs/query':>9} {'bpf ns/pkt':>10}")  # fmt: skip
+    for mode in modes:
+        base = [r for r in results if r["mode"] == mode and r["phase"] == "no capture"]
+        caps = [r for r in results if r["mode"] == mode and r["phase"] == "capture"]
+        ratios = [c["qps"] / b["qps"] for b, c in zip(base, caps, strict=True)]
+        for b, c, ratio in zip(base, caps, ratios, strict=True):
+            us, ns = c["collector_cpu_us_per_query"], c["bpf_ns_per_run"]
+            print(f"{mode:5} {b['qps']:9.0f} {c['qps']:9.0f} {ratio:6.2f} "
+                  f"{c['kernel_packets']:8d} {c['kernel_lost_ringbuf']:8d} {c['missing']:7d} "
+                  f"{us:9.2f} {ns:10.0f}")  # fmt: skip
+        print(f"{mode:5} median ratio {statistics.median(ratios):.2f}, ring-buffer losses "
+              f"{sum(c['kernel_lost_ringbuf'] for c in caps)}, queries without a record "
+              f"{sum(c['missing'] for c in caps)}")  # fmt: skip
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--queries", type=int, default=20000)
+    p.add_argument("--queries", type=int, default=40000)
     p.add_argument("--clients", type=int, default=2)
-    p.add_argument("--window", type=int, default=16)
+    p.add_argument("--window", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="queries/s of all clients together (default 0: as fast as they go)",
+    )
+    p.add_argument(
+        "--path",
+        choices=("native", "python"),
+        default="native",
+        help="the collector's DNS path: the C engine or the Python reference",
+    )
     p.add_argument("--ringbuf-bytes", type=int, default=4 << 20)
     p.add_argument("--bootstrap", default="", help="produce to this Kafka (default: count only)")
-    p.add_argument("--bpf-stats", action="store_true")
     args = p.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if unknown := set(modes) - set(MODES):
+        raise SystemExit(f"unknown modes {sorted(unknown)}; valid: {', '.join(MODES)}")
     subprocess.run(["make", "-C", str(REPO / "bpf")], check=True, capture_output=True)
+    subprocess.run(["make", "-C", str(DNSLOAD.parent)], check=True, capture_output=True)
     stats_path = Path("/proc/sys/kernel/bpf_stats_enabled")
     old_stats = stats_path.read_text().strip()
     results: list[dict[str, Any]] = []
-    with Cluster() as cluster:
+    with Cluster(dual_stack=True) as cluster:
         dns = cluster.add_pod("coredns", node="node-a1", namespace="kube-system")
-        server = DnsServerProcess(dns, RULES)
+        server = start_server(dns)
         clients = [cluster.add_pod(f"load{i}", node="node-b1") for i in range(args.clients)]
-        run_load(clients, dns.ip, 1000, args.window)  # warm-up
+        addr = {4: dns.ip, 6: str(dns.ip6)}
+        for mode in modes:
+            run_load(clients, addr[int(mode[3])], mode, 2000, args.window)  # warm-up
         try:
-            if args.bpf_stats:
-                stats_path.write_text("1")
+            stats_path.write_text("1")
             for round_no in range(args.rounds):
-                base = run_load(clients, dns.ip, args.queries, args.window)
-                results.append({"round": round_no, "phase": "no capture", **base})
-                print(json.dumps(results[-1]), flush=True)
-                cap = capture_phase(clients, dns, args)
-                results.append({"round": round_no, "phase": "capture", **cap})
-                print(json.dumps(results[-1]), flush=True)
+                for mode in modes:
+                    ip = addr[int(mode[3])]
+                    base = run_load(clients, ip, mode, args.queries, args.window, args.rate)
+                    results.append({"round": round_no, "mode": mode, "phase": "no capture",
+                                    **base})  # fmt: skip
+                    print(json.dumps(results[-1]), flush=True)
+                    cap = capture_phase(clients, ip, mode, args)
+                    results.append({"round": round_no, "mode": mode, "phase": "capture", **cap})
+                    print(json.dumps(results[-1]), flush=True)
         finally:
             stats_path.write_text(old_stats)
-            server.stop()
-    base_qps = [r["qps"] for r in results if r["phase"] == "no capture"]
-    cap_qps = [r["qps"] for r in results if r["phase"] == "capture"]
-    print(f"queries/s without capture {sum(base_qps) / len(base_qps):.0f}, with capture "
-          f"{sum(cap_qps) / len(cap_qps):.0f}")  # fmt: skip
-    caps = [r for r in results if r["phase"] == "capture"]
-    print(f"lost in kernel {sum(r['kernel_lost_ringbuf'] for r in caps)}, queries without a "
-          f"record {sum(r['missing'] for r in caps)}, collector CPU "
-          f"{sum(r['collector_cpu_us_per_query'] for r in caps) / len(caps):.1f} µs/query "
-          f"(both ends: 4 packets, 2 records)")  # fmt: skip
+            server.terminate()
+            server.communicate(timeout=10)
+    rate = f"{args.rate:.0f} queries/s offered" if args.rate else "unpaced"
+    print(f"collector path: {args.path}; load {rate}; ratio = rate with capture / rate "
+          "without, same round")  # fmt: skip
+    summary(results, modes)
     return 0
 
 
