@@ -97,7 +97,13 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         help=f"seconds between counter log lines (env {ENV['stats_interval_s']}; "
         f"default %(default)s)",
     )
-    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    common.add_argument(
+        "--log-level",
+        default=env.get("FLOWSCOPE_LOG_LEVEL", "INFO").upper(),
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level [env FLOWSCOPE_LOG_LEVEL]",
+    )
     kafka_security.add_arguments(common, env)
 
     parser = argparse.ArgumentParser(
