@@ -45,9 +45,14 @@ COPY flowscope/ flowscope/
 COPY collector/ collector/
 COPY enricher/ enricher/
 COPY processors/ processors/
+# Shipped inside the package (flowscope/resources.py): the price table, the alert rules and
+# the BPF objects built in the first stage.
+COPY config/ config/
+COPY --from=bpf /src/bpf/.output/ bpf/.output/
 RUN pip install --no-cache-dir --upgrade pip \
  && pip install --no-cache-dir . \
- && cd / && python -c "import flowscope, collector, enricher, processors, enricher._render, collector._encode"
+ && cd / && python -c "import flowscope, collector, enricher, processors, enricher._render, collector._encode" \
+ && python -c "from flowscope.resources import PACKAGE_DATA as d; import sys; sys.exit(len(list(d.glob('*'))) != 5)"
 
 # ---- runtime -----------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -59,13 +64,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/flowscope --create-home flowscope
 COPY --from=python /opt/flowscope /opt/flowscope
-COPY --from=bpf /src/bpf/.output/*.bpf.o /opt/flowscope/bpf/
-# FLOWSCOPE_BPF_OBJECT: the collector's default is relative to a source checkout, which an
-# installed package is not; this is where the image keeps the object.
+# The BPF objects, price table and alert rules travel inside the installed package.
 ENV PATH=/opt/flowscope/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    FLOWSCOPE_BPF_OBJECT=/opt/flowscope/bpf/tcpconn.bpf.o
+    PYTHONDONTWRITEBYTECODE=1
 # The working directory is the one writable place (Faust keeps its table state under it).
 WORKDIR /var/lib/flowscope
 # Non-root by default; only the collector runs as root (k8s/collector.yaml, docker-compose.yml).

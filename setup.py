@@ -6,7 +6,11 @@ C code is checked against. ``make native`` builds them in place for a source che
 install .`` builds them into the wheel.
 """
 
+import shutil
+from pathlib import Path
+
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
 _CFLAGS = [
     "-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
@@ -19,4 +23,23 @@ EXTENSIONS = [
     Extension("collector.dns._native", ["collector/dns/_native.c"], extra_compile_args=_CFLAGS),
 ]
 
-setup(ext_modules=EXTENSIONS)
+# Shipped with the package (flowscope/resources.py finds them): the price table and alert
+# rules always, the BPF objects when they are built (make -C bpf) before the wheel.
+SHIPPED = ["config/prices.yaml", "config/alerts.yaml", "bpf/.output/tcpconn.bpf.o",
+           "bpf/.output/udpflow.bpf.o", "bpf/.output/dns.bpf.o"]  # fmt: skip
+
+
+class BuildWithData(build_py):
+    def run(self) -> None:
+        super().run()
+        target = Path(self.build_lib) / "flowscope" / "_data"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in SHIPPED:
+            source = Path(name)
+            if source.is_file():
+                shutil.copy2(source, target / source.name)
+            elif source.suffix == ".yaml":
+                raise FileNotFoundError(f"{name} is missing from the source tree")
+
+
+setup(ext_modules=EXTENSIONS, cmdclass={"build_py": BuildWithData})

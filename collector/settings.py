@@ -17,11 +17,12 @@ from collector.errors import CollectorError
 from collector.nat import parse_cidrs
 from flowscope import kafka_security
 from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
+from flowscope.resources import shipped
 from flowscope.topics import DEFAULT_PREFIX, Topics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BPF_OBJECT = REPO_ROOT / "bpf" / ".output" / "tcpconn.bpf.o"
-DEFAULT_UDP_BPF_OBJECT = REPO_ROOT / "bpf" / ".output" / "udpflow.bpf.o"
+DEFAULT_BPF_OBJECT = shipped("tcpconn.bpf.o")
+DEFAULT_UDP_BPF_OBJECT = shipped("udpflow.bpf.o")
 HYBRID_CGROUP2 = Path("/sys/fs/cgroup/unified")
 UNIFIED_CGROUP2 = Path("/sys/fs/cgroup")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

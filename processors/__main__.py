@@ -20,6 +20,7 @@ from typing import TypeVar
 from flowscope import kafka_security
 from flowscope.kafka import KafkaUnavailable, TopicSpec, ensure_topics, wait_for_broker
 from flowscope.kafka_security import KafkaSecurityError
+from flowscope.resources import shipped
 from flowscope.topics import Topics
 from processors.alerts import AlertRuleError, load_rules
 from processors.prices import PriceTableError, load_price_table
@@ -152,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
     option(
         "--prices",
         "FLOWSCOPE_PROCESSORS_PRICES",
-        str(REPO / "config" / "prices.yaml"),
+        str(shipped("prices.yaml")),
         Path,
         "data-transfer price table (USD per GB, per cloud and path class)",
     )
@@ -166,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     option(
         "--alert-rules",
         "FLOWSCOPE_PROCESSORS_ALERT_RULES",
-        str(REPO / "config" / "alerts.yaml"),
+        str(shipped("alerts.yaml")),
         Path,
         "alert rules YAML",
     )

@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
+from flowscope.resources import shipped
 from processors.dns import NAME_GROUPINGS
 from processors.prices import CLOUDS
 
+DEFAULT_PRICES = shipped("prices.yaml")
+DEFAULT_ALERT_RULES = shipped("alerts.yaml")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
@@ -38,9 +41,9 @@ class ProcessorSettings:
     shutdown_timeout_s: float = 15.0
     log_level: str = "INFO"
     # The price table (config/prices.yaml) and which cloud's prices apply (None: the file's).
-    prices_path: Path = Path("config/prices.yaml")
+    prices_path: Path = DEFAULT_PRICES
     cloud: str | None = None
-    alert_rules_path: Path = Path("config/alerts.yaml")
+    alert_rules_path: Path = DEFAULT_ALERT_RULES
     # Consumer group session: how soon a killed worker's partitions go to the others.
     session_timeout_s: float = 10.0
     # DNS (processors/dns.py). A query's record leaves the collector when it is answered or

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from collector.dns.privacy import NAME_POLICIES, NamePolicy
 from collector.errors import CollectorError
+from flowscope.resources import shipped
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-DEFAULT_DNS_BPF_OBJECT = REPO_ROOT / "bpf" / ".output" / "dns.bpf.o"
+DEFAULT_DNS_BPF_OBJECT = shipped("dns.bpf.o")
 
 ENV = {
     "enabled": "FLOWSCOPE_DNS_ENABLED",
