@@ -9,9 +9,15 @@ import logging
 from pathlib import Path
 
 from collector.events import COUNTER_NAMES, TARGS
-from collector.kernelfs import ensure_tracefs
+from collector.kernelfs import ensure_bpffs, ensure_tracefs
 from collector.libbpf import BpfObject
-from collector.programset import DEFAULT_TRACEFS, RingBufferSource
+from collector.pins import PinSpec
+from collector.programset import COUNTERS_MAP, DEFAULT_TRACEFS, EVENTS_MAP, RingBufferSource
+
+# What survives a restart when pinned: the open sockets' state, the ring buffer (with what
+# ended while no collector read it) and the loss counters.
+SOCKETS_MAP = "socks"
+PINNED_MAPS = (SOCKETS_MAP, EVENTS_MAP, COUNTERS_MAP)
 
 log = logging.getLogger("collector.source")
 
@@ -31,23 +37,46 @@ class TcpConnSource(RingBufferSource):
         mount_tracefs: bool = True,
         interim_interval_s: float = 30.0,
         wakeup_bytes: int = 0,
+        pin_dir: Path | None = None,
     ) -> None:
         """``interim_interval_s``: an open connection reports its deltas at most this often
         (0: only when it closes). ``wakeup_bytes``: wake :meth:`wait` only once this much is
-        waiting (0: every event); callers must then also read on a timeout."""
+        waiting (0: every event); callers must then also read on a timeout.
+
+        ``pin_dir`` (on a bpffs, e.g. /sys/fs/bpf/flowscope/<node>/tcpconn): keep the
+        programs attached and the maps there after this process, and resume what is pinned
+        there (see :mod:`collector.pins`); None: everything goes when this closes."""
         if mount_tracefs and ensure_tracefs(tracefs):
             log.info("mounted tracefs at %s", tracefs)
+        pins = None
+        if pin_dir is not None:
+            if ensure_bpffs(pin_dir):
+                log.info("mounted bpffs for %s", pin_dir)
+            pins = PinSpec(pin_dir, PINNED_MAPS, EVENTS_MAP, SOCKETS_MAP)
         targs = TARGS.pack(round(interim_interval_s * 1e9), wakeup_bytes)
         self._wakeup_bytes = wakeup_bytes
         super().__init__(
-            bpf_object, ringbuf_bytes, targs, COUNTER_NAMES, BpfObject.attach_all, tracefs
-        )
+            bpf_object, ringbuf_bytes, targs, COUNTER_NAMES, BpfObject.attach_all, tracefs,
+            pins,
+        )  # fmt: skip
+        r = self.restart
         log.info(
-            "attached %s from %s (ring buffer %d bytes)",
+            "%s %s from %s (ring buffer %d bytes; pins %s: %s%s)",
+            "resumed" if r.mode == "resumed" else "attached",
             ", ".join(self.program_names()),
             bpf_object,
             self.ringbuf_bytes,
+            pin_dir or "off",
+            r.mode,
+            f", {r.backlog_records} records waiting, {r.open_connections} open connections"
+            if r.mode == "resumed"
+            else "",
         )
+
+    def kernel_counters(self) -> dict[str, int]:
+        counters = super().kernel_counters()
+        counters.update(self.restart.counters())
+        return counters
 
     def wait(self, timeout_s: float) -> bool:
         # Not woken by a wakeup older than the last read (see RingBufferReader.wait).
