@@ -61,6 +61,10 @@ def run(settings: Settings) -> int:
                 pin_dir=settings.tcp_pin_dir,
             )
         )
+        # The pipeline's own connections (its Kafka, reconnects to a broker that is down
+        # included) are counted apart in the kernel, not reported as the cluster's.
+        own = settings.own_endpoints()
+        log.info("pipeline endpoints %s: %d keys", own, source.set_pipeline_endpoints(own))
         udp: UdpReporter | None = None
         if settings.udp_interval_s:
             udp_source = stack.enter_context(

@@ -500,3 +500,8 @@ def count_keys(fd: int, key_size: int) -> int:
         count += 1
         prev = ctypes.create_string_buffer(key.raw, key_size)
     return count
+
+
+def map_update(fd: int, name: str, key: bytes, value: bytes) -> None:
+    if _libbpf().lib.bpf_map_update_elem(fd, key, value, 0) < 0:
+        raise _failure(f"updating map {name}", ctypes.get_errno())

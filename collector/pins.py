@@ -115,6 +115,9 @@ class PinnedPrograms:
     def percpu_u64_sums(self, name: str, count: int) -> list[int]:
         return libbpf.percpu_u64_sums(self.map_fd(name), name, count)
 
+    def map_update(self, name: str, key: bytes, value: bytes) -> None:
+        libbpf.map_update(self.map_fd(name), name, key, value)
+
     def program_ids(self) -> list[int]:
         return [libbpf.prog_id(libbpf.prog_info(fd)) for fd in self._progs]
 

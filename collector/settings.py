@@ -52,6 +52,7 @@ ENV = {
     "log_level": "FLOWSCOPE_LOG_LEVEL",
     "pin_root": "FLOWSCOPE_COLLECTOR_PIN_ROOT",
     "uninstall": "FLOWSCOPE_COLLECTOR_UNINSTALL",
+    "pipeline_endpoints": "FLOWSCOPE_COLLECTOR_PIPELINE_ENDPOINTS",
 }
 
 
@@ -119,6 +120,10 @@ class Settings:
     # the programs detach when the collector exits.
     pin_root: Path | None = None
     uninstall: bool = False  # remove this node's pins and exit
+    # host:port of flowscope's own services besides the Kafka bootstrap servers and the
+    # metrics port (which are always included), e.g. the API server the publisher watches:
+    # their connections are counted apart (kernel_pipeline_*), not reported as workloads'.
+    pipeline_endpoints: str = ""
 
     def __post_init__(self) -> None:
         page = mmap.PAGESIZE
@@ -164,6 +169,10 @@ class Settings:
             raise SettingsError(f"max_batch: must be > 0, got {self.max_batch}")
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"log_level: {self.log_level!r}, valid: {', '.join(LOG_LEVELS)}")
+        try:
+            parse_endpoints(self.pipeline_endpoints)
+        except ValueError as exc:
+            raise SettingsError(f"pipeline_endpoints: {exc}") from None
         if not self.node_name:
             raise SettingsError("node_name: must not be empty")
         if not (self.cgroup_root / "cgroup.controllers").is_file():
@@ -179,6 +188,13 @@ class Settings:
     def topics(self) -> Topics:
         return Topics(prefix=self.topic_prefix)
 
+    def own_endpoints(self) -> list[tuple[str, int]]:
+        """The pipeline's endpoints: bootstrap servers, extra ones, our metrics port."""
+        found = parse_endpoints(self.bootstrap_servers) + parse_endpoints(self.pipeline_endpoints)
+        if self.metrics_port:
+            found.append(("", self.metrics_port))
+        return found
+
     @property
     def tcp_pin_dir(self) -> Path | None:
         return None if self.pin_root is None else self.pin_root / self.node_name / "tcpconn"
@@ -186,6 +202,20 @@ class Settings:
     @property
     def health_topic(self) -> str:
         return Topics(self.topic_prefix).collector_health
+
+
+def parse_endpoints(text: str) -> list[tuple[str, int]]:
+    """``"host:port,[v6]:port"`` -> [(host, port)]; a bootstrap list's own syntax."""
+    found: list[tuple[str, int]] = []
+    for item in text.split(","):
+        item = item.strip().removeprefix("PLAINTEXT://").removeprefix("SASL_SSL://")
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r}: expected host:port")
+        found.append((host.strip("[]"), int(port)))
+    return found
 
 
 def parse_kafka_options(items: Sequence[str]) -> dict[str, str]:
@@ -420,6 +450,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             "bpffs directory where the TCP programs stay attached and their maps (open "
             "sockets, ring buffer, counters) kept across restarts, under <node>/tcpconn, "
             "e.g. /sys/fs/bpf/flowscope; empty: nothing pinned",
+        ),
+    )
+    p.add_argument(
+        "--pipeline-endpoints",
+        default=default("pipeline_endpoints"),
+        help=env_help(
+            "pipeline_endpoints",
+            "comma-separated host:port of flowscope's own services besides the bootstrap "
+            "servers and the metrics port (e.g. the API server): their connections are "
+            "counted apart, not reported",
         ),
     )
     p.add_argument(

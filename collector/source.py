@@ -6,9 +6,11 @@ Integration tests use this directly (no Kafka): load, attach, make connections, 
 from __future__ import annotations
 
 import logging
+import socket
+from collections.abc import Iterable
 from pathlib import Path
 
-from collector.events import COUNTER_NAMES, TARGS
+from collector.events import COUNTER_NAMES, ENDPOINT, TARGS
 from collector.kernelfs import ensure_bpffs, ensure_tracefs
 from collector.libbpf import BpfObject
 from collector.pins import PinSpec
@@ -17,7 +19,35 @@ from collector.programset import COUNTERS_MAP, DEFAULT_TRACEFS, EVENTS_MAP, Ring
 # What survives a restart when pinned: the open sockets' state, the ring buffer (with what
 # ended while no collector read it) and the loss counters.
 SOCKETS_MAP = "socks"
-PINNED_MAPS = (SOCKETS_MAP, EVENTS_MAP, COUNTERS_MAP)
+PIPELINE_MAP = "pipeline"
+PINNED_MAPS = (SOCKETS_MAP, EVENTS_MAP, COUNTERS_MAP, PIPELINE_MAP)
+
+# (host or "" for any local address, port)
+Endpoint = tuple[str, int]
+
+
+def endpoint_keys(endpoints: Iterable[Endpoint]) -> list[bytes]:
+    """``pipeline`` map keys: every address each host resolves to, IPv4 and IPv6 (a name
+    that does not resolve now is skipped: its connections are then reported as anyone's)."""
+    keys: set[bytes] = set()
+    for host, port in endpoints:
+        if not host:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                keys.add(ENDPOINT.pack(b"", port, family, 0))
+            continue
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            log.warning("pipeline endpoint %s:%d does not resolve: %s", host, port, exc)
+            continue
+        for family, _, _, _, sockaddr in infos:
+            raw = socket.inet_pton(family, str(sockaddr[0]))
+            keys.add(ENDPOINT.pack(raw, port, family, 0))
+            if family == socket.AF_INET:  # and as an IPv4-mapped IPv6 socket sees it
+                mapped = b"\0" * 10 + b"\xff\xff" + raw
+                keys.add(ENDPOINT.pack(mapped, port, socket.AF_INET6, 0))
+    return sorted(keys)
+
 
 log = logging.getLogger("collector.source")
 
@@ -72,6 +102,15 @@ class TcpConnSource(RingBufferSource):
             if r.mode == "resumed"
             else "",
         )
+
+    def set_pipeline_endpoints(self, endpoints: Iterable[Endpoint]) -> int:
+        """Keep connections to or from these endpoints (flowscope's own Kafka, API server,
+        metrics port) out of the records; the kernel counts them as pipeline_closed or
+        pipeline_failed. Returns how many map keys were written."""
+        keys = endpoint_keys(endpoints)
+        for key in keys:
+            self._obj.map_update(PIPELINE_MAP, key, b"\1")
+        return len(keys)
 
     def kernel_counters(self) -> dict[str, int]:
         counters = super().kernel_counters()
