@@ -47,7 +47,23 @@ enum tcpconn_counter {
 	/* Ring buffer full for an interim event: nothing is lost, its deltas go into the
 	 * connection's next record, which comes later than it should. */
 	TCPCONN_CTR_INTERIM_DEFERRED = 5,
-	TCPCONN_CTR_MAX = 6,
+	/* Connections of flowscope's own services (an endpoint in the "pipeline" map): not
+	 * emitted, so that a Kafka outage does not read as the workloads' failures. */
+	TCPCONN_CTR_PIPELINE_CLOSED = 6, /* ... that were established */
+	TCPCONN_CTR_PIPELINE_FAILED = 7, /* ... that never were (refused, timed out) */
+	TCPCONN_CTR_MAX = 8,
+};
+
+/*
+ * Key of the "pipeline" hash map, which user space fills: an endpoint of flowscope's own
+ * services (a Kafka broker, the API server, a metrics port). A connection whose remote end,
+ * or whose local end, is one is the pipeline's; addr all zero matches any local address.
+ */
+struct tcpconn_endpoint {
+	__u8 addr[TCPCONN_ADDR_LEN]; /* network byte order, IPv4 in the first 4 bytes */
+	__u16 port;                  /* host byte order */
+	__u16 family;                /* AF_INET (2) or AF_INET6 (10) */
+	__u32 _pad;
 };
 
 /* Load-time knobs (the object's .rodata, written by the collector before load). */

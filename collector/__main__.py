@@ -18,6 +18,7 @@ from collector.dns.app import start_dns
 from collector.errors import CollectorError
 from collector.health import HealthReporter, MetricsServer
 from collector.nat import NatResolver, parse_cidrs
+from collector.pins import uninstall
 from collector.settings import Settings, parse_settings
 from collector.source import TcpConnSource
 from collector.udp import UdpFlowSource, UdpReporter
@@ -57,8 +58,13 @@ def run(settings: Settings) -> int:
                 mount_tracefs=settings.mount_tracefs,
                 interim_interval_s=settings.interim_interval_s,
                 wakeup_bytes=settings.wakeup_bytes,
+                pin_dir=settings.tcp_pin_dir,
             )
         )
+        # The pipeline's own connections (its Kafka, reconnects to a broker that is down
+        # included) are counted apart in the kernel, not reported as the cluster's.
+        own = settings.own_endpoints()
+        log.info("pipeline endpoints %s: %d keys", own, source.set_pipeline_endpoints(own))
         udp: UdpReporter | None = None
         if settings.udp_interval_s:
             udp_source = stack.enter_context(
@@ -141,6 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if settings.uninstall:
+        if settings.pin_root is None:
+            print("collector: --uninstall needs --pin-root", file=sys.stderr)
+            return 2
+        removed = uninstall(settings.pin_root, settings.node_name)
+        log.info("uninstalled: %d pins removed under %s", len(removed),
+                 settings.pin_root / settings.node_name)  # fmt: skip
+        return 0
     try:
         return run(settings)
     except (CollectorError, KafkaUnavailable) as exc:

@@ -83,7 +83,12 @@ COUNTER_NAMES: Final = (
     "track_failed",
     "interim_events",
     "interim_deferred",
+    "pipeline_closed",
+    "pipeline_failed",
 )
+
+# struct tcpconn_endpoint: key of the "pipeline" map (addr, port, family, pad)
+ENDPOINT = struct.Struct("<16sHHI")
 
 # Linux TCP states (include/net/tcp_states.h), for the state a socket closed from.
 TCP_STATES: Final = (

@@ -28,6 +28,34 @@ def ensure_tracefs(path: Path = TRACEFS) -> bool:
     return True
 
 
+BPFFS = Path("/sys/fs/bpf")
+
+
+def bpffs_mounted(path: Path = BPFFS) -> bool:
+    """Whether ``path`` (or the mount it is under) is a bpffs, from /proc/self/mounts."""
+    target = path.resolve()
+    best: tuple[int, str] = (-1, "")
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (target == point or point in target.parents) and len(point.parts) > best[0]:
+            best = (len(point.parts), fields[2])
+    return best[1] == "bpf"
+
+
+def ensure_bpffs(pin_dir: Path, mount_point: Path = BPFFS) -> bool:
+    """Mount bpffs at ``mount_point`` if ``pin_dir`` is under it and no bpffs is there.
+    True if we mounted. Pins elsewhere must already be on a bpffs."""
+    if bpffs_mounted(pin_dir):
+        return False
+    if pin_dir.resolve() != mount_point and mount_point not in pin_dir.resolve().parents:
+        raise CollectorError(f"pin directory {pin_dir} is not on a bpffs (mount -t bpf bpf DIR)")
+    _mount("bpf", mount_point, "bpf")
+    return True
+
+
 def _mount(source: str, target: Path, fstype: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [

@@ -74,6 +74,10 @@ class _Lib:
             ("bpf_map_delete_elem", ci, [ci, vp]),
             ("bpf_map_get_next_key", ci, [ci, vp, vp]),
             ("bpf_obj_get_info_by_fd", ci, [ci, vp, ctypes.POINTER(ctypes.c_uint32)]),
+            ("bpf_obj_get", ci, [cp]),
+            ("bpf_map__pin", ci, [vp, cp]),
+            ("bpf_link__pin", ci, [vp, cp]),
+            ("bpf_prog_get_fd_by_id", ci, [ctypes.c_uint32]),
             ("libbpf_num_possible_cpus", ci, []),
             ("libbpf_set_print", vp, [_PRINT_FN]),
             ("libbpf_strerror", ci, [ci, cp, ctypes.c_size_t]),
@@ -203,6 +207,7 @@ class BpfObject:
         self._lib = _libbpf()
         self._obj: int | None = None
         self._links: list[int] = []
+        self._link_names: list[str] = []  # the program of each link, same order
         self._tracefs = tracefs
         if not path.is_file():
             raise BpfError(f"BPF object {path} not found: build it with `make -C bpf`")
@@ -278,6 +283,7 @@ class BpfObject:
                     err = ctypes.get_errno()
                     raise _failure(f"attaching {name}", err, _attach_hint(name, err, self._tracefs))
                 self._links.append(link)
+                self._link_names.append(name)
         except BaseException:
             self.detach()
             raise
@@ -304,6 +310,7 @@ class BpfObject:
                         _attach_hint(name, err, self._tracefs),
                     )
                 self._links.append(link)
+                self._link_names.append(name)
         except BaseException:
             self.detach()
             raise
@@ -336,8 +343,11 @@ class BpfObject:
         return out
 
     def detach(self) -> None:
+        """Destroy our links. A pinned link stays attached: its pin holds the kernel's
+        reference (only removing the pin, or the last descriptor with it, detaches)."""
         while self._links:
             self._lib.lib.bpf_link__destroy(self._links.pop())
+        self._link_names.clear()
 
     def close(self) -> None:
         self.detach()
@@ -360,29 +370,13 @@ class BpfObject:
 
     def percpu_u64_sums(self, name: str, count: int) -> list[int]:
         """Sum a per-CPU array of u64 over CPUs, for indexes 0..count-1."""
-        fd = self.map_fd(name)
-        cpus = int(self._lib.lib.libbpf_num_possible_cpus())
-        if cpus <= 0:
-            raise _failure("counting possible CPUs", -cpus)
-        values = (ctypes.c_uint64 * cpus)()
-        sums: list[int] = []
-        for index in range(count):
-            key = ctypes.c_uint32(index)
-            rc = self._lib.lib.bpf_map_lookup_elem(fd, ctypes.byref(key), values)
-            if rc < 0:
-                raise _failure(f"reading {name}[{index}]", ctypes.get_errno())
-            sums.append(sum(values))
-        return sums
+        return percpu_u64_sums(self.map_fd(name), name, count)
 
     def _prog_info(self, prog: int) -> bytes | None:
         fd = int(self._lib.lib.bpf_program__fd(prog))
         if fd < 0:
             return None
-        info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
-        size = ctypes.c_uint32(_PROG_INFO_SIZE)
-        if self._lib.lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) < 0:
-            raise _failure("reading program info", ctypes.get_errno())
-        return info.raw[: size.value]
+        return obj_info(fd, _PROG_INFO_SIZE, "program")
 
     def program_ids(self) -> list[int]:
         """Kernel ids of the loaded programs (as ``bpftool prog show id`` takes them)."""
@@ -398,10 +392,116 @@ class BpfObject:
 
         These are events lost before our program ran: no counter of ours can see them.
         """
-        total = 0
-        end = _PROG_INFO_RECURSION_MISSES + 8
-        for prog in self._programs():
-            info = self._prog_info(prog)
-            if info is not None and len(info) >= end:
-                total += int.from_bytes(info[_PROG_INFO_RECURSION_MISSES:end], "little")
-        return total
+        infos = (self._prog_info(prog) for prog in self._programs())
+        return sum(prog_recursion_misses(info) for info in infos if info is not None)
+
+    def pin(self, directory: Path, maps: tuple[str, ...]) -> list[Path]:
+        """Pin ``maps`` and every attached link under ``directory`` (on a bpffs).
+
+        A pinned link keeps its program attached after this object is closed or the process
+        dies, and a pinned map keeps its contents (the ring buffer with its consumer
+        position): what a restarted collector re-opens. Returns the paths made."""
+        made: list[Path] = []
+        for name in maps:
+            path = directory / name
+            rc = self._lib.lib.bpf_map__pin(self._map(name), str(path).encode())
+            if rc < 0:
+                raise _failure(f"pinning map {name} at {path}", -rc)
+            made.append(path)
+        for prog_name, link in zip(self._link_names, self._links, strict=True):
+            path = directory / f"link_{prog_name}"
+            rc = self._lib.lib.bpf_link__pin(link, str(path).encode())
+            if rc < 0:
+                raise _failure(f"pinning the link of {prog_name} at {path}", -rc)
+            made.append(path)
+        return made
+
+
+# struct bpf_map_info: type, id, key_size, value_size, max_entries (u32 each), ...
+_MAP_INFO_SIZE = 88
+_MAP_INFO_MAX_ENTRIES = 16
+# struct bpf_link_info: type, id, prog_id (u32 each), then a union by link type.
+_LINK_INFO_SIZE = 64
+_LINK_INFO_PROG_ID = 8
+
+
+def obj_get(path: Path) -> int:
+    """A new descriptor of the BPF object (map, link, program) pinned at ``path``."""
+    fd = int(_libbpf().lib.bpf_obj_get(str(path).encode()))
+    if fd < 0:
+        raise _failure(f"opening pinned {path}", -fd)
+    return fd
+
+
+def obj_info(fd: int, size: int, what: str) -> bytes:
+    """The kernel's info struct of a BPF map, program or link (as much as it fills)."""
+    info = ctypes.create_string_buffer(size)
+    length = ctypes.c_uint32(size)
+    if _libbpf().lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(length)) < 0:
+        raise _failure(f"reading {what} info", ctypes.get_errno())
+    return info.raw[: length.value]
+
+
+def _u32(info: bytes, offset: int) -> int:
+    return int.from_bytes(info[offset : offset + 4], "little")
+
+
+def map_max_entries(fd: int) -> int:
+    return _u32(obj_info(fd, _MAP_INFO_SIZE, "map"), _MAP_INFO_MAX_ENTRIES)
+
+
+def link_prog_fd(link_fd: int) -> int:
+    """A descriptor of the program a link attaches."""
+    prog_id = _u32(obj_info(link_fd, _LINK_INFO_SIZE, "link"), _LINK_INFO_PROG_ID)
+    fd = int(_libbpf().lib.bpf_prog_get_fd_by_id(prog_id))
+    if fd < 0:
+        raise _failure(f"opening program id {prog_id}", -fd)
+    return fd
+
+
+def prog_info(fd: int) -> bytes:
+    return obj_info(fd, _PROG_INFO_SIZE, "program")
+
+
+def prog_id(info: bytes) -> int:
+    return _u32(info, _PROG_INFO_ID)
+
+
+def prog_recursion_misses(info: bytes) -> int:
+    end = _PROG_INFO_RECURSION_MISSES + 8
+    if len(info) < end:
+        return 0
+    return int.from_bytes(info[_PROG_INFO_RECURSION_MISSES:end], "little")
+
+
+def percpu_u64_sums(fd: int, name: str, count: int) -> list[int]:
+    """Sum a per-CPU array map of u64 over CPUs, for indexes 0..count-1."""
+    lib = _libbpf().lib
+    cpus = int(lib.libbpf_num_possible_cpus())
+    if cpus <= 0:
+        raise _failure("counting possible CPUs", -cpus)
+    values = (ctypes.c_uint64 * cpus)()
+    sums: list[int] = []
+    for index in range(count):
+        key = ctypes.c_uint32(index)
+        if lib.bpf_map_lookup_elem(fd, ctypes.byref(key), values) < 0:
+            raise _failure(f"reading {name}[{index}]", ctypes.get_errno())
+        sums.append(sum(values))
+    return sums
+
+
+def count_keys(fd: int, key_size: int) -> int:
+    """How many keys a hash map holds now (walked, not deleted)."""
+    lib = _libbpf().lib
+    key = ctypes.create_string_buffer(key_size)
+    prev: ctypes.Array[ctypes.c_char] | None = None
+    count = 0
+    while lib.bpf_map_get_next_key(fd, prev, key) == 0:
+        count += 1
+        prev = ctypes.create_string_buffer(key.raw, key_size)
+    return count
+
+
+def map_update(fd: int, name: str, key: bytes, value: bytes) -> None:
+    if _libbpf().lib.bpf_map_update_elem(fd, key, value, 0) < 0:
+        raise _failure(f"updating map {name}", ctypes.get_errno())

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Generic, Protocol, Self, TypeVar
 
 from collector.libbpf import BpfObject
+from collector.pins import PinSpec, RestartReport, generation, open_pinned
 from collector.ringbuf import RecordBatch, RingBufferReader
 
 EVENTS_MAP: Final = "events"
@@ -20,10 +21,27 @@ COUNTERS_MAP: Final = "counters"
 DEFAULT_TRACEFS: Final = Path("/sys/kernel/tracing")
 
 
-class ProgramSet:
+class KernelPrograms(Protocol):
+    """A loaded object (:class:`BpfObject`) or one re-opened from its pins."""
+
+    def map_fd(self, name: str) -> int: ...
+    def map_max_entries(self, name: str) -> int: ...
+    def percpu_u64_sums(self, name: str, count: int) -> list[int]: ...
+    def map_update(self, name: str, key: bytes, value: bytes) -> None: ...
+    def program_ids(self) -> list[int]: ...
+    def program_names(self) -> list[str]: ...
+    def recursion_misses(self) -> int: ...
+    def detach(self) -> None: ...
+    def close(self) -> None: ...
+
+
+K = TypeVar("K", bound=KernelPrograms)
+
+
+class ProgramSet(Generic[K]):
     """One loaded BPF object. Use it as a context manager, or call :meth:`close`."""
 
-    def __init__(self, obj: BpfObject, setup: Callable[[BpfObject], None]) -> None:
+    def __init__(self, obj: K, setup: Callable[[K], None]) -> None:
         """``setup`` (fill maps, attach) runs once the object is owned here, so a failure
         in it still closes everything."""
         self._obj = obj
@@ -55,7 +73,7 @@ class ProgramSet:
         self.close()
 
 
-class RingBufferSource(ProgramSet):
+class RingBufferSource(ProgramSet[KernelPrograms]):
     """A program set that sends events through the ring buffer map ``events`` and counts
     in the per-CPU array ``counters``; reads its events in batches."""
 
@@ -67,16 +85,40 @@ class RingBufferSource(ProgramSet):
         counter_names: Sequence[str],
         attach: Callable[[BpfObject], None],
         tracefs: Path = DEFAULT_TRACEFS,
+        pins: PinSpec | None = None,
     ) -> None:
-        """``ringbuf_bytes``: the ring buffer's size (None or 0: as compiled in)."""
+        """``ringbuf_bytes``: the ring buffer's size (None or 0: as compiled in).
+
+        ``pins``: keep the links and ``pins.maps`` in bpffs there, so that the programs
+        stay attached after this process and the next one resumes them
+        (:mod:`collector.pins`); None: they go with this object."""
         sizes = {EVENTS_MAP: ringbuf_bytes} if ringbuf_bytes else {}
-        obj = BpfObject(bpf_object, map_max_entries=sizes, tracefs=tracefs, rodata=rodata)
         self._counter_names = counter_names
         self._reader: RingBufferReader | None = None
+        self.restart = RestartReport("unpinned")
 
-        def setup(obj: BpfObject) -> None:
+        def load() -> BpfObject:
+            obj = BpfObject(bpf_object, map_max_entries=sizes, tracefs=tracefs, rodata=rodata)
+            try:
+                attach(obj)
+            except BaseException:
+                obj.close()
+                raise
+            return obj
+
+        obj: KernelPrograms
+        if pins is None:
+            obj = BpfObject(bpf_object, map_max_entries=sizes, tracefs=tracefs, rodata=rodata)
+        else:
+            obj, self.restart = open_pinned(
+                pins, generation(bpf_object, rodata, ringbuf_bytes), load
+            )
+
+        def setup(obj: KernelPrograms) -> None:
             self._reader = RingBufferReader(obj.map_fd(EVENTS_MAP), self.ringbuf_bytes)
-            attach(obj)
+            if pins is None:
+                assert isinstance(obj, BpfObject)
+                attach(obj)
 
         super().__init__(obj, setup)
 
@@ -100,13 +142,15 @@ class RingBufferSource(ProgramSet):
         return self.reader.read(max_records)
 
     def kernel_counters(self) -> dict[str, int]:
-        """The program's counters (summed over CPUs) and the kernel's recursion misses."""
+        """The program's counters (summed over CPUs; pinned, over every run since they
+        were first loaded) and the kernel's recursion misses."""
         counters = self.percpu_counters(COUNTERS_MAP, self._counter_names)
         counters["recursion_misses"] = self._obj.recursion_misses()
         return counters
 
     def detach(self) -> None:
-        """Stop new events; what is in the ring buffer can still be read."""
+        """Stop new events; what is in the ring buffer can still be read. Pinned programs
+        stay attached: what they see meanwhile waits in the ring for the next collector."""
         self._obj.detach()
 
     def close(self) -> None:

@@ -152,6 +152,21 @@ class RingBufferReader:
     def pending_bytes(self) -> int:
         return int(_U64.unpack_from(self._producer, 0)[0]) - self._pos
 
+    def pending_records(self) -> int:
+        """Committed records waiting now, counted without consuming them (the backlog a
+        restarted collector finds in a pinned ring buffer)."""
+        producer: int = _U64.unpack_from(self._producer, 0)[0]
+        pos = self._pos
+        count = 0
+        while pos < producer:
+            header: int = _U32.unpack_from(self._data, pos & self._mask)[0]
+            if header & BUSY_BIT:
+                break
+            length = header & ~(BUSY_BIT | DISCARD_BIT)
+            count += not header & DISCARD_BIT
+            pos += (length + HEADER_SIZE + 7) & ~7
+        return count
+
     def read(self, max_records: int = 1 << 30) -> RecordBatch:
         """Copy out every committed record (up to ``max_records``) and release their space."""
         start = self._pos

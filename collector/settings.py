@@ -51,6 +51,9 @@ ENV = {
     "batch_bytes": "FLOWSCOPE_COLLECTOR_BATCH_BYTES",
     "udp_bpf_object": "FLOWSCOPE_COLLECTOR_UDP_BPF_OBJECT",
     "log_level": "FLOWSCOPE_LOG_LEVEL",
+    "pin_root": "FLOWSCOPE_COLLECTOR_PIN_ROOT",
+    "uninstall": "FLOWSCOPE_COLLECTOR_UNINSTALL",
+    "pipeline_endpoints": "FLOWSCOPE_COLLECTOR_PIPELINE_ENDPOINTS",
 }
 
 
@@ -82,8 +85,11 @@ class Settings:
     node_name: str = field(default_factory=socket.gethostname)
     cgroup_root: Path = field(default_factory=default_cgroup_root)
     bpf_object: Path = DEFAULT_BPF_OBJECT
-    # 4 MiB holds ~32k events of 128 bytes: a second and a half of 20k connections/s (two
-    # ends each) if the collector stalls, and costs 4 MiB of locked kernel memory.
+    # A connection end takes 160 bytes of ring (152-byte event, 8-byte header, measured in
+    # tests/integration/collector/test_collector_restart.py), so the ring needed to ride
+    # out an outage of N seconds (a stall, or a restart with pins) at R ends/s is
+    # N * R * 160 bytes: 4 MiB holds 26,214 ends (26 s at 1,000 ends/s, 1.3 s at 20k
+    # connections/s with both ends local) and costs 4 MiB of locked kernel memory.
     ringbuf_bytes: int = 4 << 20
     poll_interval_s: float = 0.1  # longest wait on the ring buffer before serving Kafka
     max_batch: int = 8192  # records taken from the ring buffer per read
@@ -110,6 +116,15 @@ class Settings:
     batch_bytes: int = 256 << 10  # a batch message is split below this (Kafka's limit: 1 MB)
     dns: dns_settings.DnsSettings = field(default_factory=dns_settings.DnsSettings)
     kafka_security: KafkaSecurity = PLAINTEXT
+    # bpffs directory under which the TCP programs and maps of <node_name> stay pinned
+    # across restarts (the DaemonSet sets /sys/fs/bpf/flowscope); None: nothing pinned,
+    # the programs detach when the collector exits.
+    pin_root: Path | None = None
+    uninstall: bool = False  # remove this node's pins and exit
+    # host:port of flowscope's own services besides the Kafka bootstrap servers and the
+    # metrics port (which are always included), e.g. the API server the publisher watches:
+    # their connections are counted apart (kernel_pipeline_*), not reported as workloads'.
+    pipeline_endpoints: str = ""
 
     def __post_init__(self) -> None:
         page = mmap.PAGESIZE
@@ -155,6 +170,10 @@ class Settings:
             raise SettingsError(f"max_batch: must be > 0, got {self.max_batch}")
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"log_level: {self.log_level!r}, valid: {', '.join(LOG_LEVELS)}")
+        try:
+            parse_endpoints(self.pipeline_endpoints)
+        except ValueError as exc:
+            raise SettingsError(f"pipeline_endpoints: {exc}") from None
         if not self.node_name:
             raise SettingsError("node_name: must not be empty")
         if not (self.cgroup_root / "cgroup.controllers").is_file():
@@ -170,9 +189,34 @@ class Settings:
     def topics(self) -> Topics:
         return Topics(prefix=self.topic_prefix)
 
+    def own_endpoints(self) -> list[tuple[str, int]]:
+        """The pipeline's endpoints: bootstrap servers, extra ones, our metrics port."""
+        found = parse_endpoints(self.bootstrap_servers) + parse_endpoints(self.pipeline_endpoints)
+        if self.metrics_port:
+            found.append(("", self.metrics_port))
+        return found
+
+    @property
+    def tcp_pin_dir(self) -> Path | None:
+        return None if self.pin_root is None else self.pin_root / self.node_name / "tcpconn"
+
     @property
     def health_topic(self) -> str:
         return Topics(self.topic_prefix).collector_health
+
+
+def parse_endpoints(text: str) -> list[tuple[str, int]]:
+    """``"host:port,[v6]:port"`` -> [(host, port)]; a bootstrap list's own syntax."""
+    found: list[tuple[str, int]] = []
+    for item in text.split(","):
+        item = item.strip().removeprefix("PLAINTEXT://").removeprefix("SASL_SSL://")
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r}: expected host:port")
+        found.append((host.strip("[]"), int(port)))
+    return found
 
 
 def parse_kafka_options(items: Sequence[str]) -> dict[str, str]:
@@ -397,6 +441,37 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         default=default("log_level"),
         help=env_help("log_level", "log level"),
+    )
+    p.add_argument(
+        "--pin-root",
+        type=lambda text: Path(text) if text else None,
+        default=default("pin_root"),
+        help=env_help(
+            "pin_root",
+            "bpffs directory where the TCP programs stay attached and their maps (open "
+            "sockets, ring buffer, counters) kept across restarts, under <node>/tcpconn, "
+            "e.g. /sys/fs/bpf/flowscope; empty: nothing pinned",
+        ),
+    )
+    p.add_argument(
+        "--pipeline-endpoints",
+        default=default("pipeline_endpoints"),
+        help=env_help(
+            "pipeline_endpoints",
+            "comma-separated host:port of flowscope's own services besides the bootstrap "
+            "servers and the metrics port (e.g. the API server): their connections are "
+            "counted apart, not reported",
+        ),
+    )
+    p.add_argument(
+        "--uninstall",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=default("uninstall"),
+        help=env_help(
+            "uninstall", "remove this node's pins under --pin-root (the programs detach), exit"
+        ),
     )
     dns_settings.add_arguments(p, env)
     kafka_security.add_arguments(p, env)

@@ -64,7 +64,7 @@ def decode_flow(decoder: Decoder, key: bytes, value: bytes) -> UdpFlow:
                    bytes_out, packets_out, bytes_in, packets_in)  # fmt: skip
 
 
-class UdpFlowSource(ProgramSet):
+class UdpFlowSource(ProgramSet[BpfObject]):
     """Loads ``udpflow.bpf.o`` and attaches it to the cgroup v2 root (every socket)."""
 
     def __init__(self, bpf_object: Path, cgroup_root: Path) -> None:

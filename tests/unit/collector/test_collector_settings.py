@@ -98,3 +98,13 @@ def test_help_documents_every_setting_and_its_variable() -> None:
     assert set(ENV) == set(Settings.__dataclass_fields__) - {"dns", "kafka_security"}
     for variable in SECURITY_ENV.values():
         assert variable in text, variable
+
+
+def test_pins_off_by_default_and_per_node_when_set(cgroup_root: Path) -> None:
+    base = ["--cgroup-root", str(cgroup_root), "--node-name", "n1"]
+    assert parse_settings(base, {}).tcp_pin_dir is None
+    assert parse_settings(base, {"FLOWSCOPE_COLLECTOR_PIN_ROOT": ""}).tcp_pin_dir is None
+    s = parse_settings(base, {"FLOWSCOPE_COLLECTOR_PIN_ROOT": "/sys/fs/bpf/fs"})
+    assert s.tcp_pin_dir == Path("/sys/fs/bpf/fs/n1/tcpconn")
+    assert s.uninstall is False
+    assert parse_settings([*base, "--pin-root", "/x", "--uninstall"], {}).uninstall is True
