@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pipeline_accuracy import AccuracyCheck
 
 from demo.readout import TopicReader
 from demo.services import PipelineSettings, publish_metadata, running_pipeline
@@ -19,6 +20,7 @@ from flowscope.codec import JsonCodec
 from flowscope.records import DnsMetric, EnrichedDnsQuery
 from flowscope.topics import Topics
 from processors.dedupe import FirstPerId
+from processors.dns import NameGroups
 from simnode import Cluster, NodeSpec, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
 
@@ -118,3 +120,26 @@ def test_dns_queries_flow_from_kernel_to_dns_metrics(
     assert all(m.server_class == "cluster_dns" for m in metrics)
     answered = [m for m in metrics if m.answered]
     assert all(m.latency_p50_us is not None and m.latency_p50_us > 0 for m in answered)
+
+    # Every published latency percentile against the exact one from the records the test
+    # holds: the answered client-side queries of that window (event time = query time) and
+    # name group (the processors' default grouping).
+    accuracy = AccuracyCheck()
+    groups = NameGroups()
+    for m in metrics:
+        latencies = [
+            e.latency_us
+            for e in client_side
+            if e.outcome == "answered"
+            and e.latency_us is not None
+            and m.window_start_ns <= e.time_ns < m.window_end_ns
+            and groups.group(e) == m.name_group
+        ]
+        accuracy.check(
+            f"{m.name_group} window {m.window_start_ns}",
+            latencies,
+            {0.5: m.latency_p50_us, 0.9: m.latency_p90_us, 0.99: m.latency_p99_us},
+            m.latency_sketch,
+        )
+    assert accuracy.records == sum(rcodes.values()), accuracy.summary()
+    print(accuracy.summary())
