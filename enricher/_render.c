@@ -24,7 +24,8 @@
 static PyTypeObject *rendered_type; /* enricher.render.Rendered (a NamedTuple of 6) */
 static PyObject *observed_set;      /* remote attributions whose client side is observed */
 static PyObject *json_encode;       /* msgspec.json.Encoder().encode, for unusual strings */
-static PyObject *copied_keys[4];    /* b',"outcome":' ... in the record's wire names */
+#define N_COPIED 5                  /* render._FAST_COPIED: outcome ... syn_retries */
+static PyObject *copied_keys[N_COPIED]; /* b',"outcome":' ... in the record's wire names */
 
 enum { F_TEMPLATE, F_BODY, F_KEY, F_UNNAMED, F_WHERE, F_ATTRIBUTION, F_LEN };
 
@@ -32,13 +33,14 @@ enum { F_TEMPLATE, F_BODY, F_KEY, F_UNNAMED, F_WHERE, F_ATTRIBUTION, F_LEN };
 enum {
     A_POD_UID, A_REMOTE_ADDR, A_START, A_END, A_ORIGINAL, A_CONTAINER, A_PID, A_COMM,
     A_ROLE, A_LOCAL_ADDR, A_LOCAL_PORT, A_REMOTE_PORT, A_SENT, A_RECEIVED, A_NODE, A_FAMILY,
-    A_LATENCY, A_SRTT, A_RETRANS, A_OUTCOME, A_INTERIM, A_SEQUENCE, A_SEGS_OUT, A_COUNT
+    A_LATENCY, A_SRTT, A_RETRANS, A_OUTCOME, A_INTERIM, A_SEQUENCE, A_SEGS_OUT,
+    A_SYN_RETRIES, A_COUNT
 };
 static const char *const attr_names[A_COUNT] = {
     "pod_uid", "remote_addr", "start_time_ns", "end_time_ns", "original_remote_addr",
     "container_id", "pid", "comm", "role", "local_addr", "local_port", "remote_port",
     "bytes_sent", "bytes_received", "node", "family", "connect_latency_us", "srtt_us",
-    "retrans_segs", "outcome", "interim", "sequence", "segs_out",
+    "retrans_segs", "outcome", "interim", "sequence", "segs_out", "syn_retries",
 };
 static PyObject *attrs[A_COUNT];
 /* The raw record type and where each field's slot is in its instances: msgspec keeps a
@@ -539,7 +541,8 @@ static PyObject *render_one(Buf *b, PyObject *raw, PyObject *frags, PyObject *ip
         put_bytes(b, copied_keys[1]) < 0 ||
         (PyObject_IsTrue(f.v[A_INTERIM]) ? PUT(b, "true") : PUT(b, "false")) < 0 ||
         put_bytes(b, copied_keys[2]) < 0 || put_int(b, f.v[A_SEQUENCE]) < 0 ||
-        put_bytes(b, copied_keys[3]) < 0 || put_int(b, f.v[A_SEGS_OUT]) < 0 || PUT(b, "}") < 0)
+        put_bytes(b, copied_keys[3]) < 0 || put_int(b, f.v[A_SEGS_OUT]) < 0 ||
+        put_bytes(b, copied_keys[4]) < 0 || put_int(b, f.v[A_SYN_RETRIES]) < 0 || PUT(b, "}") < 0)
         goto done;
     if ((value = PyBytes_FromStringAndSize(b->data, b->len)) == NULL)
         goto done;
@@ -765,12 +768,12 @@ static PyObject *configure(PyObject *self, PyObject *args)
         Py_DECREF(descr);
     }
     if (!PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type) || !PyAnySet_Check(observed) ||
-        !PyCallable_Check(encode) || PyTuple_GET_SIZE(keys) != 4) {
+        !PyCallable_Check(encode) || PyTuple_GET_SIZE(keys) != N_COPIED) {
         PyErr_SetString(PyExc_TypeError,
-                        "configure(Rendered, RawTcpConnection, observed: frozenset, encode, 4 keys)");
+                        "configure(Rendered, RawTcpConnection, observed: frozenset, encode, 5 keys)");
         return NULL;
     }
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < N_COPIED; i++) {
         if (!PyBytes_Check(PyTuple_GET_ITEM(keys, i))) {
             PyErr_SetString(PyExc_TypeError, "configure: copied-field keys must be bytes");
             return NULL;
@@ -795,7 +798,7 @@ static PyObject *configure(PyObject *self, PyObject *args)
     Py_XSETREF(observed_set, observed);
     Py_INCREF(encode);
     Py_XSETREF(json_encode, encode);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < N_COPIED; i++) {
         Py_INCREF(PyTuple_GET_ITEM(keys, i));
         Py_XSETREF(copied_keys[i], PyTuple_GET_ITEM(keys, i));
     }

@@ -8,7 +8,7 @@ def configure(
     raw: type,
     observed: frozenset[str],
     encode: Callable[[Any], bytes],
-    copied_keys: tuple[bytes, bytes, bytes, bytes],
+    copied_keys: tuple[bytes, ...],
 ) -> bool: ...
 def render_batch(
     raws: Sequence[Any],

@@ -60,7 +60,7 @@ _ENCODE_NAMES = {f.name: f.encode_name for f in msgspec.structs.fields(EnrichedT
 # The fields copied from the raw record (enrich.COPIED_FIELDS) that the fast paths know, written
 # inside the one formatting call. Should the copied fields change, self_check says so at start
 # and the joiner takes the reference path (slower, never wrong) until this module follows.
-_FAST_COPIED = ("outcome", "interim", "sequence", "segs_out")
+_FAST_COPIED = ("outcome", "interim", "sequence", "segs_out", "syn_retries")
 _copied_values = attrgetter(*_FAST_COPIED)
 
 
@@ -75,10 +75,11 @@ _COPIED_FAST = (
     and _RAW_TYPES["interim"] is bool
     and _RAW_TYPES["sequence"] is int
     and _RAW_TYPES["segs_out"] is int
+    and _RAW_TYPES["syn_retries"] is int
     and all(isinstance(v, str) and v.isidentifier() for v in get_args(_RAW_TYPES["outcome"]))
 )
 _OUTCOME = {v: b'"%s"' % v.encode() for v in get_args(_RAW_TYPES["outcome"])}
-_COPIED_FMT = b',"%s":%%b,"%s":%%b,"%s":%%d,"%s":%%d' % tuple(
+_COPIED_FMT = b',"%s":%%b,"%s":%%b,"%s":%%d,"%s":%%d,"%s":%%d' % tuple(
     _ENCODE_NAMES[n].encode() for n in _FAST_COPIED
 )
 # One formatting call per record, in either orientation (the local end is the client unless
@@ -142,10 +143,8 @@ def _load_native() -> ModuleType | None:
         return None
     if not _COPIED_FAST:
         return None
-    k0, k1, k2, k3 = (b',"%s":' % _ENCODE_NAMES[n].encode() for n in _FAST_COPIED)
-    _render.configure(
-        Rendered, RawTcpConnection, _OBSERVED, msgspec.json.Encoder().encode, (k0, k1, k2, k3)
-    )
+    keys = tuple(b',"%s":' % _ENCODE_NAMES[n].encode() for n in _FAST_COPIED)
+    _render.configure(Rendered, RawTcpConnection, _OBSERVED, msgspec.json.Encoder().encode, keys)
     return _render
 
 
@@ -416,7 +415,7 @@ class Renderer:
                 key = remote.key or f"{ra}/{addr}"
             latency = raw.connect_latency_us
             peer, missing = finish(raw, local, remote)  # the same answers the C loop gets
-            outcome, interim, sequence, segs_out = _copied_values(raw)
+            outcome, interim, sequence, segs_out, syn_retries = _copied_values(raw)
             value = fmt % (
                 raw.start_time_ns,
                 raw.end_time_ns,
@@ -433,6 +432,7 @@ class Renderer:
                 _BOOL[interim],
                 sequence,
                 segs_out,
+                syn_retries,
             )
             # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call.
             plain = ra == "pod" and la != "unresolved"

@@ -154,7 +154,8 @@ def build_app(
     deadletter_topic = out(topics.deadletter)
     pending: list[Pending] = []
     dns_pending: list[Pending] = []
-    dead_futures: list[Any] = []
+    # Per stage: each stage's counters say how many of its own dead letters were delivered.
+    dead_futures: dict[int, tuple[AnyStage, list[Any]]] = {}
 
     async def consume(
         stream: faust.StreamT[bytes], stage: AnyStage, waiting: list[Pending]
@@ -170,7 +171,7 @@ def build_app(
             )
             for letter in dead:
                 fut = await deadletter_topic.send(key=message.key, value=letter)
-                dead_futures.append(fut)
+                dead_futures.setdefault(id(stage), (stage, []))[1].append(fut)
             waiting.append((partition, newest, event))
 
     @app.agent(source, name="tcp_connections", concurrency=1)
@@ -197,11 +198,11 @@ def build_app(
         now = time.time_ns()
         await publish(processor.close_ready(now), processor)
         await publish(dns.close_ready(now), dns)
-        if dead_futures:
-            letters = list(dead_futures)
-            dead_futures.clear()
+        waiting_letters = list(dead_futures.values())
+        dead_futures.clear()
+        for stage, letters in waiting_letters:
             failed = await _delivered(letters)
-            processor.outputs.dead_letters_delivered += len(letters) - failed
+            stage.outputs.dead_letters_delivered += len(letters) - failed
             if failed:
                 _die(f"{failed} dead letters were not delivered", processor, dns)
         # Acknowledge what is now safely published (or needed no window).

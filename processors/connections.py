@@ -24,10 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from flowscope import SCHEMA_VERSION
 from flowscope.records import EnrichedTcpConnection
 from processors import windows
 from processors.sketch import QuantileSketch
-from processors.windows import BatchResult, InvalidRecord, PartitionWindows
+from processors.windows import BatchResult, InvalidRecord, PartitionWindows, unsupported_version
 
 # Ends we run (and pay for): the others are outside the cluster.
 IN_CLUSTER = frozenset({"pod", "host", "node"})
@@ -68,6 +69,8 @@ ClosedWindow = windows.ClosedWindow[CellKey, Cell]
 def _rejection(record: EnrichedTcpConnection) -> str:
     """The dead-letter reason of a record add_batch found unusable (its check is inline:
     it runs for every record)."""
+    if record.schema_version != SCHEMA_VERSION:
+        return unsupported_version(type(record).__name__, record.schema_version)
     return (
         "negative volume or time: "
         f"c2s={record.bytes_client_to_server} s2c={record.bytes_server_to_client} "
@@ -116,6 +119,7 @@ class ConnectionAggregator(PartitionWindows[EnrichedTcpConnection, CellKey, Cell
         window_ns = self.window_ns
         alpha = self.alpha
         in_cluster = IN_CLUSTER
+        version = SCHEMA_VERSION
         batch_windows: dict[int, _BatchWindow] = {}  # window start -> cells, or _LATE
         newest_event = -1
         seen = duplicates = late = 0
@@ -128,7 +132,8 @@ class ConnectionAggregator(PartitionWindows[EnrichedTcpConnection, CellKey, Cell
                 retrans = record.retrans_segs
                 segs = record.segs_out
                 if (
-                    c2s < 0
+                    record.schema_version != version
+                    or c2s < 0
                     or s2c < 0
                     or srtt < 0
                     or retrans < 0

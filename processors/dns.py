@@ -20,9 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from flowscope import SCHEMA_VERSION
 from flowscope.records import DnsMetric, DnsServerClass, EnrichedDnsQuery
 from processors.sketch import DEFAULT_ALPHA, QuantileSketch
-from processors.windows import ClosedWindow, PartitionWindows
+from processors.windows import ClosedWindow, PartitionWindows, unsupported_version
 
 # Answers that mean the server could not or would not resolve the name.
 FAILURE_RCODES = frozenset({"SERVFAIL", "REFUSED"})
@@ -140,6 +141,8 @@ class DnsAggregator(PartitionWindows[EnrichedDnsQuery, DnsCellKey, DnsCell]):
     def add(self, partition: int, record: EnrichedDnsQuery) -> int | None:
         """Aggregate one record. Returns its window's start, or None when it was skipped
         (duplicate end, or late). Raises InvalidRecord and changes nothing if unusable."""
+        if record.schema_version != SCHEMA_VERSION:
+            raise self._reject(unsupported_version("EnrichedDnsQuery", record.schema_version))
         latency = record.latency_us
         if (latency is not None and latency < 0) or record.attempts < 1 or record.time_ns < 0:
             raise self._reject(

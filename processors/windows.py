@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from flowscope import SCHEMA_VERSION
 from processors.sketch import DEFAULT_ALPHA
 
 R = TypeVar("R")  # the record aggregated
@@ -22,6 +23,15 @@ C = TypeVar("C")  # a cell
 
 class InvalidRecord(ValueError):
     """A record that decoded but cannot be aggregated (e.g. negative bytes or latency)."""
+
+
+def unsupported_version(record_type: str, version: int) -> str:
+    """The dead-letter reason of a record of another schema version: its fields may mean
+    something else, so it is not counted as if it were ours."""
+    return (
+        f"{record_type}: unsupported schema version schema_version={version} "
+        f"(these processors read schema_version={SCHEMA_VERSION})"
+    )
 
 
 @dataclass

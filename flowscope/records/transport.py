@@ -124,3 +124,7 @@ class EnrichedTcpConnection(msgspec.Struct, frozen=True, kw_only=True, gc=False)
     interim: bool = False  # True: a periodic record of a connection still open
     sequence: int = 0  # this record's place among the connection's records (0 = first)
     segs_out: int = 0  # segments sent by the observing end, retransmissions included
+    # SYNs the client retransmitted before the answer came or before it or the kernel gave up
+    # (0 for servers), as RawTcpConnection has it: with outcome connect_timeout, how long the
+    # application waited (1 retry ~1 s, 2 ~3 s, 3 ~7 s with the default 1 s initial RTO).
+    syn_retries: int = 0

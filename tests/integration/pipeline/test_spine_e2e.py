@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pipeline_accuracy import AccuracyCheck
 
 from demo.readout import TopicReader
 from demo.services import PipelineSettings, publish_metadata, running_pipeline
@@ -139,6 +140,26 @@ def test_connections_flow_from_kernel_to_pair_metrics(
         assert m.connect_latency_p99_us is not None
         assert m.connect_latency_p99_us >= m.connect_latency_p50_us
         assert m.window_end_ns - m.window_start_ns == int(WINDOW_S * 1e9)
+    # The published connect latency percentiles against the exact ones from the raw client
+    # records of the same window (event time = end time; the enricher keeps it as it is).
+    accuracy = AccuracyCheck()
+    for m in metrics:
+        latencies = [
+            r.connect_latency_us
+            for r in raw
+            if r.role == "client"
+            and r.sequence == 0
+            and r.connect_latency_us is not None
+            and m.window_start_ns <= r.end_time_ns < m.window_end_ns
+        ]
+        accuracy.check(
+            f"window {m.window_start_ns}",
+            latencies,
+            {0.5: m.connect_latency_p50_us, 0.99: m.connect_latency_p99_us},
+            m.connect_latency_sketch,
+        )
+    assert accuracy.records == N_CONNECTIONS, accuracy.summary()
+    print(accuracy.summary())
 
 
 def _check_raw(raw: list[RawTcpConnection], client: Pod, server: Pod, ports: set[int]) -> None:

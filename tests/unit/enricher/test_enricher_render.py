@@ -97,6 +97,8 @@ LOCALS: list[dict[str, Any]] = [
     {"connect_latency_us": None, "family": 6, "local_addr": "fd00::1"},
     # An interim record of a connection still open: the copied fields travel along.
     {"interim": True, "sequence": 3, "outcome": "open", "segs_out": 7},
+    # A connect the application gave up on after SYN retransmissions.
+    {"outcome": "connect_timeout", "syn_retries": 3, "connect_latency_us": None},
 ]
 ROLES = ["client", "server", "unknown"]
 # What the client dialed, when the collector saw Service NAT: a ClusterIP, or not a Service.
@@ -130,6 +132,8 @@ def test_rendered_bytes_equal_the_reference(state: MetadataState, native: bool) 
         "open",
         7,
     )
+    timeout = enrich(_raw(outcome="connect_timeout", syn_retries=2), state, CLASSIFIER)
+    assert (timeout.outcome, timeout.syn_retries) == ("connect_timeout", 2)
 
 
 def test_fragments_follow_metadata_changes(state: MetadataState, native: bool) -> None:

@@ -260,3 +260,11 @@ def test_tcp_processor_leaves_dns_rules_to_the_dns_processor() -> None:
     assert "dns-failure-rate" not in {r.name for r in tcp.alerts.rules}
     assert "connect-failure-rate" in {r.name for r in tcp.alerts.rules}
     assert [r.name for r in DnsProcessor(W, 0, 10 * S, rules).alerts.rules] == ["dns-failure-rate"]
+
+
+def test_a_record_of_another_schema_version_is_rejected_not_counted() -> None:
+    agg = DnsAggregator(W, 0)
+    with pytest.raises(ValueError, match="unsupported schema version schema_version=2"):
+        agg.add(0, replace(q(T0), schema_version=2))
+    assert agg.counters.rejected == 1 and agg.counters.counted == 0
+    assert agg.open_windows() == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import msgspec
 from processors_records import T0, S, conn, pod
 
 from processors.connections import ConnectionAggregator
@@ -103,3 +104,15 @@ def test_connect_timeouts_are_failures_and_cancelled_connects_are_not() -> None:
     assert m.outcomes == {"cancelled": 2, "closed": 4, "connect_timeout": 3, "timed_out": 1}
     # The application's connect timeouts fail like the kernel's; cancelled connects do not.
     assert (m.connections, m.failed_connections, m.failure_rate) == (10, 4, 0.4)
+
+
+def test_a_record_of_another_schema_version_is_rejected_not_counted() -> None:
+    agg = ConnectionAggregator(W, 0)
+    good = conn(T0 + 1, pod("web", "zone-a"), pod("db", "zone-b"), c2s=10)
+    other = msgspec.structs.replace(good, schema_version=2)
+    result = agg.add_batch(0, [other, good])
+    assert [reason for _, reason in result.rejected] == [
+        "EnrichedTcpConnection: unsupported schema version schema_version=2 "
+        "(these processors read schema_version=1)"
+    ]
+    assert (agg.counters.rejected, agg.counters.counted) == (1, 1)
