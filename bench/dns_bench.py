@@ -12,7 +12,13 @@ table with every mode's figures.
 
     sudo .venv/bin/python bench/dns_bench.py [--queries 40000] [--clients 2] [--window 32]
         [--rounds 2] [--modes udp4,udp6,tcp4,tcp6] [--rate 0] [--path native|python]
-        [--bootstrap 127.0.0.1:9092]
+        [--search off,k8s] [--bootstrap 127.0.0.1:9092]
+
+``--search``: the capture phases to run in each round, search marking off or on (``k8s``: every
+client with the kubelet's resolv.conf for namespace ``bench``, ``ndots:5``; the load asks
+``svcN.bench.svc.cluster.local``, the first expansion of ``svcN``, answered: the common case
+in a cluster, a sequence opened by each query and closed by its answer). The configuration is
+given, not read from the pods (ResolvConfReader's cached lookup is left out).
 
 Needs root. The server and the load are C (bench/dnsload), one process each, on the same two
 cores as the collector: the rate is what the machine reaches with all three.
@@ -38,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from collector.attribution import CgroupResolver  # noqa: E402
 from collector.dns.pipeline import DnsPipeline  # noqa: E402
 from collector.dns.privacy import NamePrivacy  # noqa: E402
+from collector.dns.search import SearchConfig, SearchTracker  # noqa: E402
 from collector.dns.settings import DEFAULT_DNS_BPF_OBJECT  # noqa: E402
 from collector.dns.source import DnsSource  # noqa: E402
 from collector.settings import default_cgroup_root  # noqa: E402
@@ -46,6 +53,10 @@ from simnode import Cluster, Pod  # noqa: E402
 
 DNSLOAD = REPO / "bench" / "dnsload" / "dnsload"
 MODES = ("udp4", "udp6", "tcp4", "tcp6")
+SEARCH = {
+    "off": None,
+    "k8s": SearchConfig(("bench.svc.cluster.local", "svc.cluster.local", "cluster.local"), 5),
+}
 
 
 class CountingSink:
@@ -82,16 +93,18 @@ def run_load(clients: list[Pod], server_ip: str, mode: str, queries: int, window
     return {"answered": answered, "lost": lost, "elapsed_s": elapsed, "qps": answered / elapsed}
 
 
-def capture_phase(clients: list[Pod], server_ip: str, mode: str,
-                  args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+def capture_phase(clients: list[Pod], server_ip: str, mode: str, args: argparse.Namespace,
+                  search_setting: str = "off") -> dict[str, Any]:  # fmt: skip
     root = default_cgroup_root()
     resolver = CgroupResolver(root)
     resolver.refresh()
     sink: Any = RecordProducer(args.bootstrap, {}) if args.bootstrap else CountingSink()
     topic = f"bench-{uuid.uuid4().hex[:8]}.raw.dns"
+    config = SEARCH[search_setting]
+    search = SearchTracker(lambda _c: config, hold_s=2.0) if config is not None else None
     with DnsSource(DEFAULT_DNS_BPF_OBJECT, root, ringbuf_bytes=args.ringbuf_bytes) as source:
         pipeline = DnsPipeline(source, sink, resolver, "bench", topic, NamePrivacy(),
-                               timeout_s=2.0, search=None,
+                               timeout_s=2.0, search=search,
                                native={"native": True, "python": False}[args.path])  # fmt: skip
         stop = threading.Event()
 
@@ -121,6 +134,8 @@ def capture_phase(clients: list[Pod], server_ip: str, mode: str,
     client_answered = sink.client_answered if not args.bootstrap else counters["dns_answered"] // 2
     return {
         **load,
+        "search": search_setting,
+        "search_expansions": counters.get("dns_search_expansions", 0),
         "kernel_packets": counters["dns_kernel_events"],
         "kernel_lost_ringbuf": counters["dns_kernel_lost_ringbuf"],
         "decode_errors": counters["dns_decode_errors"],
@@ -156,21 +171,25 @@ def start_server(pod: Pod) -> subprocess.Popen[str]:
     return proc
 
 
-def summary(results: list[dict[str, Any]], modes: list[str]) -> None:
-    print(f"{'mode':5} {'q/s bare':>9} {'q/s capt':>9} {'ratio':>6} {'packets':>8} "
+def summary(results: list[dict[str, Any]], modes: list[str], searches: list[str]) -> None:
+    print(f"{'mode':5} {'search':6} {'q/s bare':>9} {'q/s capt':>9} {'ratio':>6} {'packets':>8} "
           f"{'rb lost':>8} {'q lost':>7} {'µs/query':>9} {'bpf ns/pkt':>10}")  # fmt: skip
     for mode in modes:
         base = [r for r in results if r["mode"] == mode and r["phase"] == "no capture"]
-        caps = [r for r in results if r["mode"] == mode and r["phase"] == "capture"]
-        ratios = [c["qps"] / b["qps"] for b, c in zip(base, caps, strict=True)]
-        for b, c, ratio in zip(base, caps, ratios, strict=True):
-            us, ns = c["collector_cpu_us_per_query"], c["bpf_ns_per_run"]
-            print(f"{mode:5} {b['qps']:9.0f} {c['qps']:9.0f} {ratio:6.2f} "
-                  f"{c['kernel_packets']:8d} {c['kernel_lost_ringbuf']:8d} {c['missing']:7d} "
-                  f"{us:9.2f} {ns:10.0f}")  # fmt: skip
-        print(f"{mode:5} median ratio {statistics.median(ratios):.2f}, ring-buffer losses "
-              f"{sum(c['kernel_lost_ringbuf'] for c in caps)}, queries without a record "
-              f"{sum(c['missing'] for c in caps)}")  # fmt: skip
+        for search in searches:
+            caps = [r for r in results if r["mode"] == mode and r["phase"] == "capture"
+                    and r["search"] == search]  # fmt: skip
+            ratios = [c["qps"] / b["qps"] for b, c in zip(base, caps, strict=True)]
+            for b, c, ratio in zip(base, caps, ratios, strict=True):
+                us, ns = c["collector_cpu_us_per_query"], c["bpf_ns_per_run"]
+                print(f"{mode:5} {search:6} {b['qps']:9.0f} {c['qps']:9.0f} {ratio:6.2f} "
+                      f"{c['kernel_packets']:8d} {c['kernel_lost_ringbuf']:8d} "
+                      f"{c['missing']:7d} {us:9.2f} {ns:10.0f}")  # fmt: skip
+            us_median = statistics.median(c["collector_cpu_us_per_query"] for c in caps)
+            print(f"{mode:5} {search:6} median ratio {statistics.median(ratios):.2f}, "
+                  f"median µs/query {us_median:.2f}, "
+                  f"ring-buffer losses {sum(c['kernel_lost_ringbuf'] for c in caps)}, "
+                  f"queries without a record {sum(c['missing'] for c in caps)}")  # fmt: skip
 
 
 def main() -> int:
@@ -192,12 +211,20 @@ def main() -> int:
         default="native",
         help="the collector's DNS path: the C engine or the Python reference",
     )
+    p.add_argument(
+        "--search",
+        default="off",
+        help=f"capture phases per round, comma-separated: {', '.join(SEARCH)} (search marking)",
+    )
     p.add_argument("--ringbuf-bytes", type=int, default=4 << 20)
     p.add_argument("--bootstrap", default="", help="produce to this Kafka (default: count only)")
     args = p.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if unknown := set(modes) - set(MODES):
         raise SystemExit(f"unknown modes {sorted(unknown)}; valid: {', '.join(MODES)}")
+    searches = [m for m in args.search.split(",") if m]
+    if not searches or (unknown := set(searches) - set(SEARCH)):
+        raise SystemExit(f"unknown --search {args.search!r}; valid: {', '.join(SEARCH)}")
     subprocess.run(["make", "-C", str(REPO / "bpf")], check=True, capture_output=True)
     subprocess.run(["make", "-C", str(DNSLOAD.parent)], check=True, capture_output=True)
     stats_path = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -219,9 +246,11 @@ def main() -> int:
                     results.append({"round": round_no, "mode": mode, "phase": "no capture",
                                     **base})  # fmt: skip
                     print(json.dumps(results[-1]), flush=True)
-                    cap = capture_phase(clients, ip, mode, args)
-                    results.append({"round": round_no, "mode": mode, "phase": "capture", **cap})
-                    print(json.dumps(results[-1]), flush=True)
+                    for search in searches:
+                        cap = capture_phase(clients, ip, mode, args, search)
+                        results.append({"round": round_no, "mode": mode, "phase": "capture",
+                                        **cap})  # fmt: skip
+                        print(json.dumps(results[-1]), flush=True)
         finally:
             stats_path.write_text(old_stats)
             server.terminate()
@@ -229,7 +258,7 @@ def main() -> int:
     rate = f"{args.rate:.0f} queries/s offered" if args.rate else "unpaced"
     print(f"collector path: {args.path}; load {rate}; ratio = rate with capture / rate "
           "without, same round")  # fmt: skip
-    summary(results, modes)
+    summary(results, modes, searches)
     return 0
 
 

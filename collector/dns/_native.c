@@ -10,7 +10,8 @@
  * node sees tens of thousands of queries per second.
  *
  * What stays in Python, called back from here: cgroup -> pod attribution (once per distinct
- * cgroup per batch), search-path marking of each new client query (in wire order), name
+ * cgroup per batch), search-path marking of each new client query (in wire order), the
+ * settling of each client result with the search tracker (which may hold its record), name
  * hashing when names are not kept plain, the conntrack lookup of a client's query to a
  * Service address, and the text of the few IPv6 addresses glibc and Python's ipaddress
  * print differently (v4-compatible, v4-mapped).
@@ -315,6 +316,7 @@ typedef struct {
     PyObject *label_json;  /* bytes: the privacy label as a JSON string */
     PyObject *cgroup_cb;   /* cgroup_id -> (key: str, fragment: bytes) */
     PyObject *mark_cb;     /* (cgroup_id, qtype, name, mono_ns) -> (bool|None, str|None), or None */
+    PyObject *settle_cb;   /* SearchTracker.settle_outcome -> bool (True: it holds the pair), or None */
     PyObject *privacy_cb;  /* name -> str|None, or None when names stay plain */
     PyObject *backend_cb;  /* (family, proto, laddr, lport, raddr, rport) -> (addr, port)|None */
     PyObject *v6_cb;       /* bytes16 -> str (Python's ipaddress text), or None */
@@ -652,6 +654,28 @@ typedef struct {
     PyObject *asked_name;
 } Result;
 
+/* pipeline._emit's search.settle(result) for a client result with a question, from the same
+ * summary (search.SearchTracker.settle_outcome). 1: the tracker holds pair, 0: it does not. */
+static int settle(Engine *s, const Result *x, PyObject *pair)
+{
+    const Pkt *q = x->q;
+    uint64_t end = x->r && x->r->mono_ns > q->mono_ns ? x->r->mono_ns : q->mono_ns;
+    PyObject *rcode = x->m ? PyLong_FromLong(x->m->rcode) : Py_NewRef(Py_None);
+    if (!rcode)
+        return -1;
+    PyObject *exp = x->expansion < 0 ? Py_None : x->expansion ? Py_True : Py_False;
+    PyObject *asked = x->asked_name ? x->asked_name : Py_None;
+    PyObject *r = PyObject_CallFunction(s->settle_cb, "KHs#NiOOKO", (unsigned long long)q->cgroup,
+                                        x->qtype, x->name, (Py_ssize_t)x->name_len, rcode,
+                                        x->m ? (int)x->m->an : 0, exp, asked,
+                                        (unsigned long long)end, pair);
+    if (!r)
+        return -1;
+    int held = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return held;
+}
+
 static int emit(Engine *s, const Result *x)
 {
     const Pkt *q = x->q;
@@ -875,6 +899,13 @@ static int emit(Engine *s, const Result *x)
     Py_DECREF(value);
     if (!pair)
         return -1;
+    if (x->role == 0 && x->has_q && s->settle_cb != Py_None) {
+        int held = settle(s, x, pair);
+        if (held != 0) {
+            Py_DECREF(pair);
+            return held < 0 ? -1 : 0; /* held: the tracker hands it back when decided */
+        }
+    }
     int rc = PyList_Append(s->out, pair);
     Py_DECREF(pair);
     return rc;
@@ -1200,6 +1231,7 @@ static int Engine_traverse(Engine *s, visitproc visit, void *arg)
     Py_VISIT(s->label_json);
     Py_VISIT(s->cgroup_cb);
     Py_VISIT(s->mark_cb);
+    Py_VISIT(s->settle_cb);
     Py_VISIT(s->privacy_cb);
     Py_VISIT(s->backend_cb);
     Py_VISIT(s->v6_cb);
@@ -1231,6 +1263,7 @@ static int Engine_clear(Engine *s)
     Py_CLEAR(s->label_json);
     Py_CLEAR(s->cgroup_cb);
     Py_CLEAR(s->mark_cb);
+    Py_CLEAR(s->settle_cb);
     Py_CLEAR(s->privacy_cb);
     Py_CLEAR(s->backend_cb);
     Py_CLEAR(s->v6_cb);
@@ -1253,12 +1286,13 @@ static void Engine_dealloc(Engine *s)
 static int Engine_init(Engine *s, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"timeout_ns", "max_pending", "node_json", "label_json", "cgroup",
-                             "mark", "privacy", "backend", "v6_text", NULL};
+                             "mark", "settle", "privacy", "backend", "v6_text", NULL};
     unsigned long long timeout;
     Py_ssize_t max_pending;
-    PyObject *node, *label, *cgroup, *mark, *privacy, *backend, *v6;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "KnSSOOOOO", kwlist, &timeout, &max_pending,
-                                     &node, &label, &cgroup, &mark, &privacy, &backend, &v6))
+    PyObject *node, *label, *cgroup, *mark, *settle_fn, *privacy, *backend, *v6;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "KnSSOOOOOO", kwlist, &timeout, &max_pending,
+                                     &node, &label, &cgroup, &mark, &settle_fn, &privacy,
+                                     &backend, &v6))
         return -1;
     if (max_pending < 1) {
         PyErr_SetString(PyExc_ValueError, "max_pending must be >= 1");
@@ -1272,6 +1306,7 @@ static int Engine_init(Engine *s, PyObject *args, PyObject *kw)
     KEEP(label_json, label);
     KEEP(cgroup_cb, cgroup);
     KEEP(mark_cb, mark);
+    KEEP(settle_cb, settle_fn);
     KEEP(privacy_cb, privacy);
     KEEP(backend_cb, backend);
     KEEP(v6_cb, v6);

@@ -11,6 +11,11 @@ class Engine:
         label_json: bytes,
         cgroup: Callable[[int], tuple[str, bytes]],
         mark: Callable[[int, int, str, int], tuple[bool | None, str | None]] | None,
+        settle: Callable[
+            [int, int, str, int | None, int, bool | None, str | None, int, tuple[str, bytes]],
+            bool,
+        ]
+        | None,
         privacy: Callable[[str], str | None] | None,
         backend: Callable[[int, int, str, int, str, int], tuple[str, int] | None] | None,
         v6_text: Callable[[bytes], str],

@@ -2,7 +2,10 @@
 
 :class:`NativeMatcher` does in one C call per batch what abi.decode_batch, the pipeline's TCP
 framing, parser.parse, Matcher.observe and record.build_record do per packet in Python, and
-returns each finished query as (partition key, RawDnsQuery JSON). The Python modules stay the
+returns each finished query as (partition key, RawDnsQuery JSON). With search marking, each
+client result is settled with the tracker (a light summary and its encoded pair): the pairs it
+holds leave the engine's output and come back through :meth:`NativeMatcher.remark` when the
+tracker releases them, re-encoded only if their mark changed. The Python modules stay the
 spec: tests/unit/collector/test_dns_native.py feeds both the same hostile input and compares
 the records and every counter. ``native_available()`` is False where the extension was not
 built (``make native``); the pipeline then runs the Python path.
@@ -19,8 +22,10 @@ from collector.attribution import CgroupResolver
 from collector.dns.matcher import EXPIRED_MEMORY, MatcherStats
 from collector.dns.privacy import NamePrivacy
 from collector.dns.record import record_key
-from collector.dns.search import SearchTracker
+from collector.dns.search import Mark, SearchTracker
 from collector.ringbuf import RecordBatch
+from flowscope.codec import JsonCodec
+from flowscope.records import RawDnsQuery
 
 try:
     from collector.dns import _native
@@ -63,6 +68,8 @@ class NativeMatcher:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self._resolver = resolver
         self._node = node_name
+        self._privacy = privacy
+        self._codec = JsonCodec(RawDnsQuery)
 
         def cgroup(cgroup_id: int) -> tuple[str, bytes]:
             info = resolver.resolve(cgroup_id)
@@ -80,10 +87,26 @@ class NativeMatcher:
             _json(privacy.label),
             cgroup,
             search.mark if search is not None else None,
+            search.settle_outcome if search is not None else None,
             None if privacy.policy == "plain" else privacy.apply,
             backend_of,
             _v6_text,
         )
+
+    def remark(self, held: object, mark: Mark | None) -> tuple[str, bytes]:
+        """A pair the search tracker held (given to it by the engine), with the mark it ends
+        with. Rare (failed opening queries only): decoding and encoding again is cheap enough."""
+        assert isinstance(held, tuple)
+        key, value = held
+        assert isinstance(key, str) and isinstance(value, bytes)
+        if mark is None:
+            return key, value
+        record = msgspec.structs.replace(
+            self._codec.decode(value),
+            search_expansion=mark.expansion,
+            asked_name=self._privacy.apply(mark.asked_name),
+        )
+        return key, self._codec.encode(record)
 
     def __len__(self) -> int:
         return len(self._engine)

@@ -26,7 +26,7 @@ from collector.dns.native import NativeMatcher, Pairs, native_available
 from collector.dns.parser import DnsParseError, Message, parse
 from collector.dns.privacy import NamePrivacy
 from collector.dns.record import build_record, record_key
-from collector.dns.search import SearchTracker
+from collector.dns.search import Released, SearchTracker
 from collector.nat import IPPROTO_TCP, IPPROTO_UDP, NatResolver
 from collector.ringbuf import RecordBatch
 from flowscope.codec import JsonCodec
@@ -98,11 +98,7 @@ class DnsPipeline:
         self.stats = PipelineStats()
         self.matcher: Matcher | NativeMatcher
         self._native: NativeMatcher | None = None
-        # The search tracker holds some client results until their sequence is decided, which
-        # the compiled path cannot do yet: with search marking on, the reference path runs.
-        if native and search is not None:
-            raise ValueError("the compiled DNS path does not hold results for search marking")
-        if native or (native is None and search is None and native_available()):
+        if native or (native is None and native_available()):
             backend = self._backend_of if nat is not None else None
             self._native = NativeMatcher(resolver, node_name, privacy, timeout_s, search, backend)
             self.matcher = self._native
@@ -137,7 +133,7 @@ class DnsPipeline:
             assert isinstance(self.matcher, Matcher)
             produced += self._emit(self.matcher.expire(now - EXPIRY_MARGIN_NS))
         if self._search is not None:
-            produced += self._emit(self._search.release(now - EXPIRY_MARGIN_NS), settle=False)
+            produced += self._hand_on(self._search.release(now - EXPIRY_MARGIN_NS))
         if self._search is not None and now - self._last_search_gc > 10_000_000_000:
             self._search.forget_idle(now)
             self._last_search_gc = now
@@ -226,6 +222,18 @@ class DnsPipeline:
                 self.stats.produce_refused += 1
         return produced
 
+    def _hand_on(self, released: list[Released]) -> int:
+        """Held results the search tracker decided: re-marked where their mark changed."""
+        if self._native is not None:
+            return self._produce([self._native.remark(r.held, r.mark) for r in released])
+        results = []
+        for held, mark in released:
+            assert isinstance(held, QueryResult)
+            if mark is not None:
+                held = held._replace(expansion=mark.expansion, asked_name=mark.asked_name)
+            results.append(held)
+        return self._emit(results, settle=False)
+
     def _backend(self, result: QueryResult) -> tuple[str, int] | None:
         """A client's query to a ClusterIP: the DNS pod kube-proxy sent it to (conntrack)."""
         if self._nat is None or result.role != "client":
@@ -256,7 +264,7 @@ class DnsPipeline:
         self._source.detach()
         self.pump()
         if self._search is not None:
-            self._emit(self._search.flush(), settle=False)
+            self._hand_on(self._search.flush())
         if len(self.matcher):
             log.info("%d DNS queries still pending at shutdown", len(self.matcher))
 

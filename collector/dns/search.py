@@ -24,6 +24,11 @@ an expansion, or for ``hold_s`` after which it is released as the asked name its
 (``not_continued``). An opening query that is answered, or times out, ends the lookup either
 way; the two readings cannot be told apart and it stays marked as the expansion, the common
 case in a cluster (``web`` found as ``web.<namespace>.svc.cluster.local``).
+
+Both pipeline paths settle through :meth:`SearchTracker.settle_outcome`, with a light
+summary of the result and the thing to hold: the reference path holds its QueryResult, the
+compiled one the record it already encoded. :meth:`SearchTracker.release` hands each back with
+the mark it ends with, so only the few re-marked ones are rebuilt.
 """
 
 from __future__ import annotations
@@ -78,6 +83,20 @@ class Mark(NamedTuple):
 
 UNKNOWN = Mark(None, None)
 PLAIN = Mark(False, None)
+NOT_EXPANDED = Mark(False, None)  # held, nothing followed: the asked name itself
+
+
+class Released(NamedTuple):
+    """A held result handed back, decided."""
+
+    held: object  # what settle_outcome was given to hold
+    mark: Mark | None  # the mark it ends with; None: the one it was settled with
+
+
+class _Held(NamedTuple):
+    held: object
+    expansion: bool | None  # as settled (counted as an expansion once confirmed)
+
 
 Client = tuple[int, int]  # cgroup id, query type
 
@@ -92,7 +111,7 @@ class _Sequence:
     # Opened by B.<search[0]>, nothing after it yet: maybe an absolute name asked as is.
     tentative: bool
     as_is_first: bool = False  # B of ndots dots or more: asked first, no closing query
-    held: list[QueryResult] = field(default_factory=list)
+    held: list[_Held] = field(default_factory=list)
     hold_until_ns: int = 0
 
 
@@ -108,8 +127,8 @@ class SearchStats:
 
 class SearchTracker:
     """``mark(cgroup_id, qtype, name, now_ns)`` for each new client query, in wire order;
-    ``settle(result)`` for each client result before it is handed on, and :meth:`release`
-    now and then for the held results that are decided."""
+    ``settle(result)`` (or ``settle_outcome``) for each client result before it is handed on,
+    and :meth:`release` now and then for the held results that are decided."""
 
     def __init__(
         self,
@@ -128,7 +147,7 @@ class SearchTracker:
         self._hold_ns = int(hold_s * 1e9)
         self._open: dict[Client, list[_Sequence]] = {}
         self._holding: list[_Sequence] = []
-        self._ready: list[QueryResult] = []
+        self._ready: list[Released] = []
         self.stats = SearchStats()
 
     def mark(self, cgroup_id: int, qtype: int, name: str, now_ns: int) -> Mark:
@@ -208,32 +227,55 @@ class SearchTracker:
         question = result.question
         if question is None:
             return False
-        cgroup, qtype = result.query.cgroup_id, question.qtype
-        lname = question.name.lower().rstrip(".")
-        mine = [s for s in self._open.get((cgroup, qtype), ()) if s.last_name == lname]
-        if not _resolver_goes_on(result):
+        message, query, response = result.message, result.query, result.response
+        end = response.mono_ns if response is not None else 0
+        return self.settle_outcome(
+            query.cgroup_id, question.qtype, question.name,
+            message.rcode if message is not None else None,
+            message.header.ancount if message is not None else 0,
+            result.expansion, result.asked_name, max(end, query.mono_ns), result,
+        )  # fmt: skip
+
+    def settle_outcome(
+        self,
+        cgroup_id: int,
+        qtype: int,
+        name: str,
+        rcode: int | None,
+        answers: int,
+        expansion: bool | None,
+        asked_name: str | None,
+        end_ns: int,
+        held: object,
+    ) -> bool:
+        """:meth:`settle` from a summary of a client result that has a question: ``rcode``
+        of its parsed response (None: timed out or malformed), ``answers`` its answer count,
+        the mark it was given, ``end_ns`` its response's kernel time (else its query's).
+        True: the tracker holds ``held`` until :meth:`release` hands it back."""
+        lname = name.lower().rstrip(".")
+        mine = [s for s in self._open.get((cgroup_id, qtype), ()) if s.last_name == lname]
+        if not _resolver_goes_on(rcode, answers):
             # The resolver is done with this lookup; an answer ends its A/AAAA twin too.
             twin = _TWIN.get(qtype)
-            if twin is not None and _answered(result):
+            if twin is not None and rcode == NOERROR and answers > 0:
                 bases = {s.base for s in mine}
-                mine += [s for s in self._open.get((cgroup, twin), ()) if s.base in bases]
+                mine += [s for s in self._open.get((cgroup_id, twin), ()) if s.base in bases]
             for seq in mine:
                 self._drop(seq, confirmed=True)
-        elif result.expansion:
-            opener = next((s for s in mine if s.tentative and s.base == result.asked_name), None)
+        elif expansion:
+            opener = next((s for s in mine if s.tentative and s.base == asked_name), None)
             if opener is not None:
                 if not opener.held:
-                    end = result.response.mono_ns if result.response is not None else 0
-                    opener.hold_until_ns = max(end, result.query.mono_ns) + self._hold_ns
+                    opener.hold_until_ns = end_ns + self._hold_ns
                     self._holding.append(opener)
-                opener.held.append(result)
+                opener.held.append(_Held(held, expansion))
                 self.stats.held += 1
                 return True
-        if result.expansion:
+        if expansion:
             self.stats.expansions += 1
         return False
 
-    def release(self, now_ns: int) -> list[QueryResult]:
+    def release(self, now_ns: int) -> list[Released]:
         """Held results now decided: confirmed by the next candidate, or held past ``hold_s``
         with nothing after them (then the asked name itself)."""
         for seq in [s for s in self._holding if s.hold_until_ns <= now_ns]:
@@ -241,19 +283,21 @@ class SearchTracker:
         ready, self._ready = self._ready, []
         return ready
 
-    def flush(self) -> list[QueryResult]:
+    def flush(self) -> list[Released]:
         """At shutdown: every held result, with the mark unknown (its wait was cut short)."""
         for seq in list(self._holding):
             self.stats.unsettled += len(seq.held)
-            seq.held = [r._replace(expansion=None, asked_name=None) for r in seq.held]
+            self._ready += [Released(h.held, UNKNOWN) for h in seq.held]
+            seq.held = []
+            self._holding.remove(seq)
             self._drop(seq, confirmed=True)
         return self.release(0)
 
     def _confirm(self, seq: _Sequence) -> None:
         seq.tentative = False
         if seq.held:
-            self.stats.expansions += sum(r.expansion is True for r in seq.held)
-            self._ready += seq.held
+            self.stats.expansions += sum(h.expansion is True for h in seq.held)
+            self._ready += [Released(h.held, None) for h in seq.held]
             seq.held = []
             self._holding.remove(seq)
 
@@ -271,7 +315,7 @@ class SearchTracker:
             self._confirm(seq)
             return
         self.stats.not_continued += len(seq.held)
-        self._ready += [r._replace(expansion=False, asked_name=None) for r in seq.held]
+        self._ready += [Released(h.held, NOT_EXPANDED) for h in seq.held]
         seq.held = []
         self._holding.remove(seq)
 
@@ -282,17 +326,10 @@ class SearchTracker:
                 self._drop(seq, confirmed=False)
 
 
-def _answered(result: QueryResult) -> bool:
-    message = result.message
-    return message is not None and message.rcode == NOERROR and message.header.ancount > 0
-
-
-def _resolver_goes_on(result: QueryResult) -> bool:
+def _resolver_goes_on(rcode: int | None, answers: int) -> bool:
     """Would glibc try the next candidate after this outcome? NXDOMAIN, NODATA (NOERROR, no
-    answer) and SERVFAIL: yes; an answer, a timeout, a malformed reply, REFUSED: no."""
-    message = result.message
-    if result.outcome != "answered" or message is None:
-        return False
-    if message.rcode == NOERROR:
-        return message.header.ancount == 0
-    return message.rcode in (NXDOMAIN, SERVFAIL)
+    answer) and SERVFAIL: yes; an answer, a timeout, a malformed reply (``rcode`` None),
+    REFUSED: no."""
+    if rcode == NOERROR:
+        return answers == 0
+    return rcode in (NXDOMAIN, SERVFAIL)
