@@ -29,6 +29,19 @@ IMAGE = "flowscope:0.1.0"
 KAFKA_IMAGE = "apache/kafka:4.1.1"
 # Values that are addresses of this particular deployment, not settings of flowscope.
 PER_DEPLOYMENT_VALUES = {"FLOWSCOPE_BOOTSTRAP_SERVERS"}
+# How the cluster is secured is the cluster's: k8s ships SASL_SSL against a user's cluster,
+# compose its own plaintext broker; both are checked against each other below.
+SECURITY_VALUES = {
+    f"FLOWSCOPE_KAFKA_{name}"
+    for name in (
+        "SECURITY_PROTOCOL",
+        "SASL_MECHANISM",
+        "SASL_USERNAME",
+        "SASL_PASSWORD_FILE",
+        "SSL_CA_FILE",
+    )
+}
+KAFKA_SECRET = "flowscope-kafka"
 COLLECTOR_HOST_PATHS = ("/sys/fs/cgroup", "/sys/kernel/btf", "/sys/kernel/tracing", "/sys/fs/bpf")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 
@@ -178,7 +191,11 @@ def test_same_commands_in_both_styles() -> None:
             # In a cluster it watches the API (two replicas, one leader); under compose it
             # reads a mounted file.
             assert container["args"] == [
-                "enricher", "publish", "--watch", "--leader-election", "true"
+                "enricher",
+                "publish",
+                "--watch",
+                "--leader-election",
+                "true",
             ]
             assert compose_command[:2] == ["enricher", "publish"]
             path = compose_command[compose_command.index("--file") + 1]
@@ -202,7 +219,7 @@ def test_settings_come_from_the_configmap_and_match_compose() -> None:
         assert all(key.startswith("FLOWSCOPE_") for key in k8s_env), name
         assert sorted(k8s_env) == sorted(compose_env), f"{name}: env names differ"
         for key, value in k8s_env.items():
-            if value is not None and key not in PER_DEPLOYMENT_VALUES:
+            if value is not None and key not in PER_DEPLOYMENT_VALUES | SECURITY_VALUES:
                 assert _compose_default(compose_env[key]) == value, f"{name}: {key}"
 
 
@@ -401,3 +418,96 @@ def test_configmap_values_are_accepted_by_each_service(monkeypatch: pytest.Monke
     args = processors_parser().parse_args(["worker"])
     assert args.window_seconds == 10.0
     assert str(args.state_dir) == "/var/lib/flowscope/state"
+
+
+def _secret_keys() -> dict[str, str]:
+    secret = _one("Secret", KAFKA_SECRET)
+    assert "data" not in secret, "write the placeholders as stringData"
+    keys: dict[str, str] = secret["stringData"]
+    return keys
+
+
+def _kafka_mount(name: str, workload: Obj) -> str:
+    """Where the workload's pod mounts the Kafka Secret (read-only, not world-readable)."""
+    pod = workload["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == KAFKA_SECRET]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, f"{name}: world-readable secret"
+    (container,) = _containers(workload)
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True, name
+    path: str = mount["mountPath"]
+    return path
+
+
+def test_kafka_credentials_are_a_secret_mounted_read_only_where_the_settings_point() -> None:
+    keys = _secret_keys()
+    assert sorted(keys) == ["ca.crt", "password"]
+    for cm in _of_kind("ConfigMap"):
+        assert "FLOWSCOPE_KAFKA_SASL_PASSWORD" not in cm["data"], "a password in a ConfigMap"
+        assert keys["password"] not in yaml.safe_dump(cm["data"])
+    mounts = {name: _kafka_mount(name, workload) for name, workload in _workloads().items()}
+    assert len(set(mounts.values())) == 1, mounts
+    for name, workload in _workloads().items():
+        (container,) = _containers(workload)
+        env = _k8s_env(container)
+        files = {
+            k: v for k, v in env.items() if k.startswith("FLOWSCOPE_KAFKA_") and k.endswith("_FILE")
+        }
+        assert sorted(files) == [
+            "FLOWSCOPE_KAFKA_SASL_PASSWORD_FILE",
+            "FLOWSCOPE_KAFKA_SSL_CA_FILE",
+        ]
+        for key, value in files.items():
+            assert value is not None, key
+            directory, _, file_name = value.rpartition("/")
+            assert directory == mounts[name], f"{name}: {key} is outside the mounted Secret"
+            assert file_name in keys, f"{name}: {key} names no key of the Secret"
+
+
+def test_compose_mounts_the_same_credentials_and_defaults_to_plaintext() -> None:
+    (mount_path,) = {_kafka_mount(n, w) for n, w in _workloads().items()}
+    for name in SERVICES:
+        binds = [
+            v
+            for v in _compose_service(name)["volumes"]
+            if isinstance(v, dict) and v["target"] == mount_path
+        ]
+        assert len(binds) == 1 and binds[0]["read_only"] is True, name
+        env = _compose_env(name)
+        for key in SECURITY_VALUES:
+            # Overridable from `.env`; empty (plaintext) for the broker compose runs itself.
+            assert env[key] == f"${{{key}:-}}", f"{name}: {key}"
+
+
+def test_compose_instructions_for_a_secured_cluster_are_the_k8s_settings() -> None:
+    """The `.env` lines compose's comment gives are the ConfigMap's values, paths included."""
+    lines = re.findall(
+        r"^ *#\s+(FLOWSCOPE_KAFKA_[A-Z_]+)=(\S+)$", COMPOSE_FILE.read_text(), re.MULTILINE
+    )
+    instructed = dict(lines)
+    assert instructed.pop("FLOWSCOPE_KAFKA_CREDENTIALS_DIR")
+    assert "FLOWSCOPE_KAFKA_CREDENTIALS_DIR" in COMPOSE_FILE.read_text().split("services:")[0]
+    shared = _one("ConfigMap", "flowscope-config")["data"]
+    assert instructed == {k: shared[k] for k in SECURITY_VALUES}
+
+
+def test_security_settings_are_accepted_with_the_secret_mounted(tmp_path: Path) -> None:
+    """The ConfigMap's values and the Secret's files, read as every service reads them."""
+    from flowscope import kafka_security
+
+    shared = _one("ConfigMap", "flowscope-config")["data"]
+    (mount_path,) = {_kafka_mount(n, w) for n, w in _workloads().items()}
+    for key, value in _secret_keys().items():
+        (tmp_path / key).write_text(value)
+    env = {
+        k: v.replace(mount_path, str(tmp_path)) for k, v in shared.items() if k in SECURITY_VALUES
+    }
+    security = kafka_security.from_env(env)
+    assert security.protocol == "SASL_SSL" and security.tls and security.sasl
+    assert security.password is not None
+    assert security.password.reveal() == _secret_keys()["password"]
+    assert _secret_keys()["password"] not in repr(security) + security.describe()
+    assert security.librdkafka()["ssl.ca.location"] == str(tmp_path / "ca.crt")
+
+    compose_env = {k: _compose_default(v) for k, v in _compose_env("enricher").items()}
+    assert kafka_security.from_env(compose_env) == kafka_security.PLAINTEXT
