@@ -428,7 +428,12 @@ class FollowerCounters:
 class TopicFollower:
     """Reads topics for a person or a bridge: its own throwaway consumer group (no commits,
     so it never moves another reader's offsets), topics that do not exist yet are waited for
-    rather than fatal, and errors are counted instead of raised."""
+    rather than fatal, and errors are counted instead of raised.
+
+    With ``group_id`` it reads as that durable group instead: it resumes at the group's
+    committed offsets (``start`` applies only where the group has none, and must then be
+    "earliest" or "latest"), and :meth:`commit` records what the caller has finished with,
+    so a bridge commits only after it has delivered."""
 
     def __init__(
         self,
@@ -436,9 +441,12 @@ class TopicFollower:
         topics: Iterable[str],
         start: Start = "earliest",
         overrides: Mapping[str, Any] | None = None,
+        group_id: str | None = None,
     ) -> None:
+        if group_id is not None and isinstance(start, int):
+            raise ValueError("a durable group resumes at its commits: start by time needs none")
         config: dict[str, Any] = {
-            "group.id": f"flowscope-follower-{uuid.uuid4().hex[:10]}",
+            "group.id": group_id or f"flowscope-follower-{uuid.uuid4().hex[:10]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "latest" if start == "latest" else "earliest",
             # enriched.* is written in transactions: an aborted one is never shown.
@@ -490,6 +498,46 @@ class TopicFollower:
                 )
             )
         return out
+
+    def commit(self, done: Iterable[Received]) -> None:
+        """Commit, synchronously, the offsets after ``done`` (per partition, the highest):
+        a restart of the same group resumes after them. Raises KafkaException on failure."""
+        after: dict[tuple[str, int], int] = {}
+        for r in done:
+            key = (r.topic, r.partition)
+            after[key] = max(after.get(key, 0), r.offset + 1)
+        if after:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in after.items()],
+                asynchronous=False,
+            )
+
+    def committed(self, timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+        """The group's committed offset per partition of its topics (partitions without a
+        commit are left out)."""
+        metadata = self._consumer.list_topics(timeout=timeout_s)
+        wanted = [
+            TopicPartition(t, p)
+            for t in self.topics
+            if t in metadata.topics
+            for p in metadata.topics[t].partitions
+        ]
+        if not wanted:
+            return {}
+        found = self._consumer.committed(wanted, timeout=timeout_s)
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The next offset to read per assigned partition (past transaction markers too);
+        partitions not fetched from yet are left out."""
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return {}
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self._consumer.position(assigned)
+            if tp.offset >= 0
+        }
 
     def close(self) -> None:
         self._consumer.close()
