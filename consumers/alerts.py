@@ -46,7 +46,7 @@ from typing import Any
 from consumers.catalog import RecordDecoder
 from consumers.options import BOOTSTRAP, PREFIX, Option, add_options, positive
 from flowscope.codec import DecodeError
-from flowscope.kafka import Received, TopicFollower
+from flowscope.kafka import Received, TopicFollower, committed_offsets
 from flowscope.records import AlertEvent
 from flowscope.topics import Topics
 
@@ -320,12 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     counters = BridgeCounters()
     am = Alertmanager(args.alertmanager_url, counters, stop, args.timeout, args.retry_max)
+    done = committed_offsets(args.bootstrap_servers, args.group_id, [topic])
     follower = TopicFollower(args.bootstrap_servers, [topic], "earliest", group_id=args.group_id)
     bridge = Bridge(follower, RecordDecoder(AlertEvent), am, args.resend_interval,
                     args.generator_url)  # fmt: skip
     replay = TopicFollower(args.bootstrap_servers, [topic], "earliest")
     try:
-        bridge.recover(replay, follower.committed())
+        bridge.recover(replay, done)
     finally:
         replay.close()
     print(f"alerts bridge ready: {topic} -> {am.endpoint} (group {args.group_id}, "

@@ -442,9 +442,10 @@ class TopicFollower:
         start: Start = "earliest",
         overrides: Mapping[str, Any] | None = None,
         group_id: str | None = None,
+        resume: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
-        if group_id is not None and isinstance(start, int):
-            raise ValueError("a durable group resumes at its commits: start by time needs none")
+        if (group_id is not None or resume) and isinstance(start, int):
+            raise ValueError("resuming at stored offsets: start by time does not apply")
         config: dict[str, Any] = {
             "group.id": group_id or f"flowscope-follower-{uuid.uuid4().hex[:10]}",
             "enable.auto.commit": False,
@@ -458,11 +459,24 @@ class TopicFollower:
         config["bootstrap.servers"] = bootstrap_servers
         self._consumer = Consumer(secured(config))
         self._start = start
+        # (topic, partition) -> next offset, where the caller keeps its own offsets (a sink
+        # that stores them with its data); other partitions begin at ``start``.
+        self._resume = dict(resume or {})
         self.topics = list(topics)
         self.counters = FollowerCounters()
         self._consumer.subscribe(self.topics, on_assign=self._on_assign)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._resume:
+            consumer.assign(
+                [
+                    TopicPartition(p.topic, p.partition, self._resume[(p.topic, p.partition)])
+                    if (p.topic, p.partition) in self._resume
+                    else p  # auto.offset.reset
+                    for p in partitions
+                ]
+            )
+            return
         if not isinstance(self._start, int):
             return  # auto.offset.reset does it
         wanted = [TopicPartition(p.topic, p.partition, self._start) for p in partitions]
@@ -512,21 +526,6 @@ class TopicFollower:
                 asynchronous=False,
             )
 
-    def committed(self, timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
-        """The group's committed offset per partition of its topics (partitions without a
-        commit are left out)."""
-        metadata = self._consumer.list_topics(timeout=timeout_s)
-        wanted = [
-            TopicPartition(t, p)
-            for t in self.topics
-            if t in metadata.topics
-            for p in metadata.topics[t].partitions
-        ]
-        if not wanted:
-            return {}
-        found = self._consumer.committed(wanted, timeout=timeout_s)
-        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
-
     def positions(self) -> dict[tuple[str, int], int]:
         """The next offset to read per assigned partition (past transaction markers too);
         partitions not fetched from yet are left out."""
@@ -541,3 +540,27 @@ class TopicFollower:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def committed_offsets(
+    bootstrap_servers: str, group_id: str, topics: Iterable[str], timeout_s: float = 30.0
+) -> dict[tuple[str, int], int]:
+    """The group's committed offset per partition of ``topics`` (partitions without a commit
+    are left out). Read by a consumer that does not subscribe, so it neither joins the group
+    nor waits for a rebalance (one pending after a member was killed lasts its session)."""
+    consumer = Consumer(secured({"bootstrap.servers": bootstrap_servers, "group.id": group_id,
+                                 "enable.auto.commit": False}))  # fmt: skip
+    try:
+        metadata = consumer.list_topics(timeout=timeout_s)
+        wanted = [
+            TopicPartition(t, p)
+            for t in topics
+            if t in metadata.topics
+            for p in metadata.topics[t].partitions
+        ]
+        if not wanted:
+            return {}
+        found = consumer.committed(wanted, timeout=timeout_s)
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+    finally:
+        consumer.close()

@@ -17,10 +17,9 @@ from typing import IO, Any, TypeVar
 
 import pytest
 from amhelp_consumers import AlertmanagerProcess
-from confluent_kafka import Consumer, TopicPartition
 
 from flowscope.codec import JsonCodec
-from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics
+from flowscope.kafka import RecordProducer, TopicSpec, committed_offsets, ensure_topics
 from flowscope.records import AlertEvent
 from flowscope.topics import Topics
 
@@ -103,12 +102,7 @@ def bridges() -> Iterator[list[Bridge]]:
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int:
-    # Not subscribed: reading the group's commits does not join it (no rebalance).
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        return int(c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset)
-    finally:
-        c.close()
+    return committed_offsets(bootstrap, group, [topic]).get((topic, 0), -1)
 
 
 def _ours(alerts: list[dict[str, Any]], server: str) -> list[dict[str, Any]]:
