@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from amhelp_consumers import AlertmanagerProcess
+from promhelp_consumers import PrometheusProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit" / "consumers"))
 
@@ -38,3 +39,27 @@ def alertmanager(alertmanager_binary: Path, tmp_path: Path) -> Iterator[Alertman
         yield am
     finally:
         am.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> Path:
+    """Prometheus built from its official source through the Go module proxy (cached under
+    .state/prometheus by prometheus/build.sh)."""
+    built = subprocess.run([str(REPO / "prometheus" / "build.sh")], capture_output=True,
+                           text=True, check=False)  # fmt: skip
+    if built.returncode != 0:
+        pytest.fail(f"prometheus/build.sh failed (needs Go >= 1.26 and the Go module proxy):"
+                    f"\n{built.stdout}\n{built.stderr}", pytrace=False)  # fmt: skip
+    return REPO / ".state" / "prometheus" / "bin" / "prometheus"
+
+
+@pytest.fixture
+def prometheus(prometheus_binary: Path, tmp_path: Path) -> Iterator[PrometheusProcess]:
+    """A Prometheus on a free loopback port, not started: the test names its target."""
+    from devbroker.ports import free_port_block
+
+    prom = PrometheusProcess(prometheus_binary, tmp_path, free_port_block(1))
+    try:
+        yield prom
+    finally:
+        prom.stop()
