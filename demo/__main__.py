@@ -213,7 +213,11 @@ def main() -> int:
           f"  flowscope tail enriched.tcp --start earliest --filter 'outcome!=closed' "
           f"--bootstrap-servers {bootstrap} --topic-prefix {topics.prefix}\n"
           f"  flowscope exporter --bootstrap-servers {bootstrap} --topic-prefix "
-          f"{topics.prefix} --start earliest   # then curl :9464/metrics")  # fmt: skip
+          f"{topics.prefix} --start earliest   # then curl :9464/metrics\n"
+          f"  flowscope sink --bootstrap-servers {bootstrap} --topic-prefix {topics.prefix} "
+          f"--warehouse ./lake   # Iceberg tables, read with pyiceberg/pyarrow\n"
+          f"  flowscope alerts --bootstrap-servers {bootstrap} --topic-prefix "
+          f"{topics.prefix} --alertmanager-url http://127.0.0.1:9093")  # fmt: skip
     expected = sum(f.count for f in flows) + 5
     seen = sum(m.connections for m in ours)
     if seen != expected:

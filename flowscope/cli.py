@@ -29,6 +29,8 @@ COMMANDS: dict[str, Command] = {
     "tail": Command("consumers.tail:main", "follow a topic, decoded and filtered"),
     "top": Command("consumers.top.app:main", "live view of the metric topics"),
     "exporter": Command("consumers.exporter:main", "Prometheus /metrics of the metric topics"),
+    "sink": Command("consumers.sink:main", "enriched streams into Iceberg tables"),
+    "alerts": Command("consumers.alerts:main", "forward the alerts topic to Alertmanager"),
 }
 
 

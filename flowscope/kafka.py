@@ -428,7 +428,12 @@ class FollowerCounters:
 class TopicFollower:
     """Reads topics for a person or a bridge: its own throwaway consumer group (no commits,
     so it never moves another reader's offsets), topics that do not exist yet are waited for
-    rather than fatal, and errors are counted instead of raised."""
+    rather than fatal, and errors are counted instead of raised.
+
+    With ``group_id`` it reads as that durable group instead: it resumes at the group's
+    committed offsets (``start`` applies only where the group has none, and must then be
+    "earliest" or "latest"), and :meth:`commit` records what the caller has finished with,
+    so a bridge commits only after it has delivered."""
 
     def __init__(
         self,
@@ -436,9 +441,13 @@ class TopicFollower:
         topics: Iterable[str],
         start: Start = "earliest",
         overrides: Mapping[str, Any] | None = None,
+        group_id: str | None = None,
+        resume: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
+        if (group_id is not None or resume) and isinstance(start, int):
+            raise ValueError("resuming at stored offsets: start by time does not apply")
         config: dict[str, Any] = {
-            "group.id": f"flowscope-follower-{uuid.uuid4().hex[:10]}",
+            "group.id": group_id or f"flowscope-follower-{uuid.uuid4().hex[:10]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "latest" if start == "latest" else "earliest",
             # enriched.* is written in transactions: an aborted one is never shown.
@@ -450,11 +459,24 @@ class TopicFollower:
         config["bootstrap.servers"] = bootstrap_servers
         self._consumer = Consumer(secured(config))
         self._start = start
+        # (topic, partition) -> next offset, where the caller keeps its own offsets (a sink
+        # that stores them with its data); other partitions begin at ``start``.
+        self._resume = dict(resume or {})
         self.topics = list(topics)
         self.counters = FollowerCounters()
         self._consumer.subscribe(self.topics, on_assign=self._on_assign)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._resume:
+            consumer.assign(
+                [
+                    TopicPartition(p.topic, p.partition, self._resume[(p.topic, p.partition)])
+                    if (p.topic, p.partition) in self._resume
+                    else p  # auto.offset.reset
+                    for p in partitions
+                ]
+            )
+            return
         if not isinstance(self._start, int):
             return  # auto.offset.reset does it
         wanted = [TopicPartition(p.topic, p.partition, self._start) for p in partitions]
@@ -491,5 +513,54 @@ class TopicFollower:
             )
         return out
 
+    def commit(self, done: Iterable[Received]) -> None:
+        """Commit, synchronously, the offsets after ``done`` (per partition, the highest):
+        a restart of the same group resumes after them. Raises KafkaException on failure."""
+        after: dict[tuple[str, int], int] = {}
+        for r in done:
+            key = (r.topic, r.partition)
+            after[key] = max(after.get(key, 0), r.offset + 1)
+        if after:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in after.items()],
+                asynchronous=False,
+            )
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """The next offset to read per assigned partition (past transaction markers too);
+        partitions not fetched from yet are left out."""
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return {}
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self._consumer.position(assigned)
+            if tp.offset >= 0
+        }
+
     def close(self) -> None:
         self._consumer.close()
+
+
+def committed_offsets(
+    bootstrap_servers: str, group_id: str, topics: Iterable[str], timeout_s: float = 30.0
+) -> dict[tuple[str, int], int]:
+    """The group's committed offset per partition of ``topics`` (partitions without a commit
+    are left out). Read by a consumer that does not subscribe, so it neither joins the group
+    nor waits for a rebalance (one pending after a member was killed lasts its session)."""
+    consumer = Consumer(secured({"bootstrap.servers": bootstrap_servers, "group.id": group_id,
+                                 "enable.auto.commit": False}))  # fmt: skip
+    try:
+        metadata = consumer.list_topics(timeout=timeout_s)
+        wanted = [
+            TopicPartition(t, p)
+            for t in topics
+            if t in metadata.topics
+            for p in metadata.topics[t].partitions
+        ]
+        if not wanted:
+            return {}
+        found = consumer.committed(wanted, timeout=timeout_s)
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+    finally:
+        consumer.close()

@@ -16,7 +16,7 @@ from enricher.__main__ import ENV as ENRICHER_ENV
 from flowscope.cli import COMMANDS
 
 FLOWSCOPE = Path(sys.executable).parent / "flowscope"  # the [project.scripts] entry
-READERS = ["tail", "top", "exporter"]
+READERS = ["tail", "top", "exporter", "alerts", "sink"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
