@@ -108,5 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if problems else 0
 
 
+def topics_main(argv: Sequence[str] | None = None) -> int:
+    """``flowscope topics create|check``: the same command under the ``flowscope`` entry."""
+    return main(["topics", *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
     sys.exit(main())

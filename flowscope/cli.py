@@ -26,6 +26,7 @@ COMMANDS: dict[str, Command] = {
     "collector": Command("collector.__main__:main", "node agent: BPF -> raw topics (root)"),
     "enricher": Command("enricher.__main__:main", "publish k8s metadata | join raw records"),
     "processors": Command("processors.__main__:main", "metrics and alerts per window (faust)"),
+    "topics": Command("flowscope.__main__:topics_main", "create or check every flowscope topic"),
     "tail": Command("consumers.tail:main", "follow a topic, decoded and filtered"),
     "top": Command("consumers.top.app:main", "live view of the metric topics"),
     "exporter": Command("consumers.exporter:main", "Prometheus /metrics of the metric topics"),
