@@ -101,6 +101,10 @@ def plug_pod(
             run(["ip", "-n", netns, "addr", "add", address6_cidr, "dev", "eth0", "nodad"])
     else:
         _write(f"/proc/sys/net/ipv4/conf/{host_veth}/proxy_arp", "1")
+        # The pod's IPv6 next hop is this end's link-local address: without duplicate address
+        # detection it answers at once, not after ~1 s of tentative state (a pod's first UDP
+        # packets, DNS queries among them, would be lost meanwhile).
+        _write(f"/proc/sys/net/ipv6/conf/{host_veth}/accept_dad", "0")
         run(["ip", "link", "set", host_veth, "address", CALICO_MAC])
         run(["ip", "link", "set", host_veth, "up"])
         run(["ip", "-n", netns, "addr", "add", f"{address}/32", "dev", "eth0"])

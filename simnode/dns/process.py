@@ -13,11 +13,15 @@ from simnode.pod import Pod
 class DnsServerProcess:
     """``python -m simnode.dns server`` in ``pod`` on port 53 (UDP and TCP)."""
 
-    def __init__(self, pod: Pod, rules: dict[str, Any], port: int = 53) -> None:
+    def __init__(
+        self, pod: Pod, rules: dict[str, Any], port: int = 53, host: str = "0.0.0.0"
+    ) -> None:
+        """``host`` "::" serves IPv6 and IPv4 alike (a dual-stack pod's DNS)."""
         self.pod = pod
         self.port = port
         self.proc = pod.start(
-            Pod.python("simnode.dns", "server", "--rules", json.dumps(rules), "--port", str(port))
+            Pod.python("simnode.dns", "server", "--rules", json.dumps(rules), "--port", str(port),
+                       "--host", host)
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # printed once both sockets are bound
