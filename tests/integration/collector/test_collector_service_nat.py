@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from test_collector_outcomes import (
@@ -25,10 +25,12 @@ from test_collector_outcomes import (
 )
 
 from collector.attribution import CgroupResolver
+from collector.events import TcpConnEvent
 from collector.nat import NatResolver, parse_cidrs
 from collector.record import build_record
 from collector.settings import DEFAULT_BPF_OBJECT
 from collector.source import TcpConnSource
+from flowscope.records import RawTcpConnection
 from simnode import Cluster, NodeSpec
 
 NODES = [NodeSpec("node-a1", zone="zone-a"), NodeSpec("node-b1", zone="zone-b")]
@@ -44,6 +46,29 @@ LAYOUTS = [
 def source(bpf_built: None) -> Iterator[TcpConnSource]:
     with TcpConnSource(DEFAULT_BPF_OBJECT, ringbuf_bytes=4 << 20) as src:
         yield src
+
+
+def collect_records(
+    source: TcpConnSource,
+    cluster: Cluster,
+    service_cidrs: str,
+    match: Callable[[TcpConnEvent], bool],
+    done: Callable[[list[TcpConnEvent]], bool],
+) -> tuple[list[RawTcpConnection], NatResolver]:
+    """The final events ``match`` selects, built into records as the collector builds them:
+    the local end by cgroup, the Service NAT through conntrack. Returns the resolver too, for
+    its counters."""
+    nat = NatResolver(parse_cidrs(service_cidrs))
+    resolver = CgroupResolver(cluster.cgroup_root)
+    try:
+        events = collect(source, match, done)
+        records = [
+            build_record(e, resolver.resolve(e.cgroup_id), "node-a1", nat.resolve(e))
+            for e in finals(events)
+        ]
+    finally:
+        nat.close()
+    return records, nat
 
 
 @pytest.mark.parametrize(("wiring", "mode"), LAYOUTS)
@@ -65,20 +90,13 @@ def test_service_nat_is_resolved_in_the_node_namespace(
         shown = client.run(["conntrack", "-L", "-d", cluster_ip], check=False)
         assert cluster_ip not in shown.stdout
 
-        nat = NatResolver(parse_cidrs(f"{cluster_ip}/32"))
-        resolver = CgroupResolver(cluster.cgroup_root)
-        try:
-            events = collect(
-                source,
-                lambda e: port in (e.local_port, e.remote_port) or e.remote_addr == cluster_ip,
-                lambda es: len(finals(es)) >= 3,
-            )
-            records = [
-                build_record(e, resolver.resolve(e.cgroup_id), "node-a1", nat.resolve(e))
-                for e in finals(events)
-            ]
-        finally:
-            nat.close()
+        records, nat = collect_records(
+            source,
+            cluster,
+            f"{cluster_ip}/32",
+            lambda e: port in (e.local_port, e.remote_port) or e.remote_addr == cluster_ip,
+            lambda es: len(finals(es)) >= 3,
+        )
     by_port = {(r.role, r.local_port): r for r in records}
     c = by_port[("client", result["port"])]
     s = next(r for r in records if r.role == "server")
@@ -112,17 +130,13 @@ def test_socket_lb_connects_to_the_backend_with_nothing_to_translate(
         proc = start_server(server, port, expect=10, reply=20, abort=False)
         result = run_client(client, host, target, send=10)
         server_result(proc)
-        nat = NatResolver(parse_cidrs(f"{svc.cluster_ip}/32"))
-        resolver = CgroupResolver(cluster.cgroup_root)
-        try:
-            events = collect(source, lambda e: port in (e.local_port, e.remote_port),
-                             lambda es: len(finals(es)) >= 2)  # fmt: skip
-            records = [
-                build_record(e, resolver.resolve(e.cgroup_id), "node-a1", nat.resolve(e))
-                for e in finals(events)
-            ]
-        finally:
-            nat.close()
+        records, nat = collect_records(
+            source,
+            cluster,
+            f"{svc.cluster_ip}/32",
+            lambda e: port in (e.local_port, e.remote_port),
+            lambda es: len(finals(es)) >= 2,
+        )
     c = next(r for r in records if r.role == "client")
     assert (c.remote_addr, c.remote_port, c.original_remote_addr) == (server.ip, port, None)
     assert (c.local_port, c.bytes_sent, c.bytes_received) == (result["port"], 10, 20)
@@ -168,18 +182,13 @@ def test_dual_stack_service_nat_over_ipv6(
         result = json.loads(done.stdout)
         proc.communicate(timeout=30)
         assert result["received"] == 700
-        nat = NatResolver(parse_cidrs("fd00:10:96::/112"))
-        resolver = CgroupResolver(cluster.cgroup_root)
-        try:
-            events = collect(source, lambda e: port in (e.local_port, e.remote_port)
-                             or e.remote_addr == svc.cluster_ip6,
-                             lambda es: len(finals(es)) >= 2)  # fmt: skip
-            records = [
-                build_record(e, resolver.resolve(e.cgroup_id), "node-a1", nat.resolve(e))
-                for e in finals(events)
-            ]
-        finally:
-            nat.close()
+        records, nat = collect_records(
+            source,
+            cluster,
+            "fd00:10:96::/112",
+            lambda e: port in (e.local_port, e.remote_port) or e.remote_addr == svc.cluster_ip6,
+            lambda es: len(finals(es)) >= 2,
+        )
     c = next(r for r in records if r.role == "client")
     s = next(r for r in records if r.role == "server")
     assert (c.family, c.original_remote_addr, c.original_remote_port) == (6, svc.cluster_ip6, 80)
@@ -209,18 +218,13 @@ def test_host_network_pods_are_named_by_cgroup_and_natted_on_output(
         server.stop_server(proc)
         assert summary.completed == 3
         objects = cluster.objects()
-        nat = NatResolver(parse_cidrs(f"{svc.cluster_ip}/32"))
-        resolver = CgroupResolver(cluster.cgroup_root)
-        try:
-            events = collect(source, lambda e: port in (e.local_port, e.remote_port)
-                             or e.remote_addr == svc.cluster_ip,
-                             lambda es: len(finals(es)) >= 6)  # fmt: skip
-            records = [
-                build_record(e, resolver.resolve(e.cgroup_id), "node-a1", nat.resolve(e))
-                for e in finals(events)
-            ]
-        finally:
-            nat.close()
+        records, nat = collect_records(
+            source,
+            cluster,
+            f"{svc.cluster_ip}/32",
+            lambda e: port in (e.local_port, e.remote_port) or e.remote_addr == svc.cluster_ip,
+            lambda es: len(finals(es)) >= 6,
+        )
     [pod_obj] = [o for o in objects["items"]
                  if o["kind"] == "Pod" and o["metadata"]["name"] == agent.name]  # fmt: skip
     assert pod_obj["spec"]["hostNetwork"] is True and pod_obj["status"]["podIP"] == node_ip
