@@ -189,15 +189,24 @@ class KubeProxy:
         return remove_rules(self.run_id)
 
 
-def _flush_chains(run_id: str, family: int) -> str:
-    """Delete the run's existing chains first, so a resync leaves no stale endpoint chain."""
+def _saved_nat(family: int) -> list[str] | None:
+    """The nat table as ``iptables-save`` prints it; None when the tool is not installed or
+    the table cannot be read."""
     tool = "iptables-save" if family == 4 else "ip6tables-save"
     if shutil.which(tool) is None:
-        return ""
+        return None
     saved = subprocess.run([tool, "-t", "nat"], capture_output=True, text=True, check=False)
-    prefix = iptables_chain(run_id, "")
-    mine = [line[1:].split()[0] for line in saved.stdout.splitlines()
-            if line.startswith(":" + prefix)]  # fmt: skip
+    return saved.stdout.splitlines() if saved.returncode == 0 else None
+
+
+def _chains(saved: list[str], prefix: str = "") -> list[str]:
+    """The chains declared in ``saved`` whose names start with ``prefix``."""
+    return [line[1:].split()[0] for line in saved if line.startswith(":" + prefix)]
+
+
+def _flush_chains(run_id: str, family: int) -> str:
+    """Delete the run's existing chains first, so a resync leaves no stale endpoint chain."""
+    mine = _chains(_saved_nat(family) or [], iptables_chain(run_id, ""))
     if not mine:
         return ""
     lines = ["*nat", *(f"-F {c}" for c in mine)]
@@ -232,27 +241,19 @@ def run_ids_with_rules() -> set[str]:
     if shutil.which("nft"):
         for fam in ("ip", "ip6"):
             found |= {rid for t in list_nft_tables(fam) if (rid := run_id_of(t))}
-    for tool in ("iptables-save", "ip6tables-save"):
-        if shutil.which(tool) is None:
-            continue
-        saved = subprocess.run([tool, "-t", "nat"], capture_output=True, text=True, check=False)
-        for line in saved.stdout.splitlines():
-            if line.startswith(":"):
-                rid = run_id_of(line[1:].split()[0].lower())
-                if rid:
-                    found.add(rid)
+    for family in (4, 6):
+        found |= {rid for c in _chains(_saved_nat(family) or []) if (rid := run_id_of(c.lower()))}
     return found
 
 
 def _remove_iptables(run_id: str, family: int) -> list[str]:
     tool = "iptables" if family == 4 else "ip6tables"
-    save = f"{tool}-save"
-    if shutil.which(save) is None:
+    saved = _saved_nat(family)
+    if saved is None:
         return []
-    saved = subprocess.run([save, "-t", "nat"], capture_output=True, text=True, check=False)
     prefix = iptables_chain(run_id, "")
     problems: list[str] = []
-    for line in saved.stdout.splitlines():
+    for line in saved:
         # The jumps into the run's chains from the built-in ones go first.
         if line.startswith("-A ") and f"-j {prefix}" in line and not line.split()[1].startswith(
             prefix
@@ -260,8 +261,7 @@ def _remove_iptables(run_id: str, family: int) -> list[str]:
             err = _try([tool, "-w", "-t", "nat", "-D", *line.split()[1:]])
             if err:
                 problems.append(err)
-    chains = [line[1:].split()[0] for line in saved.stdout.splitlines()
-              if line.startswith(":" + prefix)]  # fmt: skip
+    chains = _chains(saved, prefix)
     for chain in chains:
         _try([tool, "-w", "-t", "nat", "-F", chain])
     for chain in chains:
@@ -276,10 +276,10 @@ def _remove_iptables(run_id: str, family: int) -> list[str]:
 def _drop_empty_nat_table(family: int) -> None:
     """iptables-nft created the ``nat`` table for us; with no rule left in it, its hooks would
     only keep conntrack busy in the root namespace, so it goes (it is made again on demand)."""
-    save = "iptables-save" if family == 4 else "ip6tables-save"
-    saved = subprocess.run([save, "-t", "nat"], capture_output=True, text=True, check=False)
-    rules = [line for line in saved.stdout.splitlines() if line.startswith("-A ")]
-    if saved.returncode == 0 and not rules and shutil.which("nft"):
+    saved = _saved_nat(family)
+    if saved is not None and not any(line.startswith("-A ") for line in saved) and shutil.which(
+        "nft"
+    ):
         _try(["nft", "delete", "table", "ip" if family == 4 else "ip6", "nat"])
 
 
