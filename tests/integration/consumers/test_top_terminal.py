@@ -88,9 +88,13 @@ def _rows(screen: str, first: str) -> list[list[str]]:
 
 
 def _p99_ms(ms: list[TcpLatencyMetric]) -> str:
-    merged = Sketch.from_dict(ms[0].connect_latency_sketch or {})
-    for m in ms[1:]:
-        merged.merge(Sketch.from_dict(m.connect_latency_sketch or {}))
+    # A window whose connections all failed carries no sketch.
+    sketches = [Sketch.from_dict(m.connect_latency_sketch) for m in ms if m.connect_latency_sketch]
+    if not sketches:
+        return "-"
+    merged = sketches[0]
+    for sk in sketches[1:]:
+        merged.merge(sk)
     value = merged.quantile(0.99)
     return "-" if value is None else f"{value / 1000:.2f}"
 
