@@ -3,37 +3,13 @@
 #
 #   alertmanager/build.sh            build (or reuse) .state/alertmanager/bin/alertmanager
 #   alertmanager/build.sh --force    rebuild even if the cached binary matches go.mod/go.sum
-#
-# Cached like kube/build.sh: the binary is kept under .state/alertmanager/bin with a stamp of
-# the go.mod and go.sum it came from; a later run with the same files does nothing. The
-# machine is shared, so the build runs at the lowest priority on at most
-# ALERTMANAGER_BUILD_PROCS cores (default 2).
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/gobuild.sh"
+gobuild_init alertmanager alertmanager ALERTMANAGER "${1:-}"
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/.." && pwd)"
-state="${ALERTMANAGER_STATE_DIR:-$repo/.state/alertmanager}"
-bin="$state/bin/alertmanager"
-stamp="$state/bin/alertmanager.stamp"
-procs="${ALERTMANAGER_BUILD_PROCS:-2}"
-
-command -v go >/dev/null || { echo "build.sh: Go is not installed (need go >= 1.26)" >&2; exit 1; }
-
-want="$(cat "$here/go.mod" "$here/go.sum" 2>/dev/null | sha256sum | cut -d' ' -f1)"
-if [[ "${1:-}" != "--force" && -x "$bin" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    echo "alertmanager up to date: $bin"
-    exit 0
-fi
-
-mkdir -p "$state/bin"
-cd "$here"
-export GOMAXPROCS="$procs" GOFLAGS="-mod=mod" CGO_ENABLED=0
 version="$(go list -m -f '{{.Version}}' github.com/prometheus/alertmanager)"
 # Stamped the way Prometheus' promu does, so `alertmanager --version` and /api/v2/status
 # report the release the binary was built from.
-ldflags="-s -w -X github.com/prometheus/common/version.Version=${version#v} -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.BuildUser=flowscope"
-nice -n 19 go build -p "$procs" -trimpath -ldflags "$ldflags" -o "$bin.tmp" \
-    github.com/prometheus/alertmanager/cmd/alertmanager
-mv "$bin.tmp" "$bin"
-cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -d' ' -f1 > "$stamp"
+gobuild_run github.com/prometheus/alertmanager/cmd/alertmanager \
+    "-s -w -X github.com/prometheus/common/version.Version=${version#v} -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.BuildUser=flowscope"
 "$bin" --version 2>&1 | head -1
