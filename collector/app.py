@@ -189,6 +189,7 @@ class Collector:
                 nat_no_dnat=n.no_dnat,
                 nat_translated_in_socket_netns=n.translated_in_socket_netns,
                 nat_netns_unknown=n.netns_unknown,
+                nat_netns_denied=n.netns_denied,
                 nat_errors=n.errors,
             )
         c = self._sink.counters

@@ -164,8 +164,8 @@ def _failure(step: str, err: int, hint: str | None = None) -> BpfError:
 def _load_hint(err: int) -> str | None:
     if err == errno.EPERM:
         return (
-            "loading BPF programs needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN) and a "
-            "kernel not locked down against BPF"
+            "loading BPF programs needs CAP_BPF, and CAP_PERFMON for tracing programs (or "
+            "CAP_SYS_ADMIN before Linux 5.8), and a kernel not locked down against BPF"
         )
     if err in (errno.ESRCH, errno.ENOENT) and not KERNEL_BTF.exists():
         return f"{KERNEL_BTF} is missing: CO-RE needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
@@ -174,7 +174,11 @@ def _load_hint(err: int) -> str | None:
     return None
 
 
-def _attach_hint(section_prog: str, err: int, tracefs: Path) -> str | None:
+def _attach_hint(
+    section_prog: str, err: int, tracefs: Path, needs: str = "CAP_PERFMON"
+) -> str | None:
+    """``needs``: tracepoints are perf events (CAP_PERFMON); cgroup programs are networking
+    programs (CAP_NET_ADMIN)."""
     if err == errno.ENOENT:
         return (
             f"program {section_prog}: the tracepoint was not found. Is tracefs mounted at "
@@ -182,7 +186,7 @@ def _attach_hint(section_prog: str, err: int, tracefs: Path) -> str | None:
             "allowed) Otherwise this kernel lacks the tracepoint."
         )
     if err in (errno.EPERM, errno.EACCES):
-        return f"program {section_prog}: attaching needs root (CAP_PERFMON, CAP_SYS_ADMIN)"
+        return f"program {section_prog}: attaching needs {needs}"
     if err == errno.EOPNOTSUPP:
         return f"program {section_prog}: this kernel does not support this attach type"
     return None
@@ -307,7 +311,7 @@ class BpfObject:
                     raise _failure(
                         f"attaching {name} to cgroup {cgroup_dir}",
                         err,
-                        _attach_hint(name, err, self._tracefs),
+                        _attach_hint(name, err, self._tracefs, needs="CAP_NET_ADMIN"),
                     )
                 self._links.append(link)
                 self._link_names.append(name)

@@ -60,6 +60,7 @@ class NatStats:
     no_entry: int = 0  # no conntrack entry anywhere (expired, or deleted at an RST)
     no_dnat: int = 0  # an entry, but not rewritten (e.g. a ClusterIP with no rule)
     netns_unknown: int = 0  # the socket's netns is gone: only the node's was looked up
+    netns_denied: int = 0  # entering the socket's netns needs CAP_SYS_ADMIN: not looked up
     errors: int = 0  # netlink failures other than "no such entry"
 
 
@@ -207,6 +208,9 @@ class NatResolver:
         self._tables: OrderedDict[int, ConntrackTable] = OrderedDict()
         self._max_tables = max_tables
         self._in_service = _membership(self._cidrs)
+        # Without CAP_SYS_ADMIN (the shipped least-privilege set) no other namespace can be
+        # entered: learnt at the first refusal, then only the node's table is asked.
+        self._foreign_denied = False
         self.stats = NatStats()
 
     @property
@@ -249,14 +253,24 @@ class NatResolver:
             spaces.append(netns_ino)
         entry_seen = False
         for inode in spaces:
+            if inode != self._own and self._foreign_denied:
+                self.stats.netns_denied += 1
+                continue
             table = self._table(inode)
             if table is None:
-                self.stats.netns_unknown += 1
+                if not self._foreign_denied:
+                    self.stats.netns_unknown += 1
                 continue
             try:
                 found = table.reply_source(
                     family, local_addr, remote_addr, local_port, remote_port, proto
                 )
+            except PermissionError:
+                self._forget(inode)
+                if inode == self._own:
+                    raise
+                self._deny_foreign()
+                continue
             except Exception as exc:  # a netlink failure must not stop the pipeline
                 self.stats.errors += 1
                 log.debug("conntrack lookup failed: %s", exc)
@@ -290,6 +304,11 @@ class NatResolver:
                 return None
         try:
             table = self._open(path)
+        except PermissionError:
+            if path is None:
+                raise
+            self._deny_foreign()
+            return None
         except Exception as exc:
             self.stats.errors += 1
             log.debug("cannot open conntrack in %s: %s", path, exc)
@@ -299,6 +318,15 @@ class NatResolver:
             _, old = self._tables.popitem(last=False)
             old.close()
         return table
+
+    def _deny_foreign(self) -> None:
+        self.stats.netns_denied += 1
+        if not self._foreign_denied:
+            self._foreign_denied = True
+            log.warning(
+                "conntrack inside pod network namespaces needs CAP_SYS_ADMIN (setns): only "
+                "the node's table is looked up, which is where kube-proxy translates Services"
+            )
 
     def _forget(self, inode: int) -> None:
         table = self._tables.pop(inode, None)

@@ -91,6 +91,8 @@ class PipelineSettings:
     cgroup_root: str | None = None
     # Extra command-line arguments per service, e.g. ("--dns-enabled", "true").
     collector_args: tuple[str, ...] = ()
+    # A command the collector runs under, e.g. setpriv with a capability bounding set.
+    collector_wrapper: tuple[str, ...] = ()
     processor_args: tuple[str, ...] = ()
     # More environment for every service, e.g. the FLOWSCOPE_KAFKA_* security settings.
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -123,7 +125,10 @@ def running_pipeline(settings: PipelineSettings) -> Iterator[dict[str, ServicePr
             svc.wait_for_log(ready, timeout_s)
 
         start(
-            "collector", [py, "-m", "collector", *settings.collector_args], r"collector ready", 60
+            "collector",
+            [*settings.collector_wrapper, py, "-m", "collector", *settings.collector_args],
+            r"collector ready",
+            60,
         )
         start("enricher", [py, "-m", "enricher", "join"], r"enricher ready", 60)
         start(

@@ -153,6 +153,27 @@ def test_nat_lookup_errors_are_counted_not_raised() -> None:
     assert nat.stats.errors == 1
 
 
+def test_without_cap_sys_admin_only_the_node_namespace_is_asked() -> None:
+    """Entering a pod's namespace (setns) is refused without CAP_SYS_ADMIN: learnt once,
+    counted for every lookup that could not go there, the node's table still asked."""
+
+    class Refused(FakeTable):
+        def reply_source(self, *args: object) -> tuple[str, int] | None:  # type: ignore[override]
+            raise PermissionError(1, "failed to open netns")
+
+    root, pod = FakeTable(None), Refused(None)
+    opened: list[str | None] = []
+    nat = _resolver({None: root, "/run/netns/pod-a": pod}, opened)
+    for _ in range(3):
+        assert nat.resolve(_event(daddr="10.96.0.12", netns_ino=77)) is None
+    root.answer = ("10.244.1.9", 8080)
+    assert nat.resolve(_event(daddr="10.96.0.12", netns_ino=77)) == ("10.244.1.9", 8080)
+    assert opened == [None, "/run/netns/pod-a"]  # never tried again after the refusal
+    assert len(root.asked) == 4
+    s = nat.stats
+    assert (s.netns_denied, s.netns_unknown, s.errors, s.no_entry) == (3, 0, 0, 3)
+
+
 def test_bad_cidr_fails_at_start_naming_the_value() -> None:
     with pytest.raises(SettingsError, match=re.escape("10.96.0.0/33")):
         parse_settings(["--service-cidrs", "10.96.0.0/33"], {})
