@@ -6,6 +6,8 @@ under hostNetwork and NAT); the remote end by the address, at the connection's s
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import msgspec
 from msgspec.structs import replace
 
@@ -24,6 +26,17 @@ from flowscope.records import (
 # Ends that a flowscope collector runs beside (the DaemonSet covers every node), so a
 # connection they opened is reported by their own collector too.
 _OBSERVED = frozenset(("pod", "host", "node"))
+
+
+class LocalEnd(Protocol):
+    """What names a record's local end: the raw TCP and UDP records both carry it."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def pod_uid(self) -> str | None: ...
+    @property
+    def cgroup_path(self) -> str | None: ...
 
 
 def _copied_fields() -> tuple[str, ...]:
@@ -109,7 +122,7 @@ EXTERNAL = Endpoint(address="", port=0, attribution="external")
 UNRESOLVED = Endpoint(address="", port=0, attribution="unresolved")
 
 
-def local_template(raw: RawTcpConnection, state: MetadataIndex) -> Endpoint:
+def local_template(raw: LocalEnd, state: MetadataIndex) -> Endpoint:
     """The local end without its address, port and process (those vary per record)."""
     uid = raw.pod_uid
     if uid is not None:

@@ -58,7 +58,7 @@ FAMILIES = tuple(DEFAULT_POLICIES)
 def family_topics(topics: Topics) -> dict[str, tuple[str, ...]]:
     return {
         "raw": (topics.raw_tcp, topics.raw_udp, topics.raw_dns),
-        "enriched": (topics.enriched_tcp, topics.enriched_dns),
+        "enriched": (topics.enriched_tcp, topics.enriched_udp, topics.enriched_dns),
         "metadata": (topics.metadata,),
         "metrics": (
             topics.metrics_dns,
