@@ -416,12 +416,15 @@ def join(settings: Settings) -> int:
         Joiner(settings).run(stop)
         return 0
     from enricher.dnsjoin import DnsJoiner
+    from enricher.dnsnames import DnsNames
 
     failed: list[BaseException] = []
+    # The DNS joiner feeds it, the TCP joiner names internet servers with it.
+    names = DnsNames()
 
     def run_dns() -> None:
         try:
-            DnsJoiner(settings).run(stop)
+            DnsJoiner(settings, names=names).run(stop)
         except BaseException as exc:  # the whole enricher stops: a silent half is worse
             logging.getLogger("enricher.dns").exception("DNS joiner failed")
             failed.append(exc)
@@ -430,7 +433,7 @@ def join(settings: Settings) -> int:
     dns_thread = threading.Thread(target=run_dns, name="dns-join")
     dns_thread.start()
     try:
-        Joiner(settings).run(stop)
+        Joiner(settings, names=names).run(stop)
     finally:
         stop.set()
         dns_thread.join(timeout=30)

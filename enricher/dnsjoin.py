@@ -25,6 +25,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from enricher.classify import AddressClassifier
+from enricher.dnsnames import DnsNames
 from enricher.enrich import node_template, pod_template, template_of
 from enricher.follower import MetadataFollower
 from enricher.index import MetadataIndex
@@ -102,8 +103,14 @@ def join_dns(
 
 
 class DnsJoiner:
-    def __init__(self, settings: Settings, servers: DnsServers = DEFAULT_DNS_SERVERS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        servers: DnsServers = DEFAULT_DNS_SERVERS,
+        names: DnsNames | None = None,
+    ) -> None:
         self._settings = settings
+        self._names = names  # fed with every answer, for the TCP join
         self._topics = settings.topics
         self._servers = servers
         self.state = MetadataState(deleted_grace_ns=int(settings.deleted_pod_grace_s * 1e9))
@@ -262,6 +269,8 @@ class DnsJoiner:
                 self.counters.server_unresolved += 1
             self._outbox.add(key, self._out_codec.encode(out))
             self.counters.enriched += 1
+            if self._names is not None:
+                self._names.add(raw)
 
     def _metadata_rejected(self, msg: Message, outcome: str) -> None:
         self.counters.metadata_deadlettered += 1

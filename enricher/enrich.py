@@ -12,6 +12,7 @@ import msgspec
 from msgspec.structs import replace
 
 from enricher.classify import AddressClassifier
+from enricher.dnsnames import DnsNames
 from enricher.index import MetadataIndex, Resolved, canonical_ip
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
 from flowscope.locality import is_unnamed, zone_class
@@ -248,10 +249,18 @@ def missing_key(
     return None
 
 
+def server_domain(raw: RawTcpConnection, names: DnsNames | None) -> str | None:
+    """The DNS name of a client's unnamed server (see DnsNames); call only for such ends."""
+    if names is None or raw.role == "server":
+        return None
+    return names.lookup(raw.node, raw.pod_uid, raw.remote_addr, raw.start_time_ns)
+
+
 def enrich(
     raw: RawTcpConnection,
     state: MetadataIndex,
     classifier: AddressClassifier = DEFAULT_CLASSIFIER,
+    names: DnsNames | None = None,
 ) -> EnrichedTcpConnection:
     local = local_endpoint(raw, state)
     remote = remote_endpoint(raw, state, classifier)
@@ -267,6 +276,7 @@ def enrich(
         client, server = remote, local
         c2s, s2c = raw.bytes_received, raw.bytes_sent
         client_observed = remote.attribution in _OBSERVED
+    domain = server_domain(raw, names) if is_unnamed(remote) else None
     return EnrichedTcpConnection(
         start_time_ns=raw.start_time_ns,
         end_time_ns=raw.end_time_ns,
@@ -283,4 +293,5 @@ def enrich(
         retrans_segs=raw.retrans_segs,
         peer_class=peer_class(local, remote, classifier),
         **{name: getattr(raw, name) for name in COPIED_FIELDS},
+        server_domain=msgspec.UNSET if domain is None else domain,
     )

@@ -50,6 +50,7 @@ from confluent_kafka import (
 
 from enricher import EnricherError
 from enricher.classify import AddressClassifier
+from enricher.dnsnames import DnsNames
 from enricher.follower import MetadataFollower
 from enricher.holdback import Held, Holdback, PartitionKey
 from enricher.outbox import Outbox
@@ -100,8 +101,10 @@ class Joiner:
         settings: Settings,
         consumer_overrides: Mapping[str, Any] | None = None,
         producer_overrides: Mapping[str, Any] | None = None,
+        names: DnsNames | None = None,
     ) -> None:
         self._settings = settings
+        self.names = names
         self._topics = settings.topics
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
@@ -110,7 +113,7 @@ class Joiner:
         self.holdback: Holdback[RawTcpConnection] = Holdback(
             int(settings.holdback_s * 1e9), settings.holdback_max_records
         )
-        self.renderer = Renderer(self.state, self.classifier)
+        self.renderer = Renderer(self.state, self.classifier, names=names)
         self._render = self.renderer.render
         self._render_many = self.renderer.render_many
         if not NATIVE_BUILT:
@@ -575,6 +578,9 @@ class Joiner:
         }
         for category, n in sorted(c.deadletter_reasons.items()):
             out[f"enricher_deadletter_{category}_total"] = n
+        if self.names is not None:
+            out.update(self.names.counters.as_metrics())
+            out["enricher_dns_names_addresses"] = len(self.names)
         if self._follower is not None:
             out["enricher_metadata_read_errors_total"] = self._follower.read_errors
         if self._producer is not None:

@@ -131,6 +131,13 @@ class EnrichedTcpConnection(msgspec.Struct, frozen=True, kw_only=True, gc=False)
     # (0 for servers), as RawTcpConnection has it: with outcome connect_timeout, how long the
     # application waited (1 retry ~1 s, 2 ~3 s, 3 ~7 s with the default 1 s initial RTO).
     syn_retries: int = 0
+    # The server's domain name (OpenTelemetry ``server.address``) when the server is outside
+    # the cluster's metadata: the name whose DNS answer the client's pod (else its node) got
+    # for this address last before the connect, within the answer's TTL. Absent when no such
+    # answer is known (and on server-side records: the client is not named by DNS).
+    server_domain: str | msgspec.UnsetType = msgspec.field(
+        name="server.address", default=msgspec.UNSET
+    )
 
 
 # Linux's default net.ipv4.ip_local_port_range: where clients' ports come from.
