@@ -46,6 +46,8 @@ class CellKey(NamedTuple):
     peer_class: str
     client_in_cluster: bool
     server_in_cluster: bool
+    # The server's DNS name (server.address) when the enricher named one; None otherwise.
+    server_domain: str | None = None
 
 
 @dataclass(slots=True)
@@ -168,6 +170,7 @@ class ConnectionAggregator(PartitionWindows[EnrichedTcpConnection, CellKey, Cell
                     record.peer_class,
                     client.attribution in in_cluster,
                     server.attribution in in_cluster,
+                    record.server_domain or None,  # UNSET is falsy
                 )
                 cells = window.cells
                 cell = cells.get(key)  # type: ignore[call-overload]  # a tuple equal to a CellKey

@@ -6,6 +6,10 @@ the table's ``sent`` price for what it sends and ``received`` price for what it 
 the path's class; an end outside the cluster (the internet) is not ours and pays nothing here.
 So a workload's roll-up is exactly its share, and the shares of all workloads add up to the
 total cost of the window.
+
+Traffic with a server outside the cluster is also rolled up per destination domain (scope
+``domain``): the client's share, under the server's DNS name grouped by the price table's
+``domain_groups`` (``unnamed`` when the enricher knew no name for the address).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from processors.connections import ClosedWindow
 from processors.prices import PriceTable, publishable
 
 ZERO = Decimal(0)
+UNNAMED_DOMAIN = "unnamed"  # the domain roll-up of servers no DNS answer named
 
 
 @dataclass
@@ -104,6 +109,12 @@ def cost_metrics(
                 scopes.append(("namespace", namespace))
             for scope in scopes:
                 rollups.setdefault(scope, _Rollup()).charge(key.peer_class, sent, received, usd)
+        if key.client_in_cluster and not key.server_in_cluster:
+            domain = key.server_domain
+            name = table.domain_group(domain) if domain is not None else UNNAMED_DOMAIN
+            rollups.setdefault(("domain", name), _Rollup()).charge(
+                key.peer_class, c2s, s2c, usd_src
+            )
 
     start, part = window.start_ns, window.partition
     pair_records = [

@@ -37,6 +37,17 @@ class PriceTable:
     cloud: str
     bytes_per_gb: int
     prices: dict[str, PathPrice]  # class -> price; classes absent here are not priced
+    # Domain names a suffix groups (x.s3.amazonaws.com -> s3.amazonaws.com), longest first.
+    domain_groups: tuple[str, ...] = ()
+
+    def domain_group(self, name: str) -> str:
+        """The roll-up name of a server's domain: the longest listed suffix it is below (or
+        equal to), else the name itself."""
+        name = name.rstrip(".").lower()
+        for suffix in self.domain_groups:
+            if name == suffix or name.endswith("." + suffix):
+                return suffix
+        return name
 
     def price(self, cost_class: str) -> PathPrice | None:
         return self.prices.get(cost_class)
@@ -95,7 +106,18 @@ def parse_price_table(data: Any, cloud: str | None = None, source: str = "prices
             sent=_decimal(entry["sent"], f"{where}.sent"),
             received=_decimal(entry["received"], f"{where}.received"),
         )
-    return PriceTable(cloud=chosen, bytes_per_gb=bytes_per_gb, prices=prices)
+    groups = data.get("domain_groups") or []
+    if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+        raise PriceTableError(f"{source}: domain_groups must be a list of domain suffixes")
+    suffixes = {g.strip().removeprefix("*.").rstrip(".").lower() for g in groups}
+    if any("*" in g or not g for g in suffixes):
+        raise PriceTableError(f"{source}: domain_groups: a '*' may only lead a suffix (*.x)")
+    return PriceTable(
+        cloud=chosen,
+        bytes_per_gb=bytes_per_gb,
+        prices=prices,
+        domain_groups=tuple(sorted(suffixes, key=lambda g: (-g.count("."), g))),
+    )
 
 
 def load_price_table(path: Path, cloud: str | None = None) -> PriceTable:

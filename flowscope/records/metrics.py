@@ -106,15 +106,18 @@ class CostPairMetric(msgspec.Struct, frozen=True, kw_only=True):
 
 class CostRollupMetric(msgspec.Struct, frozen=True, kw_only=True):
     """Data-transfer bytes and dollars charged to one workload or one namespace in one closed
-    window of one source partition (the sum over its CostPairMetric shares)."""
+    window of one source partition (the sum over its CostPairMetric shares), or the cluster's
+    traffic with one external destination domain (scope ``domain``: what the clients inside
+    pay; ``name`` is the domain as the price table's ``domain_groups`` group it, or
+    ``unnamed`` when no DNS answer named the server's address)."""
 
     schema_version: int = 1
     metric_id: str
     window_start_ns: int
     window_end_ns: int
     source_partition: int
-    scope: Literal["workload", "namespace"]
-    name: str  # a workload key (namespace/kind/name) or a namespace
+    scope: Literal["workload", "namespace", "domain"]
+    name: str  # a workload key (namespace/kind/name), a namespace or a domain
     bytes_sent: int
     bytes_received: int
     cost_usd: float

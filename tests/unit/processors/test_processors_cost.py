@@ -146,3 +146,31 @@ def test_random_traffic_dollars_match_an_independent_computation_to_the_cent() -
         assert abs(Decimal(repr(got[name])) - usd) < Decimal("0.000001"), name
     assert round(total, 2) == round(float(sum(truth.values())), 2)
     assert total > 10  # the test moved real money
+
+
+def test_egress_is_rolled_up_per_domain_group_and_unnamed() -> None:
+    table = load_price_table(PRICES, "aws")
+    assert table.domain_group("Bucket-1.S3.amazonaws.com.") == "s3.amazonaws.com"
+    assert table.domain_group("api.example.com") == "api.example.com"
+    assert table.domain_group("x.s3.us-east-1.amazonaws.com") == "s3.us-east-1.amazonaws.com"
+    agg = ConnectionAggregator(W, 0)
+    api = pod("api", "z-a")
+    # Two buckets share one group; one address no DNS answer named; 1 GB each way each.
+    for addr, domain in (("52.0.0.1", "b1.s3.amazonaws.com"), ("52.0.0.2", "b2.s3.amazonaws.com"),
+                         ("93.0.0.1", "api.example.com"), ("93.0.0.2", None)):  # fmt: skip
+        more = {} if domain is None else {"server_domain": domain}
+        agg.add(0, conn(T0, api, external(addr), c2s=10**9, s2c=10**9, peer_class="internet",
+                        **more))  # fmt: skip
+    _, rollups = cost_metrics(closed(agg)[0], table)
+    by = {r.name: r for r in rollups if r.scope == "domain"}
+    assert set(by) == {"s3.amazonaws.com", "api.example.com", "unnamed"}
+    # Egress $0.09/GB, ingress free: what the inside client pays per destination.
+    assert by["s3.amazonaws.com"].cost_usd == 0.18 and by["s3.amazonaws.com"].bytes_sent == 2e9
+    assert by["api.example.com"].cost_usd == 0.09 == by["unnamed"].cost_usd
+    assert by["unnamed"].bytes_received == 10**9
+
+
+def test_domain_groups_refuse_inner_wildcards() -> None:
+    data = {"cloud": "aws", "clouds": {"aws": {}}, "domain_groups": ["s3.*.amazonaws.com"]}
+    with pytest.raises(PriceTableError, match="only lead"):
+        parse_price_table(data)
