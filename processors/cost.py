@@ -9,7 +9,7 @@ total cost of the window.
 
 Traffic with a server outside the cluster is also rolled up per destination domain (scope
 ``domain``): the client's share, under the server's DNS name grouped by the price table's
-``domain_groups`` (``unnamed`` when the enricher knew no name for the address).
+``domain_groups`` (``unnamed`` for an internet server no DNS answer named).
 """
 
 from __future__ import annotations
@@ -109,8 +109,12 @@ def cost_metrics(
                 scopes.append(("namespace", namespace))
             for scope in scopes:
                 rollups.setdefault(scope, _Rollup()).charge(key.peer_class, sent, received, usd)
-        if key.client_in_cluster and not key.server_in_cluster:
-            domain = key.server_domain
+        domain = key.server_domain
+        # Internet servers, and any other server a DNS answer named (not, say, a host
+        # process talking to a private address nobody named).
+        if key.client_in_cluster and not key.server_in_cluster and (
+            domain is not None or key.peer_class == "internet"
+        ):
             name = table.domain_group(domain) if domain is not None else UNNAMED_DOMAIN
             rollups.setdefault(("domain", name), _Rollup()).charge(
                 key.peer_class, c2s, s2c, usd_src
