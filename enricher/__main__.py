@@ -34,6 +34,7 @@ from enricher.argtypes import (
 )
 from enricher.joiner import Joiner
 from enricher.kubeobjects import parse_text
+from enricher.labels import parse_globs
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope import kafka_security
@@ -70,6 +71,8 @@ ENV = {
     "instance": "FLOWSCOPE_ENRICHER_INSTANCE",
     "commit_interval_s": "FLOWSCOPE_ENRICHER_COMMIT_INTERVAL_S",
     "commit_max_records": "FLOWSCOPE_ENRICHER_COMMIT_MAX_RECORDS",
+    "record_pod_labels": "FLOWSCOPE_ENRICHER_POD_LABELS",
+    "record_node_labels": "FLOWSCOPE_ENRICHER_NODE_LABELS",
 }
 
 
@@ -294,6 +297,23 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         default=default("commit_max_records", d.commit_max_records),
         help=f"input records per transaction at most (env {ENV['commit_max_records']}; "
         f"default %(default)s)",
+    )
+    join.add_argument(
+        "--record-pod-labels",
+        type=parse_globs,
+        default=default("record_pod_labels", ",".join(d.record_pod_labels)),
+        metavar="GLOBS",
+        help=f"pod labels each end of a record carries (k8s.pod.label.<key>), comma-separated "
+        f"globs (env {ENV['record_pod_labels']}; default %(default)s)",
+    )
+    join.add_argument(
+        "--record-node-labels",
+        type=parse_globs,
+        default=default("record_node_labels", ""),
+        metavar="GLOBS",
+        help=f"node labels each end carries (k8s.node.label.<key>; zone and region are "
+        f"fields already), comma-separated globs (env {ENV['record_node_labels']}; "
+        f"default: none)",
     )
     return parser
 

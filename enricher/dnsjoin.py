@@ -114,6 +114,7 @@ class DnsJoiner:
         self._topics = settings.topics
         self._servers = servers
         self.state = MetadataState(deleted_grace_ns=int(settings.deleted_pod_grace_s * 1e9))
+        self.state.labels = settings.label_selection
         classifier = AddressClassifier(settings.cluster_cidrs, settings.other_cluster_cidrs)
         self.lookups = IndexDnsLookups(self.state, classifier)
         self.counters = DnsJoinerCounters()

@@ -14,6 +14,7 @@ from msgspec.structs import replace
 from enricher.classify import AddressClassifier
 from enricher.dnsnames import DnsNames
 from enricher.index import MetadataIndex, Resolved, canonical_ip
+from enricher.labels import container_fields
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
 from flowscope.locality import is_unnamed, zone_class
 from flowscope.records import (
@@ -81,6 +82,9 @@ def pod_template(pod: PodMeta, state: MetadataIndex) -> Endpoint:
         node=pod.node,
         zone=node.zone if node else None,
         region=node.region if node else None,
+        **container_fields(pod),
+        pod_labels=state.labels.pod(pod.labels),
+        node_labels=state.labels.node(node.labels) if node else None,
     )
     state.templates[pod.uid] = template
     return template
@@ -97,6 +101,7 @@ def node_template(node: NodeMeta, state: MetadataIndex) -> Endpoint:
             node=node.name,
             zone=node.zone,
             region=node.region,
+            node_labels=state.labels.node(node.labels),
         )
     return template
 
@@ -140,6 +145,7 @@ def local_template(raw: LocalEnd, state: MetadataIndex) -> Endpoint:
             node=raw.node,
             zone=node.zone if node else None,
             region=node.region if node else None,
+            node_labels=state.labels.node(node.labels) if node else None,
         )
     # No pod uid: a host process, when the collector found the socket's cgroup and it is not
     # a pod's. When it found no cgroup at all (the cgroup was already removed, or the kernel
@@ -156,6 +162,7 @@ def local_template(raw: LocalEnd, state: MetadataIndex) -> Endpoint:
             node=raw.node,
             zone=node.zone if node else None,
             region=node.region if node else None,
+            node_labels=state.labels.node(node.labels) if node else None,
         )
     return template
 

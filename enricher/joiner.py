@@ -109,6 +109,7 @@ class Joiner:
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
         self.state = MetadataState(deleted_grace_ns=int(settings.deleted_pod_grace_s * 1e9))
+        self.state.labels = settings.label_selection
         self.classifier = AddressClassifier(settings.cluster_cidrs, settings.other_cluster_cidrs)
         self.holdback: Holdback[RawTcpConnection] = Holdback(
             int(settings.holdback_s * 1e9), settings.holdback_max_records

@@ -48,6 +48,12 @@ class CellKey(NamedTuple):
     server_in_cluster: bool
     # The server's DNS name (server.address) when the enricher named one; None otherwise.
     server_domain: str | None = None
+    # The pod and node labels each end carried (as the enricher selected them), as sorted
+    # (key, value) pairs: the cost roll-ups by label read them.
+    client_labels: tuple[tuple[str, str], ...] = ()
+    server_labels: tuple[tuple[str, str], ...] = ()
+    client_node_labels: tuple[tuple[str, str], ...] = ()
+    server_node_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -62,6 +68,11 @@ class Cell:
     retrans_segs: int = 0
     segs_out: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
+
+
+def _pairs(labels: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+    # The enricher writes them sorted by key: equal selections give equal tuples.
+    return tuple(labels.items()) if labels else ()
 
 
 # One partition's cells of one window, handed out once when the window closes.
@@ -171,6 +182,10 @@ class ConnectionAggregator(PartitionWindows[EnrichedTcpConnection, CellKey, Cell
                     client.attribution in in_cluster,
                     server.attribution in in_cluster,
                     record.server_domain or None,  # UNSET is falsy
+                    _pairs(client.pod_labels),
+                    _pairs(server.pod_labels),
+                    _pairs(client.node_labels),
+                    _pairs(server.node_labels),
                 )
                 cells = window.cells
                 cell = cells.get(key)  # type: ignore[call-overload]  # a tuple equal to a CellKey

@@ -10,6 +10,11 @@ total cost of the window.
 Traffic with a server outside the cluster is also rolled up per destination domain (scope
 ``domain``): the client's share, under the server's DNS name grouped by the price table's
 ``domain_groups`` (``unnamed`` for an internet server no DNS answer named).
+
+Each end inside the cluster is also charged by the pod labels and node labels the table's
+``rollup_labels`` and ``rollup_node_labels`` name (scopes ``label`` and ``node_label``,
+``<key>=<value>``, or ``<key>=(none)`` for an end without it: no label value has parentheses),
+so that cost per team (or per rack) adds up to the window's total like the workload shares.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from processors.connections import ClosedWindow
 from processors.prices import PriceTable, publishable
 
 ZERO = Decimal(0)
+NO_LABEL = "(none)"  # an end without a rolled-up label (never a label value: no parentheses)
 UNNAMED_DOMAIN = "unnamed"  # the domain roll-up of servers no DNS answer named
 
 
@@ -65,6 +71,15 @@ def rollup_id(start_ns: int, partition: int, scope: str, name: str) -> str:
     return f"cost.rollup|{start_ns}|{partition}|{scope}|{name}"
 
 
+def _label_scopes(
+    scope: str, keys: tuple[str, ...], labels: tuple[tuple[str, str], ...]
+) -> list[tuple[str, str]]:
+    if not keys:
+        return []
+    found = dict(labels)
+    return [(scope, f"{k}={found.get(k, NO_LABEL)}") for k in keys]
+
+
 def cost_metrics(
     window: ClosedWindow, table: PriceTable
 ) -> tuple[list[CostPairMetric], list[CostRollupMetric]]:
@@ -98,15 +113,19 @@ def cost_metrics(
         pc.usd_source += usd_src
         pc.usd_destination += usd_dst
         ends = (
-            (key.client_in_cluster, key.client_workload, cell.client_namespace, c2s, s2c, usd_src),
-            (key.server_in_cluster, key.server_workload, cell.server_namespace, s2c, c2s, usd_dst),
-        )
-        for inside, workload, namespace, sent, received, usd in ends:
+            (key.client_in_cluster, key.client_workload, cell.client_namespace, c2s, s2c, usd_src,
+             key.client_labels, key.client_node_labels),
+            (key.server_in_cluster, key.server_workload, cell.server_namespace, s2c, c2s, usd_dst,
+             key.server_labels, key.server_node_labels),
+        )  # fmt: skip
+        for inside, workload, namespace, sent, received, usd, labels, node_labels in ends:
             if not inside:
                 continue
             scopes = [("workload", workload)]
             if namespace is not None:
                 scopes.append(("namespace", namespace))
+            scopes += _label_scopes("label", table.rollup_labels, labels)
+            scopes += _label_scopes("node_label", table.rollup_node_labels, node_labels)
             for scope in scopes:
                 rollups.setdefault(scope, _Rollup()).charge(key.peer_class, sent, received, usd)
         domain = key.server_domain

@@ -39,6 +39,9 @@ class PriceTable:
     prices: dict[str, PathPrice]  # class -> price; classes absent here are not priced
     # Domain names a suffix groups (x.s3.amazonaws.com -> s3.amazonaws.com), longest first.
     domain_groups: tuple[str, ...] = ()
+    # Pod and node label keys that cost is also rolled up by (scopes "label", "node_label").
+    rollup_labels: tuple[str, ...] = ()
+    rollup_node_labels: tuple[str, ...] = ()
 
     def domain_group(self, name: str) -> str:
         """The roll-up name of a server's domain: the longest listed suffix it is below (or
@@ -117,7 +120,16 @@ def parse_price_table(data: Any, cloud: str | None = None, source: str = "prices
         bytes_per_gb=bytes_per_gb,
         prices=prices,
         domain_groups=tuple(sorted(suffixes, key=lambda g: (-g.count("."), g))),
+        rollup_labels=_keys(data, "rollup_labels", source),
+        rollup_node_labels=_keys(data, "rollup_node_labels", source),
     )
+
+
+def _keys(data: dict[str, Any], name: str, source: str) -> tuple[str, ...]:
+    keys = data.get(name) or []
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise PriceTableError(f"{source}: {name} must be a list of label keys")
+    return tuple(dict.fromkeys(keys))
 
 
 def load_price_table(path: Path, cloud: str | None = None) -> PriceTable:

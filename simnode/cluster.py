@@ -111,7 +111,7 @@ class Cluster:
         next(node_ips)  # .1 looks like a gateway; skip it
         self.nodes: dict[str, Node] = {
             s.name: Node(s.name, s.zone, s.region, s.internal_ip or str(next(node_ips)),
-                         str(uuid.uuid4()))
+                         str(uuid.uuid4()), dict(s.labels))
             for s in specs
         }
         self.pods: dict[str, Pod] = {}

@@ -109,15 +109,17 @@ class CostRollupMetric(msgspec.Struct, frozen=True, kw_only=True):
     window of one source partition (the sum over its CostPairMetric shares), or the cluster's
     traffic with one external destination domain (scope ``domain``: what the clients inside
     pay; ``name`` is the domain as the price table's ``domain_groups`` group it, or
-    ``unnamed`` when no DNS answer named the server's address)."""
+    ``unnamed`` when no DNS answer named the server's address), or the ends with one value
+    of a pod label (scope ``label``) or node label (``node_label``) the price table rolls up:
+    ``name`` is ``<key>=<value>``, ``<key>=(none)`` for ends without that label."""
 
     schema_version: int = 1
     metric_id: str
     window_start_ns: int
     window_end_ns: int
     source_partition: int
-    scope: Literal["workload", "namespace", "domain"]
-    name: str  # a workload key (namespace/kind/name), a namespace or a domain
+    scope: Literal["workload", "namespace", "domain", "label", "node_label"]
+    name: str  # a workload key (namespace/kind/name), a namespace, a domain or key=value
     bytes_sent: int
     bytes_received: int
     cost_usd: float

@@ -174,3 +174,21 @@ def test_domain_groups_refuse_inner_wildcards() -> None:
     data = {"cloud": "aws", "clouds": {"aws": {}}, "domain_groups": ["s3.*.amazonaws.com"]}
     with pytest.raises(PriceTableError, match="only lead"):
         parse_price_table(data)
+
+
+def test_cost_rolls_up_by_pod_and_node_label_adding_up_to_the_total() -> None:
+    import msgspec
+
+    data = {"cloud": "aws", "clouds": {"aws": {"cross_zone": {"sent": 0.01, "received": 0.01}}},
+            "rollup_labels": ["team"], "rollup_node_labels": ["rack"]}  # fmt: skip
+    table = parse_price_table(data)
+    agg = ConnectionAggregator(W, 0)
+    web = msgspec.structs.replace(pod("web", "z-a"), pod_labels={"team": "shop"},
+                                  node_labels={"rack": "r1"})  # fmt: skip
+    db = msgspec.structs.replace(pod("db", "z-b"), node_labels={"rack": "r2"})
+    agg.add(0, conn(T0, web, db, c2s=3 * 10**9, s2c=10**9, peer_class="cross_zone"))
+    _, rollups = cost_metrics(closed(agg)[0], table)
+    by = {(r.scope, r.name): r.cost_usd for r in rollups}
+    assert by[("label", "team=shop")] == 0.04 == by[("label", "team=(none)")]
+    assert by[("node_label", "rack=r1")] == 0.04 == by[("node_label", "rack=r2")]
+    assert sum(v for (scope, _), v in by.items() if scope == "label") == 0.08
