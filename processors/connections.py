@@ -54,6 +54,8 @@ class CellKey(NamedTuple):
     server_labels: tuple[tuple[str, str], ...] = ()
     client_node_labels: tuple[tuple[str, str], ...] = ()
     server_node_labels: tuple[tuple[str, str], ...] = ()
+    client_region: str | None = None
+    server_region: str | None = None
 
 
 @dataclass(slots=True)
@@ -186,6 +188,8 @@ class ConnectionAggregator(PartitionWindows[EnrichedTcpConnection, CellKey, Cell
                     _pairs(server.pod_labels),
                     _pairs(client.node_labels),
                     _pairs(server.node_labels),
+                    client.region,
+                    server.region,
                 )
                 cells = window.cells
                 cell = cells.get(key)  # type: ignore[call-overload]  # a tuple equal to a CellKey

@@ -14,7 +14,8 @@ Traffic with a server outside the cluster is also rolled up per destination doma
 Each end inside the cluster is also charged by the pod labels and node labels the table's
 ``rollup_labels`` and ``rollup_node_labels`` name (scopes ``label`` and ``node_label``,
 ``<key>=<value>``, or ``<key>=(none)`` for an end without it: no label value has parentheses),
-so that cost per team (or per rack) adds up to the window's total like the workload shares.
+so that cost per team (or per rack) adds up to the window's total like the workload shares;
+and by its node's region (scope ``region``) where the node has one.
 """
 
 from __future__ import annotations
@@ -114,16 +115,18 @@ def cost_metrics(
         pc.usd_destination += usd_dst
         ends = (
             (key.client_in_cluster, key.client_workload, cell.client_namespace, c2s, s2c, usd_src,
-             key.client_labels, key.client_node_labels),
+             key.client_labels, key.client_node_labels, key.client_region),
             (key.server_in_cluster, key.server_workload, cell.server_namespace, s2c, c2s, usd_dst,
-             key.server_labels, key.server_node_labels),
+             key.server_labels, key.server_node_labels, key.server_region),
         )  # fmt: skip
-        for inside, workload, namespace, sent, received, usd, labels, node_labels in ends:
+        for inside, workload, namespace, sent, received, usd, labels, node_labels, region in ends:
             if not inside:
                 continue
             scopes = [("workload", workload)]
             if namespace is not None:
                 scopes.append(("namespace", namespace))
+            if region is not None:
+                scopes.append(("region", region))
             scopes += _label_scopes("label", table.rollup_labels, labels)
             scopes += _label_scopes("node_label", table.rollup_node_labels, node_labels)
             for scope in scopes:

@@ -110,7 +110,8 @@ class CostRollupMetric(msgspec.Struct, frozen=True, kw_only=True):
     traffic with one external destination domain (scope ``domain``: what the clients inside
     pay; ``name`` is the domain as the price table's ``domain_groups`` group it, or
     ``unnamed`` when no DNS answer named the server's address), or the ends with one value
-    of a pod label (scope ``label``) or node label (``node_label``) the price table rolls up:
+    of a pod label (scope ``label``) or node label (``node_label``) the price table rolls up
+    (or of a region, scope ``region``, for the ends on its nodes):
     ``name`` is ``<key>=<value>``, ``<key>=(none)`` for ends without that label."""
 
     schema_version: int = 1
@@ -118,8 +119,8 @@ class CostRollupMetric(msgspec.Struct, frozen=True, kw_only=True):
     window_start_ns: int
     window_end_ns: int
     source_partition: int
-    scope: Literal["workload", "namespace", "domain", "label", "node_label"]
-    name: str  # a workload key (namespace/kind/name), a namespace, a domain or key=value
+    scope: Literal["workload", "namespace", "region", "domain", "label", "node_label"]
+    name: str  # a workload key (namespace/kind/name), namespace, region, domain or key=value
     bytes_sent: int
     bytes_received: int
     cost_usd: float

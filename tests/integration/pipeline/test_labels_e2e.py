@@ -1,7 +1,8 @@
 """Images, containers and labels, end to end: pods with their own images and labels on nodes
 with a rack label -> real sockets -> BPF -> collector -> Kafka -> enricher -> processors.
 Both ends of every enriched record carry what the Pod and Node objects say (the enricher's
-selection of labels only), and the cost roll-ups per team and per rack are exact."""
+selection of labels only), and the cost roll-ups per team, per rack and per region are
+exact."""
 
 from __future__ import annotations
 
@@ -120,6 +121,8 @@ def test_images_and_labels_on_both_ends_and_cost_per_team_and_rack(
     totals = _totals(rollups)
     for k in want:
         assert totals[k] == (share, sent_total), (k, totals.get(k), share)
+    # Both ends are on nodes of region-1 (the collector's own host processes are on no node).
+    assert totals[("region", "region-1")] == (2 * share, 2 * sent_total), totals
 
 
 def _check_end(end: Endpoint, pod: Pod, container: str, image: str, tags: list[str],

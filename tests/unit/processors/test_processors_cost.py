@@ -192,3 +192,17 @@ def test_cost_rolls_up_by_pod_and_node_label_adding_up_to_the_total() -> None:
     assert by[("label", "team=shop")] == 0.04 == by[("label", "team=(none)")]
     assert by[("node_label", "rack=r1")] == 0.04 == by[("node_label", "rack=r2")]
     assert sum(v for (scope, _), v in by.items() if scope == "label") == 0.08
+
+
+def test_cost_rolls_up_by_region_of_each_inside_end() -> None:
+    agg = ConnectionAggregator(W, 0)
+    # pod() puts zone "us-east-1aa" in region "us-east-1"; eu-west-1b in "eu-west-1".
+    agg.add(0, conn(T0, pod("web", "us-east-1aa"), pod("db", "eu-west-1bb"), c2s=10**9,
+                    peer_class="cross_region"))  # fmt: skip
+    agg.add(0, conn(T0, pod("api", "us-east-1bb"), external(), c2s=10**9, peer_class="internet"))
+    _, rollups = cost_metrics(closed(agg)[0], load_price_table(PRICES, "aws"))
+    by = {r.name: r for r in rollups if r.scope == "region"}
+    assert set(by) == {"us-east-1", "eu-west-1"}
+    # web sends 1 GB cross-region ($0.02) and api 1 GB to the internet ($0.09); db receives free.
+    assert (by["us-east-1"].cost_usd, by["us-east-1"].bytes_sent) == (0.11, 2 * 10**9)
+    assert (by["eu-west-1"].cost_usd, by["eu-west-1"].bytes_received) == (0.0, 10**9)
