@@ -70,6 +70,10 @@ class TcpLatencyMetric(msgspec.Struct, frozen=True, kw_only=True):
     # The mergeable sketches (processors/sketch.py) the percentiles came from.
     connect_latency_sketch: dict[str, object] | None
     rtt_sketch: dict[str, object] | None
+    # A server outside the cluster named by the client's DNS answers (server.address): the
+    # metric is then per domain, its server_workload ``external/<domain>`` for all of the
+    # domain's addresses (``external/<address>`` when no answer named it).
+    server_domain: str | None = None
 
 
 class CostPairMetric(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,7 +20,12 @@ import pytest
 from demo.readout import TopicReader
 from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
-from flowscope.records import CostRollupMetric, EnrichedDnsQuery, EnrichedTcpConnection
+from flowscope.records import (
+    CostRollupMetric,
+    EnrichedDnsQuery,
+    EnrichedTcpConnection,
+    TcpLatencyMetric,
+)
 from flowscope.topics import Topics
 from processors.dedupe import FirstPerId
 from simnode import Cluster, NodeSpec, Pod
@@ -72,6 +77,7 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
     dns_reader = TopicReader(kafka_bootstrap, topics.enriched_dns)
     tcp_reader = TopicReader(kafka_bootstrap, topics.enriched_tcp)
     cost_reader = TopicReader(kafka_bootstrap, topics.metrics_cost_rollups)
+    latency_reader = TopicReader(kafka_bootstrap, topics.metrics_tcp_latency)
     dns_seen: list[EnrichedDnsQuery] = []
     # Each connection made, in order: (client pod, address, the name the rules say it has).
     made: list[tuple[Pod, str, str | None]] = []
@@ -136,8 +142,11 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
                 rollups += dedupe.keep(codec.decode(v) for v in cost_reader.read(1.0))
             time.sleep(WINDOW_S + GRACE_S + 1)  # a double count would show up in later windows
             rollups += dedupe.keep(codec.decode(v) for v in cost_reader.read(2.0))
+            latency = [m for m in FirstPerId().keep(
+                JsonCodec(TcpLatencyMetric).decode(v) for v in latency_reader.read(2.0))
+                if m.client_workload == "shop/Deployment/frontend"]  # fmt: skip
     finally:
-        for reader in (dns_reader, tcp_reader, cost_reader):
+        for reader in (dns_reader, tcp_reader, cost_reader, latency_reader):
             reader.close()
         server.stop()
 
@@ -159,6 +168,12 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
         else:
             assert totals[name] == (usd, sent), (name, totals[name], usd, sent)
     assert "b1.s3.amazonaws.com" not in totals  # folded into its registered suffix
+
+    # Latency per domain: both of api.example.com's addresses are one server.
+    api_latency = [m for m in latency if m.server_workload == "external/api.example.com"]
+    assert sum(m.connections for m in api_latency) == 2, latency
+    assert all(m.server_domain == "api.example.com" for m in api_latency)
+    assert not any(m.server_workload.endswith(api1) for m in latency), latency
 
 
 def _expected_costs(made: list[tuple[Pod, str, str | None]]) -> dict[str, tuple[float, int]]:

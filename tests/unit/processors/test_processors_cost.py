@@ -206,3 +206,21 @@ def test_cost_rolls_up_by_region_of_each_inside_end() -> None:
     # web sends 1 GB cross-region ($0.02) and api 1 GB to the internet ($0.09); db receives free.
     assert (by["us-east-1"].cost_usd, by["us-east-1"].bytes_sent) == (0.11, 2 * 10**9)
     assert (by["eu-west-1"].cost_usd, by["eu-west-1"].bytes_received) == (0.0, 10**9)
+
+
+def test_latency_of_a_dns_named_server_is_one_per_domain_over_its_addresses() -> None:
+    from processors.latency import latency_metrics, pair_metrics
+
+    agg = ConnectionAggregator(W, 0)
+    api = pod("api", "z-a")
+    for addr, rtt in (("52.0.0.1", 1000), ("52.0.0.2", 3000), ("52.0.0.3", 5000)):
+        more = {"server_domain": "api.example.com"} if addr != "52.0.0.3" else {}
+        agg.add(0, conn(T0, api, external(addr), srtt_us=rtt, peer_class="internet", **more))
+    window = closed(agg)[0]
+    by = {m.server_workload: m for m in latency_metrics(window)}
+    assert set(by) == {"external/api.example.com", "external/52.0.0.3"}
+    named = by["external/api.example.com"]
+    assert (named.connections, named.server_domain) == (2, "api.example.com")
+    assert by["external/52.0.0.3"].server_domain is None
+    # The spine's pair totals stay per address.
+    assert len(pair_metrics(window)) == 3
