@@ -9,17 +9,23 @@ from __future__ import annotations
 
 from typing import Literal
 
+from msgspec import UNSET
 from msgspec.structs import replace
 
 from enricher.classify import AddressClassifier
+from enricher.dnsnames import DnsNames
 from enricher.enrich import _OBSERVED, local_template, peer_class, template_of
 from enricher.index import MetadataIndex
 from enricher.metadata import ServiceMeta
+from flowscope.locality import is_unnamed
 from flowscope.records import EnrichedUdpFlow, RawUdpFlow, udp_local_is_client
 
 
 def enrich_udp(
-    raw: RawUdpFlow, state: MetadataIndex, classifier: AddressClassifier
+    raw: RawUdpFlow,
+    state: MetadataIndex,
+    classifier: AddressClassifier,
+    names: DnsNames | None = None,
 ) -> EnrichedUdpFlow:
     local = replace(
         local_template(raw, state),
@@ -43,6 +49,9 @@ def enrich_udp(
         client, server, role = remote, local, "server"
         client_observed = remote.attribution in _OBSERVED
         c2s, s2c = (raw.bytes_in, raw.packets_in), (raw.bytes_out, raw.packets_out)
+    domain = None
+    if names is not None and role == "client" and is_unnamed(remote):
+        domain = names.lookup(raw.node, raw.pod_uid, raw.remote_addr, raw.window_start_ns)
     return EnrichedUdpFlow(
         start_time_ns=raw.window_start_ns,
         end_time_ns=raw.window_end_ns,
@@ -57,4 +66,5 @@ def enrich_udp(
         packets_client_to_server=c2s[1],
         packets_server_to_client=s2c[1],
         peer_class=peer_class(local, remote, classifier),
+        server_domain=UNSET if domain is None else domain,
     )

@@ -179,3 +179,8 @@ class EnrichedUdpFlow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     packets_client_to_server: int
     packets_server_to_client: int
     peer_class: PeerClass = msgspec.field(name="flowscope.peer.class")
+    # As EnrichedTcpConnection's: the DNS name of a server outside the cluster's metadata,
+    # from the client's answers valid at the window's start; absent when none is known.
+    server_domain: str | msgspec.UnsetType = msgspec.field(
+        name="server.address", default=msgspec.UNSET
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from enricher_records import T0, S
 
@@ -104,3 +105,23 @@ def test_ipv6_flow(state: MetadataState) -> None:
     assert out.network_type == "ipv6"
     assert (out.client.pod_uid, out.server.pod_uid, out.server.address) == (
         "c1", "s1", "fd00::2:1")  # fmt: skip
+
+
+def test_an_internet_server_is_named_by_the_clients_dns_answer(state: MetadataState) -> None:
+    from enricher.dnsnames import DnsNames
+    from flowscope.records import RawDnsQuery
+
+    names = DnsNames()
+    names.add(RawDnsQuery(
+        node="node-a", role="client", time_ns=T0, response_time_ns=T0 + 1000, latency_us=1,
+        family=4, transport="udp", local_addr="10.0.1.1", local_port=5353,
+        remote_addr="10.96.0.10", remote_port=53, cgroup_id=7, cgroup_path="p", pod_uid="c1",
+        container_id="abc", txid=1, query_name="stun.example.com", query_type="A",
+        outcome="answered", rcode="NOERROR", answer_count=1, answer_addrs=["8.8.4.4"],
+        answer_ttl_s=60,
+    ))  # fmt: skip
+    out = enrich_udp(flow(remote_addr="8.8.4.4", remote_port=3478), state, DEFAULT_CLASSIFIER,
+                     names)  # fmt: skip
+    assert out.server_domain == "stun.example.com" and out.server.attribution == "external"
+    inside = enrich_udp(flow(), state, DEFAULT_CLASSIFIER, names)
+    assert inside.server_domain is msgspec.UNSET  # a pod is named by the metadata, not DNS
