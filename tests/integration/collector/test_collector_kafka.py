@@ -73,7 +73,7 @@ def test_collector_process_produces_both_ends_and_flushes_on_sigterm(
         "FLOWSCOPE_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "FLOWSCOPE_TOPIC_PREFIX": topics.prefix,
         "FLOWSCOPE_NODE_NAME": node,
-        "FLOWSCOPE_COLLECTOR_STATS_INTERVAL_S": "0.5",
+        "FLOWSCOPE_COLLECTOR_STATS_INTERVAL_SECONDS": "0.5",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector", "--ringbuf-bytes", "1048576"],

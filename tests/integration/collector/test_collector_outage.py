@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from collector.settings import REPO_ROOT
 from devbroker import Broker
 from flowscope.codec import JsonCodec
 from flowscope.kafka import TopicSpec, ensure_topics
 from flowscope.records import CollectorHealth, RawTcpConnection
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
 
 PER_PHASE = 40
@@ -118,8 +118,8 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
            "FLOWSCOPE_TOPIC_PREFIX": topics.prefix}  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector", "--ringbuf-bytes", "4194304",
-         "--metrics-port", str(metrics_port), "--health-interval-s", "1",
-         "--stats-interval-s", "1", "--flush-timeout-s", "60",
+         "--metrics-port", str(metrics_port), "--health-interval-seconds", "1",
+         "--stats-interval-seconds", "1", "--flush-timeout-seconds", "60",
          "--node-name", f"outage-{uuid.uuid4().hex[:6]}"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

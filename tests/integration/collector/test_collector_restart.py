@@ -170,8 +170,8 @@ def test_sigkilled_collector_restarts_and_reports_what_ended_meanwhile(
     ensure_topics(kafka_bootstrap, [TopicSpec(topics.raw_tcp)])
     env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "FLOWSCOPE_TOPIC_PREFIX": topics.prefix}  # fmt: skip
-    args = ["--node-name", node, "--pin-root", str(DEFAULT_PIN_ROOT), "--udp-interval-s", "0",
-            "--stats-interval-s", "1", "--flush-timeout-s", "30"]  # fmt: skip
+    args = ["--node-name", node, "--pin-root", str(DEFAULT_PIN_ROOT), "--udp-interval-seconds", "0",
+            "--stats-interval-seconds", "1", "--flush-timeout-seconds", "30"]  # fmt: skip
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     stop_serving = threading.Event()

@@ -78,7 +78,7 @@ def test_collector_produces_raw_dns_with_hashed_names(
         conf = PodResolvConf(app, render([dns.ip], kubernetes_search("default"), ndots=5))
         proc = subprocess.Popen(
             [sys.executable, "-m", "collector", "--dns-enabled", "true", "--dns-query-names",
-             "hash", "--dns-timeout-s", "1"],
+             "hash", "--dns-timeout-seconds", "1"],
             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:

@@ -178,8 +178,8 @@ def test_bad_cidr_fails_at_start_naming_the_value() -> None:
     with pytest.raises(SettingsError, match=re.escape("10.96.0.0/33")):
         parse_settings(["--service-cidrs", "10.96.0.0/33"], {})
     with pytest.raises(SettingsError, match="interim_interval_s"):
-        parse_settings(["--interim-interval-s", "-1"], {})
-    s = parse_settings([], {"FLOWSCOPE_COLLECTOR_INTERIM_INTERVAL_S": "2.5"})
+        parse_settings(["--interim-interval-seconds", "-1"], {})
+    s = parse_settings([], {"FLOWSCOPE_COLLECTOR_INTERIM_INTERVAL_SECONDS": "2.5"})
     assert s.interim_interval_s == 2.5 and s.metrics_port == 0
 
 
