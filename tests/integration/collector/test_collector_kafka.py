@@ -17,9 +17,9 @@ import uuid
 
 from confluent_kafka import Consumer
 
-from collector.settings import REPO_ROOT
 from flowscope.codec import JsonCodec
 from flowscope.records import RawTcpConnection
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
 
 

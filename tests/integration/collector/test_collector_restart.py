@@ -25,11 +25,12 @@ from confluent_kafka import Consumer, TopicPartition
 
 from collector.events import DecodeStats, clock_offset_ns, decode_batch
 from collector.pins import DEFAULT_PIN_ROOT, remove_tree
-from collector.settings import DEFAULT_BPF_OBJECT, REPO_ROOT
+from collector.settings import DEFAULT_BPF_OBJECT
 from collector.source import TcpConnSource
 from flowscope.codec import JsonCodec
 from flowscope.kafka import TopicSpec, ensure_topics
 from flowscope.records import RawTcpConnection
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
 
 PER_PHASE = 30

@@ -15,9 +15,9 @@ import uuid
 
 from confluent_kafka import Consumer
 
-from collector.settings import REPO_ROOT
 from flowscope.codec import JsonCodec
 from flowscope.records import RawDnsQuery
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
 from simnode import Cluster, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render

@@ -379,7 +379,7 @@ def test_join_cli_stops_cleanly_on_sigterm(
 ) -> None:
     _publish_cli(kafka_bootstrap, topics, objects_file)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "enricher", "join", "--stats-interval-s", "0.5"],
+        [sys.executable, "-m", "enricher", "join", "--stats-interval-seconds", "0.5"],
         cwd=REPO,
         env={
             **os.environ,
