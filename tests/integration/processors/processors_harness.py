@@ -77,7 +77,7 @@ def start_worker(
         sys.executable, "-m", "processors", "worker",
         "--bootstrap-servers", bootstrap,
         "--topic-prefix", topics.prefix,
-        "--app-id", app_id,
+        "--group", app_id,
         "--state-dir", str(workdir / "state"),
         "--window-seconds", str(window_s),
         "--grace-seconds", "1",
