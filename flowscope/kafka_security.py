@@ -242,7 +242,8 @@ class KafkaSecurityOptions:
     )
     password_file: Path | None = setting(
         None,
-        "file holding the SASL password",
+        "file holding the SASL password (or the password itself in "
+        "FLOWSCOPE_KAFKA_SASL_PASSWORD; never an option)",
         env="FLOWSCOPE_KAFKA_SASL_PASSWORD_FILE",
         flag="--kafka-sasl-password-file",
         parse=optional_path,

@@ -421,7 +421,8 @@ class Section:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    # "<prefix>" would be read as an HTML tag.
+    return text.replace("|", "\\|").replace("<", "\\<").replace("\n", " ")
 
 
 def reference(sections: Sequence[Section], intro: str) -> str:
@@ -437,8 +438,6 @@ def reference(sections: Sequence[Section], intro: str) -> str:
             if section.only and used and not set(used) & set(section.only):
                 continue
             meaning = item.spec.help
-            if used and len(section.only) != 1:
-                meaning = f"({', '.join(used)}) {meaning}"
             flag = f"`{item.flag}`" if item.flag else "(environment only)"
             env = f"`{item.spec.env}`" if item.spec.env else ""
             lines.append(f"| {flag} | {env} | `{_cell(item.shown_default)}` | {_cell(meaning)} |")
