@@ -6,6 +6,8 @@ differs from what this generates, so the reference cannot drift from the code.
 
 from __future__ import annotations
 
+import importlib
+
 from flowscope.resources import SOURCE_ROOT
 from flowscope.settings import Section, reference
 
@@ -33,6 +35,17 @@ def sections() -> list[Section]:
     from flowscope.kafka_security import KafkaSecurityOptions
     from processors.settings import ProcessorSettings
 
+    readers = [
+        Section(f"Reader: {name}", f"flowscope {name}", None, summary,
+                options=importlib.import_module(module).OPTIONS)
+        for name, module, summary in (
+            ("tail", "consumers.tail", "Follows a topic, decoded and filtered."),
+            ("top", "consumers.top.app", "Live view of the metric topics."),
+            ("exporter", "consumers.exporter", "Prometheus /metrics of the metric topics."),
+            ("sink", "consumers.sink", "Enriched streams into Iceberg tables."),
+            ("alerts", "consumers.alerts", "Forwards the alerts topic to Alertmanager."),
+        )
+    ]  # fmt: skip
     return [
         Section("Collector", "flowscope collector", CollectorSettings,
                 "The node agent (a DaemonSet, root)."),
@@ -45,7 +58,8 @@ def sections() -> list[Section]:
         Section("Topics", "flowscope topics create|check", TopicsSettings,
                 "Creates or checks every topic."),
         Section("Kafka connection", "every command above", KafkaSecurityOptions,
-                "How each client connects to a secured cluster; the same settings for all."),
+                "How each service connects to a secured cluster; the same settings for all."),
+        *readers,
     ]  # fmt: skip
 
 

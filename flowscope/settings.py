@@ -415,9 +415,11 @@ class Section:
 
     title: str
     command: str
-    cls: type
+    cls: type | None
     text: str = ""
     only: tuple[str, ...] = ()  # subcommands shown (their settings, and the shared ones)
+    # Or declared as a list of options (consumers.options.Option: flag, env, default, help).
+    options: Sequence[Any] = ()
 
 
 def _cell(text: str) -> str:
@@ -433,7 +435,11 @@ def reference(sections: Sequence[Section], intro: str) -> str:
         if section.text:
             lines += [section.text, ""]
         lines += ["| option | environment | default | meaning |", "|---|---|---|---|"]
-        for item in items(section.cls):
+        for o in section.options:
+            env = f"`{o.env}`" if o.env else ""
+            shown = o.default or "none"
+            lines.append(f"| `{o.flag}` | {env} | `{_cell(shown)}` | {_cell(o.help)} |")
+        for item in items(section.cls) if section.cls is not None else ():
             used = item.spec.commands
             if section.only and used and not set(used) & set(section.only):
                 continue

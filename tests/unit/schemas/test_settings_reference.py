@@ -103,22 +103,32 @@ def test_every_variable_the_deployments_set_is_a_declared_setting(style: str) ->
     assert unknown == [], "set in the deployment but not a setting of that service"
 
 
+def _rows(section: reference.Section) -> list[tuple[str, str | None, str]]:
+    """(option, variable, help) of every setting of a section, however it is declared."""
+    declared = (
+        [(i.flag, i.spec.env, i.spec.help) for i in items(section.cls)] if section.cls else []
+    )
+    return declared + [(o.flag, o.env, o.help) for o in section.options]
+
+
 def test_every_setting_has_one_option_and_one_variable_spelled_one_way() -> None:
     for section in reference.sections():
-        flags = [i.flag for i in items(section.cls) if i.flag]
-        variables = [i.spec.env for i in items(section.cls) if i.spec.env]
+        rows = _rows(section)
+        flags = [flag for flag, _, _ in rows if flag]
+        variables = [env for _, env, _ in rows if env]
         assert len(flags) == len(set(flags)), section.title
         assert len(variables) == len(set(variables)), section.title
-        for item in items(section.cls):
-            assert item.spec.env is None or item.spec.env.startswith("FLOWSCOPE_"), item
+        for flag, env, text in rows:
+            assert env is None or env.startswith("FLOWSCOPE_"), env
             # Durations are spelled out: --*-seconds and *_SECONDS, never -s or _S.
-            assert not item.flag.endswith("-s"), item.flag
-            assert not (item.spec.env or "").endswith("_S"), item.spec.env
-            assert item.spec.help, item
+            assert not flag.endswith("-s"), flag
+            assert not (env or "").endswith("_S"), env
+            assert text, flag
+        assert "FLOWSCOPE_LOG_LEVEL" in variables or section.title == "Kafka connection"
 
 
 def test_the_same_concept_has_the_same_name_in_every_command() -> None:
-    flags = {i.flag for section in reference.sections() for i in items(section.cls)}
+    flags = {flag for section in reference.sections() for flag, _, _ in _rows(section)}
     assert "--group" in flags and "--app-id" not in flags and "--group-id" not in flags
     assert "--dns-enabled" in flags and "--dns" not in flags
     assert "--log-level" in {i.flag for i in items(_section("Processors").cls)}
