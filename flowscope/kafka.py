@@ -426,8 +426,8 @@ def ensure_topics(
 
 # -- consumers ------------------------------------------------------------------------------
 
-# What a rebalance callback receives: the partitions assigned or revoked.
-RebalanceFn = Callable[[list[TopicPartition]], None]
+# A rebalance callback: the consumer (this module's) and the partitions assigned or revoked.
+RebalanceFn = Callable[["RecordConsumer", list[TopicPartition]], None]
 
 
 @dataclass
@@ -451,7 +451,7 @@ class RecordConsumer:
     ``log_errors`` is off: a follower's caller reports them its own way). Errors that
     concern the client rather than a partition come through ``error_cb``: counted too, and a
     refusal (bad credentials, untrusted certificate) is kept in :attr:`refusal`.
-    Rebalance callbacks get the partitions only; they reach the consumer through this object.
+    Rebalance callbacks are called with this object, not the confluent consumer inside.
     """
 
     def __init__(
@@ -499,9 +499,9 @@ class RecordConsumer:
         """Join the group for ``topics``; the callbacks run inside :meth:`consume`."""
         kwargs: dict[str, Any] = {}
         if on_assign is not None:
-            kwargs["on_assign"] = lambda _c, parts: on_assign(parts)
+            kwargs["on_assign"] = lambda _c, parts: on_assign(self, parts)
         if on_revoke is not None:
-            kwargs["on_revoke"] = lambda _c, parts: on_revoke(parts)
+            kwargs["on_revoke"] = lambda _c, parts: on_revoke(self, parts)
         self._consumer.subscribe(list(topics), **kwargs)
 
     def assign(self, partitions: list[TopicPartition]) -> None:
@@ -654,8 +654,7 @@ class TopicFollower:
         self.counters = self._consumer.counters
         self._consumer.subscribe(self.topics, on_assign=self._on_assign)
 
-    def _on_assign(self, partitions: list[TopicPartition]) -> None:
-        consumer = self._consumer
+    def _on_assign(self, consumer: RecordConsumer, partitions: list[TopicPartition]) -> None:
         if self._resume:
             consumer.assign(
                 [
