@@ -446,11 +446,12 @@ class RecordConsumer:
     role cannot work without, e.g. read_committed for exactly-once) and the bootstrap
     servers and group id; security comes from the cluster's registration (``secured``).
 
-    :meth:`consume` hands on only messages: the end of a partition and the codes in
-    ``tolerated`` are skipped silently, other errors are counted (and logged unless
-    ``log_errors`` is off: a follower's caller reports them its own way). Errors that
-    concern the client rather than a partition come through ``error_cb``: counted too, and a
-    refusal (bad credentials, untrusted certificate) is kept in :attr:`refusal`.
+    :meth:`consume` hands on only messages: the end of a partition (noted in :attr:`at_end`
+    when ``enable.partition.eof`` is on) and the codes in ``tolerated`` are skipped
+    silently; other errors are counted (and logged unless ``log_errors`` is off: a
+    follower's caller reports them its own way). Errors that concern the client rather
+    than a partition come through ``error_cb``: counted too, and a refusal (bad
+    credentials, untrusted certificate) is kept in :attr:`refusal`.
     Rebalance callbacks are called with this object, not the confluent consumer inside.
     """
 
@@ -473,6 +474,10 @@ class RecordConsumer:
         self._refusal = Refusal(bootstrap_servers)
         self._tolerated = frozenset({KafkaError._PARTITION_EOF, *tolerated})
         self._log_errors = log_errors
+        # With enable.partition.eof, which partitions have been read to their end (a reader
+        # catching up stops when all have); only then is each message looked at.
+        self._track_ends = str(config.get("enable.partition.eof", "")).lower() == "true"
+        self.at_end: set[tuple[str, int]] = set()
         self.counters = ConsumerCounters()
         self._consumer = Consumer(secured(config))
 
@@ -512,10 +517,13 @@ class RecordConsumer:
         """The messages that arrive within ``timeout_s`` (at most ``max_messages``), without
         error messages: those are counted (and logged) or, if tolerated, dropped."""
         batch = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
-        for msg in batch:
-            if msg.error() is not None:  # rare: only then is the batch copied
-                batch = self._without_errors(batch)
-                break
+        if self._track_ends:
+            batch = self._without_errors(batch)
+        else:
+            for msg in batch:
+                if msg.error() is not None:  # rare: only then is the batch copied
+                    batch = self._without_errors(batch)
+                    break
         self.counters.messages += len(batch)
         return batch
 
@@ -525,6 +533,10 @@ class RecordConsumer:
             err = msg.error()
             if err is None:
                 kept.append(msg)
+                if self._track_ends:
+                    self.at_end.discard((msg.topic() or "", msg.partition() or 0))
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self.at_end.add((msg.topic() or "", msg.partition() or 0))
             elif err.code() not in self._tolerated:
                 self.counters.errors += 1
                 self.counters.last_error = str(err)
