@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from enricher.classify import AddressClassifier
 from enricher.dnsnames import DnsNames
@@ -38,14 +38,13 @@ from flowscope.codec import DecodeError, JsonCodec
 from flowscope.deadletter import encode_dead_letter
 from flowscope.dns_enrich import DEFAULT_DNS_SERVERS, DnsServers, ServiceName, enrich_dns
 from flowscope.kafka import (
-    CONSUMER_DEFAULTS,
     ProducerFenced,
+    RecordConsumer,
     RecordProducer,
     TopicSpec,
     ensure_topics,
     wait_for_broker,
 )
-from flowscope.kafka_security import secured
 from flowscope.records import Endpoint, EnrichedDnsQuery, PeerClass, RawDnsQuery
 
 log = logging.getLogger("enricher.dns")
@@ -89,7 +88,7 @@ class DnsJoinerCounters:
     server_unresolved: int = 0
     deadlettered: int = 0
     metadata_deadlettered: int = 0  # metadata records refused (also in deadlettered)
-    consume_errors: int = 0
+    consume_errors: int = 0  # the consumer's count, copied after each consume
 
     def as_metrics(self) -> dict[str, int]:
         return {f"enricher_dns_{name}_total": value for name, value in vars(self).items()}
@@ -125,7 +124,7 @@ class DnsJoiner:
             self._produce, self._topics.enriched_dns, settings.output_batch_records
         )
         self._follower: MetadataFollower | None = None
-        self._consumer: Consumer | None = None
+        self._consumer: RecordConsumer | None = None
         self._producer: RecordProducer | None = None
         self._metadata_letters: RecordProducer | None = None
         self._txn: TransactionalOffsets | None = None
@@ -151,21 +150,17 @@ class DnsJoiner:
         )
         self._follower.load(self.state.apply, timeout_s=s.metadata_load_timeout_s)
         group = f"{s.consumer_group}-dns"
-        config: dict[str, Any] = {
-            **CONSUMER_DEFAULTS,
-            "bootstrap.servers": s.bootstrap_servers,
-            "group.id": group,
-        }
+        required: dict[str, Any] = {}
         if s.instance:
-            config["group.instance.id"] = f"{s.instance}.dns"
+            required["group.instance.id"] = f"{s.instance}.dns"
         if s.exactly_once:
-            config["enable.auto.commit"] = False
-            config["isolation.level"] = "read_committed"
+            required["enable.auto.commit"] = False
+            required["isolation.level"] = "read_committed"
             tid = transactional_id(group, s.instance or uuid.uuid4().hex, "dns")
             self._producer = RecordProducer(s.bootstrap_servers, transactional_id=tid)
         else:
             self._producer = RecordProducer(s.bootstrap_servers)
-        self._consumer = Consumer(secured(config))
+        self._consumer = RecordConsumer(s.bootstrap_servers, group, required=required)
         if s.exactly_once:
             self._txn = TransactionalOffsets(
                 self._consumer,
@@ -174,9 +169,9 @@ class DnsJoiner:
                 s.commit_max_records,
                 self._rewind,
             )
-        out = self._consumer.list_topics(t.enriched_dns, timeout=10.0).topics.get(t.enriched_dns)
-        if out is not None and out.error is None and out.partitions:
-            self._outbox.partitions = len(out.partitions)
+        out_partitions = self._consumer.partitions(t.enriched_dns)
+        if out_partitions:
+            self._outbox.partitions = len(out_partitions)
         self._consumer.subscribe([t.raw_dns], on_revoke=self._on_revoke)
         self.ready.set()
         log.info("enricher dns ready: consuming %s", t.raw_dns)
@@ -190,7 +185,8 @@ class DnsJoiner:
         try:
             while not stop.is_set():
                 self._follower.poll(self.state.apply)
-                batch = self._consumer.consume(num_messages=s.batch_size, timeout=0.1)
+                batch = self._consumer.consume(s.batch_size, 0.1)
+                self.counters.consume_errors = self._consumer.counters.errors
                 self.process_batch(batch)
                 if self._txn is not None:
                     self._txn.maybe_commit()
@@ -201,31 +197,25 @@ class DnsJoiner:
             self.close()
 
     def process_batch(self, batch: list[Message]) -> None:
+        """Join a batch of messages (RecordConsumer.consume hands on no error messages)."""
         assert self._consumer is not None
-        done = []
         for msg in batch:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.counters.consume_errors += 1
-                    log.warning("consume error: %s", err)
-                continue
             self.handle(msg)
-            done.append(msg)
         # Output first, then offsets: a stored offset never runs ahead of what was produced.
         self._outbox.flush()
-        if not done:
+        if not batch:
             return
         offsets = [
-            TopicPartition(m.topic() or "", m.partition() or 0, (m.offset() or 0) + 1) for m in done
+            TopicPartition(m.topic() or "", m.partition() or 0, (m.offset() or 0) + 1)
+            for m in batch
         ]
         if self._txn is not None:
             self._txn.store(offsets)  # later offsets of a partition replace earlier ones
-            self._txn.took(len(done))
+            self._txn.took(len(batch))
         else:
-            self._consumer.store_offsets(offsets=offsets)
+            self._consumer.store_offsets(offsets)
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, _consumer: RecordConsumer, partitions: list[TopicPartition]) -> None:
         """Commit while this member still owns the partitions (nothing is held here)."""
         if self._txn is not None:
             self._txn.commit()
@@ -236,9 +226,7 @@ class DnsJoiner:
         assert self._consumer is not None
         assignment = self._consumer.assignment()
         if assignment:
-            for tp in self._consumer.committed(assignment, timeout=30.0):
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            self._consumer.rewind(assignment)
 
     def _produce(self, topic: str, value: bytes, key: str, records: int) -> None:
         assert self._producer is not None
