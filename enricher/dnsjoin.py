@@ -1,4 +1,8 @@
-"""The DNS joiner: raw DNS query records + metadata topic -> enriched DNS records.
+"""The datagram joiner: raw DNS queries and raw UDP flows + metadata -> enriched records.
+
+DNS queries go to ``enriched.dns`` (the join is :func:`flowscope.dns_enrich.enrich_dns`), UDP
+flow windows to ``enriched.udp`` (:func:`enricher.udpflows.enrich_udp`): one consumer reads
+both topics, so both joins share this thread's metadata index and one transaction.
 
 It runs beside the TCP joiner (``python -m enricher join`` starts both) with its own
 consumer group on the raw DNS topic and its own copy of the metadata, read to its end at
@@ -34,6 +38,7 @@ from enricher.outbox import Outbox
 from enricher.settings import Settings
 from enricher.state import MetadataState
 from enricher.transactions import TransactionalOffsets, transactional_id
+from enricher.udpflows import enrich_udp
 from flowscope.codec import DecodeError, JsonCodec
 from flowscope.deadletter import encode_dead_letter
 from flowscope.dns_enrich import DEFAULT_DNS_SERVERS, DnsServers, ServiceName, enrich_dns
@@ -45,11 +50,19 @@ from flowscope.kafka import (
     ensure_topics,
     wait_for_broker,
 )
-from flowscope.records import Endpoint, EnrichedDnsQuery, PeerClass, RawDnsQuery
+from flowscope.records import (
+    Endpoint,
+    EnrichedDnsQuery,
+    EnrichedUdpFlow,
+    PeerClass,
+    RawDnsQuery,
+    RawUdpFlow,
+)
 
 log = logging.getLogger("enricher.dns")
 
 RAW_DNS_VERSION = 1
+RAW_UDP_VERSION = 1
 STAGE = "enricher-dns"
 
 
@@ -89,6 +102,10 @@ class DnsJoinerCounters:
     deadlettered: int = 0
     metadata_deadlettered: int = 0  # metadata records refused (also in deadlettered)
     consume_errors: int = 0  # the consumer's count, copied after each consume
+    udp_records_in: int = 0
+    udp_enriched: int = 0
+    udp_client_unresolved: int = 0
+    udp_server_unresolved: int = 0
 
     def as_metrics(self) -> dict[str, int]:
         return {f"enricher_dns_{name}_total": value for name, value in vars(self).items()}
@@ -116,12 +133,18 @@ class DnsJoiner:
         self.state.labels = settings.label_selection
         classifier = AddressClassifier(settings.cluster_cidrs, settings.other_cluster_cidrs)
         self.lookups = IndexDnsLookups(self.state, classifier)
+        self._classifier = classifier
         self.counters = DnsJoinerCounters()
         self._raw_codec = JsonCodec(RawDnsQuery)
         self._out_codec = JsonCodec(EnrichedDnsQuery)
         # Batched output, grouped by output partition, as the TCP joiner does.
         self._outbox = Outbox(
             self._produce, self._topics.enriched_dns, settings.output_batch_records
+        )
+        self._udp_codec = JsonCodec(RawUdpFlow)
+        self._udp_out_codec = JsonCodec(EnrichedUdpFlow)
+        self._udp_outbox = Outbox(
+            self._produce, self._topics.enriched_udp, settings.output_batch_records
         )
         self._follower: MetadataFollower | None = None
         self._consumer: RecordConsumer | None = None
@@ -139,6 +162,8 @@ class DnsJoiner:
                 TopicSpec(t.metadata, compacted=True),
                 TopicSpec(t.raw_dns),
                 TopicSpec(t.enriched_dns),
+                TopicSpec(t.raw_udp),
+                TopicSpec(t.enriched_udp),
                 TopicSpec(t.deadletter),
             ],
         )
@@ -169,12 +194,13 @@ class DnsJoiner:
                 s.commit_max_records,
                 self._rewind,
             )
-        out_partitions = self._consumer.partitions(t.enriched_dns)
-        if out_partitions:
-            self._outbox.partitions = len(out_partitions)
-        self._consumer.subscribe([t.raw_dns], on_revoke=self._on_revoke)
+        for outbox, topic in ((self._outbox, t.enriched_dns), (self._udp_outbox, t.enriched_udp)):
+            out_partitions = self._consumer.partitions(topic)
+            if out_partitions:
+                outbox.partitions = len(out_partitions)
+        self._consumer.subscribe([t.raw_dns, t.raw_udp], on_revoke=self._on_revoke)
         self.ready.set()
-        log.info("enricher dns ready: consuming %s", t.raw_dns)
+        log.info("enricher dns ready: consuming %s and %s", t.raw_dns, t.raw_udp)
 
     def run(self, stop: threading.Event) -> None:
         if self._consumer is None:
@@ -199,10 +225,15 @@ class DnsJoiner:
     def process_batch(self, batch: list[Message]) -> None:
         """Join a batch of messages (RecordConsumer.consume hands on no error messages)."""
         assert self._consumer is not None
+        udp_topic = self._topics.raw_udp
         for msg in batch:
-            self.handle(msg)
+            if msg.topic() == udp_topic:
+                self.handle_udp(msg)
+            else:
+                self.handle(msg)
         # Output first, then offsets: a stored offset never runs ahead of what was produced.
         self._outbox.flush()
+        self._udp_outbox.flush()
         if not batch:
             return
         offsets = [
@@ -260,6 +291,32 @@ class DnsJoiner:
             self.counters.enriched += 1
             if self._names is not None:
                 self._names.add(raw)
+
+    def handle_udp(self, msg: Message) -> None:
+        try:
+            raws = self._udp_codec.decode_batch(msg.value())
+        except DecodeError as exc:
+            self.counters.udp_records_in += 1
+            self.dead_letter(msg, "decode", str(exc))
+            return
+        raw_key = msg.key()
+        key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else raw_key or ""
+        for raw in raws:
+            self.counters.udp_records_in += 1
+            if raw.v != RAW_UDP_VERSION:
+                self.dead_letter(msg, "unsupported_version", f"RawUdpFlow v={raw.v}")
+                continue
+            try:
+                out = enrich_udp(raw, self.state, self._classifier, self._names)
+            except Exception as exc:  # a bug in the join must cost one record, not the stream
+                self.dead_letter(msg, "enrich_error", f"{type(exc).__name__}: {exc}")
+                continue
+            if out.client.attribution == "unresolved":
+                self.counters.udp_client_unresolved += 1
+            if out.server.attribution == "unresolved":
+                self.counters.udp_server_unresolved += 1
+            self._udp_outbox.add(key, self._udp_out_codec.encode(out))
+            self.counters.udp_enriched += 1
 
     def _metadata_rejected(self, msg: Message, outcome: str) -> None:
         self.counters.metadata_deadlettered += 1
