@@ -9,16 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from collector.metrics import VOCABULARY as COLLECTOR
+from enricher.metrics import VOCABULARY as ENRICHER
 from flowscope.metrics import Vocabulary
 
-VOCABULARIES: tuple[Vocabulary, ...] = (COLLECTOR,)
+VOCABULARIES: tuple[Vocabulary, ...] = (COLLECTOR, ENRICHER)
 TARGET = Path(__file__).resolve().parent / "metrics.md"
 
 INTRO = """\
 # Metrics
 
 Each service serves its own counters on `GET /metrics` (Prometheus text format) when it is
-given a metrics port (`--metrics-port`; 0, the default, serves nothing). Names are
+given a metrics port (`--metrics-port`, `FLOWSCOPE_<SERVICE>_METRICS_PORT`; 0, the default,
+serves nothing; the enricher's for `join` and `publish --watch`). Names are
 `flowscope_<service>_<what>_<unit>`; counters end in `_total`. The same numbers, under their
 plain counter names, are in the health records on Kafka.
 

@@ -573,7 +573,8 @@ class Joiner:
             "enricher_metadata_nodes": len(self.state.nodes),
             "enricher_metadata_services": len(self.state.services),
         }
-        for category, n in sorted(c.deadletter_reasons.items()):
+        # A copy first: /metrics reads this from its own thread while the loop adds reasons.
+        for category, n in sorted(dict(c.deadletter_reasons).items()):
             out[f"enricher_deadletter_{category}_total"] = n
         if self._follower is not None:
             out["enricher_metadata_read_errors_total"] = self._follower.read_errors

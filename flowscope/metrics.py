@@ -189,6 +189,20 @@ class MetricsServer:
         self._server.server_close()
 
 
+def scrape(port: int, host: str = "127.0.0.1") -> tuple[str, dict[str, float]]:
+    """``GET /metrics``: the text and its samples by ``name{label=value,...}`` (labels sorted,
+    unquoted; a sample without labels by its name alone)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
+        text: str = resp.read().decode()
+    values: dict[str, float] = {}
+    for name, labels, value in samples(text):
+        tags = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        values[f"{name}{{{tags}}}" if tags else name] = value
+    return text, values
+
+
 def samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
     """(name, labels, value) of every sample in a text exposition (what tests scrape)."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from collector.settings import REPO_ROOT
 from devbroker import Broker
 from flowscope.codec import JsonCodec
 from flowscope.kafka import TopicSpec, ensure_topics
-from flowscope.metrics import samples
+from flowscope.metrics import samples, scrape
 from flowscope.records import CollectorHealth, RawTcpConnection
 from flowscope.topics import Topics
 
@@ -81,18 +80,12 @@ def _serve(listener: socket.socket, stop: threading.Event) -> None:
 
 
 def _metrics(port: int) -> dict[str, int]:
-    """Samples by ``name{label=value,...}`` (labels sorted, unquoted)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    values = {}
-    for name, labels, value in samples(text):
-        tags = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        values[f"{name}{{{tags}}}" if tags else name] = int(value)
+    text, values = scrape(port)
     # Every family says what it is.
     for family in {n for n, _, _ in samples(text)}:
         base = family.removesuffix("_total")
         assert f"# TYPE {base}" in text and f"# HELP {base}" in text, family
-    return values
+    return {k: int(v) for k, v in values.items()}
 
 
 def _consume(bootstrap: str, topic: str, timeout_s: float) -> list[bytes]:
