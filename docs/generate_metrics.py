@@ -11,8 +11,9 @@ from pathlib import Path
 from collector.metrics import VOCABULARY as COLLECTOR
 from enricher.metrics import VOCABULARY as ENRICHER
 from flowscope.metrics import Vocabulary
+from processors.metrics import VOCABULARY as PROCESSORS
 
-VOCABULARIES: tuple[Vocabulary, ...] = (COLLECTOR, ENRICHER)
+VOCABULARIES: tuple[Vocabulary, ...] = (COLLECTOR, ENRICHER, PROCESSORS)
 TARGET = Path(__file__).resolve().parent / "metrics.md"
 
 INTRO = """\

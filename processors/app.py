@@ -32,7 +32,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
@@ -42,6 +42,7 @@ from flowscope.topics import Topics
 from processors.alerts import AlertRule
 from processors.dns import NameGrouping, NameGroups
 from processors.dnsprocessor import DnsProcessor
+from processors.metrics import MetricsBoard
 from processors.prices import PriceTable
 from processors.processor import ConnectionProcessor
 from processors.runtime import MissingCodec, check_codecs, tune_interpreter, use_gil_free_lz4
@@ -335,6 +336,9 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
     processor = build_processor(settings, prices, rules)
     dns = build_dns_processor(settings, rules)
     app = build_app(settings, processor, dns)
+    board = MetricsBoard({"tcp": processor, "dns": dns})
+    app.timer(settings.close_interval_s, name="metrics_snapshot")(_refresh(board))
+    server = board.serve(settings.metrics_port)
 
     def final_report(code: int) -> None:
         report: dict[str, Any] = {
@@ -374,8 +378,17 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     if worker._watchdog is not None:
         worker._watchdog.cancel()
+    if server is not None:
+        server.close()
     final_report(code)
     return code
+
+
+def _refresh(board: MetricsBoard) -> Callable[[], Awaitable[None]]:
+    async def refresh() -> None:
+        board.refresh()
+
+    return refresh
 
 
 def _format(counters: dict[str, Any]) -> str:

@@ -83,8 +83,7 @@ def _metrics(port: int) -> dict[str, int]:
     text, values = scrape(port)
     # Every family says what it is.
     for family in {n for n, _, _ in samples(text)}:
-        base = family.removesuffix("_total")
-        assert f"# TYPE {base}" in text and f"# HELP {base}" in text, family
+        assert f"# TYPE {family} " in text and f"# HELP {family} " in text, family
     return {k: int(v) for k, v in values.items()}
 
 
