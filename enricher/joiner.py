@@ -58,7 +58,7 @@ from enricher.settings import Settings
 from enricher.state import MetadataState
 from enricher.transactions import TransactionalOffsets, transactional_id
 from flowscope.codec import DecodeError, JsonCodec
-from flowscope.deadletter import encode_dead_letter
+from flowscope.deadletter import dead_letter_of
 from flowscope.kafka import (
     CONSUMER_DEFAULTS,
     ProducerFenced,
@@ -532,16 +532,7 @@ class Joiner:
         producer = via or self._producer
         assert producer is not None
         key = msg.key()
-        letter = encode_dead_letter(
-            stage=STAGE,
-            reason=reason,
-            source_topic=msg.topic() or "",
-            partition=msg.partition() or 0,
-            offset=msg.offset() or 0,
-            key=key,
-            value=msg.value(),
-            time_ns=time.time_ns(),
-        )
+        letter = dead_letter_of(msg, stage=STAGE, reason=reason)
         producer.produce(self._topics.deadletter, letter, key=key)
         self.counters.deadlettered += 1
         self.counters.deadletter_reasons[category] += 1
