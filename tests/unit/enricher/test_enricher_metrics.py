@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import socket
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 from prometheus_client import generate_latest
 
+from enricher import EnricherError
 from enricher.cluster import WATCHED_KINDS, ClusterModel
 from enricher.dnsjoin import DnsJoinerCounters
 from enricher.joiner import Joiner
 from enricher.kubewatch import ResourceWatch, WatchCounters
 from enricher.lease import LeaseCounters, LeaseElector
 from enricher.livepublisher import WatchOptions, WatchPublisher
-from enricher.metrics import VOCABULARY
+from enricher.metrics import VOCABULARY, serve
 from enricher.settings import Settings
 from flowscope.kafka import ProducerCounters, RecordProducer
 from flowscope.topics import Topics
@@ -74,3 +77,12 @@ def test_publisher_watch_counters_are_labelled_by_kind() -> None:
     assert registry.get_sample_value("flowscope_enricher_publisher_watch_events_total", labels) == 4
     lease = {"outcome": "errors"}
     assert registry.get_sample_value("flowscope_enricher_publisher_lease_events_total", lease) == 0
+
+
+def test_a_taken_metrics_port_is_an_enricher_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        with pytest.raises(EnricherError, match=r"metrics port .*--metrics-port"):
+            serve(taken.getsockname()[1], dict)
+    assert serve(0, dict) is None
