@@ -71,7 +71,7 @@ def run(settings: Settings) -> int:
                 UdpFlowSource(settings.udp_bpf_object, settings.cgroup_root)
             )
             udp = UdpReporter(udp_source, resolver, producer.produce, settings.topics.raw_udp,
-                              settings.node_name, settings.udp_interval_s)  # fmt: skip
+                              settings.node_name, settings.udp_interval_s, nat=nat)  # fmt: skip
         health: HealthReporter | None = None
         periodic: list[Callable[[], None]] = [lambda: health.tick() if health else None]
         if udp is not None:

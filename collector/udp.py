@@ -20,6 +20,7 @@ from typing import Final, Literal
 from collector.attribution import CgroupResolver
 from collector.events import Decoder
 from collector.libbpf import BpfObject
+from collector.nat import NatResolver
 from collector.periodic import Periodic
 from collector.programset import ProgramSet
 from flowscope.codec import JsonCodec
@@ -38,6 +39,7 @@ assert KEY.size == KEY_SIZE and VALUE.size == VALUE_SIZE
 COUNTER_NAMES: Final = ("packets", "map_full")  # enum udpflow_counter, in index order
 FLOW_MAPS: Final = ("flows0", "flows1")
 _U32 = struct.Struct("<I")
+IPPROTO_UDP: Final = 17
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class UdpStats:
     records: int = 0
     decode_errors: int = 0
     produce_refused: int = 0
+    nat_translated: int = 0  # flows to a Service address named by their backend
 
 
 class UdpReporter:
@@ -111,8 +114,12 @@ class UdpReporter:
         node: str,
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        nat: NatResolver | None = None,
     ) -> None:
         self._source = source
+        # Datagrams to a ClusterIP leave the pod addressed to it (kube-proxy rewrites them in
+        # the node's namespace): the backend is in conntrack, as for TCP.
+        self._nat = nat
         self._resolver = resolver
         self._produce = produce
         self._topic = topic
@@ -149,20 +156,35 @@ class UdpReporter:
                 self.stats.decode_errors += 1
                 continue
             cgroup = self._resolver.resolve(flow.cgroup_id)
+            remote, original = (flow.remote_addr, flow.remote_port), None
+            backend = self._backend(flow)
+            if backend is not None:
+                remote, original = backend, remote
+                self.stats.nat_translated += 1
             record = RawUdpFlow(
                 node=self._node, window_start_ns=start_ns, window_end_ns=end_ns,
                 family=flow.family, local_addr=flow.local_addr, local_port=flow.local_port,
-                remote_addr=flow.remote_addr, remote_port=flow.remote_port,
+                remote_addr=remote[0], remote_port=remote[1],
                 cgroup_id=flow.cgroup_id, cgroup_path=cgroup.path, pod_uid=cgroup.pod_uid,
                 container_id=cgroup.container_id, bytes_out=flow.bytes_out,
                 packets_out=flow.packets_out, bytes_in=flow.bytes_in,
                 packets_in=flow.packets_in,
+                original_remote_addr=original[0] if original else None,
+                original_remote_port=original[1] if original else None,
             )  # fmt: skip
             key_text = cgroup.pod_uid if cgroup.pod_uid is not None else self._node
             if self._produce(self._topic, self._codec.encode(record), key_text):
                 self.stats.records += 1
             else:
                 self.stats.produce_refused += 1
+
+    def _backend(self, flow: UdpFlow) -> tuple[str, int] | None:
+        """The backend a Service-addressed flow was sent to (the node's conntrack first)."""
+        nat = self._nat
+        if nat is None or not nat.in_service(flow.remote_addr):
+            return None
+        return nat.resolve_tuple(flow.family, flow.local_addr, flow.remote_addr,
+                                 flow.local_port, flow.remote_port, IPPROTO_UDP)  # fmt: skip
 
     def counters(self) -> dict[str, int]:
         values = {f"udp_{k}": v for k, v in vars(self.stats).items()}

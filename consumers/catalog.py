@@ -24,6 +24,7 @@ RECORD_TYPES: Mapping[str, type[Any] | None] = {
     "raw.dns": r.RawDnsQuery,
     "k8s.metadata": None,
     "enriched.tcp": r.EnrichedTcpConnection,
+    "enriched.udp": r.EnrichedUdpFlow,
     "enriched.dns": r.EnrichedDnsQuery,
     "metrics.tcp.pairs": r.TcpPairMetric,
     "metrics.tcp.latency": r.TcpLatencyMetric,

@@ -137,6 +137,8 @@ def _row(value: Any) -> Any:
         return [_row(v) for v in value]
     if isinstance(value, dict):
         return [(k, _row(v)) for k, v in value.items()]
+    if value is msgspec.UNSET:  # a field the record leaves out (server.address): a null
+        return None
     return value
 
 

@@ -35,6 +35,7 @@ from enricher.argtypes import (
 )
 from enricher.joiner import Joiner
 from enricher.kubeobjects import parse_text
+from enricher.labels import parse_globs
 from enricher.metrics import serve
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
@@ -73,6 +74,8 @@ ENV = {
     "instance": "FLOWSCOPE_ENRICHER_INSTANCE",
     "commit_interval_s": "FLOWSCOPE_ENRICHER_COMMIT_INTERVAL_S",
     "commit_max_records": "FLOWSCOPE_ENRICHER_COMMIT_MAX_RECORDS",
+    "record_pod_labels": "FLOWSCOPE_ENRICHER_POD_LABELS",
+    "record_node_labels": "FLOWSCOPE_ENRICHER_NODE_LABELS",
 }
 
 
@@ -305,6 +308,23 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         help=f"input records per transaction at most (env {ENV['commit_max_records']}; "
         f"default %(default)s)",
     )
+    join.add_argument(
+        "--record-pod-labels",
+        type=parse_globs,
+        default=default("record_pod_labels", ",".join(d.record_pod_labels)),
+        metavar="GLOBS",
+        help=f"pod labels each end of a record carries (k8s.pod.label.<key>), comma-separated "
+        f"globs (env {ENV['record_pod_labels']}; default %(default)s)",
+    )
+    join.add_argument(
+        "--record-node-labels",
+        type=parse_globs,
+        default=default("record_node_labels", ""),
+        metavar="GLOBS",
+        help=f"node labels each end carries (k8s.node.label.<key>; zone and region are "
+        f"fields already), comma-separated globs (env {ENV['record_node_labels']}; "
+        f"default: none)",
+    )
     return parser
 
 
@@ -427,8 +447,8 @@ def join(settings: Settings) -> int:
     stop = _stop_on_signals()
     # Before the two joiners start: a refusal ends the start with one line, not two.
     wait_for_broker(settings.bootstrap_servers)
-    joiner = Joiner(settings)
     if not settings.dns:
+        joiner = Joiner(settings)
         server = serve(settings.metrics_port, joiner.metrics)
         try:
             joiner.run(stop)
@@ -437,9 +457,12 @@ def join(settings: Settings) -> int:
                 server.close()
         return 0
     from enricher.dnsjoin import DnsJoiner
+    from enricher.dnsnames import DnsNames
 
     failed: list[BaseException] = []
-    dns_joiner = DnsJoiner(settings)
+    # The DNS joiner feeds it, the TCP joiner names internet servers with it.
+    names = DnsNames()
+    joiner, dns_joiner = Joiner(settings, names=names), DnsJoiner(settings, names=names)
 
     def run_dns() -> None:
         try:

@@ -6,11 +6,15 @@ under hostNetwork and NAT); the remote end by the address, at the connection's s
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import msgspec
 from msgspec.structs import replace
 
 from enricher.classify import AddressClassifier
+from enricher.dnsnames import DnsNames
 from enricher.index import MetadataIndex, Resolved, canonical_ip
+from enricher.labels import container_fields
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
 from flowscope.locality import is_unnamed, zone_class
 from flowscope.records import (
@@ -24,6 +28,17 @@ from flowscope.records import (
 # Ends that a flowscope collector runs beside (the DaemonSet covers every node), so a
 # connection they opened is reported by their own collector too.
 _OBSERVED = frozenset(("pod", "host", "node"))
+
+
+class LocalEnd(Protocol):
+    """What names a record's local end: the raw TCP and UDP records both carry it."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def pod_uid(self) -> str | None: ...
+    @property
+    def cgroup_path(self) -> str | None: ...
 
 
 def _copied_fields() -> tuple[str, ...]:
@@ -67,6 +82,9 @@ def pod_template(pod: PodMeta, state: MetadataIndex) -> Endpoint:
         node=pod.node,
         zone=node.zone if node else None,
         region=node.region if node else None,
+        **container_fields(pod),
+        pod_labels=state.labels.pod(pod.labels),
+        node_labels=state.labels.node(node.labels) if node else None,
     )
     state.templates[pod.uid] = template
     return template
@@ -83,6 +101,7 @@ def node_template(node: NodeMeta, state: MetadataIndex) -> Endpoint:
             node=node.name,
             zone=node.zone,
             region=node.region,
+            node_labels=state.labels.node(node.labels),
         )
     return template
 
@@ -109,7 +128,7 @@ EXTERNAL = Endpoint(address="", port=0, attribution="external")
 UNRESOLVED = Endpoint(address="", port=0, attribution="unresolved")
 
 
-def local_template(raw: RawTcpConnection, state: MetadataIndex) -> Endpoint:
+def local_template(raw: LocalEnd, state: MetadataIndex) -> Endpoint:
     """The local end without its address, port and process (those vary per record)."""
     uid = raw.pod_uid
     if uid is not None:
@@ -126,6 +145,7 @@ def local_template(raw: RawTcpConnection, state: MetadataIndex) -> Endpoint:
             node=raw.node,
             zone=node.zone if node else None,
             region=node.region if node else None,
+            node_labels=state.labels.node(node.labels) if node else None,
         )
     # No pod uid: a host process, when the collector found the socket's cgroup and it is not
     # a pod's. When it found no cgroup at all (the cgroup was already removed, or the kernel
@@ -142,6 +162,7 @@ def local_template(raw: RawTcpConnection, state: MetadataIndex) -> Endpoint:
             node=raw.node,
             zone=node.zone if node else None,
             region=node.region if node else None,
+            node_labels=state.labels.node(node.labels) if node else None,
         )
     return template
 
@@ -235,10 +256,18 @@ def missing_key(
     return None
 
 
+def server_domain(raw: RawTcpConnection, names: DnsNames | None) -> str | None:
+    """The DNS name of a client's unnamed server (see DnsNames); call only for such ends."""
+    if names is None or raw.role == "server":
+        return None
+    return names.lookup(raw.node, raw.pod_uid, raw.remote_addr, raw.start_time_ns)
+
+
 def enrich(
     raw: RawTcpConnection,
     state: MetadataIndex,
     classifier: AddressClassifier = DEFAULT_CLASSIFIER,
+    names: DnsNames | None = None,
 ) -> EnrichedTcpConnection:
     local = local_endpoint(raw, state)
     remote = remote_endpoint(raw, state, classifier)
@@ -254,6 +283,7 @@ def enrich(
         client, server = remote, local
         c2s, s2c = raw.bytes_received, raw.bytes_sent
         client_observed = remote.attribution in _OBSERVED
+    domain = server_domain(raw, names) if is_unnamed(remote) else None
     return EnrichedTcpConnection(
         start_time_ns=raw.start_time_ns,
         end_time_ns=raw.end_time_ns,
@@ -270,4 +300,5 @@ def enrich(
         retrans_segs=raw.retrans_segs,
         peer_class=peer_class(local, remote, classifier),
         **{name: getattr(raw, name) for name in COPIED_FIELDS},
+        server_domain=msgspec.UNSET if domain is None else domain,
     )

@@ -16,6 +16,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from enricher.labels import LabelSelection
 from enricher.metadata import NodeMeta, PodMeta, ServiceMeta
 from flowscope.records import Endpoint
 
@@ -77,6 +78,8 @@ class MetadataIndex:
 
     def __init__(self, early_tolerance_ns: int = 1_000_000_000) -> None:
         self.early_tolerance_ns = early_tolerance_ns
+        # The labels ends carry: set before the first join (templates are built with it).
+        self.labels = LabelSelection()
         self.pods: dict[str, PodMeta] = {}
         self.nodes: dict[str, NodeMeta] = {}
         self.services: dict[tuple[str, str], ServiceMeta] = {}

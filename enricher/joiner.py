@@ -39,17 +39,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    TopicPartition,
-)
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from enricher import EnricherError
 from enricher.classify import AddressClassifier
+from enricher.dnsnames import DnsNames
 from enricher.follower import MetadataFollower
 from enricher.holdback import Held, Holdback, PartitionKey
 from enricher.outbox import Outbox
@@ -60,14 +54,14 @@ from enricher.transactions import TransactionalOffsets, transactional_id
 from flowscope.codec import DecodeError, JsonCodec
 from flowscope.deadletter import dead_letter_of
 from flowscope.kafka import (
-    CONSUMER_DEFAULTS,
+    ConsumerCounters,
     ProducerFenced,
+    RecordConsumer,
     RecordProducer,
     TopicSpec,
     ensure_topics,
     wait_for_broker,
 )
-from flowscope.kafka_security import secured
 from flowscope.records import RawTcpConnection
 
 log = logging.getLogger("enricher")
@@ -91,7 +85,6 @@ class JoinerCounters:
     held_released_unresolved: int = 0  # emitted unresolved early: revoke or shutdown
     held_overflow: int = 0  # emitted unresolved at once: the hold buffer was full
     deadletter_reasons: Counter[str] = field(default_factory=Counter)
-    consume_errors: int = 0
 
 
 class Joiner:
@@ -100,17 +93,20 @@ class Joiner:
         settings: Settings,
         consumer_overrides: Mapping[str, Any] | None = None,
         producer_overrides: Mapping[str, Any] | None = None,
+        names: DnsNames | None = None,
     ) -> None:
         self._settings = settings
+        self.names = names
         self._topics = settings.topics
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
         self.state = MetadataState(deleted_grace_ns=int(settings.deleted_pod_grace_s * 1e9))
+        self.state.labels = settings.label_selection
         self.classifier = AddressClassifier(settings.cluster_cidrs, settings.other_cluster_cidrs)
         self.holdback: Holdback[RawTcpConnection] = Holdback(
             int(settings.holdback_s * 1e9), settings.holdback_max_records
         )
-        self.renderer = Renderer(self.state, self.classifier)
+        self.renderer = Renderer(self.state, self.classifier, names=names)
         self._render = self.renderer.render
         self._render_many = self.renderer.render_many
         if not NATIVE_BUILT:
@@ -131,7 +127,8 @@ class Joiner:
         self._next_offsets: dict[PartitionKey, int] = {}
         self._raw_codec = JsonCodec(RawTcpConnection)
         self._follower: MetadataFollower | None = None
-        self._consumer: Consumer | None = None
+        self._consumer: RecordConsumer | None = None
+        self._consumer_counters = ConsumerCounters()  # the consumer's, once it exists
         self._producer: RecordProducer | None = None
         # Letters for refused metadata records: never transactional, because the metadata is
         # read outside any consume-transform-produce cycle (at start, and between batches).
@@ -177,21 +174,16 @@ class Joiner:
             len(self.state.nodes),
             len(self.state.services),
         )
-        config: dict[str, Any] = {
-            **CONSUMER_DEFAULTS,
-            **self._consumer_overrides,
-            "bootstrap.servers": s.bootstrap_servers,
-            "group.id": s.consumer_group,
-        }
+        required: dict[str, Any] = {}
         if s.instance:
             # Static membership: a restarted instance rejoins as the same member and gets
             # its partitions back at once, not after the dead member's session timeout.
-            config["group.instance.id"] = f"{s.instance}.tcp"
+            required["group.instance.id"] = f"{s.instance}.tcp"
         if s.exactly_once:
             # Offsets travel in the transaction, never by auto-commit; read_committed makes
             # the committed-offset fetch wait for a transaction still being resolved.
-            config["enable.auto.commit"] = False
-            config["isolation.level"] = "read_committed"
+            required["enable.auto.commit"] = False
+            required["isolation.level"] = "read_committed"
             # Created (and its transactions initialised) before the consumer joins: that
             # fences the zombie with the same id and aborts its open transaction first.
             tid = transactional_id(s.consumer_group, s.instance or uuid.uuid4().hex, "tcp")
@@ -201,7 +193,10 @@ class Joiner:
             log.info("exactly-once output: transactional.id %s", tid)
         else:
             self._producer = RecordProducer(s.bootstrap_servers, self._producer_overrides)
-        self._consumer = Consumer(secured(config))
+        self._consumer = RecordConsumer(
+            s.bootstrap_servers, s.consumer_group, self._consumer_overrides, required=required
+        )
+        self._consumer_counters = self._consumer.counters
         if s.exactly_once:
             self._txn = TransactionalOffsets(
                 self._consumer,
@@ -227,8 +222,7 @@ class Joiner:
                 if self._follower.poll(self.state.apply):
                     self.retry_held()
                 batch = self._consumer.consume(
-                    num_messages=self._messages_per_consume,
-                    timeout=self._settings.poll_timeout_s,
+                    self._messages_per_consume, self._settings.poll_timeout_s
                 )
                 if batch:
                     self.process_batch(batch)
@@ -251,12 +245,12 @@ class Joiner:
             return
         topic = self._topics.enriched_tcp
         try:
-            meta = self._consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+            partitions = self._consumer.partitions(topic)
         except KafkaException as exc:
             log.warning("could not read the partition count of %s: %s", topic, exc)
             return
-        if meta is not None and meta.error is None and meta.partitions:
-            self._outbox.partitions = len(meta.partitions)
+        if partitions:
+            self._outbox.partitions = len(partitions)
 
     def _produce_enriched(self, topic: str, value: bytes, key: str, records: int) -> None:
         assert self._producer is not None
@@ -299,15 +293,13 @@ class Joiner:
     # -- the hot path -----------------------------------------------------------------------
 
     def process_batch(self, batch: list[Message]) -> None:
+        """Join a batch of messages (RecordConsumer.consume hands on no error messages)."""
         assert self._consumer is not None and self._producer is not None
         touched: set[PartitionKey] = set()
         next_offsets = self._next_offsets
         handle = self.handle
         records_before = self.counters.records_in
         for msg in batch:
-            if msg.error() is not None:
-                self._consume_error(msg)
-                continue
             part = (msg.topic() or "", msg.partition() or 0)
             offset = msg.offset() or 0
             handle(msg, part, offset)
@@ -322,12 +314,6 @@ class Joiner:
             self._store_offsets(touched)
         if self._txn is not None:
             self._txn.took(records)
-
-    def _consume_error(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None and err.code() != KafkaError._PARTITION_EOF:
-            self.counters.consume_errors += 1
-            log.warning("consume error: %s", err)
 
     def _store_offsets(self, partitions: set[PartitionKey]) -> None:
         """Store (for the next auto-commit) how far each partition is done: up to the oldest
@@ -346,7 +332,7 @@ class Joiner:
         if self._txn is not None:
             self._txn.store(offsets)  # committed with the output, in its transaction
         else:
-            self._consumer.store_offsets(offsets=offsets)
+            self._consumer.store_offsets(offsets)
 
     def _rewind(self) -> None:
         """The open transaction was aborted: its output will never be read and its offsets
@@ -365,9 +351,7 @@ class Joiner:
         if not kept:
             return
         try:
-            for tp in self._consumer.committed(kept, timeout=30.0):
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            self._consumer.rewind(kept)
         except KafkaException as exc:
             # Going on from here would lose the aborted output: stop, a restart re-reads.
             raise EnricherError(f"could not rewind after an aborted transaction: {exc}") from exc
@@ -501,7 +485,7 @@ class Joiner:
                 self.counters.held_released_unresolved += 1
             self.emit(held.item, out)
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, _consumer: RecordConsumer, partitions: list[TopicPartition]) -> None:
         """Partitions move to another instance: emit what is held from them first, so the
         offsets committed at the revoke cover them (the new owner starts after them)."""
         revoked = {(tp.topic, tp.partition) for tp in partitions}
@@ -549,7 +533,7 @@ class Joiner:
             "enricher_remote_other_cluster_total": c.remote_other_cluster,
             "enricher_local_unresolved_total": c.local_unresolved,
             "enricher_deadletter_total": c.deadlettered,
-            "enricher_consume_errors_total": c.consume_errors,
+            "enricher_consume_errors_total": self._consumer_counters.errors,
             "enricher_held_total": c.held,
             "enricher_held_resolved_total": c.held_resolved,
             "enricher_held_expired_unresolved_total": c.held_expired,
@@ -567,6 +551,9 @@ class Joiner:
         # A copy first: /metrics reads this from its own thread while the loop adds reasons.
         for category, n in sorted(dict(c.deadletter_reasons).items()):
             out[f"enricher_deadletter_{category}_total"] = n
+        if self.names is not None:
+            out.update(self.names.counters.as_metrics())
+            out["enricher_dns_names_addresses"] = len(self.names)
         if self._follower is not None:
             out["enricher_metadata_read_errors_total"] = self._follower.read_errors
         if self._producer is not None:

@@ -16,10 +16,11 @@ from typing import Any, Protocol
 import yaml
 
 from enricher import EnricherError
-from enricher.metadata import Meta, NodeMeta, PodMeta, ServiceMeta, ServicePort
+from enricher.metadata import ContainerMeta, Meta, NodeMeta, PodMeta, ServiceMeta, ServicePort
 
 ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
 REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region")
+_NODE_FIELD_LABELS = frozenset((*ZONE_LABELS, *REGION_LABELS, "kubernetes.io/hostname"))
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 # CronJob controllers name their Jobs `<cronjob>-<scheduled time in minutes>`.
 _CRONJOB_JOB_NAME = re.compile(r"^(?P<cronjob>.+)-\d+$")
@@ -262,7 +263,26 @@ def pod_meta(
         ),
         services=sorted(set(services)),
         annotations=fields.pick_annotations(m),
+        containers=_containers(spec, status),
     )
+
+
+def _containers(spec: Mapping[str, Any], status: Mapping[str, Any]) -> list[ContainerMeta]:
+    """App containers with the image the runtime resolved (status.imageID) where it says."""
+    image_ids = {
+        str(cs.get("name")): str(cs["imageID"])
+        for cs in status.get("containerStatuses") or []
+        if cs.get("imageID")
+    }
+    return [
+        ContainerMeta(
+            name=str(c["name"]),
+            image=str(c.get("image") or ""),
+            image_id=image_ids.get(str(c["name"])),
+        )
+        for c in spec.get("containers") or []
+        if c.get("name")
+    ]
 
 
 def endpointslice_backends(eps: Obj) -> tuple[str, set[str]]:
@@ -297,6 +317,8 @@ def node_meta(node: Obj) -> NodeMeta:
         zone=_first_label(labels, ZONE_LABELS),
         region=_first_label(labels, REGION_LABELS),
         addresses=addresses,
+        # Zone, region and host name are fields already; the rest (racks, pools...) travel.
+        labels={str(k): str(v) for k, v in labels.items() if k not in _NODE_FIELD_LABELS},
     )
 
 

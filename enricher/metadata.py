@@ -16,6 +16,16 @@ import msgspec
 METADATA_VERSION = 1
 
 
+class ContainerMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """One app container of a pod (spec.containers joined with its containerStatuses)."""
+
+    name: str
+    image: str  # as the spec says it: registry/repository:tag (or @digest)
+    # status.imageID: what the runtime resolved the image to (a repo digest under
+    # containerd, CRI-O and Docker); None until the container started.
+    image_id: str | None = None
+
+
 class PodMeta(msgspec.Struct, frozen=True, kw_only=True, tag="Pod", tag_field="kind"):
     v: int = METADATA_VERSION
     uid: str
@@ -38,6 +48,9 @@ class PodMeta(msgspec.Struct, frozen=True, kw_only=True, tag="Pod", tag_field="k
     # hold anything, secrets included (e.g. last-applied-configuration). Same version: older
     # records have none.
     annotations: dict[str, str] = msgspec.field(default_factory=dict)
+    # App containers in spec order (init and ephemeral containers are left out). Same
+    # version: older records have none.
+    containers: list[ContainerMeta] = msgspec.field(default_factory=list)
 
     def key(self) -> str:
         return pod_key(self.namespace, self.name)
@@ -49,6 +62,9 @@ class NodeMeta(msgspec.Struct, frozen=True, kw_only=True, tag="Node", tag_field=
     zone: str | None
     region: str | None
     addresses: list[str]
+    # The node's labels (a rack, a host group, an instance type...): the joiner puts those it
+    # is told to on records. Same version: older records have none.
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
 
     def key(self) -> str:
         return node_key(self.name)

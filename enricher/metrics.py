@@ -33,6 +33,11 @@ _PUB_WATCH = _c("publisher_watch_events", "API server list/watch counters", "kin
 _PUB_LEASE = _c("publisher_lease_events", "leader-election Lease outcomes", "outcome")
 _PUB_MESSAGES = _c("publisher_kafka_messages", "metadata messages by outcome", "outcome")
 
+_NAMED = _c("server_name_lookups", "internet servers named from DNS answers, by how", "outcome")
+_ANSWERS = _c("dns_answers", "DNS answers seen for naming servers", "outcome")
+_EVICTED = _c("dns_names_evicted_addresses", "addresses dropped for the per-node bound")
+
+_UDP = {"signal": "udp"}
 _DNS = {"signal": "dns"}
 _TCP = {"signal": "tcp"}
 
@@ -44,6 +49,18 @@ RULES: tuple[Rule, ...] = (
     Rule("enricher_dns_deadlettered_total", _DEAD, _DNS),
     Rule("enricher_dns_(?P<reason>metadata)_deadlettered_total", _DEAD_REASONS, _DNS),
     Rule("enricher_dns_consume_errors_total", _CONSUME, _DNS),
+    # UDP flows are joined by the DNS joiner's thread; their counters sit with its own.
+    Rule("enricher_dns_udp_records_in_total", _IN, _UDP),
+    Rule("enricher_dns_udp_enriched_total", _ENRICHED, _UDP),
+    Rule(
+        "enricher_dns_udp_(?P<side>client|server)_(?P<outcome>unresolved)_total", _ENDPOINTS, _UDP
+    ),
+    Rule(
+        "enricher_dns_names_(?P<outcome>named_by_pod|named_by_node|expired|no_name)_total", _NAMED
+    ),
+    Rule("enricher_dns_names_answers_(?P<outcome>indexed|unusable)_total", _ANSWERS),
+    Rule("enricher_dns_names_evicted_addresses_total", _EVICTED),
+    Rule("enricher_dns_names_addresses", _g("dns_names_addresses", "addresses with a DNS name")),
     Rule("enricher_records_in_total", _IN, _TCP),
     Rule("enricher_records_enriched_total", _ENRICHED, _TCP),
     Rule(

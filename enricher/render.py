@@ -23,6 +23,7 @@ import msgspec
 from msgspec.structs import replace
 
 from enricher.classify import AddressClassifier
+from enricher.dnsnames import DnsNames
 from enricher.enrich import (
     _OBSERVED,
     COPIED_FIELDS,
@@ -33,6 +34,7 @@ from enricher.enrich import (
     local_template,
     missing_key,
     pod_template,
+    server_domain,
     template_of,
 )
 from enricher.index import MetadataIndex, canonical_ip
@@ -96,6 +98,8 @@ _PLAIN = (
     _HEAD_FMT + b'"client":' + _REMOTE + b',"server":' + _LOCAL + b"," + _TAIL_FMT
     + _COPIED_FMT + b"}",
 )  # fmt: skip
+_UNNAMED = frozenset(("external", "unresolved"))
+_DOMAIN_KEY = b',"%s":' % _ENCODE_NAMES["server_domain"].encode()
 _ROLE = {"client": b"client", "server": b"server", "unknown": b"unknown"}
 _BOOL = {True: b"true", False: b"false"}
 _NETWORK = {4: b"ipv4", 6: b"ipv6"}
@@ -168,10 +172,15 @@ def _locality(local: tuple[str | None, str | None], remote: tuple[str | None, st
 
 class Renderer:
     def __init__(
-        self, state: MetadataIndex, classifier: AddressClassifier, native: bool = True
+        self,
+        state: MetadataIndex,
+        classifier: AddressClassifier,
+        native: bool = True,
+        names: DnsNames | None = None,
     ) -> None:
         self.state = state
         self.classifier = classifier
+        self.names = names  # DNS names of servers outside the metadata (enricher/dnsnames.py)
         # The C loop when it was built; the Python loop if told so (or if self_check fails).
         self.native = native and _native is not None
         self._enc = msgspec.json.Encoder()
@@ -194,7 +203,7 @@ class Renderer:
 
     def reference(self, raw: RawTcpConnection) -> Rendered:
         """The same result through :func:`enrich` and the codec: the definition of correct."""
-        out = enrich(raw, self.state, self.classifier)
+        out = enrich(raw, self.state, self.classifier, self.names)
         local, remote = (
             (out.server, out.client) if raw.role == "server" else (out.client, out.server)
         )
@@ -312,8 +321,26 @@ class Renderer:
                 self,
                 self._internet,
             )
-            return rendered
-        return self.render_many_py(raws)
+        else:
+            rendered = self.render_many_py(raws)
+        if self.names is not None:
+            self._add_domains(raws, rendered)
+        return rendered
+
+    def _add_domains(self, raws: Sequence[RawTcpConnection], rendered: list[Rendered]) -> None:
+        """Append ``server.address`` to records whose server nobody in the metadata holds:
+        the last field of the record, so the bytes stay what the reference encodes."""
+        lookup, enc = self.state.lookup, self._enc
+        for i, out in enumerate(rendered):
+            if out.remote_attribution not in _UNNAMED:
+                continue
+            raw = raws[i]
+            if lookup(raw.remote_addr, raw.start_time_ns) is not None:
+                continue  # a Service's ClusterIP the collector could not translate
+            name = server_domain(raw, self.names)
+            if name is not None:
+                value = out.value[:-1] + _DOMAIN_KEY + enc.encode(name) + b"}"
+                rendered[i] = out._replace(value=value)
 
     # The C loop's ways back into Python, for everything but the common case.
     def _local_of(self, raw: RawTcpConnection) -> Fragment:

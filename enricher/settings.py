@@ -7,6 +7,7 @@ from pathlib import Path
 
 from enricher.classify import Network
 from enricher.kubeobjects import PodFields
+from enricher.labels import DEFAULT_POD_LABELS, LabelSelection
 from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from flowscope.topics import DEFAULT_PREFIX, Topics
 
@@ -75,10 +76,18 @@ class Settings:
     commit_interval_s: float = 0.1
     commit_max_records: int = 50_000
     kafka_security: KafkaSecurity = PLAINTEXT
+    # join: the pod and node labels each end of a record carries (globs); the metadata must
+    # carry them too (publish_labels for pods; node labels always travel).
+    record_pod_labels: tuple[str, ...] = DEFAULT_POD_LABELS
+    record_node_labels: tuple[str, ...] = ()
 
     @property
     def pod_fields(self) -> PodFields:
         return PodFields(labels=self.publish_labels, annotations=self.publish_annotations)
+
+    @property
+    def label_selection(self) -> LabelSelection:
+        return LabelSelection(self.record_pod_labels, self.record_node_labels)
 
     @property
     def topics(self) -> Topics:

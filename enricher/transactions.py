@@ -22,9 +22,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
-from flowscope.kafka import RecordProducer, TransactionAborted
+from flowscope.kafka import RecordConsumer, RecordProducer, TransactionAborted
 
 log = logging.getLogger("enricher")
 
@@ -39,7 +39,7 @@ def transactional_id(group: str, instance: str, role: str) -> str:
 class TransactionalOffsets:
     def __init__(
         self,
-        consumer: Consumer,
+        consumer: RecordConsumer,
         producer: RecordProducer,
         interval_s: float,
         max_records: int,

@@ -20,7 +20,7 @@ class Topics:
 
     @property
     def raw_udp(self) -> str:
-        """Collector -> consumers: UDP bytes/packets per (local, remote) pair per window."""
+        """Collector -> enricher: UDP bytes/packets per (local, remote) pair per window."""
         return f"{self.prefix}.raw.udp"
 
     @property
@@ -42,6 +42,11 @@ class Topics:
     def enriched_dns(self) -> str:
         """Enricher -> processors and data lake: one record per DNS query per observing end."""
         return f"{self.prefix}.enriched.dns"
+
+    @property
+    def enriched_udp(self) -> str:
+        """Enricher -> processors and data lake: UDP volume per flow per window, both ends named."""
+        return f"{self.prefix}.enriched.udp"
 
     @property
     def metrics_dns(self) -> str:

@@ -288,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.bootstrap_servers,
             [
                 TopicSpec(topics.enriched_tcp),
+                TopicSpec(topics.enriched_udp),
                 TopicSpec(topics.enriched_dns),
                 TopicSpec(topics.metrics_dns),
                 TopicSpec(topics.metrics_tcp_pairs),

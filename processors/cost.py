@@ -6,6 +6,16 @@ the table's ``sent`` price for what it sends and ``received`` price for what it 
 the path's class; an end outside the cluster (the internet) is not ours and pays nothing here.
 So a workload's roll-up is exactly its share, and the shares of all workloads add up to the
 total cost of the window.
+
+Traffic with a server outside the cluster is also rolled up per destination domain (scope
+``domain``): the client's share, under the server's DNS name grouped by the price table's
+``domain_groups`` (``unnamed`` for an internet server no DNS answer named).
+
+Each end inside the cluster is also charged by the pod labels and node labels the table's
+``rollup_labels`` and ``rollup_node_labels`` name (scopes ``label`` and ``node_label``,
+``<key>=<value>``, or ``<key>=(none)`` for an end without it: no label value has parentheses),
+so that cost per team (or per rack) adds up to the window's total like the workload shares;
+and by its node's region (scope ``region``) where the node has one.
 """
 
 from __future__ import annotations
@@ -14,10 +24,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from flowscope.records import CostPairMetric, CostRollupMetric
+from flowscope.records.vocabulary import Transport
 from processors.connections import ClosedWindow
 from processors.prices import PriceTable, publishable
 
 ZERO = Decimal(0)
+NO_LABEL = "(none)"  # an end without a rolled-up label (never a label value: no parentheses)
+UNNAMED_DOMAIN = "unnamed"  # the domain roll-up of servers no DNS answer named
 
 
 @dataclass
@@ -51,17 +64,33 @@ class _Rollup:
 PairCostKey = tuple[str, str, str | None, str | None, str]
 
 
-def cost_pair_id(start_ns: int, partition: int, key: PairCostKey) -> str:
+def cost_pair_id(
+    start_ns: int, partition: int, key: PairCostKey, transport: str = "tcp"
+) -> str:
     src, dst, szone, dzone, cost_class = key
-    return f"cost.pair|{start_ns}|{partition}|{src}|{dst}|{szone or ''}|{dzone or ''}|{cost_class}"
+    # TCP's ids stay as they were; UDP's are apart (a pair has a record per transport).
+    kind = "cost.pair" if transport == "tcp" else f"cost.pair.{transport}"
+    return f"{kind}|{start_ns}|{partition}|{src}|{dst}|{szone or ''}|{dzone or ''}|{cost_class}"
 
 
-def rollup_id(start_ns: int, partition: int, scope: str, name: str) -> str:
-    return f"cost.rollup|{start_ns}|{partition}|{scope}|{name}"
+def rollup_id(
+    start_ns: int, partition: int, scope: str, name: str, transport: str = "tcp"
+) -> str:
+    kind = "cost.rollup" if transport == "tcp" else f"cost.rollup.{transport}"
+    return f"{kind}|{start_ns}|{partition}|{scope}|{name}"
+
+
+def _label_scopes(
+    scope: str, keys: tuple[str, ...], labels: tuple[tuple[str, str], ...]
+) -> list[tuple[str, str]]:
+    if not keys:
+        return []
+    found = dict(labels)
+    return [(scope, f"{k}={found.get(k, NO_LABEL)}") for k in keys]
 
 
 def cost_metrics(
-    window: ClosedWindow, table: PriceTable
+    window: ClosedWindow, table: PriceTable, transport: Transport = "tcp"
 ) -> tuple[list[CostPairMetric], list[CostRollupMetric]]:
     pairs: dict[PairCostKey, _PairCost] = {}
     rollups: dict[tuple[str, str], _Rollup] = {}
@@ -93,22 +122,39 @@ def cost_metrics(
         pc.usd_source += usd_src
         pc.usd_destination += usd_dst
         ends = (
-            (key.client_in_cluster, key.client_workload, cell.client_namespace, c2s, s2c, usd_src),
-            (key.server_in_cluster, key.server_workload, cell.server_namespace, s2c, c2s, usd_dst),
-        )
-        for inside, workload, namespace, sent, received, usd in ends:
+            (key.client_in_cluster, key.client_workload, cell.client_namespace, c2s, s2c, usd_src,
+             key.client_labels, key.client_node_labels, key.client_region),
+            (key.server_in_cluster, key.server_workload, cell.server_namespace, s2c, c2s, usd_dst,
+             key.server_labels, key.server_node_labels, key.server_region),
+        )  # fmt: skip
+        for inside, workload, namespace, sent, received, usd, labels, node_labels, region in ends:
             if not inside:
                 continue
             scopes = [("workload", workload)]
             if namespace is not None:
                 scopes.append(("namespace", namespace))
+            if region is not None:
+                scopes.append(("region", region))
+            scopes += _label_scopes("label", table.rollup_labels, labels)
+            scopes += _label_scopes("node_label", table.rollup_node_labels, node_labels)
             for scope in scopes:
                 rollups.setdefault(scope, _Rollup()).charge(key.peer_class, sent, received, usd)
+        domain = key.server_domain
+        # Internet servers, and any other server a DNS answer named (not, say, a host
+        # process talking to a private address nobody named).
+        if key.client_in_cluster and not key.server_in_cluster and (
+            domain is not None or key.peer_class == "internet"
+        ):
+            name = table.domain_group(domain) if domain is not None else UNNAMED_DOMAIN
+            rollups.setdefault(("domain", name), _Rollup()).charge(
+                key.peer_class, c2s, s2c, usd_src
+            )
 
     start, part = window.start_ns, window.partition
     pair_records = [
         CostPairMetric(
-            metric_id=cost_pair_id(start, part, k),
+            metric_id=cost_pair_id(start, part, k, transport),
+            transport=transport,
             window_start_ns=start,
             window_end_ns=window.end_ns,
             source_partition=part,
@@ -132,7 +178,8 @@ def cost_metrics(
     ]
     rollup_records = [
         CostRollupMetric(
-            metric_id=rollup_id(start, part, scope, name),
+            metric_id=rollup_id(start, part, scope, name, transport),
+            transport=transport,
             window_start_ns=start,
             window_end_ns=window.end_ns,
             source_partition=part,

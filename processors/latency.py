@@ -24,12 +24,17 @@ class _Group:
     client_zones: set[str] = field(default_factory=set)
     server_zones: set[str] = field(default_factory=set)
     peer_classes: set[str] = field(default_factory=set)
+    server_domain: str | None = None
 
 
 def _groups(window: ClosedWindow, with_service: bool) -> dict[tuple[str, ...], _Group]:
     groups: dict[tuple[str, ...], _Group] = {}
     for key, cell in window.cells.items():
-        gkey: tuple[str, ...] = (key.client_workload, key.server_workload)
+        server = key.server_workload
+        if with_service and key.server_domain is not None:
+            # A server outside the cluster that DNS named: its addresses are one server.
+            server = f"{server.split('/', 1)[0]}/{key.server_domain}"
+        gkey: tuple[str, ...] = (key.client_workload, server)
         if with_service:
             gkey += (key.service or "",)
         g = groups.get(gkey)
@@ -55,6 +60,8 @@ def _groups(window: ClosedWindow, with_service: bool) -> dict[tuple[str, ...], _
         if key.server_zone is not None:
             g.server_zones.add(key.server_zone)
         g.peer_classes.add(key.peer_class)
+        if with_service and key.server_domain is not None:
+            g.server_domain = key.server_domain
     return groups
 
 
@@ -96,6 +103,7 @@ def latency_metrics(window: ClosedWindow) -> list[TcpLatencyMetric]:
                 retransmission_rate=g.retrans_segs / g.segs_out if g.segs_out else None,
                 connect_latency_sketch=g.connect.to_dict() if g.connect.count else None,
                 rtt_sketch=g.rtt.to_dict() if g.rtt.count else None,
+                server_domain=g.server_domain,
             )
         )
     return out

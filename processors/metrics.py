@@ -1,5 +1,5 @@
 """The processors' metrics: how each stage's :meth:`~processors.stage.WindowedStage.counters`
-(keys prefixed ``tcp_`` or ``dns_``) are exposed on ``/metrics``."""
+(keys prefixed ``tcp_``, ``udp_`` or ``dns_``) are exposed on ``/metrics``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _g(what: str, help: str, *labels: str) -> Metric:
     return Metric(f"flowscope_processors_{what}", help, "gauge", ("signal", *labels))
 
 
-_S = "(?P<signal>tcp|dns)_"
+_S = "(?P<signal>tcp|udp|dns)_"
 _RECORDS = _c("records", "records by what the window did with them", "outcome")
 _OUTPUTS = _c("output_messages", "window outputs (metrics, alerts) by outcome", "outcome")
 _REVOKED = _c("records_dropped_on_revoke", "counted records lost to a partition move")

@@ -39,6 +39,20 @@ class PriceTable:
     cloud: str
     bytes_per_gb: int
     prices: dict[str, PathPrice]  # class -> price; classes absent here are not priced
+    # Domain names a suffix groups (x.s3.amazonaws.com -> s3.amazonaws.com), longest first.
+    domain_groups: tuple[str, ...] = ()
+    # Pod and node label keys that cost is also rolled up by (scopes "label", "node_label").
+    rollup_labels: tuple[str, ...] = ()
+    rollup_node_labels: tuple[str, ...] = ()
+
+    def domain_group(self, name: str) -> str:
+        """The roll-up name of a server's domain: the longest listed suffix it is below (or
+        equal to), else the name itself."""
+        name = name.rstrip(".").lower()
+        for suffix in self.domain_groups:
+            if name == suffix or name.endswith("." + suffix):
+                return suffix
+        return name
 
     def price(self, cost_class: str) -> PathPrice | None:
         return self.prices.get(cost_class)
@@ -97,7 +111,27 @@ def parse_price_table(data: Any, cloud: str | None = None, source: str = "prices
             sent=_decimal(entry["sent"], f"{where}.sent"),
             received=_decimal(entry["received"], f"{where}.received"),
         )
-    return PriceTable(cloud=chosen, bytes_per_gb=bytes_per_gb, prices=prices)
+    groups = data.get("domain_groups") or []
+    if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+        raise PriceTableError(f"{source}: domain_groups must be a list of domain suffixes")
+    suffixes = {g.strip().removeprefix("*.").rstrip(".").lower() for g in groups}
+    if any("*" in g or not g for g in suffixes):
+        raise PriceTableError(f"{source}: domain_groups: a '*' may only lead a suffix (*.x)")
+    return PriceTable(
+        cloud=chosen,
+        bytes_per_gb=bytes_per_gb,
+        prices=prices,
+        domain_groups=tuple(sorted(suffixes, key=lambda g: (-g.count("."), g))),
+        rollup_labels=_keys(data, "rollup_labels", source),
+        rollup_node_labels=_keys(data, "rollup_node_labels", source),
+    )
+
+
+def _keys(data: dict[str, Any], name: str, source: str) -> tuple[str, ...]:
+    keys = data.get(name) or []
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise PriceTableError(f"{source}: {name} must be a list of label keys")
+    return tuple(dict.fromkeys(keys))
 
 
 def load_price_table(path: Path, cloud: str | None = None) -> PriceTable:

@@ -19,7 +19,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from simnode import cgroup, network, objects
-from simnode.commands import require_tools
+from simnode.commands import require_tools, run
 from simnode.errors import SimNodeError
 from simnode.kubeproxy import KubeProxy, KubeProxyMode, ServicePortRule
 from simnode.names import (
@@ -111,10 +111,12 @@ class Cluster:
         next(node_ips)  # .1 looks like a gateway; skip it
         self.nodes: dict[str, Node] = {
             s.name: Node(s.name, s.zone, s.region, s.internal_ip or str(next(node_ips)),
-                         str(uuid.uuid4()))
+                         str(uuid.uuid4()), dict(s.labels))
             for s in specs
         }
         self.pods: dict[str, Pod] = {}
+        # Pods playing hosts on the internet (add_internet_host): never in the objects.
+        self._outside: set[str] = set()
         # Pods removed by delete_pod, oldest first; their metadata carries the deletion time.
         self.deleted_pods: list[Pod] = []
         # Host veth names are numbered by this counter, not by len(pods): pods come and go.
@@ -320,6 +322,34 @@ class Cluster:
         self._sync_services()
         return pod
 
+    def add_internet_host(self, name: str, *, node: str, count: int) -> tuple[Pod, list[str]]:
+        """A host "on the internet": a pod the metadata never lists (``objects`` leaves it
+        out), answering on ``count`` global addresses routed to it from the node, as a NAT
+        gateway would deliver them. Returns the pod and its addresses.
+
+        The addresses come from 192.88.99.0/24, the retired 6to4 relay anycast block (RFC
+        7526): global (``ipaddress`` and the enricher class them internet) yet unused, so
+        routing them here takes nothing real away. Their routes go with the bridge or veth.
+        """
+        pod = self.add_pod(None, node=node, name=name, namespace="internet")
+        self._outside.add(name)
+        taken = set(network.routed_prefixes())
+        # In random order: another run may take addresses between our look and our add.
+        free = [str(a) for a in _random_block_hosts(INTERNET_BLOCK) if str(a) not in taken]
+        secrets.SystemRandom().shuffle(free)
+        if len(free) < count:
+            raise SimNodeError(f"only {len(free)} free addresses in {INTERNET_BLOCK}")
+        addrs = free[:count]
+        assert pod.netns is not None and pod.host_veth is not None
+        for addr in addrs:
+            run(["ip", "-n", pod.netns, "addr", "add", f"{addr}/32", "dev", "eth0"])
+            if self.pod_wiring == "bridge":
+                run(["ip", "route", "add", f"{addr}/32", "via", pod.ip,
+                             "dev", self.bridge])  # fmt: skip
+            else:
+                run(["ip", "route", "add", f"{addr}/32", "dev", pod.host_veth])
+        return pod, addrs
+
     def delete_pod(self, name: str) -> Pod:
         """Delete a pod as the kubelet would: kill its processes, remove its netns (eth0 and
         the veth pair go with it) and its cgroups, and release its IP for reuse.
@@ -461,7 +491,7 @@ class Cluster:
         deleted = [p.meta for p in self.deleted_pods] if include_deleted else []
         return objects.cluster_objects(
             list(self.nodes.values()),
-            deleted + [p.meta for p in self.pods.values()],
+            deleted + [p.meta for n, p in self.pods.items() if n not in self._outside],
             list(self.services.values()),
             created=self.created,
             salt=self.run_id,
@@ -480,6 +510,9 @@ class Cluster:
             self.objects(include_workloads=include_workloads, include_deleted=include_deleted),
             path,
         )
+
+
+INTERNET_BLOCK = ipaddress.IPv4Network("192.88.99.0/24")
 
 
 def claim_ip(

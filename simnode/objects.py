@@ -7,6 +7,7 @@ fills in are used, under their real names.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +29,15 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 CONTAINER_ID_SCHEMES = {"containerd": "containerd", "crio": "cri-o", "docker": "docker"}
 
 
+def image_id(image: str) -> str:
+    """status.imageID as containerd and CRI-O report it: the repository and the digest the
+    tag resolved to (the digest here is made up from the name, stable per image)."""
+    name = image.partition("@")[0]
+    if name.rfind(":") > name.rfind("/"):
+        name = name[: name.rfind(":")]
+    return f"{name}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
+
+
 def _uid(kind: str, namespace: str, name: str, salt: str) -> str:
     # Owners (ReplicaSet, Deployment) are not tracked objects of their own, but their uid
     # must be stable between the pod's ownerReference and the owner object.
@@ -43,6 +53,7 @@ def node_object(node: Node, created: str) -> Obj:
             "uid": node.uid,
             "creationTimestamp": created,
             "labels": {
+                **node.labels,
                 HOSTNAME_LABEL: node.name,
                 "kubernetes.io/os": "linux",
                 ZONE_LABEL: node.zone,
@@ -113,7 +124,7 @@ def pod_object(pod: PodMeta, salt: str) -> Obj:
                     "name": pod.container_name,
                     "containerID": f"{CONTAINER_ID_SCHEMES[pod.runtime]}://{pod.container_id}",
                     "image": pod.image,
-                    "imageID": pod.image,
+                    "imageID": image_id(pod.image),
                     "ready": True,
                     "started": True,
                     "restartCount": 0,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from simnode.cgroup import QosClass, Runtime
 
@@ -24,6 +25,8 @@ class NodeSpec:
     zone: str
     region: str = "region-1"
     internal_ip: str | None = None  # None: the cluster assigns one from its node CIDR
+    # More node labels (a rack, a node pool), beside the zone, region and host name ones.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def default_nodes() -> tuple[NodeSpec, ...]:
@@ -42,6 +45,7 @@ class Node:
     region: str
     internal_ip: str
     uid: str
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

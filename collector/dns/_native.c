@@ -92,6 +92,7 @@ typedef struct {
     int naddrs, cap_addrs;
     uint16_t *addr_off;
     uint8_t *addr_len;
+    int64_t min_ttl; /* smallest TTL of the answer section's A/AAAA/CNAME records; -1: none */
 } Msg;
 
 static int is_plain(uint8_t b) { return b >= 0x21 && b < 0x7F && b != '.' && b != '\\'; }
@@ -175,6 +176,7 @@ static int parse_msg(const uint8_t *d, int end, int clipped, Msg *m)
     m->reason = RSN_OK;
     m->has_header = m->has_question = 0;
     m->naddrs = 0;
+    m->min_ttl = -1;
     m->complete = 0;
     if (end < 12) {
         m->reason = RSN_SHORT_HEADER;
@@ -228,6 +230,12 @@ static int parse_msg(const uint8_t *d, int end, int clipped, Msg *m)
                 goto stop;
             }
             if (section == 0) {
+                if (rtype == 1 || rtype == 28 || rtype == 5) {
+                    /* as parser._TTL_TYPES; RFC 2181 8: a TTL with the top bit set is 0 */
+                    int64_t t = ttl < 0x80000000u ? (int64_t)ttl : 0;
+                    if (m->min_ttl < 0 || t < m->min_ttl)
+                        m->min_ttl = t;
+                }
                 if (rtype == 1 || rtype == 28) {
                     if (rdlength != (rtype == 1 ? 4 : 16)) {
                         rc = RSN_BAD_RDATA;
@@ -855,12 +863,18 @@ static int emit(Engine *s, const Result *x)
             if (w_str(s, &n, a, (size_t)al))
                 return -1;
         }
+        W("],\"answer_ttl_s\":");
+        if (m->min_ttl < 0)
+            W("null");
+        else if (w_int(s, &n, m->min_ttl))
+            return -1;
         if (m->flags & 0x0200)
-            W("],\"response_truncated\":true");
+            W(",\"response_truncated\":true");
         else
-            W("],\"response_truncated\":false");
+            W(",\"response_truncated\":false");
     } else {
-        W("null,\"answer_count\":null,\"answer_addrs\":[],\"response_truncated\":false");
+        W("null,\"answer_count\":null,\"answer_addrs\":[],\"answer_ttl_s\":null,"
+          "\"response_truncated\":false");
     }
     W(",\"attempts\":");
     if (w_int(s, &n, x->attempts))

@@ -37,6 +37,8 @@ TYPE_A: Final = 1
 TYPE_CNAME: Final = 5
 TYPE_AAAA: Final = 28
 TYPE_OPT: Final = 41
+# Answer records whose TTL bounds how long the answer's addresses may be used.
+_TTL_TYPES: Final = frozenset((TYPE_A, TYPE_AAAA, TYPE_CNAME))
 
 TYPE_NAMES: Final = {
     1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT",
@@ -111,6 +113,8 @@ class Message(NamedTuple):
     answer_addrs: tuple[str, ...]  # A and AAAA rdata of the answer section, in order
     cnames: tuple[str, ...]  # CNAME targets in the answer section
     complete: bool  # False: the capture was clipped before the end of the message
+    # The smallest TTL of the answer section's A, AAAA and CNAME records; None if none.
+    min_ttl: int | None = None
 
     @property
     def question(self) -> Question | None:
@@ -217,6 +221,7 @@ def _parse_body(data: bytes, header: Header, clipped: bool) -> Message:
     questions: list[Question] = []
     addrs: list[str] = []
     cnames: list[str] = []
+    ttls: list[int] = []
     rcode = header.rcode
     pos = HEADER_SIZE
     section_counts = (header.ancount, header.nscount, header.arcount)
@@ -237,6 +242,8 @@ def _parse_body(data: bytes, header: Header, clipped: bool) -> Message:
                 rdata_end = pos + rdlength
                 if section == 0:
                     _answer(data, pos, rtype, rdlength, addrs, cnames)
+                    if rtype in _TTL_TYPES:
+                        ttls.append(ttl if ttl < 2**31 else 0)  # RFC 2181 8: top bit set = 0
                 elif section == 2 and rtype == TYPE_OPT:
                     # EDNS: the TTL's top byte holds the upper 8 bits of a 12-bit rcode.
                     rcode |= (ttl >> 24) << 4
@@ -246,10 +253,12 @@ def _parse_body(data: bytes, header: Header, clipped: bool) -> Message:
             raise DnsParseError(
                 "clipped_question", "the capture ends inside the question"
             ) from None
-        return Message(header, tuple(questions), rcode, tuple(addrs), tuple(cnames), False)
+        return Message(header, tuple(questions), rcode, tuple(addrs), tuple(cnames), False,
+                       min(ttls, default=None))  # fmt: skip
     if pos != len(data) and not clipped:
         raise DnsParseError("trailing_bytes", f"{len(data) - pos} bytes after the last record")
-    return Message(header, tuple(questions), rcode, tuple(addrs), tuple(cnames), True)
+    return Message(header, tuple(questions), rcode, tuple(addrs), tuple(cnames), True,
+                   min(ttls, default=None))  # fmt: skip
 
 
 def _answer(

@@ -25,7 +25,13 @@ from flowscope.records.metrics import (
     TcpPairMetric,
 )
 from flowscope.records.operations import CollectorHealth, DeadLetter
-from flowscope.records.transport import EnrichedTcpConnection, RawTcpConnection, RawUdpFlow
+from flowscope.records.transport import (
+    EnrichedTcpConnection,
+    EnrichedUdpFlow,
+    RawTcpConnection,
+    RawUdpFlow,
+    udp_local_is_client,
+)
 from flowscope.records.vocabulary import (
     FAILURE_OUTCOMES,
     OUTCOME_RULES,
@@ -50,6 +56,7 @@ __all__ = [
     "Endpoint",
     "EnrichedDnsQuery",
     "EnrichedTcpConnection",
+    "EnrichedUdpFlow",
     "Outcome",
     "PeerClass",
     "RawDnsQuery",
@@ -58,4 +65,5 @@ __all__ = [
     "Role",
     "TcpLatencyMetric",
     "TcpPairMetric",
+    "udp_local_is_client",
 ]

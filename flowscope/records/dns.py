@@ -54,6 +54,9 @@ class RawDnsQuery(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rcode: str | None  # "NOERROR", "NXDOMAIN", "SERVFAIL"... (EDNS extended included)
     answer_count: int | None  # the response's answer section count
     answer_addrs: list[str] = msgspec.field(default_factory=list)  # A/AAAA answers
+    # The smallest TTL of the answer section's A, AAAA and CNAME records: how long a client
+    # may use answer_addrs. None: no such record (or no response).
+    answer_ttl_s: int | None = None
     response_truncated: bool = False  # TC bit: the client should retry over TCP
     attempts: int = 1  # identical query packets (1 + retransmissions)
     # Client side, from the pod's resolv.conf: whether this query was a search-path

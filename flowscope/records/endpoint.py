@@ -28,6 +28,18 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
     node: str | None = msgspec.field(name="k8s.node.name", default=None)
     zone: str | None = msgspec.field(name="cloud.availability_zone", default=None)
     region: str | None = msgspec.field(name="cloud.region", default=None)
+    # The pod's container (when the pod has one app container, so the address names it)
+    # and its image: name without tag, tags, and the digest the runtime resolved it to.
+    container_name: str | None = msgspec.field(name="k8s.container.name", default=None)
+    image_name: str | None = msgspec.field(name="container.image.name", default=None)
+    image_tags: list[str] | None = msgspec.field(name="container.image.tags", default=None)
+    image_id: str | None = msgspec.field(name="container.image.id", default=None)
+    # The pod's and its node's labels the enricher was told to carry, by key: flattened, the
+    # OpenTelemetry attributes k8s.pod.label.<key> and k8s.node.label.<key>.
+    pod_labels: dict[str, str] | None = msgspec.field(name="k8s.pod.label", default=None)
+    node_labels: dict[str, str] | None = msgspec.field(name="k8s.node.label", default=None)
+    # (container_id, pid and command stay last: the enricher's fast path writes them after
+    # the fields above, which it encodes once per pod.)
     container_id: str | None = msgspec.field(name="container.id", default=None)
     pid: int | None = msgspec.field(name="process.pid", default=None)
     command: str | None = msgspec.field(name="process.command", default=None)

@@ -6,6 +6,8 @@ from typing import Literal
 
 import msgspec
 
+from flowscope.records.vocabulary import Transport
+
 
 class TcpPairMetric(msgspec.Struct, frozen=True, kw_only=True):
     """Connections between two workloads in one closed tumbling window (event time)."""
@@ -70,16 +72,22 @@ class TcpLatencyMetric(msgspec.Struct, frozen=True, kw_only=True):
     # The mergeable sketches (processors/sketch.py) the percentiles came from.
     connect_latency_sketch: dict[str, object] | None
     rtt_sketch: dict[str, object] | None
+    # A server outside the cluster named by the client's DNS answers (server.address): the
+    # metric is then per domain, its server_workload ``external/<domain>`` for all of the
+    # domain's addresses (``external/<address>`` when no answer named it).
+    server_domain: str | None = None
 
 
 class CostPairMetric(msgspec.Struct, frozen=True, kw_only=True):
     """Bytes and data-transfer dollars between two workloads and two zones in one closed
     window of one source partition. Source = the client end, destination = the server end.
 
-    Units: bytes are TCP payload bytes; dollars are USD at the price table's per-GB prices
-    (GB = 10**9 bytes unless the table says GiB), rounded to 1e-9 USD. ``cost_usd`` =
-    ``cost_usd_source`` (charged to the source's account: what it sent and received) +
-    ``cost_usd_destination``. Each connection is counted once (client side when observed).
+    Units: bytes are TCP payload bytes, or for ``transport`` ``udp`` IP bytes of whole
+    datagrams; dollars are USD at the price table's per-GB prices (GB = 10**9 bytes unless
+    the table says GiB), rounded to 1e-9 USD. ``cost_usd`` = ``cost_usd_source`` (charged to
+    the source's account: what it sent and received) + ``cost_usd_destination``. Each
+    connection (UDP: each flow window) is counted once (client side when observed); for UDP
+    the server is the end on a fixed port (flowscope.records.udp_local_is_client).
     """
 
     schema_version: int = 1
@@ -102,24 +110,33 @@ class CostPairMetric(msgspec.Struct, frozen=True, kw_only=True):
     cost_usd: float
     cost_usd_source: float
     cost_usd_destination: float
+    # A pair has one record per transport in a window: add them for its whole cost.
+    transport: Transport = "tcp"
 
 
 class CostRollupMetric(msgspec.Struct, frozen=True, kw_only=True):
     """Data-transfer bytes and dollars charged to one workload or one namespace in one closed
-    window of one source partition (the sum over its CostPairMetric shares)."""
+    window of one source partition (the sum over its CostPairMetric shares), or the cluster's
+    traffic with one external destination domain (scope ``domain``: what the clients inside
+    pay; ``name`` is the domain as the price table's ``domain_groups`` group it, or
+    ``unnamed`` when no DNS answer named the server's address), or the ends with one value
+    of a pod label (scope ``label``) or node label (``node_label``) the price table rolls up
+    (or of a region, scope ``region``, for the ends on its nodes):
+    ``name`` is ``<key>=<value>``, ``<key>=(none)`` for ends without that label."""
 
     schema_version: int = 1
     metric_id: str
     window_start_ns: int
     window_end_ns: int
     source_partition: int
-    scope: Literal["workload", "namespace"]
-    name: str  # a workload key (namespace/kind/name) or a namespace
+    scope: Literal["workload", "namespace", "region", "domain", "label", "node_label"]
+    name: str  # a workload key (namespace/kind/name), namespace, region, domain or key=value
     bytes_sent: int
     bytes_received: int
     cost_usd: float
     cost_usd_by_class: dict[str, float]
     bytes_by_class: dict[str, int]  # sent + received
+    transport: Transport = "tcp"  # one record per transport: add them for the whole
 
 
 class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,4 +1,4 @@
-"""TCP and UDP as the collector sees them, and TCP after enrichment.
+"""TCP and UDP as the collector sees them, and after enrichment.
 
 gc=False on the high-volume records (decoded and built by the million): they hold only
 scalars, strings and other records, so no cycle can go through them, and instances the cyclic
@@ -92,6 +92,9 @@ class RawUdpFlow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     packets_out: int
     bytes_in: int
     packets_in: int
+    # Sent to a Service address: remote_* is the backend conntrack names, these the Service.
+    original_remote_addr: str | None = None
+    original_remote_port: int | None = None
 
 
 class EnrichedTcpConnection(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -128,3 +131,56 @@ class EnrichedTcpConnection(msgspec.Struct, frozen=True, kw_only=True, gc=False)
     # (0 for servers), as RawTcpConnection has it: with outcome connect_timeout, how long the
     # application waited (1 retry ~1 s, 2 ~3 s, 3 ~7 s with the default 1 s initial RTO).
     syn_retries: int = 0
+    # The server's domain name (OpenTelemetry ``server.address``) when the server is outside
+    # the cluster's metadata: the name whose DNS answer the client's pod (else its node) got
+    # for this address last before the connect, within the answer's TTL. Absent when no such
+    # answer is known (and on server-side records: the client is not named by DNS).
+    server_domain: str | msgspec.UnsetType = msgspec.field(
+        name="server.address", default=msgspec.UNSET
+    )
+
+
+# Linux's default net.ipv4.ip_local_port_range: where clients' ports come from.
+EPHEMERAL_PORTS = range(32768, 61000)
+
+
+def udp_local_is_client(local_port: int, remote_port: int) -> bool:
+    """UDP has no handshake to say who called whom: the server is the end on a fixed port,
+    i.e. the one port of the two outside the ephemeral range, else the lower one (a tie:
+    the local end is the client)."""
+    local_eph, remote_eph = local_port in EPHEMERAL_PORTS, remote_port in EPHEMERAL_PORTS
+    if local_eph != remote_eph:
+        return local_eph
+    return local_port >= remote_port
+
+
+class EnrichedUdpFlow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """UDP volume between two named ends in one collector window, client/server oriented.
+
+    The server is the end on a fixed port (``udp_local_is_client``: of the two ports, the one
+    outside Linux's ephemeral range 32768-60999, else the lower). Each end's collector reports
+    the flow; metrics count client-side records, and server-side ones only when the client is
+    not observed by any collector (``client_observed`` is False), as for TCP. Bytes are IP
+    packet bytes of whole datagrams (headers included).
+    """
+
+    schema_version: int = 1
+    start_time_ns: int = msgspec.field(name="start_time_unix_nano")  # the collector's window
+    end_time_ns: int = msgspec.field(name="end_time_unix_nano")
+    observer_node: str = msgspec.field(name="flowscope.observer.node")
+    observer_role: Literal["client", "server"] = msgspec.field(name="flowscope.observer.role")
+    client_observed: bool = msgspec.field(name="flowscope.client.observed")
+    transport: Literal["udp"] = msgspec.field(name="network.transport", default="udp")
+    network_type: Literal["ipv4", "ipv6"] = msgspec.field(name="network.type")
+    client: Endpoint
+    server: Endpoint
+    bytes_client_to_server: int
+    bytes_server_to_client: int
+    packets_client_to_server: int
+    packets_server_to_client: int
+    peer_class: PeerClass = msgspec.field(name="flowscope.peer.class")
+    # As EnrichedTcpConnection's: the DNS name of a server outside the cluster's metadata,
+    # from the client's answers valid at the window's start; absent when none is known.
+    server_domain: str | msgspec.UnsetType = msgspec.field(
+        name="server.address", default=msgspec.UNSET
+    )

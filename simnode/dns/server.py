@@ -5,13 +5,15 @@ Rules (JSON)::
     {"default": {"rcode": "NXDOMAIN"},
      "names": {"web.default.svc.cluster.local": {"addrs": ["10.96.0.20"]},
                "slow.test": {"addrs": ["10.1.0.1"], "delay_ms": 300},
+               "short.test": {"addrs": ["192.88.99.1"], "ttl_s": 2},
                "broken.test": {"rcode": "SERVFAIL"},
                "silent.test": {"drop": true},
                "garbage.test": {"malformed": true}}}
 
 A name matches case-insensitively, without the trailing dot; ``*.suffix`` matches below it.
 ``rcode`` defaults to NOERROR; ``malformed`` answers with a compression-pointer loop (for
-the collector's malformed-response path). UDP and TCP on the same port. It prints one JSON
+the collector's malformed-response path); ``ttl_s`` is the answers' TTL (30 by default).
+UDP and TCP on the same port. It prints one JSON
 line when it listens, and on SIGTERM/SIGINT one with what it received per name and type.
 """
 
@@ -37,6 +39,7 @@ class Action:
     delay_s: float = 0.0
     drop: bool = False
     malformed: bool = False
+    ttl_s: int = 30
 
     @staticmethod
     def from_json(spec: dict[str, Any]) -> Action:
@@ -49,6 +52,7 @@ class Action:
             delay_s=float(spec.get("delay_ms", 0)) / 1000,
             drop=bool(spec.get("drop", False)),
             malformed=bool(spec.get("malformed", False)),
+            ttl_s=int(spec.get("ttl_s", 30)),
         )
 
 
@@ -100,7 +104,10 @@ class Server:
             return None, 0.0
         if action.malformed:
             return malformed_response(data), action.delay_s
-        return build_response(data, query, action.rcode, list(action.addrs)), action.delay_s
+        return (
+            build_response(data, query, action.rcode, list(action.addrs), ttl=action.ttl_s),
+            action.delay_s,
+        )
 
 
 class _Udp(asyncio.DatagramProtocol):

@@ -22,13 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
 
 from collector.metrics import VOCABULARY
 from collector.settings import REPO_ROOT
 from devbroker import Broker
 from flowscope.codec import JsonCodec
-from flowscope.kafka import TopicSpec, ensure_topics
+from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
 from flowscope.metrics import samples, scrape
 from flowscope.records import CollectorHealth, RawTcpConnection
 from flowscope.topics import Topics
@@ -88,16 +87,15 @@ def _metrics(port: int) -> dict[str, int]:
 
 
 def _consume(bootstrap: str, topic: str, timeout_s: float) -> list[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})  # fmt: skip
+    consumer = RecordConsumer(bootstrap, uuid.uuid4().hex)
     consumer.subscribe([topic])
     out: list[bytes] = []
     deadline = time.monotonic() + timeout_s
     idle_until = time.monotonic() + 5
     try:
         while time.monotonic() < deadline and time.monotonic() < idle_until:
-            for msg in consumer.consume(num_messages=5000, timeout=0.5):
-                if msg.error() is None and msg.value() is not None:
+            for msg in consumer.consume(5000, 0.5):
+                if msg.value() is not None:
                     out.append(msg.value())
                     idle_until = time.monotonic() + 3
     finally:

@@ -23,8 +23,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, Message, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Message, Producer
 
 # Re-exported by confluent_kafka.admin, but not in a way its type hints declare.
 from confluent_kafka.admin._config import ConfigResource
@@ -36,6 +35,7 @@ from enricher.metrics import VOCABULARY
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
+from flowscope.kafka import RecordConsumer, admin_client
 from flowscope.metrics import scrape
 from flowscope.records import DeadLetter, EnrichedTcpConnection, RawTcpConnection
 from flowscope.topics import Topics
@@ -153,21 +153,13 @@ def _publish_cli(bootstrap: str, topics: Topics, path: Path) -> str:
 
 
 def _consume(bootstrap: str, topic: str, n: int, timeout_s: float = 30.0) -> list[Message]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-        }
-    )
+    consumer = RecordConsumer(bootstrap, f"test-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic])
     got: list[Message] = []
     deadline = time.monotonic() + timeout_s
     try:
         while len(got) < n and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=100, timeout=0.5):
-                if msg.error() is None:
-                    got.append(msg)
+            got += consumer.consume(100, 0.5)
     finally:
         consumer.close()
     assert len(got) == n, f"expected {n} records on {topic}, got {len(got)} in {timeout_s}s"
@@ -228,7 +220,7 @@ def test_publish_join_and_dead_letter(
     out = _publish_cli(kafka_bootstrap, topics, objects_file)
     assert "Node=2" in out and "Pod=2" in out and "Service=1" in out, out
     assert "tombstones=0" in out, out
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = admin_client(kafka_bootstrap)
     resource = ConfigResource(ConfigResource.Type.TOPIC, topics.metadata)
     config = admin.describe_configs([resource])[resource].result(timeout=30)
     assert config["cleanup.policy"].value == "compact"

@@ -179,3 +179,22 @@ def test_fuzz_hostile_name_soup(parts: list[bytes], qd: int, an: int) -> None:
     """Pointers anywhere, labels, roots: loops and forward jumps must all be refused."""
     _parse_or_error(header(qd=qd, an=an) + b"".join(parts))
     _parse_or_error(header(qd=qd, an=an) + b"".join(parts), clipped=True)
+
+
+def test_min_ttl_of_the_answer_section() -> None:
+    import struct
+
+    from collector.dns.parser import parse
+    from simnode.dns.wire import build_query, build_response, encode_name, parse_query
+
+    query = build_query(7, "api.example.com")
+    response = build_response(query, parse_query(query), 0, ["192.88.99.1"], ttl=300)
+    assert parse(response).min_ttl == 300
+    # A CNAME with a shorter TTL bounds the chain; a TTL with the top bit set counts as 0.
+    cname = struct.pack("!HHHIH", 0xC00C, 5, 1, 20, len(encode_name("x.cdn.test")))
+    body = bytearray(response + cname + encode_name("x.cdn.test"))
+    struct.pack_into("!H", body, 6, 2)
+    assert parse(bytes(body)).min_ttl == 20
+    struct.pack_into("!I", body, len(response) + 6, 2**31)
+    assert parse(bytes(body)).min_ttl == 0
+    assert parse(query).min_ttl is None

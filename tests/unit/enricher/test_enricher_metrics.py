@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 from enricher import EnricherError
 from enricher.cluster import WATCHED_KINDS, ClusterModel
 from enricher.dnsjoin import DnsJoinerCounters
+from enricher.dnsnames import DnsNames
 from enricher.joiner import Joiner
 from enricher.kubewatch import ResourceWatch, WatchCounters
 from enricher.lease import LeaseCounters, LeaseElector
@@ -23,7 +24,7 @@ from flowscope.topics import Topics
 
 
 def _joiner_keys() -> dict[str, int]:
-    j = Joiner(Settings())
+    j = Joiner(Settings(), names=DnsNames())
     j._producer = cast(RecordProducer, SimpleNamespace(counters=ProducerCounters()))
     j._txn = cast(Any, object())  # the transaction counters are listed when one is set
     j.counters.deadletter_reasons["decode"] += 2

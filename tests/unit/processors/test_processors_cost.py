@@ -146,3 +146,81 @@ def test_random_traffic_dollars_match_an_independent_computation_to_the_cent() -
         assert abs(Decimal(repr(got[name])) - usd) < Decimal("0.000001"), name
     assert round(total, 2) == round(float(sum(truth.values())), 2)
     assert total > 10  # the test moved real money
+
+
+def test_egress_is_rolled_up_per_domain_group_and_unnamed() -> None:
+    table = load_price_table(PRICES, "aws")
+    assert table.domain_group("Bucket-1.S3.amazonaws.com.") == "s3.amazonaws.com"
+    assert table.domain_group("api.example.com") == "api.example.com"
+    assert table.domain_group("x.s3.us-east-1.amazonaws.com") == "s3.us-east-1.amazonaws.com"
+    agg = ConnectionAggregator(W, 0)
+    api = pod("api", "z-a")
+    # Two buckets share one group; one address no DNS answer named; 1 GB each way each.
+    for addr, domain in (("52.0.0.1", "b1.s3.amazonaws.com"), ("52.0.0.2", "b2.s3.amazonaws.com"),
+                         ("93.0.0.1", "api.example.com"), ("93.0.0.2", None)):  # fmt: skip
+        more = {} if domain is None else {"server_domain": domain}
+        agg.add(0, conn(T0, api, external(addr), c2s=10**9, s2c=10**9, peer_class="internet",
+                        **more))  # fmt: skip
+    _, rollups = cost_metrics(closed(agg)[0], table)
+    by = {r.name: r for r in rollups if r.scope == "domain"}
+    assert set(by) == {"s3.amazonaws.com", "api.example.com", "unnamed"}
+    # Egress $0.09/GB, ingress free: what the inside client pays per destination.
+    assert by["s3.amazonaws.com"].cost_usd == 0.18 and by["s3.amazonaws.com"].bytes_sent == 2e9
+    assert by["api.example.com"].cost_usd == 0.09 == by["unnamed"].cost_usd
+    assert by["unnamed"].bytes_received == 10**9
+
+
+def test_domain_groups_refuse_inner_wildcards() -> None:
+    data = {"cloud": "aws", "clouds": {"aws": {}}, "domain_groups": ["s3.*.amazonaws.com"]}
+    with pytest.raises(PriceTableError, match="only lead"):
+        parse_price_table(data)
+
+
+def test_cost_rolls_up_by_pod_and_node_label_adding_up_to_the_total() -> None:
+    import msgspec
+
+    data = {"cloud": "aws", "clouds": {"aws": {"cross_zone": {"sent": 0.01, "received": 0.01}}},
+            "rollup_labels": ["team"], "rollup_node_labels": ["rack"]}  # fmt: skip
+    table = parse_price_table(data)
+    agg = ConnectionAggregator(W, 0)
+    web = msgspec.structs.replace(pod("web", "z-a"), pod_labels={"team": "shop"},
+                                  node_labels={"rack": "r1"})  # fmt: skip
+    db = msgspec.structs.replace(pod("db", "z-b"), node_labels={"rack": "r2"})
+    agg.add(0, conn(T0, web, db, c2s=3 * 10**9, s2c=10**9, peer_class="cross_zone"))
+    _, rollups = cost_metrics(closed(agg)[0], table)
+    by = {(r.scope, r.name): r.cost_usd for r in rollups}
+    assert by[("label", "team=shop")] == 0.04 == by[("label", "team=(none)")]
+    assert by[("node_label", "rack=r1")] == 0.04 == by[("node_label", "rack=r2")]
+    assert sum(v for (scope, _), v in by.items() if scope == "label") == 0.08
+
+
+def test_cost_rolls_up_by_region_of_each_inside_end() -> None:
+    agg = ConnectionAggregator(W, 0)
+    # pod() puts zone "us-east-1aa" in region "us-east-1"; eu-west-1b in "eu-west-1".
+    agg.add(0, conn(T0, pod("web", "us-east-1aa"), pod("db", "eu-west-1bb"), c2s=10**9,
+                    peer_class="cross_region"))  # fmt: skip
+    agg.add(0, conn(T0, pod("api", "us-east-1bb"), external(), c2s=10**9, peer_class="internet"))
+    _, rollups = cost_metrics(closed(agg)[0], load_price_table(PRICES, "aws"))
+    by = {r.name: r for r in rollups if r.scope == "region"}
+    assert set(by) == {"us-east-1", "eu-west-1"}
+    # web sends 1 GB cross-region ($0.02) and api 1 GB to the internet ($0.09); db receives free.
+    assert (by["us-east-1"].cost_usd, by["us-east-1"].bytes_sent) == (0.11, 2 * 10**9)
+    assert (by["eu-west-1"].cost_usd, by["eu-west-1"].bytes_received) == (0.0, 10**9)
+
+
+def test_latency_of_a_dns_named_server_is_one_per_domain_over_its_addresses() -> None:
+    from processors.latency import latency_metrics, pair_metrics
+
+    agg = ConnectionAggregator(W, 0)
+    api = pod("api", "z-a")
+    for addr, rtt in (("52.0.0.1", 1000), ("52.0.0.2", 3000), ("52.0.0.3", 5000)):
+        more = {"server_domain": "api.example.com"} if addr != "52.0.0.3" else {}
+        agg.add(0, conn(T0, api, external(addr), srtt_us=rtt, peer_class="internet", **more))
+    window = closed(agg)[0]
+    by = {m.server_workload: m for m in latency_metrics(window)}
+    assert set(by) == {"external/api.example.com", "external/52.0.0.3"}
+    named = by["external/api.example.com"]
+    assert (named.connections, named.server_domain) == (2, "api.example.com")
+    assert by["external/52.0.0.3"].server_domain is None
+    # The spine's pair totals stay per address.
+    assert len(pair_metrics(window)) == 3

@@ -18,6 +18,7 @@ from processors.prices import PriceTableError, load_price_table
 from processors.processor import ConnectionProcessor
 from processors.settings import SettingsError
 from processors.stage import Source
+from processors.udp import UdpProcessor
 from processors.windows import InvalidRecord
 
 REPO = Path(__file__).resolve().parents[3]
@@ -30,11 +31,16 @@ def _stages() -> tuple[ConnectionProcessor, DnsProcessor]:
     return ConnectionProcessor(10 * S, 5 * S, 10 * S, prices, []), DnsProcessor(10 * S, 0, 0)
 
 
-def test_every_stage_counter_is_routed_for_both_signals() -> None:
+def test_every_stage_counter_is_routed_for_every_signal() -> None:
     tcp, dns = _stages()
-    board = MetricsBoard({"tcp": tcp, "dns": dns})
-    assert len(board.latest) > 30
+    udp = UdpProcessor(10 * S, 5 * S, 10 * S, load_price_table(REPO / "config" / "prices.yaml"))
+    board = MetricsBoard({"tcp": tcp, "udp": udp, "dns": dns})
+    assert len(board.latest) > 45
     assert VOCABULARY.unrouted(board.latest) == []
+    registry = VOCABULARY.registry(lambda: board.latest)
+    assert (
+        registry.get_sample_value("flowscope_processors_records_in_total", {"signal": "udp"}) == 0
+    )
 
 
 def test_the_board_shows_the_last_refresh_and_reading_it_changes_nothing() -> None:
