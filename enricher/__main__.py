@@ -30,11 +30,13 @@ from enricher.argtypes import (
     cidrs,
     flag,
     non_negative,
+    port,
     positive,
 )
 from enricher.joiner import Joiner
 from enricher.kubeobjects import parse_text
 from enricher.labels import parse_globs
+from enricher.metrics import serve
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope import kafka_security
@@ -46,6 +48,7 @@ ENV = {
     "consumer_group": "FLOWSCOPE_ENRICHER_GROUP",
     "metadata_file": "FLOWSCOPE_METADATA_FILE",
     "stats_interval_s": "FLOWSCOPE_ENRICHER_STATS_INTERVAL_S",
+    "metrics_port": "FLOWSCOPE_ENRICHER_METRICS_PORT",
     "batch_size": "FLOWSCOPE_ENRICHER_BATCH_SIZE",
     "output_batch_records": "FLOWSCOPE_ENRICHER_BATCH_RECORDS",
     "deleted_pod_grace_s": "FLOWSCOPE_ENRICHER_DELETED_POD_GRACE_S",
@@ -99,6 +102,13 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         default=default("stats_interval_s", d.stats_interval_s),
         help=f"seconds between counter log lines (env {ENV['stats_interval_s']}; "
         f"default %(default)s)",
+    )
+    common.add_argument(
+        "--metrics-port",
+        type=port,
+        default=default("metrics_port", d.metrics_port),
+        help=f"Prometheus /metrics port for join and publish --watch; 0: no endpoint (env "
+        f"{ENV['metrics_port']}; default %(default)s)",
     )
     common.add_argument(
         "--log-level",
@@ -389,7 +399,12 @@ def publish_watch(settings: Settings) -> int:
             stats_interval_s=settings.stats_interval_s,
         ),
     )
-    publisher.run(stop)
+    server = serve(settings.metrics_port, publisher.metrics)
+    try:
+        publisher.run(stop)
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 
@@ -433,7 +448,13 @@ def join(settings: Settings) -> int:
     # Before the two joiners start: a refusal ends the start with one line, not two.
     wait_for_broker(settings.bootstrap_servers)
     if not settings.dns:
-        Joiner(settings).run(stop)
+        joiner = Joiner(settings)
+        server = serve(settings.metrics_port, joiner.metrics)
+        try:
+            joiner.run(stop)
+        finally:
+            if server is not None:
+                server.close()
         return 0
     from enricher.dnsjoin import DnsJoiner
     from enricher.dnsnames import DnsNames
@@ -441,22 +462,26 @@ def join(settings: Settings) -> int:
     failed: list[BaseException] = []
     # The DNS joiner feeds it, the TCP joiner names internet servers with it.
     names = DnsNames()
+    joiner, dns_joiner = Joiner(settings, names=names), DnsJoiner(settings, names=names)
 
     def run_dns() -> None:
         try:
-            DnsJoiner(settings, names=names).run(stop)
+            dns_joiner.run(stop)
         except BaseException as exc:  # the whole enricher stops: a silent half is worse
             logging.getLogger("enricher.dns").exception("DNS joiner failed")
             failed.append(exc)
             stop.set()
 
+    server = serve(settings.metrics_port, joiner.metrics, dns_joiner.counters.as_metrics)
     dns_thread = threading.Thread(target=run_dns, name="dns-join")
     dns_thread.start()
     try:
-        Joiner(settings, names=names).run(stop)
+        joiner.run(stop)
     finally:
         stop.set()
         dns_thread.join(timeout=30)
+        if server is not None:
+            server.close()
     return 1 if failed else 0
 
 

@@ -56,6 +56,17 @@ def batch_records(text: str) -> int:
     return value
 
 
+def port(text: str | int) -> int:
+    """A TCP port, or 0 for none."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or 1-65535, got {text!r}")
+    return value
+
+
 def non_negative(text: str) -> float:
     try:
         value = float(text)

@@ -54,7 +54,7 @@ from enricher.settings import Settings
 from enricher.state import MetadataState
 from enricher.transactions import TransactionalOffsets, transactional_id
 from flowscope.codec import DecodeError, JsonCodec
-from flowscope.deadletter import encode_dead_letter
+from flowscope.deadletter import dead_letter_of
 from flowscope.kafka import (
     ConsumerCounters,
     ProducerFenced,
@@ -586,16 +586,7 @@ class Joiner:
         producer = via or self._producer
         assert producer is not None
         key = msg.key()
-        letter = encode_dead_letter(
-            stage=STAGE,
-            reason=reason,
-            source_topic=msg.topic() or "",
-            partition=msg.partition() or 0,
-            offset=msg.offset() or 0,
-            key=key,
-            value=msg.value(),
-            time_ns=time.time_ns(),
-        )
+        letter = dead_letter_of(msg, stage=STAGE, reason=reason)
         producer.produce(self._topics.deadletter, letter, key=key)
         self.counters.deadlettered += 1
         self.counters.deadletter_reasons[category] += 1
@@ -629,7 +620,8 @@ class Joiner:
             "enricher_metadata_nodes": len(self.state.nodes),
             "enricher_metadata_services": len(self.state.services),
         }
-        for category, n in sorted(c.deadletter_reasons.items()):
+        # A copy first: /metrics reads this from its own thread while the loop adds reasons.
+        for category, n in sorted(dict(c.deadletter_reasons).items()):
             out[f"enricher_deadletter_{category}_total"] = n
         if self.names is not None:
             out.update(self.names.counters.as_metrics())

@@ -20,6 +20,7 @@ class Settings:
     metadata_file: Path | None = None  # publish only
     prune: bool = True  # publish: tombstone keys the file no longer has
     stats_interval_s: float = 10.0
+    metrics_port: int = 0  # join, publish --watch: Prometheus /metrics; 0: no endpoint
     # Raw records per consume() call (about: messages are asked for as many as the last
     # batch's messages held records on average).
     batch_size: int = 2000

@@ -22,9 +22,10 @@ from flowscope.kafka import KafkaUnavailable, TopicSpec, ensure_topics, wait_for
 from flowscope.kafka_security import KafkaSecurityError
 from flowscope.resources import shipped
 from flowscope.topics import Topics
-from processors.alerts import AlertRuleError, load_rules
-from processors.prices import PriceTableError, load_price_table
-from processors.settings import LOG_LEVELS, ProcessorSettings, SettingsError
+from processors import ProcessorsError
+from processors.alerts import load_rules
+from processors.prices import load_price_table
+from processors.settings import LOG_LEVELS, ProcessorSettings
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +115,13 @@ def parser() -> argparse.ArgumentParser:
         "0",
         int,
         "faust web server port on 127.0.0.1; 0 disables it",
+    )
+    option(
+        "--metrics-port",
+        "FLOWSCOPE_PROCESSORS_METRICS_PORT",
+        "0",
+        int,
+        "Prometheus /metrics port of the worker's counters; 0 disables it",
     )
     option(
         "--state-dir",
@@ -240,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             idle_allowance_s=args.idle_allowance_seconds,
             app_id=args.app_id,
             web_port=args.web_port,
+            metrics_port=args.metrics_port,
             state_dir=args.state_dir,
             close_interval_s=args.close_interval_seconds,
             log_interval_s=args.log_interval_seconds,
@@ -258,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         prices = load_price_table(settings.prices_path, settings.cloud)
         rules = load_rules(settings.alert_rules_path)
-    except (SettingsError, PriceTableError, AlertRuleError, KafkaSecurityError) as exc:
+    except (ProcessorsError, KafkaSecurityError) as exc:
         print(f"python -m processors: invalid setting: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -296,7 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported late: faust is slow to import and not needed for --help or bad settings.
     from processors.app import run_worker
 
-    code = run_worker(settings, prices, rules)
+    try:
+        code = run_worker(settings, prices, rules)
+    except ProcessorsError as exc:
+        print(f"python -m processors: {exc}", file=sys.stderr)
+        return 1
     _exit_despite_lingering_threads(code)
     return code
 

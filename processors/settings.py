@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from flowscope.resources import shipped
+from processors import ProcessorsError
 from processors.dns import NAME_GROUPINGS
 from processors.prices import CLOUDS
 
@@ -17,7 +18,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
-class SettingsError(ValueError):
+class SettingsError(ProcessorsError, ValueError):
     """A setting has an invalid value; the message names the valid ones."""
 
 
@@ -33,6 +34,7 @@ class ProcessorSettings:
     # Also the Kafka consumer group: workers with the same id share the partitions.
     app_id: str = "flowscope-tcp-pairs"
     web_port: int = 0  # 0 disables faust's web server (several workers share one machine)
+    metrics_port: int = 0  # Prometheus /metrics of the worker's counters; 0: no endpoint
     state_dir: Path = Path(".state")
     close_interval_s: float = 1.0
     log_interval_s: float = 10.0
@@ -72,6 +74,8 @@ class ProcessorSettings:
             raise SettingsError(f"idle allowance must be >= 0 seconds, got {self.idle_allowance_s}")
         if not 0 <= self.web_port <= 65535:
             raise SettingsError(f"web port must be 0 (disabled) or 1-65535, got {self.web_port}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"metrics port must be 0 (off) or 1-65535, got {self.metrics_port}")
         if not self.close_interval_s > 0 or not self.log_interval_s > 0:
             raise SettingsError("close and log intervals must be > 0 seconds")
         if not self.shutdown_timeout_s > 0:
