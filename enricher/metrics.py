@@ -74,6 +74,10 @@ RULES: tuple[Rule, ...] = (
     Rule("enricher_held_total", _HELD, {"outcome": "held"}),
     Rule("enricher_held_(?P<outcome>.+)_total", _HELD),
     Rule("enricher_held_now", _g("holdback_held_records", "records waiting for metadata now")),
+    Rule(
+        "enricher_replay_(?P<outcome>skipped|repeated)_total",
+        _c("replay_records", "records re-read after a restart behind a held one", "outcome"),
+    ),
     Rule("enricher_metadata_(?P<kind>upserts|tombstones|invalid)_total", _META),
     Rule(
         "enricher_metadata_pods_purged_total",
