@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -62,7 +62,7 @@ from enricher.kubeobjects import ParsedObjects  # noqa: E402
 from enricher.publisher import MetadataPublisher  # noqa: E402
 from enricher.settings import Settings  # noqa: E402
 from flowscope.kafka import (  # noqa: E402
-    CONSUMER_DEFAULTS,
+    RecordConsumer,
     RecordProducer,
     TopicSpec,
     ensure_topics,
@@ -110,9 +110,7 @@ class Passthrough:
         self, bootstrap: str, topics: Topics, group: str, out_topic: str, poll_timeout_s: float
     ) -> None:
         self.poll_timeout_s = poll_timeout_s
-        self.consumer = Consumer(
-            {**CONSUMER_DEFAULTS, "bootstrap.servers": bootstrap, "group.id": group}
-        )
+        self.consumer = RecordConsumer(bootstrap, group)
         self.consumer.subscribe([topics.raw_tcp])
         self.producer = RecordProducer(bootstrap)
         self.out_topic = out_topic
@@ -120,19 +118,15 @@ class Passthrough:
 
     def run(self, stop: threading.Event, batch_size: int = 2000) -> None:
         while not stop.is_set():
-            batch = self.consumer.consume(num_messages=batch_size, timeout=self.poll_timeout_s)
+            batch = self.consumer.consume(batch_size, self.poll_timeout_s)
             if not batch:
                 continue
             last: dict[tuple[str, int], int] = {}
             for msg in batch:
-                if msg.error() is not None:
-                    continue
                 self.producer.produce(self.out_topic, msg.value(), key=msg.key())
                 self.messages_in += 1
                 last[(msg.topic() or "", msg.partition() or 0)] = msg.offset() or 0
-            self.consumer.store_offsets(
-                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-            )
+            self.consumer.store_offsets([TopicPartition(t, p, o + 1) for (t, p), o in last.items()])
         self.producer.flush(30)
         self.consumer.close()
 
@@ -277,22 +271,22 @@ def measure_delay(
 ) -> dict[str, list[float]]:
     """Send ``rate`` records/s for ``seconds`` with start_time_ns = send time; return, per
     output topic, the delays (ms) until each came out there."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-delay-{uuid.uuid4().hex[:6]}",
+    consumer = RecordConsumer(
+        bootstrap,
+        f"bench-delay-{uuid.uuid4().hex[:6]}",
+        defaults={
             "auto.offset.reset": "latest",
             "fetch.wait.max.ms": 5,
             # What a consumer of enriched.* sees: transactions, once committed.
             "isolation.level": "read_committed",
-        }
+        },
     )
     consumer.subscribe(out_topics)
     # Wait for the assignment so no record is missed with offset reset "latest".
     deadline = time.monotonic() + 30
     while len(consumer.assignment()) < len(out_topics) and time.monotonic() < deadline:
-        consumer.poll(0.1)
-    consumer.poll(0.5)
+        consumer.consume(1, 0.1)
+    consumer.consume(1, 0.5)
     producer = RecordProducer(bootstrap, {"linger.ms": 1})
     raw = msgspec.json.decode(template, type=RawTcpConnection)
     enc = msgspec.json.Encoder()
@@ -303,11 +297,11 @@ def measure_delay(
     t0 = time.perf_counter()
 
     def drain(timeout: float) -> None:
-        msgs: list[Message] = consumer.consume(num_messages=1000, timeout=timeout)
+        msgs: list[Message] = consumer.consume(1000, timeout)
         now = time.time_ns()
         for msg in msgs:
             value = msg.value()
-            if msg.error() is not None or not isinstance(value, bytes):
+            if not isinstance(value, bytes):
                 continue
             decoded = dec.decode(value)
             for obj in decoded if isinstance(decoded, list) else [decoded]:

@@ -24,6 +24,7 @@ from typing import Any
 from enricher import EnricherError
 from enricher.joiner import Joiner
 from enricher.kubeobjects import parse_text
+from enricher.metrics import serve
 from enricher.publisher import MetadataPublisher
 from enricher.settings import ENV, Settings
 from flowscope import kafka_security
@@ -122,7 +123,12 @@ def publish_watch(settings: Settings) -> int:
             stats_interval_s=settings.stats_interval_s,
         ),
     )
-    publisher.run(stop)
+    server = serve(settings.metrics_port, publisher.metrics)
+    try:
+        publisher.run(stop)
+    finally:
+        if server is not None:
+            server.close()
     return 0
 
 
@@ -166,7 +172,13 @@ def join(settings: Settings) -> int:
     # Before the two joiners start: a refusal ends the start with one line, not two.
     wait_for_broker(settings.bootstrap_servers)
     if not settings.dns:
-        Joiner(settings).run(stop)
+        joiner = Joiner(settings)
+        server = serve(settings.metrics_port, joiner.metrics)
+        try:
+            joiner.run(stop)
+        finally:
+            if server is not None:
+                server.close()
         return 0
     from enricher.dnsjoin import DnsJoiner
     from enricher.dnsnames import DnsNames
@@ -174,22 +186,26 @@ def join(settings: Settings) -> int:
     failed: list[BaseException] = []
     # The DNS joiner feeds it, the TCP joiner names internet servers with it.
     names = DnsNames()
+    joiner, dns_joiner = Joiner(settings, names=names), DnsJoiner(settings, names=names)
 
     def run_dns() -> None:
         try:
-            DnsJoiner(settings, names=names).run(stop)
+            dns_joiner.run(stop)
         except BaseException as exc:  # the whole enricher stops: a silent half is worse
             logging.getLogger("enricher.dns").exception("DNS joiner failed")
             failed.append(exc)
             stop.set()
 
+    server = serve(settings.metrics_port, joiner.metrics, dns_joiner.counters.as_metrics)
     dns_thread = threading.Thread(target=run_dns, name="dns-join")
     dns_thread.start()
     try:
-        Joiner(settings, names=names).run(stop)
+        joiner.run(stop)
     finally:
         stop.set()
         dns_thread.join(timeout=30)
+        if server is not None:
+            server.close()
     return 1 if failed else 0
 
 

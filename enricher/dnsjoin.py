@@ -1,4 +1,8 @@
-"""The DNS joiner: raw DNS query records + metadata topic -> enriched DNS records.
+"""The datagram joiner: raw DNS queries and raw UDP flows + metadata -> enriched records.
+
+DNS queries go to ``enriched.dns`` (the join is :func:`flowscope.dns_enrich.enrich_dns`), UDP
+flow windows to ``enriched.udp`` (:func:`enricher.udpflows.enrich_udp`): one consumer reads
+both topics, so both joins share this thread's metadata index and one transaction.
 
 It runs beside the TCP joiner (``python -m enricher join`` starts both) with its own
 consumer group on the raw DNS topic and its own copy of the metadata, read to its end at
@@ -22,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from enricher.classify import AddressClassifier
 from enricher.dnsnames import DnsNames
@@ -34,23 +38,31 @@ from enricher.outbox import Outbox
 from enricher.settings import Settings
 from enricher.state import MetadataState
 from enricher.transactions import TransactionalOffsets, transactional_id
+from enricher.udpflows import enrich_udp
 from flowscope.codec import DecodeError, JsonCodec
-from flowscope.deadletter import encode_dead_letter
+from flowscope.deadletter import dead_letter_of
 from flowscope.dns_enrich import DEFAULT_DNS_SERVERS, DnsServers, ServiceName, enrich_dns
 from flowscope.kafka import (
-    CONSUMER_DEFAULTS,
     ProducerFenced,
+    RecordConsumer,
     RecordProducer,
     TopicSpec,
     ensure_topics,
     wait_for_broker,
 )
-from flowscope.kafka_security import secured
-from flowscope.records import Endpoint, EnrichedDnsQuery, PeerClass, RawDnsQuery
+from flowscope.records import (
+    Endpoint,
+    EnrichedDnsQuery,
+    EnrichedUdpFlow,
+    PeerClass,
+    RawDnsQuery,
+    RawUdpFlow,
+)
 
 log = logging.getLogger("enricher.dns")
 
 RAW_DNS_VERSION = 1
+RAW_UDP_VERSION = 1
 STAGE = "enricher-dns"
 
 
@@ -89,7 +101,11 @@ class DnsJoinerCounters:
     server_unresolved: int = 0
     deadlettered: int = 0
     metadata_deadlettered: int = 0  # metadata records refused (also in deadlettered)
-    consume_errors: int = 0
+    consume_errors: int = 0  # the consumer's count, copied after each consume
+    udp_records_in: int = 0
+    udp_enriched: int = 0
+    udp_client_unresolved: int = 0
+    udp_server_unresolved: int = 0
 
     def as_metrics(self) -> dict[str, int]:
         return {f"enricher_dns_{name}_total": value for name, value in vars(self).items()}
@@ -117,6 +133,7 @@ class DnsJoiner:
         self.state.labels = settings.label_selection
         classifier = AddressClassifier(settings.cluster_cidrs, settings.other_cluster_cidrs)
         self.lookups = IndexDnsLookups(self.state, classifier)
+        self._classifier = classifier
         self.counters = DnsJoinerCounters()
         self._raw_codec = JsonCodec(RawDnsQuery)
         self._out_codec = JsonCodec(EnrichedDnsQuery)
@@ -124,8 +141,13 @@ class DnsJoiner:
         self._outbox = Outbox(
             self._produce, self._topics.enriched_dns, settings.output_batch_records
         )
+        self._udp_codec = JsonCodec(RawUdpFlow)
+        self._udp_out_codec = JsonCodec(EnrichedUdpFlow)
+        self._udp_outbox = Outbox(
+            self._produce, self._topics.enriched_udp, settings.output_batch_records
+        )
         self._follower: MetadataFollower | None = None
-        self._consumer: Consumer | None = None
+        self._consumer: RecordConsumer | None = None
         self._producer: RecordProducer | None = None
         self._metadata_letters: RecordProducer | None = None
         self._txn: TransactionalOffsets | None = None
@@ -140,6 +162,8 @@ class DnsJoiner:
                 TopicSpec(t.metadata, compacted=True),
                 TopicSpec(t.raw_dns),
                 TopicSpec(t.enriched_dns),
+                TopicSpec(t.raw_udp),
+                TopicSpec(t.enriched_udp),
                 TopicSpec(t.deadletter),
             ],
         )
@@ -151,21 +175,17 @@ class DnsJoiner:
         )
         self._follower.load(self.state.apply, timeout_s=s.metadata_load_timeout_s)
         group = f"{s.consumer_group}-dns"
-        config: dict[str, Any] = {
-            **CONSUMER_DEFAULTS,
-            "bootstrap.servers": s.bootstrap_servers,
-            "group.id": group,
-        }
+        required: dict[str, Any] = {}
         if s.instance:
-            config["group.instance.id"] = f"{s.instance}.dns"
+            required["group.instance.id"] = f"{s.instance}.dns"
         if s.exactly_once:
-            config["enable.auto.commit"] = False
-            config["isolation.level"] = "read_committed"
+            required["enable.auto.commit"] = False
+            required["isolation.level"] = "read_committed"
             tid = transactional_id(group, s.instance or uuid.uuid4().hex, "dns")
             self._producer = RecordProducer(s.bootstrap_servers, transactional_id=tid)
         else:
             self._producer = RecordProducer(s.bootstrap_servers)
-        self._consumer = Consumer(secured(config))
+        self._consumer = RecordConsumer(s.bootstrap_servers, group, required=required)
         if s.exactly_once:
             self._txn = TransactionalOffsets(
                 self._consumer,
@@ -174,12 +194,13 @@ class DnsJoiner:
                 s.commit_max_records,
                 self._rewind,
             )
-        out = self._consumer.list_topics(t.enriched_dns, timeout=10.0).topics.get(t.enriched_dns)
-        if out is not None and out.error is None and out.partitions:
-            self._outbox.partitions = len(out.partitions)
-        self._consumer.subscribe([t.raw_dns], on_revoke=self._on_revoke)
+        for outbox, topic in ((self._outbox, t.enriched_dns), (self._udp_outbox, t.enriched_udp)):
+            out_partitions = self._consumer.partitions(topic)
+            if out_partitions:
+                outbox.partitions = len(out_partitions)
+        self._consumer.subscribe([t.raw_dns, t.raw_udp], on_revoke=self._on_revoke)
         self.ready.set()
-        log.info("enricher dns ready: consuming %s", t.raw_dns)
+        log.info("enricher dns ready: consuming %s and %s", t.raw_dns, t.raw_udp)
 
     def run(self, stop: threading.Event) -> None:
         if self._consumer is None:
@@ -190,7 +211,8 @@ class DnsJoiner:
         try:
             while not stop.is_set():
                 self._follower.poll(self.state.apply)
-                batch = self._consumer.consume(num_messages=s.batch_size, timeout=0.1)
+                batch = self._consumer.consume(s.batch_size, 0.1)
+                self.counters.consume_errors = self._consumer.counters.errors
                 self.process_batch(batch)
                 if self._txn is not None:
                     self._txn.maybe_commit()
@@ -201,31 +223,30 @@ class DnsJoiner:
             self.close()
 
     def process_batch(self, batch: list[Message]) -> None:
+        """Join a batch of messages (RecordConsumer.consume hands on no error messages)."""
         assert self._consumer is not None
-        done = []
+        udp_topic = self._topics.raw_udp
         for msg in batch:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    self.counters.consume_errors += 1
-                    log.warning("consume error: %s", err)
-                continue
-            self.handle(msg)
-            done.append(msg)
+            if msg.topic() == udp_topic:
+                self.handle_udp(msg)
+            else:
+                self.handle(msg)
         # Output first, then offsets: a stored offset never runs ahead of what was produced.
         self._outbox.flush()
-        if not done:
+        self._udp_outbox.flush()
+        if not batch:
             return
         offsets = [
-            TopicPartition(m.topic() or "", m.partition() or 0, (m.offset() or 0) + 1) for m in done
+            TopicPartition(m.topic() or "", m.partition() or 0, (m.offset() or 0) + 1)
+            for m in batch
         ]
         if self._txn is not None:
             self._txn.store(offsets)  # later offsets of a partition replace earlier ones
-            self._txn.took(len(done))
+            self._txn.took(len(batch))
         else:
-            self._consumer.store_offsets(offsets=offsets)
+            self._consumer.store_offsets(offsets)
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, _consumer: RecordConsumer, partitions: list[TopicPartition]) -> None:
         """Commit while this member still owns the partitions (nothing is held here)."""
         if self._txn is not None:
             self._txn.commit()
@@ -236,9 +257,7 @@ class DnsJoiner:
         assert self._consumer is not None
         assignment = self._consumer.assignment()
         if assignment:
-            for tp in self._consumer.committed(assignment, timeout=30.0):
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            self._consumer.rewind(assignment)
 
     def _produce(self, topic: str, value: bytes, key: str, records: int) -> None:
         assert self._producer is not None
@@ -273,6 +292,32 @@ class DnsJoiner:
             if self._names is not None:
                 self._names.add(raw)
 
+    def handle_udp(self, msg: Message) -> None:
+        try:
+            raws = self._udp_codec.decode_batch(msg.value())
+        except DecodeError as exc:
+            self.counters.udp_records_in += 1
+            self.dead_letter(msg, "decode", str(exc))
+            return
+        raw_key = msg.key()
+        key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else raw_key or ""
+        for raw in raws:
+            self.counters.udp_records_in += 1
+            if raw.v != RAW_UDP_VERSION:
+                self.dead_letter(msg, "unsupported_version", f"RawUdpFlow v={raw.v}")
+                continue
+            try:
+                out = enrich_udp(raw, self.state, self._classifier, self._names)
+            except Exception as exc:  # a bug in the join must cost one record, not the stream
+                self.dead_letter(msg, "enrich_error", f"{type(exc).__name__}: {exc}")
+                continue
+            if out.client.attribution == "unresolved":
+                self.counters.udp_client_unresolved += 1
+            if out.server.attribution == "unresolved":
+                self.counters.udp_server_unresolved += 1
+            self._udp_outbox.add(key, self._udp_out_codec.encode(out))
+            self.counters.udp_enriched += 1
+
     def _metadata_rejected(self, msg: Message, outcome: str) -> None:
         self.counters.metadata_deadlettered += 1
         self.dead_letter(msg, "metadata", self.state.last_rejection or outcome,
@@ -284,16 +329,7 @@ class DnsJoiner:
         producer = via or self._producer
         assert producer is not None
         key = msg.key()
-        letter = encode_dead_letter(
-            stage=STAGE,
-            reason=f"{reason}: {detail}",
-            source_topic=msg.topic() or "",
-            partition=msg.partition() or 0,
-            offset=msg.offset() or 0,
-            key=key,
-            value=msg.value(),
-            time_ns=time.time_ns(),
-        )
+        letter = dead_letter_of(msg, stage=STAGE, reason=f"{reason}: {detail}")
         producer.produce(self._topics.deadletter, letter, key=key)
         self.counters.deadlettered += 1
         log.warning(

@@ -14,7 +14,6 @@ from typing import Any
 from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
@@ -22,7 +21,7 @@ from confluent_kafka import (
 )
 
 from enricher import EnricherError
-from flowscope.kafka_security import secured
+from flowscope.kafka import RecordConsumer
 
 # (key, value or None for a tombstone, time the record was written in ns) -> outcome
 ApplyFn = Callable[[str | None, bytes | None, int], object]
@@ -58,27 +57,33 @@ class MetadataFollower:
         overrides: Mapping[str, Any] | None = None,
         on_rejected: RejectFn | None = None,
     ) -> None:
-        config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap_servers,
-            # librdkafka wants a group id even for assign(); nothing is ever committed to it.
-            "group.id": f"flowscope-enricher-metadata-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            **dict(overrides or {}),
-        }
         self._topic = topic
         self._on_rejected = on_rejected
-        self._consumer = Consumer(secured(config))
+        self._consumer = RecordConsumer(
+            bootstrap_servers,
+            # librdkafka wants a group id even for assign(); nothing is ever committed to it.
+            f"flowscope-enricher-metadata-{uuid.uuid4().hex[:8]}",
+            overrides,
+            defaults={
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+            },
+            log_errors=False,
+        )
         self.records_read = 0
-        self.read_errors = 0
+
+    @property
+    def read_errors(self) -> int:
+        """Errors reading the topic (its end is not one)."""
+        return self._consumer.counters.errors
 
     def load(self, apply: ApplyFn, timeout_s: float = 60.0) -> int:
         """Assign every partition from the beginning and apply records up to the high
         watermarks taken now. Returns how many records were applied."""
         deadline = time.monotonic() + timeout_s
         while True:
-            metadata = self._consumer.list_topics(self._topic, timeout=timeout_s)
+            metadata = self._consumer.list_topics(self._topic, timeout_s)
             topic_md = metadata.topics.get(self._topic)
             if topic_md is not None and topic_md.error is None and topic_md.partitions:
                 break
@@ -104,12 +109,12 @@ class MetadataFollower:
                     f"metadata topic {self._topic} not read to its end within {timeout_s:.0f}s "
                     f"(partitions still behind: {sorted(highs)})"
                 )
-            for msg in self._consumer.consume(num_messages=1000, timeout=0.5):
-                if self._apply_one(msg, apply):
-                    applied += 1
-                    part, offset = msg.partition(), msg.offset()
-                    if part in highs and offset is not None and offset >= highs[part] - 1:
-                        del highs[part]
+            for msg in self._consumer.consume(1000, 0.5):
+                self._apply_one(msg, apply)
+                applied += 1
+                part, offset = msg.partition(), msg.offset()
+                if part in highs and offset is not None and offset >= highs[part] - 1:
+                    del highs[part]
             # Compaction can leave gaps: the position is the authority once past the end.
             for tp in self._consumer.position(
                 [TopicPartition(self._topic, p) for p in list(highs)]
@@ -123,11 +128,10 @@ class MetadataFollower:
         LEADER_NOT_AVAILABLE): retriable, so ask again until the deadline."""
         while True:
             try:
-                low, high = self._consumer.get_watermark_offsets(
+                return self._consumer.watermarks(
                     TopicPartition(self._topic, partition),
-                    timeout=max(0.1, deadline - time.monotonic()),
+                    timeout_s=max(0.1, deadline - time.monotonic()),
                 )
-                return int(low), int(high)
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 retriable = isinstance(err, KafkaError) and err.code() in _NO_LEADER_YET
@@ -139,23 +143,16 @@ class MetadataFollower:
 
     def poll(self, apply: ApplyFn, max_records: int = 1000) -> int:
         """Apply whatever arrived since the last call, without waiting."""
-        applied = 0
-        for msg in self._consumer.consume(num_messages=max_records, timeout=0):
-            if self._apply_one(msg, apply):
-                applied += 1
-        return applied
+        batch = self._consumer.consume(max_records, 0)
+        for msg in batch:
+            self._apply_one(msg, apply)
+        return len(batch)
 
-    def _apply_one(self, msg: Message, apply: ApplyFn) -> bool:
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                self.read_errors += 1
-            return False
+    def _apply_one(self, msg: Message, apply: ApplyFn) -> None:
         self.records_read += 1
         outcome = apply(_key(msg), msg.value(), record_time_ns(msg))
         if self._on_rejected is not None and outcome in REFUSED:
             self._on_rejected(msg, str(outcome))
-        return True
 
     def close(self) -> None:
         self._consumer.close()

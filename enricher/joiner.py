@@ -15,9 +15,10 @@ of them is held.
 
 Exactly-once (``exactly_once``, the default): output, dead letters and input offsets are
 committed in one Kafka transaction (transactions.py), so read_committed consumers see each
-record once across kills and restarts. One case still repeats records: records *after* a
-held one, emitted and committed while it waited, are read again if the instance dies before
-the held record is released (the committed offset stops at it). Static group membership
+record once across kills and restarts. The records *after* a held one, emitted and committed
+while it waited, are read again if the instance dies before the held record is released (the
+committed offset stops at it): the commit's metadata says which of them were still held, and
+only those are joined again (replay.py; the others are counted as skipped). Static group membership
 (``instance``) lets a restarted instance take its partitions back without a rebalance.
 Without ``exactly_once`` the offsets are auto-committed after the output (at-least-once).
 
@@ -39,42 +40,37 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    TopicPartition,
-)
+from confluent_kafka import KafkaException, Message, TopicPartition
 
-from enricher import EnricherError
+from enricher import EnricherError, replay
 from enricher.classify import AddressClassifier
 from enricher.dnsnames import DnsNames
 from enricher.follower import MetadataFollower
 from enricher.holdback import Held, Holdback, PartitionKey
 from enricher.outbox import Outbox
 from enricher.render import NATIVE_BUILT, Rendered, Renderer, self_check
+from enricher.replay import Replay
 from enricher.settings import Settings
 from enricher.state import MetadataState
 from enricher.transactions import TransactionalOffsets, transactional_id
 from flowscope.codec import DecodeError, JsonCodec
-from flowscope.deadletter import encode_dead_letter
+from flowscope.deadletter import dead_letter_of
 from flowscope.kafka import (
-    CONSUMER_DEFAULTS,
+    ConsumerCounters,
     ProducerFenced,
+    RecordConsumer,
     RecordProducer,
     TopicSpec,
     ensure_topics,
     wait_for_broker,
 )
-from flowscope.kafka_security import secured
 from flowscope.records import RawTcpConnection
 
 log = logging.getLogger("enricher")
 
 RAW_VERSION = 1
 STAGE = "enricher"
+_UNREAD = Replay(0, None)  # a partition whose committed metadata was not read yet
 
 
 @dataclass
@@ -91,8 +87,10 @@ class JoinerCounters:
     held_expired: int = 0  # emitted unresolved after the hold time
     held_released_unresolved: int = 0  # emitted unresolved early: revoke or shutdown
     held_overflow: int = 0  # emitted unresolved at once: the hold buffer was full
+    # After a restart, records re-read behind a held one (replay.py):
+    replay_skipped: int = 0  # emitted before the restart: not again
+    replay_repeated: int = 0  # not known whether emitted (metadata past its bound): again
     deadletter_reasons: Counter[str] = field(default_factory=Counter)
-    consume_errors: int = 0
 
 
 class Joiner:
@@ -133,9 +131,13 @@ class Joiner:
         )
         # Per raw partition, the offset after the last record handled (held or not).
         self._next_offsets: dict[PartitionKey, int] = {}
+        # Per raw partition owned: what its committed offset's metadata says was emitted
+        # already (None once read past it, or when there was nothing).
+        self._replays: dict[PartitionKey, Replay | None] = {}
         self._raw_codec = JsonCodec(RawTcpConnection)
         self._follower: MetadataFollower | None = None
-        self._consumer: Consumer | None = None
+        self._consumer: RecordConsumer | None = None
+        self._consumer_counters = ConsumerCounters()  # the consumer's, once it exists
         self._producer: RecordProducer | None = None
         # Letters for refused metadata records: never transactional, because the metadata is
         # read outside any consume-transform-produce cycle (at start, and between batches).
@@ -181,21 +183,16 @@ class Joiner:
             len(self.state.nodes),
             len(self.state.services),
         )
-        config: dict[str, Any] = {
-            **CONSUMER_DEFAULTS,
-            **self._consumer_overrides,
-            "bootstrap.servers": s.bootstrap_servers,
-            "group.id": s.consumer_group,
-        }
+        required: dict[str, Any] = {}
         if s.instance:
             # Static membership: a restarted instance rejoins as the same member and gets
             # its partitions back at once, not after the dead member's session timeout.
-            config["group.instance.id"] = f"{s.instance}.tcp"
+            required["group.instance.id"] = f"{s.instance}.tcp"
         if s.exactly_once:
             # Offsets travel in the transaction, never by auto-commit; read_committed makes
             # the committed-offset fetch wait for a transaction still being resolved.
-            config["enable.auto.commit"] = False
-            config["isolation.level"] = "read_committed"
+            required["enable.auto.commit"] = False
+            required["isolation.level"] = "read_committed"
             # Created (and its transactions initialised) before the consumer joins: that
             # fences the zombie with the same id and aborts its open transaction first.
             tid = transactional_id(s.consumer_group, s.instance or uuid.uuid4().hex, "tcp")
@@ -205,7 +202,10 @@ class Joiner:
             log.info("exactly-once output: transactional.id %s", tid)
         else:
             self._producer = RecordProducer(s.bootstrap_servers, self._producer_overrides)
-        self._consumer = Consumer(secured(config))
+        self._consumer = RecordConsumer(
+            s.bootstrap_servers, s.consumer_group, self._consumer_overrides, required=required
+        )
+        self._consumer_counters = self._consumer.counters
         if s.exactly_once:
             self._txn = TransactionalOffsets(
                 self._consumer,
@@ -231,8 +231,7 @@ class Joiner:
                 if self._follower.poll(self.state.apply):
                     self.retry_held()
                 batch = self._consumer.consume(
-                    num_messages=self._messages_per_consume,
-                    timeout=self._settings.poll_timeout_s,
+                    self._messages_per_consume, self._settings.poll_timeout_s
                 )
                 if batch:
                     self.process_batch(batch)
@@ -255,12 +254,12 @@ class Joiner:
             return
         topic = self._topics.enriched_tcp
         try:
-            meta = self._consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+            partitions = self._consumer.partitions(topic)
         except KafkaException as exc:
             log.warning("could not read the partition count of %s: %s", topic, exc)
             return
-        if meta is not None and meta.error is None and meta.partitions:
-            self._outbox.partitions = len(meta.partitions)
+        if partitions:
+            self._outbox.partitions = len(partitions)
 
     def _produce_enriched(self, topic: str, value: bytes, key: str, records: int) -> None:
         assert self._producer is not None
@@ -303,15 +302,13 @@ class Joiner:
     # -- the hot path -----------------------------------------------------------------------
 
     def process_batch(self, batch: list[Message]) -> None:
+        """Join a batch of messages (RecordConsumer.consume hands on no error messages)."""
         assert self._consumer is not None and self._producer is not None
         touched: set[PartitionKey] = set()
         next_offsets = self._next_offsets
         handle = self.handle
         records_before = self.counters.records_in
         for msg in batch:
-            if msg.error() is not None:
-                self._consume_error(msg)
-                continue
             part = (msg.topic() or "", msg.partition() or 0)
             offset = msg.offset() or 0
             handle(msg, part, offset)
@@ -327,12 +324,6 @@ class Joiner:
         if self._txn is not None:
             self._txn.took(records)
 
-    def _consume_error(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None and err.code() != KafkaError._PARTITION_EOF:
-            self.counters.consume_errors += 1
-            log.warning("consume error: %s", err)
-
     def _store_offsets(self, partitions: set[PartitionKey]) -> None:
         """Store (for the next auto-commit) how far each partition is done: up to the oldest
         record still held, else past the last one handled."""
@@ -344,13 +335,28 @@ class Joiner:
             if done is None:
                 continue
             held = self.holdback.oldest_offset(part)
-            offsets.append(TopicPartition(part[0], part[1], done if held is None else held))
+            rp = self._replays.get(part)
+            # Still inside a stretch read again after a restart: what lies past here was
+            # emitted before it, and must stay known as such.
+            replaying = rp is not None and rp is not _UNREAD and rp.end > done
+            if held is None and not replaying:
+                offsets.append(TopicPartition(part[0], part[1], done))
+                continue
+            positions = self.holdback.positions(part)
+            end, unknown = done, False
+            if rp is not None and replaying:
+                end, unknown = rp.end, rp.held is None
+                positions += [q for q in rp.held or () if q[0] >= done]
+            # Re-read from the held record on: the metadata says what not to emit again.
+            metadata = replay.encode(end, positions, unknown)
+            at = done if held is None else held
+            offsets.append(TopicPartition(part[0], part[1], at, metadata=metadata))
         if not offsets:
             return
         if self._txn is not None:
             self._txn.store(offsets)  # committed with the output, in its transaction
         else:
-            self._consumer.store_offsets(offsets=offsets)
+            self._consumer.store_offsets(offsets)
 
     def _rewind(self) -> None:
         """The open transaction was aborted: its output will never be read and its offsets
@@ -360,6 +366,7 @@ class Joiner:
         self.rewinds += 1
         self.holdback.release_all()  # dropped, not emitted: they are read again
         self._next_offsets.clear()
+        self._replays.clear()  # the committed metadata says again what was emitted
         # Partitions being revoked are not sought: their next owner starts at the commit.
         kept = [
             tp
@@ -369,9 +376,7 @@ class Joiner:
         if not kept:
             return
         try:
-            for tp in self._consumer.committed(kept, timeout=30.0):
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            self._consumer.rewind(kept)
         except KafkaException as exc:
             # Going on from here would lose the aborted output: stop, a restart re-reads.
             raise EnricherError(f"could not rewind after an aborted transaction: {exc}") from exc
@@ -390,6 +395,21 @@ class Joiner:
             return
         c = self.counters
         c.records_in += len(raws)
+        positions: list[int] | None = None
+        rp = self._replays.get(part, _UNREAD) if self._txn is not None else None
+        if rp is _UNREAD:
+            rp = self._replays[part] = self._committed_replay(part)
+        if rp is not None:
+            if offset >= rp.end:
+                self._replays[part] = None
+            elif rp.held is None:
+                c.replay_repeated += len(raws)
+            else:
+                positions = [i for i in range(len(raws)) if rp.keep(offset, i)]
+                c.replay_skipped += len(raws) - len(positions)
+                raws = [raws[i] for i in positions]
+                if not raws:
+                    return
         outs: list[Rendered] | list[Rendered | None]
         try:
             outs = self._render_many(raws)
@@ -397,11 +417,33 @@ class Joiner:
             outs = [self._render_one(msg, raw) for raw in raws]
         # Into the outbox in order; _attend sees the records that are not the usual case.
         c.enriched += self._outbox.add_rendered(
-            outs, raws, RAW_VERSION, partial(self._attend, msg, part, offset), self.renderer.native
+            outs,
+            raws,
+            RAW_VERSION,
+            partial(self._attend, msg, part, offset, raws, positions),
+            self.renderer.native,
         )
 
+    def _committed_replay(self, part: PartitionKey) -> Replay | None:
+        """The replay stretch in ``part``'s committed offset, read once per ownership."""
+        assert self._consumer is not None
+        try:
+            [tp] = self._consumer.committed([TopicPartition(part[0], part[1])])
+        except KafkaException as exc:
+            # Not knowing means emitting again: a duplicate, not a loss; counted as repeated.
+            log.warning("committed offset of %s[%d] unreadable: %s", part[0], part[1], exc)
+            return None
+        return replay.decode(tp.metadata)
+
     def _attend(
-        self, msg: Message, part: PartitionKey, offset: int, raw: RawTcpConnection, out: Rendered
+        self,
+        msg: Message,
+        part: PartitionKey,
+        offset: int,
+        raws: list[RawTcpConnection],
+        positions: list[int] | None,
+        raw: RawTcpConnection,
+        out: Rendered,
     ) -> bool:
         """A record that is not plain, waits for metadata or has another schema version:
         dead-letter it, hold it back, or count how it was named; True if it goes out now."""
@@ -410,7 +452,13 @@ class Joiner:
             return False
         c = self.counters
         if out.missing is not None and self.holdback.enabled:
-            if self.holdback.add(raw, out.missing, part, offset, time.monotonic_ns()):
+            # Its place in the message as the collector sent it (replay.py).
+            index = next(i for i, r in enumerate(raws) if r is raw)
+            if positions is not None:
+                index = positions[index]
+            if self.holdback.add(
+                raw, out.missing, part, offset, time.monotonic_ns(), index=index
+            ):
                 c.held += 1
                 return False
             c.held_overflow += 1
@@ -475,7 +523,8 @@ class Joiner:
             # but no longer than the record's first deadline.
             if key is not None and now < held.deadline_ns:
                 if self.holdback.add(
-                    held.item, key, held.partition, held.offset, now, held.deadline_ns
+                    held.item, key, held.partition, held.offset, now, held.deadline_ns,
+                    index=held.index,
                 ):
                     continue
                 self.counters.held_overflow += 1
@@ -505,7 +554,7 @@ class Joiner:
                 self.counters.held_released_unresolved += 1
             self.emit(held.item, out)
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, _consumer: RecordConsumer, partitions: list[TopicPartition]) -> None:
         """Partitions move to another instance: emit what is held from them first, so the
         offsets committed at the revoke cover them (the new owner starts after them)."""
         revoked = {(tp.topic, tp.partition) for tp in partitions}
@@ -523,6 +572,7 @@ class Joiner:
         self._revoking = set()
         for part in revoked:
             self._next_offsets.pop(part, None)
+            self._replays.pop(part, None)
 
     def _metadata_rejected(self, msg: Message, outcome: str) -> None:
         # Every joiner instance reads the whole topic (and again after a restart): its letters
@@ -536,16 +586,7 @@ class Joiner:
         producer = via or self._producer
         assert producer is not None
         key = msg.key()
-        letter = encode_dead_letter(
-            stage=STAGE,
-            reason=reason,
-            source_topic=msg.topic() or "",
-            partition=msg.partition() or 0,
-            offset=msg.offset() or 0,
-            key=key,
-            value=msg.value(),
-            time_ns=time.time_ns(),
-        )
+        letter = dead_letter_of(msg, stage=STAGE, reason=reason)
         producer.produce(self._topics.deadletter, letter, key=key)
         self.counters.deadlettered += 1
         self.counters.deadletter_reasons[category] += 1
@@ -562,13 +603,15 @@ class Joiner:
             "enricher_remote_other_cluster_total": c.remote_other_cluster,
             "enricher_local_unresolved_total": c.local_unresolved,
             "enricher_deadletter_total": c.deadlettered,
-            "enricher_consume_errors_total": c.consume_errors,
+            "enricher_consume_errors_total": self._consumer_counters.errors,
             "enricher_held_total": c.held,
             "enricher_held_resolved_total": c.held_resolved,
             "enricher_held_expired_unresolved_total": c.held_expired,
             "enricher_held_released_unresolved_total": c.held_released_unresolved,
             "enricher_held_overflow_total": c.held_overflow,
             "enricher_held_now": len(self.holdback),
+            "enricher_replay_skipped_total": c.replay_skipped,
+            "enricher_replay_repeated_total": c.replay_repeated,
             "enricher_metadata_upserts_total": sc.upserts,
             "enricher_metadata_tombstones_total": sc.tombstones,
             "enricher_metadata_invalid_total": sc.invalid + sc.unsupported_version,
@@ -577,7 +620,8 @@ class Joiner:
             "enricher_metadata_nodes": len(self.state.nodes),
             "enricher_metadata_services": len(self.state.services),
         }
-        for category, n in sorted(c.deadletter_reasons.items()):
+        # A copy first: /metrics reads this from its own thread while the loop adds reasons.
+        for category, n in sorted(dict(c.deadletter_reasons).items()):
             out[f"enricher_deadletter_{category}_total"] = n
         if self.names is not None:
             out.update(self.names.counters.as_metrics())

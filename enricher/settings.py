@@ -102,6 +102,13 @@ class Settings:
         env="FLOWSCOPE_ENRICHER_STATS_INTERVAL_SECONDS",
         parse=_positive_float,
     )
+    # join, publish --watch: Prometheus /metrics; 0: no endpoint
+    metrics_port: int = setting(
+        0,
+        "Prometheus /metrics port for join and publish --watch; 0: no endpoint",
+        env="FLOWSCOPE_ENRICHER_METRICS_PORT",
+        parse=checked(int, between(0, 65535, "must be 0 (off) or 1-65535")),
+    )
     # Raw records per consume() call (about: messages are asked for as many as the last
     # batch's messages held records on average).
     batch_size: int = setting(

@@ -6,14 +6,17 @@ producer counts every outcome so that a loss is a number, not a log line.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from types import MappingProxyType
 from typing import Any
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_END,
     Consumer,
     KafkaError,
@@ -26,6 +29,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from flowscope.kafka_security import Refusal, secured
+
+log = logging.getLogger("flowscope.kafka")
 
 # Throughput-oriented defaults (see DESIGN.md): idempotence keeps retries from duplicating,
 # lz4 is cheap on CPU, and murmur2_random puts keys where Java/aiokafka clients would.
@@ -330,6 +335,14 @@ class RecordProducer:
         return len(self._producer)
 
 
+# -- admin ----------------------------------------------------------------------------------
+
+
+def admin_client(bootstrap_servers: str, overrides: Mapping[str, Any] | None = None) -> AdminClient:
+    """An admin client for the cluster, with its registered security."""
+    return AdminClient(secured({**dict(overrides or {}), "bootstrap.servers": bootstrap_servers}))
+
+
 def wait_for_broker(
     bootstrap_servers: str, timeout_s: float = 30.0, *, require: bool = True
 ) -> None:
@@ -339,8 +352,7 @@ def wait_for_broker(
     require=False: an unreachable cluster is not an error (only a refusal is)."""
     refusal = Refusal(bootstrap_servers)
     # Refusals come through error_cb; librdkafka's own log lines would only repeat them.
-    config = {"bootstrap.servers": bootstrap_servers, "error_cb": refusal.on_error}
-    admin = AdminClient(secured({**config, "log_level": 2}))
+    admin = admin_client(bootstrap_servers, {"error_cb": refusal.on_error, "log_level": 2})
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -363,6 +375,25 @@ def wait_for_broker(
     )
 
 
+def create_topics(
+    admin: AdminClient, new: Iterable[NewTopic], timeout_s: float = 30.0
+) -> list[str]:
+    """Create ``new``; returns the names created. A topic that appeared meanwhile (another
+    instance created it) is not an error; any other refusal raises RuntimeError."""
+    topics = list(new)
+    if not topics:
+        return []
+    created = []
+    for name, future in admin.create_topics(topics, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"could not create topic {name}: {exc}") from exc
+    return created
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -374,7 +405,7 @@ def ensure_topics(
     bootstrap_servers: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0
 ) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
-    admin = AdminClient(secured({"bootstrap.servers": bootstrap_servers}))
+    admin = admin_client(bootstrap_servers)
     metadata = admin.list_topics(timeout=timeout_s)
     existing = set(metadata.topics)
     # Three replicas where the cluster has three brokers (a cluster with
@@ -391,14 +422,189 @@ def ensure_topics(
         for s in specs
         if s.name not in existing
     ]
-    if not new:
-        return
-    for name, future in admin.create_topics(new, operation_timeout=timeout_s).items():
-        try:
-            future.result(timeout=timeout_s)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise RuntimeError(f"could not create topic {name}: {exc}") from exc
+    create_topics(admin, new, timeout_s)
+
+
+# -- consumers ------------------------------------------------------------------------------
+
+# A rebalance callback: the consumer (this module's) and the partitions assigned or revoked.
+RebalanceFn = Callable[["RecordConsumer", list[TopicPartition]], None]
+
+
+@dataclass
+class ConsumerCounters:
+    messages: int = 0  # messages handed to the caller
+    errors: int = 0  # consume errors other than the tolerated ones (end of partition, ...)
+    client_errors: int = 0  # errors librdkafka reported through error_cb (broker down, ...)
+    last_error: str | None = None
+
+
+class RecordConsumer:
+    """The one confluent-kafka consumer every flowscope client reads with.
+
+    The config is, in this order: ``defaults`` (the role's, CONSUMER_DEFAULTS unless given),
+    the user's librdkafka ``overrides`` (copied, never mutated), then ``required`` (what the
+    role cannot work without, e.g. read_committed for exactly-once) and the bootstrap
+    servers and group id; security comes from the cluster's registration (``secured``).
+
+    :meth:`consume` hands on only messages: the end of a partition (noted in :attr:`at_end`
+    when ``enable.partition.eof`` is on) and the codes in ``tolerated`` are skipped
+    silently; other errors are counted (and logged unless ``log_errors`` is off: a
+    follower's caller reports them its own way). Errors that concern the client rather
+    than a partition come through ``error_cb``: counted too, and a refusal (bad
+    credentials, untrusted certificate) is kept in :attr:`refusal`.
+    Rebalance callbacks are called with this object, not the confluent consumer inside.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        defaults: Mapping[str, Any] = CONSUMER_DEFAULTS,
+        required: Mapping[str, Any] | None = None,
+        tolerated: Iterable[int] = (),
+        log_errors: bool = True,
+    ) -> None:
+        config: dict[str, Any] = {**defaults, **dict(overrides or {}), **dict(required or {})}
+        config["bootstrap.servers"] = bootstrap_servers
+        config["group.id"] = group_id
+        self._user_error_cb: Callable[[KafkaError], None] | None = config.get("error_cb")
+        config["error_cb"] = self._on_client_error
+        self._refusal = Refusal(bootstrap_servers)
+        self._tolerated = frozenset({KafkaError._PARTITION_EOF, *tolerated})
+        self._log_errors = log_errors
+        # With enable.partition.eof, which partitions have been read to their end (a reader
+        # catching up stops when all have); only then is each message looked at.
+        self._track_ends = str(config.get("enable.partition.eof", "")).lower() == "true"
+        self.at_end: set[tuple[str, int]] = set()
+        self.counters = ConsumerCounters()
+        # What librdkafka was given, before security is added (so no secret is in it).
+        self.config: Mapping[str, Any] = MappingProxyType(config)
+        self._consumer = Consumer(secured(config))
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the cluster refused this client (credentials, certificate), if it did."""
+        return self._refusal.reason
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        self.counters.client_errors += 1
+        self.counters.last_error = str(err)
+        self._refusal.on_error(err)
+        if self._user_error_cb is not None:
+            self._user_error_cb(err)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topics: Iterable[str],
+        on_assign: RebalanceFn | None = None,
+        on_revoke: RebalanceFn | None = None,
+    ) -> None:
+        """Join the group for ``topics``; the callbacks run inside :meth:`consume`."""
+        kwargs: dict[str, Any] = {}
+        if on_assign is not None:
+            kwargs["on_assign"] = lambda _c, parts: on_assign(self, parts)
+        if on_revoke is not None:
+            kwargs["on_revoke"] = lambda _c, parts: on_revoke(self, parts)
+        self._consumer.subscribe(list(topics), **kwargs)
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        """Read these partitions directly, outside any group's assignment."""
+        self._consumer.assign(partitions)
+
+    def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
+        """The messages that arrive within ``timeout_s`` (at most ``max_messages``), without
+        error messages: those are counted (and logged) or, if tolerated, dropped."""
+        batch = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
+        if self._track_ends:
+            batch = self._without_errors(batch)
+        else:
+            for msg in batch:
+                if msg.error() is not None:  # rare: only then is the batch copied
+                    batch = self._without_errors(batch)
+                    break
+        self.counters.messages += len(batch)
+        return batch
+
+    def _without_errors(self, batch: list[Message]) -> list[Message]:
+        kept = []
+        for msg in batch:
+            err = msg.error()
+            if err is None:
+                kept.append(msg)
+                if self._track_ends:
+                    self.at_end.discard((msg.topic() or "", msg.partition() or 0))
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self.at_end.add((msg.topic() or "", msg.partition() or 0))
+            elif err.code() not in self._tolerated:
+                self.counters.errors += 1
+                self.counters.last_error = str(err)
+                if self._log_errors:
+                    log.warning("consume error: %s", err)
+        return kept
+
+    # -- offsets ----------------------------------------------------------------------------
+
+    def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        """Store the next offsets to read, for the next auto-commit (and the one at close)."""
+        self._consumer.store_offsets(offsets=offsets)
+
+    def commit(self, offsets: list[TopicPartition]) -> None:
+        """Commit ``offsets`` now, synchronously. Raises KafkaException on failure."""
+        self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    def committed(
+        self, partitions: list[TopicPartition], timeout_s: float = 30.0
+    ) -> list[TopicPartition]:
+        return list(self._consumer.committed(partitions, timeout=timeout_s))
+
+    def rewind(self, partitions: list[TopicPartition], timeout_s: float = 30.0) -> None:
+        """Read ``partitions`` again from the group's committed offsets (from the beginning
+        where nothing is committed). Raises KafkaException if those cannot be read."""
+        for tp in self.committed(partitions, timeout_s):
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def consumer_group_metadata(self) -> Any:
+        """For a transactional producer's commit: offsets go in the transaction, and a
+        member fenced by a rebalance cannot commit them."""
+        return self._consumer.consumer_group_metadata()
+
+    def assignment(self) -> list[TopicPartition]:
+        return list(self._consumer.assignment())
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return list(self._consumer.position(partitions))
+
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout_s: float = 10.0
+    ) -> list[TopicPartition]:
+        return list(self._consumer.offsets_for_times(partitions, timeout=timeout_s))
+
+    def watermarks(self, partition: TopicPartition, timeout_s: float = 10.0) -> tuple[int, int]:
+        """(low, high): the oldest offset still kept and the one the next record will get."""
+        low, high = self._consumer.get_watermark_offsets(partition, timeout=timeout_s)
+        return int(low), int(high)
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def list_topics(self, topic: str | None = None, timeout_s: float = 10.0) -> Any:
+        return self._consumer.list_topics(topic, timeout=timeout_s)
+
+    def partitions(self, topic: str, timeout_s: float = 10.0) -> list[int]:
+        """The topic's partition ids ([] if it does not exist or is not known yet)."""
+        meta = self.list_topics(topic, timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        return sorted(meta.partitions)
+
+    def close(self) -> None:
+        """Leave the group; with auto-commit on, the stored offsets are committed first."""
+        self._consumer.close()
 
 
 # Where a follower starts on each partition: the oldest record, the next new one, or the
@@ -416,13 +622,6 @@ class Received:
     timestamp_ms: int
     value: bytes | None
     key: bytes | None
-
-
-@dataclass
-class FollowerCounters:
-    messages: int = 0
-    errors: int = 0  # consume errors other than end-of-partition and unknown topic
-    last_error: str | None = None
 
 
 class TopicFollower:
@@ -446,27 +645,31 @@ class TopicFollower:
     ) -> None:
         if (group_id is not None or resume) and isinstance(start, int):
             raise ValueError("resuming at stored offsets: start by time does not apply")
-        config: dict[str, Any] = {
-            "group.id": group_id or f"flowscope-follower-{uuid.uuid4().hex[:10]}",
+        defaults: dict[str, Any] = {
             "enable.auto.commit": False,
             "auto.offset.reset": "latest" if start == "latest" else "earliest",
             # enriched.* is written in transactions: an aborted one is never shown.
             "isolation.level": "read_committed",
             # Topics may appear after the follower starts (a stage not started yet).
             "topic.metadata.refresh.interval.ms": 1000,
-            **dict(overrides or {}),
         }
-        config["bootstrap.servers"] = bootstrap_servers
-        self._consumer = Consumer(secured(config))
+        self._consumer = RecordConsumer(
+            bootstrap_servers,
+            group_id or f"flowscope-follower-{uuid.uuid4().hex[:10]}",
+            overrides,
+            defaults=defaults,
+            tolerated=(KafkaError.UNKNOWN_TOPIC_OR_PART,),
+            log_errors=False,
+        )
         self._start = start
         # (topic, partition) -> next offset, where the caller keeps its own offsets (a sink
         # that stores them with its data); other partitions begin at ``start``.
         self._resume = dict(resume or {})
         self.topics = list(topics)
-        self.counters = FollowerCounters()
+        self.counters = self._consumer.counters
         self._consumer.subscribe(self.topics, on_assign=self._on_assign)
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: RecordConsumer, partitions: list[TopicPartition]) -> None:
         if self._resume:
             consumer.assign(
                 [
@@ -480,7 +683,7 @@ class TopicFollower:
         if not isinstance(self._start, int):
             return  # auto.offset.reset does it
         wanted = [TopicPartition(p.topic, p.partition, self._start) for p in partitions]
-        found = consumer.offsets_for_times(wanted, timeout=10.0)
+        found = consumer.offsets_for_times(wanted, timeout_s=10.0)
         # -1: nothing at or after that time yet; start at the end (what comes next).
         consumer.assign(
             [
@@ -491,27 +694,18 @@ class TopicFollower:
 
     def poll(self, timeout_s: float, max_messages: int = 1000) -> list[Received]:
         """What arrives within ``timeout_s`` (at most ``max_messages``)."""
-        out: list[Received] = []
-        for msg in self._consumer.consume(num_messages=max_messages, timeout=timeout_s):
-            err = msg.error()
-            if err is not None:
-                if err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                    self.counters.errors += 1
-                    self.counters.last_error = str(err)
-                continue
-            self.counters.messages += 1
-            # Topic, partition and offset are None only on error messages, handled above.
-            out.append(
-                Received(
-                    msg.topic() or "",
-                    msg.partition() or 0,
-                    msg.offset() or 0,
-                    msg.timestamp()[1],
-                    msg.value(),
-                    msg.key(),
-                )
+        # Topic, partition and offset are None only on error messages, which consume() drops.
+        return [
+            Received(
+                msg.topic() or "",
+                msg.partition() or 0,
+                msg.offset() or 0,
+                msg.timestamp()[1],
+                msg.value(),
+                msg.key(),
             )
-        return out
+            for msg in self._consumer.consume(max_messages, timeout_s)
+        ]
 
     def commit(self, done: Iterable[Received]) -> None:
         """Commit, synchronously, the offsets after ``done`` (per partition, the highest):
@@ -521,10 +715,7 @@ class TopicFollower:
             key = (r.topic, r.partition)
             after[key] = max(after.get(key, 0), r.offset + 1)
         if after:
-            self._consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in after.items()],
-                asynchronous=False,
-            )
+            self._consumer.commit([TopicPartition(t, p, o) for (t, p), o in after.items()])
 
     def positions(self) -> dict[tuple[str, int], int]:
         """The next offset to read per assigned partition (past transaction markers too);
@@ -548,10 +739,9 @@ def committed_offsets(
     """The group's committed offset per partition of ``topics`` (partitions without a commit
     are left out). Read by a consumer that does not subscribe, so it neither joins the group
     nor waits for a rebalance (one pending after a member was killed lasts its session)."""
-    consumer = Consumer(secured({"bootstrap.servers": bootstrap_servers, "group.id": group_id,
-                                 "enable.auto.commit": False}))  # fmt: skip
+    consumer = RecordConsumer(bootstrap_servers, group_id, required={"enable.auto.commit": False})
     try:
-        metadata = consumer.list_topics(timeout=timeout_s)
+        metadata = consumer.list_topics(timeout_s=timeout_s)
         wanted = [
             TopicPartition(t, p)
             for t in topics
@@ -560,7 +750,7 @@ def committed_offsets(
         ]
         if not wanted:
             return {}
-        found = consumer.committed(wanted, timeout=timeout_s)
+        found = consumer.committed(wanted, timeout_s)
         return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
     finally:
         consumer.close()

@@ -16,12 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource  # not re-exported (mypy --strict)
 from confluent_kafka.cimpl import NewTopic
 
-from flowscope.kafka_security import secured
+from flowscope.kafka import admin_client, create_topics
 from flowscope.topics import Topics
 
 _HOUR_MS = 3_600_000
@@ -131,17 +129,13 @@ def with_overrides(
     return policies
 
 
-def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient(secured({"bootstrap.servers": bootstrap}))
-
-
 def broker_count(bootstrap: str, timeout_s: float = 30.0) -> int:
-    return len(_admin(bootstrap).list_topics(timeout=timeout_s).brokers)
+    return len(admin_client(bootstrap).list_topics(timeout=timeout_s).brokers)
 
 
 def check(bootstrap: str, planned: list[PlannedTopic], timeout_s: float = 30.0) -> list[str]:
     """One line per difference between the cluster and the plan (missing topics included)."""
-    admin = _admin(bootstrap)
+    admin = admin_client(bootstrap)
     existing = admin.list_topics(timeout=timeout_s).topics
     problems: list[str] = []
     present = []
@@ -174,21 +168,13 @@ def create(
     bootstrap: str, planned: list[PlannedTopic], timeout_s: float = 30.0
 ) -> tuple[list[str], list[str]]:
     """Create the missing topics. Returns (created, problems with the existing ones)."""
-    admin = _admin(bootstrap)
+    admin = admin_client(bootstrap)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     new = [
         NewTopic(t.name, t.partitions, t.replication, config=dict(t.config))
         for t in planned
         if t.name not in existing
     ]
-    created = []
-    if new:
-        for name, future in admin.create_topics(new, operation_timeout=timeout_s).items():
-            try:
-                future.result(timeout=timeout_s)
-                created.append(name)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise RuntimeError(f"could not create topic {name}: {exc}") from exc
+    created = create_topics(admin, new, timeout_s)
     # The topics that were there already are checked, not changed.
     return created, check(bootstrap, [t for t in planned if t.name not in created], timeout_s)

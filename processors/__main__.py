@@ -20,9 +20,10 @@ from flowscope import settings as declared
 from flowscope.kafka import KafkaUnavailable, TopicSpec, ensure_topics, wait_for_broker
 from flowscope.kafka_security import KafkaSecurityError
 from flowscope.topics import Topics
-from processors.alerts import AlertRuleError, load_rules
-from processors.prices import PriceTableError, load_price_table
-from processors.settings import ProcessorSettings, SettingsError
+from processors import ProcessorsError
+from processors.alerts import load_rules
+from processors.prices import load_price_table
+from processors.settings import ProcessorSettings
 
 log = logging.getLogger("processors")
 
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         prices = load_price_table(settings.prices_path, settings.cloud)
         rules = load_rules(settings.alert_rules_path)
-    except (SettingsError, PriceTableError, AlertRuleError, KafkaSecurityError) as exc:
+    except (ProcessorsError, KafkaSecurityError) as exc:
         print(f"python -m processors: invalid setting: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.bootstrap_servers,
             [
                 TopicSpec(topics.enriched_tcp),
+                TopicSpec(topics.enriched_udp),
                 TopicSpec(topics.enriched_dns),
                 TopicSpec(topics.metrics_dns),
                 TopicSpec(topics.metrics_tcp_pairs),
@@ -91,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported late: faust is slow to import and not needed for --help or bad settings.
     from processors.app import run_worker
 
-    code = run_worker(settings, prices, rules)
+    try:
+        code = run_worker(settings, prices, rules)
+    except ProcessorsError as exc:
+        print(f"python -m processors: {exc}", file=sys.stderr)
+        return 1
     _exit_despite_lingering_threads(code)
     return code
 

@@ -1,8 +1,10 @@
-"""The faust-streaming worker for TCP connection and DNS metrics: Kafka in, Kafka out.
+"""The faust-streaming worker for TCP, UDP and DNS metrics: Kafka in, Kafka out.
 
-All logic lives in :class:`processors.processor.ConnectionProcessor` (``enriched.tcp``) and
-:class:`processors.dnsprocessor.DnsProcessor` (``enriched.dns``, the second input, with its
-own agent, watermark and pending acknowledgements); this module only wires them to faust.
+All logic lives in the stages, one per input topic, each with its own agent, watermark and
+pending acknowledgements: :class:`processors.processor.ConnectionProcessor`
+(``enriched.tcp``), :class:`processors.udp.UdpProcessor` (``enriched.udp``) and
+:class:`processors.dnsprocessor.DnsProcessor` (``enriched.dns``); this module only wires
+them to faust.
 Choices that avoid faust-streaming's known pitfalls (issue 6):
 
 - No faust tables, no faust windows: the aggregation is in memory and the window close is
@@ -32,7 +34,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
@@ -42,12 +45,14 @@ from flowscope.topics import Topics
 from processors.alerts import AlertRule
 from processors.dns import NameGrouping, NameGroups
 from processors.dnsprocessor import DnsProcessor
+from processors.metrics import MetricsBoard
 from processors.prices import PriceTable
 from processors.processor import ConnectionProcessor
 from processors.runtime import MissingCodec, check_codecs, tune_interpreter, use_gil_free_lz4
 from processors.settings import ProcessorSettings
 from processors.stage import Output, OutputKind, Source, WindowedStage
 from processors.transport import ReadCommittedTransport
+from processors.udp import UdpProcessor
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +94,42 @@ def build_dns_processor(settings: ProcessorSettings, rules: list[AlertRule]) -> 
     )
 
 
-def build_app(
-    settings: ProcessorSettings, processor: ConnectionProcessor, dns: DnsProcessor
-) -> faust.App:
+def build_udp_processor(settings: ProcessorSettings, prices: PriceTable) -> UdpProcessor:
+    return UdpProcessor(
+        window_ns=settings.window_ns,
+        grace_ns=settings.grace_ns,
+        idle_allowance_ns=settings.idle_allowance_ns,
+        prices=prices,
+    )
+
+
+@dataclass
+class Stages:
+    """The worker's stages, one per input topic; ``name`` is its agent's and its log's."""
+
+    tcp: ConnectionProcessor
+    udp: UdpProcessor
+    dns: DnsProcessor
+
+    def named(self) -> list[tuple[str, AnyStage]]:
+        return [("tcp", self.tcp), ("udp", self.udp), ("dns", self.dns)]
+
+
+# Agent names as the consumer group has known them.
+AGENT_NAMES = {"tcp": "tcp_connections", "udp": "udp_flows", "dns": "dns_queries"}
+
+
+@dataclass
+class _Bound:
+    """A stage wired to its input topic, with the messages it read but did not acknowledge."""
+
+    name: str
+    stage: AnyStage
+    source: Any
+    pending: list[Pending] = field(default_factory=list)
+
+
+def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
     topics = Topics(settings.topic_prefix)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -124,21 +162,12 @@ def build_app(
     # Before the first topic (topics reach the transport): enriched.* is written in
     # transactions, so only committed records are read (processors/transport.py).
     app.transport = ReadCommittedTransport(app.conf.broker_consumer, app)
-    source = app.topic(
-        topics.enriched_tcp,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-
-    dns_source = app.topic(
-        topics.enriched_dns,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    inputs = {"tcp": topics.enriched_tcp, "udp": topics.enriched_udp, "dns": topics.enriched_dns}
+    bound = [
+        _Bound(name, stage, app.topic(inputs[name], key_type=bytes, value_type=bytes,
+                                      key_serializer="raw", value_serializer="raw"))
+        for name, stage in stages.named()
+    ]  # fmt: skip
 
     def out(name: str) -> Any:
         return app.topic(name, key_serializer="raw", value_serializer="raw")
@@ -152,8 +181,6 @@ def build_app(
         "dns": out(topics.metrics_dns),
     }
     deadletter_topic = out(topics.deadletter)
-    pending: list[Pending] = []
-    dns_pending: list[Pending] = []
     # Per stage: each stage's counters say how many of its own dead letters were delivered.
     dead_futures: dict[int, tuple[AnyStage, list[Any]]] = {}
 
@@ -174,14 +201,13 @@ def build_app(
                 dead_futures.setdefault(id(stage), (stage, []))[1].append(fut)
             waiting.append((partition, newest, event))
 
-    @app.agent(source, name="tcp_connections", concurrency=1)
-    async def aggregate(stream: faust.StreamT[bytes]) -> None:
-        await consume(stream, processor, pending)
+    # The same contract for every stage: acknowledged once the window is published.
+    for b in bound:
 
-    @app.agent(dns_source, name="dns_queries", concurrency=1)
-    async def aggregate_dns(stream: faust.StreamT[bytes]) -> None:
-        # The same contract as the TCP agent: acknowledged once the window is published.
-        await consume(stream, dns, dns_pending)
+        async def aggregate(stream: faust.StreamT[bytes], b: _Bound = b) -> None:
+            await consume(stream, b.stage, b.pending)
+
+        app.agent(b.source, name=AGENT_NAMES[b.name], concurrency=1)(aggregate)
 
     async def publish(ready: list[Output], stage: AnyStage) -> None:
         if not ready:
@@ -192,58 +218,53 @@ def build_app(
         stage.outputs.metrics_delivered += len(futures) - failed
         stage.outputs.metrics_failed += failed
         if failed:
-            _die(f"{failed} of {len(futures)} metrics were not delivered", processor, dns)
+            _die(f"{failed} of {len(futures)} metrics were not delivered", stages)
 
     async def close_windows() -> None:
         now = time.time_ns()
-        await publish(processor.close_ready(now), processor)
-        await publish(dns.close_ready(now), dns)
+        for b in bound:
+            await publish(b.stage.close_ready(now), b.stage)
         waiting_letters = list(dead_futures.values())
         dead_futures.clear()
         for stage, letters in waiting_letters:
             failed = await _delivered(letters)
             stage.outputs.dead_letters_delivered += len(letters) - failed
             if failed:
-                _die(f"{failed} dead letters were not delivered", processor, dns)
+                _die(f"{failed} dead letters were not delivered", stages)
         # Acknowledge what is now safely published (or needed no window).
-        _ack_published(pending, processor.aggregator.is_closed)
-        _ack_published(dns_pending, dns.aggregator.is_closed)
+        for b in bound:
+            _ack_published(b.pending, b.stage.aggregator.is_closed)
 
     async def log_counters() -> None:
-        log.info("tcp counters %s", _format(processor.report()))
-        log.info("dns counters %s", _format(dns.report()))
+        for name, stage in stages.named():
+            log.info("%s counters %s", name, _format(stage.report()))
 
     first_assignment = True
 
     async def on_assigned(_app: Any, /, *args: Any, signal: Any, **_kwargs: Any) -> None:
         nonlocal first_assignment
         assigned: set[Any] = args[0] if args else set()
-        mine = sorted(tp.partition for tp in assigned if tp.topic == source.get_topic_name())
-        dns_mine = sorted(
-            tp.partition for tp in assigned if tp.topic == dns_source.get_topic_name()
-        )
-        processor.assign(mine)
-        dns.assign(dns_mine)
+        mine = []
+        for b in bound:
+            topic = b.source.get_topic_name()
+            parts = sorted(tp.partition for tp in assigned if tp.topic == topic)
+            b.stage.assign(parts)
+            mine.append(f"{topic} partitions {parts}")
         # "processor ready" is what scripts wait for: consuming from here on.
         label = "processor ready" if first_assignment else "partitions reassigned"
         first_assignment = False
-        log.info(
-            "%s: %s partitions %s, %s partitions %s",
-            label, source.get_topic_name(), mine, dns_source.get_topic_name(), dns_mine,
-        )  # fmt: skip
+        log.info("%s: %s", label, ", ".join(mine))
 
     async def on_revoked(_app: Any, /, *args: Any, signal: Any, **_kwargs: Any) -> None:
         revoked: set[Any] = args[0] if args else set()
-        for topic, stage, waiting in (
-            (source.get_topic_name(), processor, pending),
-            (dns_source.get_topic_name(), dns, dns_pending),
-        ):
+        for b in bound:
+            topic = b.source.get_topic_name()
             gone = {tp.partition for tp in revoked if tp.topic == topic}
             if not gone:
                 continue
-            dropped = stage.drop_partitions(gone)
+            dropped = b.stage.drop_partitions(gone)
             # Never acknowledge them now: the partition's next owner reads them again.
-            waiting[:] = [item for item in waiting if item[0] not in gone]
+            b.pending[:] = [item for item in b.pending if item[0] not in gone]
             log.info(
                 "%s partitions %s revoked: dropped %d unpublished records",
                 topic, sorted(gone), dropped,
@@ -280,10 +301,11 @@ async def _delivered(futures: list[Any]) -> int:
     return len(not_done) + sum(1 for d in done if d.exception() is not None)
 
 
-def _die(reason: str, processor: ConnectionProcessor, dns: DnsProcessor) -> None:
+def _die(reason: str, stages: Stages) -> None:
     log.error("%s: exiting without acknowledging; a restart re-reads them", reason)
-    log.info("final counters %s", _format(processor.report()))
-    log.info("dns counters at exit %s", _format(dns.report()))
+    log.info("final counters %s", _format(stages.tcp.report()))
+    for name, stage in stages.named()[1:]:
+        log.info("%s counters at exit %s", name, _format(stage.report()))
     logging.shutdown()
     os._exit(EXIT_DELIVERY_FAILED)
 
@@ -332,9 +354,16 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
         return 4
     log.info("lz4 decompression: %s", use_gil_free_lz4())
     tune_interpreter()
-    processor = build_processor(settings, prices, rules)
-    dns = build_dns_processor(settings, rules)
-    app = build_app(settings, processor, dns)
+    stages = Stages(
+        tcp=build_processor(settings, prices, rules),
+        udp=build_udp_processor(settings, prices),
+        dns=build_dns_processor(settings, rules),
+    )
+    processor = stages.tcp
+    app = build_app(settings, stages)
+    board = MetricsBoard(dict(stages.named()))
+    app.timer(settings.close_interval_s, name="metrics_snapshot")(_refresh(board))
+    server = board.serve(settings.metrics_port)
 
     def final_report(code: int) -> None:
         report: dict[str, Any] = {
@@ -343,7 +372,8 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
         }
         log.info("tcp worker stopped (exit %d); final counters %s", code, _format(report))
         # Worded apart from "final counters": scripts read the TCP line by that phrase.
-        log.info("dns counters at exit %s", _format(dns.report()))
+        for name, stage in stages.named()[1:]:
+            log.info("%s counters at exit %s", name, _format(stage.report()))
 
     worker = _Worker(
         app,
@@ -374,8 +404,17 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     if worker._watchdog is not None:
         worker._watchdog.cancel()
+    if server is not None:
+        server.close()
     final_report(code)
     return code
+
+
+def _refresh(board: MetricsBoard) -> Callable[[], Awaitable[None]]:
+    async def refresh() -> None:
+        board.refresh()
+
+    return refresh
 
 
 def _format(counters: dict[str, Any]) -> str:

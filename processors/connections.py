@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
+
+import msgspec
 
 from flowscope import SCHEMA_VERSION
-from flowscope.records import EnrichedTcpConnection
+from flowscope.records import Endpoint, EnrichedTcpConnection
 from processors import windows
 from processors.sketch import QuantileSketch
 from processors.windows import BatchResult, InvalidRecord, PartitionWindows, unsupported_version
@@ -75,6 +77,41 @@ class Cell:
 def _pairs(labels: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
     # The enricher writes them sorted by key: equal selections give equal tuples.
     return tuple(labels.items()) if labels else ()
+
+
+class PairRecord(Protocol):
+    """What a cell is keyed by: enriched TCP connections and UDP flows both carry it."""
+
+    @property
+    def client(self) -> Endpoint: ...
+    @property
+    def server(self) -> Endpoint: ...
+    @property
+    def peer_class(self) -> str: ...
+    @property
+    def server_domain(self) -> str | msgspec.UnsetType: ...
+
+
+def cell_key(record: PairRecord, in_cluster: frozenset[str] = IN_CLUSTER) -> tuple[Any, ...]:
+    """A record's cell, as a plain tuple equal to its CellKey (built once per new cell)."""
+    client, server = record.client, record.server
+    return (
+        client.workload_key(),
+        server.workload_key(),
+        server.service,
+        client.zone,
+        server.zone,
+        record.peer_class,
+        client.attribution in in_cluster,
+        server.attribution in in_cluster,
+        record.server_domain or None,  # UNSET is falsy
+        _pairs(client.pod_labels),
+        _pairs(server.pod_labels),
+        _pairs(client.node_labels),
+        _pairs(server.node_labels),
+        client.region,
+        server.region,
+    )
 
 
 # One partition's cells of one window, handed out once when the window closes.
@@ -174,23 +211,7 @@ class ConnectionAggregator(PartitionWindows[EnrichedTcpConnection, CellKey, Cell
                     late += 1
                     continue
                 client, server = record.client, record.server
-                key = (
-                    client.workload_key(),
-                    server.workload_key(),
-                    server.service,
-                    client.zone,
-                    server.zone,
-                    record.peer_class,
-                    client.attribution in in_cluster,
-                    server.attribution in in_cluster,
-                    record.server_domain or None,  # UNSET is falsy
-                    _pairs(client.pod_labels),
-                    _pairs(server.pod_labels),
-                    _pairs(client.node_labels),
-                    _pairs(server.node_labels),
-                    client.region,
-                    server.region,
-                )
+                key = cell_key(record, in_cluster)
                 cells = window.cells
                 cell = cells.get(key)  # type: ignore[call-overload]  # a tuple equal to a CellKey
                 if cell is None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from flowscope.records import CostPairMetric, CostRollupMetric
+from flowscope.records.vocabulary import Transport
 from processors.connections import ClosedWindow
 from processors.prices import PriceTable, publishable
 
@@ -63,13 +64,20 @@ class _Rollup:
 PairCostKey = tuple[str, str, str | None, str | None, str]
 
 
-def cost_pair_id(start_ns: int, partition: int, key: PairCostKey) -> str:
+def cost_pair_id(
+    start_ns: int, partition: int, key: PairCostKey, transport: str = "tcp"
+) -> str:
     src, dst, szone, dzone, cost_class = key
-    return f"cost.pair|{start_ns}|{partition}|{src}|{dst}|{szone or ''}|{dzone or ''}|{cost_class}"
+    # TCP's ids stay as they were; UDP's are apart (a pair has a record per transport).
+    kind = "cost.pair" if transport == "tcp" else f"cost.pair.{transport}"
+    return f"{kind}|{start_ns}|{partition}|{src}|{dst}|{szone or ''}|{dzone or ''}|{cost_class}"
 
 
-def rollup_id(start_ns: int, partition: int, scope: str, name: str) -> str:
-    return f"cost.rollup|{start_ns}|{partition}|{scope}|{name}"
+def rollup_id(
+    start_ns: int, partition: int, scope: str, name: str, transport: str = "tcp"
+) -> str:
+    kind = "cost.rollup" if transport == "tcp" else f"cost.rollup.{transport}"
+    return f"{kind}|{start_ns}|{partition}|{scope}|{name}"
 
 
 def _label_scopes(
@@ -82,7 +90,7 @@ def _label_scopes(
 
 
 def cost_metrics(
-    window: ClosedWindow, table: PriceTable
+    window: ClosedWindow, table: PriceTable, transport: Transport = "tcp"
 ) -> tuple[list[CostPairMetric], list[CostRollupMetric]]:
     pairs: dict[PairCostKey, _PairCost] = {}
     rollups: dict[tuple[str, str], _Rollup] = {}
@@ -145,7 +153,8 @@ def cost_metrics(
     start, part = window.start_ns, window.partition
     pair_records = [
         CostPairMetric(
-            metric_id=cost_pair_id(start, part, k),
+            metric_id=cost_pair_id(start, part, k, transport),
+            transport=transport,
             window_start_ns=start,
             window_end_ns=window.end_ns,
             source_partition=part,
@@ -169,7 +178,8 @@ def cost_metrics(
     ]
     rollup_records = [
         CostRollupMetric(
-            metric_id=rollup_id(start, part, scope, name),
+            metric_id=rollup_id(start, part, scope, name, transport),
+            transport=transport,
             window_start_ns=start,
             window_end_ns=window.end_ns,
             source_partition=part,

@@ -10,6 +10,7 @@ from flowscope import settings
 from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from flowscope.resources import shipped
 from flowscope.settings import LOG_LEVELS, optional_str, setting
+from processors import ProcessorsError
 from processors.dns import NAME_GROUPINGS
 from processors.prices import CLOUDS
 
@@ -18,7 +19,7 @@ DEFAULT_ALERT_RULES = shipped("alerts.yaml")
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
-class SettingsError(ValueError):
+class SettingsError(ProcessorsError, ValueError):
     """A setting has an invalid value; the message names the valid ones."""
 
 
@@ -54,6 +55,11 @@ class ProcessorSettings:
     # 0 disables faust's web server (several workers share one machine)
     web_port: int = setting(
         0, "faust web server port on 127.0.0.1; 0 disables it", env="FLOWSCOPE_PROCESSORS_WEB_PORT"
+    )
+    metrics_port: int = setting(
+        0,
+        "Prometheus /metrics port of the worker's counters; 0 disables it",
+        env="FLOWSCOPE_PROCESSORS_METRICS_PORT",
     )
     state_dir: Path = setting(
         Path(".state"),
@@ -149,6 +155,8 @@ class ProcessorSettings:
             raise SettingsError(f"idle allowance must be >= 0 seconds, got {self.idle_allowance_s}")
         if not 0 <= self.web_port <= 65535:
             raise SettingsError(f"web port must be 0 (disabled) or 1-65535, got {self.web_port}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"metrics port must be 0 (off) or 1-65535, got {self.metrics_port}")
         if not self.close_interval_s > 0 or not self.log_interval_s > 0:
             raise SettingsError("close and log intervals must be > 0 seconds")
         if not self.shutdown_timeout_s > 0:

@@ -6,6 +6,8 @@ from typing import Literal
 
 import msgspec
 
+from flowscope.records.vocabulary import Transport
+
 
 class TcpPairMetric(msgspec.Struct, frozen=True, kw_only=True):
     """Connections between two workloads in one closed tumbling window (event time)."""
@@ -80,10 +82,12 @@ class CostPairMetric(msgspec.Struct, frozen=True, kw_only=True):
     """Bytes and data-transfer dollars between two workloads and two zones in one closed
     window of one source partition. Source = the client end, destination = the server end.
 
-    Units: bytes are TCP payload bytes; dollars are USD at the price table's per-GB prices
-    (GB = 10**9 bytes unless the table says GiB), rounded to 1e-9 USD. ``cost_usd`` =
-    ``cost_usd_source`` (charged to the source's account: what it sent and received) +
-    ``cost_usd_destination``. Each connection is counted once (client side when observed).
+    Units: bytes are TCP payload bytes, or for ``transport`` ``udp`` IP bytes of whole
+    datagrams; dollars are USD at the price table's per-GB prices (GB = 10**9 bytes unless
+    the table says GiB), rounded to 1e-9 USD. ``cost_usd`` = ``cost_usd_source`` (charged to
+    the source's account: what it sent and received) + ``cost_usd_destination``. Each
+    connection (UDP: each flow window) is counted once (client side when observed); for UDP
+    the server is the end on a fixed port (flowscope.records.udp_local_is_client).
     """
 
     schema_version: int = 1
@@ -106,6 +110,8 @@ class CostPairMetric(msgspec.Struct, frozen=True, kw_only=True):
     cost_usd: float
     cost_usd_source: float
     cost_usd_destination: float
+    # A pair has one record per transport in a window: add them for its whole cost.
+    transport: Transport = "tcp"
 
 
 class CostRollupMetric(msgspec.Struct, frozen=True, kw_only=True):
@@ -130,6 +136,7 @@ class CostRollupMetric(msgspec.Struct, frozen=True, kw_only=True):
     cost_usd: float
     cost_usd_by_class: dict[str, float]
     bytes_by_class: dict[str, int]  # sent + received
+    transport: Transport = "tcp"  # one record per transport: add them for the whole
 
 
 class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):

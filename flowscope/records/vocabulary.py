@@ -7,6 +7,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 Role = Literal["client", "server", "unknown"]
+Transport = Literal["tcp", "udp"]
 # How an endpoint was named: a pod (by cgroup for the local end, by IP for the remote end),
 # the node itself (host processes, hostNetwork pods), or nothing known.
 Attribution = Literal["pod", "host", "node", "unresolved", "external"]

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import ConfigResource
 
 from devbroker import Cluster
 from devbroker.ports import free_port_block
-from flowscope.kafka import RecordProducer
+from flowscope.kafka import RecordProducer, admin_client
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def _produce(bootstrap: str, topic: str, n: int, timeout_s: float) -> RecordProd
 
 
 def test_three_replicas_and_two_in_sync_required(cluster: Cluster) -> None:
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    admin = admin_client(cluster.bootstrap)
     metadata = admin.list_topics(timeout=10)
     assert sorted(metadata.brokers) == [1, 2, 3]
     topic = f"cluster-{uuid.uuid4().hex[:10]}"

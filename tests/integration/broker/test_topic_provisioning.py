@@ -8,10 +8,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from flowscope import provisioning
+from flowscope.kafka import admin_client
 from flowscope.topics import Topics
 
 
@@ -27,7 +27,7 @@ def _run(bootstrap: str, topics: Topics, *args: str) -> subprocess.CompletedProc
 def cleanup(kafka_bootstrap: str, topics: Topics) -> Iterator[None]:
     yield
     names = [t for names in provisioning.family_topics(topics).values() for t in names]
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = admin_client(kafka_bootstrap)
     existing = set(admin.list_topics(timeout=10).topics)
     doomed = [n for n in names if n in existing]
     if doomed:
@@ -38,7 +38,7 @@ def cleanup(kafka_bootstrap: str, topics: Topics) -> Iterator[None]:
 def test_create_then_check_and_a_topic_made_otherwise(
     kafka_bootstrap: str, topics: Topics, cleanup: None
 ) -> None:
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = admin_client(kafka_bootstrap)
     # Made beforehand with one partition: the plan says 12 for raw topics.
     for future in admin.create_topics([NewTopic(topics.raw_tcp, 1, 1)]).values():
         future.result(timeout=30)

@@ -15,9 +15,8 @@ import threading
 import time
 import uuid
 
-from confluent_kafka import Consumer
-
 from flowscope.codec import JsonCodec
+from flowscope.kafka import RecordConsumer
 from flowscope.records import RawTcpConnection
 from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
@@ -44,21 +43,13 @@ def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float) -
 def _consume(
     bootstrap: str, topic: str, want: int, timeout_s: float
 ) -> list[tuple[bytes | None, bytes | None]]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-        }
-    )
+    consumer = RecordConsumer(bootstrap, f"test-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic])
     out: list[tuple[bytes | None, bytes | None]] = []
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline and len(out) < want:
-            for msg in consumer.consume(num_messages=1000, timeout=0.5):
-                if msg.error() is None:
-                    out.append((msg.key(), msg.value()))
+            out += [(msg.key(), msg.value()) for msg in consumer.consume(1000, 0.5)]
     finally:
         consumer.close()
     return out

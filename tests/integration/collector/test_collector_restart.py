@@ -21,14 +21,14 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from collector.events import DecodeStats, clock_offset_ns, decode_batch
 from collector.pins import DEFAULT_PIN_ROOT, remove_tree
 from collector.settings import DEFAULT_BPF_OBJECT
 from collector.source import TcpConnSource
 from flowscope.codec import JsonCodec
-from flowscope.kafka import TopicSpec, ensure_topics
+from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import RawTcpConnection
 from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
@@ -120,17 +120,14 @@ class RawReader:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._codec = JsonCodec(RawTcpConnection)
         self._topic = topic
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                                   "auto.offset.reset": "earliest",
-                                   "enable.auto.commit": False})  # fmt: skip
-        meta = self._consumer.list_topics(topic, timeout=10).topics[topic]
-        self._partitions = [TopicPartition(topic, p, 0) for p in meta.partitions]
+        self._consumer = RecordConsumer(bootstrap, uuid.uuid4().hex, {"enable.auto.commit": False})
+        self._partitions = [TopicPartition(topic, p, 0) for p in self._consumer.partitions(topic)]
         self._consumer.assign(self._partitions)
         self.records: list[RawTcpConnection] = []
 
     def _poll(self) -> None:
-        for msg in self._consumer.consume(num_messages=5000, timeout=0.5):
-            if msg.error() is None and msg.value() is not None:
+        for msg in self._consumer.consume(5000, 0.5):
+            if msg.value() is not None:
                 self.records.extend(self._codec.decode_batch(msg.value()))
 
     def until(self, done: Counter[tuple[str, int, int]], port: int, timeout_s: float) -> None:
@@ -141,7 +138,7 @@ class RawReader:
     def to_end(self, timeout_s: float = 60) -> None:
         ends = {}
         for tp in self._partitions:
-            ends[tp.partition] = self._consumer.get_watermark_offsets(tp, timeout=10)[1]
+            ends[tp.partition] = self._consumer.watermarks(tp, timeout_s=10)[1]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             positions = self._consumer.position(self._partitions)

@@ -13,9 +13,8 @@ import threading
 import time
 import uuid
 
-from confluent_kafka import Consumer
-
 from flowscope.codec import JsonCodec
+from flowscope.kafka import RecordConsumer
 from flowscope.records import RawDnsQuery
 from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
@@ -44,16 +43,13 @@ def _wait_ready(proc: subprocess.Popen[str], timeout_s: float) -> list[str]:
 
 
 def _consume(bootstrap: str, topic: str, timeout_s: float) -> list[tuple[bytes, bytes]]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest"})  # fmt: skip
+    consumer = RecordConsumer(bootstrap, f"t-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic])
     out: list[tuple[bytes, bytes]] = []
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=1000, timeout=0.5):
-                if msg.error() is None:
-                    out.append((msg.key(), msg.value()))
+            out += [(msg.key(), msg.value()) for msg in consumer.consume(1000, 0.5)]
     finally:
         consumer.close()
     return out

@@ -12,12 +12,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from enricher.dnsjoin import DnsJoiner
 from enricher.joiner import Joiner
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
+from flowscope.kafka import RecordConsumer
 from flowscope.records import (
     DeadLetter,
     EnrichedDnsQuery,
@@ -83,20 +84,18 @@ def _produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> N
 
 
 def _consume(bootstrap: str, topic: str, n: int, timeout_s: float = 30.0) -> list[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "auto.offset.reset": "earliest",
-                         "group.id": f"test-{uuid.uuid4().hex[:8]}"})  # fmt: skip
+    consumer = RecordConsumer(bootstrap, f"test-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic])
     got: list[bytes] = []
     deadline = time.monotonic() + timeout_s
     try:
         while len(got) < n and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=100, timeout=0.5):
+            for msg in consumer.consume(100, 0.5):
                 value = msg.value()
-                if msg.error() is None and isinstance(value, bytes):
+                if isinstance(value, bytes):
                     got.append(value)
         # Nothing more than expected: a bad message must not turn into two letters.
-        got += [m.value() or b"" for m in consumer.consume(num_messages=100, timeout=1.0)
-                if m.error() is None]  # fmt: skip
+        got += [m.value() or b"" for m in consumer.consume(100, 1.0)]
     finally:
         consumer.close()
     assert len(got) == n, f"expected {n} records on {topic}, got {len(got)}"

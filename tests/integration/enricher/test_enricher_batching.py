@@ -8,7 +8,7 @@ import time
 import uuid
 
 import msgspec
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from enricher.joiner import Joiner
 from enricher.kubeobjects import ParsedObjects
@@ -17,7 +17,7 @@ from enricher.outbox import partition_of
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
-from flowscope.kafka import PRODUCER_DEFAULTS, TopicSpec, ensure_topics
+from flowscope.kafka import PRODUCER_DEFAULTS, RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
 from flowscope.topics import Topics
 
@@ -31,22 +31,16 @@ def _read(
     bootstrap: str, topic: str, want: int, timeout_s: float = 60.0
 ) -> list[tuple[int, bytes, bytes]]:
     """(partition, key, value) of messages until ``want`` records were read."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"t-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-        }
-    )
+    consumer = RecordConsumer(bootstrap, f"t-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic])
     out: list[tuple[int, bytes, bytes]] = []
     records = 0
     deadline = time.monotonic() + timeout_s
     try:
         while records < want and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=500, timeout=0.5):
+            for msg in consumer.consume(500, 0.5):
                 value, key = msg.value(), msg.key()
-                if msg.error() is None and value is not None and key is not None:
+                if value is not None and key is not None:
                     out.append((msg.partition() or 0, key, value))
                     records += value.count(b'"schema_version"') if value[:1] == b"[" else 1
     finally:

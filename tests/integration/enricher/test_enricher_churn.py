@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from kubehelp_enricher import node_object, start_publisher, wait_for
 from kubernetes import client
 
@@ -33,6 +33,7 @@ from enricher.classify import parse_cidrs
 from enricher.joiner import Joiner
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
+from flowscope.kafka import RecordConsumer
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
 from flowscope.topics import Topics
 
@@ -199,20 +200,14 @@ def test_churn_with_ip_reuse_is_attributed_exactly(
             producer.produce(topics.raw_tcp, value)
         assert producer.flush(30) == 0
 
-        consumer = Consumer(
-            {
-                "bootstrap.servers": kafka_bootstrap,
-                "group.id": f"test-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-            }
-        )
+        consumer = RecordConsumer(kafka_bootstrap, f"test-{uuid.uuid4().hex[:8]}")
         consumer.subscribe([topics.enriched_tcp])
         out: list[EnrichedTcpConnection] = []
         deadline = time.monotonic() + 60
         while len(out) < len(truth) and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+            for msg in consumer.consume(1000, 0.5):
                 payload = msg.value()
-                if msg.error() is None and isinstance(payload, bytes):
+                if isinstance(payload, bytes):
                     out.extend(ENRICHED.decode_batch(payload))  # batched or not
         consumer.close()
     finally:

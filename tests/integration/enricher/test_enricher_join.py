@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,8 +23,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, Message, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Message, Producer
 
 # Re-exported by confluent_kafka.admin, but not in a way its type hints declare.
 from confluent_kafka.admin._config import ConfigResource
@@ -31,9 +31,12 @@ from confluent_kafka.admin._config import ConfigResource
 from enricher.joiner import Joiner
 from enricher.kubeobjects import ParsedObjects
 from enricher.metadata import NodeMeta
+from enricher.metrics import VOCABULARY
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
+from flowscope.kafka import RecordConsumer, admin_client
+from flowscope.metrics import scrape
 from flowscope.records import DeadLetter, EnrichedTcpConnection, RawTcpConnection
 from flowscope.topics import Topics
 
@@ -41,6 +44,12 @@ REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000
 NOW = time.time_ns()
 POD_START = NOW - 600 * S
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _rfc3339(ns: int) -> str:
@@ -144,21 +153,13 @@ def _publish_cli(bootstrap: str, topics: Topics, path: Path) -> str:
 
 
 def _consume(bootstrap: str, topic: str, n: int, timeout_s: float = 30.0) -> list[Message]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-        }
-    )
+    consumer = RecordConsumer(bootstrap, f"test-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic])
     got: list[Message] = []
     deadline = time.monotonic() + timeout_s
     try:
         while len(got) < n and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=100, timeout=0.5):
-                if msg.error() is None:
-                    got.append(msg)
+            got += consumer.consume(100, 0.5)
     finally:
         consumer.close()
     assert len(got) == n, f"expected {n} records on {topic}, got {len(got)} in {timeout_s}s"
@@ -219,7 +220,7 @@ def test_publish_join_and_dead_letter(
     out = _publish_cli(kafka_bootstrap, topics, objects_file)
     assert "Node=2" in out and "Pod=2" in out and "Service=1" in out, out
     assert "tombstones=0" in out, out
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin = admin_client(kafka_bootstrap)
     resource = ConfigResource(ConfigResource.Type.TOPIC, topics.metadata)
     config = admin.describe_configs([resource])[resource].result(timeout=30)
     assert config["cleanup.policy"].value == "compact"
@@ -378,8 +379,12 @@ def test_join_cli_stops_cleanly_on_sigterm(
     kafka_bootstrap: str, topics: Topics, objects_file: Path
 ) -> None:
     _publish_cli(kafka_bootstrap, topics, objects_file)
+    metrics_port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "enricher", "join", "--stats-interval-seconds", "0.5"],
+        [
+            *(sys.executable, "-m", "enricher", "join", "--stats-interval-seconds", "0.5"),
+            *("--metrics-port", str(metrics_port)),
+        ],
         cwd=REPO,
         env={
             **os.environ,
@@ -397,6 +402,7 @@ def test_join_cli_stops_cleanly_on_sigterm(
         # The command line's default batches output: a JSON array, here of one record.
         (first,) = JsonCodec(EnrichedTcpConnection).decode_batch(_value(record))
         assert first.server.pod_uid == "uid-db"
+        text, scraped = scrape(metrics_port)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -409,3 +415,11 @@ def test_join_cli_stops_cleanly_on_sigterm(
     assert "enricher_records_in_total=1 " in final[-1]
     assert "enricher_records_enriched_total=1 " in final[-1]
     assert "enricher_produce_delivered_total=1 " in final[-1]
+    # The same counters on /metrics, under their names, both joiners, typed and described.
+    assert scraped["flowscope_enricher_records_in_total{signal=tcp}"] == 1, scraped
+    assert scraped["flowscope_enricher_records_enriched_total{signal=tcp}"] == 1, scraped
+    assert scraped["flowscope_enricher_records_in_total{signal=dns}"] == 0, scraped
+    assert "# TYPE flowscope_enricher_holdback_held_records gauge" in text
+    assert "# HELP flowscope_enricher_kafka_messages_total " in text
+    keys = [kv.split("=")[0] for kv in final[-1].split("final counters: ")[1].split()]
+    assert keys and VOCABULARY.unrouted(keys) == [], VOCABULARY.unrouted(keys)

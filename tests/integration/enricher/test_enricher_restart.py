@@ -25,13 +25,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
 from enricher.kubeobjects import ParsedObjects
 from enricher.metadata import Meta, NodeMeta, PodMeta
 from enricher.publisher import MetadataPublisher
 from flowscope.codec import JsonCodec
-from flowscope.kafka import TopicSpec, ensure_topics
+from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
 from flowscope.topics import Topics
 
@@ -161,14 +161,10 @@ class CommittedReader(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True)
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
+        self._consumer = RecordConsumer(
+            bootstrap,
+            f"test-reader-{uuid.uuid4().hex[:8]}",
+            {"enable.auto.commit": False, "isolation.level": "read_committed"},
         )
         self._consumer.subscribe([topic])
         self.arrived: list[tuple[float, int]] = []  # (monotonic time, id)
@@ -177,9 +173,9 @@ class CommittedReader(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stop_event.is_set():
-                for msg in self._consumer.consume(num_messages=500, timeout=0.1):
+                for msg in self._consumer.consume(500, 0.1):
                     value = msg.value()
-                    if msg.error() is None and isinstance(value, bytes):
+                    if isinstance(value, bytes):
                         now = time.monotonic()
                         self.arrived += [
                             (now, e.bytes_client_to_server) for e in ENRICHED.decode_batch(value)
@@ -193,11 +189,11 @@ class CommittedReader(threading.Thread):
 
 def _group_done(bootstrap: str, group: str, topic: str) -> bool:
     """Has the group committed every raw partition to its end?"""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    consumer = RecordConsumer(bootstrap, group)
     try:
         parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        committed = consumer.committed(parts, timeout=10)
-        ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
+        committed = consumer.committed(parts, timeout_s=10)
+        ends = [consumer.watermarks(tp, timeout_s=10)[1] for tp in parts]
         return all(c.offset == end for c, end in zip(committed, ends, strict=True))
     finally:
         consumer.close()
@@ -205,33 +201,28 @@ def _group_done(bootstrap: str, group: str, topic: str) -> bool:
 
 def drain_committed(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[int]:
     """Every committed enriched record id, read until every partition reports its end."""
-    consumer = Consumer(
+    consumer = RecordConsumer(
+        bootstrap,
+        f"test-drain-{uuid.uuid4().hex[:8]}",
         {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-drain-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "isolation.level": "read_committed",
-        }
+        },
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     ids: list[int] = []
-    at_end: set[int] = set()
+    at_end = consumer.at_end  # (topic, partition) read to its end since its last message
     deadline = time.monotonic() + timeout_s
     try:
         while len(at_end) < PARTITIONS:
             assert time.monotonic() < deadline, f"{topic} not drained: ends {sorted(at_end)}"
-            for msg in consumer.consume(num_messages=1000, timeout=0.5):
-                err = msg.error()
-                if err is not None:
-                    assert err.code() == KafkaError._PARTITION_EOF, err
-                    at_end.add(msg.partition() or 0)
-                    continue
+            for msg in consumer.consume(1000, 0.5):
                 value = msg.value()
                 assert isinstance(value, bytes)
-                at_end.discard(msg.partition() or 0)
                 ids += [e.bytes_client_to_server for e in ENRICHED.decode_batch(value)]
+            # Any error other than a partition's end.
+            assert consumer.counters.errors == 0, consumer.counters.last_error
     finally:
         consumer.close()
     return ids

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from enricher.classify import parse_cidrs
 from enricher.joiner import Joiner
@@ -22,7 +22,7 @@ from enricher.metadata import Meta, NodeMeta, PodMeta
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
-from flowscope.kafka import TopicSpec, ensure_topics
+from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
 from flowscope.topics import Topics
 
@@ -114,26 +114,20 @@ def _running(joiners: list[Joiner]) -> Iterator[None]:
 def _consume_enriched(
     bootstrap: str, topic: str, n: int, timeout_s: float = 30.0
 ) -> list[EnrichedTcpConnection]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-        }
-    )
+    consumer = RecordConsumer(bootstrap, f"test-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic])
     out: list[EnrichedTcpConnection] = []
     deadline = time.monotonic() + timeout_s
     try:
         while len(out) < n and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=500, timeout=0.3):
+            for msg in consumer.consume(500, 0.3):
                 value = msg.value()
-                if msg.error() is None and isinstance(value, bytes):
+                if isinstance(value, bytes):
                     out.extend(ENRICHED.decode_batch(value))  # batched or not
         # Anything beyond n (a duplicate) must show up too.
-        for msg in consumer.consume(num_messages=500, timeout=1.0):
+        for msg in consumer.consume(500, 1.0):
             value = msg.value()
-            if msg.error() is None and isinstance(value, bytes):
+            if isinstance(value, bytes):
                 out.extend(ENRICHED.decode_batch(value))
     finally:
         consumer.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
+from flowscope.kafka import RecordConsumer
+from flowscope.metrics import scrape
 from flowscope.records import Endpoint
 from flowscope.topics import Topics
 from processors.dedupe import FirstPerId, HasMetricId
@@ -32,6 +35,7 @@ class Worker:
     proc: subprocess.Popen[bytes]
     stderr_path: Path
     stdout_path: Path
+    metrics_port: int = 0  # its /metrics (0: none)
 
     def log(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -71,6 +75,7 @@ def start_worker(
     window_s: float,
     extra: list[str] | None = None,
     name: str = "worker",
+    metrics_port: int = 0,
 ) -> Worker:
     stderr_path, stdout_path = workdir / f"{name}.stderr", workdir / f"{name}.stdout"
     argv = [
@@ -84,6 +89,7 @@ def start_worker(
         "--idle-allowance-seconds", "1",
         "--log-interval-seconds", "1",
         "--session-timeout-seconds", "6",
+        "--metrics-port", str(metrics_port),
         *(extra or []),
     ]  # fmt: skip
     with stderr_path.open("ab") as err, stdout_path.open("ab") as out:
@@ -95,28 +101,47 @@ def start_worker(
             env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
         )
-    return Worker(proc, stderr_path, stdout_path)
+    return Worker(proc, stderr_path, stdout_path, metrics_port)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_metric(
+    worker: Worker, sample: str, value: float, timeout_s: float
+) -> dict[str, float]:
+    """Scrapes of the worker's /metrics until ``sample`` reads ``value`` (the worker refreshes
+    them once per close tick); the last scrape."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text, values = scrape(worker.metrics_port)
+        if values.get(sample) == value or time.monotonic() > deadline:
+            for family in {name.split("{")[0] for name in values}:
+                assert f"# HELP {family} " in text and f"# TYPE {family} " in text, family
+            return values
+        time.sleep(0.2)
 
 
 def new_app_id() -> str:
     return f"test-tcp-{uuid.uuid4().hex[:8]}"
 
 
-def new_consumer(bootstrap: str, topic: str) -> Consumer:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "topic.metadata.refresh.interval.ms": 1000,
-        }
+def new_consumer(bootstrap: str, topic: str) -> RecordConsumer:
+    consumer = RecordConsumer(
+        bootstrap,
+        f"test-reader-{uuid.uuid4().hex[:8]}",
+        {"enable.auto.commit": False, "topic.metadata.refresh.interval.ms": 1000},
+        # Read before the worker has created the topic.
+        tolerated=(KafkaError.UNKNOWN_TOPIC_OR_PART,),
     )
     consumer.subscribe([topic])
     return consumer
 
 
-def consume(consumer: Consumer, timeout_s: float, workers: list[Worker]) -> list[bytes]:
+def consume(consumer: RecordConsumer, timeout_s: float, workers: list[Worker]) -> list[bytes]:
     """Everything that arrives within ``timeout_s``."""
     values: list[bytes] = []
     deadline = time.monotonic() + timeout_s
@@ -124,9 +149,7 @@ def consume(consumer: Consumer, timeout_s: float, workers: list[Worker]) -> list
         for w in workers:
             if w.proc.poll() is not None:
                 pytest.fail(f"worker exited with {w.proc.returncode}:\n{w.log()[-4000:]}")
-        for msg in consumer.consume(num_messages=500, timeout=0.5):
-            if msg.error() is not None:
-                continue  # topic not created yet, partition EOF
+        for msg in consumer.consume(500, 0.5):
             value = msg.value()
             if value is not None:
                 values.append(value)
@@ -155,7 +178,7 @@ def pod(name: str, zone: str, namespace: str = "shop", service: str | None = Non
 
 
 def read_until(
-    consumer: Consumer,
+    consumer: RecordConsumer,
     workers: list[Worker],
     decode: Callable[[bytes], M],
     dedupe: FirstPerId,
@@ -177,12 +200,11 @@ def group_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> li
     """(committed offset, end offset) per partition of ``topic`` for consumer group ``group``
     (a worker's app id); 0 where nothing is committed. Reads offsets without joining the
     group, so the workers' assignment is not disturbed."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
-                         "enable.auto.commit": False})  # fmt: skip
+    consumer = RecordConsumer(bootstrap, group, {"enable.auto.commit": False})
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
-        committed = consumer.committed(tps, timeout=10)
-        ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
+        committed = consumer.committed(tps, timeout_s=10)
+        ends = [consumer.watermarks(tp, timeout_s=10)[1] for tp in tps]
     finally:
         consumer.close()
     return [(max(tp.offset, 0), end) for tp, end in zip(committed, ends, strict=True)]

@@ -8,13 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from tcpconn_event_builder import batch, make
 
 from collector import events
 from collector.app import Collector
 from collector.attribution import CgroupResolver
 from collector.events import DecodeStats, decode_batch, outcome_of
-from collector.health import HealthReporter, prometheus_text
+from collector.health import HealthReporter
+from collector.metrics import VOCABULARY
 from collector.nat import NatResolver, NetnsIndex, parse_cidrs
 from collector.record import build_record
 from collector.settings import SettingsError, parse_settings
@@ -184,10 +186,10 @@ def test_bad_cidr_fails_at_start_naming_the_value() -> None:
 
 
 def test_prometheus_text_marks_totals_and_gauges() -> None:
-    text = prometheus_text({"delivered": 5, "in_flight": 2})
-    assert "flowscope_collector_delivered_total 5" in text
-    assert "# TYPE flowscope_collector_in_flight gauge" in text
-    assert "flowscope_collector_in_flight 2" in text
+    text = generate_latest(VOCABULARY.registry(lambda: {"delivered": 5, "in_flight": 2})).decode()
+    assert 'flowscope_collector_kafka_messages_total{outcome="delivered"} 5.0' in text
+    assert "# TYPE flowscope_collector_kafka_in_flight_messages gauge" in text
+    assert "flowscope_collector_kafka_in_flight_messages 2.0" in text
 
 
 def test_health_record_is_produced_on_its_interval() -> None:

@@ -6,7 +6,7 @@ import time
 from typing import Any, cast
 
 import msgspec
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 from enricher_records import IN_CLUSTER, raw_connection
 
 from enricher.classify import parse_cidrs
@@ -14,7 +14,7 @@ from enricher.joiner import Joiner
 from enricher.metadata import MetaCodec, NodeMeta, PodMeta
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
-from flowscope.kafka import ProducerCounters, RecordProducer
+from flowscope.kafka import ProducerCounters, RecordConsumer, RecordProducer
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
 
 S = 1_000_000_000
@@ -76,7 +76,7 @@ def _joiner(**kw: Any) -> tuple[Joiner, FakeConsumer, FakeProducer]:
     j.state.upsert(_pod("c1", "10.244.1.1"), T0)
     j.state.track_changes()
     consumer, producer = FakeConsumer(), FakeProducer()
-    j._consumer = cast(Consumer, consumer)
+    j._consumer = cast(RecordConsumer, consumer)
     j._producer = cast(RecordProducer, producer)
     return j, consumer, producer
 
@@ -155,7 +155,7 @@ def test_full_buffer_and_disabled_hold_emit_at_once() -> None:
 def test_revoke_and_close_release_what_is_held() -> None:
     j, consumer, producer = _joiner()
     j.process_batch([_raw(0, partition=0), _raw(5, partition=1)])
-    j._on_revoke(cast(Consumer, consumer), [TopicPartition("raw", 1)])
+    j._on_revoke(cast(RecordConsumer, consumer), [TopicPartition("raw", 1)])
     assert len(producer.out) == 1 and consumer.stored[("raw", 1)] == 6
     assert j.counters.held_released_unresolved == 1
     j._consumer = None  # close() must not touch the stand-in's missing methods

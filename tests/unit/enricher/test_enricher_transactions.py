@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from enricher.transactions import TransactionalOffsets, transactional_id
-from flowscope.kafka import RecordProducer, TransactionAborted
+from flowscope.kafka import RecordConsumer, RecordProducer, TransactionAborted
 
 
 class FakeProducer:
@@ -35,7 +35,7 @@ class FakeConsumer:
 def _offsets(producer: FakeProducer, **kw: Any) -> tuple[TransactionalOffsets, list[int]]:
     rewinds: list[int] = []
     txn = TransactionalOffsets(
-        cast(Consumer, FakeConsumer()),
+        cast(RecordConsumer, FakeConsumer()),
         cast(RecordProducer, producer),
         kw.get("interval_s", 3600.0),
         kw.get("max_records", 100),
