@@ -336,7 +336,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         description="flowscope node collector: loads bpf/tcpconn.bpf.o, reads one event per "
         "finished TCP connection end from the kernel, names the local pod by the socket's "
         "cgroup, and produces flowscope.records.RawTcpConnection records (JSON) to "
-        "<prefix>.raw.tcp. Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN).",
+        "<prefix>.raw.tcp. Needs CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_PTRACE "
+        "(see k8s/collector.yaml).",
     )
     settings.add_arguments(p, Settings, env)
     kafka_security.add_arguments(p, env)
