@@ -35,6 +35,7 @@ from flowscope.records import (
     EnrichedTcpConnection,
     EnrichedUdpFlow,
     RawDnsQuery,
+    RawPacketDrops,
     RawTcpConnection,
     RawUdpFlow,
     TcpLatencyMetric,
@@ -86,6 +87,7 @@ PUBLISHED: tuple[PublishedSchema, ...] = (
     PublishedSchema(AlertEvent, _TOPICS.alerts),
     PublishedSchema(EnrichedDnsQuery, _TOPICS.enriched_dns),
     PublishedSchema(DnsMetric, _TOPICS.metrics_dns),
+    PublishedSchema(RawPacketDrops, _TOPICS.raw_drops),
 )
 
 

@@ -17,6 +17,7 @@ from flowscope.records.dns import (
     RawDnsQuery,
 )
 from flowscope.records.endpoint import Endpoint
+from flowscope.records.health import RawPacketDrops
 from flowscope.records.metrics import (
     AlertEvent,
     CostPairMetric,
@@ -60,6 +61,7 @@ __all__ = [
     "Outcome",
     "PeerClass",
     "RawDnsQuery",
+    "RawPacketDrops",
     "RawTcpConnection",
     "RawUdpFlow",
     "Role",
