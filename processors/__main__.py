@@ -25,6 +25,7 @@ from flowscope.topics import Topics
 from processors.alerts import AlertRuleError, load_rules
 from processors.prices import PriceTableError, load_price_table
 from processors.settings import LOG_LEVELS, ProcessorSettings, SettingsError
+from processors.verdict import load_verdict
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
@@ -258,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         prices = load_price_table(settings.prices_path, settings.cloud)
         rules = load_rules(settings.alert_rules_path)
+        load_verdict(settings.alert_rules_path)  # a bad network_verdict fails here, named
     except (SettingsError, PriceTableError, AlertRuleError, KafkaSecurityError) as exc:
         print(f"python -m processors: invalid setting: {exc}", file=sys.stderr)
         return 2
@@ -286,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 TopicSpec(topics.metrics_tcp_latency),
                 TopicSpec(topics.metrics_cost_pairs),
                 TopicSpec(topics.metrics_cost_rollups),
+                TopicSpec(topics.metrics_path_health),
                 TopicSpec(topics.alerts),
                 TopicSpec(topics.deadletter),
             ],

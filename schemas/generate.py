@@ -34,6 +34,7 @@ from flowscope.records import (
     EnrichedDnsQuery,
     EnrichedTcpConnection,
     EnrichedUdpFlow,
+    PathHealthMetric,
     RawDnsQuery,
     RawPacketDrops,
     RawTcpConnection,
@@ -88,6 +89,7 @@ PUBLISHED: tuple[PublishedSchema, ...] = (
     PublishedSchema(EnrichedDnsQuery, _TOPICS.enriched_dns),
     PublishedSchema(DnsMetric, _TOPICS.metrics_dns),
     PublishedSchema(RawPacketDrops, _TOPICS.raw_drops),
+    PublishedSchema(PathHealthMetric, _TOPICS.metrics_path_health),
 )
 
 

@@ -17,7 +17,7 @@ from flowscope.records.dns import (
     RawDnsQuery,
 )
 from flowscope.records.endpoint import Endpoint
-from flowscope.records.health import RawPacketDrops
+from flowscope.records.health import PathHealthMetric, RawPacketDrops
 from flowscope.records.metrics import (
     AlertEvent,
     CostPairMetric,
@@ -59,6 +59,7 @@ __all__ = [
     "EnrichedTcpConnection",
     "EnrichedUdpFlow",
     "Outcome",
+    "PathHealthMetric",
     "PeerClass",
     "RawDnsQuery",
     "RawPacketDrops",

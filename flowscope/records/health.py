@@ -37,3 +37,39 @@ class RawPacketDrops(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     src_addr: str | None
     dst_addr: str | None
 
+
+
+class PathHealthMetric(msgspec.Struct, frozen=True, kw_only=True):
+    """Network health of one path (source node -> destination node, or source zone ->
+    destination zone) in one window, from the client ends of the connections that crossed it.
+
+    The source is the client's end, the destination the server's; each connection is counted
+    once (as for the pair metrics). ``failures`` counts failed connects by outcome (refused,
+    connect_timeout, reset...); ``syn_retransmits`` the SYNs clients sent again;
+    ``retransmission_rate`` = retransmitted segments / segments sent by the client ends.
+    ``services`` lists the (client workload -> server workload) pairs that used the path.
+    """
+
+    schema_version: int = 1
+    metric_id: str  # deterministic: window, source partition, scope, path
+    window_start_ns: int
+    window_end_ns: int
+    source_partition: int
+    scope: Literal["node", "zone"]
+    source: str  # node or zone name; "unknown" when the end's metadata has none
+    destination: str
+    connections: int
+    failed_connections: int
+    failures: dict[str, int]  # outcome -> connections, failure outcomes only
+    resets: int  # connections that ended in a reset (sent or received)
+    connect_timeouts: int
+    syn_retransmits: int
+    connections_with_syn_retransmits: int
+    retrans_segs: int
+    segs_out: int
+    retransmission_rate: float | None
+    rtt_p50_us: float | None
+    rtt_p90_us: float | None
+    rtt_p99_us: float | None
+    rtt_sketch: dict[str, object] | None  # mergeable (processors/sketch.py), None: no sample
+    services: list[str]  # "client_workload -> server_workload", sorted
