@@ -21,7 +21,7 @@ from flowscope.codec import JsonCodec
 from flowscope.records import FAILURE_OUTCOMES, AlertEvent, EnrichedTcpConnection, PathHealthMetric
 from processors.sketch import DEFAULT_ALPHA, QuantileSketch
 from processors.stage import Output, WindowedStage
-from processors.verdict import PathVerdict, VerdictConfig
+from processors.verdict import UNKNOWN, PathVerdict, VerdictConfig
 from processors.windows import ClosedWindow, PartitionWindows, unsupported_version
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 STAGE = "processors.path_health"
 Scope = Literal["node", "zone"]
 SCOPES: tuple[Scope, ...] = ("node", "zone")
-UNKNOWN = "unknown"
 RESET_OUTCOMES = frozenset({"reset_by_peer", "reset_locally"})
 
 

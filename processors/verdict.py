@@ -9,7 +9,9 @@ config/alerts.yaml). Then:
   ``network path X -> Y degraded`` (rule ``network-path-degraded``), listing the services;
 - the degraded pairs no such path explains are grouped by server workload and fire
   ``service-degraded`` for that server: one pair alone, or one server failing every client
-  whatever the path, points at the service, not at the network.
+  whatever the path, points at the service, not at the network. A path found at fault
+  stays so while any of its pairs is still degraded. Pairs with an end on no known node
+  (unresolved addresses) are not judged: there is no path to blame.
 
 Events follow processors/alerts.py: one firing and one resolved event per episode, an
 ``alert_id`` of (rule, group, first window), fired after ``for_windows`` windows in a row,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from processors.pathhealth import PathCell, PathCells
 
 NETWORK_RULE = "network-path-degraded"
+UNKNOWN = "unknown"  # a path end without a node (zone) name, as processors/pathhealth.py has it
 SERVICE_RULE = "service-degraded"
 METRIC = "path.health"
 
@@ -184,20 +187,25 @@ class PathVerdict(AlertEvaluator):
                 judged[pid] = self._judge_pair(pid, cell)
         by_path: dict[tuple[str, str, str], dict[tuple[str, str], _Judged]] = {}
         for (scope, src, dst, client, server), j in judged.items():
-            if j.connections >= c.min_connections:
+            # Without both nodes (zones) known there is no path to blame or to compare with.
+            if j.connections >= c.min_connections and UNKNOWN not in (src, dst):
                 by_path.setdefault((scope, src, dst), {})[(client, server)] = j
         healthy = {p for p, pairs in by_path.items() if not any(j.signals for j in pairs.values())}
         found = _Findings()
         explained: set[tuple[str, str]] = set()
+        firing = {g for (r, g), e in self._episodes.items()
+                  if r == NETWORK_RULE and e.alert_id is not None}  # fmt: skip
         for path, pairs in sorted(by_path.items()):
             bad = {pair: j for pair, j in pairs.items() if j.signals}
             servers = {server for _, server in bad}
             others_healthy = sorted(f"{p[1]} -> {p[2]}" for p in healthy if p[0] == path[0])
+            # A path already found at fault stays so while any pair on it is degraded: on a
+            # lossy path some pairs fall below min_connections in a window (SYNs retried
+            # for seconds), which must not turn the episode into one per service.
+            holds = path in firing and bool(bad)
             if (
-                len(bad) >= c.min_pairs
-                and len(servers) >= c.min_servers
-                and (others_healthy or not c.require_healthy_path)
-            ):
+                holds or (len(bad) >= c.min_pairs and len(servers) >= c.min_servers)
+            ) and (others_healthy or not c.require_healthy_path):
                 explained.update(bad)
                 services = sorted(f"{cl} -> {sv}" for cl, sv in bad)
                 found.network[path] = (

@@ -206,3 +206,27 @@ def test_verdict_config_from_the_shipped_rules_file_and_bad_keys() -> None:
         parse_verdict({"network_verdict": {"retrans": 0.1}})
     with pytest.raises(AlertRuleError, match="scopes"):
         parse_verdict({"network_verdict": {"scopes": ["rack"]}})
+
+
+def test_a_path_at_fault_holds_while_any_pair_on_it_is_degraded() -> None:
+    s = stage()
+
+    def window(i: int, checkout_connections: int) -> list[EnrichedTcpConnection]:
+        t = T0 + i * WINDOW
+        return [*lossy(t, A_FRONT, B_CHECKOUT, n=checkout_connections),
+                *lossy(t, A_CART, B_STOCK), *healthy(t, A_FRONT, C_SEARCH)]  # fmt: skip
+
+    # Window 1: frontend -> checkout stalls below min_connections; cart -> stock alone is
+    # still degraded on the path at fault: the episode holds, no service alert.
+    events = _windows(s, [window(0, 20), window(1, 3), window(2, 20)])
+    assert [(e.rule, e.status) for e in events[0]] == [(NETWORK_RULE, "firing")]
+    assert events[1] == [] and events[2] == []
+
+
+def test_pairs_without_a_known_node_are_not_judged() -> None:
+    s = stage()
+    t = T0
+    nowhere = msgspec.structs.replace(B_STOCK, node=None)
+    records = [*lossy(t, A_FRONT, nowhere), *healthy(t, A_FRONT, C_SEARCH)]
+    (events,) = _windows(s, [records])
+    assert events == []
