@@ -26,7 +26,8 @@ EXTENSIONS = [
 # Shipped with the package (flowscope/resources.py finds them): the price table and alert
 # rules always, the BPF objects when they are built (make -C bpf) before the wheel.
 SHIPPED = ["config/prices.yaml", "config/alerts.yaml", "bpf/.output/tcpconn.bpf.o",
-           "bpf/.output/udpflow.bpf.o", "bpf/.output/dns.bpf.o"]  # fmt: skip
+           "bpf/.output/udpflow.bpf.o", "bpf/.output/dns.bpf.o",
+           "bpf/.output/drops.bpf.o"]  # fmt: skip
 
 
 class BuildWithData(build_py):

@@ -16,6 +16,9 @@ printed per program (runs per connection x ns per run). The stats are off in the
 their two clock reads per program run cost the rate ~2 points here. Every ratio is printed
 per round too, best first. ``--kernel-only`` runs only these phases and needs no broker:
 with ``--variant``, it compares BPF objects (before/after a change) in the same rounds.
+``--drops`` adds a kernel-only phase with the drop counter (bpf/drops.bpf.o on
+skb:kfree_skb) attached as well, in the same rounds, and prints its rate against the phase
+without it: the hook's cost; the bpf_stats phase then includes it.
 
     sudo .venv/bin/python bench/collector_bench.py [--seconds 5] [--rounds 2] [--threads 2]
         [--bootstrap 127.0.0.1:9092] [--variant LABEL=[ROOT][:KEY=VALUE,...]]...
@@ -57,6 +60,7 @@ PORT = 7070
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 ALL_PARTS = "tcp+udp+dns"  # the program sets the collector attaches (DNS capture on)
+DROPS_PARTS = ALL_PARTS + "+drops"  # and the kernel drop counter (skb:kfree_skb)
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,7 @@ class KernelOnly:
     ) -> None:
         """``parts``: which program sets to attach besides TCP's ("tcp", "tcp+udp", ...)."""
         from collector.dns.source import DnsSource
+        from collector.drops import DropSource
         from collector.settings import Settings
         from collector.source import TcpConnSource
         from collector.udp import UdpFlowSource
@@ -177,11 +182,12 @@ class KernelOnly:
         self._udp = (UdpFlowSource(objects / "udpflow.bpf.o", cgroup_root)
                      if "udp" in parts else None)  # fmt: skip
         self._dns = DnsSource(objects / "dns.bpf.o", cgroup_root) if "dns" in parts else None
+        self._drops = DropSource(objects / "drops.bpf.o") if "drops" in parts else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self.lost = 0
         self._ids = self._tcp.program_ids()
-        for extra in (self._udp, self._dns):
+        for extra in (self._udp, self._dns, self._drops):
             self._ids += extra.program_ids() if extra is not None else []
         self._stats = stats
         self._stats_was = STATS.read_text().strip()
@@ -212,7 +218,7 @@ class KernelOnly:
         if self._stats:
             STATS.write_text(self._stats_was)
         self._tcp.close()
-        for extra in (self._udp, self._dns):
+        for extra in (self._udp, self._dns, self._drops):
             if extra is not None:
                 extra.close()
 
@@ -312,12 +318,20 @@ def main() -> int:
     p.add_argument(
         "--kernel-only", action="store_true", help="only the kernel-only phases, no collector"
     )
+    p.add_argument(
+        "--drops",
+        action="store_true",
+        help="kernel-only phases with the drop counter attached too: the skb:kfree_skb hook's "
+        "cost in the same rounds",
+    )
     args = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: it loads BPF programs and creates network namespaces")
     variants: list[Variant] = args.variant or [Variant("collector", REPO, ())]
     roots = [] if args.no_kernel else list(dict.fromkeys(v.root for v in variants))
     steps = ["tcp", "tcp+udp", ALL_PARTS] if args.kernel_steps else [ALL_PARTS]
+    if args.drops:
+        steps.insert(-1, DROPS_PARTS)
     if args.kernel_only and args.no_kernel:
         sys.exit("--kernel-only and --no-kernel leave nothing to run")
     build()
@@ -388,7 +402,8 @@ def main() -> int:
                     mine_totals[k] = mine_totals.get(k, 0) + val
         # The programs' own run time, apart: bpf_stats would cost the rounds' rates.
         for root in roots:
-            with KernelOnly(c.cgroup_root, root, stats=True) as kernel:
+            stats_parts = DROPS_PARTS if args.drops else ALL_PARTS
+            with KernelOnly(c.cgroup_root, root, stats=True, parts=stats_parts) as kernel:
                 ok, _, _ = run_load(client, server.ip, args.threads, args.seconds)
             kernel_lost[root] += kernel.lost
             runs[root] = (ok, kernel.runs)
@@ -410,6 +425,11 @@ def main() -> int:
             mode = f"kernel:{root}:{parts}"
             print(f"  {parts} programs only: {line(mode)}  ratio {mean_ratio(phases, mode):.1%} "
                   f"(rounds: {round_ratios(phases, mode)})")  # fmt: skip
+        if args.drops:
+            with_drops = mean_ratio(phases, f"kernel:{root}:{DROPS_PARTS}")
+            without = mean_ratio(phases, f"kernel:{root}")
+            print(f"  drop counter (skb:kfree_skb): rate with/without it {with_drops / without:.1%}"
+                  f" ({with_drops:.1%} vs {without:.1%} of no collector)")  # fmt: skip
         conns, by_prog = runs[root]
         print(f"  BPF run time (one more phase, bpf_stats on): {bpf_line(by_prog, conns)}")
     for v in [] if args.kernel_only else variants:

@@ -15,6 +15,7 @@ from types import FrameType
 from collector.app import Collector
 from collector.attribution import CgroupResolver
 from collector.dns.app import start_dns
+from collector.drops import DropReporter, start_drops
 from collector.errors import CollectorError
 from collector.health import HealthReporter, MetricsServer
 from collector.nat import NatResolver, parse_cidrs
@@ -24,6 +25,7 @@ from collector.source import TcpConnSource
 from collector.udp import UdpFlowSource, UdpReporter
 from flowscope import kafka_security
 from flowscope.kafka import KafkaUnavailable, RecordProducer, wait_for_broker
+from flowscope.resources import shipped
 
 log = logging.getLogger("collector")
 
@@ -72,10 +74,19 @@ def run(settings: Settings) -> int:
             )
             udp = UdpReporter(udp_source, resolver, producer.produce, settings.topics.raw_udp,
                               settings.node_name, settings.udp_interval_s, nat=nat)  # fmt: skip
+        # Kernel drops share the UDP window: both are summed in the kernel and drained.
+        drops: DropReporter | None = None
+        if settings.udp_interval_s:
+            drops = start_drops(stack, shipped("drops.bpf.o"), settings.tracefs,
+                                settings.mount_tracefs, resolver, producer.produce,
+                                settings.topics.raw_drops, settings.node_name,
+                                settings.udp_interval_s)  # fmt: skip
         health: HealthReporter | None = None
         periodic: list[Callable[[], None]] = [lambda: health.tick() if health else None]
         if udp is not None:
             periodic.append(udp.tick)
+        if drops is not None:
+            periodic.append(drops.tick)
         dns = start_dns(stack, settings.dns, settings.cgroup_root, resolver, producer,
                         settings.topics.raw_dns, settings.node_name, nat)  # fmt: skip
         if dns is not None:
@@ -99,6 +110,8 @@ def run(settings: Settings) -> int:
             values = collector.counters()
             if udp is not None:
                 values.update(udp.counters())
+            if drops is not None:
+                values.update(drops.counters())
             if dns is not None:
                 values.update(dns.counters())
             return values
@@ -129,6 +142,8 @@ def run(settings: Settings) -> int:
             collector.shutdown(settings.flush_timeout_s)
             if udp is not None:
                 udp.finish()
+            if drops is not None:
+                drops.finish()
             health.tick(force=True)  # the last counters, flushed below
             producer.flush(settings.flush_timeout_s)
             if metrics is not None:

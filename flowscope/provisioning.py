@@ -55,7 +55,7 @@ FAMILIES = tuple(DEFAULT_POLICIES)
 
 def family_topics(topics: Topics) -> dict[str, tuple[str, ...]]:
     return {
-        "raw": (topics.raw_tcp, topics.raw_udp, topics.raw_dns),
+        "raw": (topics.raw_tcp, topics.raw_udp, topics.raw_dns, topics.raw_drops),
         "enriched": (topics.enriched_tcp, topics.enriched_udp, topics.enriched_dns),
         "metadata": (topics.metadata,),
         "metrics": (
@@ -64,6 +64,7 @@ def family_topics(topics: Topics) -> dict[str, tuple[str, ...]]:
             topics.metrics_tcp_latency,
             topics.metrics_cost_pairs,
             topics.metrics_cost_rollups,
+            topics.metrics_path_health,
         ),
         "alerts": (topics.alerts,),
         "deadletter": (topics.deadletter,),

@@ -17,6 +17,7 @@ SHIPPED = {
     "tcpconn.bpf.o": "bpf/.output/tcpconn.bpf.o",
     "udpflow.bpf.o": "bpf/.output/udpflow.bpf.o",
     "dns.bpf.o": "bpf/.output/dns.bpf.o",
+    "drops.bpf.o": "bpf/.output/drops.bpf.o",
     "prices.yaml": "config/prices.yaml",
     "alerts.yaml": "config/alerts.yaml",
 }

@@ -29,6 +29,16 @@ class Topics:
         return f"{self.prefix}.raw.dns"
 
     @property
+    def raw_drops(self) -> str:
+        """Collector -> processors: kernel packet drops per (pod or netns, reason) per window."""
+        return f"{self.prefix}.raw.drops"
+
+    @property
+    def metrics_path_health(self) -> str:
+        """Processor output: network health per (node pair | zone pair, window, partition)."""
+        return f"{self.prefix}.metrics.path.health"
+
+    @property
     def metadata(self) -> str:
         """Metadata publisher -> enricher: compacted, one key per Kubernetes object."""
         return f"{self.prefix}.k8s.metadata"

@@ -24,6 +24,7 @@ from processors import ProcessorsError
 from processors.alerts import load_rules
 from processors.prices import load_price_table
 from processors.settings import ProcessorSettings
+from processors.verdict import load_verdict
 
 log = logging.getLogger("processors")
 
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         prices = load_price_table(settings.prices_path, settings.cloud)
         rules = load_rules(settings.alert_rules_path)
+        load_verdict(settings.alert_rules_path)  # a bad network_verdict fails here, named
     except (ProcessorsError, KafkaSecurityError) as exc:
         print(f"python -m processors: invalid setting: {exc}", file=sys.stderr)
         return 2
@@ -83,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 TopicSpec(topics.metrics_tcp_latency),
                 TopicSpec(topics.metrics_cost_pairs),
                 TopicSpec(topics.metrics_cost_rollups),
+                TopicSpec(topics.metrics_path_health),
                 TopicSpec(topics.alerts),
                 TopicSpec(topics.deadletter),
             ],

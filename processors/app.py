@@ -46,6 +46,7 @@ from processors.alerts import AlertRule
 from processors.dns import NameGrouping, NameGroups
 from processors.dnsprocessor import DnsProcessor
 from processors.metrics import MetricsBoard
+from processors.pathhealth import PathHealthProcessor
 from processors.prices import PriceTable
 from processors.processor import ConnectionProcessor
 from processors.runtime import MissingCodec, check_codecs, tune_interpreter, use_gil_free_lz4
@@ -53,6 +54,7 @@ from processors.settings import ProcessorSettings
 from processors.stage import Output, OutputKind, Source, WindowedStage
 from processors.transport import ReadCommittedTransport
 from processors.udp import UdpProcessor
+from processors.verdict import load_verdict
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,16 @@ def build_udp_processor(settings: ProcessorSettings, prices: PriceTable) -> UdpP
     )
 
 
+def build_path_processor(settings: ProcessorSettings) -> PathHealthProcessor:
+    return PathHealthProcessor(
+        window_ns=settings.window_ns,
+        grace_ns=settings.grace_ns,
+        idle_allowance_ns=settings.idle_allowance_ns,
+        verdict=load_verdict(settings.alert_rules_path),
+        alpha=settings.sketch_alpha,
+    )
+
+
 @dataclass
 class Stages:
     """The worker's stages, one per input topic; ``name`` is its agent's and its log's."""
@@ -110,13 +122,18 @@ class Stages:
     tcp: ConnectionProcessor
     udp: UdpProcessor
     dns: DnsProcessor
+    # A second reader of enriched.tcp (its own agent: faust acks a message once both did).
+    path: PathHealthProcessor | None = None
 
     def named(self) -> list[tuple[str, AnyStage]]:
-        return [("tcp", self.tcp), ("udp", self.udp), ("dns", self.dns)]
+        named: list[tuple[str, AnyStage]] = [("tcp", self.tcp), ("udp", self.udp),
+                                             ("dns", self.dns)]  # fmt: skip
+        return named + ([("path", self.path)] if self.path is not None else [])
 
 
 # Agent names as the consumer group has known them.
-AGENT_NAMES = {"tcp": "tcp_connections", "udp": "udp_flows", "dns": "dns_queries"}
+AGENT_NAMES = {"tcp": "tcp_connections", "udp": "udp_flows", "dns": "dns_queries",
+               "path": "tcp_path_health"}  # fmt: skip
 
 
 @dataclass
@@ -162,7 +179,8 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
     # Before the first topic (topics reach the transport): enriched.* is written in
     # transactions, so only committed records are read (processors/transport.py).
     app.transport = ReadCommittedTransport(app.conf.broker_consumer, app)
-    inputs = {"tcp": topics.enriched_tcp, "udp": topics.enriched_udp, "dns": topics.enriched_dns}
+    inputs = {"tcp": topics.enriched_tcp, "udp": topics.enriched_udp, "dns": topics.enriched_dns,
+              "path": topics.enriched_tcp}  # fmt: skip
     bound = [
         _Bound(name, stage, app.topic(inputs[name], key_type=bytes, value_type=bytes,
                                       key_serializer="raw", value_serializer="raw"))
@@ -179,6 +197,7 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
         "cost_rollups": out(topics.metrics_cost_rollups),
         "alerts": out(topics.alerts),
         "dns": out(topics.metrics_dns),
+        "path_health": out(topics.metrics_path_health),
     }
     deadletter_topic = out(topics.deadletter)
     # Per stage: each stage's counters say how many of its own dead letters were delivered.
@@ -358,6 +377,7 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
         tcp=build_processor(settings, prices, rules),
         udp=build_udp_processor(settings, prices),
         dns=build_dns_processor(settings, rules),
+        path=build_path_processor(settings),
     )
     processor = stages.tcp
     app = build_app(settings, stages)

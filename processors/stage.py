@@ -21,7 +21,9 @@ from flowscope.records import AlertEvent
 from processors.alerts import AlertEvaluator
 from processors.windows import ClosedWindow, PartitionWatermark, PartitionWindows
 
-OutputKind = Literal["pairs", "latency", "cost_pairs", "cost_rollups", "alerts", "dns"]
+OutputKind = Literal[
+    "pairs", "latency", "cost_pairs", "cost_rollups", "alerts", "dns", "path_health"
+]
 
 R = TypeVar("R")  # the input record
 K = TypeVar("K")  # a cell key

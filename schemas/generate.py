@@ -34,7 +34,9 @@ from flowscope.records import (
     EnrichedDnsQuery,
     EnrichedTcpConnection,
     EnrichedUdpFlow,
+    PathHealthMetric,
     RawDnsQuery,
+    RawPacketDrops,
     RawTcpConnection,
     RawUdpFlow,
     TcpLatencyMetric,
@@ -86,6 +88,8 @@ PUBLISHED: tuple[PublishedSchema, ...] = (
     PublishedSchema(AlertEvent, _TOPICS.alerts),
     PublishedSchema(EnrichedDnsQuery, _TOPICS.enriched_dns),
     PublishedSchema(DnsMetric, _TOPICS.metrics_dns),
+    PublishedSchema(RawPacketDrops, _TOPICS.raw_drops),
+    PublishedSchema(PathHealthMetric, _TOPICS.metrics_path_health),
 )
 
 

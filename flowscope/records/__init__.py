@@ -17,6 +17,7 @@ from flowscope.records.dns import (
     RawDnsQuery,
 )
 from flowscope.records.endpoint import Endpoint
+from flowscope.records.health import PathHealthMetric, RawPacketDrops
 from flowscope.records.metrics import (
     AlertEvent,
     CostPairMetric,
@@ -58,8 +59,10 @@ __all__ = [
     "EnrichedTcpConnection",
     "EnrichedUdpFlow",
     "Outcome",
+    "PathHealthMetric",
     "PeerClass",
     "RawDnsQuery",
+    "RawPacketDrops",
     "RawTcpConnection",
     "RawUdpFlow",
     "Role",
