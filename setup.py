@@ -1,8 +1,8 @@
 """Native (C) hot paths. Everything else is declared in pyproject.toml.
 
-Each extension has a pure-Python twin that produces the same bytes (the unit tests compare
-them); the Python one is the fallback where no compiler was available, and the reference the
-C code is checked against. ``make native`` builds them in place for a source checkout; ``pip
+Each extension has a readable Python reference that produces the same bytes (property tests
+compare them); the reference is the spec the C is checked against, and the fallback where no
+compiler was available. ``make native`` builds them in place for a source checkout; ``pip
 install .`` builds them into the wheel.
 """
 
