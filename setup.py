@@ -17,10 +17,13 @@ _CFLAGS = [
     "-Wno-missing-field-initializers",
 ]  # fmt: skip
 
+# The collector's extensions include the BPF ABI headers (bpf/*.h) instead of copying offsets.
+_ABI = {"include_dirs": ["bpf"], "extra_compile_args": _CFLAGS}
+
 EXTENSIONS = [
     Extension("enricher._render", ["enricher/_render.c"], extra_compile_args=_CFLAGS),
-    Extension("collector._encode", ["collector/_encode.c"], extra_compile_args=_CFLAGS),
-    Extension("collector.dns._native", ["collector/dns/_native.c"], extra_compile_args=_CFLAGS),
+    Extension("collector._encode", ["collector/_encode.c"], depends=["bpf/tcpconn.h"], **_ABI),
+    Extension("collector.dns._native", ["collector/dns/_native.c"], depends=["bpf/dns.h"], **_ABI),
 ]
 
 # Shipped with the package (flowscope/resources.py finds them): the price table and alert
