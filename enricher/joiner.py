@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -48,7 +48,7 @@ from enricher.dnsnames import DnsNames
 from enricher.follower import MetadataFollower
 from enricher.holdback import Held, Holdback, PartitionKey
 from enricher.outbox import Outbox
-from enricher.render import NATIVE_BUILT, Rendered, Renderer, self_check
+from enricher.render import Rendered, Renderer, self_check
 from enricher.replay import Replay
 from enricher.settings import Settings
 from enricher.state import MetadataState
@@ -115,16 +115,9 @@ class Joiner:
         self.renderer = Renderer(self.state, self.classifier, names=names)
         self._render = self.renderer.render
         self._render_many = self.renderer.render_many
-        if not NATIVE_BUILT:
-            log.warning("enricher._render is not built (`make native`): the join runs in Python")
-        elif (problem := self_check(native=True)) is not None:
-            log.warning("C join loop disabled, using the Python loop: %s", problem)
+        if (problem := self_check()) is not None:
+            log.warning("C join loop disabled, using the reference path: %s", problem)
             self.renderer.native = False
-        problem = self_check()
-        if problem is not None:
-            log.warning("fast join path disabled, using the reference path: %s", problem)
-            self._render = self.renderer.reference
-            self._render_many = self._reference_many
         self.counters = JoinerCounters()
         self._outbox = Outbox(
             self._produce_enriched, self._topics.enriched_tcp, settings.output_batch_records
@@ -475,9 +468,6 @@ class Joiner:
         except Exception as exc:  # a bug in the join must cost one record, not the stream
             self.dead_letter(msg, "enrich_error", f"enrich failed: {type(exc).__name__}: {exc}")
             return None
-
-    def _reference_many(self, raws: Sequence[RawTcpConnection]) -> list[Rendered]:
-        return [self.renderer.reference(raw) for raw in raws]
 
     def _unsupported(self, msg: Message, raw: RawTcpConnection) -> None:
         self.dead_letter(
