@@ -230,3 +230,10 @@ def test_pairs_without_a_known_node_are_not_judged() -> None:
     records = [*lossy(t, A_FRONT, nowhere), *healthy(t, A_FRONT, C_SEARCH)]
     (events,) = _windows(s, [records])
     assert events == []
+
+
+def test_unusable_messages_are_counted_not_dead_lettered_twice() -> None:
+    s = PathHealthProcessor(WINDOW, 0, 0)
+    newest, dead = s.handle(b'{"not": "an enriched record"', Source("t", 0, 0, None), T0)
+    assert (newest, dead) == (None, [])
+    assert s.report()["unusable"] == 1 and s.report()["dead_lettered"] == 0
