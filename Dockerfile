@@ -52,7 +52,7 @@ COPY --from=bpf /src/bpf/.output/ bpf/.output/
 RUN pip install --no-cache-dir --upgrade pip \
  && pip install --no-cache-dir . \
  && cd / && python -c "import flowscope, collector, enricher, processors, enricher._render, collector._encode" \
- && python -c "from flowscope.resources import PACKAGE_DATA as d; import sys; sys.exit(len(list(d.glob('*'))) != 5)"
+ && python -c "from flowscope.resources import PACKAGE_DATA as d, SHIPPED; import sys; sys.exit(len(list(d.glob('*'))) != len(SHIPPED))"
 
 # ---- runtime -----------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-# The C hot paths (setup.py), built next to their Python twins; a no-op when up to date.
+# The C hot paths (setup.py), built next to their Python references; a no-op when up to date.
 native: venv
 	$(PY) setup.py -q build_ext --inplace
 

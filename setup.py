@@ -1,8 +1,8 @@
 """Native (C) hot paths. Everything else is declared in pyproject.toml.
 
-Each extension has a pure-Python twin that produces the same bytes (the unit tests compare
-them); the Python one is the fallback where no compiler was available, and the reference the
-C code is checked against. ``make native`` builds them in place for a source checkout; ``pip
+Each extension has a readable Python reference that produces the same bytes (property tests
+compare them); the reference is the spec the C is checked against, and the fallback where no
+compiler was available. ``make native`` builds them in place for a source checkout; ``pip
 install .`` builds them into the wheel.
 """
 
@@ -17,10 +17,13 @@ _CFLAGS = [
     "-Wno-missing-field-initializers",
 ]  # fmt: skip
 
+# The collector's extensions include the BPF ABI headers (bpf/*.h) instead of copying offsets.
+_ABI = {"include_dirs": ["bpf"], "extra_compile_args": _CFLAGS}
+
 EXTENSIONS = [
     Extension("enricher._render", ["enricher/_render.c"], extra_compile_args=_CFLAGS),
-    Extension("collector._encode", ["collector/_encode.c"], extra_compile_args=_CFLAGS),
-    Extension("collector.dns._native", ["collector/dns/_native.c"], extra_compile_args=_CFLAGS),
+    Extension("collector._encode", ["collector/_encode.c"], depends=["bpf/tcpconn.h"], **_ABI),
+    Extension("collector.dns._native", ["collector/dns/_native.c"], depends=["bpf/dns.h"], **_ABI),
 ]
 
 # Shipped with the package (flowscope/resources.py finds them): the price table and alert

@@ -231,7 +231,7 @@ class CollectorProcess:
                **dict(variant.env)}  # fmt: skip
         env["PYTHONPATH"] = str(variant.root)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector", "--stats-interval-s", "1",
+            [sys.executable, "-m", "collector", "--stats-interval-seconds", "1",
              "--ringbuf-bytes", str(16 << 20), "--node-name", "bench"],
             cwd=variant.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True,

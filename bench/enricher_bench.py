@@ -57,7 +57,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.enricher_workload import cluster, raw_records  # noqa: E402
-from enricher.argtypes import flag  # noqa: E402
 from enricher.joiner import Joiner  # noqa: E402
 from enricher.kubeobjects import ParsedObjects  # noqa: E402
 from enricher.publisher import MetadataPublisher  # noqa: E402
@@ -70,6 +69,7 @@ from flowscope.kafka import (  # noqa: E402
     wait_for_broker,
 )
 from flowscope.records import RawTcpConnection  # noqa: E402
+from flowscope.settings import parse_bool as flag  # noqa: E402
 from flowscope.topics import Topics  # noqa: E402
 
 # -- the stages (each run in a process of its own) ---------------------------------------------

@@ -115,7 +115,7 @@ def faust_rate(bootstrap: str, topics: Topics, records: int, workdir: Path) -> d
     err = workdir / "faust.stderr"
     argv = [
         sys.executable, "-m", "processors", "worker", "--bootstrap-servers", bootstrap,
-        "--topic-prefix", topics.prefix, "--app-id", f"bench-{uuid.uuid4().hex[:8]}",
+        "--topic-prefix", topics.prefix, "--group", f"bench-{uuid.uuid4().hex[:8]}",
         "--state-dir", str(workdir / "state"), "--window-seconds", "10",
         "--grace-seconds", "5", "--idle-allowance-seconds", "3600",
         "--log-interval-seconds", "0.5", "--log-level", "WARNING",

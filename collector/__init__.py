@@ -5,7 +5,7 @@ events out in batches -> ``events`` decodes them (outcome, interim deltas) -> ``
 names the local pod by the socket's cgroup -> ``nat`` resolves ClusterIP destinations through
 the socket netns's conntrack -> ``record`` encodes :class:`flowscope.records.RawTcpConnection`
 -> ``app`` produces them to Kafka. The hot path from ring buffer bytes to Kafka messages is
-``messages``: ``_encode.c`` (``make native``) when built, else ``encoder`` and ``record``.
+``messages``: ``_encode.c`` (``make native``) when built, else ``events`` and ``record``.
 Beside it, on the loop's periodic hook: ``udp`` (``bpf/udpflow.bpf.o``, UDP volume per pair
 per window) and ``health`` (Prometheus endpoint, health records).
 """

@@ -1,13 +1,13 @@
 /*
  * collector._encode: ring-buffer records (struct tcpconn_event, bpf/tcpconn.h) straight to
  * the Kafka messages of a batch: JSON arrays of RawTcpConnection records grouped by partition
- * key, byte for byte what the Python path (collector/encoder.py, then
+ * key, byte for byte what the reference (collector/events.py, collector/record.py, then
  * collector/messages.py:split_messages) makes. tests/unit/collector/test_collector_native.py
- * compares the two over every kind of record.
+ * and test_collector_encode_properties.py compare the two over every kind of record.
  *
- * Why C: the Python path builds two Python objects per record (a 27-value tuple, a 33-field
- * struct) and costs ~3 µs per record; the collector's budget is 2.5 µs per record for
- * everything (kernel reader, Kafka and its compression included).
+ * Why C: the reference builds several Python objects per record (a 28-value event, a
+ * 33-field struct) and costs several µs per record; the collector's budget is 2.5 µs per
+ * record for everything (kernel reader, Kafka and its compression included).
  *
  * What stays in Python, called back from here: the cgroup -> pod attribution (once per
  * distinct cgroup per batch, as the Python path does), comm names that are not plain
@@ -23,45 +23,52 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define EVENT_SIZE 152
-#define COMM_LEN 16
+#include <errno.h>
+#include <linux/types.h>
+#include <netinet/tcp.h> /* TCP_ESTABLISHED...: the kernel's state numbers */
+#include <stddef.h>
 
-/* Offsets in struct tcpconn_event (152 bytes, little-endian; test_collector_abi.py checks
- * the header against collector/events.py, and the native test checks these against both). */
-#define O_START 0
-#define O_END 8
-#define O_CGROUP 16
-#define O_BYTES_SENT 24
-#define O_BYTES_RECEIVED 32
-#define O_RETRANS_BYTES 40
-#define O_SADDR 48
-#define O_DADDR 64
-#define O_CONNECT_US 80
-#define O_SRTT_US 84
-#define O_MIN_RTT_US 88
-#define O_RETRANS_SEGS 92
-#define O_SEGS_IN 96
-#define O_SEGS_OUT 100
-#define O_PID 104
-#define O_FLAGS 108
-#define O_SEQ 116
-#define O_SK_ERR 120
-#define O_SPORT 124
-#define O_DPORT 126
-#define O_FAMILY 128
-#define O_ROLE 130
-#define O_OLDSTATE 131
-#define O_KIND 132
-#define O_SYN_RETRIES 133
-#define O_COMM 136
+#include "tcpconn.h" /* bpf/: the ABI, included rather than copied */
 
-#define F_ESTABLISHED 1u
-#define F_START_UNKNOWN 2u
-#define ROLE_CLIENT 1
-#define ROLE_SERVER 2
-#define KIND_INTERIM 1
-#define TCP_SYN_SENT 2
-#define TCP_SYN_RECV 3
+#define EVENT_SIZE ((Py_ssize_t)sizeof(struct tcpconn_event))
+#define COMM_LEN TCPCONN_COMM_LEN
+/* The record layout collector/events.py reads too (test_collector_abi.py checks both). */
+_Static_assert(sizeof(struct tcpconn_event) == 152, "struct tcpconn_event changed size");
+
+/* Offsets in struct tcpconn_event (little-endian; read with memcpy: unaligned-safe). */
+#define O(field) offsetof(struct tcpconn_event, field)
+#define O_START O(start_ns)
+#define O_END O(end_ns)
+#define O_CGROUP O(cgroup_id)
+#define O_BYTES_SENT O(bytes_sent)
+#define O_BYTES_RECEIVED O(bytes_received)
+#define O_RETRANS_BYTES O(retrans_bytes)
+#define O_SADDR O(saddr)
+#define O_DADDR O(daddr)
+#define O_CONNECT_US O(connect_us)
+#define O_SRTT_US O(srtt_us)
+#define O_MIN_RTT_US O(min_rtt_us)
+#define O_RETRANS_SEGS O(retrans_segs)
+#define O_SEGS_IN O(segs_in)
+#define O_SEGS_OUT O(segs_out)
+#define O_PID O(pid)
+#define O_FLAGS O(flags)
+#define O_SEQ O(seq)
+#define O_SK_ERR O(sk_err)
+#define O_SPORT O(sport)
+#define O_DPORT O(dport)
+#define O_FAMILY O(family)
+#define O_ROLE O(role)
+#define O_OLDSTATE O(oldstate)
+#define O_KIND O(kind)
+#define O_SYN_RETRIES O(syn_retries)
+#define O_COMM O(comm)
+
+#define F_ESTABLISHED ((uint32_t)TCPCONN_F_ESTABLISHED)
+#define F_START_UNKNOWN ((uint32_t)TCPCONN_F_START_UNKNOWN)
+#define ROLE_CLIENT TCPCONN_ROLE_CLIENT
+#define ROLE_SERVER TCPCONN_ROLE_SERVER
+#define KIND_INTERIM TCPCONN_KIND_INTERIM
 
 /* The most a record adds besides its node, cgroup and comm fragments (field names and
  * punctuation ~460 bytes, numbers, two IPv6 addresses). */
@@ -736,23 +743,23 @@ static int encode_one(Encoder *self, Batch *b, const unsigned char *ev, Py_ssize
     const char *outcome;
     if (interim)
         outcome = "open";
-    else if (sk_err == 111)
+    else if (sk_err == ECONNREFUSED)
         outcome = "refused";
-    else if (sk_err == 110)
+    else if (sk_err == ETIMEDOUT)
         outcome = "timed_out";
-    else if (sk_err == 104 || sk_err == 32)
+    else if (sk_err == ECONNRESET || sk_err == EPIPE)
         outcome = "reset_by_peer";
-    else if (sk_err == 101 || sk_err == 112 || sk_err == 113)
+    else if (sk_err == ENETUNREACH || sk_err == EHOSTDOWN || sk_err == EHOSTUNREACH)
         outcome = "unreachable";
-    else if (sk_err == 103)
+    else if (sk_err == ECONNABORTED)
         outcome = "aborted";
     else if (sk_err)
         outcome = "error";
     else if (!established) /* closed by its own side: after a SYN retransmission, the
                               application's connect timeout; before any, cancelled */
         outcome = ev[O_SYN_RETRIES] ? "connect_timeout" : "cancelled";
-    else if (oldstate == 1 || oldstate == 8 || oldstate == 4) /* ESTABLISHED, CLOSE_WAIT,
-                                                                 FIN_WAIT1: local abort */
+    else if (oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT ||
+             oldstate == TCP_FIN_WAIT1) /* straight to CLOSE with no error: local abort */
         outcome = "reset_locally";
     else
         outcome = "closed";

@@ -8,8 +8,9 @@ compares them over every kind of record):
   bytes straight from the ring buffer's bytes, ~0.5 µs per record; it calls back into Python
   for what needs Python state: the cgroup attribution (once per cgroup per batch), unusual
   comm names, and records to a Service address (conntrack), which the Python path makes.
-* :class:`PythonMessages`: :class:`collector.encoder.RecordEncoder`, then msgspec; ~3 µs per
-  record. The reference, and the fallback where the extension was not built.
+* :class:`PythonMessages`: :class:`collector.events.Decoder`, then
+  :func:`collector.record.build_record` and msgspec, one record at a time: the reference (the
+  spec the C is checked against), and the fallback where the extension was not built.
 
 Messages: one JSON object per record when ``batch_records`` is 1; else JSON arrays of up to
 ``batch_records`` records of one key (pod) in ring order, halved (in order) while one is over
@@ -19,21 +20,28 @@ Messages: one JSON object per record when ``batch_records`` is 1; else JSON arra
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
 
 from collector.attribution import CgroupInfo, CgroupResolver
-from collector.encoder import EncodeStats, RecordEncoder
 from collector.events import Decoder, DecodeStats
 from collector.nat import NatResolver
-from collector.record import encode_record, encode_wire, record_key
+from collector.record import build_record, encode_record, encode_wire, record_key
 from collector.ringbuf import RecordBatch
+from flowscope.records import RawTcpConnection
 
 log = logging.getLogger("collector")
 
 Message = tuple[str, bytes, int]  # partition key, value, records in it
 _json = msgspec.json.Encoder().encode
+
+
+@dataclass
+class EncodeStats:
+    failed_connects: int = 0  # final records of connections that never established
+    interim_records: int = 0  # records of connections still open
 
 
 class MessageEncoder(Protocol):
@@ -45,9 +53,9 @@ class MessageEncoder(Protocol):
 
 
 def split_messages(
-    groups: dict[str, list[msgspec.Struct]], batch_records: int, batch_bytes: int
+    groups: dict[str, list[RawTcpConnection]], batch_records: int, batch_bytes: int
 ) -> list[Message]:
-    """Wire records grouped by key -> messages (see the module docstring)."""
+    """Records grouped by key -> messages (see the module docstring)."""
     out: list[Message] = []
     for key, records in groups.items():
         if batch_records == 1:
@@ -58,7 +66,7 @@ def split_messages(
     return out
 
 
-def _split(records: list[msgspec.Struct], key: str, batch_bytes: int, out: list[Message]) -> None:
+def _split(records: list[RawTcpConnection], key: str, batch_bytes: int, out: list[Message]) -> None:
     value = encode_wire(records)
     if len(value) > batch_bytes and len(records) > 1:
         half = len(records) // 2  # rare: records are ~600 bytes; keep the order
@@ -69,7 +77,7 @@ def _split(records: list[msgspec.Struct], key: str, batch_bytes: int, out: list[
 
 
 class PythonMessages:
-    """The pure-Python path."""
+    """The reference path: decode, attribute and build each record as the spec reads."""
 
     def __init__(
         self,
@@ -79,15 +87,32 @@ class PythonMessages:
         batch_records: int = 1,
         batch_bytes: int = 256 << 10,
     ) -> None:
-        self._encoder = RecordEncoder(resolver, node, nat)
+        self._resolver = resolver
+        self._node = node
+        self._nat = nat
+        self._decoder = Decoder()
         self._batch_records = batch_records
         self._batch_bytes = batch_bytes
-        self.stats = self._encoder.stats
+        self.stats = EncodeStats()
 
     def encode(
         self, batch: RecordBatch, clock_offset: int, decode_stats: DecodeStats
     ) -> list[Message]:
-        groups = self._encoder.group(batch, clock_offset, decode_stats)
+        # Each cgroup is resolved once per batch: a second resolve of an unknown cgroup
+        # would count a second miss, and a cgroup that appears is named from the next batch.
+        infos: dict[int, CgroupInfo] = {}
+        groups: dict[str, list[RawTcpConnection]] = {}
+        for event in self._decoder.decode_batch(batch, clock_offset, decode_stats):
+            info = infos.get(event.cgroup_id)
+            if info is None:
+                info = infos[event.cgroup_id] = self._resolver.resolve(event.cgroup_id)
+            backend = self._nat.resolve(event) if self._nat is not None else None
+            if event.interim:
+                self.stats.interim_records += 1
+            elif not event.established:
+                self.stats.failed_connects += 1
+            record = build_record(event, info, self._node, backend)
+            groups.setdefault(record_key(info, self._node), []).append(record)
         return split_messages(groups, self._batch_records, self._batch_bytes)
 
 
@@ -187,6 +212,6 @@ def message_encoder(
     except ImportError as exc:
         if not _warned:
             _warned = True
-            log.warning("collector._encode is not built (%s): the Python encoder costs ~6x "
-                        "more CPU per record; run `make native`", exc)  # fmt: skip
+            log.warning("collector._encode is not built (%s): the reference encoder costs "
+                        "~10x more CPU per record; run `make native`", exc)  # fmt: skip
         return PythonMessages(resolver, node, nat, batch_records, batch_bytes)

@@ -1,11 +1,8 @@
 """Build the Kafka record for one decoded event. Pure: no I/O.
 
-:func:`build_record` makes the :class:`RawTcpConnection`; :class:`Wire` is a positional
-mirror of it (same field names, same order) that costs ~4x less to build than the
-keyword-only struct of 33 fields, so the hot path (:mod:`collector.encoder`, and
-:func:`encode_record` for one decoded event) builds that and :func:`encode_wire` makes the
-JSON. The unit tests check both that the mirror matches and that the bytes decode to what
-build_record returns.
+:func:`build_record` makes the :class:`RawTcpConnection`: with :class:`collector.events.Decoder`
+the readable definition of a record that ``collector/_encode.c`` is checked against
+(tests/unit/collector/test_collector_encode_properties.py).
 """
 
 from __future__ import annotations
@@ -16,15 +13,12 @@ from collector.attribution import CgroupInfo
 from collector.events import TcpConnEvent
 from flowscope.records import RawTcpConnection
 
-WIRE_FIELDS = tuple(f.name for f in msgspec.structs.fields(RawTcpConnection))
-Wire = msgspec.defstruct("WireTcpConnection", [(n, object) for n in WIRE_FIELDS], frozen=True)
-_Wire = Wire
 _encode = msgspec.json.Encoder().encode
 
 
-def encode_wire(record: msgspec.Struct | list[msgspec.Struct]) -> bytes:
-    """JSON of one wire record (a RawTcpConnection object) or of a list of them (an array:
-    a batch message, read with ``JsonCodec.decode_batch``)."""
+def encode_wire(record: RawTcpConnection | list[RawTcpConnection]) -> bytes:
+    """JSON of one record or of a list of them (an array: a batch message, read with
+    ``JsonCodec.decode_batch``)."""
     return _encode(record)
 
 
@@ -88,20 +82,5 @@ def encode_record(
     node: str,
     nat: tuple[str, int] | None = None,
 ) -> bytes:
-    """The JSON of ``build_record(e, cgroup, node, nat)``, built positionally (hot path)."""
-    remote_addr, remote_port = e[6], e[7]
-    original_addr: str | None = None
-    original_port: int | None = None
-    if nat is not None and nat != (remote_addr, remote_port):
-        original_addr, original_port = remote_addr, remote_port
-        remote_addr, remote_port = nat
-    interim = e[18]
-    return _encode(
-        _Wire(
-            1, node, e[0], e[1], e[2], e[3], e[4], e[5], remote_addr, remote_port,
-            e[8], e[9], e[10], cgroup.path, cgroup.pod_uid, cgroup.container_id,
-            e[11], e[12], e[13], e[14], e[15], interim, e[19], e[20],
-            None if interim else e[17], e[21], e[22], e[23], e[24], e[25], e[26],
-            original_addr, original_port,
-        )
-    )  # fmt: skip
+    """The JSON of ``build_record(e, cgroup, node, nat)``."""
+    return _encode(build_record(e, cgroup, node, nat))

@@ -7,54 +7,31 @@ from __future__ import annotations
 import argparse
 import mmap
 import socket
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from collector.dns import settings as dns_settings
 from collector.errors import CollectorError
 from collector.nat import parse_cidrs
-from flowscope import kafka_security
+from flowscope import kafka_security, settings
 from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from flowscope.resources import shipped
-from flowscope.topics import DEFAULT_PREFIX, Topics
+from flowscope.settings import (
+    between,
+    group,
+    non_negative,
+    optional_path,
+    positive,
+    setting,
+)
+from flowscope.topics import Topics
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BPF_OBJECT = shipped("tcpconn.bpf.o")
 DEFAULT_UDP_BPF_OBJECT = shipped("udpflow.bpf.o")
 HYBRID_CGROUP2 = Path("/sys/fs/cgroup/unified")
 UNIFIED_CGROUP2 = Path("/sys/fs/cgroup")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-ENV = {
-    "bootstrap_servers": "FLOWSCOPE_BOOTSTRAP_SERVERS",
-    "topic_prefix": "FLOWSCOPE_TOPIC_PREFIX",
-    "node_name": "FLOWSCOPE_NODE_NAME",
-    "cgroup_root": "FLOWSCOPE_CGROUP_ROOT",
-    "bpf_object": "FLOWSCOPE_BPF_OBJECT",
-    "ringbuf_bytes": "FLOWSCOPE_COLLECTOR_RINGBUF_BYTES",
-    "poll_interval_s": "FLOWSCOPE_COLLECTOR_POLL_INTERVAL_S",
-    "max_batch": "FLOWSCOPE_COLLECTOR_MAX_BATCH",
-    "stats_interval_s": "FLOWSCOPE_COLLECTOR_STATS_INTERVAL_S",
-    "flush_timeout_s": "FLOWSCOPE_COLLECTOR_FLUSH_TIMEOUT_S",
-    "tracefs": "FLOWSCOPE_TRACEFS",
-    "mount_tracefs": "FLOWSCOPE_COLLECTOR_MOUNT_TRACEFS",
-    "kafka_options": "FLOWSCOPE_COLLECTOR_KAFKA_OPTIONS",
-    "interim_interval_s": "FLOWSCOPE_COLLECTOR_INTERIM_INTERVAL_S",
-    "service_cidrs": "FLOWSCOPE_SERVICE_CIDRS",
-    "metrics_port": "FLOWSCOPE_COLLECTOR_METRICS_PORT",
-    "health_interval_s": "FLOWSCOPE_COLLECTOR_HEALTH_INTERVAL_S",
-    "udp_interval_s": "FLOWSCOPE_COLLECTOR_UDP_INTERVAL_S",
-    "wakeup_bytes": "FLOWSCOPE_COLLECTOR_WAKEUP_BYTES",
-    "batch_records": "FLOWSCOPE_COLLECTOR_BATCH_RECORDS",
-    "batch_bytes": "FLOWSCOPE_COLLECTOR_BATCH_BYTES",
-    "udp_bpf_object": "FLOWSCOPE_COLLECTOR_UDP_BPF_OBJECT",
-    "log_level": "FLOWSCOPE_LOG_LEVEL",
-    "pin_root": "FLOWSCOPE_COLLECTOR_PIN_ROOT",
-    "uninstall": "FLOWSCOPE_COLLECTOR_UNINSTALL",
-    "pipeline_endpoints": "FLOWSCOPE_COLLECTOR_PIPELINE_ENDPOINTS",
-}
 
 
 class SettingsError(CollectorError):
@@ -78,104 +55,221 @@ def default_cgroup_root() -> Path:
 PRODUCER_OPTIONS: Mapping[str, str] = MappingProxyType({"linger.ms": "100"})
 
 
+def _power_of_two_ring(size: int) -> str | None:
+    page = mmap.PAGESIZE
+    if size < page or size & (size - 1):
+        return (
+            f"{size} must be a power of 2 and at least one page ({page}), "
+            "e.g. 1048576, 4194304, 16777216"
+        )
+    return None
+
+
+def _cidrs(text: str) -> str | None:
+    try:
+        parse_cidrs(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _endpoints(text: str) -> str | None:
+    try:
+        parse_endpoints(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _kafka_options(items: Sequence[str]) -> Mapping[str, str]:
+    return {**PRODUCER_OPTIONS, **parse_kafka_options(items)}
+
+
 @dataclass(frozen=True)
 class Settings:
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic_prefix: str = DEFAULT_PREFIX
-    node_name: str = field(default_factory=socket.gethostname)
-    cgroup_root: Path = field(default_factory=default_cgroup_root)
-    bpf_object: Path = DEFAULT_BPF_OBJECT
+    bootstrap_servers: str = settings.bootstrap_servers()
+    topic_prefix: str = settings.topic_prefix()
+    node_name: str = setting(
+        help="this node's name, put on every record and used as the key of host-process records",
+        env="FLOWSCOPE_NODE_NAME",
+        factory=socket.gethostname,
+        shown="the host name",
+        check=lambda name: None if name else "must not be empty",
+    )
+    cgroup_root: Path = setting(
+        help="cgroup v2 mount whose tree names the pods",
+        env="FLOWSCOPE_CGROUP_ROOT",
+        factory=default_cgroup_root,
+        parse=Path,
+        shown=f"{HYBRID_CGROUP2} on hybrid hosts, else {UNIFIED_CGROUP2}",
+    )
+    bpf_object: Path = setting(
+        DEFAULT_BPF_OBJECT,
+        "compiled BPF object (make -C bpf builds it)",
+        env="FLOWSCOPE_BPF_OBJECT",
+        shown="shipped tcpconn.bpf.o",
+    )
     # A connection end takes 160 bytes of ring (152-byte event, 8-byte header, measured in
     # tests/integration/collector/test_collector_restart.py), so the ring needed to ride
     # out an outage of N seconds (a stall, or a restart with pins) at R ends/s is
     # N * R * 160 bytes: 4 MiB holds 26,214 ends (26 s at 1,000 ends/s, 1.3 s at 20k
     # connections/s with both ends local) and costs 4 MiB of locked kernel memory.
-    ringbuf_bytes: int = 4 << 20
-    poll_interval_s: float = 0.1  # longest wait on the ring buffer before serving Kafka
-    max_batch: int = 8192  # records taken from the ring buffer per read
-    stats_interval_s: float = 10.0
-    flush_timeout_s: float = 10.0
-    tracefs: Path = Path("/sys/kernel/tracing")
-    mount_tracefs: bool = True
-    kafka_options: Mapping[str, str] = field(default_factory=lambda: PRODUCER_OPTIONS)
-    log_level: str = "INFO"
-    interim_interval_s: float = 30.0  # open connections report deltas this often; 0: never
-    service_cidrs: str = ""  # ClusterIP ranges resolved through conntrack; "": no NAT lookup
-    metrics_port: int = 0  # Prometheus /metrics; 0: no endpoint
-    health_interval_s: float = 30.0  # a CollectorHealth record on <prefix>.collector.health
-    udp_interval_s: float = 30.0  # UDP pair windows on <prefix>.raw.udp; 0: no UDP program
-    udp_bpf_object: Path = DEFAULT_UDP_BPF_OBJECT
+    ringbuf_bytes: int = setting(
+        4 << 20,
+        "kernel ring buffer size, a power of 2; events that do not fit are counted as lost_ringbuf",
+        env="FLOWSCOPE_COLLECTOR_RINGBUF_BYTES",
+        check=_power_of_two_ring,
+    )
+    poll_interval_s: float = setting(
+        0.1,
+        "longest wait for kernel events before serving Kafka callbacks and stats",
+        env="FLOWSCOPE_COLLECTOR_POLL_INTERVAL_SECONDS",
+        check=positive,
+    )
+    max_batch: int = setting(
+        8192,
+        "most events decoded per ring buffer read",
+        env="FLOWSCOPE_COLLECTOR_MAX_BATCH",
+        check=positive,
+    )
+    stats_interval_s: float = setting(
+        10.0,
+        "seconds between counter log lines",
+        env="FLOWSCOPE_COLLECTOR_STATS_INTERVAL_SECONDS",
+        check=positive,
+    )
+    flush_timeout_s: float = setting(
+        10.0,
+        "how long shutdown waits for Kafka deliveries",
+        env="FLOWSCOPE_COLLECTOR_FLUSH_TIMEOUT_SECONDS",
+        check=positive,
+    )
+    tracefs: Path = setting(
+        Path("/sys/kernel/tracing"), "where tracefs is (or gets) mounted", env="FLOWSCOPE_TRACEFS"
+    )
+    mount_tracefs: bool = setting(
+        True, "mount tracefs when it is missing", env="FLOWSCOPE_COLLECTOR_MOUNT_TRACEFS"
+    )
+    kafka_options: Mapping[str, str] = setting(
+        help="librdkafka producer setting KEY=VALUE, repeatable, over flowscope's defaults; "
+        "in the variable, items separated by ';'",
+        env="FLOWSCOPE_COLLECTOR_KAFKA_OPTIONS",
+        factory=lambda: PRODUCER_OPTIONS,
+        flag="--kafka-option",
+        repeat=";",
+        parse=_kafka_options,
+        metavar="KEY=VALUE",
+        shown="linger.ms=100",
+    )
+    log_level: str = settings.log_level()
+    interim_interval_s: float = setting(
+        30.0,
+        "an open connection reports the deltas since its previous record this often "
+        "(0: only when it closes)",
+        env="FLOWSCOPE_COLLECTOR_INTERIM_INTERVAL_SECONDS",
+        check=non_negative,
+    )
+    service_cidrs: str = setting(
+        "",
+        "comma-separated ClusterIP ranges (e.g. 10.96.0.0/12); connections to them are "
+        "resolved to their backend through conntrack; empty: no lookups",
+        env="FLOWSCOPE_SERVICE_CIDRS",
+        check=_cidrs,
+    )
+    metrics_port: int = setting(
+        0,
+        "Prometheus /metrics port (0: no endpoint)",
+        env="FLOWSCOPE_COLLECTOR_METRICS_PORT",
+        check=between(0, 65535, "0 (off) or 1-65535"),
+    )
+    health_interval_s: float = setting(
+        30.0,
+        "seconds between health records on <prefix>.collector.health",
+        env="FLOWSCOPE_COLLECTOR_HEALTH_INTERVAL_SECONDS",
+        check=positive,
+    )
+    udp_interval_s: float = setting(
+        30.0,
+        "UDP bytes/packets per (local, remote) pair are reported per window of this "
+        "length on <prefix>.raw.udp (0: no UDP program)",
+        env="FLOWSCOPE_COLLECTOR_UDP_INTERVAL_SECONDS",
+        check=non_negative,
+    )
+    udp_bpf_object: Path = setting(
+        DEFAULT_UDP_BPF_OBJECT,
+        "compiled UDP BPF object",
+        env="FLOWSCOPE_COLLECTOR_UDP_BPF_OBJECT",
+        shown="shipped udpflow.bpf.o",
+    )
     # The kernel wakes the reader once this much waits (else poll_interval_s bounds the
     # delay): one wakeup and one batch per ~1,600 events instead of one per event. Every
     # batch has fixed costs (a wakeup, a Kafka message per pod, a produce request), which
     # at 64 KiB cost ~0.6 µs per event more on the bench. 0: wake on every event.
-    wakeup_bytes: int = 256 << 10
+    wakeup_bytes: int = setting(
+        256 << 10,
+        "the kernel wakes the collector once this many bytes of events wait (it "
+        "also reads every poll interval); 0: on every event, at most half the ring buffer",
+        env="FLOWSCOPE_COLLECTOR_WAKEUP_BYTES",
+    )
     # Records of one pod per Kafka message (a JSON array; consumers read it with
     # JsonCodec.decode_batch). 1: one JSON object per message, the form every consumer reads.
-    batch_records: int = 256
-    batch_bytes: int = 256 << 10  # a batch message is split below this (Kafka's limit: 1 MB)
-    dns: dns_settings.DnsSettings = field(default_factory=dns_settings.DnsSettings)
-    kafka_security: KafkaSecurity = PLAINTEXT
+    batch_records: int = setting(
+        256,
+        "most records of one pod per Kafka message, as a JSON array (1: one JSON "
+        "object per message; more needs consumers that read batches)",
+        env="FLOWSCOPE_COLLECTOR_BATCH_RECORDS",
+        check=between(1, 100_000, "1 (one record per message) to 100000"),
+    )
+    batch_bytes: int = setting(
+        256 << 10,
+        "most bytes of JSON per batch message",
+        env="FLOWSCOPE_COLLECTOR_BATCH_BYTES",
+        check=between(1024, 900_000, "1024 to 900000 (below Kafka's 1 MB message limit)"),
+    )
+    dns: dns_settings.DnsSettings = group(
+        dns_settings.DnsSettings,
+        prefix="dns",
+        title="DNS capture",
+        description="bpf/dns.bpf.o on the cgroup v2 root: one RawDnsQuery per query per "
+        "local socket to <prefix>.raw.dns",
+    )
+    kafka_security: KafkaSecurity = PLAINTEXT  # from the --kafka-* settings
     # bpffs directory under which the TCP programs and maps of <node_name> stay pinned
     # across restarts (the DaemonSet sets /sys/fs/bpf/flowscope); None: nothing pinned,
     # the programs detach when the collector exits.
-    pin_root: Path | None = None
-    uninstall: bool = False  # remove this node's pins and exit
+    pin_root: Path | None = setting(
+        None,
+        "bpffs directory where the TCP programs stay attached and their maps (open "
+        "sockets, ring buffer, counters) kept across restarts, under <node>/tcpconn, e.g. "
+        "/sys/fs/bpf/flowscope; empty: nothing pinned",
+        env="FLOWSCOPE_COLLECTOR_PIN_ROOT",
+        parse=optional_path,
+    )
+    uninstall: bool = setting(
+        False,
+        "remove this node's pins under --pin-root (the programs detach), exit",
+        env="FLOWSCOPE_COLLECTOR_UNINSTALL",
+    )
     # host:port of flowscope's own services besides the Kafka bootstrap servers and the
     # metrics port (which are always included), e.g. the API server the publisher watches:
     # their connections are counted apart (kernel_pipeline_*), not reported as workloads'.
-    pipeline_endpoints: str = ""
+    pipeline_endpoints: str = setting(
+        "",
+        "comma-separated host:port of flowscope's own services besides the bootstrap "
+        "servers and the metrics port (e.g. the API server): their connections are counted "
+        "apart, not reported",
+        env="FLOWSCOPE_COLLECTOR_PIPELINE_ENDPOINTS",
+        check=_endpoints,
+    )
 
     def __post_init__(self) -> None:
-        page = mmap.PAGESIZE
-        size = self.ringbuf_bytes
-        if size < page or size & (size - 1):
-            raise SettingsError(
-                f"ringbuf_bytes: {size} must be a power of 2 and at least one page ({page}), "
-                "e.g. 1048576, 4194304, 16777216"
-            )
-        if not 0 <= self.wakeup_bytes <= size // 2:
+        settings.check(self, SettingsError)
+        half = self.ringbuf_bytes // 2
+        if not 0 <= self.wakeup_bytes <= half:
             raise SettingsError(
                 f"wakeup_bytes: {self.wakeup_bytes} must be between 0 and half the ring "
-                f"buffer ({size // 2})"
+                f"buffer ({half})"
             )
-        if self.udp_interval_s < 0:
-            raise SettingsError(
-                f"udp_interval_s: must be >= 0 (0 disables), got {self.udp_interval_s}"
-            )
-        if self.interim_interval_s < 0:
-            raise SettingsError(
-                f"interim_interval_s: must be >= 0 (0 disables), got {self.interim_interval_s}"
-            )
-        if not 0 <= self.metrics_port <= 65535:
-            raise SettingsError(f"metrics_port: 0 (off) or 1-65535, got {self.metrics_port}")
-        try:
-            parse_cidrs(self.service_cidrs)
-        except ValueError as exc:
-            raise SettingsError(f"service_cidrs: {exc}") from None
-        for name in ("poll_interval_s", "stats_interval_s", "flush_timeout_s",
-                     "health_interval_s"):  # fmt: skip
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")
-        if not 1 <= self.batch_records <= 100_000:
-            raise SettingsError(
-                f"batch_records: 1 (one record per message) to 100000, got {self.batch_records}"
-            )
-        if not 1024 <= self.batch_bytes <= 900_000:
-            raise SettingsError(
-                f"batch_bytes: 1024 to 900000 (below Kafka's 1 MB message limit), "
-                f"got {self.batch_bytes}"
-            )
-        if self.max_batch <= 0:
-            raise SettingsError(f"max_batch: must be > 0, got {self.max_batch}")
-        if self.log_level not in LOG_LEVELS:
-            raise SettingsError(f"log_level: {self.log_level!r}, valid: {', '.join(LOG_LEVELS)}")
-        try:
-            parse_endpoints(self.pipeline_endpoints)
-        except ValueError as exc:
-            raise SettingsError(f"pipeline_endpoints: {exc}") from None
-        if not self.node_name:
-            raise SettingsError("node_name: must not be empty")
         if not (self.cgroup_root / "cgroup.controllers").is_file():
             raise SettingsError(
                 f"cgroup_root: {self.cgroup_root} is not a cgroup v2 mount (no "
@@ -203,6 +297,9 @@ class Settings:
     @property
     def health_topic(self) -> str:
         return Topics(self.topic_prefix).collector_health
+
+
+ENV = settings.env_names(Settings)  # field -> FLOWSCOPE_* variable; the DNS group has its own
 
 
 def parse_endpoints(text: str) -> list[tuple[str, int]]:
@@ -233,247 +330,16 @@ def parse_kafka_options(items: Sequence[str]) -> dict[str, str]:
     return options
 
 
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r}: valid values are true/false, 1/0, yes/no")
-
-
-def _number(kind: type[int] | type[float], what: str) -> Callable[[str], int | float]:
-    def parse(text: str) -> int | float:
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what}: {text!r} is not a number") from None
-
-    return parse
-
-
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    d = Settings.__dataclass_fields__
-
-    def default(name: str) -> object:
-        if ENV[name] in env:
-            return env[ENV[name]]
-        spec = d[name]
-        return spec.default_factory() if callable(spec.default_factory) else spec.default
-
-    def env_help(name: str, text: str) -> str:
-        return f"{text} (env {ENV[name]}; default %(default)s)"
-
     p = argparse.ArgumentParser(
         prog="python -m collector",
         description="flowscope node collector: loads bpf/tcpconn.bpf.o, reads one event per "
         "finished TCP connection end from the kernel, names the local pod by the socket's "
         "cgroup, and produces flowscope.records.RawTcpConnection records (JSON) to "
-        "<prefix>.raw.tcp. Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN).",
+        "<prefix>.raw.tcp. Needs CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_PTRACE "
+        "(see k8s/collector.yaml).",
     )
-    p.add_argument(
-        "--bootstrap-servers",
-        default=default("bootstrap_servers"),
-        help=env_help("bootstrap_servers", "Kafka bootstrap servers"),
-    )
-    p.add_argument(
-        "--topic-prefix",
-        default=default("topic_prefix"),
-        help=env_help("topic_prefix", "prefix of every topic; records go to <prefix>.raw.tcp"),
-    )
-    p.add_argument(
-        "--node-name",
-        default=default("node_name"),
-        help=env_help(
-            "node_name",
-            "this node's name, put on every record and used as the key of host-process records",
-        ),
-    )
-    p.add_argument(
-        "--cgroup-root",
-        type=Path,
-        default=default("cgroup_root"),
-        help=env_help("cgroup_root", "cgroup v2 mount whose tree names the pods"),
-    )
-    p.add_argument(
-        "--bpf-object",
-        type=Path,
-        default=default("bpf_object"),
-        help=env_help("bpf_object", "compiled BPF object (make -C bpf builds it)"),
-    )
-    p.add_argument(
-        "--ringbuf-bytes",
-        type=_number(int, "--ringbuf-bytes"),
-        default=default("ringbuf_bytes"),
-        help=env_help(
-            "ringbuf_bytes",
-            "kernel ring buffer size, a power of 2; "
-            "events that do not fit are counted as lost_ringbuf",
-        ),
-    )
-    p.add_argument(
-        "--poll-interval-s",
-        type=_number(float, "--poll-interval-s"),
-        default=default("poll_interval_s"),
-        help=env_help(
-            "poll_interval_s",
-            "longest wait for kernel events before serving Kafka callbacks and stats",
-        ),
-    )
-    p.add_argument(
-        "--max-batch",
-        type=_number(int, "--max-batch"),
-        default=default("max_batch"),
-        help=env_help("max_batch", "most events decoded per ring buffer read"),
-    )
-    p.add_argument(
-        "--stats-interval-s",
-        type=_number(float, "--stats-interval-s"),
-        default=default("stats_interval_s"),
-        help=env_help("stats_interval_s", "seconds between counter log lines"),
-    )
-    p.add_argument(
-        "--flush-timeout-s",
-        type=_number(float, "--flush-timeout-s"),
-        default=default("flush_timeout_s"),
-        help=env_help("flush_timeout_s", "how long shutdown waits for Kafka deliveries"),
-    )
-    p.add_argument(
-        "--tracefs",
-        type=Path,
-        default=default("tracefs"),
-        help=env_help("tracefs", "where tracefs is (or gets) mounted"),
-    )
-    p.add_argument(
-        "--mount-tracefs",
-        type=_bool,
-        default=default("mount_tracefs"),
-        help=env_help("mount_tracefs", "mount tracefs when it is missing (true/false)"),
-    )
-    p.add_argument(
-        "--kafka-option",
-        dest="kafka_option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"librdkafka producer setting, repeatable, applied over flowscope's "
-        f"defaults and the collector's linger.ms=100 "
-        f"(env {ENV['kafka_options']}: KEY=VALUE items separated by ';')",
-    )
-    p.add_argument(
-        "--interim-interval-s",
-        type=_number(float, "--interim-interval-s"),
-        default=default("interim_interval_s"),
-        help=env_help(
-            "interim_interval_s",
-            "an open connection reports the deltas since its previous record this often "
-            "(0: only when it closes)",
-        ),
-    )
-    p.add_argument(
-        "--service-cidrs",
-        default=default("service_cidrs"),
-        help=env_help(
-            "service_cidrs",
-            "comma-separated ClusterIP ranges (e.g. 10.96.0.0/12); connections to them are "
-            "resolved to their backend through conntrack; empty: no lookups",
-        ),
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=_number(int, "--metrics-port"),
-        default=default("metrics_port"),
-        help=env_help("metrics_port", "Prometheus /metrics port (0: no endpoint)"),
-    )
-    p.add_argument(
-        "--health-interval-s",
-        type=_number(float, "--health-interval-s"),
-        default=default("health_interval_s"),
-        help=env_help(
-            "health_interval_s", "seconds between health records on <prefix>.collector.health"
-        ),
-    )
-    p.add_argument(
-        "--wakeup-bytes",
-        type=_number(int, "--wakeup-bytes"),
-        default=default("wakeup_bytes"),
-        help=env_help(
-            "wakeup_bytes",
-            "the kernel wakes the collector once this many bytes of events wait (it also "
-            "reads every poll interval); 0: on every event",
-        ),
-    )
-    p.add_argument(
-        "--batch-records",
-        type=_number(int, "--batch-records"),
-        default=default("batch_records"),
-        help=env_help(
-            "batch_records",
-            "most records of one pod per Kafka message, as a JSON array (1: one JSON object "
-            "per message; more needs consumers that read batches)",
-        ),
-    )
-    p.add_argument(
-        "--batch-bytes",
-        type=_number(int, "--batch-bytes"),
-        default=default("batch_bytes"),
-        help=env_help("batch_bytes", "most bytes of JSON per batch message"),
-    )
-    p.add_argument(
-        "--udp-interval-s",
-        type=_number(float, "--udp-interval-s"),
-        default=default("udp_interval_s"),
-        help=env_help(
-            "udp_interval_s",
-            "UDP bytes/packets per (local, remote) pair are reported per window of this "
-            "length on <prefix>.raw.udp (0: no UDP program)",
-        ),
-    )
-    p.add_argument(
-        "--udp-bpf-object",
-        type=Path,
-        default=default("udp_bpf_object"),
-        help=env_help("udp_bpf_object", "compiled UDP BPF object (make -C bpf builds it)"),
-    )
-    p.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=LOG_LEVELS,
-        default=default("log_level"),
-        help=env_help("log_level", "log level"),
-    )
-    p.add_argument(
-        "--pin-root",
-        type=lambda text: Path(text) if text else None,
-        default=default("pin_root"),
-        help=env_help(
-            "pin_root",
-            "bpffs directory where the TCP programs stay attached and their maps (open "
-            "sockets, ring buffer, counters) kept across restarts, under <node>/tcpconn, "
-            "e.g. /sys/fs/bpf/flowscope; empty: nothing pinned",
-        ),
-    )
-    p.add_argument(
-        "--pipeline-endpoints",
-        default=default("pipeline_endpoints"),
-        help=env_help(
-            "pipeline_endpoints",
-            "comma-separated host:port of flowscope's own services besides the bootstrap "
-            "servers and the metrics port (e.g. the API server): their connections are "
-            "counted apart, not reported",
-        ),
-    )
-    p.add_argument(
-        "--uninstall",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=default("uninstall"),
-        help=env_help(
-            "uninstall", "remove this node's pins under --pin-root (the programs detach), exit"
-        ),
-    )
-    dns_settings.add_arguments(p, env)
+    settings.add_arguments(p, Settings, env)
     kafka_security.add_arguments(p, env)
     return p
 
@@ -481,14 +347,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 def parse_settings(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
     """Settings from the command line over the environment. Raises SettingsError."""
     args = build_parser(env).parse_args(argv)
-    options = dict(PRODUCER_OPTIONS)
-    options.update(parse_kafka_options(env.get(ENV["kafka_options"], "").split(";")))
-    options.update(parse_kafka_options(args.kafka_option))
-    values = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__}
-    values["kafka_options"] = options
-    values["dns"] = dns_settings.from_args(args)
     try:
-        values["kafka_security"] = kafka_security.from_args(args, env)
+        security = kafka_security.from_args(args, env)
     except kafka_security.KafkaSecurityError as exc:
         raise SettingsError(str(exc)) from None
-    return Settings(**values)
+    built: Settings = settings.from_args(Settings, args, kafka_security=security)
+    return built

@@ -6,14 +6,14 @@ evidence, threshold, affected workloads and episode id as annotations. ``startsA
 start of the episode's first breaching window (the last part of ``alert_id``), the same on the
 firing and the resolved event, so both land on one Alertmanager alert.
 
-- Firing: ``endsAt`` = now + 4 x ``--resend-interval``, and every firing alert is re-sent
+- Firing: ``endsAt`` = now + 4 x ``--resend-interval-seconds``, and every firing alert is re-sent
   each interval (as Prometheus does): if the bridge stops vouching for it, Alertmanager
   resolves it by itself instead of keeping a stale alert forever.
 - Resolved: ``endsAt`` = the start of the first window that did not breach (never later
   than now, or Alertmanager would still count it active).
 - Delivery: a batch is POSTed until Alertmanager accepts it (exponential backoff up to
-  ``--retry-max`` while it is down or answers 5xx), and only then are the Kafka offsets
-  committed for the durable group ``--group-id``. A restart resumes after the last accepted
+  ``--retry-max-seconds`` while it is down or answers 5xx), and only then are the Kafka offsets
+  committed for the durable group ``--group``. A restart resumes after the last accepted
   batch: nothing that was accepted is sent again. Killed between an accepted POST and the
   commit, the bridge sends that batch once more; Alertmanager merges an alert with the same
   labels and ``startsAt`` into the one it holds (same fingerprint, no new notification), so
@@ -22,7 +22,7 @@ firing and the resolved event, so both land on one Alertmanager alert.
   which episodes are still firing, so their re-sends go on after a restart.
 - An alert Alertmanager refuses (HTTP 4xx) is not retried: it is counted (``rejected``) and
   logged with Alertmanager's reason; undecodable messages are counted too. The counters are
-  printed as a JSON line on stderr every ``--status-interval`` and at exit.
+  printed as a JSON line on stderr every ``--status-interval-seconds`` and at exit.
 """
 
 from __future__ import annotations
@@ -44,7 +44,15 @@ from types import FrameType
 from typing import Any
 
 from consumers.catalog import RecordDecoder
-from consumers.options import BOOTSTRAP, PREFIX, Option, add_options, positive
+from consumers.options import (
+    BOOTSTRAP,
+    LOG_LEVEL,
+    PREFIX,
+    Option,
+    add_options,
+    parse_args,
+    positive,
+)
 from flowscope.codec import DecodeError
 from flowscope.kafka import Received, TopicFollower, committed_offsets
 from flowscope.records import AlertEvent
@@ -53,20 +61,22 @@ from flowscope.topics import Topics
 OPTIONS = (
     BOOTSTRAP,
     PREFIX,
+    LOG_LEVEL,
     Option("alertmanager_url", "FLOWSCOPE_ALERTMANAGER_URL", "http://127.0.0.1:9093",
            "Alertmanager base URL; alerts are POSTed to <url>/api/v2/alerts"),
-    Option("group_id", "FLOWSCOPE_ALERTS_GROUP_ID", "flowscope-alerts", "Kafka consumer "
+    Option("group", "FLOWSCOPE_ALERTS_GROUP", "flowscope-alerts", "Kafka consumer "
            "group whose committed offsets say what Alertmanager has accepted"),
-    Option("resend_interval", "FLOWSCOPE_ALERTS_RESEND_S", "60", "seconds between re-sends "
-           "of a firing alert (sent with endsAt = now + 4x this)", positive(float)),
-    Option("retry_max", "FLOWSCOPE_ALERTS_RETRY_MAX_S", "30", "longest wait between two tries "
-           "while Alertmanager is down (backoff from 0.5 s)", positive(float)),
-    Option("timeout", "FLOWSCOPE_ALERTS_HTTP_TIMEOUT_S", "10", "timeout of one POST, seconds",
+    Option("resend_interval_seconds", "FLOWSCOPE_ALERTS_RESEND_INTERVAL_SECONDS", "60",
+           "seconds between re-sends of a firing alert (sent with endsAt = now + 4x this)",
+           positive(float)),
+    Option("retry_max_seconds", "FLOWSCOPE_ALERTS_RETRY_MAX_SECONDS", "30", "longest wait "
+           "between two tries while Alertmanager is down (backoff from 0.5 s)", positive(float)),
+    Option("timeout_seconds", "FLOWSCOPE_ALERTS_TIMEOUT_SECONDS", "10", "timeout of one POST",
            positive(float)),
     Option("generator_url", "FLOWSCOPE_ALERTS_GENERATOR_URL", "", "generatorURL of every "
            "alert (e.g. a dashboard link; empty: none)"),
-    Option("status_interval", "FLOWSCOPE_ALERTS_STATUS_S", "60", "seconds between two "
-           "counter lines on stderr", positive(float)),
+    Option("status_interval_seconds", "FLOWSCOPE_ALERTS_STATUS_INTERVAL_SECONDS", "60",
+           "seconds between two counter lines on stderr", positive(float)),
 )  # fmt: skip
 
 _LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
@@ -309,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(parser, OPTIONS, dict(os.environ))
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     topic = Topics(args.topic_prefix).alerts
     stop = threading.Event()
 
@@ -319,23 +329,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     counters = BridgeCounters()
-    am = Alertmanager(args.alertmanager_url, counters, stop, args.timeout, args.retry_max)
-    done = committed_offsets(args.bootstrap_servers, args.group_id, [topic])
-    follower = TopicFollower(args.bootstrap_servers, [topic], "earliest", group_id=args.group_id)
-    bridge = Bridge(follower, RecordDecoder(AlertEvent), am, args.resend_interval,
+    am = Alertmanager(
+        args.alertmanager_url, counters, stop, args.timeout_seconds, args.retry_max_seconds
+    )
+    done = committed_offsets(args.bootstrap_servers, args.group, [topic])
+    follower = TopicFollower(args.bootstrap_servers, [topic], "earliest", group_id=args.group)
+    bridge = Bridge(follower, RecordDecoder(AlertEvent), am, args.resend_interval_seconds,
                     args.generator_url)  # fmt: skip
     replay = TopicFollower(args.bootstrap_servers, [topic], "earliest")
     try:
         bridge.recover(replay, done)
     finally:
         replay.close()
-    print(f"alerts bridge ready: {topic} -> {am.endpoint} (group {args.group_id}, "
+    print(f"alerts bridge ready: {topic} -> {am.endpoint} (group {args.group}, "
           f"{counters.replayed} events replayed, {len(bridge.firing.events)} firing)",
           flush=True)  # fmt: skip
     last_status = time.monotonic()
     try:
         while not stop.is_set() and bridge.step():
-            if time.monotonic() - last_status >= args.status_interval:
+            if time.monotonic() - last_status >= args.status_interval_seconds:
                 last_status = time.monotonic()
                 print(json.dumps(asdict(counters)), file=sys.stderr, flush=True)
     finally:

@@ -28,7 +28,15 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.registry import Collector
 
 from consumers.catalog import RecordDecoder, resolve_topic
-from consumers.options import BOOTSTRAP, PREFIX, Option, add_options, positive
+from consumers.options import (
+    BOOTSTRAP,
+    LOG_LEVEL,
+    PREFIX,
+    Option,
+    add_options,
+    parse_args,
+    positive,
+)
 from consumers.tail import parse_start
 from flowscope.codec import DecodeError
 from flowscope.kafka import TopicFollower
@@ -47,6 +55,7 @@ DNS = ("client_workload", "server")
 OPTIONS = (
     BOOTSTRAP,
     PREFIX,
+    LOG_LEVEL,
     Option("port", "FLOWSCOPE_EXPORTER_PORT", "9464", "port of /metrics (0: any free port, "
            "printed at start)", int),
     Option("host", "FLOWSCOPE_EXPORTER_HOST", "0.0.0.0", "address /metrics listens on"),
@@ -224,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(parser, OPTIONS, dict(os.environ))
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     topics = Topics(args.topic_prefix)
     kinds = [resolve_topic(s, topics) for s in SOURCES]
     decoders = {k.topic: RecordDecoder(k.record_type) for k in kinds}

@@ -1,13 +1,17 @@
 """Settings of the ``consumers`` commands, each declared once: its flag, its environment
 variable, its default and its meaning. The same declaration builds the argparse option, the
-``--help`` line (with env and default) and the value, so they cannot drift apart."""
+``--help`` line (with env and default), the value and its rows in docs/settings.md, so they
+cannot drift apart. The settings every command shares come from flowscope.settings."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from flowscope import settings
 
 
 @dataclass(frozen=True)
@@ -24,10 +28,15 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
 
-BOOTSTRAP = Option("bootstrap_servers", "FLOWSCOPE_BOOTSTRAP_SERVERS", "127.0.0.1:9092",
-                   "Kafka bootstrap servers, host:port[,host:port]")  # fmt: skip
-PREFIX = Option("topic_prefix", "FLOWSCOPE_TOPIC_PREFIX", "flowscope",
-                "prefix of every topic name")  # fmt: skip
+def _shared(name: str, declaration: Any, **extra: Any) -> Option:
+    spec: settings.Spec = declaration.metadata[settings.SPEC]
+    return Option(name, spec.env, str(declaration.default), spec.help, **extra)
+
+
+BOOTSTRAP = _shared("bootstrap_servers", settings.bootstrap_servers())
+PREFIX = _shared("topic_prefix", settings.topic_prefix())
+LOG_LEVEL = _shared("log_level", settings.log_level(), parse=str.upper,
+                    choices=settings.LOG_LEVELS)  # fmt: skip
 
 
 def _typed(option: Option) -> Callable[[str], Any]:
@@ -55,6 +64,15 @@ def add_options(
             # argparse applies `type` to string defaults too: env values are checked as well.
             help=f"{o.help} ({source}default {o.default!r})".replace("%", "%%"),
         )
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options, with logging set to --log-level."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    return args
 
 
 def positive(kind: Callable[[str], float]) -> Callable[[str], float]:

@@ -19,7 +19,7 @@ replace the SQLite default.
 - Files sized for queries: rows are buffered per table and appended when ``--max-rows`` are
   buffered or the oldest buffered record waited ``--max-seconds``; never one per message.
 - Undecodable messages are counted (and their offsets committed past) in the counters line
-  printed on stderr every ``--status-interval`` and at exit.
+  printed on stderr every ``--status-interval-seconds`` and at exit.
 """
 
 from __future__ import annotations
@@ -45,7 +45,15 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import HourTransform
 
 from consumers.catalog import RecordDecoder, resolve_topic
-from consumers.options import BOOTSTRAP, PREFIX, Option, add_options, positive
+from consumers.options import (
+    BOOTSTRAP,
+    LOG_LEVEL,
+    PREFIX,
+    Option,
+    add_options,
+    parse_args,
+    positive,
+)
 from flowscope.codec import DecodeError
 from flowscope.kafka import TopicFollower
 from flowscope.records import EnrichedDnsQuery, EnrichedTcpConnection
@@ -74,6 +82,7 @@ def _properties(text: str) -> dict[str, str]:
 OPTIONS = (
     BOOTSTRAP,
     PREFIX,
+    LOG_LEVEL,
     Option("warehouse", "FLOWSCOPE_SINK_WAREHOUSE", "flowscope-lake", "local warehouse "
            "directory of the default SQLite catalog (catalog.db and the table files)"),
     Option("catalog_properties", "FLOWSCOPE_SINK_CATALOG_PROPERTIES", "", "pyiceberg "
@@ -87,8 +96,8 @@ OPTIONS = (
            "files per hour partition)", positive(int)),
     Option("max_seconds", "FLOWSCOPE_SINK_MAX_SECONDS", "60", "longest a buffered record "
            "waits for its append", positive(float)),
-    Option("status_interval", "FLOWSCOPE_SINK_STATUS_S", "60", "seconds between two counter "
-           "lines on stderr", positive(float)),
+    Option("status_interval_seconds", "FLOWSCOPE_SINK_STATUS_INTERVAL_SECONDS", "60",
+           "seconds between two counter lines on stderr", positive(float)),
 )  # fmt: skip
 
 
@@ -252,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(parser, OPTIONS, dict(os.environ))
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     topics = Topics(args.topic_prefix)
     catalog = open_catalog(args.warehouse, args.catalog_properties)
     sinks: dict[str, TableSink] = {}
@@ -304,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for sink in sinks.values():
                 if sink.due(args.max_rows, args.max_seconds):  # the time bound
                     flush(sink)
-            if time.monotonic() - last_status >= args.status_interval:
+            if time.monotonic() - last_status >= args.status_interval_seconds:
                 last_status = time.monotonic()
                 print(json.dumps(asdict(counters)), file=sys.stderr, flush=True)
         for sink in sinks.values():  # stopped cleanly: what is buffered is committed

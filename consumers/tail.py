@@ -21,7 +21,15 @@ import msgspec
 
 from consumers.catalog import RecordDecoder, UnknownTopic, resolve_topic
 from consumers.facets import Filter, FilterError, facets, parse_filter
-from consumers.options import BOOTSTRAP, PREFIX, Option, add_options, non_negative
+from consumers.options import (
+    BOOTSTRAP,
+    LOG_LEVEL,
+    PREFIX,
+    Option,
+    add_options,
+    non_negative,
+    parse_args,
+)
 from flowscope import records as r
 from flowscope.codec import DecodeError
 from flowscope.kafka import Start, TopicFollower
@@ -42,6 +50,7 @@ def parse_start(text: str) -> Start:
 OPTIONS = (
     BOOTSTRAP,
     PREFIX,
+    LOG_LEVEL,
     Option("filter", "FLOWSCOPE_TAIL_FILTER", "", "records to show, e.g. "
            "'namespace=shop outcome!=closed' (FIELD=V1,V2  FIELD!=V  FIELD~TEXT; fields: "
            "namespace, workload, outcome or any top-level field)"),
@@ -51,7 +60,7 @@ OPTIONS = (
            "-DURATION (-5m: records produced in the last five minutes)", parse_start),
     Option("max_records", None, "0", "stop after this many records are shown (0: never)",
            non_negative(int)),
-    Option("idle_exit_s", None, "0", "stop after this many seconds without a message "
+    Option("idle_exit_seconds", None, "0", "stop after this many seconds without a message "
            "(0: follow for ever)", non_negative(float)),
 )  # fmt: skip
 
@@ -201,13 +210,13 @@ def run(settings: TailSettings, out: TextIO, stop: Callable[[], bool]) -> TailCo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser(dict(os.environ)).parse_args(argv)
+    args = parse_args(build_parser(dict(os.environ)), argv)
     try:
         settings = TailSettings(
             topic=args.topic, bootstrap_servers=args.bootstrap_servers,
             topic_prefix=args.topic_prefix, filter=parse_filter(args.filter),
             format=args.format, start=args.start, max_records=int(args.max_records),
-            idle_exit_s=args.idle_exit_s,
+            idle_exit_s=args.idle_exit_seconds,
         )  # fmt: skip
         resolve_topic(settings.topic, Topics(settings.topic_prefix))
     except (FilterError, UnknownTopic, ValueError) as exc:

@@ -144,7 +144,7 @@ def main() -> int:
         settings = PipelineSettings(
             bootstrap=bootstrap, topics=topics, node_name="sim-host", log_dir=log_dir,
             window_s=args.window_seconds, grace_s=args.grace_seconds,
-            collector_args=("--dns-enabled", "true", "--dns-timeout-s", "1",
+            collector_args=("--dns-enabled", "true", "--dns-timeout-seconds", "1",
                             "--service-cidrs", str(cluster.service_network)),
             processor_args=("--dns-grace-seconds", "2.5", "--cloud", args.cloud),
         )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Types of the C render loop (enricher/_render.c); its Python twin is in render.py."""
+"""Types of the C render loop (enricher/_render.c); render.py drives it, enrich.py is its spec."""
 
 from collections.abc import Callable, Sequence
 from typing import Any

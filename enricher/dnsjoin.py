@@ -40,7 +40,7 @@ from enricher.state import MetadataState
 from enricher.transactions import TransactionalOffsets, transactional_id
 from enricher.udpflows import enrich_udp
 from flowscope.codec import DecodeError, JsonCodec
-from flowscope.deadletter import encode_dead_letter
+from flowscope.deadletter import dead_letter_of
 from flowscope.dns_enrich import DEFAULT_DNS_SERVERS, DnsServers, ServiceName, enrich_dns
 from flowscope.kafka import (
     ProducerFenced,
@@ -329,16 +329,7 @@ class DnsJoiner:
         producer = via or self._producer
         assert producer is not None
         key = msg.key()
-        letter = encode_dead_letter(
-            stage=STAGE,
-            reason=f"{reason}: {detail}",
-            source_topic=msg.topic() or "",
-            partition=msg.partition() or 0,
-            offset=msg.offset() or 0,
-            key=key,
-            value=msg.value(),
-            time_ns=time.time_ns(),
-        )
+        letter = dead_letter_of(msg, stage=STAGE, reason=f"{reason}: {detail}")
         producer.produce(self._topics.deadletter, letter, key=key)
         self.counters.deadlettered += 1
         log.warning(

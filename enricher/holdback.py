@@ -32,6 +32,7 @@ class Held(Generic[T]):
     deadline_ns: int  # monotonic clock
     key: str
     done: bool = field(default=False)
+    index: int = 0  # the record's place in its message's batch (replay.py)
 
 
 class Holdback(Generic[T]):
@@ -62,6 +63,7 @@ class Holdback(Generic[T]):
         offset: int,
         now_ns: int,
         deadline_ns: int | None = None,
+        index: int = 0,
     ) -> bool:
         """Hold ``item`` until ``key`` changes or the hold time is up. False when full."""
         if self._count >= self.max_records:
@@ -72,6 +74,7 @@ class Holdback(Generic[T]):
             offset,
             deadline_ns if deadline_ns is not None else now_ns + self.hold_ns,
             key,
+            index=index,
         )
         self._by_key.setdefault(key, []).append(held)
         part = self._by_partition.setdefault(partition, {})
@@ -150,6 +153,10 @@ class Holdback(Generic[T]):
         waiting.remove(held)
         if not waiting:
             del self._by_key[held.key]
+
+    def positions(self, partition: PartitionKey) -> list[tuple[int, int]]:
+        """(offset, index) of every record held from ``partition``."""
+        return [(h.offset, h.index) for h in self._held_by_partition.get(partition, ())]
 
     def oldest_offset(self, partition: PartitionKey) -> int | None:
         """The smallest offset still held for ``partition``: commits must stop before it."""

@@ -15,9 +15,10 @@ of them is held.
 
 Exactly-once (``exactly_once``, the default): output, dead letters and input offsets are
 committed in one Kafka transaction (transactions.py), so read_committed consumers see each
-record once across kills and restarts. One case still repeats records: records *after* a
-held one, emitted and committed while it waited, are read again if the instance dies before
-the held record is released (the committed offset stops at it). Static group membership
+record once across kills and restarts. The records *after* a held one, emitted and committed
+while it waited, are read again if the instance dies before the held record is released (the
+committed offset stops at it): the commit's metadata says which of them were still held, and
+only those are joined again (replay.py; the others are counted as skipped). Static group membership
 (``instance``) lets a restarted instance take its partitions back without a rebalance.
 Without ``exactly_once`` the offsets are auto-committed after the output (at-least-once).
 
@@ -34,25 +35,26 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaException, Message, TopicPartition
 
-from enricher import EnricherError
+from enricher import EnricherError, replay
 from enricher.classify import AddressClassifier
 from enricher.dnsnames import DnsNames
 from enricher.follower import MetadataFollower
 from enricher.holdback import Held, Holdback, PartitionKey
 from enricher.outbox import Outbox
-from enricher.render import NATIVE_BUILT, Rendered, Renderer, self_check
+from enricher.render import Rendered, Renderer, self_check
+from enricher.replay import Replay
 from enricher.settings import Settings
 from enricher.state import MetadataState
 from enricher.transactions import TransactionalOffsets, transactional_id
 from flowscope.codec import DecodeError, JsonCodec
-from flowscope.deadletter import encode_dead_letter
+from flowscope.deadletter import dead_letter_of
 from flowscope.kafka import (
     ConsumerCounters,
     ProducerFenced,
@@ -68,6 +70,7 @@ log = logging.getLogger("enricher")
 
 RAW_VERSION = 1
 STAGE = "enricher"
+_UNREAD = Replay(0, None)  # a partition whose committed metadata was not read yet
 
 
 @dataclass
@@ -84,6 +87,9 @@ class JoinerCounters:
     held_expired: int = 0  # emitted unresolved after the hold time
     held_released_unresolved: int = 0  # emitted unresolved early: revoke or shutdown
     held_overflow: int = 0  # emitted unresolved at once: the hold buffer was full
+    # After a restart, records re-read behind a held one (replay.py):
+    replay_skipped: int = 0  # emitted before the restart: not again
+    replay_repeated: int = 0  # not known whether emitted (metadata past its bound): again
     deadletter_reasons: Counter[str] = field(default_factory=Counter)
 
 
@@ -109,22 +115,18 @@ class Joiner:
         self.renderer = Renderer(self.state, self.classifier, names=names)
         self._render = self.renderer.render
         self._render_many = self.renderer.render_many
-        if not NATIVE_BUILT:
-            log.warning("enricher._render is not built (`make native`): the join runs in Python")
-        elif (problem := self_check(native=True)) is not None:
-            log.warning("C join loop disabled, using the Python loop: %s", problem)
+        if (problem := self_check()) is not None:
+            log.warning("C join loop disabled, using the reference path: %s", problem)
             self.renderer.native = False
-        problem = self_check()
-        if problem is not None:
-            log.warning("fast join path disabled, using the reference path: %s", problem)
-            self._render = self.renderer.reference
-            self._render_many = self._reference_many
         self.counters = JoinerCounters()
         self._outbox = Outbox(
             self._produce_enriched, self._topics.enriched_tcp, settings.output_batch_records
         )
         # Per raw partition, the offset after the last record handled (held or not).
         self._next_offsets: dict[PartitionKey, int] = {}
+        # Per raw partition owned: what its committed offset's metadata says was emitted
+        # already (None once read past it, or when there was nothing).
+        self._replays: dict[PartitionKey, Replay | None] = {}
         self._raw_codec = JsonCodec(RawTcpConnection)
         self._follower: MetadataFollower | None = None
         self._consumer: RecordConsumer | None = None
@@ -326,7 +328,22 @@ class Joiner:
             if done is None:
                 continue
             held = self.holdback.oldest_offset(part)
-            offsets.append(TopicPartition(part[0], part[1], done if held is None else held))
+            rp = self._replays.get(part)
+            # Still inside a stretch read again after a restart: what lies past here was
+            # emitted before it, and must stay known as such.
+            replaying = rp is not None and rp is not _UNREAD and rp.end > done
+            if held is None and not replaying:
+                offsets.append(TopicPartition(part[0], part[1], done))
+                continue
+            positions = self.holdback.positions(part)
+            end, unknown = done, False
+            if rp is not None and replaying:
+                end, unknown = rp.end, rp.held is None
+                positions += [q for q in rp.held or () if q[0] >= done]
+            # Re-read from the held record on: the metadata says what not to emit again.
+            metadata = replay.encode(end, positions, unknown)
+            at = done if held is None else held
+            offsets.append(TopicPartition(part[0], part[1], at, metadata=metadata))
         if not offsets:
             return
         if self._txn is not None:
@@ -342,6 +359,7 @@ class Joiner:
         self.rewinds += 1
         self.holdback.release_all()  # dropped, not emitted: they are read again
         self._next_offsets.clear()
+        self._replays.clear()  # the committed metadata says again what was emitted
         # Partitions being revoked are not sought: their next owner starts at the commit.
         kept = [
             tp
@@ -370,6 +388,21 @@ class Joiner:
             return
         c = self.counters
         c.records_in += len(raws)
+        positions: list[int] | None = None
+        rp = self._replays.get(part, _UNREAD) if self._txn is not None else None
+        if rp is _UNREAD:
+            rp = self._replays[part] = self._committed_replay(part)
+        if rp is not None:
+            if offset >= rp.end:
+                self._replays[part] = None
+            elif rp.held is None:
+                c.replay_repeated += len(raws)
+            else:
+                positions = [i for i in range(len(raws)) if rp.keep(offset, i)]
+                c.replay_skipped += len(raws) - len(positions)
+                raws = [raws[i] for i in positions]
+                if not raws:
+                    return
         outs: list[Rendered] | list[Rendered | None]
         try:
             outs = self._render_many(raws)
@@ -377,11 +410,33 @@ class Joiner:
             outs = [self._render_one(msg, raw) for raw in raws]
         # Into the outbox in order; _attend sees the records that are not the usual case.
         c.enriched += self._outbox.add_rendered(
-            outs, raws, RAW_VERSION, partial(self._attend, msg, part, offset), self.renderer.native
+            outs,
+            raws,
+            RAW_VERSION,
+            partial(self._attend, msg, part, offset, raws, positions),
+            self.renderer.native,
         )
 
+    def _committed_replay(self, part: PartitionKey) -> Replay | None:
+        """The replay stretch in ``part``'s committed offset, read once per ownership."""
+        assert self._consumer is not None
+        try:
+            [tp] = self._consumer.committed([TopicPartition(part[0], part[1])])
+        except KafkaException as exc:
+            # Not knowing means emitting again: a duplicate, not a loss; counted as repeated.
+            log.warning("committed offset of %s[%d] unreadable: %s", part[0], part[1], exc)
+            return None
+        return replay.decode(tp.metadata)
+
     def _attend(
-        self, msg: Message, part: PartitionKey, offset: int, raw: RawTcpConnection, out: Rendered
+        self,
+        msg: Message,
+        part: PartitionKey,
+        offset: int,
+        raws: list[RawTcpConnection],
+        positions: list[int] | None,
+        raw: RawTcpConnection,
+        out: Rendered,
     ) -> bool:
         """A record that is not plain, waits for metadata or has another schema version:
         dead-letter it, hold it back, or count how it was named; True if it goes out now."""
@@ -390,7 +445,13 @@ class Joiner:
             return False
         c = self.counters
         if out.missing is not None and self.holdback.enabled:
-            if self.holdback.add(raw, out.missing, part, offset, time.monotonic_ns()):
+            # Its place in the message as the collector sent it (replay.py).
+            index = next(i for i, r in enumerate(raws) if r is raw)
+            if positions is not None:
+                index = positions[index]
+            if self.holdback.add(
+                raw, out.missing, part, offset, time.monotonic_ns(), index=index
+            ):
                 c.held += 1
                 return False
             c.held_overflow += 1
@@ -407,9 +468,6 @@ class Joiner:
         except Exception as exc:  # a bug in the join must cost one record, not the stream
             self.dead_letter(msg, "enrich_error", f"enrich failed: {type(exc).__name__}: {exc}")
             return None
-
-    def _reference_many(self, raws: Sequence[RawTcpConnection]) -> list[Rendered]:
-        return [self.renderer.reference(raw) for raw in raws]
 
     def _unsupported(self, msg: Message, raw: RawTcpConnection) -> None:
         self.dead_letter(
@@ -455,7 +513,8 @@ class Joiner:
             # but no longer than the record's first deadline.
             if key is not None and now < held.deadline_ns:
                 if self.holdback.add(
-                    held.item, key, held.partition, held.offset, now, held.deadline_ns
+                    held.item, key, held.partition, held.offset, now, held.deadline_ns,
+                    index=held.index,
                 ):
                     continue
                 self.counters.held_overflow += 1
@@ -503,6 +562,7 @@ class Joiner:
         self._revoking = set()
         for part in revoked:
             self._next_offsets.pop(part, None)
+            self._replays.pop(part, None)
 
     def _metadata_rejected(self, msg: Message, outcome: str) -> None:
         # Every joiner instance reads the whole topic (and again after a restart): its letters
@@ -516,16 +576,7 @@ class Joiner:
         producer = via or self._producer
         assert producer is not None
         key = msg.key()
-        letter = encode_dead_letter(
-            stage=STAGE,
-            reason=reason,
-            source_topic=msg.topic() or "",
-            partition=msg.partition() or 0,
-            offset=msg.offset() or 0,
-            key=key,
-            value=msg.value(),
-            time_ns=time.time_ns(),
-        )
+        letter = dead_letter_of(msg, stage=STAGE, reason=reason)
         producer.produce(self._topics.deadletter, letter, key=key)
         self.counters.deadlettered += 1
         self.counters.deadletter_reasons[category] += 1
@@ -549,6 +600,8 @@ class Joiner:
             "enricher_held_released_unresolved_total": c.held_released_unresolved,
             "enricher_held_overflow_total": c.held_overflow,
             "enricher_held_now": len(self.holdback),
+            "enricher_replay_skipped_total": c.replay_skipped,
+            "enricher_replay_repeated_total": c.replay_repeated,
             "enricher_metadata_upserts_total": sc.upserts,
             "enricher_metadata_tombstones_total": sc.tombstones,
             "enricher_metadata_invalid_total": sc.invalid + sc.unsupported_version,
@@ -557,7 +610,8 @@ class Joiner:
             "enricher_metadata_nodes": len(self.state.nodes),
             "enricher_metadata_services": len(self.state.services),
         }
-        for category, n in sorted(c.deadletter_reasons.items()):
+        # A copy first: /metrics reads this from its own thread while the loop adds reasons.
+        for category, n in sorted(dict(c.deadletter_reasons).items()):
             out[f"enricher_deadletter_{category}_total"] = n
         if self.names is not None:
             out.update(self.names.counters.as_metrics())

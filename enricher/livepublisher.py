@@ -75,6 +75,7 @@ class WatchPublisher:
         self.watches: dict[str, ResourceWatch] = {}
         self.elector: LeaseElector | None = None
         self.terms = 0  # times this replica started leading
+        self.producer: RecordProducer | None = None  # the current term's, for /metrics
         self.produced = 0
 
     def run(self, stop: threading.Event) -> None:
@@ -111,7 +112,7 @@ class WatchPublisher:
         model = self.model = ClusterModel(self.options.pod_fields)
         read = self._read_back(model)
         log.info("leading: %d records read back from %s", read, self._topics.metadata)
-        producer = RecordProducer(self._bootstrap, self._producer_overrides)
+        producer = self.producer = RecordProducer(self._bootstrap, self._producer_overrides)
         inbox: queue.Queue[tuple[str, str, Any, Any]] = queue.Queue()
 
         def on_snapshot(kind: str, items: list[Obj]) -> None:
@@ -182,6 +183,8 @@ class WatchPublisher:
                 self.produced += 1
 
     def metrics(self, producer: RecordProducer | None = None) -> dict[str, int]:
+        if producer is None:
+            producer = self.producer
         out: dict[str, int] = {"publisher_terms_total": self.terms}
         if self.model is not None:
             c = self.model.counters

@@ -109,7 +109,7 @@ class Outbox:
         to add them. Returns how many were added.
 
         In C (enricher/_render.c) when built: this loop is a tenth of the join's CPU in
-        Python. The twin below is the reference and the fallback."""
+        Python. :meth:`add_rendered_py` is the reference and the fallback."""
         if NATIVE is not None and native and self.max_records > 1:
             added: int = NATIVE.route(
                 outs, raws, version, attend, self._partition_by_key, self._partition,

@@ -1,21 +1,21 @@
 """The join's hot path: raw record -> enriched JSON bytes, without building the structs.
 
-:func:`enricher.enrich.enrich` builds an :class:`EnrichedTcpConnection` (two 20-field
-Endpoints and a 16-field record) that is then encoded: about 10 µs per record, most of it
-constructing objects that live for one line. Here the named part of each end (everything but
-address, port and process) is encoded once per pod, node or service and kept; a record costs
-one bytes-formatting call around those fragments.
+Two tiers. The reference, :meth:`Renderer.reference`: :func:`enricher.enrich.enrich` builds
+an :class:`EnrichedTcpConnection` (two 20-field Endpoints and a 16-field record) that is then
+encoded, about 10 µs per record. The C loop (``enricher/_render.c``, ``make native``) encodes
+the named part of each end (everything but address, port and process) once per pod, node or
+service through this module (:class:`Fragment`), keeps it, and writes a record around those
+fragments; it calls back here for everything but the common case.
 
-The output is byte for byte what ``msgspec.json.encode(enrich(raw, ...))`` gives (the unit
-tests compare the two over every kind of end), so the wire schema has one definition. Should
-the record types change without this module following, :func:`self_check` notices at start
-and the joiner falls back to the reference path (slower, never wrong).
+The C output is byte for byte what the reference gives (the unit and property tests compare
+the two), so the wire schema has one definition. Where the extension is not built, or
+:func:`self_check` finds at start that it no longer matches the record types, the renderer
+runs the reference (slower, never wrong).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import attrgetter
 from types import ModuleType
 from typing import Annotated, NamedTuple, get_args, get_origin
 
@@ -44,26 +44,11 @@ from flowscope.records import Endpoint, EnrichedTcpConnection, PeerClass, RawTcp
 
 _HEAD = b'{"address":"","port":0,'
 
-_HEAD_FMT = (
-    b'{"schema_version":1,"start_time_unix_nano":%d,"end_time_unix_nano":%d,'
-    b'"flowscope.observer.node":%b,"flowscope.observer.role":"%b",'
-    b'"flowscope.client.observed":%b,"network.transport":"tcp","network.type":"%b",'
-)
-_LOCAL = b'{"address":%b,"port":%d,%b%b}'
-_LOCAL_PROCESS = (
-    b'{"address":%b,"port":%d,%b,"container.id":%b,"process.pid":%d,"process.command":%b}'
-)
-_REMOTE = b'{"address":%b,"port":%d,%b}'
-_TAIL_FMT = (
-    b'"bytes_client_to_server":%d,"bytes_server_to_client":%d,'
-    b'"connect_latency_us":%b,"srtt_us":%d,"retrans_segs":%d,"flowscope.peer.class":"%b"'
-)
 _ENCODE_NAMES = {f.name: f.encode_name for f in msgspec.structs.fields(EnrichedTcpConnection)}
-# The fields copied from the raw record (enrich.COPIED_FIELDS) that the fast paths know, written
-# inside the one formatting call. Should the copied fields change, self_check says so at start
-# and the joiner takes the reference path (slower, never wrong) until this module follows.
+# The fields copied from the raw record (enrich.COPIED_FIELDS) that the C loop knows, written
+# inside its one formatting call. Should the copied fields change, self_check says so at start
+# and the renderer takes the reference path (slower, never wrong) until the C follows.
 _FAST_COPIED = ("outcome", "interim", "sequence", "segs_out", "syn_retries")
-_copied_values = attrgetter(*_FAST_COPIED)
 
 
 def _bare(type_: object) -> object:
@@ -80,29 +65,8 @@ _COPIED_FAST = (
     and _RAW_TYPES["syn_retries"] is int
     and all(isinstance(v, str) and v.isidentifier() for v in get_args(_RAW_TYPES["outcome"]))
 )
-_OUTCOME = {v: b'"%s"' % v.encode() for v in get_args(_RAW_TYPES["outcome"])}
-_COPIED_FMT = b',"%s":%%b,"%s":%%b,"%s":%%d,"%s":%%d,"%s":%%d' % tuple(
-    _ENCODE_NAMES[n].encode() for n in _FAST_COPIED
-)
-# One formatting call per record, in either orientation (the local end is the client unless
-# the collector saw the server side), with the process fields (the usual case) or without.
-_WITH_PROCESS = (
-    _HEAD_FMT + b'"client":' + _LOCAL_PROCESS + b',"server":' + _REMOTE + b"," + _TAIL_FMT
-    + _COPIED_FMT + b"}",
-    _HEAD_FMT + b'"client":' + _REMOTE + b',"server":' + _LOCAL_PROCESS + b"," + _TAIL_FMT
-    + _COPIED_FMT + b"}",
-)  # fmt: skip
-_PLAIN = (
-    _HEAD_FMT + b'"client":' + _LOCAL + b',"server":' + _REMOTE + b"," + _TAIL_FMT
-    + _COPIED_FMT + b"}",
-    _HEAD_FMT + b'"client":' + _REMOTE + b',"server":' + _LOCAL + b"," + _TAIL_FMT
-    + _COPIED_FMT + b"}",
-)  # fmt: skip
 _UNNAMED = frozenset(("external", "unresolved"))
 _DOMAIN_KEY = b',"%s":' % _ENCODE_NAMES["server_domain"].encode()
-_ROLE = {"client": b"client", "server": b"server", "unknown": b"unknown"}
-_BOOL = {True: b"true", False: b"false"}
-_NETWORK = {4: b"ipv4", 6: b"ipv6"}
 
 
 class Fragment(NamedTuple):
@@ -132,7 +96,6 @@ class Rendered(NamedTuple):
     plain: bool  # the common case: a named local end and a pod as the remote end
 
 
-_new_tuple = tuple.__new__
 # Addresses shortcut for any time (see Renderer._remember_address), and how many at most.
 _EVER = (-(2**63), 2**63)
 _ADDRESS_LIMIT = 65536
@@ -140,7 +103,7 @@ _ADDRESS_LIMIT = 65536
 
 def _load_native() -> ModuleType | None:
     """The C loop (enricher/_render.c), configured for this module's record layout; None where
-    it was not built or does not know the copied fields (then the Python loop runs)."""
+    it was not built or does not know the copied fields (then the reference runs)."""
     try:
         from enricher import _render
     except ImportError:
@@ -181,7 +144,7 @@ class Renderer:
         self.state = state
         self.classifier = classifier
         self.names = names  # DNS names of servers outside the metadata (enricher/dnsnames.py)
-        # The C loop when it was built; the Python loop if told so (or if self_check fails).
+        # The C loop when it was built; the reference if told so (or if self_check fails).
         self.native = native and _native is not None
         self._enc = msgspec.json.Encoder()
         # The module's constant templates (external, unresolved), which live forever.
@@ -308,21 +271,21 @@ class Renderer:
         return self.render_many((raw,))[0]
 
     def render_many(self, raws: Sequence[RawTcpConnection]) -> list[Rendered]:
-        """Every record of a batch: in C where it is built (``make native``), else in Python;
-        the two give the same bytes (the unit tests and :func:`self_check` compare them)."""
-        if _native is not None and self.native:
-            state = self.state
-            rendered: list[Rendered] = _native.render_batch(
-                raws,
-                state.fragments,
-                state.ip_fragments,
-                _LOCALITY,
-                self._unnamed,
-                self,
-                self._internet,
-            )
-        else:
-            rendered = self.render_many_py(raws)
+        """Every record of a batch: in C where it is built (``make native``), else through
+        the reference; the two give the same bytes (the unit and property tests and
+        :func:`self_check` compare them)."""
+        if _native is None or not self.native:
+            return [self.reference(raw) for raw in raws]
+        state = self.state
+        rendered: list[Rendered] = _native.render_batch(
+            raws,
+            state.fragments,
+            state.ip_fragments,
+            _LOCALITY,
+            self._unnamed,
+            self,
+            self._internet,
+        )
         if self.names is not None:
             self._add_domains(raws, rendered)
         return rendered
@@ -349,8 +312,8 @@ class Renderer:
     def _finish(
         self, raw: RawTcpConnection, local: Fragment, remote: Fragment
     ) -> tuple[bytes, str | None]:
-        """The peer class and what the record still waits for: the one rule, for both loops
-        (the C loop asks only when its caches do not answer)."""
+        """The peer class and what the record still waits for (the C loop asks only when its
+        caches do not answer)."""
         addr = raw.remote_addr
         if local.attribution == "unresolved":
             peer = (
@@ -384,88 +347,6 @@ class Renderer:
         found = self._unnamed[addr] = (_ADDRESS_PEER[classifier.peer_class(cls)], missing)
         return found
 
-    def render_many_py(self, raws: Sequence[RawTcpConnection]) -> list[Rendered]:
-        """The Python twin of the C loop; one loop, so the lookups below are made once per
-        batch."""
-        state, enc, finish = self.state, self._enc, self._finish
-        # A fragment in the index's cache is current: the index drops it with its template.
-        frags: dict[str, Fragment] = state.fragments  # type: ignore[assignment]
-        ip_frags = state.ip_fragments
-        out: list[Rendered] = []
-        append = out.append
-        for raw in raws:
-            uid = raw.pod_uid
-            local = frags.get(uid) if uid is not None else None
-            if local is None:
-                local = self._fragment(local_template(raw, state))
-            addr, t = raw.remote_addr, raw.start_time_ns
-            hit = ip_frags.get(addr)
-            if hit is not None and hit[0] <= t < hit[1]:
-                remote: Fragment = hit[2]  # type: ignore[assignment]
-            else:
-                remote = self._remote(addr, t)
-            if raw.original_remote_addr is not None:
-                remote = self._with_service(remote, raw)
-            la, ra = local.attribution, remote.attribution
-
-            container_id, pid, comm = raw.container_id, raw.pid, raw.comm
-            if container_id is not None and pid and comm:  # the usual case: inside the one call
-                fmts = _WITH_PROCESS
-                extra: tuple[object, ...] = (enc.encode(container_id), pid, enc.encode(comm))
-            else:
-                fmts = _PLAIN
-                one = b""
-                if container_id is not None:
-                    one += b',"container.id":' + enc.encode(container_id)
-                if pid:
-                    one += b',"process.pid":%d' % pid
-                if comm:
-                    one += b',"process.command":' + enc.encode(comm)
-                extra = (one,)
-            if raw.role != "server":
-                fmt = fmts[0]
-                ends: tuple[object, ...] = (
-                    enc.encode(raw.local_addr), raw.local_port, local.body, *extra,
-                    enc.encode(addr), raw.remote_port, remote.body,
-                    raw.bytes_sent, raw.bytes_received,
-                )  # fmt: skip
-                observed = True
-                key = local.key or f"{la}/{raw.local_addr}"
-            else:
-                fmt = fmts[1]
-                ends = (
-                    enc.encode(addr), raw.remote_port, remote.body,
-                    enc.encode(raw.local_addr), raw.local_port, local.body, *extra,
-                    raw.bytes_received, raw.bytes_sent,
-                )  # fmt: skip
-                observed = ra in _OBSERVED
-                key = remote.key or f"{ra}/{addr}"
-            latency = raw.connect_latency_us
-            peer, missing = finish(raw, local, remote)  # the same answers the C loop gets
-            outcome, interim, sequence, segs_out, syn_retries = _copied_values(raw)
-            value = fmt % (
-                raw.start_time_ns,
-                raw.end_time_ns,
-                enc.encode(raw.node),
-                _ROLE[raw.role],
-                _BOOL[observed],
-                _NETWORK[raw.family],
-                *ends,
-                b"null" if latency is None else b"%d" % latency,
-                raw.srtt_us,
-                raw.retrans_segs,
-                peer,
-                _OUTCOME[outcome],
-                _BOOL[interim],
-                sequence,
-                segs_out,
-                syn_retries,
-            )
-            # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level call.
-            plain = ra == "pod" and la != "unresolved"
-            append(_new_tuple(Rendered, (value, key, la, ra, missing, plain)))
-        return out
-
 
 def _template_key(template: Endpoint) -> str | None:
     """The index's cache key for ``template`` (see enrich.py), None if it is not cached."""
@@ -480,16 +361,18 @@ def _template_key(template: Endpoint) -> str | None:
     return None
 
 
-def self_check(native: bool = False) -> str | None:
-    """Render sample records both ways (the fast path in C if ``native``, else in Python, and
-    the reference) on a scratch index; say how they differ, if they do."""
+def self_check() -> str | None:
+    """Render sample records both ways (the C loop and the reference) on a scratch index;
+    say how they differ, if they do."""
     from enricher.state import MetadataState  # here: state imports nothing from render
 
     if not _COPIED_FAST:
         return (
-            f"the copied fields are {COPIED_FIELDS}; the fast paths know {_FAST_COPIED} "
+            f"the copied fields are {COPIED_FIELDS}; the C loop knows {_FAST_COPIED} "
             "(and their types)"
         )
+    if _native is None:
+        return "enricher._render is not built (`make native`)"
 
     st = MetadataState(early_tolerance_ns=0)
     t0 = 1_700_000_000_000_000_000
@@ -510,7 +393,7 @@ def self_check(native: bool = False) -> str | None:
             t0,
         )
     st.upsert(ServiceMeta(name="s", namespace="ns", cluster_ips=["10.96.0.1"]), t0)
-    renderer = Renderer(st, AddressClassifier(), native=native)
+    renderer = Renderer(st, AddressClassifier())
     for role in ("client", "server"):
         for remote, nat in (("10.0.0.2", None), ("10.0.0.2", "10.96.0.1"), ("8.8.8.8", None)):
             raw = RawTcpConnection(
@@ -538,9 +421,9 @@ def self_check(native: bool = False) -> str | None:
             )
             fast, ref = renderer.render(raw), renderer.reference(raw)
             if fast.value != ref.value or fast.key != ref.key:
-                return f"fast path renders {fast.value!r}, the reference {ref.value!r}"
+                return f"the C loop renders {fast.value!r}, the reference {ref.value!r}"
             try:
                 msgspec.json.decode(fast.value, type=EnrichedTcpConnection)
             except msgspec.ValidationError as exc:
-                return f"fast path output is not a valid EnrichedTcpConnection: {exc}"
+                return f"the C loop's output is not a valid EnrichedTcpConnection: {exc}"
     return None

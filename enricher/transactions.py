@@ -52,7 +52,8 @@ class TransactionalOffsets:
         self._interval_s = interval_s
         self._max_records = max_records
         self._on_abort = on_abort
-        self._pending: dict[PartitionKey, int] = {}  # next offset to read, per input partition
+        # Per input partition: the next offset to read, and its commit metadata (replay.py).
+        self._pending: dict[PartitionKey, tuple[int, str | None]] = {}
         self._records = 0  # input records taken since the last commit
         self._opened = time.monotonic()  # of the last commit: the interval runs from there
         self.commits = 0
@@ -61,7 +62,7 @@ class TransactionalOffsets:
     def store(self, offsets: Iterable[TopicPartition]) -> None:
         """How far each partition is done; sent with the next commit."""
         for tp in offsets:
-            self._pending[(tp.topic, tp.partition)] = tp.offset
+            self._pending[(tp.topic, tp.partition)] = (tp.offset, tp.metadata)
 
     def forget(self, partitions: Iterable[PartitionKey]) -> None:
         for part in partitions:
@@ -81,7 +82,10 @@ class TransactionalOffsets:
         if not self._pending and not self._producer.in_transaction:
             self._records = 0
             return True
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
+        offsets = [
+            TopicPartition(t, p, o) if m is None else TopicPartition(t, p, o, metadata=m)
+            for (t, p), (o, m) in self._pending.items()
+        ]
         try:
             self._producer.commit(offsets, self._consumer.consumer_group_metadata())
         except TransactionAborted as exc:

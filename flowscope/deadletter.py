@@ -9,6 +9,9 @@ stopped). The payload is cut to what fits, and the reason says so with both size
 
 from __future__ import annotations
 
+import time
+from typing import Protocol
+
 from flowscope.codec import JsonCodec
 from flowscope.records import DeadLetter
 
@@ -48,4 +51,28 @@ def encode_dead_letter(
             payload=payload,
             time_ns=time_ns,
         )
+    )
+
+
+class Consumed(Protocol):
+    """What a dead letter needs of a consumed message (confluent_kafka's Message)."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | str | None: ...
+    def value(self) -> bytes | None: ...
+
+
+def dead_letter_of(msg: Consumed, *, stage: str, reason: str) -> bytes:
+    """The dead letter of a consumed message, stamped now."""
+    return encode_dead_letter(
+        stage=stage,
+        reason=reason,
+        source_topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        key=msg.key(),
+        value=msg.value(),
+        time_ns=time.time_ns(),
     )

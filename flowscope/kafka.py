@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from types import MappingProxyType
 from typing import Any
 
 from confluent_kafka import (
@@ -479,6 +480,8 @@ class RecordConsumer:
         self._track_ends = str(config.get("enable.partition.eof", "")).lower() == "true"
         self.at_end: set[tuple[str, int]] = set()
         self.counters = ConsumerCounters()
+        # What librdkafka was given, before security is added (so no secret is in it).
+        self.config: Mapping[str, Any] = MappingProxyType(config)
         self._consumer = Consumer(secured(config))
 
     @property

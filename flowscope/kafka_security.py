@@ -26,20 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flowscope import settings
+from flowscope.settings import optional_path, optional_str, setting
+
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-ENV = {
-    "protocol": "FLOWSCOPE_KAFKA_SECURITY_PROTOCOL",
-    "mechanism": "FLOWSCOPE_KAFKA_SASL_MECHANISM",
-    "username": "FLOWSCOPE_KAFKA_SASL_USERNAME",
-    "password": "FLOWSCOPE_KAFKA_SASL_PASSWORD",
-    "password_file": "FLOWSCOPE_KAFKA_SASL_PASSWORD_FILE",
-    "ca_file": "FLOWSCOPE_KAFKA_SSL_CA_FILE",
-    "cert_file": "FLOWSCOPE_KAFKA_SSL_CERT_FILE",
-    "key_file": "FLOWSCOPE_KAFKA_SSL_KEY_FILE",
-    "key_password_file": "FLOWSCOPE_KAFKA_SSL_KEY_PASSWORD_FILE",
-}
 
 
 class KafkaSecurityError(ValueError):
@@ -215,67 +206,115 @@ def secured(config: Mapping[str, Any]) -> dict[str, Any]:
 # -- settings at the edge -------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    """The --kafka-* options, their defaults from the environment; no secret has an option."""
+@dataclass(frozen=True)
+class KafkaSecurityOptions:
+    """The settings as given; :meth:`security` reads the secret files and checks them."""
 
-    def option(flag: str, name: str, what: str, type_: Any = str) -> None:
-        default = env.get(ENV[name]) or None
-        parser.add_argument(
-            flag,
-            dest=f"kafka_{name}",
-            type=type_,
-            default=type_(default) if default is not None else None,
-            help=f"{what} (env {ENV[name]})",
+    protocol: str = setting(
+        "PLAINTEXT",
+        f"Kafka security protocol, one of {', '.join(PROTOCOLS)}",
+        env="FLOWSCOPE_KAFKA_SECURITY_PROTOCOL",
+        flag="--kafka-security-protocol",
+        parse=str.upper,
+    )
+    mechanism: str | None = setting(
+        None,
+        f"SASL mechanism: {', '.join(MECHANISMS)}",
+        env="FLOWSCOPE_KAFKA_SASL_MECHANISM",
+        flag="--kafka-sasl-mechanism",
+        parse=lambda text: text.upper() or None,
+    )
+    username: str | None = setting(
+        None,
+        "SASL user name",
+        env="FLOWSCOPE_KAFKA_SASL_USERNAME",
+        flag="--kafka-sasl-username",
+        parse=optional_str,
+    )
+    # Never an option: `ps` shows a command line.
+    password: Secret | None = setting(
+        None,
+        "the SASL password itself (prefer the password file)",
+        env="FLOWSCOPE_KAFKA_SASL_PASSWORD",
+        flag="",
+        secret=True,
+        parse=lambda text: Secret(text) if text else None,
+    )
+    password_file: Path | None = setting(
+        None,
+        "file holding the SASL password (or the password itself in "
+        "FLOWSCOPE_KAFKA_SASL_PASSWORD; never an option)",
+        env="FLOWSCOPE_KAFKA_SASL_PASSWORD_FILE",
+        flag="--kafka-sasl-password-file",
+        parse=optional_path,
+    )
+    ca_file: Path | None = setting(
+        None,
+        "PEM CA bundle to trust the brokers (none: the system's trust store)",
+        env="FLOWSCOPE_KAFKA_SSL_CA_FILE",
+        flag="--kafka-ssl-ca-file",
+        parse=optional_path,
+    )
+    cert_file: Path | None = setting(
+        None,
+        "PEM client certificate (mutual TLS)",
+        env="FLOWSCOPE_KAFKA_SSL_CERT_FILE",
+        flag="--kafka-ssl-cert-file",
+        parse=optional_path,
+    )
+    key_file: Path | None = setting(
+        None,
+        "PEM private key of the client certificate",
+        env="FLOWSCOPE_KAFKA_SSL_KEY_FILE",
+        flag="--kafka-ssl-key-file",
+        parse=optional_path,
+    )
+    key_password_file: Path | None = setting(
+        None,
+        "file holding the private key's password, if it has one",
+        env="FLOWSCOPE_KAFKA_SSL_KEY_PASSWORD_FILE",
+        flag="--kafka-ssl-key-password-file",
+        parse=optional_path,
+    )
+
+    def security(self) -> KafkaSecurity:
+        """Raises KafkaSecurityError."""
+        password = _read_secret(self.password_file, "password") or self.password
+        return KafkaSecurity(
+            protocol=self.protocol or "PLAINTEXT",
+            mechanism=self.mechanism,
+            username=self.username,
+            password=password,
+            ca_file=self.ca_file,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            key_password=_read_secret(self.key_password_file, "key password"),
         )
 
-    option(
-        "--kafka-security-protocol",
-        "protocol",
-        f"Kafka security protocol, one of {', '.join(PROTOCOLS)}; default PLAINTEXT",
-        str.upper,
-    )
-    option("--kafka-sasl-mechanism", "mechanism", f"SASL mechanism: {', '.join(MECHANISMS)}")
-    option("--kafka-sasl-username", "username", "SASL user name")
-    option(
-        "--kafka-sasl-password-file",
-        "password_file",
-        f"file holding the SASL password (or the password itself in env {ENV['password']}; "
-        "never as an option)",
-        Path,
-    )
-    option("--kafka-ssl-ca-file", "ca_file", "PEM CA bundle to trust the brokers", Path)
-    option("--kafka-ssl-cert-file", "cert_file", "PEM client certificate (mutual TLS)", Path)
-    option("--kafka-ssl-key-file", "key_file", "PEM private key of the client certificate", Path)
-    option(
-        "--kafka-ssl-key-password-file",
-        "key_password_file",
-        "file holding the private key's password, if it has one",
-        Path,
-    )
+
+ENV = settings.env_names(KafkaSecurityOptions)
 
 
-def _read_secret(path: Path | None, env_value: str | None, what: str) -> Secret | None:
-    if path is not None:
-        try:
-            return Secret(path.read_text().rstrip("\r\n"))
-        except OSError as exc:
-            reason = exc.strerror
-            raise KafkaSecurityError(f"cannot read the {what} file {path}: {reason}") from None
-    return Secret(env_value) if env_value else None
+def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """The --kafka-* options, their defaults from the environment; no secret has an option."""
+    settings.add_arguments(parser, KafkaSecurityOptions, env)
 
 
-def from_args(args: argparse.Namespace, env: Mapping[str, str]) -> KafkaSecurity:
-    """The settings from parsed --kafka-* options. Raises KafkaSecurityError."""
-    return KafkaSecurity(
-        protocol=args.kafka_protocol or "PLAINTEXT",
-        mechanism=(args.kafka_mechanism or "").upper() or None,
-        username=args.kafka_username,
-        password=_read_secret(args.kafka_password_file, env.get(ENV["password"]), "password"),
-        ca_file=args.kafka_ca_file,
-        cert_file=args.kafka_cert_file,
-        key_file=args.kafka_key_file,
-        key_password=_read_secret(args.kafka_key_password_file, None, "key password"),
-    )
+def _read_secret(path: Path | None, what: str) -> Secret | None:
+    if path is None:
+        return None
+    try:
+        return Secret(path.read_text().rstrip("\r\n"))
+    except OSError as exc:
+        reason = exc.strerror
+        raise KafkaSecurityError(f"cannot read the {what} file {path}: {reason}") from None
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> KafkaSecurity:
+    """The settings from parsed --kafka-* options (the parser took ``env`` already).
+    Raises KafkaSecurityError."""
+    options: KafkaSecurityOptions = settings.from_args(KafkaSecurityOptions, args)
+    return options.security()
 
 
 def from_env(env: Mapping[str, str]) -> KafkaSecurity:

@@ -30,6 +30,7 @@ from flowscope.records import (
     DnsMetric,
     TcpLatencyMetric,
 )
+from processors import ProcessorsError
 from processors.sketch import QuantileSketch
 
 SEVERITIES = ("info", "warning", "critical")
@@ -42,7 +43,7 @@ WORKLOAD_DIMS = ("client_workload", "server_workload", "source_workload", "desti
                  "server")  # fmt: skip
 
 
-class AlertRuleError(ValueError):
+class AlertRuleError(ProcessorsError, ValueError):
     """The rules file is malformed or names an unknown metric, dimension or severity."""
 
 

@@ -34,7 +34,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -45,6 +45,7 @@ from flowscope.topics import Topics
 from processors.alerts import AlertRule
 from processors.dns import NameGrouping, NameGroups
 from processors.dnsprocessor import DnsProcessor
+from processors.metrics import MetricsBoard
 from processors.pathhealth import PathHealthProcessor
 from processors.prices import PriceTable
 from processors.processor import ConnectionProcessor
@@ -380,6 +381,9 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
     )
     processor = stages.tcp
     app = build_app(settings, stages)
+    board = MetricsBoard(dict(stages.named()))
+    app.timer(settings.close_interval_s, name="metrics_snapshot")(_refresh(board))
+    server = board.serve(settings.metrics_port)
 
     def final_report(code: int) -> None:
         report: dict[str, Any] = {
@@ -420,8 +424,17 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     if worker._watchdog is not None:
         worker._watchdog.cancel()
+    if server is not None:
+        server.close()
     final_report(code)
     return code
+
+
+def _refresh(board: MetricsBoard) -> Callable[[], Awaitable[None]]:
+    async def refresh() -> None:
+        board.refresh()
+
+    return refresh
 
 
 def _format(counters: dict[str, Any]) -> str:

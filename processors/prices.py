@@ -14,13 +14,15 @@ from typing import Any
 
 import yaml
 
+from processors import ProcessorsError
+
 CLOUDS = ("aws", "gcp", "azure", "custom")
 PRICED_CLASSES = ("same_zone", "cross_zone", "cross_region", "internet")
 BYTES_PER_GB_CHOICES = (10**9, 2**30)
 _PUBLISH_QUANTUM = Decimal("1e-9")
 
 
-class PriceTableError(ValueError):
+class PriceTableError(ProcessorsError, ValueError):
     """The price file is missing, malformed, or names an unknown cloud/class."""
 
 

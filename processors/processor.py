@@ -97,6 +97,9 @@ class ConnectionProcessor(WindowedStage[EnrichedTcpConnection, CellKey, Cell, Tc
         latency, cost = metrics or ([], [])
         return self.alerts.evaluate(start, end, latency, cost, now_ns)
 
+    def counters(self) -> dict[str, int]:
+        return {**super().counters(), **self.handling_span()}
+
     def report(self) -> dict[str, int]:
         """All counters, for the periodic log line."""
         return {**super().report(), **self.handling_span()}

@@ -9,8 +9,10 @@ import importlib
 import sys
 from typing import Any, cast
 
+from processors import ProcessorsError
 
-class MissingCodec(RuntimeError):
+
+class MissingCodec(ProcessorsError, RuntimeError):
     """aiokafka cannot decompress what flowscope's producers write."""
 
 

@@ -6,54 +6,137 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from flowscope import settings
 from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from flowscope.resources import shipped
+from flowscope.settings import LOG_LEVELS, optional_str, setting
+from processors import ProcessorsError
 from processors.dns import NAME_GROUPINGS
 from processors.prices import CLOUDS
 
 DEFAULT_PRICES = shipped("prices.yaml")
 DEFAULT_ALERT_RULES = shipped("alerts.yaml")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
-class SettingsError(ValueError):
+class SettingsError(ProcessorsError, ValueError):
     """A setting has an invalid value; the message names the valid ones."""
 
 
 @dataclass(frozen=True)
 class ProcessorSettings:
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic_prefix: str = "flowscope"
-    window_s: float = 10.0
-    grace_s: float = 5.0
+    bootstrap_servers: str = settings.bootstrap_servers()
+    topic_prefix: str = settings.topic_prefix()
+    window_s: float = setting(
+        10.0,
+        "tumbling window length in seconds (event time = connection end)",
+        env="FLOWSCOPE_PROCESSORS_WINDOW_SECONDS",
+    )
+    grace_s: float = setting(
+        5.0,
+        "a window is published when the watermark passes its end + grace",
+        env="FLOWSCOPE_PROCESSORS_GRACE_SECONDS",
+    )
     # How far the watermark may trail wall-clock time when the stream is quiet or uniformly
     # behind (see processors.windows.PartitionWatermark).
-    idle_allowance_s: float = 10.0
+    idle_allowance_s: float = setting(
+        10.0,
+        "the watermark is max(newest event time, now - this): how long a quiet or "
+        "lagging stream holds windows open",
+        env="FLOWSCOPE_PROCESSORS_IDLE_ALLOWANCE_SECONDS",
+    )
     # Also the Kafka consumer group: workers with the same id share the partitions.
-    app_id: str = "flowscope-tcp-pairs"
-    web_port: int = 0  # 0 disables faust's web server (several workers share one machine)
-    state_dir: Path = Path(".state")
-    close_interval_s: float = 1.0
-    log_interval_s: float = 10.0
-    sketch_alpha: float = 0.01
+    app_id: str = setting(
+        "flowscope-tcp-pairs",
+        "Kafka consumer group, also the faust app id",
+        env="FLOWSCOPE_PROCESSORS_GROUP",
+        flag="--group",
+    )
+    # 0 disables faust's web server (several workers share one machine)
+    web_port: int = setting(
+        0, "faust web server port on 127.0.0.1; 0 disables it", env="FLOWSCOPE_PROCESSORS_WEB_PORT"
+    )
+    metrics_port: int = setting(
+        0,
+        "Prometheus /metrics port of the worker's counters; 0 disables it",
+        env="FLOWSCOPE_PROCESSORS_METRICS_PORT",
+    )
+    state_dir: Path = setting(
+        Path(".state"),
+        "state directory; faust's data dir is <state-dir>/processors/<group>",
+        env="FLOWSCOPE_STATE_DIR",
+    )
+    close_interval_s: float = setting(
+        1.0,
+        "how often ready windows are closed and published",
+        env="FLOWSCOPE_PROCESSORS_CLOSE_INTERVAL_SECONDS",
+    )
+    log_interval_s: float = setting(
+        10.0, "how often the counters are logged", env="FLOWSCOPE_PROCESSORS_LOG_INTERVAL_SECONDS"
+    )
+    sketch_alpha: float = setting(
+        0.01, "relative accuracy of the latency sketch", env="FLOWSCOPE_PROCESSORS_SKETCH_ALPHA"
+    )
     # After SIGTERM/SIGINT, exit hard if faust has not stopped by then (see app._Worker).
-    shutdown_timeout_s: float = 15.0
-    log_level: str = "INFO"
+    shutdown_timeout_s: float = setting(
+        15.0,
+        "after SIGTERM, exit hard (code 1) if faust has not stopped within this time",
+        env="FLOWSCOPE_PROCESSORS_SHUTDOWN_TIMEOUT_SECONDS",
+    )
+    log_level: str = settings.log_level()
     # The price table (config/prices.yaml) and which cloud's prices apply (None: the file's).
-    prices_path: Path = DEFAULT_PRICES
-    cloud: str | None = None
-    alert_rules_path: Path = DEFAULT_ALERT_RULES
+    prices_path: Path = setting(
+        DEFAULT_PRICES,
+        "data-transfer price table (USD per GB, per cloud and path class)",
+        env="FLOWSCOPE_PROCESSORS_PRICES",
+        flag="--prices",
+        shown="shipped prices.yaml",
+    )
+    cloud: str | None = setting(
+        None,
+        f"price table to use: {', '.join(CLOUDS)}; none: the file's `cloud`",
+        env="FLOWSCOPE_PROCESSORS_CLOUD",
+        parse=optional_str,
+    )
+    alert_rules_path: Path = setting(
+        DEFAULT_ALERT_RULES,
+        "alert rules YAML",
+        env="FLOWSCOPE_PROCESSORS_ALERT_RULES",
+        flag="--alert-rules",
+        shown="shipped alerts.yaml",
+    )
     # Consumer group session: how soon a killed worker's partitions go to the others.
-    session_timeout_s: float = 10.0
+    session_timeout_s: float = setting(
+        10.0,
+        "consumer group session timeout: how soon a dead worker's partitions move",
+        env="FLOWSCOPE_PROCESSORS_SESSION_TIMEOUT_SECONDS",
+    )
     # DNS (processors/dns.py). A query's record leaves the collector when it is answered or
     # timed out (5 s by default), up to that long after its event time (the query): the DNS
     # grace must be longer than the collector's DNS timeout or timed-out queries are late.
-    dns_grace_s: float = 10.0
-    dns_name_group: str = "suffix"
-    dns_name_labels: int = 2
-    dns_cluster_domain: str = "cluster.local"
-    kafka_security: KafkaSecurity = PLAINTEXT
+    dns_grace_s: float = setting(
+        10.0,
+        "DNS windows (event time = query) are published at their end + this; keep it "
+        "above the collector's DNS timeout",
+        env="FLOWSCOPE_PROCESSORS_DNS_GRACE_SECONDS",
+    )
+    dns_name_group: str = setting(
+        "suffix",
+        "DNS query name grouping: suffix (last labels of the asked name), asked, name, none",
+        env="FLOWSCOPE_PROCESSORS_DNS_NAME_GROUP",
+    )
+    dns_name_labels: int = setting(
+        2, "labels kept by --dns-name-group suffix", env="FLOWSCOPE_PROCESSORS_DNS_NAME_LABELS"
+    )
+    dns_cluster_domain: str = setting(
+        "cluster.local",
+        "cluster domain: <svc>.<ns>.svc.<domain> names are grouped per service",
+        env="FLOWSCOPE_PROCESSORS_DNS_CLUSTER_DOMAIN",
+    )
+    broker_wait_s: float = setting(
+        30.0, "how long to wait for the broker at start", env="FLOWSCOPE_BROKER_WAIT_SECONDS"
+    )
+    kafka_security: KafkaSecurity = PLAINTEXT  # from the --kafka-* settings
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -72,6 +155,8 @@ class ProcessorSettings:
             raise SettingsError(f"idle allowance must be >= 0 seconds, got {self.idle_allowance_s}")
         if not 0 <= self.web_port <= 65535:
             raise SettingsError(f"web port must be 0 (disabled) or 1-65535, got {self.web_port}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"metrics port must be 0 (off) or 1-65535, got {self.metrics_port}")
         if not self.close_interval_s > 0 or not self.log_interval_s > 0:
             raise SettingsError("close and log intervals must be > 0 seconds")
         if not self.shutdown_timeout_s > 0:
@@ -119,3 +204,6 @@ class ProcessorSettings:
     def data_dir(self) -> Path:
         """faust's data dir; one per app id so that workers on one machine never collide."""
         return self.state_dir / "processors" / self.app_id
+
+
+ENV = settings.env_names(ProcessorSettings)

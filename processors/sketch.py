@@ -18,11 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+from processors import ProcessorsError
+
 SKETCH_TYPE = "flowscope.ddsketch.v1"
 DEFAULT_ALPHA = 0.01
 
 
-class SketchError(ValueError):
+class SketchError(ProcessorsError, ValueError):
     """Invalid input to a sketch, an incompatible merge, or a malformed published sketch."""
 
 

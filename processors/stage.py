@@ -219,15 +219,12 @@ class WindowedStage(Generic[R, K, C, A]):
         self.watermark.revoke(parts)
         return self.aggregator.drop_partitions(parts)
 
-    def report(self) -> dict[str, int]:
-        """All counters, for the periodic log line."""
-        late_recent = self._late_seen - self._late_reported
-        self._late_reported = self._late_seen
+    def counters(self) -> dict[str, int]:
+        """All running counters and levels; reading them changes nothing (``/metrics``)."""
         o = self.outputs
         return {
             **self.aggregator.counters.as_dict(),
             "messages": o.messages,
-            "late_since_last_report": late_recent,
             "dead_lettered": o.dead_lettered,
             "dead_letters_delivered": o.dead_letters_delivered,
             "metrics_sent": o.metrics_sent,
@@ -238,6 +235,12 @@ class WindowedStage(Generic[R, K, C, A]):
             "open_windows": len(self.aggregator.open_windows()),
             "pending_records": self.aggregator.pending_records(),
         }
+
+    def report(self) -> dict[str, int]:
+        """All counters, for the periodic log line, and the late records since the last."""
+        late_recent = self._late_seen - self._late_reported
+        self._late_reported = self._late_seen
+        return {**self.counters(), "late_since_last_report": late_recent}
 
     def _dead_letter(self, reason: str, value: bytes | None, source: Source, now_ns: int) -> bytes:
         return encode_dead_letter(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from flowscope import SCHEMA_VERSION
+from processors import ProcessorsError
 from processors.sketch import DEFAULT_ALPHA
 
 R = TypeVar("R")  # the record aggregated
@@ -21,7 +22,7 @@ K = TypeVar("K")  # a cell key
 C = TypeVar("C")  # a cell
 
 
-class InvalidRecord(ValueError):
+class InvalidRecord(ProcessorsError, ValueError):
     """A record that decoded but cannot be aggregated (e.g. negative bytes or latency)."""
 
 

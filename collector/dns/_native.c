@@ -25,32 +25,53 @@
 #include <string.h>
 #include <sys/socket.h>
 
-/* struct dns_event (600 bytes, little-endian; test_dns_abi.py checks dns.h against abi.py,
- * test_dns_native.py checks these against abi.py). */
-#define EVENT_SIZE 600
-#define PAYLOAD_MAX 512
-#define O_TS 0
-#define O_CGROUP 8
-#define O_SADDR 16
-#define O_DADDR 32
-#define O_SOCK_DADDR 48
-#define O_PAYLOAD_LEN 64
-#define O_CAPTURED 68
-#define O_SPORT 72
-#define O_DPORT 74
-#define O_SOCK_DPORT 76
-#define O_FAMILY 78
-#define O_DIRECTION 80
-#define O_PROTOCOL 81
-#define O_PAYLOAD 88
+#include <linux/types.h>
+#include <netinet/in.h>
+#include <stddef.h>
 
-#define AF4 2
-#define AF6 10
-#define PROTO_TCP 6
-#define PROTO_UDP 17
+#include "dns.h" /* bpf/: the ABI, included rather than copied */
+
+/* struct dns_event (little-endian; read with memcpy: unaligned-safe). test_dns_abi.py checks
+ * dns.h against abi.py, which the Python path decodes with. */
+#define EVENT_SIZE ((Py_ssize_t)sizeof(struct dns_event))
+_Static_assert(sizeof(struct dns_event) == 600, "struct dns_event changed size");
+#define PAYLOAD_MAX DNS_PAYLOAD_MAX
+#define EV(field) offsetof(struct dns_event, field)
+#define O_TS EV(ts_ns)
+#define O_CGROUP EV(cgroup_id)
+#define O_SADDR EV(saddr)
+#define O_DADDR EV(daddr)
+#define O_SOCK_DADDR EV(sock_daddr)
+#define O_PAYLOAD_LEN EV(payload_len)
+#define O_CAPTURED EV(captured_len)
+#define O_SPORT EV(sport)
+#define O_DPORT EV(dport)
+#define O_SOCK_DPORT EV(sock_dport)
+#define O_FAMILY EV(family)
+#define O_DIRECTION EV(direction)
+#define O_PROTOCOL EV(protocol)
+#define O_PAYLOAD EV(payload)
+#define ADDR_LEN DNS_ADDR_LEN
+
+#define AF4 AF_INET
+#define AF6 AF_INET6
+#define PROTO_TCP IPPROTO_TCP
+#define PROTO_UDP IPPROTO_UDP
 #define RB_BUSY (1u << 31)
 #define RB_DISCARD (1u << 30)
 
+/* RFC 1035 wire format (collector/dns/parser.py names the same) */
+#define HEADER_SIZE 12
+#define RR_FIXED 10 /* type, class, ttl, rdlength */
+#define QUESTION_FIXED 4 /* type, class */
+#define RCODE_MASK 0xF
+#define TYPE_A 1
+#define TYPE_CNAME 5
+#define TYPE_AAAA 28
+#define TYPE_OPT 41
+#define A_LEN 4
+#define AAAA_LEN 16
+enum section { SEC_ANSWER, SEC_AUTHORITY, SEC_ADDITIONAL, SEC_COUNT };
 #define MAX_NAME_WIRE 255
 #define MAX_LABEL 63
 #define MAX_POINTERS 127
@@ -178,7 +199,7 @@ static int parse_msg(const uint8_t *d, int end, int clipped, Msg *m)
     m->naddrs = 0;
     m->min_ttl = -1;
     m->complete = 0;
-    if (end < 12) {
+    if (end < HEADER_SIZE) {
         m->reason = RSN_SHORT_HEADER;
         return 0;
     }
@@ -189,15 +210,15 @@ static int parse_msg(const uint8_t *d, int end, int clipped, Msg *m)
     m->an = be16(d + 6);
     m->ns = be16(d + 8);
     m->ar = be16(d + 10);
-    m->rcode = m->flags & 0xF;
-    int pos = 12, rc = 0, nq = 0;
+    m->rcode = m->flags & RCODE_MASK;
+    int pos = HEADER_SIZE, rc = 0, nq = 0;
     for (int i = 0; i < m->qd; i++) {
         int after;
         rc = walk_name(d, end, pos, clipped, i == 0 ? m->name : NULL, &m->name_len, &after);
         if (rc)
             goto stop;
         pos = after;
-        if (pos + 4 > end) {
+        if (pos + QUESTION_FIXED > end) {
             rc = clipped ? CLIPPED : RSN_TRUNCATED;
             goto stop;
         }
@@ -206,44 +227,44 @@ static int parse_msg(const uint8_t *d, int end, int clipped, Msg *m)
             m->qclass = be16(d + pos + 2);
             m->has_question = 1;
         }
-        pos += 4;
+        pos += QUESTION_FIXED;
         nq++;
     }
-    const int counts[3] = {m->an, m->ns, m->ar};
-    for (int section = 0; section < 3; section++) {
+    const int counts[SEC_COUNT] = {m->an, m->ns, m->ar};
+    for (int section = 0; section < SEC_COUNT; section++) {
         for (int i = 0; i < counts[section]; i++) {
             int after;
             rc = walk_name(d, end, pos, clipped, NULL, NULL, &after);
             if (rc)
                 goto stop;
             pos = after;
-            if (pos + 10 > end) {
+            if (pos + RR_FIXED > end) {
                 rc = clipped ? CLIPPED : RSN_TRUNCATED;
                 goto stop;
             }
             uint16_t rtype = be16(d + pos);
             uint32_t ttl = be32(d + pos + 4);
             int rdlength = be16(d + pos + 8);
-            pos += 10;
+            pos += RR_FIXED;
             if (pos + rdlength > end) {
                 rc = clipped ? CLIPPED : RSN_TRUNCATED;
                 goto stop;
             }
-            if (section == 0) {
-                if (rtype == 1 || rtype == 28 || rtype == 5) {
+            if (section == SEC_ANSWER) {
+                if (rtype == TYPE_A || rtype == TYPE_AAAA || rtype == TYPE_CNAME) {
                     /* as parser._TTL_TYPES; RFC 2181 8: a TTL with the top bit set is 0 */
                     int64_t t = ttl < 0x80000000u ? (int64_t)ttl : 0;
                     if (m->min_ttl < 0 || t < m->min_ttl)
                         m->min_ttl = t;
                 }
-                if (rtype == 1 || rtype == 28) {
-                    if (rdlength != (rtype == 1 ? 4 : 16)) {
+                if (rtype == TYPE_A || rtype == TYPE_AAAA) {
+                    if (rdlength != (rtype == TYPE_A ? A_LEN : AAAA_LEN)) {
                         rc = RSN_BAD_RDATA;
                         goto stop;
                     }
                     if (add_addr(m, pos, rdlength) < 0)
                         return -1;
-                } else if (rtype == 5) {
+                } else if (rtype == TYPE_CNAME) {
                     /* as parser._answer: read_name(data, pos), never in clipped mode */
                     int cend;
                     rc = walk_name(d, end, pos, 0, NULL, NULL, &cend);
@@ -254,7 +275,8 @@ static int parse_msg(const uint8_t *d, int end, int clipped, Msg *m)
                         goto stop;
                     }
                 }
-            } else if (section == 2 && rtype == 41) {
+            } else if (section == SEC_ADDITIONAL && rtype == TYPE_OPT) {
+                /* EDNS: the OPT record's TTL carries the rcode's upper 8 bits */
                 m->rcode |= (int)(ttl >> 24) << 4;
             }
             pos += rdlength;
@@ -284,7 +306,7 @@ stop:
 typedef struct {
     int64_t time_ns;
     uint64_t mono_ns, cgroup;
-    uint8_t saddr[16], daddr[16], sock_daddr[16];
+    uint8_t saddr[ADDR_LEN], daddr[ADDR_LEN], sock_daddr[ADDR_LEN];
     uint16_t sport, dport, sock_dport, family;
     uint8_t egress, transport; /* transport: 0 udp, 1 tcp */
     uint32_t payload_len, captured;
@@ -299,7 +321,7 @@ typedef struct Entry {
     Pkt query;
     uint8_t role; /* 0 client, 1 server */
     uint16_t txid, local_port, remote_port;
-    uint8_t remote[16]; /* server side only */
+    uint8_t remote[ADDR_LEN]; /* server side only */
     uint16_t qtype, qclass;
     int attempts;
     int expansion; /* -1 None, 0, 1 */
@@ -369,7 +391,7 @@ typedef struct {
     uint8_t role, transport;
     uint16_t local_port, remote_port, txid;
     uint16_t remote_family;
-    uint8_t remote[16];
+    uint8_t remote[ADDR_LEN];
 } PrefixKey;
 
 static uint64_t prefix_hash(const PrefixKey *k)
@@ -390,7 +412,7 @@ static int same_prefix(const Entry *e, const PrefixKey *k)
            e->query.transport == k->transport && e->local_port == k->local_port &&
            e->txid == k->txid && e->remote_port == k->remote_port &&
            (k->role == 0 || (e->query.family == k->remote_family &&
-                             memcmp(e->remote, k->remote, 16) == 0));
+                             memcmp(e->remote, k->remote, ADDR_LEN) == 0));
 }
 
 static int same_qkey(const Entry *e, const char *lname, int n, uint16_t qtype, uint16_t qclass)
@@ -1010,7 +1032,7 @@ static int observe(Engine *s, const Pkt *p, const uint8_t *d, Msg *m)
     k.txid = m->txid;
     if (role == 1) {
         k.remote_family = p->family;
-        memcpy(k.remote, p->egress ? p->daddr : p->saddr, 16);
+        memcpy(k.remote, p->egress ? p->daddr : p->saddr, ADDR_LEN);
         k.remote_port = p->egress ? p->dport : p->sport;
     }
     uint64_t ph = prefix_hash(&k);
@@ -1070,7 +1092,7 @@ static int observe(Engine *s, const Pkt *p, const uint8_t *d, Msg *m)
         e->txid = m->txid;
         e->local_port = k.local_port;
         e->remote_port = k.remote_port;
-        memcpy(e->remote, k.remote, 16);
+        memcpy(e->remote, k.remote, ADDR_LEN);
         e->qtype = m->qtype;
         e->qclass = m->qclass;
         e->attempts = 1;
@@ -1196,9 +1218,9 @@ static int handle_event(Engine *s, const uint8_t *ev, Py_ssize_t length)
     p.mono_ns = load64(ev + O_TS);
     p.time_ns = (int64_t)p.mono_ns + s->offset_ns;
     p.cgroup = load64(ev + O_CGROUP);
-    memcpy(p.saddr, ev + O_SADDR, 16);
-    memcpy(p.daddr, ev + O_DADDR, 16);
-    memcpy(p.sock_daddr, ev + O_SOCK_DADDR, 16);
+    memcpy(p.saddr, ev + O_SADDR, ADDR_LEN);
+    memcpy(p.daddr, ev + O_DADDR, ADDR_LEN);
+    memcpy(p.sock_daddr, ev + O_SOCK_DADDR, ADDR_LEN);
     if (p.family == AF4) {
         /* abi._addr keys IPv4 on the first 4 bytes: the rest is not part of the address */
         memset(p.saddr + 4, 0, 12);
@@ -1207,7 +1229,7 @@ static int handle_event(Engine *s, const uint8_t *ev, Py_ssize_t length)
     p.sport = load16(ev + O_SPORT);
     p.dport = load16(ev + O_DPORT);
     p.sock_dport = load16(ev + O_SOCK_DPORT);
-    p.egress = ev[O_DIRECTION] == 0;
+    p.egress = ev[O_DIRECTION] == DNS_DIR_EGRESS;
     p.transport = proto == PROTO_TCP;
     s->packets++;
     int clipped = p.payload_len > p.captured;

@@ -1,9 +1,9 @@
 """``flowscope top``: a live view of the metric topics (latency, failures, dollars, DNS,
 network paths, firing alerts), refreshed in place. Keys: 1-6 or tab switch views, s cycles
 the sort column, r reverses it, n filters by namespace, q quits. When standard output is not
-a terminal it reads for --read-s seconds and prints every view as a plain table.
+a terminal it reads for --read-seconds and prints every view as a plain table.
 
-Windows count while they end within the last --span-s seconds; records are merged as every
+Windows count while they end within the last --span-seconds; records are merged as every
 reader must (first record per metric_id, sums, merged sketches: consumers/rollup.py).
 """
 
@@ -26,7 +26,15 @@ from rich.console import Console
 from rich.live import Live
 
 from consumers.catalog import RecordDecoder, resolve_topic
-from consumers.options import BOOTSTRAP, PREFIX, Option, add_options, positive
+from consumers.options import (
+    BOOTSTRAP,
+    LOG_LEVEL,
+    PREFIX,
+    Option,
+    add_options,
+    parse_args,
+    positive,
+)
 from consumers.rollup import Board
 from consumers.top.keys import press
 from consumers.top.screen import ViewState, plain_report, screen
@@ -41,17 +49,18 @@ VIEW_NAMES = tuple(v.name for v in VIEWS)
 OPTIONS = (
     BOOTSTRAP,
     PREFIX,
+    LOG_LEVEL,
     Option("namespace", "FLOWSCOPE_TOP_NAMESPACE", "", "show only this namespace's "
            "workloads (empty: all)"),
     Option("view", "FLOWSCOPE_TOP_VIEW", "", "the view shown first; 'all' (not on a "
            "terminal) prints every view; empty: latency on a terminal, all otherwise",
            choices=(*VIEW_NAMES, "all")),
-    Option("span_s", "FLOWSCOPE_TOP_SPAN_S", "300", "windows ending within the last this "
-           "many seconds are counted", positive(float)),
-    Option("refresh_s", "FLOWSCOPE_TOP_REFRESH_S", "1", "seconds between redraws",
+    Option("span_seconds", "FLOWSCOPE_TOP_SPAN_SECONDS", "300", "windows ending within the "
+           "last this many seconds are counted", positive(float)),
+    Option("refresh_seconds", "FLOWSCOPE_TOP_REFRESH_SECONDS", "1", "seconds between redraws",
            positive(float)),
-    Option("read_s", "FLOWSCOPE_TOP_READ_S", "5", "not on a terminal: seconds to read the "
-           "topics before printing", positive(float)),
+    Option("read_seconds", "FLOWSCOPE_TOP_READ_SECONDS", "5", "not on a terminal: seconds to "
+           "read the topics before printing", positive(float)),
 )  # fmt: skip
 
 
@@ -152,13 +161,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser(dict(os.environ)).parse_args(argv)
+    args = parse_args(build_parser(dict(os.environ)), argv)
     interactive = sys.stdout.isatty() and sys.stdin.isatty()
     settings = TopSettings(
         bootstrap_servers=args.bootstrap_servers, topic_prefix=args.topic_prefix,
         namespace=args.namespace or None,
         view=args.view or ("latency" if interactive else "all"),
-        span_s=args.span_s, refresh_s=args.refresh_s, read_s=args.read_s,
+        span_s=args.span_seconds, refresh_s=args.refresh_seconds, read_s=args.read_seconds,
     )  # fmt: skip
     stop: list[bool] = []
 

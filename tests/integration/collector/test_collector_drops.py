@@ -15,9 +15,9 @@ import pytest
 
 from collector.attribution import CgroupResolver
 from collector.drops import DropReporter, DropSource, drop_reasons
-from collector.settings import REPO_ROOT
 from flowscope.codec import JsonCodec
 from flowscope.records import RawPacketDrops
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from simnode import Cluster, NodeSpec
 from simnode.impair import path_loss
 

@@ -15,10 +15,10 @@ import threading
 import time
 import uuid
 
-from collector.settings import REPO_ROOT
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer
 from flowscope.records import RawTcpConnection
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
 
 
@@ -64,7 +64,7 @@ def test_collector_process_produces_both_ends_and_flushes_on_sigterm(
         "FLOWSCOPE_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "FLOWSCOPE_TOPIC_PREFIX": topics.prefix,
         "FLOWSCOPE_NODE_NAME": node,
-        "FLOWSCOPE_COLLECTOR_STATS_INTERVAL_S": "0.5",
+        "FLOWSCOPE_COLLECTOR_STATS_INTERVAL_SECONDS": "0.5",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector", "--ringbuf-bytes", "1048576"],

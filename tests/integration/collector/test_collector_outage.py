@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -24,11 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from collector.settings import REPO_ROOT
+from collector.metrics import VOCABULARY
 from devbroker import Broker
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
+from flowscope.metrics import samples, scrape
 from flowscope.records import CollectorHealth, RawTcpConnection
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
 
 PER_PHASE = 40
@@ -78,14 +79,11 @@ def _serve(listener: socket.socket, stop: threading.Event) -> None:
 
 
 def _metrics(port: int) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.split()
-            values[name] = int(value)
-    return values
+    text, values = scrape(port)
+    # Every family says what it is.
+    for family in {n for n, _, _ in samples(text)}:
+        assert f"# TYPE {family} " in text and f"# HELP {family} " in text, family
+    return {k: int(v) for k, v in values.items()}
 
 
 def _consume(bootstrap: str, topic: str, timeout_s: float) -> list[bytes]:
@@ -116,8 +114,8 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
            "FLOWSCOPE_TOPIC_PREFIX": topics.prefix}  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector", "--ringbuf-bytes", "4194304",
-         "--metrics-port", str(metrics_port), "--health-interval-s", "1",
-         "--stats-interval-s", "1", "--flush-timeout-s", "60",
+         "--metrics-port", str(metrics_port), "--health-interval-seconds", "1",
+         "--stats-interval-seconds", "1", "--flush-timeout-seconds", "60",
          "--node-name", f"outage-{uuid.uuid4().hex[:6]}"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -143,14 +141,15 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
         client_ports += _connections(port, PER_PHASE)  # broker up
         time.sleep(1.5)
         before = _metrics(metrics_port)
-        assert before["flowscope_collector_delivered_total"] > 0, before
+        assert before["flowscope_collector_kafka_messages_total{outcome=delivered}"] > 0, before
 
         own_broker.stop()  # the outage
         client_ports += _connections(port, PER_PHASE)
         time.sleep(2)
         during = _metrics(metrics_port)
         assert proc.poll() is None, "collector died when the broker went away"
-        assert during["flowscope_collector_in_flight"] > 0, during  # buffered, not lost
+        # Buffered, not lost.
+        assert during["flowscope_collector_kafka_in_flight_messages"] > 0, during
 
         own_broker.start()
         client_ports += _connections(port, PER_PHASE)
@@ -168,6 +167,9 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
     assert rc == 0, "".join(log)
     final = next(line for line in reversed(log) if "final stats" in line)
     counters = dict(kv.split("=") for kv in final.split("final stats ")[1].split())
+    # Every counter the collector keeps (the health record's keys) has a /metrics name.
+    assert counters and VOCABULARY.unrouted(counters) == [], VOCABULARY.unrouted(counters)
+    assert "flowscope_collector_ringbuf_lost_records_total{program=tcpconn}" in during, during
     # Record counts (a batch message holds many records).
     dropped = sum(
         int(counters[k]) for k in ("records_dropped_buffer_full", "records_delivery_failed")

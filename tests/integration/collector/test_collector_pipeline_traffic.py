@@ -54,8 +54,8 @@ def test_broker_outage_reconnects_are_not_workload_failures(
     env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": bootstrap,
            "FLOWSCOPE_TOPIC_PREFIX": topics.prefix}  # fmt: skip
     collector = CollectorProcess(
-        ["--node-name", f"own-{uuid.uuid4().hex[:6]}", "--udp-interval-s", "0",
-         "--stats-interval-s", "1", "--flush-timeout-s", "60",
+        ["--node-name", f"own-{uuid.uuid4().hex[:6]}", "--udp-interval-seconds", "0",
+         "--stats-interval-seconds", "1", "--flush-timeout-seconds", "60",
          "--kafka-option", "reconnect.backoff.max.ms=200"], env,
     )  # fmt: skip
     refused = _refused_port()

@@ -25,11 +25,12 @@ from confluent_kafka import TopicPartition
 
 from collector.events import DecodeStats, clock_offset_ns, decode_batch
 from collector.pins import DEFAULT_PIN_ROOT, remove_tree
-from collector.settings import DEFAULT_BPF_OBJECT, REPO_ROOT
+from collector.settings import DEFAULT_BPF_OBJECT
 from collector.source import TcpConnSource
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import RawTcpConnection
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
 
 PER_PHASE = 30
@@ -167,8 +168,8 @@ def test_sigkilled_collector_restarts_and_reports_what_ended_meanwhile(
     ensure_topics(kafka_bootstrap, [TopicSpec(topics.raw_tcp)])
     env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "FLOWSCOPE_TOPIC_PREFIX": topics.prefix}  # fmt: skip
-    args = ["--node-name", node, "--pin-root", str(DEFAULT_PIN_ROOT), "--udp-interval-s", "0",
-            "--stats-interval-s", "1", "--flush-timeout-s", "30"]  # fmt: skip
+    args = ["--node-name", node, "--pin-root", str(DEFAULT_PIN_ROOT), "--udp-interval-seconds", "0",
+            "--stats-interval-seconds", "1", "--flush-timeout-seconds", "30"]  # fmt: skip
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     stop_serving = threading.Event()

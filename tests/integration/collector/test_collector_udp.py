@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 from collector.attribution import CgroupResolver
-from collector.settings import REPO_ROOT
 from collector.udp import UdpFlowSource, UdpReporter
 from flowscope.codec import JsonCodec
 from flowscope.records import RawUdpFlow
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from simnode import Cluster, NodeSpec
 
 UDP_OBJECT = REPO_ROOT / "bpf" / ".output" / "udpflow.bpf.o"

@@ -13,10 +13,10 @@ import threading
 import time
 import uuid
 
-from collector.settings import REPO_ROOT
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer
 from flowscope.records import RawDnsQuery
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
 from simnode import Cluster, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
@@ -74,7 +74,7 @@ def test_collector_produces_raw_dns_with_hashed_names(
         conf = PodResolvConf(app, render([dns.ip], kubernetes_search("default"), ndots=5))
         proc = subprocess.Popen(
             [sys.executable, "-m", "collector", "--dns-enabled", "true", "--dns-query-names",
-             "hash", "--dns-timeout-s", "1"],
+             "hash", "--dns-timeout-seconds", "1"],
             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:

@@ -25,10 +25,11 @@ from collector.dns.search import SearchTracker
 from collector.dns.settings import DEFAULT_DNS_BPF_OBJECT
 from collector.dns.source import DnsSource
 from collector.nat import NatResolver, parse_cidrs
-from collector.settings import REPO_ROOT, default_cgroup_root
+from collector.settings import default_cgroup_root
 from flowscope.codec import JsonCodec
 from flowscope.kafka import ProducerCounters
 from flowscope.records import RawDnsQuery
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from simnode import Cluster, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
 

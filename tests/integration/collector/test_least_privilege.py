@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.settings import REPO_ROOT
 from demo.readout import TopicReader
 from demo.services import PipelineSettings, ServiceProcess, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import EnrichedDnsQuery, EnrichedTcpConnection
+from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
 from simnode import Cluster, NodeSpec, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
@@ -169,7 +169,7 @@ def test_collector_without_sys_ptrace_counts_pods_whose_resolv_conf_it_cannot_re
         "collector",
         [*bounded(caps), sys.executable, "-m", "collector", "--node-name", "least-privilege",
          "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topics.prefix,
-         "--dns-enabled", "true", "--stats-interval-s", "1"],
+         "--dns-enabled", "true", "--stats-interval-seconds", "1"],
         {}, tmp_path,
     )  # fmt: skip
     try:

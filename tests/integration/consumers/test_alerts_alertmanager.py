@@ -61,8 +61,8 @@ class Bridge:
     def __init__(self, bootstrap: str, topics: Topics, url: str, group: str) -> None:
         self.proc = subprocess.Popen(
             [str(FLOWSCOPE), "alerts", "--bootstrap-servers", bootstrap, "--topic-prefix",
-             topics.prefix, "--alertmanager-url", url, "--group-id", group,
-             "--resend-interval", "3600", "--retry-max", "1"],
+             topics.prefix, "--alertmanager-url", url, "--group", group,
+             "--resend-interval-seconds", "3600", "--retry-max-seconds", "1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.lines: queue.Queue[str] = queue.Queue()

@@ -39,7 +39,7 @@ def test_tail_shows_the_filtered_records_of_batches_once(
     done = subprocess.run(
         [str(FLOWSCOPE), "tail", "enriched.tcp", "--bootstrap-servers", kafka_bootstrap,
          "--topic-prefix", topics.prefix, "--start", "earliest",
-         "--filter", "namespace=shop outcome!=closed", "--idle-exit-s", "5"],
+         "--filter", "namespace=shop outcome!=closed", "--idle-exit-seconds", "5"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr  # the bad message is reported in the exit code

@@ -226,7 +226,7 @@ def test_top_shows_what_the_metric_topics_hold(
         # Not a terminal: every view as a plain table, the same figures.
         done = subprocess.run(
             [str(FLOWSCOPE), "top", "--bootstrap-servers", kafka_bootstrap, "--topic-prefix",
-             topics.prefix, "--namespace", "shop", "--read-s", "4"],
+             topics.prefix, "--namespace", "shop", "--read-seconds", "4"],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr

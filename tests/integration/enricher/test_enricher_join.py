@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -30,10 +31,12 @@ from confluent_kafka.admin._config import ConfigResource
 from enricher.joiner import Joiner
 from enricher.kubeobjects import ParsedObjects
 from enricher.metadata import NodeMeta
+from enricher.metrics import VOCABULARY
 from enricher.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, admin_client
+from flowscope.metrics import scrape
 from flowscope.records import DeadLetter, EnrichedTcpConnection, RawTcpConnection
 from flowscope.topics import Topics
 
@@ -41,6 +44,12 @@ REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000
 NOW = time.time_ns()
 POD_START = NOW - 600 * S
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _rfc3339(ns: int) -> str:
@@ -370,8 +379,12 @@ def test_join_cli_stops_cleanly_on_sigterm(
     kafka_bootstrap: str, topics: Topics, objects_file: Path
 ) -> None:
     _publish_cli(kafka_bootstrap, topics, objects_file)
+    metrics_port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "enricher", "join", "--stats-interval-s", "0.5"],
+        [
+            *(sys.executable, "-m", "enricher", "join", "--stats-interval-seconds", "0.5"),
+            *("--metrics-port", str(metrics_port)),
+        ],
         cwd=REPO,
         env={
             **os.environ,
@@ -389,6 +402,7 @@ def test_join_cli_stops_cleanly_on_sigterm(
         # The command line's default batches output: a JSON array, here of one record.
         (first,) = JsonCodec(EnrichedTcpConnection).decode_batch(_value(record))
         assert first.server.pod_uid == "uid-db"
+        text, scraped = scrape(metrics_port)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -401,3 +415,11 @@ def test_join_cli_stops_cleanly_on_sigterm(
     assert "enricher_records_in_total=1 " in final[-1]
     assert "enricher_records_enriched_total=1 " in final[-1]
     assert "enricher_produce_delivered_total=1 " in final[-1]
+    # The same counters on /metrics, under their names, both joiners, typed and described.
+    assert scraped["flowscope_enricher_records_in_total{signal=tcp}"] == 1, scraped
+    assert scraped["flowscope_enricher_records_enriched_total{signal=tcp}"] == 1, scraped
+    assert scraped["flowscope_enricher_records_in_total{signal=dns}"] == 0, scraped
+    assert "# TYPE flowscope_enricher_holdback_held_records gauge" in text
+    assert "# HELP flowscope_enricher_kafka_messages_total " in text
+    keys = [kv.split("=")[0] for kv in final[-1].split("final counters: ")[1].split()]
+    assert keys and VOCABULARY.unrouted(keys) == [], VOCABULARY.unrouted(keys)

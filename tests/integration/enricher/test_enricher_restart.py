@@ -83,7 +83,7 @@ class JoinerProcess:
         self.log_path = log
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enricher", "join", "--stats-interval-s", "1"],
+            [sys.executable, "-m", "enricher", "join", "--stats-interval-seconds", "1"],
             cwd=REPO,
             env={
                 **os.environ,
@@ -91,7 +91,7 @@ class JoinerProcess:
                 "FLOWSCOPE_TOPIC_PREFIX": topics.prefix,
                 "FLOWSCOPE_ENRICHER_GROUP": group,
                 "FLOWSCOPE_ENRICHER_INSTANCE": instance,
-                "FLOWSCOPE_ENRICHER_DNS": "false",
+                "FLOWSCOPE_ENRICHER_DNS_ENABLED": "false",
                 **extra_env,
             },
             stdout=subprocess.DEVNULL,

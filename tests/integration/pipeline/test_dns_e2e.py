@@ -58,7 +58,7 @@ def test_dns_queries_flow_from_kernel_to_dns_metrics(
     settings = PipelineSettings(
         bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host", log_dir=tmp_path / "logs",
         window_s=WINDOW_S, grace_s=1.0,
-        collector_args=("--dns-enabled", "true", "--dns-timeout-s", str(DNS_TIMEOUT_S)),
+        collector_args=("--dns-enabled", "true", "--dns-timeout-seconds", str(DNS_TIMEOUT_S)),
         processor_args=("--dns-grace-seconds", str(DNS_TIMEOUT_S + 1.5)),
     )  # fmt: skip
     enriched_reader = TopicReader(kafka_bootstrap, topics.enriched_dns)
@@ -163,7 +163,7 @@ def test_dns_over_tcp_and_absolute_nxdomain_flow_to_dns_metrics(
     settings = PipelineSettings(
         bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host", log_dir=tmp_path / "logs",
         window_s=WINDOW_S, grace_s=1.0,
-        collector_args=("--dns-enabled", "true", "--dns-timeout-s", str(DNS_TIMEOUT_S)),
+        collector_args=("--dns-enabled", "true", "--dns-timeout-seconds", str(DNS_TIMEOUT_S)),
         processor_args=("--dns-grace-seconds", str(DNS_TIMEOUT_S + 1.5)),
     )  # fmt: skip
     absolute = ["gone.shop.svc.cluster.local", "missing.test"]

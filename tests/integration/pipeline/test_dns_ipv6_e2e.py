@@ -41,7 +41,7 @@ def test_dns_over_ipv6_flows_to_dns_metrics(
         settings = PipelineSettings(
             bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host",
             log_dir=tmp_path / "logs", window_s=WINDOW_S, grace_s=1.0,
-            collector_args=("--dns-enabled", "true", "--dns-timeout-s", "1"),
+            collector_args=("--dns-enabled", "true", "--dns-timeout-seconds", "1"),
             processor_args=("--dns-grace-seconds", "2.5"),
         )  # fmt: skip
         enriched_reader = TopicReader(kafka_bootstrap, topics.enriched_dns)

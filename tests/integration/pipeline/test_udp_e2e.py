@@ -92,7 +92,7 @@ def test_udp_through_a_service_is_named_and_charged_once(
             bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host",
             log_dir=tmp_path / "logs", window_s=WINDOW_S, grace_s=GRACE_S,
             collector_args=("--service-cidrs", "10.96.0.0/16,fd00:10:96::/112",
-                            "--udp-interval-s", "1"),
+                            "--udp-interval-seconds", "1"),
         )  # fmt: skip
         flows_reader = TopicReader(kafka_bootstrap, topics.enriched_udp)
         cost_reader = TopicReader(kafka_bootstrap, topics.metrics_cost_pairs)

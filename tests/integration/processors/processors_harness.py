@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
 from flowscope.kafka import RecordConsumer
+from flowscope.metrics import scrape
 from flowscope.records import Endpoint
 from flowscope.topics import Topics
 from processors.dedupe import FirstPerId, HasMetricId
@@ -33,6 +35,7 @@ class Worker:
     proc: subprocess.Popen[bytes]
     stderr_path: Path
     stdout_path: Path
+    metrics_port: int = 0  # its /metrics (0: none)
 
     def log(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -72,19 +75,21 @@ def start_worker(
     window_s: float,
     extra: list[str] | None = None,
     name: str = "worker",
+    metrics_port: int = 0,
 ) -> Worker:
     stderr_path, stdout_path = workdir / f"{name}.stderr", workdir / f"{name}.stdout"
     argv = [
         sys.executable, "-m", "processors", "worker",
         "--bootstrap-servers", bootstrap,
         "--topic-prefix", topics.prefix,
-        "--app-id", app_id,
+        "--group", app_id,
         "--state-dir", str(workdir / "state"),
         "--window-seconds", str(window_s),
         "--grace-seconds", "1",
         "--idle-allowance-seconds", "1",
         "--log-interval-seconds", "1",
         "--session-timeout-seconds", "6",
+        "--metrics-port", str(metrics_port),
         *(extra or []),
     ]  # fmt: skip
     with stderr_path.open("ab") as err, stdout_path.open("ab") as out:
@@ -96,7 +101,28 @@ def start_worker(
             env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
         )
-    return Worker(proc, stderr_path, stdout_path)
+    return Worker(proc, stderr_path, stdout_path, metrics_port)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_metric(
+    worker: Worker, sample: str, value: float, timeout_s: float
+) -> dict[str, float]:
+    """Scrapes of the worker's /metrics until ``sample`` reads ``value`` (the worker refreshes
+    them once per close tick); the last scrape."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text, values = scrape(worker.metrics_port)
+        if values.get(sample) == value or time.monotonic() > deadline:
+            for family in {name.split("{")[0] for name in values}:
+                assert f"# HELP {family} " in text and f"# TYPE {family} " in text, family
+            return values
+        time.sleep(0.2)
 
 
 def new_app_id() -> str:

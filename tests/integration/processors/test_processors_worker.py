@@ -21,9 +21,11 @@ from confluent_kafka import Producer
 from processors_harness import (
     Worker,
     final_counters,
+    free_port,
     new_app_id,
     new_consumer,
     start_worker,
+    wait_for_metric,
 )
 
 from flowscope.codec import JsonCodec
@@ -54,7 +56,10 @@ def worker(
     extra_args: list[str] = getattr(request, "param", [])
     # Two partitions: per-partition records, summed by consumers (and by this test).
     ensure_topics(kafka_bootstrap, [TopicSpec(topics.enriched_tcp, partitions=2)])
-    w = start_worker(kafka_bootstrap, topics, tmp_path, new_app_id(), WINDOW_S, extra_args)
+    w = start_worker(
+        kafka_bootstrap, topics, tmp_path, new_app_id(), WINDOW_S, extra_args,
+        metrics_port=free_port(),
+    )  # fmt: skip
     try:
         yield w
     finally:
@@ -278,11 +283,25 @@ def test_worker_publishes_exact_pair_metrics_once_per_window(
     assert dead[0].payload == '{"not": "an enriched record"'
     assert "not valid JSON" in dead[0].reason
 
+    # The same counters on /metrics while it runs, under their names, labelled by signal.
+    n_web = sum(t.connections for k, t in truth.items() if k[1] == web_key)
+    tcp = "{signal=tcp}"
+    scraped = wait_for_metric(
+        worker, "flowscope_processors_deadletter_records_total{outcome=delivered,signal=tcp}",
+        1, timeout_s=30,
+    )  # fmt: skip
+    assert scraped[f"flowscope_processors_records_in_total{tcp}"] == len(records) + 1, scraped
+    assert scraped["flowscope_processors_records_total{outcome=counted,signal=tcp}"] == (
+        len(records) - n_web
+    )
+    assert scraped["flowscope_processors_records_total{outcome=late_dropped,signal=tcp}"] == 1
+    assert scraped["flowscope_processors_records_in_total{signal=dns}"] == 0, scraped
+    assert scraped[f"flowscope_processors_pending_records{tcp}"] == 0, scraped
+
     started = time.monotonic()
     assert worker.stop() == 0
     assert time.monotonic() - started < 15, "SIGTERM must stop the worker promptly"
     counters = final_counters(worker)
-    n_web = sum(t.connections for k, t in truth.items() if k[1] == web_key)
     assert counters["records"] == str(len(records) + 1)
     assert counters["counted"] == str(len(records) - n_web)
     assert counters["duplicates_skipped"] == str(n_web)

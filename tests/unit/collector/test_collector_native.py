@@ -1,4 +1,4 @@
-"""The native message encoder (collector/_encode.c) against its pure-Python twin: the same
+"""The native message encoder (collector/_encode.c) against the Python reference: the same
 messages, byte for byte, and the same counters, over every kind of record."""
 
 from __future__ import annotations

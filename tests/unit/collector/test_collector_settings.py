@@ -52,7 +52,7 @@ def test_defaults(cgroup_root: Path) -> None:
     ("argv", "message"),
     [
         (["--ringbuf-bytes", "3000"], "power of 2"),
-        (["--poll-interval-s", "0"], "poll_interval_s"),
+        (["--poll-interval-seconds", "0"], "poll_interval_s"),
         (["--max-batch", "-1"], "max_batch"),
         (["--kafka-option", "novalue"], "KEY=VALUE"),
         (["--batch-records", "0"], "batch_records"),

@@ -199,7 +199,8 @@ def test_fuzz_garbage_payloads_never_crash(packets: list[tuple[bool, bytes, int]
 
 def test_settings_flags_and_invalid_values() -> None:
     s = parse_settings(["--dns-enabled", "true", "--dns-query-names", "hash",
-                        "--dns-timeout-s", "2"], {"FLOWSCOPE_DNS_NAME_HASH_KEY": "k"})  # fmt: skip
+                        "--dns-timeout-seconds", "2"],
+                       {"FLOWSCOPE_DNS_NAME_HASH_KEY": "k"})  # fmt: skip
     assert s.dns == DnsSettings(enabled=True, query_names="hash", timeout_s=2.0,
                                 name_hash_key="k")  # fmt: skip
     with pytest.raises(DnsSettingsError, match="plain, hash, drop"):

@@ -70,7 +70,7 @@ def test_every_option_of_the_readers_is_in_help_with_env_and_default(command: st
 def test_processors_help_reaches_the_worker_settings() -> None:
     done = _run("processors", "worker", "--help")
     assert done.returncode == 0, done.stderr
-    assert "FLOWSCOPE_PROCESSORS_WINDOW_S" in _flat(done.stdout)
+    assert "FLOWSCOPE_PROCESSORS_WINDOW_SECONDS" in _flat(done.stdout)
 
 
 def test_python_dash_m_keeps_working() -> None:

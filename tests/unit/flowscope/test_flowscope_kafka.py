@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from flowscope.kafka import RecordProducer
+from flowscope.kafka import RecordConsumer, RecordProducer
 
 
 def test_full_buffer_is_counted_as_dropped_not_raised() -> None:
@@ -48,3 +48,43 @@ def test_delivery_reports_are_served_without_an_explicit_poll() -> None:
     time.sleep(1.5)  # past the message timeout (checked about every second) and the interval
     producer.produce("t", b"y")  # this call serves the first message's report
     assert producer.counters.delivery_failed >= 1
+
+
+def test_consumer_config_layers_defaults_user_options_then_requirements() -> None:
+    user = {"auto.offset.reset": "latest", "isolation.level": "read_uncommitted", "log_level": 0}
+    before = dict(user)
+    consumer = RecordConsumer(
+        "127.0.0.1:1",
+        "g",
+        user,
+        defaults={"auto.offset.reset": "earliest", "fetch.wait.max.ms": 7},
+        required={"isolation.level": "read_committed"},
+    )
+    try:
+        assert consumer.config["auto.offset.reset"] == "latest"  # the user's beats a default
+        assert consumer.config["fetch.wait.max.ms"] == 7  # a default the user left alone
+        assert consumer.config["isolation.level"] == "read_committed"  # required beats the user
+        assert consumer.config["group.id"] == "g"
+        assert user == before  # the caller's dict is never changed
+    finally:
+        consumer.close()
+
+
+def test_consumer_counts_client_errors_and_calls_the_users_error_cb() -> None:
+    seen: list[str] = []
+    consumer = RecordConsumer(
+        "127.0.0.1:1",  # nothing listens: librdkafka reports the broker down via error_cb
+        "g",
+        {"error_cb": lambda err: seen.append(err.name()), "log_level": 0},
+    )
+    try:
+        consumer.subscribe(["t"])
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            assert consumer.consume(10, 0.2) == []
+        assert seen, "no error_cb call within 30 s"
+        assert consumer.counters.client_errors == len(seen)
+        assert consumer.counters.last_error is not None
+        assert consumer.counters.errors == 0  # client errors are not partition errors
+    finally:
+        consumer.close()

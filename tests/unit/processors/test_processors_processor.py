@@ -166,7 +166,7 @@ def test_cli_rejects_invalid_values_before_any_io(capsys: pytest.CaptureFixture[
     assert "window must be > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["worker", "--grace-seconds", "soon"])
-    assert "FLOWSCOPE_PROCESSORS_GRACE_S" in capsys.readouterr().err
+    assert "FLOWSCOPE_PROCESSORS_GRACE_SECONDS" in capsys.readouterr().err
 
 
 def test_cli_env_defaults(

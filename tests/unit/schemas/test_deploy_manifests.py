@@ -408,7 +408,7 @@ def test_configmap_values_are_accepted_by_each_service(monkeypatch: pytest.Monke
 
     args = enricher_parser(_k8s_literal_env("enricher")).parse_args(["join"])
     assert args.bootstrap_servers == "kafka.kafka.svc.cluster.local:9092"
-    assert args.holdback_s == 5.0
+    assert args.holdback_seconds == 5.0
     enricher_parser(_k8s_literal_env("metadata-publisher")).parse_args(["publish"])
 
     for key, value in _k8s_literal_env("processors").items():

@@ -1,5 +1,6 @@
-"""The fused hot path (collector/encoder.py) against the reference path (decode, then
-build_record), and batch messages (one JSON array per pod per ring-buffer read)."""
+"""Both message encoders (collector/_encode.c and the reference in collector/messages.py)
+against decode then build_record, record by record, and batch messages (one JSON array per
+pod per ring-buffer read)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from test_collector_outcome_nat import FakeTable
 from collector import events
 from collector.app import Collector
 from collector.attribution import CgroupResolver
-from collector.encoder import RecordEncoder
 from collector.events import DecodeStats, decode_batch
+from collector.messages import MessageEncoder, NativeMessages, PythonMessages
 from collector.nat import NatResolver, NetnsIndex, parse_cidrs
-from collector.record import build_record, encode_wire
+from collector.record import build_record
+from collector.ringbuf import RecordBatch
 from flowscope.codec import JsonCodec
 from flowscope.records import RawTcpConnection
 
@@ -60,18 +62,34 @@ def reference(raw: list[bytes], cgroups: CgroupResolver, nat: NatResolver | None
     return out
 
 
+ENCODERS = [NativeMessages, PythonMessages]
+Encoder = type[NativeMessages] | type[PythonMessages]
+
+
+def group(
+    enc: MessageEncoder, records: RecordBatch, offset: int, stats: DecodeStats
+) -> dict[str, list[RawTcpConnection]]:
+    """Key -> that key's records, in message order (the encoder built with batching on)."""
+    groups: dict[str, list[RawTcpConnection]] = {}
+    for key, value, _n in enc.encode(records, offset, stats):
+        groups.setdefault(key, []).extend(CODEC.decode_batch(value))
+    return groups
+
+
+@pytest.mark.parametrize("kind", ENCODERS)
 @pytest.mark.parametrize("with_nat", [False, True])
-def test_same_records_as_the_reference_path_grouped_by_pod_in_order(with_nat: bool) -> None:
+def test_same_records_as_the_reference_path_grouped_by_pod_in_order(
+    with_nat: bool, kind: Encoder
+) -> None:
     raw = [make(end_ns=5_000_000 + i, **fields) for i, fields in enumerate(VARIETY)]  # type: ignore[arg-type]
-    enc = RecordEncoder(resolver(), "node-1", nat_resolver() if with_nat else None)
+    enc = kind(resolver(), "node-1", nat_resolver() if with_nat else None, 256)
     stats = DecodeStats()
-    groups = enc.group(batch(*raw), OFFSET, stats)
-    got = [CODEC.decode(encode_wire(w)) for ws in groups.values() for w in ws]
+    groups = group(enc, batch(*raw), OFFSET, stats)
+    got = [w for ws in groups.values() for w in ws]
     want = reference(raw, resolver(), nat_resolver() if with_nat else None)
     assert sorted(got, key=lambda r: r.end_time_ns) == want
     assert set(groups) == {UID, "node-1"}
-    for key, ws in groups.items():
-        records = [CODEC.decode(encode_wire(w)) for w in ws]
+    for key, records in groups.items():
         assert all((r.pod_uid or "node-1") == key for r in records)
         assert [r.end_time_ns for r in records] == sorted(r.end_time_ns for r in records)
     nated = [r for r in got if r.original_remote_addr is not None]
@@ -81,10 +99,11 @@ def test_same_records_as_the_reference_path_grouped_by_pod_in_order(with_nat: bo
     assert (enc.stats.failed_connects, enc.stats.interim_records) == (4, 1)
 
 
-def test_bad_records_are_counted_and_skipped() -> None:
-    enc = RecordEncoder(resolver(), "n")
+@pytest.mark.parametrize("kind", ENCODERS)
+def test_bad_records_are_counted_and_skipped(kind: Encoder) -> None:
+    enc = kind(resolver(), "n", None, 256)
     stats = DecodeStats()
-    groups = enc.group(batch(make(), make()[:100], make(family=99), make()), 0, stats)
+    groups = group(enc, batch(make(), make()[:100], make(family=99), make()), 0, stats)
     assert sum(len(ws) for ws in groups.values()) == 2
     assert (stats.decoded, stats.decode_errors) == (2, 2)
 
@@ -132,13 +151,14 @@ def test_refused_batch_counts_every_record_in_it() -> None:
     assert c.counters()["records_dropped_buffer_full"] == 3
 
 
-def test_unknown_cgroup_is_asked_again_on_the_next_batch() -> None:
+@pytest.mark.parametrize("kind", ENCODERS)
+def test_unknown_cgroup_is_asked_again_on_the_next_batch(kind: Encoder) -> None:
     tree = {1: "/"}
     r = CgroupResolver(Path("/cg"), walk=lambda _root: dict(tree), min_walk_interval_s=0.0)
     r.refresh()
-    enc = RecordEncoder(r, "n")
-    [[first]] = enc.group(batch(make(cgroup_id=600)), 0, DecodeStats()).values()
+    enc = kind(r, "n", None, 256)
+    [[first]] = group(enc, batch(make(cgroup_id=600)), 0, DecodeStats()).values()
     tree[600] = f"/kubepods/pod{UID}/{CID}"  # the pod's cgroup appears
-    [[second]] = enc.group(batch(make(cgroup_id=600)), 0, DecodeStats()).values()
-    assert CODEC.decode(encode_wire(first)).pod_uid is None
-    assert CODEC.decode(encode_wire(second)).pod_uid == UID
+    [[second]] = group(enc, batch(make(cgroup_id=600)), 0, DecodeStats()).values()
+    assert first.pod_uid is None
+    assert second.pod_uid == UID
