@@ -219,8 +219,8 @@ class PathHealthProcessor(WindowedStage[EnrichedTcpConnection, PathKey, PathCell
         self.unusable += len(dead)
         return newest, []
 
-    def report(self) -> dict[str, int]:
-        return {**super().report(), "unusable": self.unusable}
+    def counters(self) -> dict[str, int]:
+        return {**super().counters(), "unusable": self.unusable}
 
     def _window_outputs(
         self, windows: list[ClosedWindow[PathKey, PathCell]]
