@@ -108,7 +108,7 @@ def _pipeline(kafka: str, topics: Topics, tmp_path: Path) -> PipelineSettings:
     return PipelineSettings(
         bootstrap=kafka, topics=topics, node_name="sim-host", log_dir=tmp_path / "logs",
         window_s=WINDOW_S, grace_s=GRACE_S,
-        collector_args=("--udp-interval-s", "2"),
+        collector_args=("--drops-interval-seconds", "2"),
         processor_args=("--alert-rules", str(rules)),
     )  # fmt: skip
 
