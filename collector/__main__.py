@@ -25,7 +25,6 @@ from collector.source import TcpConnSource
 from collector.udp import UdpFlowSource, UdpReporter
 from flowscope import kafka_security
 from flowscope.kafka import KafkaUnavailable, RecordProducer, wait_for_broker
-from flowscope.resources import shipped
 
 log = logging.getLogger("collector")
 
@@ -74,13 +73,12 @@ def run(settings: Settings) -> int:
             )
             udp = UdpReporter(udp_source, resolver, producer.produce, settings.topics.raw_udp,
                               settings.node_name, settings.udp_interval_s, nat=nat)  # fmt: skip
-        # Kernel drops share the UDP window: both are summed in the kernel and drained.
         drops: DropReporter | None = None
-        if settings.udp_interval_s:
-            drops = start_drops(stack, shipped("drops.bpf.o"), settings.tracefs,
+        if settings.drops_interval_s:
+            drops = start_drops(stack, settings.drops_bpf_object, settings.tracefs,
                                 settings.mount_tracefs, resolver, producer.produce,
                                 settings.topics.raw_drops, settings.node_name,
-                                settings.udp_interval_s)  # fmt: skip
+                                settings.drops_interval_s)  # fmt: skip
         health: HealthReporter | None = None
         periodic: list[Callable[[], None]] = [lambda: health.tick() if health else None]
         if udp is not None:

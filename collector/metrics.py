@@ -15,7 +15,8 @@ def _g(what: str, help: str, *labels: str) -> Metric:
 
 
 # Kernel-side counters: the BPF programs' counters maps, one label per program.
-_PROGRAMS = (("kernel_udp_", "udpflow"), ("dns_kernel_", "dnssnoop"), ("kernel_", "tcpconn"))
+_PROGRAMS = (("kernel_udp_", "udpflow"), ("kernel_drops_", "drops"), ("dns_kernel_", "dnssnoop"),
+             ("kernel_", "tcpconn"))  # fmt: skip
 _LOST = _c("ringbuf_lost_records", "records the BPF program could not reserve", "program")
 _RECURSION = _c("bpf_recursion_misses", "program runs the kernel skipped (recursion)", "program")
 _RESUMED = _g("restart_resumed", "1 when this run resumed the pinned programs of the last one")
@@ -27,6 +28,7 @@ _DNS_PARSE = _c("dns_parse_errors", "DNS messages that did not parse, by reason"
 _DNS_SEARCH = _c("dns_search_outcomes", "search-list expansion handling, by outcome", "outcome")
 _DNS = _c("dns_events", "the DNS pipeline's counters, by counter name", "counter")
 _UDP = _c("udp_events", "the UDP reporter's counters, by counter name", "counter")
+_DROPS = _c("drops_events", "the kernel drop reporter's counters, by counter name", "counter")
 _RESTART = _c("restart_records", "what a restart found (backlog, discarded, open)", "counter")
 _DROPPED = _c("records_dropped", "TCP records refused by a full producer buffer")
 
@@ -55,6 +57,7 @@ RULES: tuple[Rule, ...] = (
     Rule("dns_search_(?P<outcome>.+)", _DNS_SEARCH),
     Rule("dns_(?P<counter>.+)", _DNS),
     Rule("udp_(?P<counter>.+)", _UDP),
+    Rule("drops_(?P<counter>.+)", _DROPS),
 )
 
 VOCABULARY = Vocabulary("collector", RULES)

@@ -30,6 +30,7 @@ from flowscope.topics import Topics
 
 DEFAULT_BPF_OBJECT = shipped("tcpconn.bpf.o")
 DEFAULT_UDP_BPF_OBJECT = shipped("udpflow.bpf.o")
+DEFAULT_DROPS_BPF_OBJECT = shipped("drops.bpf.o")
 HYBRID_CGROUP2 = Path("/sys/fs/cgroup/unified")
 UNIFIED_CGROUP2 = Path("/sys/fs/cgroup")
 
@@ -200,6 +201,19 @@ class Settings:
         "compiled UDP BPF object",
         env="FLOWSCOPE_COLLECTOR_UDP_BPF_OBJECT",
         shown="shipped udpflow.bpf.o",
+    )
+    drops_interval_s: float = setting(
+        30.0,
+        "packets the kernel dropped, per (pod or node, drop reason, addresses), are reported "
+        "per window of this length on <prefix>.raw.drops (0: no drop counter)",
+        env="FLOWSCOPE_COLLECTOR_DROPS_INTERVAL_SECONDS",
+        check=non_negative,
+    )
+    drops_bpf_object: Path = setting(
+        DEFAULT_DROPS_BPF_OBJECT,
+        "compiled drop counter BPF object (skb:kfree_skb)",
+        env="FLOWSCOPE_COLLECTOR_DROPS_BPF_OBJECT",
+        shown="shipped drops.bpf.o",
     )
     # The kernel wakes the reader once this much waits (else poll_interval_s bounds the
     # delay): one wakeup and one batch per ~1,600 events instead of one per event. Every

@@ -1,5 +1,5 @@
 """The processors' metrics: how each stage's :meth:`~processors.stage.WindowedStage.counters`
-(keys prefixed ``tcp_``, ``udp_`` or ``dns_``) are exposed on ``/metrics``."""
+(keys prefixed ``tcp_``, ``udp_``, ``dns_`` or ``path_``) are exposed on ``/metrics``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _g(what: str, help: str, *labels: str) -> Metric:
     return Metric(f"flowscope_processors_{what}", help, "gauge", ("signal", *labels))
 
 
-_S = "(?P<signal>tcp|udp|dns)_"
+_S = "(?P<signal>tcp|udp|dns|path)_"
 _RECORDS = _c("records", "records by what the window did with them", "outcome")
 _OUTPUTS = _c("output_messages", "window outputs (metrics, alerts) by outcome", "outcome")
 _REVOKED = _c("records_dropped_on_revoke", "counted records lost to a partition move")
@@ -42,6 +42,8 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_S}dead_lettered", _DEAD, {"outcome": "produced"}),
     Rule(f"{_S}dead_letters_delivered", _DEAD, {"outcome": "delivered"}),
     Rule(f"{_S}alerts_(?P<outcome>fired|resolved)", _c("alerts", "alert events", "outcome")),
+    Rule("(?P<signal>path)_unusable", _c("unusable_records", "records a stage could not use "
+                                         "and another stage dead-letters")),
     Rule(f"{_S}open_windows", _g("open_windows", "windows open now")),
     Rule(f"{_S}pending_records", _g("pending_records", "counted records not published yet")),
     Rule(

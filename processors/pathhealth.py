@@ -20,7 +20,7 @@ from flowscope import SCHEMA_VERSION
 from flowscope.codec import JsonCodec
 from flowscope.records import FAILURE_OUTCOMES, AlertEvent, EnrichedTcpConnection, PathHealthMetric
 from processors.sketch import DEFAULT_ALPHA, QuantileSketch
-from processors.stage import Output, WindowedStage
+from processors.stage import Output, Source, WindowedStage
 from processors.verdict import UNKNOWN, PathVerdict, VerdictConfig
 from processors.windows import ClosedWindow, PartitionWindows, unsupported_version
 
@@ -204,11 +204,24 @@ class PathHealthProcessor(WindowedStage[EnrichedTcpConnection, PathKey, PathCell
             {"path_health": JsonCodec(PathHealthMetric), "alerts": JsonCodec(AlertEvent)},
             log,
         )
-        self.verdict = self.alerts
-        assert isinstance(self.verdict, PathVerdict)
+        self.unusable = 0  # messages or records the TCP stage dead-letters
+
 
     def _event_time(self, record: EnrichedTcpConnection) -> int:
         return record.end_time_ns
+
+    def handle(
+        self, value: bytes | None, source: Source, now_ns: int
+    ) -> tuple[int | None, list[bytes]]:
+        """As every stage's, without dead letters: the TCP stage reads the same messages and
+        dead-letters what neither can use, once. Counted here as ``unusable``."""
+        newest, dead = super().handle(value, source, now_ns)
+        self.outputs.dead_lettered -= len(dead)
+        self.unusable += len(dead)
+        return newest, []
+
+    def counters(self) -> dict[str, int]:
+        return {**super().counters(), "unusable": self.unusable}
 
     def _window_outputs(
         self, windows: list[ClosedWindow[PathKey, PathCell]]

@@ -9,7 +9,8 @@ config/alerts.yaml). Then:
   ``network path X -> Y degraded`` (rule ``network-path-degraded``), listing the services;
 - the degraded pairs no such path explains are grouped by server workload and fire
   ``service-degraded`` for that server: one pair alone, or one server failing every client
-  whatever the path, points at the service, not at the network. A path found at fault
+  whatever the path, points at the service, not at the network, once the path shows it:
+  another pair on it healthy, or no other pair on it. A path found at fault
   stays so while any of its pairs is still degraded. Pairs with an end on no known node
   (unresolved addresses) are not judged: there is no path to blame.
 
@@ -54,7 +55,11 @@ class VerdictConfig:
     min_pairs: int = 2  # degraded pairs on one path for the network verdict
     min_servers: int = 2  # distinct server workloads among them
     require_healthy_path: bool = True  # another judged path of the scope must be healthy
-    for_windows: int = 1
+    for_windows: int = 1  # windows in a row before "network path X -> Y degraded" fires
+    # ... before a service is blamed: on a lossy path a pair can be hit a window before the
+    # others are, which is no reason to blame its server.
+    service_for_windows: int = 1
+    clear_windows: int = 1  # windows in a row without the condition before it resolves
     severity: str = "warning"
 
     def __post_init__(self) -> None:
@@ -63,9 +68,12 @@ class VerdictConfig:
             raise AlertRuleError(f"network_verdict: scopes {list(self.scopes)}: use node, zone")
         if self.severity not in SEVERITIES:
             raise AlertRuleError(f"network_verdict: severity {self.severity!r}: use {SEVERITIES}")
-        if min(self.min_pairs, self.min_servers, self.for_windows, self.baseline_windows) < 1:
+        counts = (self.min_pairs, self.min_servers, self.for_windows, self.service_for_windows,
+                  self.clear_windows, self.baseline_windows)  # fmt: skip
+        if min(counts) < 1:
             raise AlertRuleError(
-                "network_verdict: min_pairs, min_servers, for_windows, baseline_windows >= 1"
+                "network_verdict: min_pairs, min_servers, for_windows, service_for_windows, "
+                "clear_windows, baseline_windows: each >= 1"
             )
 
 
@@ -122,6 +130,7 @@ class _Episode:
     streak: int = 0
     alert_id: str | None = None
     first_window_ns: int = 0
+    quiet: int = 0  # windows in a row without the condition while firing
 
 
 @dataclass
@@ -218,11 +227,18 @@ class PathVerdict(AlertEvaluator):
                         "healthy_paths": others_healthy,
                     },
                 )
-        # What no network verdict explains is a service's: grouped by server workload.
+        # What no network verdict explains is a service's: grouped by server workload. Not
+        # on a path where other pairs had traffic too thin to judge and none was healthy: a
+        # lossy path stalls some pairs first, and the service is not to blame until the
+        # others can be told apart (one pair alone on its path is the service's).
+        thin = {(scope, src, dst) for (scope, src, dst, _, _), j in judged.items()
+                if 0 < j.connections < c.min_connections}  # fmt: skip
         per_server: dict[str, dict[str, _Judged]] = {}
         for (scope, src, dst), pairs in by_path.items():
             if scope != c.scopes[0]:
                 continue  # one scope is enough to name a service; not once per scope
+            if (scope, src, dst) in thin and not any(not j.signals for j in pairs.values()):
+                continue
             for (client, server), j in pairs.items():
                 if j.signals and (client, server) not in explained:
                     per_server.setdefault(server, {})[f"{client} -> {server} ({src} -> {dst})"] = j
@@ -269,11 +285,14 @@ class PathVerdict(AlertEvaluator):
     ) -> AlertEvent | None:
         state = self._episodes.setdefault((rule, group), _Episode())
         window = {"window_start_ns": start_ns, "window_end_ns": end_ns}
+        c = self.config
         if holding is not None:
             if state.streak == 0:
                 state.first_window_ns = start_ns
             state.streak += 1
-            if state.alert_id is None and state.streak >= self.config.for_windows:
+            state.quiet = 0
+            need = c.service_for_windows if rule == SERVICE_RULE else c.for_windows
+            if state.alert_id is None and state.streak >= need:
                 state.alert_id = f"{rule}|{'|'.join(group)}|{state.first_window_ns}"
                 self.fired += 1
                 workloads, evidence = holding
@@ -283,6 +302,9 @@ class PathVerdict(AlertEvaluator):
             return None
         event = None
         if state.alert_id is not None:
+            state.quiet += 1
+            if state.quiet < c.clear_windows:
+                return None
             self.resolved += 1
             event = self._verdict_event(rule, dims, group, "resolved", [],
                                 {**window, "reason": "no longer degraded"}, start_ns, end_ns,

@@ -14,6 +14,7 @@ from processors.__main__ import main
 from processors.alerts import AlertRuleError
 from processors.dnsprocessor import DnsProcessor
 from processors.metrics import VOCABULARY, MetricsBoard
+from processors.pathhealth import PathHealthProcessor
 from processors.prices import PriceTableError, load_price_table
 from processors.processor import ConnectionProcessor
 from processors.settings import SettingsError
@@ -34,7 +35,8 @@ def _stages() -> tuple[ConnectionProcessor, DnsProcessor]:
 def test_every_stage_counter_is_routed_for_every_signal() -> None:
     tcp, dns = _stages()
     udp = UdpProcessor(10 * S, 5 * S, 10 * S, load_price_table(REPO / "config" / "prices.yaml"))
-    board = MetricsBoard({"tcp": tcp, "udp": udp, "dns": dns})
+    path = PathHealthProcessor(10 * S, 5 * S, 10 * S)
+    board = MetricsBoard({"tcp": tcp, "udp": udp, "dns": dns, "path": path})
     assert len(board.latest) > 45
     assert VOCABULARY.unrouted(board.latest) == []
     registry = VOCABULARY.registry(lambda: board.latest)

@@ -230,3 +230,41 @@ def test_pairs_without_a_known_node_are_not_judged() -> None:
     records = [*lossy(t, A_FRONT, nowhere), *healthy(t, A_FRONT, C_SEARCH)]
     (events,) = _windows(s, [records])
     assert events == []
+
+
+def test_unusable_messages_are_counted_not_dead_lettered_twice() -> None:
+    s = PathHealthProcessor(WINDOW, 0, 0)
+    newest, dead = s.handle(b'{"not": "an enriched record"', Source("t", 0, 0, None), T0)
+    assert (newest, dead) == (None, [])
+    assert s.report()["unusable"] == 1 and s.report()["dead_lettered"] == 0
+
+
+def test_no_service_is_blamed_while_the_other_pairs_on_its_path_are_too_thin_to_judge() -> None:
+    s = stage()
+    t = T0
+    onset = [*lossy(t, A_CART, B_STOCK), *lossy(t, A_FRONT, B_CHECKOUT, n=3),
+             *healthy(t, A_FRONT, C_SEARCH)]  # fmt: skip
+    alone = [*lossy(t + WINDOW, A_CART, B_STOCK), *healthy(t + WINDOW, A_FRONT, C_SEARCH)]
+    events = _windows(s, [onset, alone])
+    assert events[0] == []
+    assert [(e.rule, e.group) for e in events[1]] == [
+        (SERVICE_RULE, {"server_workload": f"{D}stock"})]  # fmt: skip
+
+
+def test_a_service_is_blamed_after_service_for_windows_and_episodes_clear_slowly() -> None:
+    s = stage(service_for_windows=2, clear_windows=2)
+
+    def window(i: int, bad: bool) -> list[EnrichedTcpConnection]:
+        t = T0 + i * WINDOW
+        on = lossy if bad else healthy
+        return [*on(t, A_CART, B_STOCK), *healthy(t, A_FRONT, B_CHECKOUT),
+                *healthy(t, A_FRONT, C_SEARCH)]  # fmt: skip
+
+    events = _windows(s, [window(0, True), window(1, False), window(2, True), window(3, True),
+                          window(4, False), window(5, True), window(6, False),
+                          window(7, False)])  # fmt: skip
+    assert events[0] == [] and events[1] == [] and events[2] == []  # one window: a fluke
+    assert [(e.rule, e.status) for e in events[3]] == [(SERVICE_RULE, "firing")]
+    assert events[4] == [] and events[5] == [] and events[6] == []  # not two quiet in a row
+    (resolved,) = events[7]
+    assert (resolved.status, resolved.alert_id) == ("resolved", events[3][0].alert_id)
