@@ -215,7 +215,7 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
                 Source(message.topic, partition, message.offset, message.key),
                 time.time_ns(),
             )
-            for letter in dead if stage.WRITES_DEAD_LETTERS else ():
+            for letter in dead:
                 fut = await deadletter_topic.send(key=message.key, value=letter)
                 dead_futures.setdefault(id(stage), (stage, []))[1].append(fut)
             waiting.append((partition, newest, event))

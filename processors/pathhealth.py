@@ -185,7 +185,6 @@ class PathHealthProcessor(WindowedStage[EnrichedTcpConnection, PathKey, PathCell
 
     STAGE = STAGE
     LATE_WHAT = "late record (path health)"
-    WRITES_DEAD_LETTERS = False  # the TCP stage reads enriched.tcp too and writes them
     EVENT_TIME_FIELD = "end_time_ns"
 
     def __init__(

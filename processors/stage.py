@@ -66,8 +66,6 @@ class WindowedStage(Generic[R, K, C, A]):
     STAGE: ClassVar[str]  # DeadLetter.stage
     LATE_WHAT: ClassVar[str]  # how the late-record warning names a record
     EVENT_TIME_FIELD: ClassVar[str]  # the record field holding its event time
-    # False for a second reader of a topic: the first one dead-letters what neither can use.
-    WRITES_DEAD_LETTERS: ClassVar[bool] = True
 
     def __init__(
         self,
