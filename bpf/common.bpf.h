@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * common.bpf.h: what tcpconn.bpf.c, udpflow.bpf.c and dns.bpf.c share. Kernel side only
+ * common.bpf.h: what the programs (tcpconn, udpflow, dns, drops) share. Kernel side only
  * (the ABI with user space stays in each program's own header): constants the kernel keeps
  * as #defines (so not in vmlinux.h), the per-CPU counters helper, and IPv4/IPv6 and L4
  * header reads for cgroup_skb programs. Include after vmlinux.h and bpf_helpers.h.
