@@ -22,22 +22,13 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
+#include "common.bpf.h"
 #include "dns.h"
-
-#define AF_INET 2
-#define AF_INET6 10
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-#define IP_MF 0x2000
-#define IP_OFFSET 0x1FFF
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Knobs set by the collector before load (const: the verifier prunes what they disable). */
-const volatile struct dns_targs targs = {
-	.port = 53,
-};
+/* Load-time knobs, set by name by the collector before load (collector/libbpf.py). */
+const volatile __u16 targ_port = 53; /* the DNS port, host byte order */
 
 /* DNS packets to user space. Size can be changed before load (collector setting). */
 struct {
@@ -55,57 +46,7 @@ struct {
 
 static __always_inline void count(__u32 idx)
 {
-	__u64 *value = bpf_map_lookup_elem(&counters, &idx);
-
-	if (value)
-		__sync_fetch_and_add(value, 1);
-}
-
-/* Where the packet's transport header and DNS payload are. */
-struct pkt {
-	__u32 l4_off;
-	__u16 family;
-	__u8 protocol;
-	__u8 _pad;
-	__u8 saddr[DNS_ADDR_LEN];
-	__u8 daddr[DNS_ADDR_LEN];
-};
-
-/* 1 if this is a first (or only) IP packet carrying UDP or TCP, 0 to ignore, -1 if broken. */
-static __always_inline int read_ip(struct __sk_buff *skb, struct pkt *p)
-{
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr ip;
-
-		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
-			return -1;
-		if (ip.protocol != IPPROTO_UDP && ip.protocol != IPPROTO_TCP)
-			return 0;
-		if (ip.frag_off & bpf_htons(IP_OFFSET))
-			return 2; /* a later fragment: no transport header */
-		p->family = AF_INET;
-		p->protocol = ip.protocol;
-		p->l4_off = ip.ihl * 4;
-		__builtin_memcpy(p->saddr, &ip.saddr, 4);
-		__builtin_memcpy(p->daddr, &ip.daddr, 4);
-		return 1;
-	}
-	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr ip6;
-
-		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
-			return -1;
-		/* Extension headers are not walked: DNS packets do not carry them in practice. */
-		if (ip6.nexthdr != IPPROTO_UDP && ip6.nexthdr != IPPROTO_TCP)
-			return 0;
-		p->family = AF_INET6;
-		p->protocol = ip6.nexthdr;
-		p->l4_off = sizeof(ip6);
-		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
-		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
-		return 1;
-	}
-	return 0;
+	counter_inc(&counters, idx);
 }
 
 /* The socket's connected peer: where the application sent, before NAT. */
@@ -148,40 +89,29 @@ static __always_inline int surely_not_dns(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	__u32 l4;
+	bool later_fragment;
+	__u8 protocol;
 	__u16 *ports;
+	__u32 l4;
+	int rc;
 
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = data;
-
-		if ((void *)(ip + 1) > data_end)
-			return 0;
-		if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
-			return 1;
-		if (ip->frag_off & bpf_htons(IP_OFFSET))
-			return 0; /* a later fragment: counted there */
-		l4 = ip->ihl * 4;
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = data;
-
-		if ((void *)(ip6 + 1) > data_end)
-			return 0;
-		if (ip6->nexthdr != IPPROTO_UDP && ip6->nexthdr != IPPROTO_TCP)
-			return 1;
-		l4 = sizeof(*ip6);
-	} else {
+	rc = l3_peek(skb, &protocol, &l4, &later_fragment);
+	if (rc <= 0)
+		return rc == 0; /* not IP: nothing to see; not linear: look closer */
+	if (protocol != IPPROTO_UDP && protocol != IPPROTO_TCP)
 		return 1;
-	}
+	if (later_fragment)
+		return 0; /* counted there */
 	/* UDP and TCP both start with the source and destination ports. */
 	ports = data + l4;
 	if ((void *)(ports + 2) > data_end)
 		return 0;
-	return bpf_ntohs(ports[0]) != targs.port && bpf_ntohs(ports[1]) != targs.port;
+	return bpf_ntohs(ports[0]) != targ_port && bpf_ntohs(ports[1]) != targ_port;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 {
-	struct pkt p = {};
+	struct l3 p = {};
 	struct dns_event *ev;
 	__u32 payload_off, payload_len;
 	__u64 captured;
@@ -190,41 +120,24 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 
 	if (surely_not_dns(skb))
 		return 1;
-	rc = read_ip(skb, &p);
-	if (rc == 0)
+	rc = l3_read(skb, &p);
+	if (rc == 0 || (rc > 0 && p.protocol != IPPROTO_UDP && p.protocol != IPPROTO_TCP))
 		return 1;
 	if (rc < 0) {
 		count(DNS_CTR_BAD_HEADER);
 		return 1;
 	}
-	if (rc == 2) {
+	if (p.later_fragment) {
 		/* Without the transport header the port is unknown: every later UDP/TCP
 		 * fragment is counted (a large DNS answer over UDP would fragment). */
 		count(DNS_CTR_FRAGMENTS);
 		return 1;
 	}
-	if (p.protocol == IPPROTO_UDP) {
-		struct udphdr udp;
-
-		if (bpf_skb_load_bytes(skb, p.l4_off, &udp, sizeof(udp))) {
-			count(DNS_CTR_BAD_HEADER);
-			return 1;
-		}
-		sport = bpf_ntohs(udp.source);
-		dport = bpf_ntohs(udp.dest);
-		payload_off = p.l4_off + sizeof(udp);
-	} else {
-		struct tcphdr tcp;
-
-		if (bpf_skb_load_bytes(skb, p.l4_off, &tcp, sizeof(tcp))) {
-			count(DNS_CTR_BAD_HEADER);
-			return 1;
-		}
-		sport = bpf_ntohs(tcp.source);
-		dport = bpf_ntohs(tcp.dest);
-		payload_off = p.l4_off + tcp.doff * 4;
+	if (l4_read(skb, &p, &sport, &dport, &payload_off)) {
+		count(DNS_CTR_BAD_HEADER);
+		return 1;
 	}
-	if (sport != targs.port && dport != targs.port)
+	if (sport != targ_port && dport != targ_port)
 		return 1;
 	if (skb->len <= payload_off)
 		return 1; /* TCP handshake, ACKs, FINs: no DNS bytes */

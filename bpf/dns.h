@@ -32,12 +32,6 @@ enum dns_counter {
 	DNS_CTR_MAX = 5,
 };
 
-/* Load-time knobs (the object's .rodata, written by the collector before load). */
-struct dns_targs {
-	__u16 port;    /* the DNS port, host byte order (53) */
-	__u16 _pad[3];
-};
-
 /*
  * One DNS packet. 600 bytes, a multiple of 8, no implicit padding.
  * ts_ns is CLOCK_MONOTONIC (bpf_ktime_get_ns); ports and family in host byte order;

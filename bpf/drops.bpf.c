@@ -11,13 +11,8 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
-#include <bpf/bpf_endian.h>
+#include "common.bpf.h"
 #include "drops.h"
-
-#define AF_INET 2
-#define AF_INET6 10
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -49,10 +44,7 @@ struct {
 
 static __always_inline void count(__u32 idx)
 {
-	__u64 *value = bpf_map_lookup_elem(&drop_counters, &idx);
-
-	if (value)
-		__sync_fetch_and_add(value, 1);
+	counter_inc(&drop_counters, idx);
 }
 
 /* The IP header at skb->network_header, when the drop happened after it was set. */

@@ -26,20 +26,20 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
-#include <bpf/bpf_endian.h>
+#include "common.bpf.h"
 #include "tcpconn.h"
-
-/* Not in BTF (they are #defines in the kernel). */
-#define AF_INET 2
-#define AF_INET6 10
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Knobs set by the collector before load (const: the verifier prunes what they disable). */
-const volatile struct tcpconn_targs targs = {
-	.interim_ns = 30ULL * 1000 * 1000 * 1000,
-	.wakeup_bytes = 0,
-};
+/* Load-time knobs, set by name by the collector before load (collector/libbpf.py); const:
+ * the verifier prunes what they disable. */
+const volatile __u64 targ_interim_ns = 30ULL * 1000 * 1000 * 1000; /* an open connection
+								    * reports at most this often;
+								    * 0: never */
+/* Wake the reader only once this much is waiting (0: on every event). The collector polls on
+ * a timeout as well, so a quiet ring is still read; a busy one is read in big batches instead
+ * of one wakeup (and context switch) per event. */
+const volatile __u64 targ_wakeup_bytes = 0;
 
 /*
  * The counters of a connection already reported (absolute tcp_sock values). A record carries
@@ -129,16 +129,12 @@ static __always_inline __u64 interim_clock(void)
 
 static __always_inline __u64 interim_period(void)
 {
-	return CONFIG_HZ ? targs.interim_ns * CONFIG_HZ / 1000000000ULL : targs.interim_ns;
+	return CONFIG_HZ ? targ_interim_ns * CONFIG_HZ / 1000000000ULL : targ_interim_ns;
 }
 
 static __always_inline void count(__u32 idx)
 {
-	__u64 *value = bpf_map_lookup_elem(&counters, &idx);
-
-	/* Atomic because a program on this CPU can be preempted by another run of itself. */
-	if (value)
-		__sync_fetch_and_add(value, 1);
+	counter_inc(&counters, idx);
 }
 
 static __always_inline void take_process(struct sock_info *info)
@@ -165,8 +161,8 @@ static __always_inline void submit(struct tcpconn_event *ev)
 {
 	__u64 flags = 0;
 
-	if (targs.wakeup_bytes)
-		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= targs.wakeup_bytes ?
+	if (targ_wakeup_bytes)
+		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= targ_wakeup_bytes ?
 				BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 	bpf_ringbuf_submit(ev, flags);
 }
@@ -441,7 +437,7 @@ int BPF_PROG(handle_probe, struct sock *sk, const struct sk_buff *skb)
 	__u64 now;
 	__u16 family;
 
-	if (!targs.interim_ns)
+	if (!targ_interim_ns)
 		return 0;
 	info = bpf_map_lookup_elem(&socks, &key);
 	if (!info) {

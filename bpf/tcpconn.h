@@ -3,9 +3,9 @@
  * tcpconn.h: the ABI between tcpconn.bpf.c and the collector (collector/events.py mirrors
  * every definition below; tests/unit/collector/test_collector_abi.py checks that it does).
  *
- * Only the event, its enums, the load-time knobs and the counters live here: one final event
- * per finished TCP connection end (also failed connects), plus interim events for long-lived
- * connections, aggregated in the kernel.
+ * Only the event, its enums and the counters live here (the load-time knobs are the
+ * program's targ_* globals): one final event per finished TCP connection end (also failed
+ * connects), plus interim events for long-lived connections, aggregated in the kernel.
  */
 #ifndef __TCPCONN_H
 #define __TCPCONN_H
@@ -64,15 +64,6 @@ struct tcpconn_endpoint {
 	__u16 port;                  /* host byte order */
 	__u16 family;                /* AF_INET (2) or AF_INET6 (10) */
 	__u32 _pad;
-};
-
-/* Load-time knobs (the object's .rodata, written by the collector before load). */
-struct tcpconn_targs {
-	__u64 interim_ns;   /* an open connection reports at most this often; 0: never */
-	/* Wake the reader only once this much is waiting (0: on every event). The collector
-	 * polls on a timeout as well, so a quiet ring is still read; a busy one is read in big
-	 * batches instead of one wakeup (and context switch) per event. */
-	__u64 wakeup_bytes;
 };
 
 /*

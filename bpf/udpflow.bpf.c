@@ -9,13 +9,8 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
+#include "common.bpf.h"
 #include "udpflow.h"
-
-#define AF_INET 2
-#define AF_INET6 10
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -47,66 +42,34 @@ struct {
 
 static __always_inline void count(__u32 idx)
 {
-	__u64 *value = bpf_map_lookup_elem(&udp_counters, &idx);
-
-	if (value)
-		__sync_fetch_and_add(value, 1);
+	counter_inc(&udp_counters, idx);
 }
 
 static __always_inline int account(struct __sk_buff *skb, bool egress)
 {
 	struct udpflow_key key = {};
 	struct udpflow_value *value, fresh = {};
-	struct udphdr udp;
-	__u32 zero = 0, *g;
+	struct l3 ip = {};
+	__u32 zero = 0, *g, l4, payload_off;
 	__u16 sport, dport;
-	__u32 l4;
+	bool later_fragment;
+	__u8 protocol;
 	void *map;
+	int rc;
 
 	/* Most packets are not UDP (every TCP segment passes here too): decide from the
-	 * linear header with direct packet access, no helper call, whenever it is there. */
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr ip;
-		struct iphdr *hdr = (void *)(long)skb->data;
-
-		if ((void *)(hdr + 1) <= (void *)(long)skb->data_end) {
-			if (hdr->protocol != IPPROTO_UDP)
-				return 1;
-			ip = *hdr;
-		} else if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)) || ip.protocol != IPPROTO_UDP) {
-			return 1;
-		}
-		/* A non-first fragment has no UDP header (only seen if not reassembled). */
-		if (ip.frag_off & bpf_htons(0x1fff))
-			return 1;
-		l4 = ip.ihl * 4;
-		key.family = AF_INET;
-		__builtin_memcpy(egress ? key.local : key.remote, &ip.saddr, 4);
-		__builtin_memcpy(egress ? key.remote : key.local, &ip.daddr, 4);
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr ip6;
-		struct ipv6hdr *hdr6 = (void *)(long)skb->data;
-
-		/* Extension headers are not walked: UDP right after the fixed header only. */
-		if ((void *)(hdr6 + 1) <= (void *)(long)skb->data_end) {
-			if (hdr6->nexthdr != IPPROTO_UDP)
-				return 1;
-			ip6 = *hdr6;
-		} else if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)) ||
-			   ip6.nexthdr != IPPROTO_UDP) {
-			return 1;
-		}
-		l4 = sizeof(ip6);
-		key.family = AF_INET6;
-		__builtin_memcpy(egress ? key.local : key.remote, &ip6.saddr, 16);
-		__builtin_memcpy(egress ? key.remote : key.local, &ip6.daddr, 16);
-	} else {
+	 * linear header in place whenever it is there. A non-first fragment has no UDP
+	 * header (only seen if not reassembled). */
+	rc = l3_peek(skb, &protocol, &l4, &later_fragment);
+	if (rc == 0 || (rc > 0 && (protocol != IPPROTO_UDP || later_fragment)))
 		return 1;
-	}
-	if (bpf_skb_load_bytes(skb, l4, &udp, sizeof(udp)))
+	if (l3_read(skb, &ip) <= 0 || ip.protocol != IPPROTO_UDP || ip.later_fragment)
 		return 1;
-	sport = bpf_ntohs(udp.source);
-	dport = bpf_ntohs(udp.dest);
+	key.family = ip.family;
+	__builtin_memcpy(egress ? key.local : key.remote, ip.saddr, sizeof(key.local));
+	__builtin_memcpy(egress ? key.remote : key.local, ip.daddr, sizeof(key.local));
+	if (l4_read(skb, &ip, &sport, &dport, &payload_off))
+		return 1;
 	key.local_port = egress ? sport : dport;
 	key.remote_port = egress ? dport : sport;
 	key.cgroup_id = bpf_skb_cgroup_id(skb);

@@ -65,9 +65,6 @@ ROLES: Final[dict[int, Role]] = {
 # enum tcpconn_kind
 KIND_FINAL, KIND_INTERIM = 0, 1
 
-# struct tcpconn_targs: the object's .rodata starts with it.
-TARGS = struct.Struct("<QQ")  # interim_ns, wakeup_bytes
-
 # enum tcpconn_flag
 F_ESTABLISHED: Final = 1 << 0
 F_START_UNKNOWN: Final = 1 << 1

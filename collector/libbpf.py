@@ -19,9 +19,10 @@ import logging
 import os
 import platform
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Final, NamedTuple
 
 from collector.errors import CollectorError
 
@@ -38,6 +39,14 @@ _PROG_INFO_RECURSION_MISSES = 208
 
 # enum libbpf_print_level
 _LIBBPF_WARN, _LIBBPF_INFO, _LIBBPF_DEBUG = 0, 1, 2
+
+# BTF (include/uapi/linux/btf.h): the kinds read here, and the layout after struct btf_type
+# (name_off, info, size/type: 12 bytes) for a DATASEC (btf_var_secinfo: type, offset, size)
+# and an INT (one u32 whose bits 24-27 are the encoding).
+_BTF_KIND_INT, _BTF_KIND_DATASEC = 1, 15
+_BTF_TYPE = ctypes.c_uint32 * 3
+_BTF_INT_SIGNED = 1
+RODATA: Final = ".rodata"
 
 
 class BpfError(CollectorError):
@@ -81,6 +90,11 @@ class _Lib:
             ("libbpf_num_possible_cpus", ci, []),
             ("libbpf_set_print", vp, [_PRINT_FN]),
             ("libbpf_strerror", ci, [ci, cp, ctypes.c_size_t]),
+            ("bpf_object__btf", vp, [vp]),
+            ("btf__find_by_name_kind", ctypes.c_int32, [vp, cp, ctypes.c_uint32]),
+            ("btf__type_by_id", vp, [vp, ctypes.c_uint32]),
+            ("btf__name_by_offset", cp, [vp, ctypes.c_uint32]),
+            ("btf__resolve_type", ctypes.c_int32, [vp, ctypes.c_uint32]),
         ):
             fn = getattr(lib, name)
             fn.restype = res
@@ -192,6 +206,14 @@ def _attach_hint(
     return None
 
 
+class RodataVariable(NamedTuple):
+    """A ``const volatile`` global of the object's ``.rodata``, as its BTF describes it."""
+
+    offset: int
+    size: int
+    signed: bool
+
+
 class BpfObject:
     """One loaded BPF object file with all its programs attached.
 
@@ -204,10 +226,10 @@ class BpfObject:
         path: Path,
         map_max_entries: dict[str, int] | None = None,
         tracefs: Path = Path("/sys/kernel/tracing"),
-        rodata: bytes | None = None,
+        rodata: Mapping[str, int] | None = None,
     ) -> None:
-        """``rodata`` replaces the start of the object's ``.rodata`` (its ``const volatile``
-        load-time knobs) before the programs are verified."""
+        """``rodata``: values of the object's ``const volatile`` load-time knobs (``targ_*``
+        globals) by name, set before the programs are verified, as a skeleton would."""
         self._lib = _libbpf()
         self._obj: int | None = None
         self._links: list[int] = []
@@ -245,14 +267,70 @@ class BpfObject:
     ) -> None:
         self.close()
 
-    def _set_rodata(self, data: bytes) -> None:
+    def rodata_variables(self) -> dict[str, RodataVariable]:
+        """The ``.rodata`` globals by name, from the object's BTF (libbpf lays out the
+        section when it opens the object: the offsets are those the programs read)."""
+        lib = self._lib.lib
+        btf = lib.bpf_object__btf(self._require())
+        if not btf:
+            raise BpfError("the BPF object has no BTF: build it with -g (make -C bpf)")
+        sec = lib.btf__find_by_name_kind(btf, RODATA.encode(), _BTF_KIND_DATASEC)
+        if sec < 0:
+            return {}  # no const volatile globals at all
+        address = lib.btf__type_by_id(btf, sec)
+        vlen = _BTF_TYPE.from_address(address)[1] & 0xFFFF
+        infos = (ctypes.c_uint32 * (3 * vlen)).from_address(address + ctypes.sizeof(_BTF_TYPE))
+        found: dict[str, RodataVariable] = {}
+        for i in range(0, len(infos), 3):
+            var_id, offset, size = infos[i], infos[i + 1], infos[i + 2]
+            var = _BTF_TYPE.from_address(lib.btf__type_by_id(btf, var_id))
+            name = (lib.btf__name_by_offset(btf, var[0]) or b"").decode()
+            # The variable's type through const, volatile and typedefs: signed or not.
+            resolved = lib.btf__resolve_type(btf, var[2])
+            signed = False
+            if resolved > 0:
+                base = lib.btf__type_by_id(btf, resolved)
+                if (_BTF_TYPE.from_address(base)[1] >> 24) & 0x1F == _BTF_KIND_INT:
+                    encoding = ctypes.c_uint32.from_address(base + ctypes.sizeof(_BTF_TYPE))
+                    signed = bool((encoding.value >> 24) & _BTF_INT_SIGNED)
+            found[name] = RodataVariable(offset, size, signed)
+        return found
+
+    def _rodata_data(self) -> tuple[int, int]:
         size = ctypes.c_size_t(0)
-        ptr = self._lib.lib.bpf_map__initial_value(self._map(".rodata"), ctypes.byref(size))
+        ptr = self._lib.lib.bpf_map__initial_value(self._map(RODATA), ctypes.byref(size))
         if not ptr:
             raise BpfError("the object's .rodata has no initial value to set")
-        if len(data) > size.value:
-            raise BpfError(f".rodata is {size.value} bytes, cannot write {len(data)}")
-        ctypes.memmove(ptr, data, len(data))
+        return int(ptr), size.value
+
+    def _set_rodata(self, values: Mapping[str, int]) -> None:
+        variables = self.rodata_variables()
+        unknown = sorted(set(values) - set(variables))
+        if unknown:
+            known = ", ".join(sorted(variables)) or "none"
+            names = ", ".join(unknown)
+            raise BpfError(f"no load-time knob {names} in the object (it has: {known})")
+        ptr, size = self._rodata_data()
+        for name, value in values.items():
+            var = variables[name]
+            if var.offset + var.size > size:
+                raise BpfError(f"{name} lies outside .rodata ({size} bytes)")
+            try:
+                raw = int(value).to_bytes(var.size, "little", signed=var.signed)
+            except OverflowError:
+                raise BpfError(f"{name} = {value} does not fit in {var.size} bytes") from None
+            ctypes.memmove(ptr + var.offset, raw, var.size)
+
+    def rodata_value(self, name: str) -> int:
+        """A ``.rodata`` global's value as the kernel holds it (read from the loaded map)."""
+        var = self.rodata_variables()[name]
+        _ptr, size = self._rodata_data()
+        key, value = ctypes.c_uint32(0), ctypes.create_string_buffer(size)
+        rc = self._lib.lib.bpf_map_lookup_elem(self.map_fd(RODATA), ctypes.byref(key), value)
+        if rc < 0:
+            raise _failure("reading .rodata", ctypes.get_errno())
+        raw = value.raw[var.offset : var.offset + var.size]
+        return int.from_bytes(raw, "little", signed=var.signed)
 
     def _require(self) -> int:
         if self._obj is None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -72,10 +72,10 @@ class RestartReport:
         }
 
 
-def generation(bpf_object: Path, rodata: bytes, ringbuf_bytes: int | None) -> str:
+def generation(bpf_object: Path, targs: Mapping[str, int], ringbuf_bytes: int | None) -> str:
     """Digest of what the kernel side is made of: equal digests run the same programs."""
     digest = hashlib.sha256(bpf_object.read_bytes())
-    digest.update(rodata)
+    digest.update(repr(sorted(targs.items())).encode())
     digest.update(str(ringbuf_bytes or 0).encode())
     return digest.hexdigest()[:16]
 

@@ -7,7 +7,7 @@ The ring-buffer sources (tcpconn, dns) also share their reader and counter layou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Generic, Protocol, Self, TypeVar
@@ -81,13 +81,14 @@ class RingBufferSource(ProgramSet[KernelPrograms]):
         self,
         bpf_object: Path,
         ringbuf_bytes: int | None,
-        rodata: bytes,
+        targs: Mapping[str, int],
         counter_names: Sequence[str],
         attach: Callable[[BpfObject], None],
         tracefs: Path = DEFAULT_TRACEFS,
         pins: PinSpec | None = None,
     ) -> None:
-        """``ringbuf_bytes``: the ring buffer's size (None or 0: as compiled in).
+        """``ringbuf_bytes``: the ring buffer's size (None or 0: as compiled in). ``targs``:
+        the object's load-time knobs (its ``targ_*`` globals) by name.
 
         ``pins``: keep the links and ``pins.maps`` in bpffs there, so that the programs
         stay attached after this process and the next one resumes them
@@ -98,7 +99,7 @@ class RingBufferSource(ProgramSet[KernelPrograms]):
         self.restart = RestartReport("unpinned")
 
         def load() -> BpfObject:
-            obj = BpfObject(bpf_object, map_max_entries=sizes, tracefs=tracefs, rodata=rodata)
+            obj = BpfObject(bpf_object, map_max_entries=sizes, tracefs=tracefs, rodata=targs)
             try:
                 attach(obj)
             except BaseException:
@@ -108,10 +109,10 @@ class RingBufferSource(ProgramSet[KernelPrograms]):
 
         obj: KernelPrograms
         if pins is None:
-            obj = BpfObject(bpf_object, map_max_entries=sizes, tracefs=tracefs, rodata=rodata)
+            obj = BpfObject(bpf_object, map_max_entries=sizes, tracefs=tracefs, rodata=targs)
         else:
             obj, self.restart = open_pinned(
-                pins, generation(bpf_object, rodata, ringbuf_bytes), load
+                pins, generation(bpf_object, targs, ringbuf_bytes), load
             )
 
         def setup(obj: KernelPrograms) -> None:

@@ -10,7 +10,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from collector.events import COUNTER_NAMES, ENDPOINT, TARGS
+from collector.events import COUNTER_NAMES, ENDPOINT
 from collector.kernelfs import ensure_bpffs, ensure_tracefs
 from collector.libbpf import BpfObject
 from collector.pins import PinSpec
@@ -83,7 +83,10 @@ class TcpConnSource(RingBufferSource):
             if ensure_bpffs(pin_dir):
                 log.info("mounted bpffs for %s", pin_dir)
             pins = PinSpec(pin_dir, PINNED_MAPS, EVENTS_MAP, SOCKETS_MAP)
-        targs = TARGS.pack(round(interim_interval_s * 1e9), wakeup_bytes)
+        targs = {
+            "targ_interim_ns": round(interim_interval_s * 1e9),
+            "targ_wakeup_bytes": wakeup_bytes,
+        }
         self._wakeup_bytes = wakeup_bytes
         super().__init__(
             bpf_object, ringbuf_bytes, targs, COUNTER_NAMES, BpfObject.attach_all, tracefs,

@@ -44,8 +44,6 @@ assert EVENT.size == EVENT_SIZE
 FIXED = struct.Struct(EVENT_FORMAT.removesuffix("512s"))
 assert FIXED.size == EVENT_SIZE - PAYLOAD_MAX
 
-# struct dns_targs: the object's .rodata starts with it.
-TARGS = struct.Struct("<H6x")  # port
 
 AF_INET: Final = 2
 AF_INET6: Final = 10

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from collector.dns.abi import COUNTER_NAMES, TARGS
+from collector.dns.abi import COUNTER_NAMES
 from collector.libbpf import BpfObject
 from collector.programset import RingBufferSource
 
@@ -31,7 +31,8 @@ class DnsSource(RingBufferSource):
         def attach(obj: BpfObject) -> None:
             obj.attach_all_to_cgroup(cgroup_root)
 
-        super().__init__(bpf_object, ringbuf_bytes, TARGS.pack(port), COUNTER_NAMES, attach)
+        targs = {"targ_port": port}
+        super().__init__(bpf_object, ringbuf_bytes, targs, COUNTER_NAMES, attach)
         log.info(
             "attached %s to cgroup %s (DNS port %d, ring buffer %d bytes)",
             ", ".join(self.program_names()),

@@ -25,7 +25,7 @@ import pytest
 
 from collector.attribution import CgroupResolver
 from collector.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
-from collector.libbpf import BpfError
+from collector.libbpf import BpfError, BpfObject
 from collector.settings import DEFAULT_BPF_OBJECT, default_cgroup_root
 from collector.source import TcpConnSource
 
@@ -319,3 +319,27 @@ def test_a_bad_object_fails_with_libbpf_own_words(tmp_path: Path) -> None:
 def test_a_missing_object_says_how_to_build_it(tmp_path: Path) -> None:
     with pytest.raises(BpfError, match="make -C bpf"):
         TcpConnSource(tmp_path / "missing.bpf.o")
+
+
+def test_load_time_knobs_are_set_by_name_and_reach_the_kernel(bpf_object: Path) -> None:
+    knobs = {"targ_interim_ns": 7_000_000_000, "targ_wakeup_bytes": 4096}
+    with BpfObject(bpf_object, rodata=knobs) as obj:
+        variables = obj.rodata_variables()
+        assert set(variables) == set(knobs)
+        assert {variables[n].offset for n in knobs} == {0, 8}  # laid out by libbpf at open
+        assert {n: obj.rodata_value(n) for n in knobs} == knobs  # the kernel's copy
+    with BpfObject(bpf_object) as obj:  # the defaults compiled in
+        assert obj.rodata_value("targ_interim_ns") == 30_000_000_000
+        assert obj.rodata_value("targ_wakeup_bytes") == 0
+
+
+def test_an_unknown_or_oversized_knob_is_refused_before_load(bpf_object: Path) -> None:
+    with pytest.raises(BpfError, match=r"targ_nope .*it has: targ_interim_ns, targ_wakeup_bytes"):
+        BpfObject(bpf_object, rodata={"targ_nope": 1})
+    with pytest.raises(BpfError, match="targ_wakeup_bytes = -1 does not fit in 8 bytes"):
+        BpfObject(bpf_object, rodata={"targ_wakeup_bytes": -1})
+    dns = bpf_object.with_name("dns.bpf.o")
+    with pytest.raises(BpfError, match="targ_port = 65536 does not fit in 2 bytes"):
+        BpfObject(dns, rodata={"targ_port": 65536})
+    with BpfObject(dns, rodata={"targ_port": 5353}) as obj:
+        assert obj.rodata_value("targ_port") == 5353

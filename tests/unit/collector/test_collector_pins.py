@@ -10,12 +10,13 @@ from collector.pins import RestartReport, generation, remove_tree
 def test_generation_changes_with_object_knobs_and_ring_size(tmp_path: Path) -> None:
     obj = tmp_path / "x.bpf.o"
     obj.write_bytes(b"\x7fELF one")
-    same = generation(obj, b"knobs", 1 << 20)
-    assert generation(obj, b"knobs", 1 << 20) == same
-    assert generation(obj, b"other", 1 << 20) != same
-    assert generation(obj, b"knobs", 2 << 20) != same
+    knobs = {"targ_a": 1, "targ_b": 2}
+    same = generation(obj, knobs, 1 << 20)
+    assert generation(obj, {"targ_b": 2, "targ_a": 1}, 1 << 20) == same  # order is not a change
+    assert generation(obj, {"targ_a": 1, "targ_b": 3}, 1 << 20) != same
+    assert generation(obj, knobs, 2 << 20) != same
     obj.write_bytes(b"\x7fELF two")  # a new build is an upgrade
-    assert generation(obj, b"knobs", 1 << 20) != same
+    assert generation(obj, knobs, 1 << 20) != same
 
 
 def test_report_counters_name_every_number() -> None:

@@ -340,6 +340,32 @@ def test_same_records_and_counters_as_the_python_path(
     assert len(c.matcher) == len(py.matcher) == 0
 
 
+@FUZZ
+@given(st.lists(exchanges(), min_size=1, max_size=4).map(lambda x: [p for e in x for p in e]),
+       st.integers(-2, 2))  # fmt: skip
+def test_timeouts_fall_on_the_same_tick_as_python(records: list[bytes], delta_ms: int) -> None:
+    """Expiry at, just before and just after a query's deadline (timeout 1 s, expiry margin
+    50 ms): the boundary must be the same in both paths."""
+    first_ms = min(abi.EVENT.unpack_from(r)[0] for r in records) // MS
+    outs = []
+    for p, src, sink, clock in pipelines("plain", False, False):
+        src.batches.append(RecordBatch(b"".join(records), _spans(records)))
+        p.pump()
+        clock[0] = first_ms + 1000 + 50 + delta_ms
+        p.pump()
+        outs.append((_records(sink), p.counters(), len(p.matcher)))
+    assert outs[0] == outs[1]
+    hypothesis_event(f"delta {delta_ms}: {len(outs[0][0])} records")
+
+
+def _spans(records: list[bytes]) -> list[tuple[int, int]]:
+    spans, pos = [], 0
+    for r in records:
+        spans.append((pos, len(r)))
+        pos += len(r)
+    return spans
+
+
 def test_ring_layout_discards_and_bad_sizes_are_counted() -> None:
     """Spans walked from the ring's own headers (as the reader hands batches over)."""
     q = build_query(1, "x.test")
