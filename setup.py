@@ -21,8 +21,8 @@ _CFLAGS = [
 _ABI = {"include_dirs": ["bpf"], "extra_compile_args": _CFLAGS}
 
 EXTENSIONS = [
-    Extension("enricher._render", ["enricher/_render.c"], extra_compile_args=_CFLAGS),
-    Extension("collector._encode", ["collector/_encode.c"], depends=["bpf/tcpconn.h"], **_ABI),
+    Extension("enricher.join._render", ["enricher/join/_render.c"], extra_compile_args=_CFLAGS),
+    Extension("collector.tcp._encode", ["collector/tcp/_encode.c"], depends=["bpf/tcpconn.h"], **_ABI),
     Extension("collector.dns._native", ["collector/dns/_native.c"], depends=["bpf/dns.h"], **_ABI),
 ]
 

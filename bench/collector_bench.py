@@ -170,10 +170,10 @@ class KernelOnly:
     ) -> None:
         """``parts``: which program sets to attach besides TCP's ("tcp", "tcp+udp", ...)."""
         from collector.dns.source import DnsSource
-        from collector.drops import DropSource
+        from collector.drops.reporter import DropSource
         from collector.settings import Settings
-        from collector.source import TcpConnSource
-        from collector.udp import UdpFlowSource
+        from collector.tcp.source import TcpConnSource
+        from collector.udp.flows import UdpFlowSource
 
         # The objects of ``root`` with this tree's loader: the ABI is the same.
         objects = root / "bpf" / ".output"

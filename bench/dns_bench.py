@@ -41,12 +41,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from collector.attribution import CgroupResolver  # noqa: E402
 from collector.dns.pipeline import DnsPipeline  # noqa: E402
 from collector.dns.privacy import NamePrivacy  # noqa: E402
 from collector.dns.search import SearchConfig, SearchTracker  # noqa: E402
 from collector.dns.settings import DEFAULT_DNS_BPF_OBJECT  # noqa: E402
 from collector.dns.source import DnsSource  # noqa: E402
+from collector.node.attribution import CgroupResolver  # noqa: E402
 from collector.settings import default_cgroup_root  # noqa: E402
 from flowscope.kafka import ProducerCounters, RecordProducer  # noqa: E402
 from simnode import Cluster, Pod  # noqa: E402

@@ -10,7 +10,7 @@ stages then run, each in its own process so its CPU time and peak RSS are its ow
 
 - ``passthrough``: consumer -> producer of the same messages, with the same client settings
   and batch size as the enricher: the ceiling for a Python stage on this broker;
-- ``enricher``: the real :class:`enricher.joiner.Joiner`, producing ``--output-batch``
+- ``enricher``: the real :class:`enricher.join.joiner.Joiner`, producing ``--output-batch``
   enriched records per message.
 
 Phase 1 (throughput): each stage drains the backlog; records/s, CPU seconds per record (all
@@ -57,9 +57,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.enricher_workload import cluster, raw_records  # noqa: E402
-from enricher.joiner import Joiner  # noqa: E402
-from enricher.kubeobjects import ParsedObjects  # noqa: E402
-from enricher.publisher import MetadataPublisher  # noqa: E402
+from enricher.join.joiner import Joiner  # noqa: E402
+from enricher.publish.kubeobjects import ParsedObjects  # noqa: E402
+from enricher.publish.publisher import MetadataPublisher  # noqa: E402
 from enricher.settings import Settings  # noqa: E402
 from flowscope.kafka import (  # noqa: E402
     RecordConsumer,

@@ -42,9 +42,9 @@ from flowscope.codec import JsonCodec
 from flowscope.kafka import TopicSpec, ensure_topics, wait_for_broker
 from flowscope.records import Endpoint, EnrichedTcpConnection, Role
 from flowscope.topics import Topics
-from processors.prices import load_price_table
-from processors.processor import ConnectionProcessor
-from processors.stage import Source
+from processors.core.stage import Source
+from processors.cost.prices import load_price_table
+from processors.tcp.processor import ConnectionProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 S = 1_000_000_000

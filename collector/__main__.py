@@ -13,16 +13,16 @@ from contextlib import ExitStack
 from types import FrameType
 
 from collector.app import Collector
-from collector.attribution import CgroupResolver
 from collector.dns.app import start_dns
-from collector.drops import DropReporter, start_drops
+from collector.drops.reporter import DropReporter, start_drops
 from collector.errors import CollectorError
 from collector.health import HealthReporter, MetricsServer
-from collector.nat import NatResolver, parse_cidrs
-from collector.pins import uninstall
+from collector.kernel.pins import uninstall
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import NatResolver, parse_cidrs
 from collector.settings import Settings, parse_settings
-from collector.source import TcpConnSource
-from collector.udp import UdpFlowSource, UdpReporter
+from collector.tcp.source import TcpConnSource
+from collector.udp.flows import UdpFlowSource, UdpReporter
 from flowscope import kafka_security
 from flowscope.kafka import KafkaUnavailable, RecordProducer, wait_for_broker
 

@@ -20,11 +20,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from collector.attribution import CgroupResolver
-from collector.events import DecodeStats, clock_offset_ns
-from collector.messages import MessageEncoder, message_encoder
-from collector.nat import NatResolver
-from collector.ringbuf import RecordBatch
+from collector.kernel.ringbuf import RecordBatch
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import NatResolver
+from collector.tcp.events import DecodeStats, clock_offset_ns
+from collector.tcp.messages import MessageEncoder, message_encoder
 from flowscope.kafka import ProducerCounters
 
 log = logging.getLogger("collector")
@@ -89,7 +89,7 @@ class Collector:
         array of at most ``batch_bytes`` (unless a single record is larger).
 
         ``encoder``: what turns a batch into messages; default: the native one if built
-        (:func:`collector.messages.message_encoder`)."""
+        (:func:`collector.tcp.messages.message_encoder`)."""
         self._source = source
         self._nat = nat
         self._periodic = tuple(periodic)

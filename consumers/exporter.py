@@ -42,8 +42,8 @@ from flowscope.codec import DecodeError
 from flowscope.kafka import TopicFollower
 from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
-from processors.sketch import Sketch
+from processors.core.dedupe import FirstPerId
+from processors.core.sketch import Sketch
 
 OTHER = "other"
 SOURCES = ("metrics.tcp.latency", "metrics.cost.pairs", "metrics.dns", "alerts")

@@ -1,5 +1,5 @@
 """The metric topics merged the way a reader must merge them: the first record per
-``metric_id`` (a republished window is dropped, processors/dedupe.py), counts summed over
+``metric_id`` (a republished window is dropped, processors/core/dedupe.py), counts summed over
 windows and source partitions, percentiles from the merged sketches (never averaged).
 
 Pure: records in, rows out. ``top`` and the Prometheus exporter read the same rows, so what a
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
-from processors.dedupe import FirstPerId
-from processors.sketch import Sketch
+from processors.core.dedupe import FirstPerId
+from processors.core.sketch import Sketch
 
 
 def short_workload(key: str) -> str:

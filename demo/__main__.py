@@ -26,7 +26,7 @@ from demo.tables import alerts_table, cost_table, dns_table, latency_table
 from flowscope.codec import JsonCodec
 from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
+from processors.core.dedupe import FirstPerId
 from simnode import Cluster, NodeSpec, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
-from processors.sketch import Sketch
+from processors.core.sketch import Sketch
 
 M = TypeVar("M")
 K = TypeVar("K")

@@ -22,10 +22,10 @@ from types import FrameType
 from typing import Any
 
 from enricher import EnricherError
-from enricher.joiner import Joiner
-from enricher.kubeobjects import parse_text
+from enricher.join.joiner import Joiner
 from enricher.metrics import serve
-from enricher.publisher import MetadataPublisher
+from enricher.publish.kubeobjects import parse_text
+from enricher.publish.publisher import MetadataPublisher
 from enricher.settings import ENV, Settings
 from flowscope import kafka_security
 from flowscope import settings as declared
@@ -89,8 +89,8 @@ def kube_api_client(settings: Settings) -> Any:
 
 
 def publish_watch(settings: Settings) -> int:
-    from enricher.lease import LeaseConfig
-    from enricher.livepublisher import WatchOptions, WatchPublisher
+    from enricher.publish.lease import LeaseConfig
+    from enricher.publish.live import WatchOptions, WatchPublisher
 
     identity = settings.identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     try:
@@ -180,8 +180,8 @@ def join(settings: Settings) -> int:
             if server is not None:
                 server.close()
         return 0
-    from enricher.dnsjoin import DnsJoiner
-    from enricher.dnsnames import DnsNames
+    from enricher.join.dnsjoin import DnsJoiner
+    from enricher.join.dnsnames import DnsNames
 
     failed: list[BaseException] = []
     # The DNS joiner feeds it, the TCP joiner names internet servers with it.

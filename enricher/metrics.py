@@ -1,5 +1,5 @@
-"""The enricher's metrics: how the keys of :meth:`enricher.joiner.Joiner.metrics`, the DNS
-joiner's counters and :meth:`enricher.livepublisher.WatchPublisher.metrics` (the keys its
+"""The enricher's metrics: how the keys of :meth:`enricher.join.joiner.Joiner.metrics`, the DNS
+joiner's counters and :meth:`enricher.publish.live.WatchPublisher.metrics` (the keys its
 log lines print) are exposed on ``/metrics``."""
 
 from __future__ import annotations

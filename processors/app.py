@@ -1,9 +1,9 @@
 """The faust-streaming worker for TCP, UDP and DNS metrics: Kafka in, Kafka out.
 
 All logic lives in the stages, one per input topic, each with its own agent, watermark and
-pending acknowledgements: :class:`processors.processor.ConnectionProcessor`
-(``enriched.tcp``), :class:`processors.udp.UdpProcessor` (``enriched.udp``) and
-:class:`processors.dnsprocessor.DnsProcessor` (``enriched.dns``); this module only wires
+pending acknowledgements: :class:`processors.tcp.processor.ConnectionProcessor`
+(``enriched.tcp``), :class:`processors.udp.processor.UdpProcessor` (``enriched.udp``) and
+:class:`processors.dns.processor.DnsProcessor` (``enriched.dns``); this module only wires
 them to faust.
 Choices that avoid faust-streaming's known pitfalls (issue 6):
 
@@ -21,7 +21,7 @@ point therefore re-reads, on restart, every record whose window was not publishe
 lost. Windows published but not yet committed may be published again from the re-read
 records: every metric carries a deterministic ``metric_id`` (window, source partition,
 grouping key) and the first record per id is complete (it was built before any record of its
-window could be committed), so consumers keep the first per id (processors.dedupe) and count
+window could be committed), so consumers keep the first per id (processors.core.dedupe) and count
 each connection exactly once. When a rebalance takes a partition away, its open windows are
 dropped here (never published, never acked): the new owner re-reads them.
 """
@@ -42,19 +42,19 @@ import faust
 
 from flowscope.records import DeadLetter  # noqa: F401  (the dead-letter contract)
 from flowscope.topics import Topics
-from processors.alerts import AlertRule
-from processors.dns import NameGrouping, NameGroups
-from processors.dnsprocessor import DnsProcessor
+from processors.core.alerts import AlertRule
+from processors.core.runtime import MissingCodec, check_codecs, tune_interpreter, use_gil_free_lz4
+from processors.core.stage import Output, OutputKind, Source, WindowedStage
+from processors.core.transport import ReadCommittedTransport
+from processors.cost.prices import PriceTable
+from processors.dns.aggregate import NameGrouping, NameGroups
+from processors.dns.processor import DnsProcessor
 from processors.metrics import MetricsBoard
-from processors.pathhealth import PathHealthProcessor
-from processors.prices import PriceTable
-from processors.processor import ConnectionProcessor
-from processors.runtime import MissingCodec, check_codecs, tune_interpreter, use_gil_free_lz4
+from processors.path.health import PathHealthProcessor
+from processors.path.verdict import load_verdict
 from processors.settings import ProcessorSettings
-from processors.stage import Output, OutputKind, Source, WindowedStage
-from processors.transport import ReadCommittedTransport
-from processors.udp import UdpProcessor
-from processors.verdict import load_verdict
+from processors.tcp.processor import ConnectionProcessor
+from processors.udp.processor import UdpProcessor
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
         consumer_max_fetch_size=16 * 1024 * 1024,
     )
     # Before the first topic (topics reach the transport): enriched.* is written in
-    # transactions, so only committed records are read (processors/transport.py).
+    # transactions, so only committed records are read (processors/core/transport.py).
     app.transport = ReadCommittedTransport(app.conf.broker_consumer, app)
     inputs = {"tcp": topics.enriched_tcp, "udp": topics.enriched_udp, "dns": topics.enriched_dns,
               "path": topics.enriched_tcp}  # fmt: skip

@@ -1,4 +1,4 @@
-"""The processors' metrics: how each stage's :meth:`~processors.stage.WindowedStage.counters`
+"""The processors' metrics: how each stage's :meth:`~processors.core.stage.WindowedStage.counters`
 (keys prefixed ``tcp_``, ``udp_``, ``dns_`` or ``path_``) are exposed on ``/metrics``."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 from flowscope.metrics import Metric, MetricsPortError, MetricsServer, Rule, Vocabulary
 from processors import ProcessorsError
-from processors.stage import WindowedStage
+from processors.core.stage import WindowedStage
 
 AnyStage = WindowedStage[Any, Any, Any, Any]
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
-from collector.ringbuf import RecordBatch
+from collector.kernel.ringbuf import RecordBatch
 
 PAYLOAD_MAX: Final = 512
 

@@ -6,14 +6,14 @@ import contextlib
 import logging
 from pathlib import Path
 
-from collector.attribution import CgroupResolver
 from collector.dns.pipeline import DnsPipeline, Sink
 from collector.dns.privacy import NamePrivacy
 from collector.dns.resolvconf import ResolvConfReader
 from collector.dns.search import SearchTracker
 from collector.dns.settings import DnsSettings
 from collector.dns.source import DnsSource
-from collector.nat import NatResolver
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import NatResolver
 
 log = logging.getLogger("collector.dns")
 

@@ -71,5 +71,5 @@ class PathHealthMetric(msgspec.Struct, frozen=True, kw_only=True):
     rtt_p50_us: float | None
     rtt_p90_us: float | None
     rtt_p99_us: float | None
-    rtt_sketch: dict[str, object] | None  # mergeable (processors/sketch.py), None: no sample
+    rtt_sketch: dict[str, object] | None  # mergeable (processors/core/sketch.py), None: no sample
     services: list[str]  # "client_workload -> server_workload", sorted

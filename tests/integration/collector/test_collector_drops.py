@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from collector.attribution import CgroupResolver
-from collector.drops import DropReporter, DropSource, drop_reasons
+from collector.drops.reporter import DropReporter, DropSource, drop_reasons
+from collector.node.attribution import CgroupResolver
 from flowscope.codec import JsonCodec
 from flowscope.records import RawPacketDrops
 from flowscope.resources import SOURCE_ROOT as REPO_ROOT

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.attribution import CgroupResolver
-from collector.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
-from collector.libbpf import BpfError, BpfObject
+from collector.kernel.libbpf import BpfError, BpfObject
+from collector.node.attribution import CgroupResolver
 from collector.settings import DEFAULT_BPF_OBJECT, default_cgroup_root
-from collector.source import TcpConnSource
+from collector.tcp.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
+from collector.tcp.source import TcpConnSource
 
 CLIENT_BYTES = 1234
 SERVER_BYTES = 5678

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.attribution import CgroupResolver
-from collector.events import DecodeStats, clock_offset_ns
-from collector.messages import MessageEncoder, NativeMessages
+from collector.node.attribution import CgroupResolver
 from collector.settings import DEFAULT_BPF_OBJECT
-from collector.source import TcpConnSource
+from collector.tcp.events import DecodeStats, clock_offset_ns
+from collector.tcp.messages import MessageEncoder, NativeMessages
+from collector.tcp.source import TcpConnSource
 from flowscope.codec import JsonCodec
 from flowscope.records import RawTcpConnection
 from simnode import ClientSummary, Cluster, NodeSpec, Pod, find_run

@@ -24,20 +24,20 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from collector.attribution import CgroupResolver
-from collector.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
-from collector.messages import NativeMessages, PythonMessages
-from collector.nat import NatResolver, parse_cidrs
-from collector.record import build_record
-from collector.ringbuf import RecordBatch
+from collector.kernel.ringbuf import RecordBatch
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import NatResolver, parse_cidrs
 from collector.settings import DEFAULT_BPF_OBJECT
-from collector.source import TcpConnSource
-from enricher.enrich import enrich
-from enricher.state import MetadataState
+from collector.tcp.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
+from collector.tcp.messages import NativeMessages, PythonMessages
+from collector.tcp.record import build_record
+from collector.tcp.source import TcpConnSource
+from enricher.join.enrich import enrich
+from enricher.join.state import MetadataState
 from flowscope.codec import JsonCodec
 from flowscope.records import RawTcpConnection
-from processors.connections import ConnectionAggregator
-from processors.latency import latency_metrics
+from processors.tcp.connections import ConnectionAggregator
+from processors.tcp.latency import latency_metrics
 from simnode import Cluster, NodeSpec, Pod
 
 INTERIM_S = 0.5

@@ -23,10 +23,10 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import TopicPartition
 
-from collector.events import DecodeStats, clock_offset_ns, decode_batch
-from collector.pins import DEFAULT_PIN_ROOT, remove_tree
+from collector.kernel.pins import DEFAULT_PIN_ROOT, remove_tree
 from collector.settings import DEFAULT_BPF_OBJECT
-from collector.source import TcpConnSource
+from collector.tcp.events import DecodeStats, clock_offset_ns, decode_batch
+from collector.tcp.source import TcpConnSource
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import RawTcpConnection

@@ -24,12 +24,12 @@ from test_collector_outcomes import (
     start_server,
 )
 
-from collector.attribution import CgroupResolver
-from collector.events import TcpConnEvent
-from collector.nat import NatResolver, parse_cidrs
-from collector.record import build_record
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import NatResolver, parse_cidrs
 from collector.settings import DEFAULT_BPF_OBJECT
-from collector.source import TcpConnSource
+from collector.tcp.events import TcpConnEvent
+from collector.tcp.record import build_record
+from collector.tcp.source import TcpConnSource
 from flowscope.records import RawTcpConnection
 from simnode import Cluster, NodeSpec
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from collector.attribution import CgroupResolver
-from collector.udp import UdpFlowSource, UdpReporter
+from collector.node.attribution import CgroupResolver
+from collector.udp.flows import UdpFlowSource, UdpReporter
 from flowscope.codec import JsonCodec
 from flowscope.records import RawUdpFlow
 from flowscope.resources import SOURCE_ROOT as REPO_ROOT

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import pytest
 from test_dns_kernel import ListSink
 
-from collector.attribution import CgroupResolver
 from collector.dns.pipeline import DnsPipeline
 from collector.dns.privacy import NamePrivacy
 from collector.dns.settings import DEFAULT_DNS_BPF_OBJECT
 from collector.dns.source import DnsSource
+from collector.node.attribution import CgroupResolver
 from collector.settings import default_cgroup_root
 from flowscope.records import RawDnsQuery
 from simnode import Cluster, Pod

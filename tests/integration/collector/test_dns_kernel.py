@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from collector.attribution import CgroupResolver
 from collector.dns.pipeline import DnsPipeline
 from collector.dns.privacy import NamePrivacy
 from collector.dns.resolvconf import ResolvConfReader
 from collector.dns.search import SearchTracker
 from collector.dns.settings import DEFAULT_DNS_BPF_OBJECT
 from collector.dns.source import DnsSource
-from collector.nat import NatResolver, parse_cidrs
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import NatResolver, parse_cidrs
 from collector.settings import default_cgroup_root
 from flowscope.codec import JsonCodec
 from flowscope.kafka import ProducerCounters
@@ -235,7 +235,7 @@ CHILD = r"""
 import sys
 from pathlib import Path
 from collector.dns.source import DnsSource
-from collector.nat import NatResolver, parse_cidrs
+from collector.node.nat import NatResolver, parse_cidrs
 src = DnsSource(Path(sys.argv[1]), Path(sys.argv[2]))
 print(" ".join(map(str, src.program_ids())), flush=True)
 sys.stdin.read()

@@ -18,7 +18,7 @@ from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics
 from flowscope.records import TcpLatencyMetric
 from flowscope.topics import Topics
-from processors.sketch import Sketch
+from processors.core.sketch import Sketch
 
 FLOWSCOPE = Path(sys.executable).parent / "flowscope"
 

@@ -19,8 +19,8 @@ from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import CostPairMetric, TcpLatencyMetric
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
-from processors.sketch import Sketch
+from processors.core.dedupe import FirstPerId
+from processors.core.sketch import Sketch
 from simnode import Cluster, NodeSpec, Pod
 
 FLOWSCOPE = Path(sys.executable).parent / "flowscope"

@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 from confluent_kafka import Producer
 
-from enricher.dnsjoin import DnsJoiner
-from enricher.joiner import Joiner
+from enricher.join.dnsjoin import DnsJoiner
+from enricher.join.joiner import Joiner
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer

@@ -28,16 +28,16 @@ from confluent_kafka import Message, Producer
 # Re-exported by confluent_kafka.admin, but not in a way its type hints declare.
 from confluent_kafka.admin._config import ConfigResource
 
-from enricher.joiner import Joiner
-from enricher.kubeobjects import ParsedObjects
-from enricher.metadata import NodeMeta
+from enricher.join.joiner import Joiner
 from enricher.metrics import VOCABULARY
-from enricher.publisher import MetadataPublisher
+from enricher.publish.kubeobjects import ParsedObjects
+from enricher.publish.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, admin_client
 from flowscope.metrics import scrape
 from flowscope.records import DeadLetter, EnrichedTcpConnection, RawTcpConnection
+from flowscope.records.metadata import NodeMeta
 from flowscope.topics import Topics
 
 REPO = Path(__file__).resolve().parents[3]

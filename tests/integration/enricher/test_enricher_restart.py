@@ -27,12 +27,12 @@ import msgspec
 import pytest
 from confluent_kafka import Producer, TopicPartition
 
-from enricher.kubeobjects import ParsedObjects
-from enricher.metadata import Meta, NodeMeta, PodMeta
-from enricher.publisher import MetadataPublisher
+from enricher.publish.kubeobjects import ParsedObjects
+from enricher.publish.publisher import MetadataPublisher
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
+from flowscope.records.metadata import Meta, NodeMeta, PodMeta
 from flowscope.topics import Topics
 
 REPO = Path(__file__).resolve().parents[3]

@@ -36,8 +36,8 @@ import pytest
 
 from demo.readout import TopicReader
 from demo.services import PipelineSettings, running_pipeline
-from enricher.kubeobjects import parse_text
-from enricher.publisher import MetadataPublisher
+from enricher.publish.kubeobjects import parse_text
+from enricher.publish.publisher import MetadataPublisher
 from flowscope.codec import JsonCodec
 from flowscope.records import Endpoint, EnrichedTcpConnection
 from flowscope.topics import Topics

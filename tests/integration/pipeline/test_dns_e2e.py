@@ -19,8 +19,8 @@ from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import DnsMetric, EnrichedDnsQuery
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
-from processors.dns import NameGroups
+from processors.core.dedupe import FirstPerId
+from processors.dns.aggregate import NameGroups
 from simnode import Cluster, NodeSpec, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
 

@@ -27,7 +27,7 @@ from flowscope.records import (
     TcpLatencyMetric,
 )
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
+from processors.core.dedupe import FirstPerId
 from simnode import Cluster, NodeSpec, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
 
@@ -84,7 +84,7 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
 
     def resolve(name: str) -> EnrichedDnsQuery:
         """Resolve in the app pod; return once the enricher has joined the answer (the
-        connections that follow must find it indexed: see enricher/dnsnames.py)."""
+        connections that follow must find it indexed: see enricher/join/dnsnames.py)."""
         out = app.run(conf.command(Pod.python("simnode.dns", "resolve", name + ".")))
         assert json.loads(out.stdout)[0]["ok"], out.stdout
 

@@ -25,7 +25,7 @@ from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import AlertEvent, PathHealthMetric, RawPacketDrops
 from flowscope.topics import Topics
-from processors.verdict import NETWORK_RULE, SERVICE_RULE
+from processors.path.verdict import NETWORK_RULE, SERVICE_RULE
 from simnode import Cluster, NodeSpec, Pod
 from simnode.impair import path_loss
 

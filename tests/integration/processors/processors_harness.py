@@ -23,7 +23,7 @@ from flowscope.kafka import RecordConsumer
 from flowscope.metrics import scrape
 from flowscope.records import Endpoint
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId, HasMetricId
+from processors.core.dedupe import FirstPerId, HasMetricId
 
 REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000

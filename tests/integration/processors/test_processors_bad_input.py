@@ -32,7 +32,7 @@ from flowscope.records import (
     TcpPairMetric,
 )
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
+from processors.core.dedupe import FirstPerId
 
 S = 1_000_000_000
 WINDOW_S = 2
@@ -148,7 +148,7 @@ def test_bad_input_on_enriched_topics_goes_to_dead_letters_and_the_stream_goes_o
     assert len(dead) == 10, [(d.source_topic, d.key, d.reason[:80]) for d in dead]
     for topic, stage, record_type in (
         (topics.enriched_tcp, "processors.tcp", "EnrichedTcpConnection"),
-        (topics.enriched_dns, "processors.dns", "EnrichedDnsQuery"),
+        (topics.enriched_dns, "processors.dns.aggregate", "EnrichedDnsQuery"),
     ):
         mine = sorted((d for d in dead if d.source_topic == topic), key=lambda d: d.offset)
         assert [d.key for d in mine] == LABELS, [(d.key, d.reason[:80]) for d in mine]

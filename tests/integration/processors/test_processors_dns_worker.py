@@ -23,8 +23,8 @@ from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics
 from flowscope.records import AlertEvent, DnsMetric, Endpoint, EnrichedDnsQuery
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
-from processors.sketch import QuantileSketch
+from processors.core.dedupe import FirstPerId
+from processors.core.sketch import QuantileSketch
 
 S = 1_000_000_000
 WINDOW_S = 2

@@ -3,7 +3,7 @@
 The guarantee under test (processors/app.py): records are acknowledged only after every window
 they went into is published, so a killed worker loses nothing (its unpublished windows are
 re-read on restart), and a window published again from re-read records carries the same
-``metric_id``; a consumer keeping the first record per id (processors.dedupe) counts every
+``metric_id``; a consumer keeping the first record per id (processors.core.dedupe) counts every
 connection exactly once. Totals are compared per window and pair with the ground truth.
 
 The kill comes once the worker has published windows (the broker confirmed them) and
@@ -38,7 +38,7 @@ from flowscope.codec import JsonCodec
 from flowscope.kafka import TopicSpec, ensure_topics
 from flowscope.records import CostPairMetric, Endpoint, EnrichedTcpConnection, TcpLatencyMetric
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
+from processors.core.dedupe import FirstPerId
 
 S = 1_000_000_000
 WINDOW_S = 2

@@ -41,7 +41,7 @@ from flowscope.records import (
     TcpPairMetric,
 )
 from flowscope.topics import Topics
-from processors.sketch import QuantileSketch
+from processors.core.sketch import QuantileSketch
 
 S = 1_000_000_000
 WINDOW_S = 2

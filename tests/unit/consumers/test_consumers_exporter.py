@@ -10,7 +10,7 @@ from test_consumers_top import _latency
 
 from consumers.exporter import MetricState, StateCollector
 from flowscope.records import AlertEvent, CostPairMetric
-from processors.sketch import Sketch
+from processors.core.sketch import Sketch
 
 
 def _scrape(state: MetricState) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

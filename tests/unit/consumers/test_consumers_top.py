@@ -11,7 +11,7 @@ from consumers.top.keys import press
 from consumers.top.screen import ViewState, screen
 from consumers.top.views import VIEWS, table, width
 from flowscope.records import TcpLatencyMetric
-from processors.sketch import sketch_of
+from processors.core.sketch import sketch_of
 
 
 def _latency(mid: str, client: str, server: str, conns: int, failed: int, values: list[float],

@@ -370,7 +370,7 @@ def test_every_setting_in_the_manifests_is_read_by_its_service() -> None:
 
 
 def test_example_objects_file_is_what_the_publisher_reads() -> None:
-    from enricher.kubeobjects import parse_text
+    from enricher.publish.kubeobjects import parse_text
 
     parsed = parse_text((K8S / "examples" / "objects.yaml").read_text(encoding="utf-8"))
     assert parsed.skipped == []
