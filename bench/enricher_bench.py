@@ -435,16 +435,32 @@ def main() -> int:
     # Each stage process's command line; the rounds before the last add --no-live.
     stage_base = {
         stage: [
-            sys.executable, __file__, "--stage", stage, "--bootstrap", args.bootstrap,
-            "--prefix", topics.prefix, "--out-topic", passthrough_topic,
-            "--records", str(args.records), "--messages", str(len(messages)),
-            "--warmup", str(warmup), "--warm-messages", str(len(warm_messages)),
-            "--output-batch", str(args.output_batch),
-            "--exactly-once", str(args.exactly_once).lower(),
+            sys.executable,
+            __file__,
+            "--stage",
+            stage,
+            "--bootstrap",
+            args.bootstrap,
+            "--prefix",
+            topics.prefix,
+            "--out-topic",
+            passthrough_topic,
+            "--records",
+            str(args.records),
+            "--messages",
+            str(len(messages)),
+            "--warmup",
+            str(warmup),
+            "--warm-messages",
+            str(len(warm_messages)),
+            "--output-batch",
+            str(args.output_batch),
+            "--exactly-once",
+            str(args.exactly_once).lower(),
         ]
         + (["--profile", args.profile] if args.profile and stage == "enricher" else [])
         for stage in stages
-    }  # fmt: skip
+    }
     try:
         for rnd in range(n_rounds):
             last = rnd == n_rounds - 1

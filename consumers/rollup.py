@@ -169,8 +169,13 @@ class Board:
         for m in self.cost:
             if not _ns_ok(namespace, m.source_workload, m.destination_workload):
                 continue
-            key = (m.source_workload, m.destination_workload, m.source_zone or "?",
-                   m.destination_zone or "?", m.cost_class)  # fmt: skip
+            key = (
+                m.source_workload,
+                m.destination_workload,
+                m.source_zone or "?",
+                m.destination_zone or "?",
+                m.cost_class,
+            )
             row = rows.setdefault(key, CostRow(*key))
             row.connections += m.connections
             row.bytes += m.bytes_source_to_destination + m.bytes_destination_to_source
@@ -207,6 +212,7 @@ class Board:
 
     def firing(self, namespace: str | None = None) -> list[AlertEvent]:
         return [
-            a for a in self.alerts.values()
+            a
+            for a in self.alerts.values()
             if a.status == "firing" and _ns_ok(namespace, *a.affected_workloads)
-        ]  # fmt: skip
+        ]

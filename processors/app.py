@@ -126,14 +126,21 @@ class Stages:
     path: PathHealthProcessor | None = None
 
     def named(self) -> list[tuple[str, AnyStage]]:
-        named: list[tuple[str, AnyStage]] = [("tcp", self.tcp), ("udp", self.udp),
-                                             ("dns", self.dns)]  # fmt: skip
+        named: list[tuple[str, AnyStage]] = [
+            ("tcp", self.tcp),
+            ("udp", self.udp),
+            ("dns", self.dns),
+        ]
         return named + ([("path", self.path)] if self.path is not None else [])
 
 
 # Agent names as the consumer group has known them.
-AGENT_NAMES = {"tcp": "tcp_connections", "udp": "udp_flows", "dns": "dns_queries",
-               "path": "tcp_path_health"}  # fmt: skip
+AGENT_NAMES = {
+    "tcp": "tcp_connections",
+    "udp": "udp_flows",
+    "dns": "dns_queries",
+    "path": "tcp_path_health",
+}
 
 
 @dataclass
@@ -179,13 +186,26 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
     # Before the first topic (topics reach the transport): enriched.* is written in
     # transactions, so only committed records are read (processors/core/transport.py).
     app.transport = ReadCommittedTransport(app.conf.broker_consumer, app)
-    inputs = {"tcp": topics.enriched_tcp, "udp": topics.enriched_udp, "dns": topics.enriched_dns,
-              "path": topics.enriched_tcp}  # fmt: skip
+    inputs = {
+        "tcp": topics.enriched_tcp,
+        "udp": topics.enriched_udp,
+        "dns": topics.enriched_dns,
+        "path": topics.enriched_tcp,
+    }
     bound = [
-        _Bound(name, stage, app.topic(inputs[name], key_type=bytes, value_type=bytes,
-                                      key_serializer="raw", value_serializer="raw"))
+        _Bound(
+            name,
+            stage,
+            app.topic(
+                inputs[name],
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+            ),
+        )
         for name, stage in stages.named()
-    ]  # fmt: skip
+    ]
 
     def out(name: str) -> Any:
         return app.topic(name, key_serializer="raw", value_serializer="raw")
@@ -286,8 +306,10 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
             b.pending[:] = [item for item in b.pending if item[0] not in gone]
             log.info(
                 "%s partitions %s revoked: dropped %d unpublished records",
-                topic, sorted(gone), dropped,
-            )  # fmt: skip
+                topic,
+                sorted(gone),
+                dropped,
+            )
 
     app.on_partitions_assigned.connect(on_assigned)
     app.on_partitions_revoked.connect(on_revoked)

@@ -42,8 +42,10 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_S}dead_lettered", _DEAD, {"outcome": "produced"}),
     Rule(f"{_S}dead_letters_delivered", _DEAD, {"outcome": "delivered"}),
     Rule(f"{_S}alerts_(?P<outcome>fired|resolved)", _c("alerts", "alert events", "outcome")),
-    Rule("(?P<signal>path)_unusable", _c("unusable_records", "records a stage could not use "
-                                         "and another stage dead-letters")),
+    Rule(
+        "(?P<signal>path)_unusable",
+        _c("unusable_records", "records a stage could not use and another stage dead-letters"),
+    ),
     Rule(f"{_S}open_windows", _g("open_windows", "windows open now")),
     Rule(f"{_S}pending_records", _g("pending_records", "counted records not published yet")),
     Rule(

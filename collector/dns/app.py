@@ -53,6 +53,10 @@ def start_dns(
         search=search,
         nat=nat,
     )
-    log.info("DNS capture on: producing to %s (timeout %.1fs, query names %s)",
-             topic, settings.timeout_s, settings.query_names)  # fmt: skip
+    log.info(
+        "DNS capture on: producing to %s (timeout %.1fs, query names %s)",
+        topic,
+        settings.timeout_s,
+        settings.query_names,
+    )
     return pipeline

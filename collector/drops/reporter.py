@@ -130,8 +130,9 @@ def scan_netns_cgroups(proc: Path = Path("/proc")) -> dict[int, str]:
         path = _proc_cgroup(entry.path)
         if path is None:
             continue
-        if inode not in found or (parse_kubelet_path(path)[1] and not
-                                  parse_kubelet_path(found[inode])[1]):  # fmt: skip
+        if inode not in found or (
+            parse_kubelet_path(path)[1] and not parse_kubelet_path(found[inode])[1]
+        ):
             found[inode] = path
     return found
 
@@ -246,13 +247,24 @@ class DropReporter:
                 self.stats.unnamed_reasons += 1
                 reason = f"UNKNOWN_{drop.reason_code}"
             record = RawPacketDrops(
-                node=self._node, window_start_ns=start_ns, window_end_ns=end_ns,
-                reason=reason, reason_code=drop.reason_code, packets=drop.packets,
-                bytes=drop.bytes, cgroup_id=drop.cgroup_id, cgroup_path=owner.path,
-                pod_uid=owner.pod_uid, container_id=owner.container_id,
-                netns_ino=drop.netns_ino, node_netns=node_netns, family=drop.family,
-                ip_proto=drop.ip_proto, src_addr=drop.src_addr, dst_addr=drop.dst_addr,
-            )  # fmt: skip
+                node=self._node,
+                window_start_ns=start_ns,
+                window_end_ns=end_ns,
+                reason=reason,
+                reason_code=drop.reason_code,
+                packets=drop.packets,
+                bytes=drop.bytes,
+                cgroup_id=drop.cgroup_id,
+                cgroup_path=owner.path,
+                pod_uid=owner.pod_uid,
+                container_id=owner.container_id,
+                netns_ino=drop.netns_ino,
+                node_netns=node_netns,
+                family=drop.family,
+                ip_proto=drop.ip_proto,
+                src_addr=drop.src_addr,
+                dst_addr=drop.dst_addr,
+            )
             self.stats.packets += drop.packets
             key_text = owner.pod_uid if owner.pod_uid is not None else self._node
             if self._produce(self._topic, self._codec.encode(record), key_text):
@@ -263,9 +275,7 @@ class DropReporter:
     def counters(self) -> dict[str, int]:
         values = {f"drops_{k}": v for k, v in vars(self.stats).items()}
         values["drops_netns_scans"] = self._netns.scans
-        values.update(
-            {f"kernel_drops_{k}": v for k, v in self._source.kernel_counters().items()}
-        )
+        values.update({f"kernel_drops_{k}": v for k, v in self._source.kernel_counters().items()})
         return values
 
 

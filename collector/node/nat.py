@@ -152,7 +152,12 @@ class PyrouteConntrack:
         }
 
     def reply_source(
-        self, family: int, saddr: str, daddr: str, sport: int, dport: int,
+        self,
+        family: int,
+        saddr: str,
+        daddr: str,
+        sport: int,
+        dport: int,
         proto: int = IPPROTO_TCP,
     ) -> tuple[str, int] | None:
         from pyroute2.netlink.exceptions import NetlinkError
@@ -231,9 +236,14 @@ class NatResolver:
         if not self.wants(event):
             return None
         return self.resolve_tuple(
-            event.family, event.local_addr, event.remote_addr,
-            event.local_port, event.remote_port, IPPROTO_TCP, event.netns_ino,
-        )  # fmt: skip
+            event.family,
+            event.local_addr,
+            event.remote_addr,
+            event.local_port,
+            event.remote_port,
+            IPPROTO_TCP,
+            event.netns_ino,
+        )
 
     def resolve_tuple(
         self,

@@ -119,9 +119,13 @@ class PythonMessages:
 def cgroup_fragment(info: CgroupInfo) -> bytes:
     """The record's cgroup_path, pod_uid and container_id members, as msgspec writes them."""
     return (
-        b'"cgroup_path":' + _json(info.path) + b',"pod_uid":' + _json(info.pod_uid)
-        + b',"container_id":' + _json(info.container_id)
-    )  # fmt: skip
+        b'"cgroup_path":'
+        + _json(info.path)
+        + b',"pod_uid":'
+        + _json(info.pod_uid)
+        + b',"container_id":'
+        + _json(info.container_id)
+    )
 
 
 class NativeMessages:
@@ -148,13 +152,20 @@ class NativeMessages:
         self._fragments: dict[CgroupInfo, bytes] = {}
         self._data = b""
         self._clock_offset = 0
-        networks = [] if nat is None else [
-            (net.version, net.network_address.packed, net.prefixlen) for net in nat.cidrs
-        ]  # fmt: skip
+        networks = (
+            []
+            if nat is None
+            else [(net.version, net.network_address.packed, net.prefixlen) for net in nat.cidrs]
+        )
         self._native = Encoder(
-            _json(node), self._cgroup, self._comm, self._fallback, networks,
-            batch_records, batch_bytes,
-        )  # fmt: skip
+            _json(node),
+            self._cgroup,
+            self._comm,
+            self._fallback,
+            networks,
+            batch_records,
+            batch_bytes,
+        )
         self.stats = EncodeStats()
 
     def _cgroup(self, cgroup_id: int) -> tuple[str, bytes]:
@@ -212,6 +223,9 @@ def message_encoder(
     except ImportError as exc:
         if not _warned:
             _warned = True
-            log.warning("collector.tcp._encode is not built (%s): the reference encoder costs "
-                        "~10x more CPU per record; run `make native`", exc)  # fmt: skip
+            log.warning(
+                "collector.tcp._encode is not built (%s): the reference encoder costs "
+                "~10x more CPU per record; run `make native`",
+                exc,
+            )
         return PythonMessages(resolver, node, nat, batch_records, batch_bytes)

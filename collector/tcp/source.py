@@ -89,9 +89,14 @@ class TcpConnSource(RingBufferSource):
         }
         self._wakeup_bytes = wakeup_bytes
         super().__init__(
-            bpf_object, ringbuf_bytes, targs, COUNTER_NAMES, BpfObject.attach_all, tracefs,
+            bpf_object,
+            ringbuf_bytes,
+            targs,
+            COUNTER_NAMES,
+            BpfObject.attach_all,
+            tracefs,
             pins,
-        )  # fmt: skip
+        )
         r = self.restart
         log.info(
             "%s %s from %s (ring buffer %d bytes; pins %s: %s%s)",

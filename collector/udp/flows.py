@@ -62,8 +62,18 @@ def decode_flow(decoder: Decoder, key: bytes, value: bytes) -> UdpFlow:
     bytes_out, packets_out, bytes_in, packets_in = VALUE.unpack(value)
     version, local_addr = decoder.address(family, local)
     _, remote_addr = decoder.address(family, remote)
-    return UdpFlow(version, local_addr, lport, remote_addr, rport, cgroup_id,
-                   bytes_out, packets_out, bytes_in, packets_in)  # fmt: skip
+    return UdpFlow(
+        version,
+        local_addr,
+        lport,
+        remote_addr,
+        rport,
+        cgroup_id,
+        bytes_out,
+        packets_out,
+        bytes_in,
+        packets_in,
+    )
 
 
 class UdpFlowSource(ProgramSet[BpfObject]):
@@ -162,16 +172,25 @@ class UdpReporter:
                 remote, original = backend, remote
                 self.stats.nat_translated += 1
             record = RawUdpFlow(
-                node=self._node, window_start_ns=start_ns, window_end_ns=end_ns,
-                family=flow.family, local_addr=flow.local_addr, local_port=flow.local_port,
-                remote_addr=remote[0], remote_port=remote[1],
-                cgroup_id=flow.cgroup_id, cgroup_path=cgroup.path, pod_uid=cgroup.pod_uid,
-                container_id=cgroup.container_id, bytes_out=flow.bytes_out,
-                packets_out=flow.packets_out, bytes_in=flow.bytes_in,
+                node=self._node,
+                window_start_ns=start_ns,
+                window_end_ns=end_ns,
+                family=flow.family,
+                local_addr=flow.local_addr,
+                local_port=flow.local_port,
+                remote_addr=remote[0],
+                remote_port=remote[1],
+                cgroup_id=flow.cgroup_id,
+                cgroup_path=cgroup.path,
+                pod_uid=cgroup.pod_uid,
+                container_id=cgroup.container_id,
+                bytes_out=flow.bytes_out,
+                packets_out=flow.packets_out,
+                bytes_in=flow.bytes_in,
                 packets_in=flow.packets_in,
                 original_remote_addr=original[0] if original else None,
                 original_remote_port=original[1] if original else None,
-            )  # fmt: skip
+            )
             key_text = cgroup.pod_uid if cgroup.pod_uid is not None else self._node
             if self._produce(self._topic, self._codec.encode(record), key_text):
                 self.stats.records += 1
@@ -183,8 +202,14 @@ class UdpReporter:
         nat = self._nat
         if nat is None or not nat.in_service(flow.remote_addr):
             return None
-        return nat.resolve_tuple(flow.family, flow.local_addr, flow.remote_addr,
-                                 flow.local_port, flow.remote_port, IPPROTO_UDP)  # fmt: skip
+        return nat.resolve_tuple(
+            flow.family,
+            flow.local_addr,
+            flow.remote_addr,
+            flow.local_port,
+            flow.remote_port,
+            IPPROTO_UDP,
+        )
 
     def counters(self) -> dict[str, int]:
         values = {f"udp_{k}": v for k, v in vars(self.stats).items()}

@@ -98,9 +98,14 @@ def _local(raw: RawDnsQuery, lookups: DnsLookups) -> Endpoint:
             base = pod
         else:  # a pod uid with no metadata (yet) is a pod we cannot name: not the host
             base = Endpoint(
-                address="", port=0, attribution="unresolved", pod_uid=raw.pod_uid,
-                node=raw.node, zone=zone, region=region,
-            )  # fmt: skip
+                address="",
+                port=0,
+                attribution="unresolved",
+                pod_uid=raw.pod_uid,
+                node=raw.node,
+                zone=zone,
+                region=region,
+            )
     else:
         # No cgroup found (already removed): the owner is unknown, not the host.
         attribution: Attribution = "host" if raw.cgroup_path is not None else "unresolved"

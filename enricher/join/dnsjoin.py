@@ -320,8 +320,9 @@ class DnsJoiner:
 
     def _metadata_rejected(self, msg: Message, outcome: str) -> None:
         self.counters.metadata_deadlettered += 1
-        self.dead_letter(msg, "metadata", self.state.last_rejection or outcome,
-                         via=self._metadata_letters)  # fmt: skip
+        self.dead_letter(
+            msg, "metadata", self.state.last_rejection or outcome, via=self._metadata_letters
+        )
 
     def dead_letter(
         self, msg: Message, reason: str, detail: str, via: RecordProducer | None = None

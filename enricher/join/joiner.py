@@ -450,9 +450,7 @@ class Joiner:
             index = next(i for i, r in enumerate(raws) if r is raw)
             if positions is not None:
                 index = positions[index]
-            if self.holdback.add(
-                raw, out.missing, part, offset, time.monotonic_ns(), index=index
-            ):
+            if self.holdback.add(raw, out.missing, part, offset, time.monotonic_ns(), index=index):
                 c.held += 1
                 return False
             c.held_overflow += 1
@@ -514,7 +512,12 @@ class Joiner:
             # but no longer than the record's first deadline.
             if key is not None and now < held.deadline_ns:
                 if self.holdback.add(
-                    held.item, key, held.partition, held.offset, now, held.deadline_ns,
+                    held.item,
+                    key,
+                    held.partition,
+                    held.offset,
+                    now,
+                    held.deadline_ns,
                     index=held.index,
                 ):
                     continue
@@ -568,8 +571,9 @@ class Joiner:
     def _metadata_rejected(self, msg: Message, outcome: str) -> None:
         # Every joiner instance reads the whole topic (and again after a restart): its letters
         # name (stage, topic, partition, offset), by which a reader drops repeats.
-        self.dead_letter(msg, "metadata", self.state.last_rejection or outcome,
-                         via=self._metadata_letters)  # fmt: skip
+        self.dead_letter(
+            msg, "metadata", self.state.last_rejection or outcome, via=self._metadata_letters
+        )
 
     def dead_letter(
         self, msg: Message, category: str, reason: str, via: RecordProducer | None = None

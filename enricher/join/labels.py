@@ -83,4 +83,3 @@ def container_fields(pod: PodMeta) -> dict[str, Any]:
         "image_tags": list(tags) or None,
         "image_id": image_digest(c.image_id),
     }
-

@@ -112,9 +112,16 @@ class Outbox:
         Python. :meth:`add_rendered_py` is the reference and the fallback."""
         if NATIVE is not None and native and self.max_records > 1:
             added: int = NATIVE.route(
-                outs, raws, version, attend, self._partition_by_key, self._partition,
-                self._partitions, self._groups, (self.max_records, self._send),
-            )  # fmt: skip
+                outs,
+                raws,
+                version,
+                attend,
+                self._partition_by_key,
+                self._partition,
+                self._partitions,
+                self._groups,
+                (self.max_records, self._send),
+            )
             return added
         return self.add_rendered_py(outs, raws, version, attend)
 

@@ -168,8 +168,12 @@ class LeaseElector:
                     self.counters.renewals += 1
                     last_renewed = self._clock()
                 elif self._clock() - last_renewed >= c.renew_deadline_s:
-                    log.warning("lease %s/%s: not renewed for %.0fs, standing down",
-                                c.namespace, c.name, c.renew_deadline_s)
+                    log.warning(
+                        "lease %s/%s: not renewed for %.0fs, standing down",
+                        c.namespace,
+                        c.name,
+                        c.renew_deadline_s,
+                    )
                     break
             lost.set()
             leader.join()

@@ -49,9 +49,7 @@ def list_functions(api_client: Any) -> dict[str, Any]:
         "Job": client.BatchV1Api(api_client).list_job_for_all_namespaces,
         "Node": core.list_node,
         "Service": core.list_service_for_all_namespaces,
-        "EndpointSlice": client.DiscoveryV1Api(
-            api_client
-        ).list_endpoint_slice_for_all_namespaces,
+        "EndpointSlice": client.DiscoveryV1Api(api_client).list_endpoint_slice_for_all_namespaces,
         "Pod": core.list_pod_for_all_namespaces,
     }
 

@@ -38,7 +38,6 @@ class RawPacketDrops(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     dst_addr: str | None
 
 
-
 class PathHealthMetric(msgspec.Struct, frozen=True, kw_only=True):
     """Network health of one path (source node -> destination node, or source zone ->
     destination zone) in one window, from the client ends of the connections that crossed it.

@@ -34,13 +34,29 @@ from processors import ProcessorsError
 from processors.core.sketch import QuantileSketch
 
 SEVERITIES = ("info", "warning", "critical")
-LATENCY_DIMS = ("client_workload", "server_workload", "service", "client_namespace",
-                "server_namespace")  # fmt: skip
-COST_DIMS = ("source_workload", "destination_workload", "source_namespace",
-             "destination_namespace", "source_zone", "destination_zone")  # fmt: skip
+LATENCY_DIMS = (
+    "client_workload",
+    "server_workload",
+    "service",
+    "client_namespace",
+    "server_namespace",
+)
+COST_DIMS = (
+    "source_workload",
+    "destination_workload",
+    "source_namespace",
+    "destination_namespace",
+    "source_zone",
+    "destination_zone",
+)
 DNS_DIMS = ("client_workload", "client_namespace", "server", "server_class", "name_group")
-WORKLOAD_DIMS = ("client_workload", "server_workload", "source_workload", "destination_workload",
-                 "server")  # fmt: skip
+WORKLOAD_DIMS = (
+    "client_workload",
+    "server_workload",
+    "source_workload",
+    "destination_workload",
+    "server",
+)
 
 
 class AlertRuleError(ProcessorsError, ValueError):
@@ -254,8 +270,9 @@ class AlertEvaluator:
             samples = _samples(rule, latency, cost, dns)
             keys = set(samples) | {g for (r, g) in self._state if r == rule.name}
             for group in sorted(keys, key=lambda g: tuple(x or "" for x in g)):
-                event = self._step(rule, group, samples.get(group), window_start_ns,
-                                   window_end_ns, now_ns)  # fmt: skip
+                event = self._step(
+                    rule, group, samples.get(group), window_start_ns, window_end_ns, now_ns
+                )
                 if event is not None:
                     events.append(event)
         return events
@@ -313,9 +330,15 @@ class AlertEvaluator:
                 )
                 self.fired += 1
                 event = self._event(
-                    rule, group, "firing", state.streak[-rule.for_windows :], start_ns, end_ns,
-                    now_ns, state.episode,
-                )  # fmt: skip
+                    rule,
+                    group,
+                    "firing",
+                    state.streak[-rule.for_windows :],
+                    start_ns,
+                    end_ns,
+                    now_ns,
+                    state.episode,
+                )
         else:
             if state.episode is not None:
                 self.resolved += 1

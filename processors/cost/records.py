@@ -64,18 +64,14 @@ class _Rollup:
 PairCostKey = tuple[str, str, str | None, str | None, str]
 
 
-def cost_pair_id(
-    start_ns: int, partition: int, key: PairCostKey, transport: str = "tcp"
-) -> str:
+def cost_pair_id(start_ns: int, partition: int, key: PairCostKey, transport: str = "tcp") -> str:
     src, dst, szone, dzone, cost_class = key
     # TCP's ids stay as they were; UDP's are apart (a pair has a record per transport).
     kind = "cost.pair" if transport == "tcp" else f"cost.pair.{transport}"
     return f"{kind}|{start_ns}|{partition}|{src}|{dst}|{szone or ''}|{dzone or ''}|{cost_class}"
 
 
-def rollup_id(
-    start_ns: int, partition: int, scope: str, name: str, transport: str = "tcp"
-) -> str:
+def rollup_id(start_ns: int, partition: int, scope: str, name: str, transport: str = "tcp") -> str:
     kind = "cost.rollup" if transport == "tcp" else f"cost.rollup.{transport}"
     return f"{kind}|{start_ns}|{partition}|{scope}|{name}"
 
@@ -122,11 +118,29 @@ def cost_metrics(
         pc.usd_source += usd_src
         pc.usd_destination += usd_dst
         ends = (
-            (key.client_in_cluster, key.client_workload, cell.client_namespace, c2s, s2c, usd_src,
-             key.client_labels, key.client_node_labels, key.client_region),
-            (key.server_in_cluster, key.server_workload, cell.server_namespace, s2c, c2s, usd_dst,
-             key.server_labels, key.server_node_labels, key.server_region),
-        )  # fmt: skip
+            (
+                key.client_in_cluster,
+                key.client_workload,
+                cell.client_namespace,
+                c2s,
+                s2c,
+                usd_src,
+                key.client_labels,
+                key.client_node_labels,
+                key.client_region,
+            ),
+            (
+                key.server_in_cluster,
+                key.server_workload,
+                cell.server_namespace,
+                s2c,
+                c2s,
+                usd_dst,
+                key.server_labels,
+                key.server_node_labels,
+                key.server_region,
+            ),
+        )
         for inside, workload, namespace, sent, received, usd, labels, node_labels, region in ends:
             if not inside:
                 continue
@@ -142,8 +156,10 @@ def cost_metrics(
         domain = key.server_domain
         # Internet servers, and any other server a DNS answer named (not, say, a host
         # process talking to a private address nobody named).
-        if key.client_in_cluster and not key.server_in_cluster and (
-            domain is not None or key.peer_class == "internet"
+        if (
+            key.client_in_cluster
+            and not key.server_in_cluster
+            and (domain is not None or key.peer_class == "internet")
         ):
             name = table.domain_group(domain) if domain is not None else UNNAMED_DOMAIN
             rollups.setdefault(("domain", name), _Rollup()).charge(

@@ -203,8 +203,9 @@ def _q(sketch: QuantileSketch, q: float) -> float | None:
 
 def dns_metrics(window: ClosedDnsWindow) -> list[DnsMetric]:
     out = []
-    for key in sorted(window.cells, key=lambda k: (k.client_workload, k.server, k.server_class,
-                                                   k.name_group)):  # fmt: skip
+    for key in sorted(
+        window.cells, key=lambda k: (k.client_workload, k.server, k.server_class, k.name_group)
+    ):
         c = window.cells[key]
         failed = sum(c.failures.values())
         decisive = c.queries - c.search_noise

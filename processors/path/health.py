@@ -205,7 +205,6 @@ class PathHealthProcessor(WindowedStage[EnrichedTcpConnection, PathKey, PathCell
         )
         self.unusable = 0  # messages or records the TCP stage dead-letters
 
-
     def _event_time(self, record: EnrichedTcpConnection) -> int:
         return record.end_time_ns
 

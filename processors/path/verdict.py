@@ -68,8 +68,14 @@ class VerdictConfig:
             raise AlertRuleError(f"network_verdict: scopes {list(self.scopes)}: use node, zone")
         if self.severity not in SEVERITIES:
             raise AlertRuleError(f"network_verdict: severity {self.severity!r}: use {SEVERITIES}")
-        counts = (self.min_pairs, self.min_servers, self.for_windows, self.service_for_windows,
-                  self.clear_windows, self.baseline_windows)  # fmt: skip
+        counts = (
+            self.min_pairs,
+            self.min_servers,
+            self.for_windows,
+            self.service_for_windows,
+            self.clear_windows,
+            self.baseline_windows,
+        )
         if min(counts) < 1:
             raise AlertRuleError(
                 "network_verdict: min_pairs, min_servers, for_windows, service_for_windows, "
@@ -191,8 +197,13 @@ class PathVerdict(AlertEvaluator):
         judged: dict[PairId, _Judged] = {}
         for key, cell in sorted(cells.items()):
             if key.scope in c.scopes:
-                pid: PairId = (key.scope, key.source, key.destination, key.client_workload,
-                               key.server_workload)  # fmt: skip
+                pid: PairId = (
+                    key.scope,
+                    key.source,
+                    key.destination,
+                    key.client_workload,
+                    key.server_workload,
+                )
                 judged[pid] = self._judge_pair(pid, cell)
         by_path: dict[tuple[str, str, str], dict[tuple[str, str], _Judged]] = {}
         for (scope, src, dst, client, server), j in judged.items():
@@ -202,8 +213,11 @@ class PathVerdict(AlertEvaluator):
         healthy = {p for p, pairs in by_path.items() if not any(j.signals for j in pairs.values())}
         found = _Findings()
         explained: set[tuple[str, str]] = set()
-        firing = {g for (r, g), e in self._episodes.items()
-                  if r == NETWORK_RULE and e.alert_id is not None}  # fmt: skip
+        firing = {
+            g
+            for (r, g), e in self._episodes.items()
+            if r == NETWORK_RULE and e.alert_id is not None
+        }
         for path, pairs in sorted(by_path.items()):
             bad = {pair: j for pair, j in pairs.items() if j.signals}
             servers = {server for _, server in bad}
@@ -212,9 +226,9 @@ class PathVerdict(AlertEvaluator):
             # lossy path some pairs fall below min_connections in a window (SYNs retried
             # for seconds), which must not turn the episode into one per service.
             holds = path in firing and bool(bad)
-            if (
-                holds or (len(bad) >= c.min_pairs and len(servers) >= c.min_servers)
-            ) and (others_healthy or not c.require_healthy_path):
+            if (holds or (len(bad) >= c.min_pairs and len(servers) >= c.min_servers)) and (
+                others_healthy or not c.require_healthy_path
+            ):
                 explained.update(bad)
                 services = sorted(f"{cl} -> {sv}" for cl, sv in bad)
                 found.network[path] = (
@@ -231,8 +245,11 @@ class PathVerdict(AlertEvaluator):
         # on a path where other pairs had traffic too thin to judge and none was healthy: a
         # lossy path stalls some pairs first, and the service is not to blame until the
         # others can be told apart (one pair alone on its path is the service's).
-        thin = {(scope, src, dst) for (scope, src, dst, _, _), j in judged.items()
-                if 0 < j.connections < c.min_connections}  # fmt: skip
+        thin = {
+            (scope, src, dst)
+            for (scope, src, dst, _, _), j in judged.items()
+            if 0 < j.connections < c.min_connections
+        }
         per_server: dict[str, dict[str, _Judged]] = {}
         for (scope, src, dst), pairs in by_path.items():
             if scope != c.scopes[0]:
@@ -267,8 +284,9 @@ class PathVerdict(AlertEvaluator):
         ):
             groups = set(holding) | {g for (r, g) in self._episodes if r == rule}
             for group in sorted(groups):
-                event = self._verdict_step(rule, dims, group, holding.get(group), window_start_ns,
-                                   window_end_ns, now_ns)  # fmt: skip
+                event = self._verdict_step(
+                    rule, dims, group, holding.get(group), window_start_ns, window_end_ns, now_ns
+                )
                 if event is not None:
                     events.append(event)
         return events
@@ -296,9 +314,18 @@ class PathVerdict(AlertEvaluator):
                 state.alert_id = f"{rule}|{'|'.join(group)}|{state.first_window_ns}"
                 self.fired += 1
                 workloads, evidence = holding
-                return self._verdict_event(rule, dims, group, "firing", workloads,
-                                   {**window, **evidence}, start_ns, end_ns, now_ns,
-                                   state.alert_id)  # fmt: skip
+                return self._verdict_event(
+                    rule,
+                    dims,
+                    group,
+                    "firing",
+                    workloads,
+                    {**window, **evidence},
+                    start_ns,
+                    end_ns,
+                    now_ns,
+                    state.alert_id,
+                )
             return None
         event = None
         if state.alert_id is not None:
@@ -306,9 +333,18 @@ class PathVerdict(AlertEvaluator):
             if state.quiet < c.clear_windows:
                 return None
             self.resolved += 1
-            event = self._verdict_event(rule, dims, group, "resolved", [],
-                                {**window, "reason": "no longer degraded"}, start_ns, end_ns,
-                                now_ns, state.alert_id)  # fmt: skip
+            event = self._verdict_event(
+                rule,
+                dims,
+                group,
+                "resolved",
+                [],
+                {**window, "reason": "no longer degraded"},
+                start_ns,
+                end_ns,
+                now_ns,
+                state.alert_id,
+            )
         del self._episodes[(rule, group)]
         return event
 

@@ -102,7 +102,5 @@ class UdpProcessor(WindowedStage[EnrichedUdpFlow, CellKey, Cell, None]):
                 out.append(self._out("cost_rollups", f"{r.scope}|{r.name}", r))
         return out, None
 
-    def _evaluate(
-        self, start: int, end: int, metrics: None, now_ns: int
-    ) -> list[AlertEvent]:
+    def _evaluate(self, start: int, end: int, metrics: None, now_ns: int) -> list[AlertEvent]:
         return []

@@ -171,12 +171,22 @@ def test_one_event_per_end_with_exact_bytes(
     try:
         client = subprocess.run(
             [
-                sys.executable, "-c", CLIENT_SCRIPT,
-                str(pod_cgroup.path / "cgroup.procs"), comm, str(int(family)), host,
-                str(server_port), str(CLIENT_BYTES), str(SERVER_BYTES),
+                sys.executable,
+                "-c",
+                CLIENT_SCRIPT,
+                str(pod_cgroup.path / "cgroup.procs"),
+                comm,
+                str(int(family)),
+                host,
+                str(server_port),
+                str(CLIENT_BYTES),
+                str(SERVER_BYTES),
             ],
-            capture_output=True, text=True, timeout=20, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         assert client.returncode == 0, client.stderr
         client_port, client_pid = (int(x) for x in client.stdout.split())
         assert done.wait(5), "server thread did not finish"

@@ -26,8 +26,10 @@ FLOWSCOPE = Path(sys.executable).parent / "flowscope"
 def test_prometheus_scrapes_the_records_sums_and_quantiles(
     kafka_bootstrap: str, topics: Topics, prometheus: PrometheusProcess
 ) -> None:
-    records = [_latency(str(i), "fe", f"srv{i % 3}", 5 + i, i % 2, [100.0 * (i + 1)] * 4,
-                        partition=i % 2) for i in range(9)]  # fmt: skip
+    records = [
+        _latency(str(i), "fe", f"srv{i % 3}", 5 + i, i % 2, [100.0 * (i + 1)] * 4, partition=i % 2)
+        for i in range(9)
+    ]
     ensure_topics(kafka_bootstrap, [TopicSpec(topics.metrics_tcp_latency, partitions=2)])
     producer = RecordProducer(kafka_bootstrap)
     codec = JsonCodec(TcpLatencyMetric)
@@ -35,10 +37,23 @@ def test_prometheus_scrapes_the_records_sums_and_quantiles(
         producer.produce(topics.metrics_tcp_latency, codec.encode(r), key=r.metric_id)
     assert producer.flush(30) == 0
     exporter = subprocess.Popen(
-        [str(FLOWSCOPE), "exporter", "--bootstrap-servers", kafka_bootstrap, "--topic-prefix",
-         topics.prefix, "--port", "0", "--host", "127.0.0.1", "--start", "earliest"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            str(FLOWSCOPE),
+            "exporter",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--start",
+            "earliest",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert exporter.stdout is not None
         match = re.search(r"http://127.0.0.1:(\d+)/metrics", exporter.stdout.readline())
@@ -60,8 +75,9 @@ def test_prometheus_scrapes_the_records_sums_and_quantiles(
                 merged[s] = sketch
 
         def by_server(expr: str) -> dict[str, float]:
-            return {v["metric"]["server_workload"]: float(v["value"][1])
-                    for v in prometheus.query(expr)}  # fmt: skip
+            return {
+                v["metric"]["server_workload"]: float(v["value"][1]) for v in prometheus.query(expr)
+            }
 
         deadline = time.monotonic() + 90
         got: dict[str, float] = {}

@@ -47,12 +47,29 @@ class Terminal:
 
     def __init__(self, command: list[str]) -> None:
         self.name = f"fstop-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "80", "-y", "24",
-                        " ".join(command)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                "tmux",
+                "new-session",
+                "-d",
+                "-s",
+                self.name,
+                "-x",
+                "80",
+                "-y",
+                "24",
+                " ".join(command),
+            ],
+            check=True,
+        )
 
     def screen(self) -> str:
-        done = subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name],
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        done = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", self.name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return done.stdout
 
     def keys(self, *keys: str) -> None:
@@ -69,12 +86,15 @@ class Terminal:
         raise AssertionError(f"the screen never showed it; last screen:\n{text}")
 
     def alive(self) -> bool:
-        return subprocess.run(["tmux", "has-session", "-t", self.name],
-                              capture_output=True, check=False).returncode == 0  # fmt: skip
+        return (
+            subprocess.run(
+                ["tmux", "has-session", "-t", self.name], capture_output=True, check=False
+            ).returncode
+            == 0
+        )
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True,
-                       check=False)  # fmt: skip
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -109,26 +129,45 @@ def test_top_shows_what_the_metric_topics_hold(
     rules = tmp_path / "alerts.yaml"
     rules.write_text(RULES)
     settings = PipelineSettings(
-        bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host",
-        log_dir=tmp_path / "logs", window_s=3.0, grace_s=2.0,
+        bootstrap=kafka_bootstrap,
+        topics=topics,
+        node_name="sim-host",
+        log_dir=tmp_path / "logs",
+        window_s=3.0,
+        grace_s=2.0,
         processor_args=("--alert-rules", str(rules)),
-    )  # fmt: skip
+    )
     latency_reader = TopicReader(kafka_bootstrap, topics.metrics_tcp_latency)
     cost_reader = TopicReader(kafka_bootstrap, topics.metrics_cost_pairs)
     term: Terminal | None = None
     try:
         with running_pipeline(settings):
-            servers = [(pod, pod.start_server(port, reply_bytes=2000))
-                       for pod, port in ((checkout, 8080), (catalog, 8080))]  # fmt: skip
+            servers = [
+                (pod, pod.start_server(port, reply_bytes=2000))
+                for pod, port in ((checkout, 8080), (catalog, 8080))
+            ]
             for pod, proc in servers:
                 pod.wait_listening(8080, proc=proc)
             for server, n in ((checkout, 12), (catalog, 8)):
-                summary = frontend.run_client(server.ip, 8080, count=n, send_bytes=500,
-                                              expect_reply_bytes=2000)  # fmt: skip
+                summary = frontend.run_client(
+                    server.ip, 8080, count=n, send_bytes=500, expect_reply_bytes=2000
+                )
                 assert summary.completed == n, summary
-            frontend.run(Pod.python("simnode.traffic", "client", "--host", checkout.ip,
-                                    "--port", "7070", "--count", str(REFUSED),
-                                    "--send-bytes", "10"), check=False)  # fmt: skip
+            frontend.run(
+                Pod.python(
+                    "simnode.traffic",
+                    "client",
+                    "--host",
+                    checkout.ip,
+                    "--port",
+                    "7070",
+                    "--count",
+                    str(REFUSED),
+                    "--send-bytes",
+                    "10",
+                ),
+                check=False,
+            )
             for pod, proc in servers:
                 pod.stop_server(proc)
 
@@ -141,17 +180,34 @@ def test_top_shows_what_the_metric_topics_hold(
                 return counts
 
             want = {(FRONTEND, CHECKOUT): 12 + REFUSED, (FRONTEND, CATALOG): 8}
-            latency = FirstPerId().keep(latency_reader.read_until(
-                JsonCodec(TcpLatencyMetric), lambda ms: ours(FirstPerId().keep(ms)) == want,
-                timeout_s=90))  # fmt: skip
+            latency = FirstPerId().keep(
+                latency_reader.read_until(
+                    JsonCodec(TcpLatencyMetric),
+                    lambda ms: ours(FirstPerId().keep(ms)) == want,
+                    timeout_s=90,
+                )
+            )
             assert ours(latency) == want
-            cost = FirstPerId().keep(cost_reader.read_until(
-                JsonCodec(CostPairMetric),
-                lambda ms: sum(m.connections for m in ms if m.source_workload == FRONTEND)
-                >= 20, timeout_s=60))  # fmt: skip
+            cost = FirstPerId().keep(
+                cost_reader.read_until(
+                    JsonCodec(CostPairMetric),
+                    lambda ms: (
+                        sum(m.connections for m in ms if m.source_workload == FRONTEND) >= 20
+                    ),
+                    timeout_s=60,
+                )
+            )
 
-            term = Terminal([str(FLOWSCOPE), "top", "--bootstrap-servers", kafka_bootstrap,
-                             "--topic-prefix", topics.prefix])  # fmt: skip
+            term = Terminal(
+                [
+                    str(FLOWSCOPE),
+                    "top",
+                    "--bootstrap-servers",
+                    kafka_bootstrap,
+                    "--topic-prefix",
+                    topics.prefix,
+                ]
+            )
             term.wait_for(lambda s: "q quit" in s)
             term.keys("n", "shop", "Enter")  # the namespace filter, typed
 
@@ -177,8 +233,10 @@ def test_top_shows_what_the_metric_topics_hold(
             lines = screen.splitlines()
             assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
             assert "1 latency" in lines[0] and "q quit" in screen
-            shown = {(r[1].split("/")[1], r[2]): (r[3], r[4], r[6])
-                     for r in _rows(screen, "shop/frontend")}  # fmt: skip
+            shown = {
+                (r[1].split("/")[1], r[2]): (r[3], r[4], r[6])
+                for r in _rows(screen, "shop/frontend")
+            }
             assert shown == expected_rows, screen
             p99s = [float(r[6]) for r in _rows(screen, "shop/frontend") if r[6] != "-"]
             assert p99s == sorted(p99s, reverse=True), screen
@@ -198,8 +256,13 @@ def test_top_shows_what_the_metric_topics_hold(
             screen = term.wait_for(lambda s: "data-transfer dollars" in s)
             for row in _rows(screen, "shop/frontend"):
                 dest = {"shop/checkout": CHECKOUT, "shop/catalog": CATALOG}[row[1]]
-                ms = [m for m in cost if m.source_workload == FRONTEND
-                      and m.destination_workload == dest and m.cost_class == row[3]]  # fmt: skip
+                ms = [
+                    m
+                    for m in cost
+                    if m.source_workload == FRONTEND
+                    and m.destination_workload == dest
+                    and m.cost_class == row[3]
+                ]
                 assert row[5] == usd_text(sum(m.cost_usd for m in ms)), (row, ms)
                 assert row[2] == f"{ms[0].source_zone}>{ms[0].destination_zone}"
             zones = {r[1]: r[2] for r in _rows(screen, "shop/frontend")}
@@ -225,17 +288,39 @@ def test_top_shows_what_the_metric_topics_hold(
 
         # Not a terminal: every view as a plain table, the same figures.
         done = subprocess.run(
-            [str(FLOWSCOPE), "top", "--bootstrap-servers", kafka_bootstrap, "--topic-prefix",
-             topics.prefix, "--namespace", "shop", "--read-seconds", "4"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            [
+                str(FLOWSCOPE),
+                "top",
+                "--bootstrap-servers",
+                kafka_bootstrap,
+                "--topic-prefix",
+                topics.prefix,
+                "--namespace",
+                "shop",
+                "--read-seconds",
+                "4",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         plain = done.stdout
-        for title in ("p99 connect latency", "failure rate", "dollars", "DNS", "zone pairs",
-                      "firing alerts"):  # fmt: skip
+        for title in (
+            "p99 connect latency",
+            "failure rate",
+            "dollars",
+            "DNS",
+            "zone pairs",
+            "firing alerts",
+        ):
             assert title in plain, plain
-        rows = [line.split() for line in plain.split("\n\n")[0].splitlines()
-                if line.startswith("shop/frontend")]  # fmt: skip
+        rows = [
+            line.split()
+            for line in plain.split("\n\n")[0].splitlines()
+            if line.startswith("shop/frontend")
+        ]
         assert {(r[1].split("/")[1], r[2]): (r[3], r[4], r[6]) for r in rows} == expected_rows
     finally:
         if term is not None:

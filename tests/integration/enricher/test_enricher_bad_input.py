@@ -36,32 +36,72 @@ OVERSIZE = 990_000
 
 def _tcp(**kw: Any) -> bytes:
     base: dict[str, Any] = dict(
-        node="node-a", start_time_ns=NOW, end_time_ns=NOW + 1, role="client", family=4,
-        local_addr="10.77.1.10", local_port=41000, remote_addr="1.1.1.1", remote_port=443,
-        pid=1, comm="c", cgroup_id=9, cgroup_path=None, pod_uid=None, container_id=None,
-        bytes_sent=1, bytes_received=2, srtt_us=3, retrans_segs=0, connect_latency_us=4,
-    )  # fmt: skip
+        node="node-a",
+        start_time_ns=NOW,
+        end_time_ns=NOW + 1,
+        role="client",
+        family=4,
+        local_addr="10.77.1.10",
+        local_port=41000,
+        remote_addr="1.1.1.1",
+        remote_port=443,
+        pid=1,
+        comm="c",
+        cgroup_id=9,
+        cgroup_path=None,
+        pod_uid=None,
+        container_id=None,
+        bytes_sent=1,
+        bytes_received=2,
+        srtt_us=3,
+        retrans_segs=0,
+        connect_latency_us=4,
+    )
     base.update(kw)
     return msgspec.json.encode(RawTcpConnection(**base))
 
 
 def _dns(**kw: Any) -> bytes:
     base: dict[str, Any] = dict(
-        node="node-a", role="client", time_ns=NOW, response_time_ns=NOW + 1000, latency_us=1,
-        family=4, transport="udp", local_addr="10.77.1.10", local_port=40000,
-        remote_addr="10.77.2.53", remote_port=53, cgroup_id=9, cgroup_path=None, pod_uid=None,
-        container_id=None, txid=7, query_name="ok.test", query_type="A", outcome="answered",
-        rcode="NOERROR", answer_count=1,
-    )  # fmt: skip
+        node="node-a",
+        role="client",
+        time_ns=NOW,
+        response_time_ns=NOW + 1000,
+        latency_us=1,
+        family=4,
+        transport="udp",
+        local_addr="10.77.1.10",
+        local_port=40000,
+        remote_addr="10.77.2.53",
+        remote_port=53,
+        cgroup_id=9,
+        cgroup_path=None,
+        pod_uid=None,
+        container_id=None,
+        txid=7,
+        query_name="ok.test",
+        query_type="A",
+        outcome="answered",
+        rcode="NOERROR",
+        answer_count=1,
+    )
     base.update(kw)
     return msgspec.json.encode(RawDnsQuery(**base))
 
 
 def _pod(name: str, uid: str, **kw: Any) -> bytes:
-    base: dict[str, Any] = {"kind": "Pod", "v": 1, "uid": uid, "name": name,
-                            "namespace": "shop", "node": "node-a", "ips": ["10.77.1.10"],
-                            "start_time_ns": NOW - 10**12, "workload_kind": "Pod",
-                            "workload_name": name}  # fmt: skip
+    base: dict[str, Any] = {
+        "kind": "Pod",
+        "v": 1,
+        "uid": uid,
+        "name": name,
+        "namespace": "shop",
+        "node": "node-a",
+        "ips": ["10.77.1.10"],
+        "start_time_ns": NOW - 10**12,
+        "workload_kind": "Pod",
+        "workload_name": name,
+    }
     base.update(kw)
     return msgspec.json.encode(base)
 
@@ -117,9 +157,14 @@ def _running(stage: Joiner | DnsJoiner) -> Iterator[None]:
 
 
 def _settings(bootstrap: str, topics: Topics) -> Settings:
-    return Settings(bootstrap_servers=bootstrap, topic_prefix=topics.prefix,
-                    consumer_group=f"test-{uuid.uuid4().hex[:8]}", poll_timeout_s=0.1,
-                    output_batch_records=1, holdback_s=0.0)  # fmt: skip
+    return Settings(
+        bootstrap_servers=bootstrap,
+        topic_prefix=topics.prefix,
+        consumer_group=f"test-{uuid.uuid4().hex[:8]}",
+        poll_timeout_s=0.1,
+        output_batch_records=1,
+        holdback_s=0.0,
+    )
 
 
 def _check_letters(letters: list[bytes], topic: str, stage: str, labels: list[str]) -> None:
@@ -148,10 +193,16 @@ def test_raw_tcp_and_raw_dns_bad_input(kafka_bootstrap: str, topics: Topics) -> 
     tcp, dns = Joiner(settings), DnsJoiner(settings)
     tcp_bad, dns_bad = _bad(_tcp()), _bad(_dns())
     with _running(tcp), _running(dns):
-        _produce(kafka_bootstrap, topics.raw_tcp,
-                 [(k.encode(), v) for k, v in tcp_bad] + [(b"good", _tcp())])  # fmt: skip
-        _produce(kafka_bootstrap, topics.raw_dns,
-                 [(k.encode(), v) for k, v in dns_bad] + [(b"good", _dns())])  # fmt: skip
+        _produce(
+            kafka_bootstrap,
+            topics.raw_tcp,
+            [(k.encode(), v) for k, v in tcp_bad] + [(b"good", _tcp())],
+        )
+        _produce(
+            kafka_bootstrap,
+            topics.raw_dns,
+            [(k.encode(), v) for k, v in dns_bad] + [(b"good", _dns())],
+        )
         tcp_out = _consume(kafka_bootstrap, topics.enriched_tcp, 1)
         dns_out = _consume(kafka_bootstrap, topics.enriched_dns, 1)
         letters = _consume(kafka_bootstrap, topics.deadletter, 8)

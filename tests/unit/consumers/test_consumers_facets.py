@@ -12,10 +12,19 @@ PAY = pod("payments", "billing")
 
 def _alert(workloads: list[str], status: str = "firing") -> AlertEvent:
     return AlertEvent(
-        alert_id="a1", status=status, rule="conn-failures", severity="warning",  # type: ignore[arg-type]
-        metric="failure_rate", group={}, affected_workloads=workloads, threshold=0.1,
-        evidence=[], window_start_ns=T0, window_end_ns=T0, time_ns=T0,
-    )  # fmt: skip
+        alert_id="a1",
+        status=status,
+        rule="conn-failures",
+        severity="warning",  # type: ignore[arg-type]
+        metric="failure_rate",
+        group={},
+        affected_workloads=workloads,
+        threshold=0.1,
+        evidence=[],
+        window_start_ns=T0,
+        window_end_ns=T0,
+        time_ns=T0,
+    )
 
 
 def test_facets_of_a_connection_name_both_ends() -> None:

@@ -66,8 +66,10 @@ def test_load_time_knobs_are_targ_globals() -> None:
 
 
 def test_enums_match_header() -> None:
-    assert _enum("dns_direction") == {"DNS_DIR_EGRESS": abi.DIR_EGRESS,
-                                      "DNS_DIR_INGRESS": abi.DIR_INGRESS}  # fmt: skip
+    assert _enum("dns_direction") == {
+        "DNS_DIR_EGRESS": abi.DIR_EGRESS,
+        "DNS_DIR_INGRESS": abi.DIR_INGRESS,
+    }
     counters = _enum("dns_counter")
     assert counters.pop("DNS_CTR_MAX") == len(abi.COUNTER_NAMES)
     assert [k.removeprefix("DNS_CTR_").lower() for k in counters] == list(abi.COUNTER_NAMES)
@@ -76,9 +78,22 @@ def test_enums_match_header() -> None:
 
 def test_decode_event() -> None:
     payload = b"\x12\x34" + bytes(10)
-    raw = abi.EVENT.pack(5_000, 77, bytes([10, 0, 0, 2]) + bytes(12), bytes([10, 0, 0, 3]) +
-                         bytes(12), bytes([10, 96, 0, 10]) + bytes(12), 12, 12, 40000, 53, 53,
-                         abi.AF_INET, abi.DIR_EGRESS, abi.IPPROTO_UDP, payload)  # fmt: skip
+    raw = abi.EVENT.pack(
+        5_000,
+        77,
+        bytes([10, 0, 0, 2]) + bytes(12),
+        bytes([10, 0, 0, 3]) + bytes(12),
+        bytes([10, 96, 0, 10]) + bytes(12),
+        12,
+        12,
+        40000,
+        53,
+        53,
+        abi.AF_INET,
+        abi.DIR_EGRESS,
+        abi.IPPROTO_UDP,
+        payload,
+    )
     p = abi.decode(raw, 1_000)
     assert (p.time_ns, p.mono_ns, p.cgroup_id) == (6_000, 5_000, 77)
     assert p.local == ("10.0.0.2", 40000) and p.remote == ("10.0.0.3", 53)

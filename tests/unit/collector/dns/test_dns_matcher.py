@@ -13,10 +13,25 @@ CLIENT_CG, SERVER_CG = 111, 222
 MS = 1_000_000
 
 
-def packet(t_ms: int, egress: bool, src: tuple[str, int], dst: tuple[str, int], cgroup: int,
-           payload: bytes) -> DnsPacket:  # fmt: skip
-    return DnsPacket(t_ms * MS + 1_700_000_000 * 10**9, t_ms * MS, cgroup, 4, "udp", egress,
-                     src[0], src[1], dst[0], dst[1], None, None, len(payload), payload)  # fmt: skip
+def packet(
+    t_ms: int, egress: bool, src: tuple[str, int], dst: tuple[str, int], cgroup: int, payload: bytes
+) -> DnsPacket:
+    return DnsPacket(
+        t_ms * MS + 1_700_000_000 * 10**9,
+        t_ms * MS,
+        cgroup,
+        4,
+        "udp",
+        egress,
+        src[0],
+        src[1],
+        dst[0],
+        dst[1],
+        None,
+        None,
+        len(payload),
+        payload,
+    )
 
 
 def parsed(data: bytes) -> Message | DnsParseError:
@@ -26,16 +41,19 @@ def parsed(data: bytes) -> Message | DnsParseError:
         return exc
 
 
-def exchange(m: Matcher, name: str, txid: int, t0: int, t1: int, rcode: int = 0,
-             answer: bytes | None = None) -> list[QueryResult]:  # fmt: skip
+def exchange(
+    m: Matcher, name: str, txid: int, t0: int, t1: int, rcode: int = 0, answer: bytes | None = None
+) -> list[QueryResult]:
     """The four packets of one exchange, as both sockets see it."""
     q = build_query(txid, name)
     r = answer if answer is not None else build_response(q, parse_query(q), rcode, ["1.2.3.4"])
     out: list[QueryResult] = []
-    for p in (packet(t0, True, CLIENT, SERVER, CLIENT_CG, q),
-              packet(t0, False, CLIENT, SERVER, SERVER_CG, q),
-              packet(t1, True, SERVER, CLIENT, SERVER_CG, r),
-              packet(t1, False, SERVER, CLIENT, CLIENT_CG, r)):  # fmt: skip
+    for p in (
+        packet(t0, True, CLIENT, SERVER, CLIENT_CG, q),
+        packet(t0, False, CLIENT, SERVER, SERVER_CG, q),
+        packet(t1, True, SERVER, CLIENT, SERVER_CG, r),
+        packet(t1, False, SERVER, CLIENT, CLIENT_CG, r),
+    ):
         results, _ = m.observe(p, parsed(p.payload))
         out += results
     return out
@@ -123,9 +141,10 @@ def test_malformed_query_and_headerless_packet() -> None:
     (result,), _ = m.observe(packet(0, True, CLIENT, SERVER, CLIENT_CG, bad_q), parsed(bad_q))
     assert result.outcome == "malformed" and result.question is None and result.txid == 7
     assert m.observe(packet(0, True, CLIENT, SERVER, CLIENT_CG, b"\x01"), parsed(b"\x01")) == (
-        [], None)  # fmt: skip
-    assert m.stats.malformed_packets == 1 and m.stats.reasons == {"truncated": 1,
-                                                                   "short_header": 1}
+        [],
+        None,
+    )
+    assert m.stats.malformed_packets == 1 and m.stats.reasons == {"truncated": 1, "short_header": 1}
 
 
 def test_servers_keep_clients_apart() -> None:

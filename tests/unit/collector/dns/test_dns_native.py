@@ -30,8 +30,12 @@ from simnode.dns.wire import build_query, build_response, encode_name, parse_que
 
 CODEC = JsonCodec(RawDnsQuery)
 MS = 1_000_000
-PATHS = {1: "/", 11: "/kubepods/besteffort/pod0f7a2a1e-9d0c-4c55-8f59-6f2b1f0c1a11/" + "ab" * 32,
-         22: "/kubepods/podsrv/c", 33: '/odd "path"\\x'}  # fmt: skip
+PATHS = {
+    1: "/",
+    11: "/kubepods/besteffort/pod0f7a2a1e-9d0c-4c55-8f59-6f2b1f0c1a11/" + "ab" * 32,
+    22: "/kubepods/podsrv/c",
+    33: '/odd "path"\\x',
+}
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -71,12 +75,14 @@ names = st.lists(labels, min_size=1, max_size=6).map(".".join)
 odd_labels = st.binary(min_size=1, max_size=63).map(lambda b: bytes([len(b)]) + b)
 # v4-mapped and v4-compatible: glibc and Python's ipaddress print them differently
 ODD_V6 = ["::ffff:1.2.3.4", "::2:3", "::", "::1", "::ffff:0:1"]
-addr_text = st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str),
-                      st.sampled_from(ODD_V6))  # fmt: skip
+addr_text = st.one_of(
+    st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str), st.sampled_from(ODD_V6)
+)
 
 
-def header(txid: int = 0x1234, flags: int = 0x8180, qd: int = 1, an: int = 0, ns: int = 0,
-           ar: int = 0) -> bytes:  # fmt: skip
+def header(
+    txid: int = 0x1234, flags: int = 0x8180, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0
+) -> bytes:
     return struct.pack("!HHHHHH", txid, flags, qd, an, ns, ar)
 
 
@@ -98,8 +104,12 @@ def test_parse_random_bytes(data: bytes) -> None:
 
 
 @FUZZ
-@given(names, st.lists(addr_text, max_size=6), st.lists(st.tuples(st.integers(0, 700),
-       st.integers(0, 255)), max_size=6), st.integers(0, 700))  # fmt: skip
+@given(
+    names,
+    st.lists(addr_text, max_size=6),
+    st.lists(st.tuples(st.integers(0, 700), st.integers(0, 255)), max_size=6),
+    st.integers(0, 700),
+)
 def test_parse_mutated_and_cut_responses(
     name: str, addrs: list[str], flips: list[tuple[int, int]], cut: int
 ) -> None:
@@ -112,12 +122,21 @@ def test_parse_mutated_and_cut_responses(
 
 
 @FUZZ
-@given(st.lists(st.one_of(
-    st.binary(min_size=1, max_size=1).map(lambda b: bytes([b[0] | 0xC0]) + b"\x0c"),
-    st.integers(0, 0x3FFF).map(lambda p: struct.pack("!H", 0xC000 | p)),
-    labels.map(lambda s: bytes([len(s)]) + s.encode()), odd_labels,
-    st.sampled_from([b"\x00", b"\x40", b"\x80a", b"\x00\x05\x00\x01", b"\x00\x01\x00\x01"]),
-), max_size=40), st.integers(0, 5), st.integers(0, 5), st.integers(0, 2))  # fmt: skip
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(min_size=1, max_size=1).map(lambda b: bytes([b[0] | 0xC0]) + b"\x0c"),
+            st.integers(0, 0x3FFF).map(lambda p: struct.pack("!H", 0xC000 | p)),
+            labels.map(lambda s: bytes([len(s)]) + s.encode()),
+            odd_labels,
+            st.sampled_from([b"\x00", b"\x40", b"\x80a", b"\x00\x05\x00\x01", b"\x00\x01\x00\x01"]),
+        ),
+        max_size=40,
+    ),
+    st.integers(0, 5),
+    st.integers(0, 5),
+    st.integers(0, 2),
+)
 def test_parse_hostile_name_soup(parts: list[bytes], qd: int, an: int, ar: int) -> None:
     """Pointers anywhere (loops, forward jumps), odd label bytes, reserved label types."""
     _same_parse(header(qd=qd, an=an, ar=ar) + b"".join(parts))
@@ -126,9 +145,12 @@ def test_parse_hostile_name_soup(parts: list[bytes], qd: int, an: int, ar: int) 
 def test_parse_refusals_name_their_reason() -> None:
     loop = header() + b"\xc0\x0c\x00\x01\x00\x01"  # a name pointing at itself
     forward = header() + b"\xc0\x20\x00\x01\x00\x01"
-    for data, reason in ((loop, "bad_pointer"), (forward, "bad_pointer"),
-                         (response_with("a.b", ["10.0.0.1"])[:-2], "truncated"),
-                         (response_with("a.b", []) + b"x", "trailing_bytes")):  # fmt: skip
+    for data, reason in (
+        (loop, "bad_pointer"),
+        (forward, "bad_pointer"),
+        (response_with("a.b", ["10.0.0.1"])[:-2], "truncated"),
+        (response_with("a.b", []) + b"x", "trailing_bytes"),
+    ):
         assert _native.parse(data, False)[0] == reason == _python_view(data, False)[0]
     # EDNS extended rcode (BADVERS), CNAME then AAAA
     opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 1 << 24, 0)
@@ -171,8 +193,15 @@ class FakeNat:
     def in_service(self, address: str) -> bool:
         return address.startswith("10.96.")
 
-    def resolve_tuple(self, family: int, local_addr: str, remote_addr: str, local_port: int,
-                      remote_port: int, proto: int) -> tuple[str, int] | None:  # fmt: skip
+    def resolve_tuple(
+        self,
+        family: int,
+        local_addr: str,
+        remote_addr: str,
+        local_port: int,
+        remote_port: int,
+        proto: int,
+    ) -> tuple[str, int] | None:
         if remote_addr.endswith(".7"):
             return None
         return ("10.244.9." + remote_addr.rsplit(".", 1)[1], remote_port)
@@ -183,17 +212,35 @@ def _raw(addr: str) -> bytes:
     return packed + bytes(16 - len(packed))
 
 
-def event(t_ms: int, cgroup: int, egress: bool, src: tuple[str, int], dst: tuple[str, int],
-          payload: bytes, proto: int, peer: tuple[str, int] | None,
-          payload_len: int | None) -> bytes:  # fmt: skip
+def event(
+    t_ms: int,
+    cgroup: int,
+    egress: bool,
+    src: tuple[str, int],
+    dst: tuple[str, int],
+    payload: bytes,
+    proto: int,
+    peer: tuple[str, int] | None,
+    payload_len: int | None,
+) -> bytes:
     family = abi.AF_INET6 if ":" in src[0] else abi.AF_INET
     captured = payload[: abi.PAYLOAD_MAX]
     return abi.EVENT.pack(
-        t_ms * MS, cgroup, _raw(src[0]), _raw(dst[0]), _raw(peer[0]) if peer else bytes(16),
-        max(payload_len or 0, len(captured)), len(captured), src[1], dst[1],
-        peer[1] if peer else 0, family, abi.DIR_EGRESS if egress else abi.DIR_INGRESS, proto,
+        t_ms * MS,
+        cgroup,
+        _raw(src[0]),
+        _raw(dst[0]),
+        _raw(peer[0]) if peer else bytes(16),
+        max(payload_len or 0, len(captured)),
+        len(captured),
+        src[1],
+        dst[1],
+        peer[1] if peer else 0,
+        family,
+        abi.DIR_EGRESS if egress else abi.DIR_INGRESS,
+        proto,
         captured,
-    )  # fmt: skip
+    )
 
 
 Run = tuple[DnsPipeline, ListSource, ListSink, list[int]]
@@ -209,9 +256,19 @@ def pipelines(privacy: str, search: bool, nat: bool, hold_s: float = 5.0) -> lis
         tracker = None
         if search:
             tracker = SearchTracker(lambda c: SEARCH if c != 22 else None, hold_s=hold_s)
-        p = DnsPipeline(src, sink, resolver, 'node "1"', "t", NamePrivacy(privacy, b"k"),  # type: ignore[arg-type]
-                        timeout_s=1.0, search=tracker, clock_ns=lambda c=clock: c[0] * MS,
-                        nat=FakeNat() if nat else None, native=native)  # type: ignore[arg-type]  # fmt: skip
+        p = DnsPipeline(
+            src,
+            sink,
+            resolver,
+            'node "1"',
+            "t",
+            NamePrivacy(privacy, b"k"),  # type: ignore[arg-type]
+            timeout_s=1.0,
+            search=tracker,
+            clock_ns=lambda c=clock: c[0] * MS,
+            nat=FakeNat() if nat else None,
+            native=native,
+        )  # type: ignore[arg-type]
         p._offset = 1_700_000_000 * 10**9  # the same wall clock for both
         out.append((p, src, sink, clock))
     return out
@@ -219,8 +276,15 @@ def pipelines(privacy: str, search: bool, nat: bool, hold_s: float = 5.0) -> lis
 
 CLIENTS = [("10.244.0.2", 40001), ("10.244.0.2", 40002), ("fd00::2", 40001)]
 SERVERS = [("10.244.0.3", 53), ("10.96.0.10", 53), ("10.96.0.7", 53), ("fd00::3", 53)]
-NAMES = ["web.ns.svc.cluster.local", "WEB.ns.svc.cluster.local", "web.svc.cluster.local", "web",
-         "a.b.c.d.e.f", "x\\.y", "ex.com."]  # fmt: skip
+NAMES = [
+    "web.ns.svc.cluster.local",
+    "WEB.ns.svc.cluster.local",
+    "web.svc.cluster.local",
+    "web",
+    "a.b.c.d.e.f",
+    "x\\.y",
+    "ex.com.",
+]
 
 
 @st.composite
@@ -246,8 +310,9 @@ def exchanges(
         r = response_with("big.test", ["10.0.0.1"] * 40)  # clipped at 512
         r = struct.pack("!H", txid) + r[2:]
     elif kind == "other":
-        r = build_response(build_query(txid, "other.test"), parse_query(build_query(
-            txid, "other.test")), 0, [])  # fmt: skip
+        r = build_response(
+            build_query(txid, "other.test"), parse_query(build_query(txid, "other.test")), 0, []
+        )
     elif kind == "garbage":
         r = draw(st.binary(max_size=40))
     else:
@@ -268,8 +333,9 @@ def exchanges(
             return payload
         one = struct.pack("!H", len(payload)) + payload
         framing = draw(st.sampled_from(["one", "one", "two", "bad", "cut"]))
-        return {"one": one, "two": one + one, "bad": payload,
-                "cut": one[: max(3, len(one) // 2)]}[framing]  # fmt: skip
+        return {"one": one, "two": one + one, "bad": payload, "cut": one[: max(3, len(one) // 2)]}[
+            framing
+        ]
 
     t0 = draw(st.integers(0, 3000))
     t1 = t0 + draw(st.integers(0, 1500))
@@ -281,12 +347,20 @@ def exchanges(
         (t1, server_cg, True, server, client, framed(r), None),
         (t1, 11, False, server, client, framed(r), None),
     ]
-    picked = [0, 1, 2, 3] if whole else draw(
-        st.lists(st.sampled_from(range(4)), min_size=1, max_size=6).map(sorted)
-        | st.just([0, 1, 2, 3]) | st.permutations(range(4)))  # fmt: skip
+    picked = (
+        [0, 1, 2, 3]
+        if whole
+        else draw(
+            st.lists(st.sampled_from(range(4)), min_size=1, max_size=6).map(sorted)
+            | st.just([0, 1, 2, 3])
+            | st.permutations(range(4))
+        )
+    )
     length = draw(st.sampled_from([None, None, 600]))
-    return [event(t, cg, eg, src, dst, payload, proto, pr, length)
-            for t, cg, eg, src, dst, payload, pr in (full[i] for i in picked)]  # fmt: skip
+    return [
+        event(t, cg, eg, src, dst, payload, proto, pr, length)
+        for t, cg, eg, src, dst, payload, pr in (full[i] for i in picked)
+    ]
 
 
 @st.composite
@@ -296,8 +370,11 @@ def lookups(draw: st.DrawFn) -> list[bytes]:
     base = draw(st.sampled_from(["web", "Nope"]))
     candidates = [f"{base}.{domain}" for domain in SEARCH.search] + [base]
     cut = draw(st.integers(1, len(candidates)))
-    return [p for name in candidates[:cut]
-            for p in draw(exchanges(names=(name,), whole=draw(st.booleans())))]  # fmt: skip
+    return [
+        p
+        for name in candidates[:cut]
+        for p in draw(exchanges(names=(name,), whole=draw(st.booleans())))
+    ]
 
 
 def _records(sink: ListSink) -> list[tuple[str, RawDnsQuery]]:
@@ -305,15 +382,25 @@ def _records(sink: ListSink) -> list[tuple[str, RawDnsQuery]]:
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.lists(exchanges() | lookups(), max_size=6).map(
-           lambda x: [p for e in x for p in e]), max_size=5),
-       st.sampled_from(["plain", "hash", "drop"]), st.booleans(), st.booleans(),
-       st.lists(st.integers(0, 1500), min_size=5, max_size=5),
-       st.sampled_from([0.5, 5.0, 60.0]))  # fmt: skip
+@given(
+    st.lists(
+        st.lists(exchanges() | lookups(), max_size=6).map(lambda x: [p for e in x for p in e]),
+        max_size=5,
+    ),
+    st.sampled_from(["plain", "hash", "drop"]),
+    st.booleans(),
+    st.booleans(),
+    st.lists(st.integers(0, 1500), min_size=5, max_size=5),
+    st.sampled_from([0.5, 5.0, 60.0]),
+)
 def test_same_records_and_counters_as_the_python_path(
-    batches: list[list[bytes]], privacy: str, search: bool, nat: bool, steps: list[int],
+    batches: list[list[bytes]],
+    privacy: str,
+    search: bool,
+    nat: bool,
+    steps: list[int],
     hold_s: float,
-) -> None:  # fmt: skip
+) -> None:
     """With search marking, some client results are held: released as confirmed or as the
     asked name by pump, and at shutdown with the mark unknown (hold_s 60: all of them)."""
     both = pipelines(privacy, search, nat, hold_s)
@@ -341,8 +428,10 @@ def test_same_records_and_counters_as_the_python_path(
 
 
 @FUZZ
-@given(st.lists(exchanges(), min_size=1, max_size=4).map(lambda x: [p for e in x for p in e]),
-       st.integers(-2, 2))  # fmt: skip
+@given(
+    st.lists(exchanges(), min_size=1, max_size=4).map(lambda x: [p for e in x for p in e]),
+    st.integers(-2, 2),
+)
 def test_timeouts_fall_on_the_same_tick_as_python(records: list[bytes], delta_ms: int) -> None:
     """Expiry at, just before and just after a query's deadline (timeout 1 s, expiry margin
     50 ms): the boundary must be the same in both paths."""
@@ -401,13 +490,27 @@ def test_mark_and_v6_callbacks_see_what_python_sees() -> None:
     q = build_query(9, "Web.ns.svc.cluster.local", 28)
     r = response_with("Web.ns.svc.cluster.local", ["::ffff:1.2.3.4", "2001:db8::1"])
     r = r[:2] + struct.pack("!H", 0x8180) + r[4:]
-    r = r[:12] + encode_name("Web.ns.svc.cluster.local") + struct.pack("!HH", 28, 1) + r[
-        12 + len(encode_name("Web.ns.svc.cluster.local")) + 4 :]  # fmt: skip
+    r = (
+        r[:12]
+        + encode_name("Web.ns.svc.cluster.local")
+        + struct.pack("!HH", 28, 1)
+        + r[12 + len(encode_name("Web.ns.svc.cluster.local")) + 4 :]
+    )
     r = struct.pack("!H", 9) + r[2:]
-    evs = [event(5, 11, True, ("fd00::2", 1000), ("fd00::3", 53), q, abi.IPPROTO_UDP,
-                 ("::ffff:10.96.0.10", 53), None),
-           event(6, 11, False, ("fd00::3", 53), ("fd00::2", 1000), r, abi.IPPROTO_UDP,
-                 None, None)]  # fmt: skip
+    evs = [
+        event(
+            5,
+            11,
+            True,
+            ("fd00::2", 1000),
+            ("fd00::3", 53),
+            q,
+            abi.IPPROTO_UDP,
+            ("::ffff:10.96.0.10", 53),
+            None,
+        ),
+        event(6, 11, False, ("fd00::3", 53), ("fd00::2", 1000), r, abi.IPPROTO_UDP, None, None),
+    ]
     spans = [(0, len(evs[0])), (len(evs[0]), len(evs[1]))]
     ((key, value),) = m.process(RecordBatch(b"".join(evs), spans), 0)
     rec = CODEC.decode(value)
@@ -437,10 +540,19 @@ def test_search_marking_runs_the_compiled_path() -> None:
     resolver = CgroupResolver(Path("/nonexistent"), walk=lambda _r: PATHS)
     for native in (True, None):
         tracker = SearchTracker(lambda _c: SEARCH)
-        p = DnsPipeline(ListSource(), ListSink(), resolver, "n", "t", NamePrivacy(),
-                        search=tracker, native=native)  # fmt: skip
+        p = DnsPipeline(
+            ListSource(),
+            ListSink(),
+            resolver,
+            "n",
+            "t",
+            NamePrivacy(),
+            search=tracker,
+            native=native,
+        )
         assert isinstance(p.matcher, NativeMatcher)
-    p = DnsPipeline(ListSource(), ListSink(), resolver, "n", "t", NamePrivacy(), search=tracker,
-                    native=False)  # fmt: skip
+    p = DnsPipeline(
+        ListSource(), ListSink(), resolver, "n", "t", NamePrivacy(), search=tracker, native=False
+    )
     assert not isinstance(p.matcher, NativeMatcher)
     _ = Message  # the Python parser's type stays the reference

@@ -12,8 +12,9 @@ from collector.dns.parser import DnsParseError, Message, parse, rcode_name, read
 from simnode.dns.wire import build_query, build_response, encode_name, parse_query
 
 
-def header(txid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0,
-           ar: int = 0) -> bytes:  # fmt: skip
+def header(
+    txid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0
+) -> bytes:
     return struct.pack("!HHHHHH", txid, flags, qd, an, ns, ar)
 
 
@@ -72,19 +73,24 @@ def test_escapes_odd_label_bytes() -> None:
         (header() + b"\xc0\x0c" + b"\x00\x01\x00\x01", "bad_pointer"),  # points to itself
         (header() + b"\xc0\x20" + b"\x00\x01\x00\x01", "bad_pointer"),  # forward
         # Two names pointing at each other: the second pointer is not below the first.
-        (header(qd=2) + b"\x01a\xc0\x14\x00\x01\x00\x01" + b"\xc0\x0c\x00\x01\x00\x01",
-         "bad_pointer"),
+        (
+            header(qd=2) + b"\x01a\xc0\x14\x00\x01\x00\x01" + b"\xc0\x0c\x00\x01\x00\x01",
+            "bad_pointer",
+        ),
         (header() + b"\x41" + b"a" * 65 + b"\x00\x00\x01\x00\x01", "bad_label"),
         (header() + b"\x81a\x00\x00\x01\x00\x01", "bad_label"),
         (header() + (b"\x3f" + b"a" * 63) * 4 + b"\x00\x00\x01\x00\x01", "name_too_long"),
         (header() + b"\x01a\x00\x00\x01", "truncated"),
         (header() + b"\x05ab", "truncated"),
-        (header(an=1) + b"\x01a\x00\x00\x01\x00\x01" + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00"
-         b"\x3c\x00\x05" + b"\x01\x02\x03\x04\x05", "bad_rdata"),  # A with 5 bytes
+        (
+            header(an=1) + b"\x01a\x00\x00\x01\x00\x01" + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00"
+            b"\x3c\x00\x05" + b"\x01\x02\x03\x04\x05",
+            "bad_rdata",
+        ),  # A with 5 bytes
         (header() + b"\x01a\x00\x00\x01\x00\x01" + b"junk", "trailing_bytes"),
         (header(an=3) + b"\x01a\x00\x00\x01\x00\x01", "truncated"),  # counts lie
     ],
-)  # fmt: skip
+)
 def test_hostile_messages_rejected_with_reason(body: bytes, reason: str) -> None:
     with pytest.raises(DnsParseError) as err:
         parse(body)
@@ -141,8 +147,12 @@ names = st.lists(labels, min_size=1, max_size=6).map(".".join)
 
 
 @FUZZ
-@given(names, st.sampled_from([1, 28]), st.sampled_from([0, 2, 3, 5]),
-       st.lists(st.ip_addresses(v=4).map(str), max_size=5))  # fmt: skip
+@given(
+    names,
+    st.sampled_from([1, 28]),
+    st.sampled_from([0, 2, 3, 5]),
+    st.lists(st.ip_addresses(v=4).map(str), max_size=5),
+)
 def test_fuzz_valid_messages_round_trip(
     name: str, qtype: int, rcode: int, addrs: list[str]
 ) -> None:
@@ -155,8 +165,11 @@ def test_fuzz_valid_messages_round_trip(
 
 
 @FUZZ
-@given(names, st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), min_size=1,
-                       max_size=8), st.booleans())  # fmt: skip
+@given(
+    names,
+    st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), min_size=1, max_size=8),
+    st.booleans(),
+)
 def test_fuzz_mutated_messages_never_escape(
     name: str, flips: list[tuple[int, int]], clipped: bool
 ) -> None:
@@ -169,12 +182,19 @@ def test_fuzz_mutated_messages_never_escape(
 
 
 @FUZZ
-@given(st.lists(st.one_of(
-    st.binary(min_size=1, max_size=1).map(lambda b: bytes([b[0] | 0xC0]) + b"\x0c"),
-    st.integers(0, 0x3FFF).map(lambda p: struct.pack("!H", 0xC000 | p)),
-    labels.map(lambda s: bytes([len(s)]) + s.encode()),
-    st.just(b"\x00"),
-), max_size=40), st.integers(0, 5), st.integers(0, 5))  # fmt: skip
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(min_size=1, max_size=1).map(lambda b: bytes([b[0] | 0xC0]) + b"\x0c"),
+            st.integers(0, 0x3FFF).map(lambda p: struct.pack("!H", 0xC000 | p)),
+            labels.map(lambda s: bytes([len(s)]) + s.encode()),
+            st.just(b"\x00"),
+        ),
+        max_size=40,
+    ),
+    st.integers(0, 5),
+    st.integers(0, 5),
+)
 def test_fuzz_hostile_name_soup(parts: list[bytes], qd: int, an: int) -> None:
     """Pointers anywhere, labels, roots: loops and forward jumps must all be refused."""
     _parse_or_error(header(qd=qd, an=an) + b"".join(parts))

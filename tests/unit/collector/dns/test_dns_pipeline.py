@@ -64,19 +64,37 @@ class ListSink:
         return [CODEC.decode(v) for _, v, _ in self.messages]
 
 
-def event(t_ms: int, cgroup: int, egress: bool, src: tuple[str, int], dst: tuple[str, int],
-          payload: bytes, proto: int = abi.IPPROTO_UDP, peer: tuple[str, int] | None = None,
-          payload_len: int | None = None) -> bytes:  # fmt: skip
+def event(
+    t_ms: int,
+    cgroup: int,
+    egress: bool,
+    src: tuple[str, int],
+    dst: tuple[str, int],
+    payload: bytes,
+    proto: int = abi.IPPROTO_UDP,
+    peer: tuple[str, int] | None = None,
+    payload_len: int | None = None,
+) -> bytes:
     def a(text: str) -> bytes:
         return bytes(int(x) for x in text.split(".")) + bytes(12)
 
     captured = payload[: abi.PAYLOAD_MAX]
     return abi.EVENT.pack(
-        t_ms * MS, cgroup, a(src[0]), a(dst[0]), a(peer[0]) if peer else bytes(16),
-        payload_len if payload_len is not None else len(payload), len(captured), src[1], dst[1],
-        peer[1] if peer else 0, abi.AF_INET, abi.DIR_EGRESS if egress else abi.DIR_INGRESS,
-        proto, captured,
-    )  # fmt: skip
+        t_ms * MS,
+        cgroup,
+        a(src[0]),
+        a(dst[0]),
+        a(peer[0]) if peer else bytes(16),
+        payload_len if payload_len is not None else len(payload),
+        len(captured),
+        src[1],
+        dst[1],
+        peer[1] if peer else 0,
+        abi.AF_INET,
+        abi.DIR_EGRESS if egress else abi.DIR_INGRESS,
+        proto,
+        captured,
+    )
 
 
 def pipeline(
@@ -87,8 +105,17 @@ def pipeline(
     clock = now_ms if now_ms is not None else [0]
     src, sink = FakeSource(), ListSink()
     resolver = CgroupResolver(Path("/nonexistent"), walk=lambda _r: PATHS)
-    p = DnsPipeline(src, sink, resolver, "node-1", "t.raw.dns", privacy or NamePrivacy(),
-                    timeout_s=1.0, search=search, clock_ns=lambda: clock[0] * MS)  # fmt: skip
+    p = DnsPipeline(
+        src,
+        sink,
+        resolver,
+        "node-1",
+        "t.raw.dns",
+        privacy or NamePrivacy(),
+        timeout_s=1.0,
+        search=search,
+        clock_ns=lambda: clock[0] * MS,
+    )
     return p, src, sink
 
 
@@ -186,8 +213,11 @@ def test_bad_records_are_counted_not_fatal() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=80), st.sampled_from([6, 17])),
-                max_size=20))  # fmt: skip
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.binary(max_size=80), st.sampled_from([6, 17])), max_size=20
+    )
+)
 def test_fuzz_garbage_payloads_never_crash(packets: list[tuple[bool, bytes, int]]) -> None:
     p, src, _sink = pipeline()
     for egress, payload, proto in packets:
@@ -198,11 +228,11 @@ def test_fuzz_garbage_payloads_never_crash(packets: list[tuple[bool, bytes, int]
 
 
 def test_settings_flags_and_invalid_values() -> None:
-    s = parse_settings(["--dns-enabled", "true", "--dns-query-names", "hash",
-                        "--dns-timeout-seconds", "2"],
-                       {"FLOWSCOPE_DNS_NAME_HASH_KEY": "k"})  # fmt: skip
-    assert s.dns == DnsSettings(enabled=True, query_names="hash", timeout_s=2.0,
-                                name_hash_key="k")  # fmt: skip
+    s = parse_settings(
+        ["--dns-enabled", "true", "--dns-query-names", "hash", "--dns-timeout-seconds", "2"],
+        {"FLOWSCOPE_DNS_NAME_HASH_KEY": "k"},
+    )
+    assert s.dns == DnsSettings(enabled=True, query_names="hash", timeout_s=2.0, name_hash_key="k")
     with pytest.raises(DnsSettingsError, match="plain, hash, drop"):
         parse_settings([], {"FLOWSCOPE_DNS_QUERY_NAMES": "scramble"})
     with pytest.raises(DnsSettingsError, match="power of 2"):
@@ -225,14 +255,14 @@ def client_flow(src: FakeSource, steps: list[tuple[str, int, int, int, bool]]) -
     Not found: NXDOMAIN with no answer."""
     for name, txid, t0, t1, found in steps:
         q = build_query(txid, name)
-        r = build_response(q, parse_query(q), 0 if found else NXDOMAIN,
-                           ["10.1.2.3"] if found else [])  # fmt: skip
+        r = build_response(
+            q, parse_query(q), 0 if found else NXDOMAIN, ["10.1.2.3"] if found else []
+        )
         src.records += [event(t0, 11, True, C, S, q, peer=SVC), event(t1, 11, False, SVC, C, r)]
 
 
 def marks_of(sink: ListSink) -> dict[str, tuple[bool | None, str | None, str | None]]:
-    return {r.query_name or "": (r.search_expansion, r.asked_name, r.rcode)
-            for r in sink.records()}  # fmt: skip
+    return {r.query_name or "": (r.search_expansion, r.asked_name, r.rcode) for r in sink.records()}
 
 
 def test_absolute_name_nxdomain_is_not_a_search_expansion() -> None:
@@ -286,8 +316,13 @@ def test_search_that_ended_is_not_continued_by_a_later_absolute_name() -> None:
     now = [0]
     search = SearchTracker(lambda _c: K8S_DEFAULT, hold_s=1.0)
     p, src, sink = pipeline(search=search, now_ms=now)
-    client_flow(src, [("web.default.svc.cluster.local", 1, 10, 12, True),
-                      ("web.svc.cluster.local", 2, 500, 502, False)])  # fmt: skip
+    client_flow(
+        src,
+        [
+            ("web.default.svc.cluster.local", 1, 10, 12, True),
+            ("web.svc.cluster.local", 2, 500, 502, False),
+        ],
+    )
     now[0] = 2000
     p.pump()
     assert marks_of(sink) == {
@@ -303,8 +338,9 @@ def test_name_of_ndots_dots_that_is_also_a_first_expansion() -> None:
     conf = SearchConfig(K8S_DEFAULT.search, 2)
     p, src, sink = pipeline(search=SearchTracker(lambda _c: conf, hold_s=1.0), now_ms=now)
     asked = "web.default.svc.cluster.local"
-    client_flow(src, [(asked, 1, 10, 12, False), (f"{asked}.default.svc.cluster.local", 2, 13,
-                                                   15, True)])  # fmt: skip
+    client_flow(
+        src, [(asked, 1, 10, 12, False), (f"{asked}.default.svc.cluster.local", 2, 13, 15, True)]
+    )
     now[0] = 2000
     p.pump()
     assert marks_of(sink) == {

@@ -20,8 +20,10 @@ def marks(t: SearchTracker, names: list[str], qtype: int = A, cgroup: int = 1) -
 
 
 def test_parse_resolv_conf() -> None:
-    text = ("# kubelet\nnameserver 10.96.0.10\nsearch Default.svc.cluster.local. "
-            "svc.cluster.local cluster.local\noptions ndots:5 timeout:1 ;x\n")  # fmt: skip
+    text = (
+        "# kubelet\nnameserver 10.96.0.10\nsearch Default.svc.cluster.local. "
+        "svc.cluster.local cluster.local\noptions ndots:5 timeout:1 ;x\n"
+    )
     assert parse_resolv_conf(text) == SearchConfig(K8S.search, 5, ("10.96.0.10",))
     assert parse_resolv_conf("domain a.b\nsearch c.d\n").search == ("c.d",)
     assert parse_resolv_conf("options ndots:99 ndots:x").ndots == 15
@@ -29,8 +31,12 @@ def test_parse_resolv_conf() -> None:
 
 
 def test_external_name_full_sequence() -> None:
-    names = ["api.example.com.default.svc.cluster.local", "api.example.com.svc.cluster.local",
-             "api.example.com.cluster.local", "api.example.com"]  # fmt: skip
+    names = [
+        "api.example.com.default.svc.cluster.local",
+        "api.example.com.svc.cluster.local",
+        "api.example.com.cluster.local",
+        "api.example.com",
+    ]
     assert marks(tracker(), names) == [Mark(True, "api.example.com")] * 3 + [
         Mark(False, "api.example.com")
     ]
@@ -75,9 +81,14 @@ def test_many_dots_name_asked_again_starts_over() -> None:
 
 def test_a_and_aaaa_interleaved() -> None:
     t = tracker()
-    seq = [(A, "x.default.svc.cluster.local"), (AAAA, "x.default.svc.cluster.local"),
-           (A, "x.svc.cluster.local"), (AAAA, "x.svc.cluster.local"),
-           (A, "x"), (AAAA, "x")]  # fmt: skip
+    seq = [
+        (A, "x.default.svc.cluster.local"),
+        (AAAA, "x.default.svc.cluster.local"),
+        (A, "x.svc.cluster.local"),
+        (AAAA, "x.svc.cluster.local"),
+        (A, "x"),
+        (AAAA, "x"),
+    ]
     got = [t.mark(1, qtype, name, i) for i, (qtype, name) in enumerate(seq)]
     assert got == [Mark(True, "x")] * 4 + [Mark(False, "x")] * 2
 
@@ -109,8 +120,12 @@ def test_reader_takes_a_process_resolv_conf_and_caches(tmp_path: Path) -> None:
     conf.mkdir(parents=True)
     (conf / "resolv.conf").write_text("search a.b\noptions ndots:3\n")
     now = [0.0]
-    reader = ResolvConfReader(tmp_path / "cg", lambda _c: "/kubepods/podx/c1",
-                              proc=tmp_path / "proc", clock=lambda: now[0])  # fmt: skip
+    reader = ResolvConfReader(
+        tmp_path / "cg",
+        lambda _c: "/kubepods/podx/c1",
+        proc=tmp_path / "proc",
+        clock=lambda: now[0],
+    )
     assert reader(7) == SearchConfig(("a.b",), 3, ())
     (conf / "resolv.conf").write_text("search changed\n")
     assert reader(7) == SearchConfig(("a.b",), 3, ())  # cached

@@ -51,15 +51,27 @@ def test_counters_match_header() -> None:
 
 
 def test_decode_drop_with_and_without_an_ip_header() -> None:
-    key = drops.KEY.pack(9, 4026531840, 12, socket.inet_aton("10.0.0.1") + bytes(12),
-                         socket.inet_aton("10.0.0.2") + bytes(12), 2, 6)  # fmt: skip
+    key = drops.KEY.pack(
+        9,
+        4026531840,
+        12,
+        socket.inet_aton("10.0.0.1") + bytes(12),
+        socket.inet_aton("10.0.0.2") + bytes(12),
+        2,
+        6,
+    )
     drop = drops.decode_drop(Decoder(), key, drops.VALUE.pack(3, 180))
     assert (drop.cgroup_id, drop.netns_ino, drop.reason_code) == (9, 4026531840, 12)
-    assert (drop.family, drop.ip_proto, drop.src_addr, drop.dst_addr) == (4, 6, "10.0.0.1",
-                                                                          "10.0.0.2")  # fmt: skip
+    assert (drop.family, drop.ip_proto, drop.src_addr, drop.dst_addr) == (
+        4,
+        6,
+        "10.0.0.1",
+        "10.0.0.2",
+    )
     assert (drop.packets, drop.bytes) == (3, 180)
-    bare = drops.decode_drop(Decoder(), drops.KEY.pack(0, 0, 2, bytes(16), bytes(16), 0, 0),
-                             drops.VALUE.pack(1, 60))  # fmt: skip
+    bare = drops.decode_drop(
+        Decoder(), drops.KEY.pack(0, 0, 2, bytes(16), bytes(16), 0, 0), drops.VALUE.pack(1, 60)
+    )
     assert (bare.family, bare.src_addr, bare.dst_addr) == (0, None, None)
 
 

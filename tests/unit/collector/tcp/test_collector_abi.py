@@ -10,9 +10,7 @@ from collector.tcp import events
 
 HEADER = Path(__file__).resolve().parents[4] / "bpf" / "tcpconn.h"
 
-_C_TO_STRUCT = {
-    "__u64": "Q", "__u32": "I", "__s32": "i", "__u16": "H", "__u8": "B", "char": "s"
-}  # fmt: skip
+_C_TO_STRUCT = {"__u64": "Q", "__u32": "I", "__s32": "i", "__u16": "H", "__u8": "B", "char": "s"}
 _SIZES = {"TCPCONN_COMM_LEN": 16, "TCPCONN_ADDR_LEN": 16}
 
 
@@ -112,5 +110,3 @@ def test_load_time_knobs_are_targ_globals() -> None:
 def _targs(source: Path) -> dict[str, str]:
     text = _strip_comments(source.read_text())
     return dict((n, t) for t, n in re.findall(r"const volatile (\w+) (targ_\w+) =", text))
-
-

@@ -110,8 +110,15 @@ def test_bad_records_are_counted_and_skipped(kind: Encoder) -> None:
 
 def batching(size: int, max_bytes: int = 256 << 10) -> tuple[Collector, FakeSink]:
     sink = FakeSink()
-    c = Collector(FakeSource([]), sink, resolver(), node_name="node-1", topic="t",
-                  batch_records=size, batch_bytes=max_bytes)  # fmt: skip
+    c = Collector(
+        FakeSource([]),
+        sink,
+        resolver(),
+        node_name="node-1",
+        topic="t",
+        batch_records=size,
+        batch_bytes=max_bytes,
+    )
     return c, sink
 
 

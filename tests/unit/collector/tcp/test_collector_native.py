@@ -150,9 +150,12 @@ def variety() -> list[bytes]:
 
 
 def both(
-    records: RecordBatch | list[RecordBatch], batch_records: int = 256,
-    batch_bytes: int = 256 << 10, with_nat: bool = True, node: str = NODE,
-) -> None:  # fmt: skip
+    records: RecordBatch | list[RecordBatch],
+    batch_records: int = 256,
+    batch_bytes: int = 256 << 10,
+    with_nat: bool = True,
+    node: str = NODE,
+) -> None:
     """Run both encoders over the batches; assert identical messages and counters."""
     batches = records if isinstance(records, list) else [records]
     results = []
@@ -200,8 +203,9 @@ def test_random_records_make_the_same_bytes() -> None:
     records = []
     for i in range(3000):
         family = rng.choice([socket.AF_INET, socket.AF_INET6])
-        raw = bytearray(make(family=family, saddr="::1", daddr="::2") if family == socket.AF_INET6
-                        else make())  # fmt: skip
+        raw = bytearray(
+            make(family=family, saddr="::1", daddr="::2") if family == socket.AF_INET6 else make()
+        )
         raw[0:48] = rng.randbytes(48)
         raw[0:8] = rng.randrange(2**62).to_bytes(8, "little") if i % 7 else bytes(8)
         raw[8:16] = rng.randrange(2**62).to_bytes(8, "little")
@@ -221,17 +225,32 @@ def test_random_endings_make_the_same_bytes_and_outcomes() -> None:
     rng = random.Random(11)
     records = []
     for i in range(4000):
-        flags = rng.choice([0, events.F_ESTABLISHED, events.F_START_UNKNOWN,
-                            events.F_START_UNKNOWN | events.F_ESTABLISHED])  # fmt: skip
-        records.append(make(
-            end_ns=5_000_000 + i, flags=flags, kind=rng.choice([0, 0, 0, events.KIND_INTERIM]),
-            oldstate=rng.randrange(14), sk_err=rng.choice([0, 0, 0, 110, 111, 104, 113, 22]),
-            syn_retries=rng.choice([0, 1, 2, 7, 255]), role=rng.choice([0, 1, 1, SERVER]),
-        ))  # fmt: skip
+        flags = rng.choice(
+            [
+                0,
+                events.F_ESTABLISHED,
+                events.F_START_UNKNOWN,
+                events.F_START_UNKNOWN | events.F_ESTABLISHED,
+            ]
+        )
+        records.append(
+            make(
+                end_ns=5_000_000 + i,
+                flags=flags,
+                kind=rng.choice([0, 0, 0, events.KIND_INTERIM]),
+                oldstate=rng.randrange(14),
+                sk_err=rng.choice([0, 0, 0, 110, 111, 104, 113, 22]),
+                syn_retries=rng.choice([0, 1, 2, 7, 255]),
+                role=rng.choice([0, 1, 1, SERVER]),
+            )
+        )
     both(batch(*records))
     enc = NativeMessages(resolver(), NODE, None, 256, 256 << 10)
-    outcomes = [r.outcome for _key, value, _n in enc.encode(batch(*records), OFFSET,
-                DecodeStats()) for r in CODEC.decode_batch(value)]  # fmt: skip
+    outcomes = [
+        r.outcome
+        for _key, value, _n in enc.encode(batch(*records), OFFSET, DecodeStats())
+        for r in CODEC.decode_batch(value)
+    ]
     want = [e.outcome for e in events.decode_batch(batch(*records), OFFSET, DecodeStats())]
     assert sorted(outcomes) == sorted(want)
     assert {"connect_timeout", "cancelled", "closed", "reset_locally", "open"} <= set(want)

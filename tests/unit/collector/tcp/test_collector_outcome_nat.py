@@ -119,9 +119,13 @@ def test_nat_is_looked_up_in_the_node_namespace_first() -> None:
     assert opened == [None]
     assert root.asked == [(4, "10.1.2.3", "10.96.0.10", 40000, 80, 6)] and pod.asked == []
     assert (nat.stats.lookups, nat.stats.translated, nat.stats.translated_in_socket_netns) == (
-        1, 1, 0)  # fmt: skip
-    record = build_record(svc, CgroupResolver(Path("/x"), walk=lambda _: {}).resolve(1), "n",
-                          ("10.244.1.7", 8080))  # fmt: skip
+        1,
+        1,
+        0,
+    )
+    record = build_record(
+        svc, CgroupResolver(Path("/x"), walk=lambda _: {}).resolve(1), "n", ("10.244.1.7", 8080)
+    )
     assert (record.remote_addr, record.remote_port) == ("10.244.1.7", 8080)
     assert (record.original_remote_addr, record.original_remote_port) == ("10.96.0.10", 80)
 
@@ -140,8 +144,7 @@ def test_nat_falls_back_to_the_socket_namespace_and_counts_misses_by_cause() -> 
     assert nat.resolve(_event(daddr="10.96.0.11", netns_ino=99)) is None  # netns gone
     assert opened == [None, "/run/netns/pod-a"]
     s = nat.stats
-    assert (s.lookups, s.not_translated, s.no_entry, s.no_dnat, s.netns_unknown) == (
-        4, 3, 2, 1, 1)  # fmt: skip
+    assert (s.lookups, s.not_translated, s.no_entry, s.no_dnat, s.netns_unknown) == (4, 3, 2, 1, 1)
 
 
 def test_nat_lookup_errors_are_counted_not_raised() -> None:
@@ -149,8 +152,9 @@ def test_nat_lookup_errors_are_counted_not_raised() -> None:
         def reply_source(self, *args: object) -> tuple[str, int] | None:  # type: ignore[override]
             raise OSError("netlink went away")
 
-    nat = NatResolver(parse_cidrs("10.96.0.0/12"), open_table=lambda _p: Broken(None),
-                      own_netns_inode=5)  # fmt: skip
+    nat = NatResolver(
+        parse_cidrs("10.96.0.0/12"), open_table=lambda _p: Broken(None), own_netns_inode=5
+    )
     assert nat.resolve(_event(daddr="10.96.0.1", netns_ino=5)) is None
     assert nat.stats.errors == 1
 
@@ -200,8 +204,9 @@ def test_health_record_is_produced_on_its_interval() -> None:
         sent.append((topic, value, key))
         return True
 
-    h = HealthReporter(lambda: {"x": 1}, produce, "p.collector.health", "node-1", 5.0,
-                       clock=lambda: now[0])  # fmt: skip
+    h = HealthReporter(
+        lambda: {"x": 1}, produce, "p.collector.health", "node-1", 5.0, clock=lambda: now[0]
+    )
     h.tick()
     now[0] = 5.0
     h.tick()
@@ -214,8 +219,15 @@ def test_collector_runs_periodic_tasks() -> None:
     from test_collector_app import FakeSink, FakeSource, resolver
 
     calls: list[int] = []
-    c = Collector(FakeSource([]), FakeSink(), resolver(), node_name="n", topic="t",
-                  poll_interval_s=0.01, periodic=[lambda: calls.append(1)])  # fmt: skip
+    c = Collector(
+        FakeSource([]),
+        FakeSink(),
+        resolver(),
+        node_name="n",
+        topic="t",
+        poll_interval_s=0.01,
+        periodic=[lambda: calls.append(1)],
+    )
     stop = threading.Event()
     t = threading.Thread(target=c.run, args=(stop,))
     t.start()

@@ -49,10 +49,20 @@ def test_counters_match_header() -> None:
 
 
 def test_decode_flow() -> None:
-    key = udp.KEY.pack(77, socket.inet_aton("10.0.0.1") + bytes(12),
-                       socket.inet_aton("10.0.0.2") + bytes(12), 5353, 53, 2)  # fmt: skip
+    key = udp.KEY.pack(
+        77,
+        socket.inet_aton("10.0.0.1") + bytes(12),
+        socket.inet_aton("10.0.0.2") + bytes(12),
+        5353,
+        53,
+        2,
+    )
     flow = udp.decode_flow(Decoder(), key, udp.VALUE.pack(100, 2, 300, 3))
     assert (flow.local_addr, flow.local_port, flow.remote_addr, flow.remote_port) == (
-        "10.0.0.1", 5353, "10.0.0.2", 53)  # fmt: skip
+        "10.0.0.1",
+        5353,
+        "10.0.0.2",
+        53,
+    )
     assert (flow.bytes_out, flow.packets_out, flow.bytes_in, flow.packets_in) == (100, 2, 300, 3)
     assert flow.cgroup_id == 77 and flow.family == 4

@@ -22,14 +22,24 @@ T = 1_700_000_000_000_000_000
 DNS_VIP = "10.96.0.10"
 
 
-def pod(name: str, ns: str, kind: str, workload: str, node: str, zone: str,
-        service: str | None = None) -> Endpoint:  # fmt: skip
+def pod(
+    name: str, ns: str, kind: str, workload: str, node: str, zone: str, service: str | None = None
+) -> Endpoint:
     # A template, as the enricher caches them: no address or port.
     return Endpoint(
-        address="", port=0, attribution="pod", pod_name=name, pod_uid=f"uid-{name}",
-        namespace=ns, workload_kind=kind, workload_name=workload, service=service, node=node,
-        zone=zone, region="eu-west-1",
-    )  # fmt: skip
+        address="",
+        port=0,
+        attribution="pod",
+        pod_name=name,
+        pod_uid=f"uid-{name}",
+        namespace=ns,
+        workload_kind=kind,
+        workload_name=workload,
+        service=service,
+        node=node,
+        zone=zone,
+        region="eu-west-1",
+    )
 
 
 WEB = pod("web-1", "shop", "Deployment", "web", "n1", "eu-west-1a")
@@ -42,10 +52,20 @@ class FakeMetadata:
 
     def __init__(self) -> None:
         self.pods = {"uid-web-1": WEB, "uid-coredns-1": COREDNS}
-        self.by_ip = {"10.1.0.5": WEB, "10.1.0.53": COREDNS, "10.1.0.99": ODD_DNS,
-                      DNS_VIP: Endpoint(address="", port=0, attribution="unresolved",
-                                        namespace="kube-system", workload_kind="Service",
-                                        workload_name="kube-dns", service="kube-dns")}  # fmt: skip
+        self.by_ip = {
+            "10.1.0.5": WEB,
+            "10.1.0.53": COREDNS,
+            "10.1.0.99": ODD_DNS,
+            DNS_VIP: Endpoint(
+                address="",
+                port=0,
+                attribution="unresolved",
+                namespace="kube-system",
+                workload_kind="Service",
+                workload_name="kube-dns",
+                service="kube-dns",
+            ),
+        }
         self.nodes = {
             n: Endpoint(address="", port=0, attribution="node", node=n, zone=z, region="eu-west-1")
             for n, z in (("n1", "eu-west-1a"), ("n2", "eu-west-1b"))
@@ -69,14 +89,32 @@ class FakeMetadata:
 
 def raw(**changes: Any) -> RawDnsQuery:
     base = RawDnsQuery(
-        node="n1", role="client", time_ns=T, response_time_ns=T + 2_500_000, latency_us=2500,
-        family=4, transport="udp", local_addr="10.1.0.5", local_port=40000,
-        remote_addr="10.1.0.53", remote_port=53, original_remote_addr=DNS_VIP, cgroup_id=7,
-        cgroup_path="kubepods/podx/c1", pod_uid="uid-web-1", container_id="c1", txid=4242,
-        query_name="api.example.com.shop.svc.cluster.local", query_type="A",
-        outcome="answered", rcode="NXDOMAIN", answer_count=0, attempts=2,
-        search_expansion=True, asked_name="api.example.com",
-    )  # fmt: skip
+        node="n1",
+        role="client",
+        time_ns=T,
+        response_time_ns=T + 2_500_000,
+        latency_us=2500,
+        family=4,
+        transport="udp",
+        local_addr="10.1.0.5",
+        local_port=40000,
+        remote_addr="10.1.0.53",
+        remote_port=53,
+        original_remote_addr=DNS_VIP,
+        cgroup_id=7,
+        cgroup_path="kubepods/podx/c1",
+        pod_uid="uid-web-1",
+        container_id="c1",
+        txid=4242,
+        query_name="api.example.com.shop.svc.cluster.local",
+        query_type="A",
+        outcome="answered",
+        rcode="NXDOMAIN",
+        answer_count=0,
+        attempts=2,
+        search_expansion=True,
+        asked_name="api.example.com",
+    )
     return replace(base, **changes)
 
 
@@ -90,8 +128,11 @@ def test_client_query_through_the_dns_service_names_both_ends() -> None:
     out = enrich_dns(raw(), meta)
     assert out.observer_role == "client" and out.client_observed
     assert out.client.workload_key() == "shop/Deployment/web"
-    assert (out.client.address, out.client.port, out.client.container_id) == ("10.1.0.5", 40000,
-                                                                              "c1")  # fmt: skip
+    assert (out.client.address, out.client.port, out.client.container_id) == (
+        "10.1.0.5",
+        40000,
+        "c1",
+    )
     assert out.server.workload_key() == "kube-system/Deployment/coredns"
     assert (out.server.address, out.server.port) == ("10.1.0.53", 53)
     assert out.server.service == "kube-dns"
@@ -101,9 +142,17 @@ def test_client_query_through_the_dns_service_names_both_ends() -> None:
     assert meta.asked_at == [T, T]  # the server and the dialed Service at the query's time
     # Query fields copied unchanged.
     assert (out.query_name, out.query_type, out.rcode, out.answer_count) == (
-        "api.example.com.shop.svc.cluster.local", "A", "NXDOMAIN", 0)  # fmt: skip
+        "api.example.com.shop.svc.cluster.local",
+        "A",
+        "NXDOMAIN",
+        0,
+    )
     assert (out.search_expansion, out.asked_name, out.attempts, out.latency_us) == (
-        True, "api.example.com", 2, 2500)  # fmt: skip
+        True,
+        "api.example.com",
+        2,
+        2500,
+    )
     assert (out.time_ns, out.response_time_ns, out.txid) == (T, T + 2_500_000, 4242)
     # And it survives the wire.
     codec = JsonCodec(EnrichedDnsQuery)
@@ -162,12 +211,20 @@ def test_caller_classifier_is_used_for_unknown_addresses() -> None:
 
 def test_server_side_record_of_an_observed_client() -> None:
     out = enrich_dns(
-        raw(role="server", node="n2", local_addr="10.1.0.53", local_port=53,
+        raw(
+            role="server",
+            node="n2",
+            local_addr="10.1.0.53",
+            local_port=53,
             pod_uid="uid-coredns-1",
-            remote_addr="10.1.0.5", remote_port=40000, original_remote_addr=None,
-            search_expansion=None, asked_name=None),
+            remote_addr="10.1.0.5",
+            remote_port=40000,
+            original_remote_addr=None,
+            search_expansion=None,
+            asked_name=None,
+        ),
         FakeMetadata(),
-    )  # fmt: skip
+    )
     assert out.observer_role == "server"
     assert out.client_observed  # the client's own collector reports it: count that one
     assert out.client.workload_key() == "shop/Deployment/web"
@@ -179,11 +236,17 @@ def test_server_side_record_of_an_observed_client() -> None:
 
 def test_server_side_record_of_an_outside_client_is_not_observed() -> None:
     out = enrich_dns(
-        raw(role="server", node="n2", local_addr="10.1.0.53", local_port=53,
+        raw(
+            role="server",
+            node="n2",
+            local_addr="10.1.0.53",
+            local_port=53,
             pod_uid="uid-coredns-1",
-            remote_addr="1.1.1.1", original_remote_addr=None),
+            remote_addr="1.1.1.1",
+            original_remote_addr=None,
+        ),
         FakeMetadata(),
-    )  # fmt: skip
+    )
     assert not out.client_observed
     assert out.client.attribution == "external" and out.peer_class == "internet"
 
@@ -208,8 +271,13 @@ def test_unknown_private_server_waits_for_metadata() -> None:
 
 @pytest.mark.parametrize(
     ("addr", "cls"),
-    [("8.8.8.8", "internet"), ("10.0.0.1", "private"), ("fd00::1", "private"),
-     ("2001:4860:4860::8888", "internet"), ("nonsense", "unknown")],
-)  # fmt: skip
+    [
+        ("8.8.8.8", "internet"),
+        ("10.0.0.1", "private"),
+        ("fd00::1", "private"),
+        ("2001:4860:4860::8888", "internet"),
+        ("nonsense", "unknown"),
+    ],
+)
 def test_fallback_peer_class(addr: str, cls: str) -> None:
     assert fallback_peer_class(addr) == cls

@@ -23,22 +23,47 @@ def _state() -> MetadataState:
         ("dns", "10.244.2.9", "kube-system", "coredns", "node-a"),
     ):
         state.upsert(
-            PodMeta(uid=uid, name=f"{name}-1", namespace=ns, node=node, ips=[ip],
-                    start_time_ns=T0, workload_kind="Deployment", workload_name=name),
+            PodMeta(
+                uid=uid,
+                name=f"{name}-1",
+                namespace=ns,
+                node=node,
+                ips=[ip],
+                start_time_ns=T0,
+                workload_kind="Deployment",
+                workload_name=name,
+            ),
             T0,
-        )  # fmt: skip
+        )
     return state
 
 
 def _query(**kw: object) -> RawDnsQuery:
     base: dict[str, object] = dict(
-        node="node-b", role="client", time_ns=T0 + 5 * S, response_time_ns=T0 + 5 * S + 900_000,
-        latency_us=900, family=4, transport="udp", local_addr="10.244.1.5", local_port=40001,
-        remote_addr="10.244.2.9", remote_port=53, cgroup_id=1, cgroup_path=None, pod_uid="app",
-        container_id=None, txid=7, query_name="db.shop.svc.cluster.local", query_type="A",
-        outcome="answered", rcode="NXDOMAIN", answer_count=0, search_expansion=True,
+        node="node-b",
+        role="client",
+        time_ns=T0 + 5 * S,
+        response_time_ns=T0 + 5 * S + 900_000,
+        latency_us=900,
+        family=4,
+        transport="udp",
+        local_addr="10.244.1.5",
+        local_port=40001,
+        remote_addr="10.244.2.9",
+        remote_port=53,
+        cgroup_id=1,
+        cgroup_path=None,
+        pod_uid="app",
+        container_id=None,
+        txid=7,
+        query_name="db.shop.svc.cluster.local",
+        query_type="A",
+        outcome="answered",
+        rcode="NXDOMAIN",
+        answer_count=0,
+        search_expansion=True,
         asked_name="db",
-    )  # fmt: skip
+    )
     base.update(kw)
     return RawDnsQuery(**base)  # type: ignore[arg-type]
 

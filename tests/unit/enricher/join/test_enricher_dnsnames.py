@@ -15,15 +15,34 @@ S = 1_000_000_000
 T0 = 1_700_000_000 * S
 
 
-def answer(name: str, addrs: list[str], t: int, ttl: int = 30, uid: str | None = "a",
-           node: str = "n1") -> RawDnsQuery:  # fmt: skip
+def answer(
+    name: str, addrs: list[str], t: int, ttl: int = 30, uid: str | None = "a", node: str = "n1"
+) -> RawDnsQuery:
     return RawDnsQuery(
-        node=node, role="client", time_ns=t, response_time_ns=t + 1000, latency_us=1,
-        family=4, transport="udp", local_addr="10.0.0.1", local_port=5353,
-        remote_addr="10.0.0.53", remote_port=53, cgroup_id=1, cgroup_path="p", pod_uid=uid,
-        container_id="c", txid=1, query_name=name, query_type="A", outcome="answered",
-        rcode="NOERROR", answer_count=len(addrs), answer_addrs=addrs, answer_ttl_s=ttl,
-    )  # fmt: skip
+        node=node,
+        role="client",
+        time_ns=t,
+        response_time_ns=t + 1000,
+        latency_us=1,
+        family=4,
+        transport="udp",
+        local_addr="10.0.0.1",
+        local_port=5353,
+        remote_addr="10.0.0.53",
+        remote_port=53,
+        cgroup_id=1,
+        cgroup_path="p",
+        pod_uid=uid,
+        container_id="c",
+        txid=1,
+        query_name=name,
+        query_type="A",
+        outcome="answered",
+        rcode="NOERROR",
+        answer_count=len(addrs),
+        answer_addrs=addrs,
+        answer_ttl_s=ttl,
+    )
 
 
 def test_one_name_two_addresses_and_one_address_two_names() -> None:
@@ -79,19 +98,43 @@ def test_hashed_names_are_not_used() -> None:
 def _state() -> MetadataState:
     st = MetadataState(early_tolerance_ns=0)
     st.upsert(NodeMeta(name="n1", zone="z1", region="r", addresses=["192.168.0.1"]), T0)
-    pod = PodMeta(uid="a", name="p-a", namespace="ns", node="n1", ips=["10.0.0.1"],
-                  start_time_ns=T0, workload_kind="Deployment", workload_name="w")  # fmt: skip
+    pod = PodMeta(
+        uid="a",
+        name="p-a",
+        namespace="ns",
+        node="n1",
+        ips=["10.0.0.1"],
+        start_time_ns=T0,
+        workload_kind="Deployment",
+        workload_name="w",
+    )
     st.upsert(pod, T0)
     return st
 
 
 def _tcp(remote: str, role: str = "client") -> RawTcpConnection:
     return RawTcpConnection(
-        node="n1", start_time_ns=T0 + S, end_time_ns=T0 + 2 * S, role=role, family=4,  # type: ignore[arg-type]
-        local_addr="10.0.0.1", local_port=40000, remote_addr=remote, remote_port=443, pid=3,
-        comm="c", cgroup_id=4, cgroup_path="p", pod_uid="a", container_id="x",
-        bytes_sent=5, bytes_received=6, srtt_us=7, retrans_segs=0, connect_latency_us=9,
-    )  # fmt: skip
+        node="n1",
+        start_time_ns=T0 + S,
+        end_time_ns=T0 + 2 * S,
+        role=role,
+        family=4,  # type: ignore[arg-type]
+        local_addr="10.0.0.1",
+        local_port=40000,
+        remote_addr=remote,
+        remote_port=443,
+        pid=3,
+        comm="c",
+        cgroup_id=4,
+        cgroup_path="p",
+        pod_uid="a",
+        container_id="x",
+        bytes_sent=5,
+        bytes_received=6,
+        srtt_us=7,
+        retrans_segs=0,
+        connect_latency_us=9,
+    )
 
 
 def test_fast_paths_and_reference_name_the_server_alike() -> None:

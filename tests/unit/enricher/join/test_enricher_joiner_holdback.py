@@ -260,8 +260,11 @@ def test_internet_and_other_cluster_peers_are_counted_apart() -> None:
     j, _, producer = _joiner(other_cluster_cidrs=parse_cidrs("10.200.0.0/16", "o"))
     j.process_batch([_raw(i, remote_addr=addr) for i, addr in enumerate(peers)])
     assert [e.peer_class for e in _decoded(producer)] == [
-        "internet", "other_cluster", "internet", "other_cluster",
-    ]  # fmt: skip
+        "internet",
+        "other_cluster",
+        "internet",
+        "other_cluster",
+    ]
     m = j.metrics()
     assert (m["enricher_remote_external_total"], m["enricher_remote_other_cluster_total"]) == (2, 2)
     # Without other clusters configured, the same addresses are the internet and private

@@ -62,7 +62,9 @@ _raw = raw_connection
 def test_the_c_loop_is_built() -> None:
     # Not a skip: without it the enricher runs at a fraction of its speed, and the tests
     # below would compare the reference with itself.
-    assert NATIVE_BUILT, "enricher.join._render (enricher/join/_render.c) is not built: run `make native`"
+    assert NATIVE_BUILT, (
+        "enricher.join._render (enricher/join/_render.c) is not built: run `make native`"
+    )
 
 
 REMOTES = [
@@ -259,12 +261,35 @@ def test_address_shortcuts_follow_the_index(state: MetadataState) -> None:
 # what it takes (a canonical dotted quad outside every non-internet range) and what it must
 # leave to Python (other spellings, special-purpose ranges, other clusters, pod addresses).
 EDGE_ADDRESSES = [
-    "1.2.3.4", "9.255.255.255", "11.0.0.0", "100.63.255.255", "100.128.0.0", "223.255.255.255",
-    "100.64.0.1", "169.254.1.1", "172.31.255.255", "192.0.2.7", "198.19.0.1", "240.0.0.1",
-    "255.255.255.255", "0.1.2.3", "10.200.3.4", "10.0.9.9",
-    "01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5", "1.2.3.256", "1.2.3.4 ", "1..3.4", "1.2.3.",
-    "1.2.3.1000", "0x1.2.3.4", "\u0661.2.3.4", "34.1.2.3",
-]  # fmt: skip
+    "1.2.3.4",
+    "9.255.255.255",
+    "11.0.0.0",
+    "100.63.255.255",
+    "100.128.0.0",
+    "223.255.255.255",
+    "100.64.0.1",
+    "169.254.1.1",
+    "172.31.255.255",
+    "192.0.2.7",
+    "198.19.0.1",
+    "240.0.0.1",
+    "255.255.255.255",
+    "0.1.2.3",
+    "10.200.3.4",
+    "10.0.9.9",
+    "01.2.3.4",
+    "1.2.3.04",
+    "1.2.3",
+    "1.2.3.4.5",
+    "1.2.3.256",
+    "1.2.3.4 ",
+    "1..3.4",
+    "1.2.3.",
+    "1.2.3.1000",
+    "0x1.2.3.4",
+    "\u0661.2.3.4",
+    "34.1.2.3",
+]
 
 
 def test_internet_peers_render_like_the_reference(state: MetadataState) -> None:
@@ -303,13 +328,15 @@ def test_both_tiers_render_a_large_mixed_batch_identically(state: MetadataState)
     py_loop = Renderer(state, CLASSIFIER, native=False)  # the reference
     raws = [
         _raw(
-            remote_addr=remote, role=role, bytes_sent=i * 7919, local_port=1 + i % 65535,
-            start_time_ns=T0 + i, **local,
+            remote_addr=remote,
+            role=role,
+            bytes_sent=i * 7919,
+            local_port=1 + i % 65535,
+            start_time_ns=T0 + i,
+            **local,
         )
-        for i, (remote, local, role) in enumerate(
-            itertools.product(REMOTES * 3, LOCALS, ROLES)
-        )
-    ]  # fmt: skip
+        for i, (remote, local, role) in enumerate(itertools.product(REMOTES * 3, LOCALS, ROLES))
+    ]
     assert c_loop.render_many(raws) == py_loop.render_many(raws)
     assert c_loop.render_many(raws) == py_loop.render_many(raws)  # from the caches
     huge = [_raw(bytes_sent=2**64 - 1, bytes_received=0, srtt_us=2**40)]

@@ -162,7 +162,9 @@ def _state(meta: list[Meta]) -> MetadataState:
 
 
 def test_the_c_loop_is_built() -> None:
-    assert NATIVE_BUILT, "enricher.join._render (enricher/join/_render.c) is not built: run `make native`"
+    assert NATIVE_BUILT, (
+        "enricher.join._render (enricher/join/_render.c) is not built: run `make native`"
+    )
 
 
 @PROPERTY

@@ -16,8 +16,16 @@ from flowscope.records.metadata import NodeMeta, PodMeta, ServiceMeta
 
 
 def _pod(uid: str, ips: list[str], node: str, name: str) -> PodMeta:
-    return PodMeta(uid=uid, name=f"{name}-{uid}", namespace="media", node=node, ips=ips,
-                   start_time_ns=T0, workload_kind="Deployment", workload_name=name)  # fmt: skip
+    return PodMeta(
+        uid=uid,
+        name=f"{name}-{uid}",
+        namespace="media",
+        node=node,
+        ips=ips,
+        start_time_ns=T0,
+        workload_kind="Deployment",
+        workload_name=name,
+    )
 
 
 @pytest.fixture
@@ -36,11 +44,23 @@ def state() -> MetadataState:
 
 def flow(**overrides: Any) -> RawUdpFlow:
     fields: dict[str, Any] = dict(
-        node="node-a", window_start_ns=T0 + S, window_end_ns=T0 + 31 * S, family=4,
-        local_addr="10.0.1.1", local_port=45000, remote_addr="10.0.2.1", remote_port=5004,
-        cgroup_id=7, cgroup_path="kubepods/podc1/abc", pod_uid="c1", container_id="abc",
-        bytes_out=1_000, packets_out=10, bytes_in=50_000, packets_in=40,
-    )  # fmt: skip
+        node="node-a",
+        window_start_ns=T0 + S,
+        window_end_ns=T0 + 31 * S,
+        family=4,
+        local_addr="10.0.1.1",
+        local_port=45000,
+        remote_addr="10.0.2.1",
+        remote_port=5004,
+        cgroup_id=7,
+        cgroup_path="kubepods/podc1/abc",
+        pod_uid="c1",
+        container_id="abc",
+        bytes_out=1_000,
+        packets_out=10,
+        bytes_in=50_000,
+        packets_in=40,
+    )
     fields.update(overrides)
     return RawUdpFlow(**fields)
 
@@ -66,7 +86,10 @@ def test_client_side_flow_names_both_ends_and_zones(state: MetadataState) -> Non
     assert (out.observer_role, out.client_observed, out.transport) == ("client", True, "udp")
     assert (out.client.pod_uid, out.client.zone, out.client.port) == ("c1", "z-a", 45000)
     assert (out.server.pod_uid, out.server.workload_name, out.server.zone) == (
-        "s1", "streamer", "z-b")  # fmt: skip
+        "s1",
+        "streamer",
+        "z-b",
+    )
     assert (out.bytes_client_to_server, out.bytes_server_to_client) == (1_000, 50_000)
     assert (out.packets_client_to_server, out.packets_server_to_client) == (10, 40)
     assert out.peer_class == "cross_zone"
@@ -74,9 +97,18 @@ def test_client_side_flow_names_both_ends_and_zones(state: MetadataState) -> Non
 
 
 def test_server_side_flow_is_flipped_and_marked_a_duplicate(state: MetadataState) -> None:
-    raw = flow(node="node-b", local_addr="10.0.2.1", local_port=5004, remote_addr="10.0.1.1",
-               remote_port=45000, pod_uid="s1", bytes_out=50_000, packets_out=40,
-               bytes_in=1_000, packets_in=10)  # fmt: skip
+    raw = flow(
+        node="node-b",
+        local_addr="10.0.2.1",
+        local_port=5004,
+        remote_addr="10.0.1.1",
+        remote_port=45000,
+        pod_uid="s1",
+        bytes_out=50_000,
+        packets_out=40,
+        bytes_in=1_000,
+        packets_in=10,
+    )
     out = enrich_udp(raw, state, DEFAULT_CLASSIFIER)
     assert (out.observer_role, out.client_observed) == ("server", True)
     assert (out.client.pod_uid, out.server.pod_uid) == ("c1", "s1")
@@ -85,8 +117,14 @@ def test_server_side_flow_is_flipped_and_marked_a_duplicate(state: MetadataState
 
 
 def test_server_side_flow_from_the_internet_is_not_client_observed(state: MetadataState) -> None:
-    raw = flow(node="node-b", local_addr="10.0.2.1", local_port=5004, remote_addr="93.184.216.34",
-               remote_port=50000, pod_uid="s1")  # fmt: skip
+    raw = flow(
+        node="node-b",
+        local_addr="10.0.2.1",
+        local_port=5004,
+        remote_addr="93.184.216.34",
+        remote_port=50000,
+        pod_uid="s1",
+    )
     out = enrich_udp(raw, state, DEFAULT_CLASSIFIER)
     assert (out.observer_role, out.client_observed) == ("server", False)
     assert (out.client.attribution, out.peer_class) == ("external", "internet")
@@ -96,15 +134,17 @@ def test_flow_to_a_service_names_the_backend_and_the_service(state: MetadataStat
     raw = flow(original_remote_addr="10.96.0.20", original_remote_port=80)
     out = enrich_udp(raw, state, DEFAULT_CLASSIFIER)
     assert (out.server.pod_uid, out.server.service, out.server.address) == (
-        "s1", "stream", "10.0.2.1")  # fmt: skip
+        "s1",
+        "stream",
+        "10.0.2.1",
+    )
 
 
 def test_ipv6_flow(state: MetadataState) -> None:
     raw = flow(family=6, local_addr="fd00::1:1", remote_addr="fd00::2:1")
     out = enrich_udp(raw, state, DEFAULT_CLASSIFIER)
     assert out.network_type == "ipv6"
-    assert (out.client.pod_uid, out.server.pod_uid, out.server.address) == (
-        "c1", "s1", "fd00::2:1")  # fmt: skip
+    assert (out.client.pod_uid, out.server.pod_uid, out.server.address) == ("c1", "s1", "fd00::2:1")
 
 
 def test_an_internet_server_is_named_by_the_clients_dns_answer(state: MetadataState) -> None:
@@ -112,16 +152,36 @@ def test_an_internet_server_is_named_by_the_clients_dns_answer(state: MetadataSt
     from flowscope.records import RawDnsQuery
 
     names = DnsNames()
-    names.add(RawDnsQuery(
-        node="node-a", role="client", time_ns=T0, response_time_ns=T0 + 1000, latency_us=1,
-        family=4, transport="udp", local_addr="10.0.1.1", local_port=5353,
-        remote_addr="10.96.0.10", remote_port=53, cgroup_id=7, cgroup_path="p", pod_uid="c1",
-        container_id="abc", txid=1, query_name="stun.example.com", query_type="A",
-        outcome="answered", rcode="NOERROR", answer_count=1, answer_addrs=["8.8.4.4"],
-        answer_ttl_s=60,
-    ))  # fmt: skip
-    out = enrich_udp(flow(remote_addr="8.8.4.4", remote_port=3478), state, DEFAULT_CLASSIFIER,
-                     names)  # fmt: skip
+    names.add(
+        RawDnsQuery(
+            node="node-a",
+            role="client",
+            time_ns=T0,
+            response_time_ns=T0 + 1000,
+            latency_us=1,
+            family=4,
+            transport="udp",
+            local_addr="10.0.1.1",
+            local_port=5353,
+            remote_addr="10.96.0.10",
+            remote_port=53,
+            cgroup_id=7,
+            cgroup_path="p",
+            pod_uid="c1",
+            container_id="abc",
+            txid=1,
+            query_name="stun.example.com",
+            query_type="A",
+            outcome="answered",
+            rcode="NOERROR",
+            answer_count=1,
+            answer_addrs=["8.8.4.4"],
+            answer_ttl_s=60,
+        )
+    )
+    out = enrich_udp(
+        flow(remote_addr="8.8.4.4", remote_port=3478), state, DEFAULT_CLASSIFIER, names
+    )
     assert out.server_domain == "stun.example.com" and out.server.attribution == "external"
     inside = enrich_udp(flow(), state, DEFAULT_CLASSIFIER, names)
     assert inside.server_domain is msgspec.UNSET  # a pod is named by the metadata, not DNS

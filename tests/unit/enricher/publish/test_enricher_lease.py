@@ -98,8 +98,9 @@ def test_concurrent_writers_cannot_both_win() -> None:
 
 def test_run_leads_renews_and_stands_down_when_renewal_fails() -> None:
     api = FakeLeaseApi()
-    config = LeaseConfig("ns", "lock", "a", lease_duration_s=3, renew_deadline_s=2,
-                         retry_period_s=0.05)  # fmt: skip
+    config = LeaseConfig(
+        "ns", "lock", "a", lease_duration_s=3, renew_deadline_s=2, retry_period_s=0.05
+    )
     elector = LeaseElector(api, config)
     stop = threading.Event()
     led = threading.Event()

@@ -38,16 +38,36 @@ def test_shipped_rules_load() -> None:
 @pytest.mark.parametrize(
     ("rule", "match"),
     [
-        ({"name": "a", "metric": "nope", "group_by": ["client_workload"], "threshold": 1},
-         "tcp.connect_failure_rate"),
-        ({"name": "a", "metric": "tcp.rtt_p99_us", "group_by": ["zone"], "threshold": 1},
-         "group_by"),
-        ({"name": "a", "metric": "tcp.rtt_p99_us", "group_by": ["service"], "threshold": 1,
-          "severity": "panic"}, "critical"),
-        ({"name": "a", "metric": "tcp.rtt_p99_us", "group_by": ["service"], "threshold": 1,
-          "for": 3}, "unknown keys"),
+        (
+            {"name": "a", "metric": "nope", "group_by": ["client_workload"], "threshold": 1},
+            "tcp.connect_failure_rate",
+        ),
+        (
+            {"name": "a", "metric": "tcp.rtt_p99_us", "group_by": ["zone"], "threshold": 1},
+            "group_by",
+        ),
+        (
+            {
+                "name": "a",
+                "metric": "tcp.rtt_p99_us",
+                "group_by": ["service"],
+                "threshold": 1,
+                "severity": "panic",
+            },
+            "critical",
+        ),
+        (
+            {
+                "name": "a",
+                "metric": "tcp.rtt_p99_us",
+                "group_by": ["service"],
+                "threshold": 1,
+                "for": 3,
+            },
+            "unknown keys",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_rules_fail_naming_the_valid_values(rule: dict[str, object], match: str) -> None:
     with pytest.raises(AlertRuleError, match=match):
         parse_rules({"rules": [rule]})
@@ -70,10 +90,14 @@ def events_until(p: ConnectionProcessor, window: int) -> list[AlertEvent]:
 
 def test_failure_rate_fires_after_for_windows_and_resolves_once() -> None:
     rule = AlertRule(
-        name="fail", metric="tcp.connect_failure_rate",
-        group_by=("client_workload", "server_workload"), threshold=0.1, for_windows=2,
-        severity="critical", min_connections=10,
-    )  # fmt: skip
+        name="fail",
+        metric="tcp.connect_failure_rate",
+        group_by=("client_workload", "server_workload"),
+        threshold=0.1,
+        for_windows=2,
+        severity="critical",
+        min_connections=10,
+    )
     p = ConnectionProcessor(W, 0, 0, load_price_table(REPO / "config/prices.yaml"), [rule])
     plan = [(20, 0), (20, 5), (5, 5), (20, 6), (20, 8), (20, 9), (20, 0), (20, 9)]
     # window:  0 ok, 1 breach, 2 too few conns, 3 breach, 4 breach -> fires, 5 breach (quiet),
@@ -99,8 +123,9 @@ def test_failure_rate_fires_after_for_windows_and_resolves_once() -> None:
 
 
 def test_a_firing_alert_resolves_when_traffic_stops() -> None:
-    rule = AlertRule(name="fail", metric="tcp.connect_failure_rate",
-                     group_by=("server_workload",), threshold=0.1)  # fmt: skip
+    rule = AlertRule(
+        name="fail", metric="tcp.connect_failure_rate", group_by=("server_workload",), threshold=0.1
+    )
     p = ConnectionProcessor(W, 0, 0, load_price_table(REPO / "config/prices.yaml"), [rule])
     feed(p, 0, 10, 10)
     assert [e.status for e in events_until(p, 0)] == ["firing"]
@@ -113,8 +138,13 @@ def test_a_firing_alert_resolves_when_traffic_stops() -> None:
 
 
 def test_a_window_too_small_to_judge_resolves_and_says_so() -> None:
-    rule = AlertRule(name="fail", metric="tcp.connect_failure_rate",
-                     group_by=("server_workload",), threshold=0.1, min_connections=10)  # fmt: skip
+    rule = AlertRule(
+        name="fail",
+        metric="tcp.connect_failure_rate",
+        group_by=("server_workload",),
+        threshold=0.1,
+        min_connections=10,
+    )
     p = ConnectionProcessor(W, 0, 0, load_price_table(REPO / "config/prices.yaml"), [rule])
     feed(p, 0, 10, 10)
     assert [e.status for e in events_until(p, 0)] == ["firing"]
@@ -126,32 +156,58 @@ def test_a_window_too_small_to_judge_resolves_and_says_so() -> None:
 
 
 def test_cost_spike_compares_with_the_baseline() -> None:
-    rule = AlertRule(name="spike", metric="cost.cross_zone_usd", group_by=("source_workload",),
-                     threshold=3.0, baseline_windows=2, min_value=0.01)  # fmt: skip
+    rule = AlertRule(
+        name="spike",
+        metric="cost.cross_zone_usd",
+        group_by=("source_workload",),
+        threshold=3.0,
+        baseline_windows=2,
+        min_value=0.01,
+    )
     ev = AlertEvaluator([rule])
     from flowscope.records import CostPairMetric
 
     def cost(usd: float, cls: str = "cross_zone") -> CostPairMetric:
         return CostPairMetric(
-            metric_id="x", window_start_ns=0, window_end_ns=1, source_partition=0,
-            source_workload="a", destination_workload="b", source_namespace=None,
-            destination_namespace=None, source_zone="z1", destination_zone="z2",
-            cost_class=cls, priced=True, cloud="aws", connections=1,
-            bytes_source_to_destination=1, bytes_destination_to_source=0, cost_usd=usd,
-            cost_usd_source=usd, cost_usd_destination=0.0,
-        )  # fmt: skip
+            metric_id="x",
+            window_start_ns=0,
+            window_end_ns=1,
+            source_partition=0,
+            source_workload="a",
+            destination_workload="b",
+            source_namespace=None,
+            destination_namespace=None,
+            source_zone="z1",
+            destination_zone="z2",
+            cost_class=cls,
+            priced=True,
+            cloud="aws",
+            connections=1,
+            bytes_source_to_destination=1,
+            bytes_destination_to_source=0,
+            cost_usd=usd,
+            cost_usd_source=usd,
+            cost_usd_destination=0.0,
+        )
 
     values = [1.0, 1.0, 2.5, 9.0, 1.0]  # baseline at w3 = mean(1.0, 2.5) = 1.75 -> 5.1x
-    out = [ev.evaluate(w * W, (w + 1) * W, [], [cost(v), cost(50.0, "same_zone")], 0)
-           for w, v in enumerate(values)]  # fmt: skip
+    out = [
+        ev.evaluate(w * W, (w + 1) * W, [], [cost(v), cost(50.0, "same_zone")], 0)
+        for w, v in enumerate(values)
+    ]
     assert [[e.status for e in evs] for evs in out] == [[], [], [], ["firing"], ["resolved"]]
     assert out[3][0].evidence[0]["baseline"] == 1.75
     assert out[3][0].evidence[0]["raw_value"] == 9.0
 
 
 def test_application_connect_timeouts_fire_the_failure_rate_and_cancels_do_not() -> None:
-    rule = AlertRule(name="fail", metric="tcp.connect_failure_rate",
-                     group_by=("server_workload",), threshold=0.1, min_connections=10)  # fmt: skip
+    rule = AlertRule(
+        name="fail",
+        metric="tcp.connect_failure_rate",
+        group_by=("server_workload",),
+        threshold=0.1,
+        min_connections=10,
+    )
     p = ConnectionProcessor(W, 0, 0, load_price_table(REPO / "config/prices.yaml"), [rule])
     feed(p, 0, 20, 20, failure="cancelled")  # all cancelled (happy eyeballs): no failure
     assert events_until(p, 0) == []

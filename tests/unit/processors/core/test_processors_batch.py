@@ -12,8 +12,7 @@ from processors.tcp.connections import ConnectionAggregator
 
 WINDOW = 10 * S
 GRACE = 2 * S
-ENDS = [pod("web", "zone-a"), pod("api", "zone-b", service="api"), pod("db", "zone-a"),
-        external()]  # fmt: skip
+ENDS = [pod("web", "zone-a"), pod("api", "zone-b", service="api"), pod("db", "zone-a"), external()]
 
 
 def records(rng: random.Random, n: int) -> list[EnrichedTcpConnection]:
@@ -47,10 +46,17 @@ def snapshot(agg: ConnectionAggregator) -> tuple[dict[str, int], dict[object, ob
     for w in agg.close_ready(T0 + 10 * WINDOW):
         for key, c in w.cells.items():
             cells[(w.partition, w.start_ns, key)] = (
-                c.client_namespace, c.server_namespace, c.connections,
-                c.bytes_client_to_server, c.bytes_server_to_client, c.retrans_segs,
-                c.segs_out, c.outcomes, c.connect_sketch.to_dict(), c.rtt_sketch.to_dict(),
-            )  # fmt: skip
+                c.client_namespace,
+                c.server_namespace,
+                c.connections,
+                c.bytes_client_to_server,
+                c.bytes_server_to_client,
+                c.retrans_segs,
+                c.segs_out,
+                c.outcomes,
+                c.connect_sketch.to_dict(),
+                c.rtt_sketch.to_dict(),
+            )
     return agg.counters.as_dict(), cells
 
 

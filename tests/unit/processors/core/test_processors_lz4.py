@@ -54,9 +54,14 @@ def test_a_compressed_record_batch_reads_back_through_the_c_parser(
     records = importlib.import_module("aiokafka.record.default_records")
     memory = importlib.import_module("aiokafka.record.memory_records")
     builder = records.DefaultRecordBatchBuilder(
-        magic=2, compression_type=records.DefaultRecordBatch.CODEC_LZ4, is_transactional=0,
-        producer_id=-1, producer_epoch=-1, base_sequence=-1, batch_size=10**7,
-    )  # fmt: skip
+        magic=2,
+        compression_type=records.DefaultRecordBatch.CODEC_LZ4,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=10**7,
+    )
     values = payloads()[1:]
     for offset, value in enumerate(values):
         builder.append(offset, timestamp=None, key=b"k", value=value, headers=[])

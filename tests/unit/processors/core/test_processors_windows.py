@@ -25,8 +25,9 @@ def test_window_assignment_at_boundaries() -> None:
     a.add(0, conn(T0 + WINDOW, WEB, DB, c2s=4))  # first ns of window 1
     assert a.open_windows() == [(0, T0), (0, T0 + WINDOW)]
     closed = a.close_ready(T0 + 2 * WINDOW + GRACE)
-    got = [(w.start_ns, w.end_ns, p.bytes_client_to_server) for w in closed
-           for p in pair_metrics(w)]  # fmt: skip
+    got = [
+        (w.start_ns, w.end_ns, p.bytes_client_to_server) for w in closed for p in pair_metrics(w)
+    ]
     assert got == [(T0, T0 + WINDOW, 3), (T0 + WINDOW, T0 + 2 * WINDOW, 4)]
 
 

@@ -62,8 +62,11 @@ def test_cross_zone_pair_costs_both_ends_and_each_connection_counts_once() -> No
     assert len(pairs) == 1
     p = pairs[0]
     assert (p.source_zone, p.destination_zone, p.cost_class, p.priced) == (
-        "us-east-1a", "us-east-1b", "cross_zone", True,
-    )  # fmt: skip
+        "us-east-1a",
+        "us-east-1b",
+        "cross_zone",
+        True,
+    )
     assert (p.bytes_source_to_destination, p.bytes_destination_to_source) == (3 * 10**9, 10**9)
     # $0.01/GB out + $0.01/GB in, 4 GB crossing: web pays 3*0.01 + 1*0.01, db the same.
     assert (p.cost_usd_source, p.cost_usd_destination, p.cost_usd) == (0.04, 0.04, 0.08)
@@ -78,11 +81,26 @@ def test_internet_egress_is_charged_to_the_inside_end_only() -> None:
     table = load_price_table(PRICES, "gcp")
     agg = ConnectionAggregator(W, 0)
     # Inside client uploads 2 GB to the internet and downloads 5 GB (ingress is free).
-    agg.add(0, conn(T0, pod("api", "z-a"), external(), c2s=2 * 10**9, s2c=5 * 10**9,
-                    peer_class="internet"))  # fmt: skip
+    agg.add(
+        0,
+        conn(
+            T0, pod("api", "z-a"), external(), c2s=2 * 10**9, s2c=5 * 10**9, peer_class="internet"
+        ),
+    )
     # An outside client (only the server end observed) downloads 1 GB from us.
-    agg.add(0, conn(T0, external("198.51.100.7"), pod("cdn", "z-a"), role="server",
-                    client_observed=False, c2s=10, s2c=10**9, peer_class="internet"))  # fmt: skip
+    agg.add(
+        0,
+        conn(
+            T0,
+            external("198.51.100.7"),
+            pod("cdn", "z-a"),
+            role="server",
+            client_observed=False,
+            c2s=10,
+            s2c=10**9,
+            peer_class="internet",
+        ),
+    )
     pairs, rollups = cost_metrics(closed(agg)[0], table)
     cost = {p.source_workload: p for p in pairs}
     assert cost["shop/Deployment/api"].cost_usd_source == 0.24  # 2 GB x $0.12
@@ -98,8 +116,10 @@ def test_unpriced_classes_are_reported_with_zero_cost() -> None:
     agg.add(0, conn(T0, pod("a", None), pod("b", None), c2s=10**12, peer_class="unknown"))
     pairs, _ = cost_metrics(closed(agg)[0], load_price_table(PRICES))
     assert (pairs[0].priced, pairs[0].cost_usd, pairs[0].bytes_source_to_destination) == (
-        False, 0.0, 10**12,
-    )  # fmt: skip
+        False,
+        0.0,
+        10**12,
+    )
 
 
 def test_random_traffic_dollars_match_an_independent_computation_to_the_cent() -> None:
@@ -110,8 +130,12 @@ def test_random_traffic_dollars_match_an_independent_computation_to_the_cent() -
     agg = ConnectionAggregator(W, 0)
     zones = ["eastus-1", "eastus-2", "westus-1"]
     workloads = [pod(f"w{i}", zones[i % 3]) for i in range(5)]
-    price = {"same_zone": ("0", "0"), "cross_zone": ("0", "0"), "cross_region": ("0.02", "0"),
-             "internet": ("0.087", "0")}  # fmt: skip
+    price = {
+        "same_zone": ("0", "0"),
+        "cross_zone": ("0", "0"),
+        "cross_region": ("0.02", "0"),
+        "internet": ("0.087", "0"),
+    }
     truth: dict[str, Decimal] = {}
     for _ in range(3000):
         c, s = rng.choice(workloads), rng.choice([*workloads, external()])
@@ -156,11 +180,16 @@ def test_egress_is_rolled_up_per_domain_group_and_unnamed() -> None:
     agg = ConnectionAggregator(W, 0)
     api = pod("api", "z-a")
     # Two buckets share one group; one address no DNS answer named; 1 GB each way each.
-    for addr, domain in (("52.0.0.1", "b1.s3.amazonaws.com"), ("52.0.0.2", "b2.s3.amazonaws.com"),
-                         ("93.0.0.1", "api.example.com"), ("93.0.0.2", None)):  # fmt: skip
+    for addr, domain in (
+        ("52.0.0.1", "b1.s3.amazonaws.com"),
+        ("52.0.0.2", "b2.s3.amazonaws.com"),
+        ("93.0.0.1", "api.example.com"),
+        ("93.0.0.2", None),
+    ):
         more = {} if domain is None else {"server_domain": domain}
-        agg.add(0, conn(T0, api, external(addr), c2s=10**9, s2c=10**9, peer_class="internet",
-                        **more))  # fmt: skip
+        agg.add(
+            0, conn(T0, api, external(addr), c2s=10**9, s2c=10**9, peer_class="internet", **more)
+        )
     _, rollups = cost_metrics(closed(agg)[0], table)
     by = {r.name: r for r in rollups if r.scope == "domain"}
     assert set(by) == {"s3.amazonaws.com", "api.example.com", "unnamed"}
@@ -179,12 +208,17 @@ def test_domain_groups_refuse_inner_wildcards() -> None:
 def test_cost_rolls_up_by_pod_and_node_label_adding_up_to_the_total() -> None:
     import msgspec
 
-    data = {"cloud": "aws", "clouds": {"aws": {"cross_zone": {"sent": 0.01, "received": 0.01}}},
-            "rollup_labels": ["team"], "rollup_node_labels": ["rack"]}  # fmt: skip
+    data = {
+        "cloud": "aws",
+        "clouds": {"aws": {"cross_zone": {"sent": 0.01, "received": 0.01}}},
+        "rollup_labels": ["team"],
+        "rollup_node_labels": ["rack"],
+    }
     table = parse_price_table(data)
     agg = ConnectionAggregator(W, 0)
-    web = msgspec.structs.replace(pod("web", "z-a"), pod_labels={"team": "shop"},
-                                  node_labels={"rack": "r1"})  # fmt: skip
+    web = msgspec.structs.replace(
+        pod("web", "z-a"), pod_labels={"team": "shop"}, node_labels={"rack": "r1"}
+    )
     db = msgspec.structs.replace(pod("db", "z-b"), node_labels={"rack": "r2"})
     agg.add(0, conn(T0, web, db, c2s=3 * 10**9, s2c=10**9, peer_class="cross_zone"))
     _, rollups = cost_metrics(closed(agg)[0], table)
@@ -197,8 +231,16 @@ def test_cost_rolls_up_by_pod_and_node_label_adding_up_to_the_total() -> None:
 def test_cost_rolls_up_by_region_of_each_inside_end() -> None:
     agg = ConnectionAggregator(W, 0)
     # pod() puts zone "us-east-1aa" in region "us-east-1"; eu-west-1b in "eu-west-1".
-    agg.add(0, conn(T0, pod("web", "us-east-1aa"), pod("db", "eu-west-1bb"), c2s=10**9,
-                    peer_class="cross_region"))  # fmt: skip
+    agg.add(
+        0,
+        conn(
+            T0,
+            pod("web", "us-east-1aa"),
+            pod("db", "eu-west-1bb"),
+            c2s=10**9,
+            peer_class="cross_region",
+        ),
+    )
     agg.add(0, conn(T0, pod("api", "us-east-1bb"), external(), c2s=10**9, peer_class="internet"))
     _, rollups = cost_metrics(closed(agg)[0], load_price_table(PRICES, "aws"))
     by = {r.name: r for r in rollups if r.scope == "region"}

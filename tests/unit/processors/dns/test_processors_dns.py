@@ -25,13 +25,34 @@ REPO = Path(__file__).resolve().parents[4]
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
 W = 10 * S
-WEB = Endpoint(address="10.1.0.5", port=40000, attribution="pod", namespace="shop",
-               workload_kind="Deployment", workload_name="web", zone="z-a")  # fmt: skip
-API = Endpoint(address="10.1.0.6", port=40000, attribution="pod", namespace="shop",
-               workload_kind="Deployment", workload_name="api", zone="z-a")  # fmt: skip
-COREDNS = Endpoint(address="10.1.0.53", port=53, attribution="pod", namespace="kube-system",
-                   workload_kind="Deployment", workload_name="coredns", service="kube-dns",
-                   zone="z-b")  # fmt: skip
+WEB = Endpoint(
+    address="10.1.0.5",
+    port=40000,
+    attribution="pod",
+    namespace="shop",
+    workload_kind="Deployment",
+    workload_name="web",
+    zone="z-a",
+)
+API = Endpoint(
+    address="10.1.0.6",
+    port=40000,
+    attribution="pod",
+    namespace="shop",
+    workload_kind="Deployment",
+    workload_name="api",
+    zone="z-a",
+)
+COREDNS = Endpoint(
+    address="10.1.0.53",
+    port=53,
+    attribution="pod",
+    namespace="kube-system",
+    workload_kind="Deployment",
+    workload_name="coredns",
+    service="kube-dns",
+    zone="z-b",
+)
 OUTSIDE = Endpoint(address="198.51.100.7", port=5353, attribution="external")
 WEB_KEY, DNS_KEY = "shop/Deployment/web", "kube-system/Deployment/coredns"
 CODEC = JsonCodec(EnrichedDnsQuery)
@@ -39,12 +60,27 @@ CODEC = JsonCodec(EnrichedDnsQuery)
 
 def q(t: int, rcode: str | None = "NOERROR", **changes: Any) -> EnrichedDnsQuery:
     base = EnrichedDnsQuery(
-        time_ns=t, response_time_ns=t + 1000, observer_node="n1", observer_role="client",
-        client_observed=True, transport="udp", network_type="ipv4", client=WEB,
-        server=COREDNS, server_class="cluster_dns", peer_class="cross_zone", txid=1,
-        query_name="api.example.com", query_type="A", outcome="answered", rcode=rcode,
-        answer_count=1, latency_us=1000, search_expansion=False, asked_name="api.example.com",
-    )  # fmt: skip
+        time_ns=t,
+        response_time_ns=t + 1000,
+        observer_node="n1",
+        observer_role="client",
+        client_observed=True,
+        transport="udp",
+        network_type="ipv4",
+        client=WEB,
+        server=COREDNS,
+        server_class="cluster_dns",
+        peer_class="cross_zone",
+        txid=1,
+        query_name="api.example.com",
+        query_type="A",
+        outcome="answered",
+        rcode=rcode,
+        answer_count=1,
+        latency_us=1000,
+        search_expansion=False,
+        asked_name="api.example.com",
+    )
     return replace(base, **changes)
 
 
@@ -73,7 +109,11 @@ def test_exact_counts_per_rcode_and_noise_apart_from_failures() -> None:
     )
     [m] = one_window(records)
     assert (m.client_workload, m.server, m.server_class, m.name_group) == (
-        WEB_KEY, DNS_KEY, "cluster_dns", "example.com")  # fmt: skip
+        WEB_KEY,
+        DNS_KEY,
+        "cluster_dns",
+        "example.com",
+    )
     assert m.server_service == "kube-dns" and m.client_namespace == "shop"
     assert m.queries == 98
     assert m.rcodes == {"NOERROR": 52, "NXDOMAIN": 34, "REFUSED": 2, "SERVFAIL": 4}
@@ -149,23 +189,43 @@ def test_invalid_records_are_rejected_unchanged() -> None:
 @pytest.mark.parametrize(
     ("names", "query_name", "asked", "privacy", "group"),
     [
-        (NameGroups(), "api.example.com.shop.svc.cluster.local", "api.example.com", "plain",
-         "example.com"),
+        (
+            NameGroups(),
+            "api.example.com.shop.svc.cluster.local",
+            "api.example.com",
+            "plain",
+            "example.com",
+        ),
         (NameGroups(), "db.shop.svc.cluster.local", None, "plain", "db.shop.svc.cluster.local"),
         (NameGroups(labels=3), "a.b.example.co.uk", None, "plain", "example.co.uk"),
-        (NameGroups(cluster_domain="corp.internal"), "db.shop.svc.corp.internal", None, "plain",
-         "db.shop.svc.corp.internal"),
-        (NameGroups("asked"), "api.example.com.svc.cluster.local", "Api.Example.com", "plain",
-         "api.example.com"),
-        (NameGroups("name"), "api.example.com.svc.cluster.local", "api.example.com", "plain",
-         "api.example.com.svc.cluster.local"),
+        (
+            NameGroups(cluster_domain="corp.internal"),
+            "db.shop.svc.corp.internal",
+            None,
+            "plain",
+            "db.shop.svc.corp.internal",
+        ),
+        (
+            NameGroups("asked"),
+            "api.example.com.svc.cluster.local",
+            "Api.Example.com",
+            "plain",
+            "api.example.com",
+        ),
+        (
+            NameGroups("name"),
+            "api.example.com.svc.cluster.local",
+            "api.example.com",
+            "plain",
+            "api.example.com.svc.cluster.local",
+        ),
         (NameGroups("none"), "x.y", None, "plain", "*"),
         (NameGroups(), "9f2c", "9f2c", "hashed", "(hashed)"),
         (NameGroups("asked"), "9f2c", "77aa", "hashed", "77aa"),
         (NameGroups(), None, None, "dropped", "(dropped)"),
         (NameGroups(), None, None, "plain", "(none)"),
     ],
-)  # fmt: skip
+)
 def test_name_groups(
     names: NameGroups, query_name: str | None, asked: str | None, privacy: str, group: str
 ) -> None:
@@ -230,8 +290,9 @@ def test_shipped_dns_rule_fires_after_two_windows_and_resolves_once() -> None:
 
 
 def test_quiet_stream_resolves_a_firing_dns_alert() -> None:
-    rule = AlertRule(name="d", metric="dns.failure_rate", group_by=("client_workload",),
-                     threshold=0.1)  # fmt: skip
+    rule = AlertRule(
+        name="d", metric="dns.failure_rate", group_by=("client_workload",), threshold=0.1
+    )
     p = DnsProcessor(W, 0, 0, rules=[rule])
     feed(p, 0, 10, 5)
     assert [a.status for a in close(p, 0)[1]] == ["firing"]

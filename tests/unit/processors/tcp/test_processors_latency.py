@@ -39,13 +39,27 @@ def test_percentiles_outcomes_and_retransmissions_per_service() -> None:
             latencies.append(lat)
             rtts.append(rtt)
         for role in ("client", "server"):  # the server copy must not count
-            agg.add(0, conn(T0 + rng.randrange(W), web, api, role=role, latency_us=lat,
-                            srtt_us=rtt, outcome=outcome, retrans_segs=r, segs_out=s_))  # fmt: skip
+            agg.add(
+                0,
+                conn(
+                    T0 + rng.randrange(W),
+                    web,
+                    api,
+                    role=role,
+                    latency_us=lat,
+                    srtt_us=rtt,
+                    outcome=outcome,
+                    retrans_segs=r,
+                    segs_out=s_,
+                ),
+            )
     [window] = agg.close_ready(T0 + 100 * S)
     [m] = latency_metrics(window)
     assert (m.client_workload, m.server_workload, m.service) == (
-        "shop/Deployment/web", "shop/Deployment/api", "api",
-    )  # fmt: skip
+        "shop/Deployment/web",
+        "shop/Deployment/api",
+        "api",
+    )
     assert m.connections == 2000
     assert m.outcomes == {k: v for k, v in sorted(outcomes.items()) if v}
     failed = outcomes["refused"] + outcomes["timed_out"] + outcomes["reset_by_peer"]
@@ -53,10 +67,13 @@ def test_percentiles_outcomes_and_retransmissions_per_service() -> None:
     assert m.failure_rate == failed / 2000
     assert (m.retrans_segs, m.segs_out, m.retransmission_rate) == (retrans, segs, retrans / segs)
     for q, got, values in (
-        (0.5, m.connect_latency_p50_us, latencies), (0.9, m.connect_latency_p90_us, latencies),
-        (0.99, m.connect_latency_p99_us, latencies), (0.5, m.rtt_p50_us, rtts),
-        (0.9, m.rtt_p90_us, rtts), (0.99, m.rtt_p99_us, rtts),
-    ):  # fmt: skip
+        (0.5, m.connect_latency_p50_us, latencies),
+        (0.9, m.connect_latency_p90_us, latencies),
+        (0.99, m.connect_latency_p99_us, latencies),
+        (0.5, m.rtt_p50_us, rtts),
+        (0.9, m.rtt_p90_us, rtts),
+        (0.99, m.rtt_p99_us, rtts),
+    ):
         want = exact(values, q)
         assert got is not None and abs(got - want) <= ALPHA * want * (1 + 1e-9), (q, got, want)
     assert m.connect_latency_sketch is not None and m.rtt_sketch is not None
@@ -68,12 +85,49 @@ def test_percentiles_outcomes_and_retransmissions_per_service() -> None:
 def test_interim_records_add_volumes_but_count_the_connection_once() -> None:
     agg = ConnectionAggregator(W, 0)
     web, api = pod("web", "z-a"), pod("api", "z-a")
-    agg.add(0, conn(T0 + 1, web, api, interim=True, sequence=0, outcome="open", latency_us=300,
-                    c2s=10, retrans_segs=1, segs_out=5))  # fmt: skip
-    agg.add(0, conn(T0 + 2, web, api, interim=True, sequence=1, outcome="open", latency_us=300,
-                    c2s=20, segs_out=5))  # fmt: skip
-    agg.add(0, conn(T0 + 3, web, api, sequence=2, outcome="closed", latency_us=300, c2s=30,
-                    srtt_us=150, segs_out=10))  # fmt: skip
+    agg.add(
+        0,
+        conn(
+            T0 + 1,
+            web,
+            api,
+            interim=True,
+            sequence=0,
+            outcome="open",
+            latency_us=300,
+            c2s=10,
+            retrans_segs=1,
+            segs_out=5,
+        ),
+    )
+    agg.add(
+        0,
+        conn(
+            T0 + 2,
+            web,
+            api,
+            interim=True,
+            sequence=1,
+            outcome="open",
+            latency_us=300,
+            c2s=20,
+            segs_out=5,
+        ),
+    )
+    agg.add(
+        0,
+        conn(
+            T0 + 3,
+            web,
+            api,
+            sequence=2,
+            outcome="closed",
+            latency_us=300,
+            c2s=30,
+            srtt_us=150,
+            segs_out=10,
+        ),
+    )
     [window] = agg.close_ready(T0 + 100 * S)
     [m] = latency_metrics(window)
     assert (m.connections, m.outcomes, m.retrans_segs, m.segs_out) == (1, {"closed": 1}, 1, 20)
@@ -97,8 +151,17 @@ def test_connect_timeouts_are_failures_and_cancelled_connects_are_not() -> None:
     ends = ["connect_timeout"] * 3 + ["cancelled"] * 2 + ["timed_out"] + ["closed"] * 4
     for i, outcome in enumerate(ends):
         established = outcome == "closed"
-        agg.add(0, conn(T0 + i, web, api, outcome=outcome, latency_us=400 if established
-                        else None, srtt_us=100 if established else 0))  # fmt: skip
+        agg.add(
+            0,
+            conn(
+                T0 + i,
+                web,
+                api,
+                outcome=outcome,
+                latency_us=400 if established else None,
+                srtt_us=100 if established else 0,
+            ),
+        )
     [window] = agg.close_ready(T0 + 100 * S)
     [m] = latency_metrics(window)
     assert m.outcomes == {"cancelled": 2, "closed": 4, "connect_timeout": 3, "timed_out": 1}

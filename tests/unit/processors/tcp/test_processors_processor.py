@@ -97,8 +97,14 @@ def test_good_messages_publish_keyed_metrics_when_the_watermark_passes() -> None
     ready = p.close_ready(now_ns=T0 + 25 * S)  # idle: now - 10 s = T0 + 15 s
     kinds = sorted(o.kind for o in ready)
     # Cost roll-ups: the workload, its namespace and the (unnamed) external destination.
-    assert kinds == ["cost_pairs", "cost_rollups", "cost_rollups", "cost_rollups", "latency",
-                     "pairs"]  # fmt: skip
+    assert kinds == [
+        "cost_pairs",
+        "cost_rollups",
+        "cost_rollups",
+        "cost_rollups",
+        "latency",
+        "pairs",
+    ]
     pair = next(o for o in ready if o.kind == "pairs")
     assert pair.key == b"a/Deployment/web|external/10.0.0.2"
     metric = JsonCodec(TcpPairMetric).decode(pair.value)
