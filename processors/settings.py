@@ -111,7 +111,7 @@ class ProcessorSettings:
         "consumer group session timeout: how soon a dead worker's partitions move",
         env="FLOWSCOPE_PROCESSORS_SESSION_TIMEOUT_SECONDS",
     )
-    # DNS (processors/dns/aggregate.py). A query's record leaves the collector when it is answered or
+    # DNS (processors/dns/). A query's record leaves the collector when it is answered or
     # timed out (5 s by default), up to that long after its event time (the query): the DNS
     # grace must be longer than the collector's DNS timeout or timed-out queries are late.
     dns_grace_s: float = setting(

@@ -1,4 +1,7 @@
-"""Types of the C render loop (enricher/join/_render.c); render.py drives it, enrich.py is its spec."""
+"""Types of the C render loop (enricher/join/_render.c).
+
+render.py drives it; enrich.py is its spec.
+"""
 
 from collections.abc import Callable, Sequence
 from typing import Any

@@ -6,8 +6,9 @@ old one the server may have compacted); on ``410 Gone`` (the version is too old)
 on any other failure reconnect with exponential backoff and jitter, from the last version seen.
 
 Objects are decoded from the raw JSON (``_preload_content=False``) into dicts shaped like
-``kubectl get -o json`` output, which :mod:`enricher.publish.kubeobjects` already reads. The client's
-model classes are skipped: deserialising a list of 10,000 pods into them takes many seconds.
+``kubectl get -o json`` output, which :mod:`enricher.publish.kubeobjects` already reads.
+The client's model classes are skipped: deserialising a list of 10,000 pods into them takes
+many seconds.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ proves it for the worker's second input, ``enriched.dns``, which has its own age
 and pending acknowledgements (processors/app.py). The guarantee is the same: a message is
 acknowledged only after every window its records went into is published, so a killed worker
 loses nothing, and a window published again from re-read records carries the same
-``metric_id``; a consumer keeping the first record per id (processors.core.dedupe) counts every query
-exactly once. The test keeps its own ground truth per (window, client workload, server, server
-class, name group), from the rules of issue 6, not from processors/dns/aggregate.py.
+``metric_id``; a consumer keeping the first record per id (processors.core.dedupe) counts
+every query exactly once. The test keeps its own ground truth per (window, client workload,
+server, server class, name group), from the DNS metric rules, not from processors/dns/.
 """
 
 from __future__ import annotations

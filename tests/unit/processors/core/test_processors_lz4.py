@@ -1,4 +1,4 @@
-"""The worker's lz4 decompressor for aiokafka (processors.core.runtime.use_gil_free_lz4): same bytes."""
+"""The worker's lz4 decompressor for aiokafka (processors.core.runtime): same bytes."""
 
 from __future__ import annotations
 

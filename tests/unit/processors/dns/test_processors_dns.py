@@ -1,5 +1,5 @@
-"""DNS metrics (processors/dns/aggregate.py, processors/dns/processor.py): exact counts, noise apart from
-failures, percentiles within the sketch's error, each query once, alerts."""
+"""DNS metrics (processors/dns/): exact counts, noise apart from failures, percentiles within
+the sketch's error, each query once, alerts."""
 
 from __future__ import annotations
 
