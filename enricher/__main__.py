@@ -182,11 +182,14 @@ def join(settings: Settings) -> int:
         return 0
     from enricher.join.dnsjoin import DnsJoiner
     from enricher.join.dnsnames import DnsNames
+    from enricher.join.view import MetadataView
 
     failed: list[BaseException] = []
     # The DNS joiner feeds it, the TCP joiner names internet servers with it.
     names = DnsNames()
-    joiner, dns_joiner = Joiner(settings, names=names), DnsJoiner(settings, names=names)
+    view = MetadataView(settings)  # one metadata index for both joiners
+    joiner = Joiner(settings, names=names, view=view)
+    dns_joiner = DnsJoiner(settings, names=names, view=view)
 
     def run_dns() -> None:
         try:

@@ -32,12 +32,11 @@ from enricher.join.classify import AddressClassifier
 from enricher.join.dns_enrich import DEFAULT_DNS_SERVERS, DnsServers, ServiceName, enrich_dns
 from enricher.join.dnsnames import DnsNames
 from enricher.join.enrich import node_template, pod_template, template_of
-from enricher.join.follower import MetadataFollower
 from enricher.join.index import MetadataIndex
 from enricher.join.outbox import Outbox
-from enricher.join.state import MetadataState
 from enricher.join.transactions import TransactionalOffsets, transactional_id
 from enricher.join.udpflows import enrich_udp
+from enricher.join.view import MetadataView
 from enricher.settings import Settings
 from flowscope.codec import DecodeError, JsonCodec
 from flowscope.deadletter import dead_letter_of
@@ -124,13 +123,15 @@ class DnsJoiner:
         settings: Settings,
         servers: DnsServers = DEFAULT_DNS_SERVERS,
         names: DnsNames | None = None,
+        view: MetadataView | None = None,
     ) -> None:
         self._settings = settings
         self._names = names  # fed with every answer, for the TCP join
         self._topics = settings.topics
         self._servers = servers
-        self.state = MetadataState(deleted_grace_ns=int(settings.deleted_pod_grace_s * 1e9))
-        self.state.labels = settings.label_selection
+        # The process's one metadata index (shared with the TCP joiner), or its own.
+        self.view = view or MetadataView(settings)
+        self.state = self.view.state
         classifier = AddressClassifier(settings.cluster_cidrs, settings.other_cluster_cidrs)
         self.lookups = IndexDnsLookups(self.state, classifier)
         self._classifier = classifier
@@ -146,7 +147,6 @@ class DnsJoiner:
         self._udp_outbox = Outbox(
             self._produce, self._topics.enriched_udp, settings.output_batch_records
         )
-        self._follower: MetadataFollower | None = None
         self._consumer: RecordConsumer | None = None
         self._producer: RecordProducer | None = None
         self._metadata_letters: RecordProducer | None = None
@@ -170,10 +170,7 @@ class DnsJoiner:
         # Before the metadata is read: a refused metadata record is dead-lettered, through a
         # producer of its own (never transactional: the metadata is read outside any cycle).
         self._metadata_letters = RecordProducer(s.bootstrap_servers)
-        self._follower = MetadataFollower(
-            s.bootstrap_servers, t.metadata, on_rejected=self._metadata_rejected
-        )
-        self._follower.load(self.state.apply, timeout_s=s.metadata_load_timeout_s)
+        self.view.start(self._metadata_rejected)
         group = f"{s.consumer_group}-dns"
         required: dict[str, Any] = {}
         if s.instance:
@@ -205,15 +202,16 @@ class DnsJoiner:
     def run(self, stop: threading.Event) -> None:
         if self._consumer is None:
             self.start()
-        assert self._consumer is not None and self._follower is not None
+        assert self._consumer is not None
         s = self._settings
         next_stats = time.monotonic() + s.stats_interval_s
         try:
             while not stop.is_set():
-                self._follower.poll(self.state.apply)
                 batch = self._consumer.consume(s.batch_size, 0.1)
                 self.counters.consume_errors = self._consumer.counters.errors
-                self.process_batch(batch)
+                with self.view.lock:
+                    self.view.poll()
+                    self.process_batch(batch)
                 if self._txn is not None:
                     self._txn.maybe_commit()
                 if time.monotonic() >= next_stats:
@@ -352,7 +350,5 @@ class DnsJoiner:
                 left = producer.flush(10)
                 if left:
                     log.warning("%d DNS join records still undelivered at shutdown", left)
-        if self._follower is not None:
-            self._follower.close()
-            self._follower = None
+        self.view.stop(self._metadata_rejected)
         log.info("final dns counters: %s", self.counters.as_metrics())

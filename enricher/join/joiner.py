@@ -46,13 +46,12 @@ from enricher import EnricherError
 from enricher.join import replay
 from enricher.join.classify import AddressClassifier
 from enricher.join.dnsnames import DnsNames
-from enricher.join.follower import MetadataFollower
 from enricher.join.holdback import Held, Holdback, PartitionKey
 from enricher.join.outbox import Outbox
 from enricher.join.render import Rendered, Renderer, self_check
 from enricher.join.replay import Replay
-from enricher.join.state import MetadataState
 from enricher.join.transactions import TransactionalOffsets, transactional_id
+from enricher.join.view import MetadataView
 from enricher.settings import Settings
 from flowscope.codec import DecodeError, JsonCodec
 from flowscope.deadletter import dead_letter_of
@@ -101,14 +100,17 @@ class Joiner:
         consumer_overrides: Mapping[str, Any] | None = None,
         producer_overrides: Mapping[str, Any] | None = None,
         names: DnsNames | None = None,
+        view: MetadataView | None = None,
     ) -> None:
         self._settings = settings
         self.names = names
         self._topics = settings.topics
         self._consumer_overrides = dict(consumer_overrides or {})
         self._producer_overrides = dict(producer_overrides or {})
-        self.state = MetadataState(deleted_grace_ns=int(settings.deleted_pod_grace_s * 1e9))
-        self.state.labels = settings.label_selection
+        # The process's one metadata index (shared with the datagram joiner), or its own.
+        self.view = view or MetadataView(settings)
+        self.state = self.view.state
+        self._applied_seen = 0
         self.classifier = AddressClassifier(settings.cluster_cidrs, settings.other_cluster_cidrs)
         self.holdback: Holdback[RawTcpConnection] = Holdback(
             int(settings.holdback_s * 1e9), settings.holdback_max_records
@@ -129,7 +131,6 @@ class Joiner:
         # already (None once read past it, or when there was nothing).
         self._replays: dict[PartitionKey, Replay | None] = {}
         self._raw_codec = JsonCodec(RawTcpConnection)
-        self._follower: MetadataFollower | None = None
         self._consumer: RecordConsumer | None = None
         self._consumer_counters = ConsumerCounters()  # the consumer's, once it exists
         self._producer: RecordProducer | None = None
@@ -161,11 +162,10 @@ class Joiner:
         )
         # Before the metadata is read: a refused metadata record is dead-lettered.
         self._metadata_letters = RecordProducer(s.bootstrap_servers, self._producer_overrides)
-        self._follower = MetadataFollower(
-            s.bootstrap_servers, t.metadata, on_rejected=self._metadata_rejected
-        )
-        loaded = self._follower.load(self.state.apply, timeout_s=s.metadata_load_timeout_s)
-        self.state.track_changes()
+        loaded = self.view.start(self._metadata_rejected)
+        with self.view.lock:
+            self.state.track_changes()
+            self._applied_seen = self.view.applied
         # The metadata loaded now lives as long as the process: out of the cyclic GC's sight,
         # full collections no longer walk a large cluster's objects (measured ~2% of the join).
         gc.freeze()
@@ -218,23 +218,27 @@ class Joiner:
         """Join until ``stop`` is set, then flush, commit and log the final counters."""
         if self._consumer is None:
             self.start()
-        assert self._consumer is not None and self._follower is not None
+        assert self._consumer is not None
         next_stats = time.monotonic() + self._settings.stats_interval_s
         try:
             while not stop.is_set():
-                if self._follower.poll(self.state.apply):
-                    self.retry_held()
                 batch = self._consumer.consume(
                     self._messages_per_consume, self._settings.poll_timeout_s
                 )
-                if batch:
-                    self.process_batch(batch)
-                if len(self.holdback):
-                    self.expire_held()
+                with self.view.lock:
+                    applied = self.view.poll()
+                    if applied != self._applied_seen:
+                        self._applied_seen = applied
+                        self.retry_held()
+                    if batch:
+                        self.process_batch(batch)
+                    if len(self.holdback):
+                        self.expire_held()
                 if self._txn is not None:
                     self._txn.maybe_commit()
                 if time.monotonic() >= next_stats:
-                    self.state.purge(time.time_ns())
+                    with self.view.lock:
+                        self.state.purge(time.time_ns())
                     self._refresh_output_partitions()
                     self.log_stats()
                     next_stats = time.monotonic() + self._settings.stats_interval_s
@@ -289,8 +293,7 @@ class Joiner:
             # Closing commits the offsets stored after each batch.
             self._consumer.close()
             self._consumer = None
-        if self._follower is not None:
-            self._follower.close()
+        self.view.stop(self._metadata_rejected)
         self.log_stats(final=True)
 
     # -- the hot path -----------------------------------------------------------------------
@@ -621,8 +624,7 @@ class Joiner:
         if self.names is not None:
             out.update(self.names.counters.as_metrics())
             out["enricher_dns_names_addresses"] = len(self.names)
-        if self._follower is not None:
-            out["enricher_metadata_read_errors_total"] = self._follower.read_errors
+        out["enricher_metadata_read_errors_total"] = self.view.read_errors
         if self._producer is not None:
             p = self._producer.counters
             out["enricher_produce_queued_total"] = p.produced

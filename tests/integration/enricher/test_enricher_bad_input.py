@@ -4,6 +4,7 @@ counted; the message after it is still processed."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ from confluent_kafka import Producer
 
 from enricher.join.dnsjoin import DnsJoiner
 from enricher.join.joiner import Joiner
+from enricher.join.view import MetadataView
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer
@@ -243,3 +245,33 @@ def test_metadata_bad_input(kafka_bootstrap: str, topics: Topics) -> None:
     _check_letters(by_stage["enricher-dns"], topics.metadata, "enricher-dns", labels)
     assert tcp.metrics()["enricher_deadletter_metadata_total"] == 4
     assert dns.counters.metadata_deadlettered == 4
+
+
+def test_one_metadata_view_serves_both_joiners(kafka_bootstrap: str, topics: Topics) -> None:
+    """As `enricher join` wires them: one index read once, each refused metadata record
+    dead-lettered once, and a TCP end held for its pod released by the metadata whichever
+    joiner's thread applied it."""
+    settings = dataclasses.replace(_settings(kafka_bootstrap, topics), holdback_s=60.0)
+    view = MetadataView(settings)
+    tcp, dns = Joiner(settings, view=view), DnsJoiner(settings, view=view)
+    bad = _bad(_pod("fe", "uid-bad"), b'"v":1')
+    with _running(tcp), _running(dns):
+        assert tcp.state is dns.state is view.state
+        late = _tcp(local_addr="10.77.1.20", pod_uid="uid-late")
+        _produce(kafka_bootstrap, topics.raw_tcp, [(b"late", late)])
+        deadline = time.monotonic() + 30
+        while len(tcp.holdback) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(tcp.holdback) == 1, "the record of an unknown pod was not held"
+        pod = _pod("late", "uid-late", ips=["10.77.1.20"])
+        _produce(
+            kafka_bootstrap,
+            topics.metadata,
+            [(k.encode(), v) for k, v in bad] + [(b"Pod/shop/late", pod)],
+        )
+        out = _consume(kafka_bootstrap, topics.enriched_tcp, 1)
+        letters = _consume(kafka_bootstrap, topics.deadletter, len(bad))
+    assert JsonCodec(EnrichedTcpConnection).decode(out[0]).client.pod_name == "late"
+    assert "uid-bad" not in view.state.pods and "uid-late" in view.state.pods
+    refused = tcp.metrics()["enricher_deadletter_metadata_total"]
+    assert refused + dns.counters.metadata_deadlettered == len(bad) == len(letters)
