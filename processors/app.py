@@ -5,7 +5,7 @@ pending acknowledgements: :class:`processors.tcp.processor.ConnectionProcessor`
 (``enriched.tcp``), :class:`processors.udp.processor.UdpProcessor` (``enriched.udp``) and
 :class:`processors.dns.processor.DnsProcessor` (``enriched.dns``); this module only wires
 them to faust.
-Choices that avoid faust-streaming's known pitfalls (issue 6):
+Choices that avoid faust-streaming's known pitfalls:
 
 - No faust tables, no faust windows: the aggregation is in memory and the window close is
   ours (event-time watermark plus grace), not faust's wall-clock expiry. No changelog writes.
@@ -13,7 +13,7 @@ Choices that avoid faust-streaming's known pitfalls (issue 6):
 - The ``kafka://`` driver (aiokafka), raw bytes in and out; JSON through flowscope.codec;
   a message holds one record or a batch (JSON array).
 
-Restarts and crashes (issue 6): **acknowledge after publish, idempotent outputs.** The agent
+Restarts and crashes: **acknowledge after publish, idempotent outputs.** The agent
 reads with acks disabled (``stream.noack()``) and acknowledges a message only once every
 window its records went into has been published and the broker has confirmed delivery of
 those metrics (faust commits only contiguous acknowledged offsets). A worker killed at any

@@ -29,7 +29,7 @@ class TcpPairMetric(msgspec.Struct, frozen=True, kw_only=True):
     connect_latency_p99_us: float | None
     # The mergeable sketch the percentiles came from, so consumers can merge windows/pairs.
     connect_latency_sketch: dict[str, object] | None
-    # Added with issue 6: one record per source partition; the id is deterministic (window,
+    # One record per source partition; the id is deterministic (window,
     # partition, pair) so that a republished window can be recognised (processors/core/dedupe.py).
     metric_id: str | None = None
     source_partition: int | None = None

@@ -148,7 +148,7 @@ def lookup(rng: random.Random, now_ns: int, truth: Truth) -> list[EnrichedDnsQue
         t.rcodes[kind] += 1
     if latency is not None:
         truth.latencies[key].append(latency)
-    # Failures (issue 6): SERVFAIL, REFUSED, timeouts, malformed, NXDOMAIN of an asked name.
+    # Failures: SERVFAIL, REFUSED, timeouts, malformed, NXDOMAIN of an asked name.
     if kind in ("SERVFAIL", "REFUSED", "timeout", "malformed") or (
         kind == "NXDOMAIN" and not expansion
     ):
