@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Final, Literal
 
 from collector.kernel.btfenum import kernel_enum
+from collector.kernel.flipmaps import WindowReporter
 from collector.kernel.kernelfs import ensure_tracefs
 from collector.kernel.libbpf import BpfError, BpfObject
 from collector.kernel.programset import DEFAULT_TRACEFS, ProgramSet
 from collector.node.attribution import CgroupInfo, CgroupResolver, parse_kubelet_path
-from collector.periodic import Periodic
 from collector.tcp.events import Decoder
 from flowscope.codec import JsonCodec
 from flowscope.records import RawPacketDrops
@@ -176,8 +176,8 @@ class DropStats:
     unnamed_reasons: int = 0  # records whose reason number the kernel's BTF did not name
 
 
-class DropReporter:
-    """Called from the collector's loop; every ``interval_s`` turns one window into records."""
+class DropReporter(WindowReporter):
+    """Each window of kernel drops -> RawPacketDrops records, with their owners."""
 
     def __init__(
         self,
@@ -191,12 +191,12 @@ class DropReporter:
         netns_pods: NetnsPods | None = None,
         reasons: dict[int, str] | None = None,
     ) -> None:
-        self._source = source
+        super().__init__(source, interval_s, clock)
+        self._source: DropSource = source
         self._resolver = resolver
         self._produce = produce
         self._topic = topic
         self._node = node
-        self._every = Periodic(interval_s, clock)
         self._decoder = Decoder()
         self._codec = JsonCodec(RawPacketDrops)
         self._netns = netns_pods or NetnsPods(interval_s)
@@ -208,24 +208,7 @@ class DropReporter:
                 log.warning("drop reasons are not named: %s", exc)
                 reasons = {}
         self._reasons = reasons
-        self._flips: list[int] = [time.time_ns()]
         self.stats = DropStats()
-
-    def tick(self) -> None:
-        if not self._every.due():
-            return
-        if len(self._flips) >= 2:
-            self._emit(self._source.drain_inactive(), self._flips[-2], self._flips[-1])
-        self._source.flip()
-        self._flips = [*self._flips[-1:], time.time_ns()]
-
-    def finish(self) -> None:
-        """At shutdown: both maps, the older window first."""
-        if len(self._flips) >= 2:
-            self._emit(self._source.drain_inactive(), self._flips[-2], self._flips[-1])
-        self._source.flip()
-        time.sleep(0.01)  # let a program that read the old generation finish its add
-        self._emit(self._source.drain_inactive(), self._flips[-1], time.time_ns())
 
     def _emit(self, entries: list[tuple[bytes, bytes]], start_ns: int, end_ns: int) -> None:
         self.stats.windows += 1

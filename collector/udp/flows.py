@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from collector.kernel.flipmaps import WindowReporter
 from collector.kernel.libbpf import BpfObject
 from collector.kernel.programset import ProgramSet
 from collector.node.attribution import CgroupResolver
 from collector.node.nat import NatResolver
-from collector.periodic import Periodic
 from collector.tcp.events import Decoder
 from flowscope.codec import JsonCodec
 from flowscope.records import RawUdpFlow
@@ -112,8 +112,8 @@ class UdpStats:
     nat_translated: int = 0  # flows to a Service address named by their backend
 
 
-class UdpReporter:
-    """Called from the collector's loop; every ``interval_s`` turns one window into records."""
+class UdpReporter(WindowReporter):
+    """Each window of UDP volume -> one RawUdpFlow record per (local, remote) pair."""
 
     def __init__(
         self,
@@ -126,7 +126,8 @@ class UdpReporter:
         clock: Callable[[], float] = time.monotonic,
         nat: NatResolver | None = None,
     ) -> None:
-        self._source = source
+        super().__init__(source, interval_s, clock)
+        self._source: UdpFlowSource = source
         # Datagrams to a ClusterIP leave the pod addressed to it (kube-proxy rewrites them in
         # the node's namespace): the backend is in conntrack, as for TCP.
         self._nat = nat
@@ -134,28 +135,9 @@ class UdpReporter:
         self._produce = produce
         self._topic = topic
         self._node = node
-        self._every = Periodic(interval_s, clock)
         self._decoder = Decoder()
         self._codec = JsonCodec(RawUdpFlow)
-        # Wall-clock bounds of the windows held by each map: (start of previous, last flip).
-        self._flips: list[int] = [time.time_ns()]
         self.stats = UdpStats()
-
-    def tick(self) -> None:
-        if not self._every.due():
-            return
-        if len(self._flips) >= 2:
-            self._emit(self._source.drain_inactive(), self._flips[-2], self._flips[-1])
-        self._source.flip()
-        self._flips = [*self._flips[-1:], time.time_ns()]
-
-    def finish(self) -> None:
-        """At shutdown: both maps, the older window first (the collector is detaching)."""
-        if len(self._flips) >= 2:
-            self._emit(self._source.drain_inactive(), self._flips[-2], self._flips[-1])
-        self._source.flip()
-        time.sleep(0.01)  # let programs that read the old generation finish their add
-        self._emit(self._source.drain_inactive(), self._flips[-1], time.time_ns())
 
     def _emit(self, entries: list[tuple[bytes, bytes]], start_ns: int, end_ns: int) -> None:
         self.stats.windows += 1
