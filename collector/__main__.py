@@ -145,7 +145,7 @@ def run(settings: Settings) -> int:
         )
         try:
             if settings.metrics_port:
-                metrics = MetricsServer(counters, settings.metrics_port)
+                metrics = MetricsServer(counters, settings.metrics_port, probes=[collector.probe])
             # Others (the demo, tests) wait for this line: the programs are attached by now.
             log.info(
                 "collector ready: producing to %s at %s (%s) as node %s (cgroup root %s, "
@@ -158,6 +158,7 @@ def run(settings: Settings) -> int:
                 metrics.port if metrics is not None else "off",
                 f"every {settings.udp_interval_s}s" if udp is not None else "off",
             )
+            collector.probe.set_ready()  # the programs are attached; the loop beats from now
             collector.run(stop)
         finally:
             if dns is not None:

@@ -26,6 +26,7 @@ from collector.node.nat import NatResolver
 from collector.tcp.events import DecodeStats, clock_offset_ns
 from collector.tcp.messages import MessageEncoder, message_encoder
 from flowscope.kafka import ProducerCounters
+from flowscope.probes import Probe
 
 log = logging.getLogger("collector")
 
@@ -106,6 +107,8 @@ class Collector:
         )
         self.decode_stats = DecodeStats()
         self.stats = PipelineStats()
+        # /livez and /readyz: each loop turn reads the ring buffer, then beats.
+        self.probe = Probe("collector")
 
     def process(self, batch: RecordBatch) -> int:
         """Decode, attribute and produce one batch. Returns records the sink accepted."""
@@ -146,6 +149,7 @@ class Collector:
             self._sink.poll(0)
             for task in self._periodic:
                 task()
+            self.probe.beat()
             now = time.monotonic()
             if now >= next_stats:
                 log.info("%s", self.stats_line())

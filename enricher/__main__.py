@@ -123,7 +123,7 @@ def publish_watch(settings: Settings) -> int:
             stats_interval_s=settings.stats_interval_s,
         ),
     )
-    server = serve(settings.metrics_port, publisher.metrics)
+    server = serve(settings.metrics_port, publisher.metrics, probes=[publisher.probe])
     try:
         publisher.run(stop)
     finally:
@@ -173,7 +173,7 @@ def join(settings: Settings) -> int:
     wait_for_broker(settings.bootstrap_servers)
     if not settings.dns:
         joiner = Joiner(settings)
-        server = serve(settings.metrics_port, joiner.metrics)
+        server = serve(settings.metrics_port, joiner.metrics, probes=[joiner.probe])
         try:
             joiner.run(stop)
         finally:
@@ -199,7 +199,12 @@ def join(settings: Settings) -> int:
             failed.append(exc)
             stop.set()
 
-    server = serve(settings.metrics_port, joiner.metrics, dns_joiner.counters.as_metrics)
+    server = serve(
+        settings.metrics_port,
+        joiner.metrics,
+        dns_joiner.counters.as_metrics,
+        probes=[joiner.probe, dns_joiner.probe],
+    )
     dns_thread = threading.Thread(target=run_dns, name="dns-join")
     dns_thread.start()
     try:

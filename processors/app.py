@@ -40,6 +40,7 @@ from typing import Any, cast
 
 import faust
 
+from flowscope.probes import Probe
 from flowscope.records import DeadLetter  # noqa: F401  (the dead-letter contract)
 from flowscope.topics import Topics
 from processors.core.alerts import AlertRule
@@ -124,6 +125,8 @@ class Stages:
     dns: DnsProcessor
     # A second reader of enriched.tcp (its own agent: faust acks a message once both did).
     path: PathHealthProcessor | None = None
+    # /readyz once partitions are assigned; /livez while the event loop's timers run.
+    probe: Probe = field(default_factory=lambda: Probe("processors"))
 
     def named(self) -> list[tuple[str, AnyStage]]:
         named: list[tuple[str, AnyStage]] = [
@@ -292,6 +295,7 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
         # "processor ready" is what scripts wait for: consuming from here on.
         label = "processor ready" if first_assignment else "partitions reassigned"
         first_assignment = False
+        stages.probe.set_ready()
         log.info("%s: %s", label, ", ".join(mine))
 
     async def on_revoked(_app: Any, /, *args: Any, signal: Any, **_kwargs: Any) -> None:
@@ -404,8 +408,8 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
     processor = stages.tcp
     app = build_app(settings, stages)
     board = MetricsBoard(dict(stages.named()))
-    app.timer(settings.close_interval_s, name="metrics_snapshot")(_refresh(board))
-    server = board.serve(settings.metrics_port)
+    app.timer(settings.close_interval_s, name="metrics_snapshot")(_refresh(board, stages.probe))
+    server = board.serve(settings.metrics_port, probes=[stages.probe])
 
     def final_report(code: int) -> None:
         report: dict[str, Any] = {
@@ -452,9 +456,10 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
     return code
 
 
-def _refresh(board: MetricsBoard) -> Callable[[], Awaitable[None]]:
+def _refresh(board: MetricsBoard, probe: Probe) -> Callable[[], Awaitable[None]]:
     async def refresh() -> None:
         board.refresh()
+        probe.beat()
 
     return refresh
 

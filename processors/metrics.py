@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowscope.metrics import Metric, MetricsPortError, MetricsServer, Rule, Vocabulary
+from flowscope.probes import Probe
 from processors import ProcessorsError
 from processors.core.stage import WindowedStage
 
@@ -72,11 +73,11 @@ class MetricsBoard:
             for key, value in stage.counters().items()
         }
 
-    def serve(self, port: int) -> MetricsServer | None:
-        """``/metrics`` on ``port`` (0: none)."""
+    def serve(self, port: int, probes: Sequence[Probe] = ()) -> MetricsServer | None:
+        """``/metrics`` on ``port`` (0: none), ``/livez`` and ``/readyz`` from ``probes``."""
         if not port:
             return None
         try:
-            return MetricsServer(VOCABULARY.registry(lambda: self.latest), port)
+            return MetricsServer(VOCABULARY.registry(lambda: self.latest), port, probes=probes)
         except MetricsPortError as exc:
             raise ProcessorsError(str(exc)) from exc

@@ -48,6 +48,7 @@ from flowscope.kafka import (
     ensure_topics,
     wait_for_broker,
 )
+from flowscope.probes import Probe
 from flowscope.records import (
     Endpoint,
     EnrichedDnsQuery,
@@ -152,6 +153,7 @@ class DnsJoiner:
         self._metadata_letters: RecordProducer | None = None
         self._txn: TransactionalOffsets | None = None
         self.ready = threading.Event()
+        self.probe = Probe("join dns")
 
     def start(self) -> None:
         s, t = self._settings, self._topics
@@ -197,6 +199,7 @@ class DnsJoiner:
                 outbox.partitions = len(out_partitions)
         self._consumer.subscribe([t.raw_dns, t.raw_udp], on_revoke=self._on_revoke)
         self.ready.set()
+        self.probe.set_ready()
         log.info("enricher dns ready: consuming %s and %s", t.raw_dns, t.raw_udp)
 
     def run(self, stop: threading.Event) -> None:
@@ -207,6 +210,7 @@ class DnsJoiner:
         next_stats = time.monotonic() + s.stats_interval_s
         try:
             while not stop.is_set():
+                self.probe.beat()
                 batch = self._consumer.consume(s.batch_size, 0.1)
                 self.counters.consume_errors = self._consumer.counters.errors
                 with self.view.lock:

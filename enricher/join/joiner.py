@@ -64,6 +64,7 @@ from flowscope.kafka import (
     ensure_topics,
     wait_for_broker,
 )
+from flowscope.probes import Probe
 from flowscope.records import RawTcpConnection
 
 log = logging.getLogger("enricher")
@@ -145,6 +146,7 @@ class Joiner:
         # batches), so the messages asked per consume() follow what the last batch held.
         self._messages_per_consume = settings.batch_size
         self.ready = threading.Event()  # set once metadata is loaded and raw is subscribed
+        self.probe = Probe("join tcp")  # /readyz with ``ready``, /livez from the loop
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -211,6 +213,7 @@ class Joiner:
         self._consumer.subscribe([t.raw_tcp], on_revoke=self._on_revoke)
         self._refresh_output_partitions()
         self.ready.set()
+        self.probe.set_ready()
         # Orchestrators (demo, tests, readiness probes) wait for this exact line.
         log.info("enricher ready: consuming %s", t.raw_tcp)
 
@@ -222,6 +225,7 @@ class Joiner:
         next_stats = time.monotonic() + self._settings.stats_interval_s
         try:
             while not stop.is_set():
+                self.probe.beat()
                 batch = self._consumer.consume(
                     self._messages_per_consume, self._settings.poll_timeout_s
                 )

@@ -24,6 +24,7 @@ from enricher.publish.kubeobjects import ALL_LABELS_NO_ANNOTATIONS, PodFields
 from enricher.publish.kubewatch import Backoff, EventType, Obj, ResourceWatch
 from enricher.publish.lease import LeaseConfig, LeaseElector
 from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics
+from flowscope.probes import Probe
 from flowscope.topics import Topics
 
 log = logging.getLogger("enricher.publish.publisher")
@@ -75,6 +76,8 @@ class WatchPublisher:
         self.terms = 0  # times this replica started leading
         self.producer: RecordProducer | None = None  # the current term's, for /metrics
         self.produced = 0
+        # Ready while standing by or once synced; live while leading and its loop turns.
+        self.probe = Probe("publisher")
 
     def run(self, stop: threading.Event) -> None:
         ensure_topics(self._bootstrap, [TopicSpec(self._topics.metadata, compacted=True)])
@@ -82,6 +85,7 @@ class WatchPublisher:
         if lease is None:
             self.lead(stop)
             return
+        self.probe.set_ready()
         from kubernetes import client
 
         self.elector = LeaseElector(client.CoordinationV1Api(self._api_client), lease)
@@ -107,6 +111,8 @@ class WatchPublisher:
 
     def lead(self, lost: threading.Event) -> None:
         self.terms += 1
+        self.probe.set_not_ready("leading, listing the cluster")
+        self.probe.beat()
         model = self.model = ClusterModel(self.options.pod_fields)
         read = self._read_back(model)
         log.info("leading: %d records read back from %s", read, self._topics.metadata)
@@ -138,6 +144,7 @@ class WatchPublisher:
         next_stats = time.monotonic() + o.stats_interval_s
         try:
             while not lost.is_set():
+                self.probe.beat()
                 try:
                     item = inbox.get(timeout=0.1)
                 except queue.Empty:
@@ -155,6 +162,7 @@ class WatchPublisher:
                         self._produce(producer, pruned)
                         producer.flush(30)
                         self.synced.set()
+                        self.probe.set_ready()
                         log.info(
                             "publisher synced: %d pods, %d nodes, %d services; %d stale keys "
                             "tombstoned",
@@ -173,6 +181,9 @@ class WatchPublisher:
             if left:
                 log.warning("%d metadata records undelivered when leading ended", left)
             self.synced.clear()
+            self.probe.rest()
+            if self.options.lease is not None:
+                self.probe.set_ready()  # standing by again
             self.log_stats(producer, final=True)
 
     def _produce(self, producer: RecordProducer, changes: list[Change]) -> None:

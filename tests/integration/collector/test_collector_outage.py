@@ -27,7 +27,7 @@ from collector.metrics import VOCABULARY
 from devbroker import Broker
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
-from flowscope.metrics import samples, scrape
+from flowscope.metrics import probe, samples, scrape
 from flowscope.records import CollectorHealth, RawTcpConnection
 from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
@@ -163,6 +163,7 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
         time.sleep(1.5)
         before = _metrics(metrics_port)
         assert before["flowscope_collector_kafka_messages_total{outcome=delivered}"] > 0, before
+        assert probe(metrics_port, "readyz") == (200, "ok")
 
         own_broker.stop()  # the outage
         client_ports += _connections(port, PER_PHASE)
@@ -171,6 +172,9 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
         assert proc.poll() is None, "collector died when the broker went away"
         # Buffered, not lost.
         assert during["flowscope_collector_kafka_in_flight_messages"] > 0, during
+        # Still reading the ring: an outage of Kafka is no reason to restart the collector.
+        assert probe(metrics_port, "livez") == (200, "ok")
+        assert probe(metrics_port, "readyz") == (200, "ok")
 
         own_broker.start()
         client_ports += _connections(port, PER_PHASE)

@@ -30,6 +30,7 @@ from processors_harness import (
 
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, RecordProducer, TopicSpec, ensure_topics
+from flowscope.metrics import probe
 from flowscope.records import (
     CostPairMetric,
     CostRollupMetric,
@@ -298,6 +299,8 @@ def test_worker_publishes_exact_pair_metrics_once_per_window(
         timeout_s=30,
     )
     assert scraped[f"flowscope_processors_records_in_total{tcp}"] == len(records) + 1, scraped
+    assert probe(worker.metrics_port, "readyz") == (200, "ok")
+    assert probe(worker.metrics_port, "livez") == (200, "ok")
     assert scraped["flowscope_processors_records_total{outcome=counted,signal=tcp}"] == (
         len(records) - n_web
     )
