@@ -36,10 +36,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
-
 from flowscope.codec import JsonCodec
-from flowscope.kafka import TopicSpec, ensure_topics, wait_for_broker
+from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics, wait_for_broker
 from flowscope.records import Endpoint, EnrichedTcpConnection, Role
 from flowscope.topics import Topics
 from processors.core.stage import Source
@@ -251,17 +249,12 @@ def one_run(args: argparse.Namespace, quix_first: bool) -> dict[str, float]:
     batches = [
         codec.encode_batch(records[i : i + args.batch]) for i in range(0, len(records), args.batch)
     ]
-    producer = Producer(
-        {
-            "bootstrap.servers": args.bootstrap,
-            "linger.ms": 20,
-            "compression.type": "lz4",
-            "message.max.bytes": 10_000_000,
-        }
+    producer = RecordProducer(
+        args.bootstrap,
+        {"linger.ms": 20, "compression.type": "lz4", "message.max.bytes": 10_000_000},
     )
     for value in batches:
-        producer.produce(topics.enriched_tcp, value, key=b"bench")
-        producer.poll(0)
+        assert producer.produce(topics.enriched_tcp, value, key=b"bench")
     assert producer.flush(60) == 0
     print(
         f"topic {topics.enriched_tcp}: {len(records):,} records in {len(batches):,} messages "
