@@ -121,6 +121,7 @@ def publish_watch(settings: Settings) -> int:
             watch_timeout_s=settings.watch_timeout_s,
             pod_fields=settings.pod_fields,
             stats_interval_s=settings.stats_interval_s,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
         ),
     )
     server = serve(settings.metrics_port, publisher.metrics)

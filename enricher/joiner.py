@@ -52,12 +52,12 @@ from enricher.render import Rendered, Renderer, self_check
 from enricher.replay import Replay
 from enricher.settings import Settings
 from enricher.state import MetadataState
-from enricher.transactions import TransactionalOffsets, transactional_id
+from enricher.transactions import TransactionalOffsets, final_commit, transactional_id
 from flowscope.codec import DecodeError, JsonCodec
 from flowscope.deadletter import dead_letter_of
+from flowscope.deadline import Deadline
 from flowscope.kafka import (
     ConsumerCounters,
-    ProducerFenced,
     RecordConsumer,
     RecordProducer,
     TopicSpec,
@@ -90,6 +90,9 @@ class JoinerCounters:
     # After a restart, records re-read behind a held one (replay.py):
     replay_skipped: int = 0  # emitted before the restart: not again
     replay_repeated: int = 0  # not known whether emitted (metadata past its bound): again
+    # Records in the transaction the last commit at shutdown could not commit (broker away):
+    # never read committed; their input offsets were not committed, so they are read again.
+    shutdown_uncommitted: int = 0
     deadletter_reasons: Counter[str] = field(default_factory=Counter)
 
 
@@ -218,6 +221,8 @@ class Joiner:
         if self._consumer is None:
             self.start()
         assert self._consumer is not None and self._follower is not None
+        if self._txn is not None:
+            self._txn.stop = stop
         next_stats = time.monotonic() + self._settings.stats_interval_s
         try:
             while not stop.is_set():
@@ -247,7 +252,8 @@ class Joiner:
             return
         topic = self._topics.enriched_tcp
         try:
-            partitions = self._consumer.partitions(topic)
+            # Briefly: with the broker away this blocks the loop (and a SIGTERM) meanwhile.
+            partitions = self._consumer.partitions(topic, timeout_s=2.0)
         except KafkaException as exc:
             log.warning("could not read the partition count of %s: %s", topic, exc)
             return
@@ -265,25 +271,24 @@ class Joiner:
         return [] if consumer is None else sorted(tp.partition for tp in consumer.assignment())
 
     def close(self) -> None:
+        """Within ``shutdown_timeout_s`` of Kafka waits: emit what is held, commit, deliver;
+        what the broker did not take by then is counted, never waited for."""
         if self._closed:
             return
         self._closed = True
+        deadline = Deadline(self._settings.shutdown_timeout_s)
         if self._producer is not None and len(self.holdback):
             # Emitted as they are rather than kept: the next owner of the partitions would
             # re-read every record after them too.
             self._emit_released(self.holdback.release_all(), resolved_as="stopped")
             self._outbox.flush()
             self._store_offsets(set(self._next_offsets))
-        if self._txn is not None:
-            try:
-                self._txn.commit()
-            except ProducerFenced as exc:  # the next owner reads again from the last commit
-                log.warning("final commit failed: %s", exc)
+        if self._txn is not None and self._producer is not None:
+            self.counters.shutdown_uncommitted += final_commit(self._txn, self._producer, deadline)
+        undelivered = 0
         for producer in (self._producer, self._metadata_letters):
             if producer is not None:
-                left = producer.flush(30.0)
-                if left:
-                    log.warning("%d produced records still undelivered at shutdown", left)
+                undelivered += producer.close(deadline.left())
         if self._consumer is not None:
             # Closing commits the offsets stored after each batch.
             self._consumer.close()
@@ -291,6 +296,12 @@ class Joiner:
         if self._follower is not None:
             self._follower.close()
         self.log_stats(final=True)
+        log.info(
+            "shutdown took %.1fs: %d records uncommitted, %d undelivered",
+            deadline.elapsed(),
+            self.counters.shutdown_uncommitted,
+            undelivered,
+        )
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -449,9 +460,7 @@ class Joiner:
             index = next(i for i, r in enumerate(raws) if r is raw)
             if positions is not None:
                 index = positions[index]
-            if self.holdback.add(
-                raw, out.missing, part, offset, time.monotonic_ns(), index=index
-            ):
+            if self.holdback.add(raw, out.missing, part, offset, time.monotonic_ns(), index=index):
                 c.held += 1
                 return False
             c.held_overflow += 1
@@ -513,7 +522,12 @@ class Joiner:
             # but no longer than the record's first deadline.
             if key is not None and now < held.deadline_ns:
                 if self.holdback.add(
-                    held.item, key, held.partition, held.offset, now, held.deadline_ns,
+                    held.item,
+                    key,
+                    held.partition,
+                    held.offset,
+                    now,
+                    held.deadline_ns,
                     index=held.index,
                 ):
                     continue
@@ -547,6 +561,8 @@ class Joiner:
     def _on_revoke(self, _consumer: RecordConsumer, partitions: list[TopicPartition]) -> None:
         """Partitions move to another instance: emit what is held from them first, so the
         offsets committed at the revoke cover them (the new owner starts after them)."""
+        if self._closed:
+            return  # close() has emitted and committed (or counted) everything already
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         self._revoking = revoked
         released = self.holdback.release_partitions(revoked)
@@ -631,10 +647,16 @@ class Joiner:
             out["enricher_produce_records_dropped_buffer_full_total"] = (
                 p.records_dropped_buffer_full
             )
+            out["enricher_produce_records_undelivered_total"] = p.records_undelivered + (
+                0
+                if self._metadata_letters is None
+                else self._metadata_letters.counters.records_undelivered
+            )
             if self._txn is not None:
                 out["enricher_transactions_committed_total"] = p.transactions_committed
                 out["enricher_transactions_aborted_total"] = p.transactions_aborted
                 out["enricher_transactions_records_aborted_total"] = p.records_aborted
+                out["enricher_shutdown_uncommitted_records_total"] = c.shutdown_uncommitted
         return out
 
     def log_stats(self, final: bool = False) -> None:

@@ -23,6 +23,7 @@ from enricher.follower import MetadataFollower
 from enricher.kubeobjects import ALL_LABELS_NO_ANNOTATIONS, PodFields
 from enricher.kubewatch import Backoff, EventType, Obj, ResourceWatch
 from enricher.lease import LeaseConfig, LeaseElector
+from flowscope.deadline import Deadline
 from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics
 from flowscope.topics import Topics
 
@@ -37,6 +38,9 @@ class WatchOptions:
     pod_fields: PodFields = ALL_LABELS_NO_ANNOTATIONS  # labels, chosen annotations
     stats_interval_s: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
+    # When leading ends (SIGTERM, Lease lost), watches stop and the producer is flushed
+    # within this time in all; what is still undelivered then is dropped and counted.
+    shutdown_timeout_s: float = 5.0
 
 
 def list_functions(api_client: Any) -> dict[str, Any]:
@@ -49,9 +53,7 @@ def list_functions(api_client: Any) -> dict[str, Any]:
         "Job": client.BatchV1Api(api_client).list_job_for_all_namespaces,
         "Node": core.list_node,
         "Service": core.list_service_for_all_namespaces,
-        "EndpointSlice": client.DiscoveryV1Api(
-            api_client
-        ).list_endpoint_slice_for_all_namespaces,
+        "EndpointSlice": client.DiscoveryV1Api(api_client).list_endpoint_slice_for_all_namespaces,
         "Pod": core.list_pod_for_all_namespaces,
     }
 
@@ -155,7 +157,10 @@ class WatchPublisher:
                     if not self.synced.is_set() and listed >= set(WATCHED_KINDS):
                         pruned = model.prune()
                         self._produce(producer, pruned)
-                        producer.flush(30)
+                        # Synced once delivered; in slices, so a stop is not held up.
+                        for _ in range(30):
+                            if not producer.flush(1.0) or lost.is_set():
+                                break
                         self.synced.set()
                         log.info(
                             "publisher synced: %d pods, %d nodes, %d services; %d stale keys "
@@ -169,13 +174,17 @@ class WatchPublisher:
                     self.log_stats(producer)
                     next_stats = time.monotonic() + o.stats_interval_s
         finally:
+            deadline = Deadline(o.shutdown_timeout_s)
             for watch in self.watches.values():
-                watch.stop()
-            left = producer.flush(30)
+                watch.signal_stop()  # all at once: each stream's close unblocks its thread
+            for watch in self.watches.values():
+                watch.stop(deadline.left())
+            left = producer.close(deadline.left())
             if left:
                 log.warning("%d metadata records undelivered when leading ended", left)
             self.synced.clear()
             self.log_stats(producer, final=True)
+            log.info("leading ended in %.1fs; %d records undelivered", deadline.elapsed(), left)
 
     def _produce(self, producer: RecordProducer, changes: list[Change]) -> None:
         for key, value in changes:
@@ -217,6 +226,7 @@ class WatchPublisher:
                 "publisher_produce_delivered_total": p.delivered,
                 "publisher_produce_delivery_failed_total": p.delivery_failed,
                 "publisher_produce_dropped_buffer_full_total": p.dropped_buffer_full,
+                "publisher_produce_undelivered_total": p.records_undelivered,
             }
         return out
 

@@ -100,6 +100,13 @@ RULES: tuple[Rule, ...] = (
         "enricher_transactions_records_aborted_total",
         _c("transactions_aborted_records", "input records in aborted transactions"),
     ),
+    Rule(
+        "enricher_shutdown_uncommitted_records_total",
+        _c(
+            "shutdown_uncommitted_records",
+            "output the last commit at shutdown did not commit (read again by the next owner)",
+        ),
+    ),
     Rule("publisher_terms_total", _c("publisher_terms", "terms this replica led")),
     Rule(
         "publisher_(?P<outcome>records_written|tombstones|unchanged|invalid_objects)_total",

@@ -102,6 +102,15 @@ class Settings:
         env="FLOWSCOPE_ENRICHER_STATS_INTERVAL_SECONDS",
         parse=_positive_float,
     )
+    # join, publish --watch: after SIGTERM, every wait on Kafka (final commit, flushes) shares
+    # this bound, so a broker that is away cannot hold the stop up; what is left is counted.
+    shutdown_timeout_s: float = setting(
+        5.0,
+        "seconds shutdown waits for Kafka in all (final commit and deliveries); what is "
+        "still undelivered then is dropped and counted",
+        env="FLOWSCOPE_ENRICHER_SHUTDOWN_TIMEOUT_SECONDS",
+        parse=_positive_float,
+    )
     # join, publish --watch: Prometheus /metrics; 0: no endpoint
     metrics_port: int = setting(
         0,
