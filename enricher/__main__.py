@@ -122,6 +122,10 @@ def publish_watch(settings: Settings) -> int:
             pod_fields=settings.pod_fields,
             stats_interval_s=settings.stats_interval_s,
             shutdown_timeout_s=settings.shutdown_timeout_s,
+            heartbeat_interval_s=(
+                5.0 if settings.heartbeat_interval_s is None else settings.heartbeat_interval_s
+            ),
+            identity=identity,
         ),
     )
     server = serve(settings.metrics_port, publisher.metrics)
@@ -160,7 +164,10 @@ def publish(settings: Settings) -> int:
         print(f"skipped {problem}", file=sys.stderr)
     wait_for_broker(settings.bootstrap_servers)
     report = MetadataPublisher(settings.bootstrap_servers, settings.topics).publish(
-        parsed, prune=settings.prune
+        parsed,
+        prune=settings.prune,
+        heartbeat_interval_s=settings.heartbeat_interval_s or None,
+        source=settings.identity or f"file-{socket.gethostname()}",
     )
     seen = ", ".join(f"{k}={n}" for k, n in sorted(parsed.seen.items()))
     print(f"read {path}: {seen or 'no objects'}")

@@ -51,7 +51,7 @@ from enricher.outbox import Outbox
 from enricher.render import Rendered, Renderer, self_check
 from enricher.replay import Replay
 from enricher.settings import Settings
-from enricher.state import MetadataState
+from enricher.state import WATERMARK, MetadataState
 from enricher.transactions import TransactionalOffsets, final_commit, transactional_id
 from flowscope.codec import DecodeError, JsonCodec
 from flowscope.deadletter import dead_letter_of
@@ -87,6 +87,10 @@ class JoinerCounters:
     held_expired: int = 0  # emitted unresolved after the hold time
     held_released_unresolved: int = 0  # emitted unresolved early: revoke or shutdown
     held_overflow: int = 0  # emitted unresolved at once: the hold buffer was full
+    # Held because newer than the metadata's watermark (its publisher behind or down):
+    held_watermark: int = 0
+    held_watermark_caught_up: int = 0  # joined once the watermark passed them
+    held_watermark_unresolved: int = 0  # emitted with no metadata: it never caught up
     # After a restart, records re-read behind a held one (replay.py):
     replay_skipped: int = 0  # emitted before the restart: not again
     replay_repeated: int = 0  # not known whether emitted (metadata past its bound): again
@@ -116,6 +120,8 @@ class Joiner:
             int(settings.holdback_s * 1e9), settings.holdback_max_records
         )
         self.renderer = Renderer(self.state, self.classifier, names=names)
+        # Renders records the metadata's watermark never reached: every end unresolved.
+        self._blind = Renderer(MetadataState(), self.classifier)
         self._render = self.renderer.render
         self._render_many = self.renderer.render_many
         if (problem := self_check()) is not None:
@@ -414,6 +420,10 @@ class Joiner:
                 raws = [raws[i] for i in positions]
                 if not raws:
                     return
+        if self.state.watermark_ns is not None and self.holdback.enabled:
+            raws, positions = self._hold_past_watermark(raws, positions, part, offset)
+            if not raws:
+                return
         outs: list[Rendered] | list[Rendered | None]
         try:
             outs = self._render_many(raws)
@@ -427,6 +437,33 @@ class Joiner:
             partial(self._attend, msg, part, offset, raws, positions),
             self.renderer.native,
         )
+
+    def _hold_past_watermark(
+        self,
+        raws: list[RawTcpConnection],
+        positions: list[int] | None,
+        part: PartitionKey,
+        offset: int,
+    ) -> tuple[list[RawTcpConnection], list[int] | None]:
+        """Hold the records newer than the metadata's watermark: the metadata cannot say yet
+        whether their peer's pod was deleted and its IP reused. The rest, with their places
+        in the message (replay.py), are joined now."""
+        past = self.state.past_watermark
+        if not any(past(r.end_time_ns) for r in raws):
+            return raws, positions
+        c, now = self.counters, time.monotonic_ns()
+        kept: list[RawTcpConnection] = []
+        kept_at: list[int] = []
+        for raw, index in zip(raws, positions or range(len(raws)), strict=True):
+            if raw.v == RAW_VERSION and past(raw.end_time_ns):
+                if self.holdback.add(raw, WATERMARK, part, offset, now, index=index):
+                    c.held += 1
+                    c.held_watermark += 1
+                    continue
+                c.held_overflow += 1
+            kept.append(raw)
+            kept_at.append(index)
+        return kept, kept_at
 
     def _committed_replay(self, part: PartitionKey) -> Replay | None:
         """The replay stretch in ``part``'s committed offset, read once per ownership."""
@@ -516,6 +553,15 @@ class Joiner:
             return
         now = time.monotonic_ns()
         for held in released:
+            if held.key == WATERMARK:
+                if self.state.past_watermark(held.item.end_time_ns) and now < held.deadline_ns:
+                    if self.holdback.add(held.item, WATERMARK, held.partition, held.offset,
+                                         now, held.deadline_ns, index=held.index):  # fmt: skip
+                        continue
+                    self.counters.held_overflow += 1
+                    self._emit_unvouched(held)
+                    continue
+                self.counters.held_watermark_caught_up += 1
             out = self._render(held.item)
             key = out.missing
             # Still missing something (e.g. the pod is known now but not the peer): wait on,
@@ -547,8 +593,17 @@ class Joiner:
             self._outbox.flush()
             self._store_offsets({h.partition for h in expired})
 
+    def _emit_unvouched(self, held: Held[RawTcpConnection]) -> None:
+        """A record the metadata never caught up with: emitted with no metadata at all
+        rather than with a pod that may have been deleted (its IP reused) meanwhile."""
+        self.counters.held_watermark_unresolved += 1
+        self.emit(held.item, self._blind.render(held.item))
+
     def _emit_released(self, released: list[Held[RawTcpConnection]], resolved_as: str) -> None:
         for held in released:
+            if held.key == WATERMARK and self.state.past_watermark(held.item.end_time_ns):
+                self._emit_unvouched(held)
+                continue
             out = self._render(held.item)
             if out.missing is None:
                 self.counters.held_resolved += 1
@@ -615,7 +670,11 @@ class Joiner:
             "enricher_held_expired_unresolved_total": c.held_expired,
             "enricher_held_released_unresolved_total": c.held_released_unresolved,
             "enricher_held_overflow_total": c.held_overflow,
+            "enricher_held_watermark_total": c.held_watermark,
+            "enricher_held_watermark_caught_up_total": c.held_watermark_caught_up,
+            "enricher_held_watermark_unresolved_total": c.held_watermark_unresolved,
             "enricher_held_now": len(self.holdback),
+            "enricher_metadata_watermark_lag_seconds": self._watermark_lag_s(),
             "enricher_replay_skipped_total": c.replay_skipped,
             "enricher_replay_repeated_total": c.replay_repeated,
             "enricher_metadata_upserts_total": sc.upserts,
@@ -658,6 +717,11 @@ class Joiner:
                 out["enricher_transactions_records_aborted_total"] = p.records_aborted
                 out["enricher_shutdown_uncommitted_records_total"] = c.shutdown_uncommitted
         return out
+
+    def _watermark_lag_s(self) -> int:
+        """How far the metadata's watermark is behind now (-1: no live publisher seen)."""
+        w = self.state.watermark_ns
+        return -1 if w is None else max(0, (time.time_ns() - w) // 1_000_000_000)
 
     def log_stats(self, final: bool = False) -> None:
         line = " ".join(f"{k}={v}" for k, v in self.metrics().items())

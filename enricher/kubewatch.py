@@ -104,6 +104,11 @@ class ResourceWatch:
         self._thread = threading.Thread(target=self.run, name=f"watch-{self.kind}", daemon=True)
         self._thread.start()
 
+    @property
+    def watching(self) -> bool:
+        """A watch stream is open: changes reach the owner as they happen."""
+        return self._resp is not None
+
     def signal_stop(self) -> None:
         """Ask the thread to stop, without waiting for it."""
         self._stop.set()

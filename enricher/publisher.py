@@ -7,6 +7,7 @@ was deleted), unless pruning is switched off.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 from enricher import EnricherError
 from enricher.follower import MetadataFollower
 from enricher.kubeobjects import ParsedObjects
-from enricher.metadata import MetaCodec
+from enricher.metadata import HEARTBEAT_PREFIX, HeartbeatMeta, MetaCodec
 from flowscope.kafka import ProducerCounters, RecordProducer, TopicSpec, ensure_topics
 from flowscope.topics import Topics
 
@@ -70,8 +71,16 @@ class MetadataPublisher:
         return keys
 
     def publish(
-        self, parsed: ParsedObjects, prune: bool = True, timeout_s: float = 30.0
+        self,
+        parsed: ParsedObjects,
+        prune: bool = True,
+        timeout_s: float = 30.0,
+        heartbeat_interval_s: float | None = None,
+        source: str = "file",
     ) -> PublishReport:
+        """Write ``parsed``; with ``heartbeat_interval_s``, a heartbeat after it saying the
+        next run comes within that time (a one-off publish writes none: joiners then take
+        the metadata as it is, without a watermark)."""
         self.ensure_topic()
         stale = self.existing_keys() if prune else set()
         producer = RecordProducer(self._bootstrap, self._producer_overrides)
@@ -83,8 +92,15 @@ class MetadataPublisher:
             if producer.produce(topic, self._codec.encode(meta), key=key):
                 report.published[key.split("/", 1)[0]] += 1
         for key in sorted(stale):
+            if key.startswith(HEARTBEAT_PREFIX):
+                continue  # not an object: a live publisher's watermark
             if producer.produce(topic, None, key=key):
                 report.tombstones += 1
+        if heartbeat_interval_s:
+            # A publisher run on a schedule vouches for the file until its next run.
+            beat = HeartbeatMeta(source=source, observed_ns=time.time_ns(),
+                                 interval_s=heartbeat_interval_s)  # fmt: skip
+            producer.produce(topic, self._codec.encode(beat), key=beat.key())
         left = producer.flush(timeout_s)
         counters = producer.counters
         if left or counters.delivery_failed or counters.dropped_buffer_full:
