@@ -31,7 +31,9 @@ from flowscope import kafka_security
 from flowscope import settings as declared
 from flowscope.kafka import KafkaUnavailable, ProducerFenced, wait_for_broker
 
-__all__ = ["ENV", "build_parser", "main", "settings_from_args"]
+__all__ = ["ENV", "EXIT_FENCED", "build_parser", "main", "settings_from_args"]
+
+EXIT_FENCED = 3  # another instance took this one's transactional.id
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -231,7 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     kafka_security.register(settings.bootstrap_servers, settings.kafka_security)
     try:
         return publish(settings) if args.command == "publish" else join(settings)
-    except (EnricherError, KafkaUnavailable, ProducerFenced) as exc:
+    except ProducerFenced as exc:
+        # A newer instance with this transactional.id took over (or a fatal producer error):
+        # this one must not produce again. Nonzero, so a supervisor sees it.
+        print(f"enricher: fenced, stopping: {exc}", file=sys.stderr)
+        return EXIT_FENCED
+    except (EnricherError, KafkaUnavailable) as exc:
         print(f"enricher: {exc}", file=sys.stderr)
         return 1
 

@@ -168,6 +168,7 @@ class RecordProducer:
         self.transactional = bool(transactional_id)
         self._in_transaction = False
         self._transaction_records = 0  # records produced in the open transaction
+        self.fenced = False  # a fatal transactional error: this producer can never produce
         if self.transactional:
             try:
                 self._producer.init_transactions(init_timeout_s)
@@ -281,6 +282,7 @@ class RecordProducer:
         try:
             self._producer.begin_transaction()
         except KafkaException as exc:
+            self.fenced = True
             raise ProducerFenced(f"could not begin a transaction: {exc}") from exc
         self._in_transaction = True
         self._transaction_records = 0
@@ -325,6 +327,7 @@ class RecordProducer:
         try:
             self._producer.abort_transaction(timeout_s)
         except KafkaException as exc:
+            self.fenced = True
             raise ProducerFenced(f"could not abort the transaction: {exc}") from exc
         finally:
             self._in_transaction = False
@@ -344,6 +347,7 @@ class RecordProducer:
                 self.counters.last_error = str(err)
                 if err.fatal():
                     self._in_transaction = False
+                    self.fenced = True
                     raise ProducerFenced(f"transactional producer fenced or failed: {err}") from exc
                 if err.retriable() and stop is not None and stop.is_set():
                     raise CommitInterrupted(f"commit interrupted by the stop: {err}") from exc
@@ -377,6 +381,11 @@ class RecordProducer:
         on time. Returns the records dropped. A transactional producer's open transaction is
         the caller's to commit first: what it holds is never read committed once dropped."""
         before = self.counters.records_undelivered
+        if self.fenced:
+            # Measured: flushing a fenced producer fails inside its delivery callbacks. What
+            # it holds can never be committed: all of it is undelivered.
+            self._count_unreported(len(self._producer))
+            return self.counters.records_undelivered - before
         if self._producer.flush(max(0.0, timeout_s)):
             try:
                 self._producer.purge(in_queue=True, in_flight=True)
@@ -385,16 +394,18 @@ class RecordProducer:
             # Purged messages come back through the delivery callback, with a purge error.
             stuck = self._producer.flush(0.5)
             if stuck:  # not purged: counted here, from what never got a report
-                c = self.counters
-                c.undelivered += stuck
-                c.records_undelivered += (
-                    c.records_produced
-                    - c.records_delivered
-                    - c.records_delivery_failed
-                    - c.records_undelivered
-                )
+                self._count_unreported(stuck)
         self._in_transaction = False
         return self.counters.records_undelivered - before
+
+    def _count_unreported(self, messages: int) -> None:
+        """Count as undelivered what never got a delivery report."""
+        c = self.counters
+        c.undelivered += messages
+        c.records_undelivered += (
+            c.records_produced - c.records_delivered - c.records_delivery_failed
+            - c.records_undelivered
+        )  # fmt: skip
 
     def in_flight(self) -> int:
         return len(self._producer)
