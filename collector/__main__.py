@@ -24,6 +24,7 @@ from collector.settings import Settings, parse_settings
 from collector.tcp.source import TcpConnSource
 from collector.udp.flows import UdpFlowSource, UdpReporter
 from flowscope import kafka_security
+from flowscope.deadline import Deadline
 from flowscope.kafka import KafkaUnavailable, RecordProducer, wait_for_broker
 
 log = logging.getLogger("collector")
@@ -161,15 +162,20 @@ def run(settings: Settings) -> int:
             collector.probe.set_ready()  # the programs are attached; the loop beats from now
             collector.run(stop)
         finally:
+            # One bound for all of shutdown's Kafka waits: with the broker away it ends on
+            # time, and what could not be delivered is counted (records_undelivered).
+            deadline = Deadline(settings.flush_timeout_s)
             if dns is not None:
                 dns.shutdown()  # before the producer is flushed
-            collector.shutdown(settings.flush_timeout_s)
+            collector.shutdown(deadline.left())
             if udp is not None:
                 udp.finish()
             if drops is not None:
                 drops.finish()
-            health.tick(force=True)  # the last counters, flushed below
-            producer.flush(settings.flush_timeout_s)
+            health.tick(force=True)  # the last counters, delivered if the broker is there
+            undelivered = producer.close(deadline.left())
+            log.info("final %s", collector.stats_line())
+            log.info("shutdown took %.1fs; %d records undelivered", deadline.elapsed(), undelivered)
             if metrics is not None:
                 metrics.close()
             if nat is not None:

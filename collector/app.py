@@ -157,13 +157,14 @@ class Collector:
                 next_stats = now + self._stats_interval_s
 
     def shutdown(self, flush_timeout_s: float) -> None:
-        """Detach first so nothing new arrives, then empty the ring buffer and flush."""
+        """Detach first so nothing new arrives, then empty the ring buffer and flush. The
+        caller closes the producer (counting what stayed undelivered) and logs the final
+        stats line."""
         self._source.detach()
         self.drain()
         remaining = self._sink.flush(flush_timeout_s)
         if remaining:
-            log.warning("%d records still undelivered after %.1fs", remaining, flush_timeout_s)
-        log.info("final %s", self.stats_line())
+            log.warning("%d messages still undelivered after %.1fs", remaining, flush_timeout_s)
 
     def counters(self) -> dict[str, int]:
         values: dict[str, int] = {
@@ -205,6 +206,9 @@ class Collector:
             # Records, not messages: a batch message holds many.
             records_delivered=c.records_delivered,
             records_delivery_failed=c.records_delivery_failed,
+            # Dropped from the producer's queue at shutdown: the broker was away too long.
+            undelivered=c.undelivered,
+            records_undelivered=c.records_undelivered,
             in_flight=self._sink.in_flight(),
         )
         return values

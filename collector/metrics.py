@@ -53,8 +53,10 @@ RULES: tuple[Rule, ...] = (
     Rule("cgroup_walks", _c("cgroup_walks", "walks of the cgroup tree")),
     Rule("nat_lookups", _NAT, {"outcome": "all"}),
     Rule("nat_(?P<outcome>.+)", _NAT),
-    Rule("(?P<outcome>produced|delivered|delivery_failed|dropped_buffer_full)", _MESSAGES),
-    Rule("records_(?P<outcome>delivered|delivery_failed)", _RECORDS),
+    Rule(
+        "(?P<outcome>produced|delivered|delivery_failed|dropped_buffer_full|undelivered)", _MESSAGES
+    ),
+    Rule("records_(?P<outcome>delivered|delivery_failed|undelivered)", _RECORDS),
     Rule("in_flight", _g("kafka_in_flight_messages", "messages produced, not yet acknowledged")),
     Rule("dns_pending", _g("dns_pending_queries", "DNS queries waiting for their response")),
     Rule("dns_parse_(?P<reason>.+)", _DNS_PARSE),

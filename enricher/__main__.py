@@ -31,7 +31,9 @@ from flowscope import kafka_security
 from flowscope import settings as declared
 from flowscope.kafka import KafkaUnavailable, ProducerFenced, wait_for_broker
 
-__all__ = ["ENV", "build_parser", "main", "settings_from_args"]
+__all__ = ["ENV", "EXIT_FENCED", "build_parser", "main", "settings_from_args"]
+
+EXIT_FENCED = 3  # another instance took this one's transactional.id
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -121,6 +123,11 @@ def publish_watch(settings: Settings) -> int:
             watch_timeout_s=settings.watch_timeout_s,
             pod_fields=settings.pod_fields,
             stats_interval_s=settings.stats_interval_s,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            heartbeat_interval_s=(
+                5.0 if settings.heartbeat_interval_s is None else settings.heartbeat_interval_s
+            ),
+            identity=identity,
         ),
     )
     server = serve(settings.metrics_port, publisher.metrics, probes=[publisher.probe])
@@ -159,7 +166,10 @@ def publish(settings: Settings) -> int:
         print(f"skipped {problem}", file=sys.stderr)
     wait_for_broker(settings.bootstrap_servers)
     report = MetadataPublisher(settings.bootstrap_servers, settings.topics).publish(
-        parsed, prune=settings.prune
+        parsed,
+        prune=settings.prune,
+        heartbeat_interval_s=settings.heartbeat_interval_s or None,
+        source=settings.identity or f"file-{socket.gethostname()}",
     )
     seen = ", ".join(f"{k}={n}" for k, n in sorted(parsed.seen.items()))
     print(f"read {path}: {seen or 'no objects'}")
@@ -231,7 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     kafka_security.register(settings.bootstrap_servers, settings.kafka_security)
     try:
         return publish(settings) if args.command == "publish" else join(settings)
-    except (EnricherError, KafkaUnavailable, ProducerFenced) as exc:
+    except ProducerFenced as exc:
+        # A newer instance with this transactional.id took over (or a fatal producer error):
+        # this one must not produce again. Nonzero, so a supervisor sees it.
+        print(f"enricher: fenced, stopping: {exc}", file=sys.stderr)
+        return EXIT_FENCED
+    except (EnricherError, KafkaUnavailable) as exc:
         print(f"enricher: {exc}", file=sys.stderr)
         return 1
 

@@ -76,6 +76,13 @@ RULES: tuple[Rule, ...] = (
     Rule("enricher_consume_errors_total", _CONSUME, _TCP),
     Rule("enricher_held_total", _HELD, {"outcome": "held"}),
     Rule("enricher_held_(?P<outcome>.+)_total", _HELD),
+    Rule(
+        "enricher_metadata_watermark_lag_seconds",
+        _g(
+            "metadata_watermark_lag_seconds",
+            "how far the metadata's heartbeat is behind now (-1: no live publisher seen)",
+        ),
+    ),
     Rule("enricher_held_now", _g("holdback_held_records", "records waiting for metadata now")),
     Rule(
         "enricher_replay_(?P<outcome>skipped|repeated)_total",
@@ -102,6 +109,21 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "enricher_transactions_records_aborted_total",
         _c("transactions_aborted_records", "input records in aborted transactions"),
+    ),
+    Rule(
+        "enricher_shutdown_uncommitted_records_total",
+        _c(
+            "shutdown_uncommitted_records",
+            "output the last commit at shutdown did not commit (read again by the next owner)",
+        ),
+    ),
+    Rule(
+        "publisher_heartbeats_(?P<outcome>written|skipped)_total",
+        _c(
+            "publisher_heartbeats",
+            "metadata watermark heartbeats (skipped: a watch was down)",
+            "outcome",
+        ),
     ),
     Rule("publisher_terms_total", _c("publisher_terms", "terms this replica led")),
     Rule(

@@ -102,6 +102,25 @@ class Settings:
         env="FLOWSCOPE_ENRICHER_STATS_INTERVAL_SECONDS",
         parse=_positive_float,
     )
+    # publish: how often a heartbeat (the metadata's watermark) is written. --watch: default
+    # 5 s, 0 turns it off; a file: only when given (the interval of the scheduled runs).
+    heartbeat_interval_s: float | None = setting(
+        None,
+        "seconds between heartbeats, the watermark joiners trust metadata up to (--watch: "
+        "5 by default, 0: none; a file: the interval of its scheduled runs, none by default)",
+        env="FLOWSCOPE_PUBLISH_HEARTBEAT_SECONDS",
+        parse=checked(float, non_negative),
+        commands=PUBLISH,
+    )
+    # join, publish --watch: after SIGTERM, every wait on Kafka (final commit, flushes) shares
+    # this bound, so a broker that is away cannot hold the stop up; what is left is counted.
+    shutdown_timeout_s: float = setting(
+        5.0,
+        "seconds shutdown waits for Kafka in all (final commit and deliveries); what is "
+        "still undelivered then is dropped and counted",
+        env="FLOWSCOPE_ENRICHER_SHUTDOWN_TIMEOUT_SECONDS",
+        parse=_positive_float,
+    )
     # join, publish --watch: Prometheus /metrics; 0: no endpoint
     metrics_port: int = setting(
         0,

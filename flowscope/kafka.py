@@ -7,6 +7,7 @@ producer counts every outcome so that a loss is a number, not a log line.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -58,6 +59,9 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
 # read_committed readers of its partitions until the broker aborts it after this long.
 TRANSACTION_TIMEOUT_MS = 10_000
 
+# Delivery errors of messages that close() dropped from the local queue or the wire.
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
 # Header on batch messages: how many records the message holds (a JSON array of them).
 RECORDS_HEADER = "flowscope-records"
 
@@ -69,6 +73,15 @@ class KafkaUnavailable(RuntimeError):
 class TransactionAborted(RuntimeError):
     """The open transaction was aborted: nothing produced in it will be read (read_committed)
     and its input offsets were not committed; the caller reads that input again."""
+
+
+class CommitInterrupted(RuntimeError):
+    """A commit still being retried (broker away) was given up because the process is
+    stopping; the transaction is still open."""
+
+
+# How often a commit being retried looks at its stop event.
+STOP_CHECK_S = 1.0
 
 
 class ProducerFenced(RuntimeError):
@@ -95,6 +108,10 @@ class ProducerCounters:
     transactions_committed: int = 0
     transactions_aborted: int = 0
     records_aborted: int = 0
+    # Still queued when the producer was closed (shutdown with the broker away): never
+    # delivered by this process. A message and its records, as above.
+    undelivered: int = 0
+    records_undelivered: int = 0
     last_error: str | None = None
     errors_by_code: dict[str, int] = field(default_factory=dict)
 
@@ -111,6 +128,8 @@ class ProducerCounters:
             "transactions_committed": self.transactions_committed,
             "transactions_aborted": self.transactions_aborted,
             "records_aborted": self.records_aborted,
+            "undelivered": self.undelivered,
+            "records_undelivered": self.records_undelivered,
             "last_error": self.last_error,
         }
 
@@ -149,6 +168,7 @@ class RecordProducer:
         self.transactional = bool(transactional_id)
         self._in_transaction = False
         self._transaction_records = 0  # records produced in the open transaction
+        self.fenced = False  # a fatal transactional error: this producer can never produce
         if self.transactional:
             try:
                 self._producer.init_transactions(init_timeout_s)
@@ -161,6 +181,10 @@ class RecordProducer:
         if err is None:
             self.counters.delivered += 1
             self.counters.records_delivered += records
+            return
+        if err.code() in _PURGED:  # close() gave up on it: undelivered, not failed
+            self.counters.undelivered += 1
+            self.counters.records_undelivered += records
             return
         self.counters.delivery_failed += 1
         self.counters.records_delivery_failed += records
@@ -258,6 +282,7 @@ class RecordProducer:
         try:
             self._producer.begin_transaction()
         except KafkaException as exc:
+            self.fenced = True
             raise ProducerFenced(f"could not begin a transaction: {exc}") from exc
         self._in_transaction = True
         self._transaction_records = 0
@@ -267,6 +292,7 @@ class RecordProducer:
         offsets: list[TopicPartition],
         group_metadata: Any,
         timeout_s: float = 30.0,
+        stop: threading.Event | None = None,
     ) -> None:
         """Commit what was produced since the last commit together with ``offsets`` (the
         next offset to read per input partition) for the consumer group ``group_metadata``
@@ -274,7 +300,8 @@ class RecordProducer:
         commit). Opens a transaction if none is open so that offsets alone can be committed.
 
         Raises TransactionAborted (after aborting) or ProducerFenced; retriable errors are
-        retried until ``timeout_s``."""
+        retried until ``timeout_s``, or raise CommitInterrupted once ``stop`` is set (the
+        transaction stays open: commit again to finish it)."""
         if not self._in_transaction:
             if not offsets:
                 return
@@ -286,8 +313,9 @@ class RecordProducer:
                     offsets, group_metadata, left
                 ),
                 deadline,
+                stop,
             )
-        self._retrying(self._producer.commit_transaction, deadline)
+        self._retrying(self._producer.commit_transaction, deadline, stop)
         self._in_transaction = False
         self._transaction_records = 0
         self.counters.transactions_committed += 1
@@ -299,6 +327,7 @@ class RecordProducer:
         try:
             self._producer.abort_transaction(timeout_s)
         except KafkaException as exc:
+            self.fenced = True
             raise ProducerFenced(f"could not abort the transaction: {exc}") from exc
         finally:
             self._in_transaction = False
@@ -306,17 +335,22 @@ class RecordProducer:
             self.counters.records_aborted += self._transaction_records
             self._transaction_records = 0
 
-    def _retrying(self, call: Any, deadline: float) -> None:
+    def _retrying(self, call: Any, deadline: float, stop: threading.Event | None = None) -> None:
         while True:
+            left = max(0.1, deadline - time.monotonic())
             try:
-                call(max(0.1, deadline - time.monotonic()))
+                # In slices when a stop may come: a SIGTERM is not held up by a broker away.
+                call(left if stop is None else min(left, STOP_CHECK_S))
                 return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
                 self.counters.last_error = str(err)
                 if err.fatal():
                     self._in_transaction = False
+                    self.fenced = True
                     raise ProducerFenced(f"transactional producer fenced or failed: {err}") from exc
+                if err.retriable() and stop is not None and stop.is_set():
+                    raise CommitInterrupted(f"commit interrupted by the stop: {err}") from exc
                 if err.retriable() and time.monotonic() < deadline:
                     continue
                 if err.txn_requires_abort() or err.retriable():
@@ -327,9 +361,53 @@ class RecordProducer:
     def poll(self, timeout_s: float = 0.0) -> None:
         self._producer.poll(timeout_s)
 
+    def reachable(self, timeout_s: float = 1.0) -> bool:
+        """Whether the cluster answers a metadata request within ``timeout_s``. Measured:
+        with the broker away, a transactional commit blocks for the coordinator request's
+        own timeout (10 s) whatever timeout it is given; a shutdown asks this first."""
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except KafkaException:
+            return False
+        return True
+
     def flush(self, timeout_s: float = 10.0) -> int:
         """Wait for outstanding deliveries. Returns how many are still in flight."""
         return int(self._producer.flush(timeout_s))
+
+    def close(self, timeout_s: float) -> int:
+        """Deliver what can be delivered within ``timeout_s``, then drop the rest and count
+        it (counters.undelivered, records_undelivered): a shutdown with the broker away ends
+        on time. Returns the records dropped. A transactional producer's open transaction is
+        the caller's to commit first: what it holds is never read committed once dropped."""
+        before = self.counters.records_undelivered
+        if self.fenced:
+            # Measured: flushing a fenced producer fails inside its delivery callbacks. What
+            # it holds can never be committed: all of it is undelivered.
+            self._count_unreported(len(self._producer))
+            return self.counters.records_undelivered - before
+        if self._producer.flush(max(0.0, timeout_s)):
+            try:
+                self._producer.purge(in_queue=True, in_flight=True)
+            except KafkaException as exc:  # e.g. a transactional producer in a bad state
+                log.warning("could not drop the undelivered messages: %s", exc)
+            # Purged messages come back through the delivery callback, with a purge error.
+            stuck = self._producer.flush(0.5)
+            if stuck:  # not purged: counted here, from what never got a report
+                self._count_unreported(stuck)
+        self._in_transaction = False
+        return self.counters.records_undelivered - before
+
+    def _count_unreported(self, messages: int) -> None:
+        """Count as undelivered what never got a delivery report."""
+        c = self.counters
+        c.undelivered += messages
+        c.records_undelivered += (
+            c.records_produced
+            - c.records_delivered
+            - c.records_delivery_failed
+            - c.records_undelivered
+        )
 
     def in_flight(self) -> int:
         return len(self._producer)

@@ -104,7 +104,9 @@ PUBLISHED: tuple[PublishedSchema, ...] = (
         name="Meta",
         doc="Slim Kubernetes metadata, one object per message, tagged by `kind` (Pod, Node, "
         "Service) and keyed `<Kind>/<namespace>/<name>` (`Node/<name>`); the topic is "
-        "compacted and a null value (tombstone) means the object was deleted.",
+        "compacted and a null value (tombstone) means the object was deleted. A live "
+        "publisher's `Heartbeat` (keyed `Heartbeat/<source>`) vouches for every change up "
+        "to its `observed_ns`: joiners hold records newer than that.",
     ),
 )
 

@@ -34,14 +34,14 @@ from enricher.join.dnsnames import DnsNames
 from enricher.join.enrich import node_template, pod_template, template_of
 from enricher.join.index import MetadataIndex
 from enricher.join.outbox import Outbox
-from enricher.join.transactions import TransactionalOffsets, transactional_id
+from enricher.join.transactions import TransactionalOffsets, final_commit, transactional_id
 from enricher.join.udpflows import enrich_udp
 from enricher.join.view import MetadataView
 from enricher.settings import Settings
 from flowscope.codec import DecodeError, JsonCodec
 from flowscope.deadletter import dead_letter_of
+from flowscope.deadline import Deadline
 from flowscope.kafka import (
-    ProducerFenced,
     RecordConsumer,
     RecordProducer,
     TopicSpec,
@@ -206,6 +206,8 @@ class DnsJoiner:
         if self._consumer is None:
             self.start()
         assert self._consumer is not None
+        if self._txn is not None:
+            self._txn.stop = stop
         s = self._settings
         next_stats = time.monotonic() + s.stats_interval_s
         try:
@@ -340,19 +342,20 @@ class DnsJoiner:
         )
 
     def close(self) -> None:
-        if self._txn is not None:
-            try:
-                self._txn.commit()
-            except ProducerFenced as exc:
-                log.warning("final commit failed: %s", exc)
+        # The same bound as the TCP joiner's: a broker that is away cannot hold the stop up.
+        deadline = Deadline(self._settings.shutdown_timeout_s)
+        if self._txn is not None and self._producer is not None:
+            uncommitted = final_commit(self._txn, self._producer, deadline)
+            if uncommitted:
+                log.warning("%d DNS join records uncommitted at shutdown", uncommitted)
             self._txn = None
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
         for producer in (self._producer, self._metadata_letters):
             if producer is not None:
-                left = producer.flush(10)
+                left = producer.close(deadline.left())
                 if left:
-                    log.warning("%d DNS join records still undelivered at shutdown", left)
+                    log.warning("%d DNS join records undelivered at shutdown", left)
         self.view.stop(self._metadata_rejected)
         log.info("final dns counters: %s", self.counters.as_metrics())

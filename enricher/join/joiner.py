@@ -50,14 +50,15 @@ from enricher.join.holdback import Held, Holdback, PartitionKey
 from enricher.join.outbox import Outbox
 from enricher.join.render import Rendered, Renderer, self_check
 from enricher.join.replay import Replay
-from enricher.join.transactions import TransactionalOffsets, transactional_id
+from enricher.join.state import WATERMARK, MetadataState
+from enricher.join.transactions import TransactionalOffsets, final_commit, transactional_id
 from enricher.join.view import MetadataView
 from enricher.settings import Settings
 from flowscope.codec import DecodeError, JsonCodec
 from flowscope.deadletter import dead_letter_of
+from flowscope.deadline import Deadline
 from flowscope.kafka import (
     ConsumerCounters,
-    ProducerFenced,
     RecordConsumer,
     RecordProducer,
     TopicSpec,
@@ -88,9 +89,16 @@ class JoinerCounters:
     held_expired: int = 0  # emitted unresolved after the hold time
     held_released_unresolved: int = 0  # emitted unresolved early: revoke or shutdown
     held_overflow: int = 0  # emitted unresolved at once: the hold buffer was full
+    # Held because newer than the metadata's watermark (its publisher behind or down):
+    held_watermark: int = 0
+    held_watermark_caught_up: int = 0  # joined once the watermark passed them
+    held_watermark_unresolved: int = 0  # emitted with no metadata: it never caught up
     # After a restart, records re-read behind a held one (replay.py):
     replay_skipped: int = 0  # emitted before the restart: not again
     replay_repeated: int = 0  # not known whether emitted (metadata past its bound): again
+    # Records in the transaction the last commit at shutdown could not commit (broker away):
+    # never read committed; their input offsets were not committed, so they are read again.
+    shutdown_uncommitted: int = 0
     deadletter_reasons: Counter[str] = field(default_factory=Counter)
 
 
@@ -117,6 +125,8 @@ class Joiner:
             int(settings.holdback_s * 1e9), settings.holdback_max_records
         )
         self.renderer = Renderer(self.state, self.classifier, names=names)
+        # Renders records the metadata's watermark never reached: every end unresolved.
+        self._blind = Renderer(MetadataState(), self.classifier)
         self._render = self.renderer.render
         self._render_many = self.renderer.render_many
         if (problem := self_check()) is not None:
@@ -222,6 +232,8 @@ class Joiner:
         if self._consumer is None:
             self.start()
         assert self._consumer is not None
+        if self._txn is not None:
+            self._txn.stop = stop
         next_stats = time.monotonic() + self._settings.stats_interval_s
         try:
             while not stop.is_set():
@@ -256,7 +268,8 @@ class Joiner:
             return
         topic = self._topics.enriched_tcp
         try:
-            partitions = self._consumer.partitions(topic)
+            # Briefly: with the broker away this blocks the loop (and a SIGTERM) meanwhile.
+            partitions = self._consumer.partitions(topic, timeout_s=2.0)
         except KafkaException as exc:
             log.warning("could not read the partition count of %s: %s", topic, exc)
             return
@@ -274,31 +287,36 @@ class Joiner:
         return [] if consumer is None else sorted(tp.partition for tp in consumer.assignment())
 
     def close(self) -> None:
+        """Within ``shutdown_timeout_s`` of Kafka waits: emit what is held, commit, deliver;
+        what the broker did not take by then is counted, never waited for."""
         if self._closed:
             return
         self._closed = True
+        deadline = Deadline(self._settings.shutdown_timeout_s)
         if self._producer is not None and len(self.holdback):
             # Emitted as they are rather than kept: the next owner of the partitions would
             # re-read every record after them too.
             self._emit_released(self.holdback.release_all(), resolved_as="stopped")
             self._outbox.flush()
             self._store_offsets(set(self._next_offsets))
-        if self._txn is not None:
-            try:
-                self._txn.commit()
-            except ProducerFenced as exc:  # the next owner reads again from the last commit
-                log.warning("final commit failed: %s", exc)
+        if self._txn is not None and self._producer is not None:
+            self.counters.shutdown_uncommitted += final_commit(self._txn, self._producer, deadline)
+        undelivered = 0
         for producer in (self._producer, self._metadata_letters):
             if producer is not None:
-                left = producer.flush(30.0)
-                if left:
-                    log.warning("%d produced records still undelivered at shutdown", left)
+                undelivered += producer.close(deadline.left())
         if self._consumer is not None:
             # Closing commits the offsets stored after each batch.
             self._consumer.close()
             self._consumer = None
         self.view.stop(self._metadata_rejected)
         self.log_stats(final=True)
+        log.info(
+            "shutdown took %.1fs: %d records uncommitted, %d undelivered",
+            deadline.elapsed(),
+            self.counters.shutdown_uncommitted,
+            undelivered,
+        )
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -411,6 +429,10 @@ class Joiner:
                 raws = [raws[i] for i in positions]
                 if not raws:
                     return
+        if self.state.watermark_ns is not None and self.holdback.enabled:
+            raws, positions = self._hold_past_watermark(raws, positions, part, offset)
+            if not raws:
+                return
         outs: list[Rendered] | list[Rendered | None]
         try:
             outs = self._render_many(raws)
@@ -424,6 +446,33 @@ class Joiner:
             partial(self._attend, msg, part, offset, raws, positions),
             self.renderer.native,
         )
+
+    def _hold_past_watermark(
+        self,
+        raws: list[RawTcpConnection],
+        positions: list[int] | None,
+        part: PartitionKey,
+        offset: int,
+    ) -> tuple[list[RawTcpConnection], list[int] | None]:
+        """Hold the records newer than the metadata's watermark: the metadata cannot say yet
+        whether their peer's pod was deleted and its IP reused. The rest, with their places
+        in the message (replay.py), are joined now."""
+        past = self.state.past_watermark
+        if not any(past(r.end_time_ns) for r in raws):
+            return raws, positions
+        c, now = self.counters, time.monotonic_ns()
+        kept: list[RawTcpConnection] = []
+        kept_at: list[int] = []
+        for raw, index in zip(raws, positions or range(len(raws)), strict=True):
+            if raw.v == RAW_VERSION and past(raw.end_time_ns):
+                if self.holdback.add(raw, WATERMARK, part, offset, now, index=index):
+                    c.held += 1
+                    c.held_watermark += 1
+                    continue
+                c.held_overflow += 1
+            kept.append(raw)
+            kept_at.append(index)
+        return kept, kept_at
 
     def _committed_replay(self, part: PartitionKey) -> Replay | None:
         """The replay stretch in ``part``'s committed offset, read once per ownership."""
@@ -513,6 +562,22 @@ class Joiner:
             return
         now = time.monotonic_ns()
         for held in released:
+            if held.key == WATERMARK:
+                if self.state.past_watermark(held.item.end_time_ns) and now < held.deadline_ns:
+                    if self.holdback.add(
+                        held.item,
+                        WATERMARK,
+                        held.partition,
+                        held.offset,
+                        now,
+                        held.deadline_ns,
+                        index=held.index,
+                    ):
+                        continue
+                    self.counters.held_overflow += 1
+                    self._emit_unvouched(held)
+                    continue
+                self.counters.held_watermark_caught_up += 1
             out = self._render(held.item)
             key = out.missing
             # Still missing something (e.g. the pod is known now but not the peer): wait on,
@@ -544,8 +609,17 @@ class Joiner:
             self._outbox.flush()
             self._store_offsets({h.partition for h in expired})
 
+    def _emit_unvouched(self, held: Held[RawTcpConnection]) -> None:
+        """A record the metadata never caught up with: emitted with no metadata at all
+        rather than with a pod that may have been deleted (its IP reused) meanwhile."""
+        self.counters.held_watermark_unresolved += 1
+        self.emit(held.item, self._blind.render(held.item))
+
     def _emit_released(self, released: list[Held[RawTcpConnection]], resolved_as: str) -> None:
         for held in released:
+            if held.key == WATERMARK and self.state.past_watermark(held.item.end_time_ns):
+                self._emit_unvouched(held)
+                continue
             out = self._render(held.item)
             if out.missing is None:
                 self.counters.held_resolved += 1
@@ -558,6 +632,8 @@ class Joiner:
     def _on_revoke(self, _consumer: RecordConsumer, partitions: list[TopicPartition]) -> None:
         """Partitions move to another instance: emit what is held from them first, so the
         offsets committed at the revoke cover them (the new owner starts after them)."""
+        if self._closed:
+            return  # close() has emitted and committed (or counted) everything already
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         self._revoking = revoked
         released = self.holdback.release_partitions(revoked)
@@ -611,7 +687,11 @@ class Joiner:
             "enricher_held_expired_unresolved_total": c.held_expired,
             "enricher_held_released_unresolved_total": c.held_released_unresolved,
             "enricher_held_overflow_total": c.held_overflow,
+            "enricher_held_watermark_total": c.held_watermark,
+            "enricher_held_watermark_caught_up_total": c.held_watermark_caught_up,
+            "enricher_held_watermark_unresolved_total": c.held_watermark_unresolved,
             "enricher_held_now": len(self.holdback),
+            "enricher_metadata_watermark_lag_seconds": self._watermark_lag_s(),
             "enricher_replay_skipped_total": c.replay_skipped,
             "enricher_replay_repeated_total": c.replay_repeated,
             "enricher_metadata_upserts_total": sc.upserts,
@@ -642,11 +722,22 @@ class Joiner:
             out["enricher_produce_records_dropped_buffer_full_total"] = (
                 p.records_dropped_buffer_full
             )
+            out["enricher_produce_records_undelivered_total"] = p.records_undelivered + (
+                0
+                if self._metadata_letters is None
+                else self._metadata_letters.counters.records_undelivered
+            )
             if self._txn is not None:
                 out["enricher_transactions_committed_total"] = p.transactions_committed
                 out["enricher_transactions_aborted_total"] = p.transactions_aborted
                 out["enricher_transactions_records_aborted_total"] = p.records_aborted
+                out["enricher_shutdown_uncommitted_records_total"] = c.shutdown_uncommitted
         return out
+
+    def _watermark_lag_s(self) -> int:
+        """How far the metadata's watermark is behind now (-1: no live publisher seen)."""
+        w = self.state.watermark_ns
+        return -1 if w is None else max(0, (time.time_ns() - w) // 1_000_000_000)
 
     def log_stats(self, final: bool = False) -> None:
         line = " ".join(f"{k}={v}" for k, v in self.metrics().items())

@@ -13,7 +13,19 @@ from typing import Literal
 import msgspec
 
 from enricher.join.index import MetadataIndex, canonical_ip
-from flowscope.records.metadata import METADATA_VERSION, MetaCodec, NodeMeta, PodMeta, ServiceMeta
+from flowscope.records.metadata import (
+    METADATA_VERSION,
+    HeartbeatMeta,
+    MetaCodec,
+    NodeMeta,
+    PodMeta,
+    ServiceMeta,
+)
+
+# What records newer than the metadata's watermark wait for (a key of drain_changes).
+WATERMARK = "watermark"
+# A heartbeat vouches for this many of its intervals: one late heartbeat does not hold records.
+WATERMARK_INTERVALS = 2
 
 ApplyOutcome = Literal["upserted", "deleted", "invalid", "unsupported_version", "ignored"]
 
@@ -42,6 +54,17 @@ class MetadataState(MetadataIndex):
         self._changes: set[str] | None = None
         # Why the last record was refused (invalid, unsupported version), for its dead letter.
         self.last_rejection = ""
+        # Up to when the metadata is known complete (the live publisher's heartbeats), and
+        # how far past it a record may be; None until a heartbeat arrives (no live publisher
+        # ever seen: e.g. a file published once, trusted as it is).
+        self.watermark_ns: int | None = None
+        self._watermark_slack_ns = 0
+
+    def past_watermark(self, t_ns: int) -> bool:
+        """Whether a record of time ``t_ns`` is newer than the metadata can vouch for: a pod
+        deleted (and its IP reused) since then may not be known yet."""
+        w = self.watermark_ns
+        return w is not None and t_ns > w + self._watermark_slack_ns
 
     def track_changes(self) -> None:
         self._changes = set()
@@ -71,8 +94,10 @@ class MetadataState(MetadataIndex):
         self.counters.upserts += 1
         return "upserted"
 
-    def upsert(self, meta: PodMeta | NodeMeta | ServiceMeta, time_ns: int) -> None:
-        if isinstance(meta, PodMeta):
+    def upsert(self, meta: PodMeta | NodeMeta | ServiceMeta | HeartbeatMeta, time_ns: int) -> None:
+        if isinstance(meta, HeartbeatMeta):
+            self._heartbeat(meta)
+        elif isinstance(meta, PodMeta):
             key = meta.key()
             previous = self._pod_uid_by_key.get(key)
             if previous is not None and previous != meta.uid:
@@ -92,8 +117,19 @@ class MetadataState(MetadataIndex):
             if self._changes is not None:
                 self._changes.update("ip:" + canonical_ip(ip) for ip in meta.cluster_ips)
 
+    def _heartbeat(self, beat: HeartbeatMeta) -> None:
+        if beat.interval_s <= 0:
+            return  # a one-off snapshot: it says nothing about what comes after it
+        if self.watermark_ns is None or beat.observed_ns > self.watermark_ns:
+            self.watermark_ns = beat.observed_ns
+            self._watermark_slack_ns = int(beat.interval_s * WATERMARK_INTERVALS * 1e9)
+            if self._changes is not None:
+                self._changes.add(WATERMARK)
+
     def _delete(self, key: str | None, time_ns: int) -> ApplyOutcome:
         parts = (key or "").split("/")
+        if parts[0] == "Heartbeat" and len(parts) == 2:
+            return "ignored"  # a publisher's heartbeat pruned: the watermark stays where it is
         if parts[0] == "Pod" and len(parts) == 3:
             uid = self._pod_uid_by_key.pop(key or "", None)
             if uid is not None:

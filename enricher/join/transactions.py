@@ -19,12 +19,20 @@ transactional.id, or a fatal error) raises ProducerFenced: this instance must st
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
-from flowscope.kafka import RecordConsumer, RecordProducer, TransactionAborted
+from flowscope.deadline import Deadline
+from flowscope.kafka import (
+    CommitInterrupted,
+    ProducerFenced,
+    RecordConsumer,
+    RecordProducer,
+    TransactionAborted,
+)
 
 log = logging.getLogger("enricher")
 
@@ -44,6 +52,7 @@ class TransactionalOffsets:
         interval_s: float,
         max_records: int,
         on_abort: Callable[[], None],
+        stop: threading.Event | None = None,
     ) -> None:
         if not producer.transactional:
             raise ValueError("TransactionalOffsets needs a transactional producer")
@@ -52,6 +61,7 @@ class TransactionalOffsets:
         self._interval_s = interval_s
         self._max_records = max_records
         self._on_abort = on_abort
+        self.stop = stop  # set: a commit still retrying gives up (the final one does not)
         # Per input partition: the next offset to read, and its commit metadata (replay.py).
         self._pending: dict[PartitionKey, tuple[int, str | None]] = {}
         self._records = 0  # input records taken since the last commit
@@ -68,6 +78,11 @@ class TransactionalOffsets:
         for part in partitions:
             self._pending.pop(part, None)
 
+    @property
+    def pending(self) -> bool:
+        """Offsets stored since the last commit."""
+        return bool(self._pending)
+
     def took(self, records: int) -> None:
         self._records += records
 
@@ -77,8 +92,9 @@ class TransactionalOffsets:
         ):
             self.commit()
 
-    def commit(self) -> bool:
-        """Commit now. False if the transaction was aborted (and the input rewound)."""
+    def commit(self, timeout_s: float = 30.0, final: bool = False) -> bool:
+        """Commit now. False if the transaction was aborted (and, unless ``final``: the
+        last commit at shutdown, the input rewound)."""
         if not self._pending and not self._producer.in_transaction:
             self._records = 0
             return True
@@ -87,12 +103,23 @@ class TransactionalOffsets:
             for (t, p), (o, m) in self._pending.items()
         ]
         try:
-            self._producer.commit(offsets, self._consumer.consumer_group_metadata())
+            self._producer.commit(
+                offsets,
+                self._consumer.consumer_group_metadata(),
+                timeout_s,
+                stop=None if final else self.stop,
+            )
+        except CommitInterrupted as exc:
+            log.warning("%s; committed at shutdown instead", exc)
+            return False
         except TransactionAborted as exc:
             self.aborts += 1
-            log.warning("%s: reading the input again from the committed offsets", exc)
             self._pending.clear()
             self._records = 0
+            if final:
+                log.warning("%s: the next owner reads the input again", exc)
+                return False
+            log.warning("%s: reading the input again from the committed offsets", exc)
             self._on_abort()
             return False
         self.commits += 1
@@ -100,3 +127,22 @@ class TransactionalOffsets:
         self._records = 0
         self._opened = time.monotonic()
         return True
+
+
+def final_commit(txn: TransactionalOffsets, producer: RecordProducer, deadline: Deadline) -> int:
+    """The last commit at shutdown, within ``deadline``. Returns the records it could not
+    commit: never read committed, and their input offsets are not committed either, so the
+    next owner reads that input again. With the broker away the transaction is left open
+    for the broker to abort (transaction.timeout.ms) or the next instance to fence."""
+    pending = producer.transaction_records
+    if not txn.pending and not producer.in_transaction:
+        return 0
+    if not producer.reachable(min(1.0, deadline.left())):
+        log.warning("broker unreachable at shutdown: %d records left uncommitted", pending)
+        return pending
+    try:
+        committed = txn.commit(max(0.1, deadline.left()), final=True)
+    except (ProducerFenced, KafkaException) as exc:
+        log.warning("final commit failed: %s", exc)
+        committed = False
+    return 0 if committed else pending

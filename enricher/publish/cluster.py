@@ -29,7 +29,15 @@ from enricher.publish.kubeobjects import (
     pod_meta,
     service_meta,
 )
-from flowscope.records.metadata import Meta, MetaCodec, PodMeta, node_key, pod_key, service_key
+from flowscope.records.metadata import (
+    HEARTBEAT_PREFIX,
+    Meta,
+    MetaCodec,
+    PodMeta,
+    node_key,
+    pod_key,
+    service_key,
+)
 
 Obj = dict[str, Any]
 Change = tuple[str, bytes | None]
@@ -276,7 +284,10 @@ class ClusterModel:
         live = {pod_key(*k.split("/", 2)[1:]) for k in self.objects["Pod"]}
         live |= {node_key(k.split("/", 1)[1]) for k in self.objects["Node"]}
         live |= {service_key(*k.split("/", 2)[1:]) for k in self.objects["Service"]}
-        return sorted(k for k in self.published if k not in live)
+        # Heartbeats are not objects: a publisher's last one keeps the watermark it set.
+        return sorted(
+            k for k in self.published if k not in live and not k.startswith(HEARTBEAT_PREFIX)
+        )
 
     def prune(self) -> list[Change]:
         changes: list[Change] = []

@@ -105,7 +105,13 @@ class ResourceWatch:
         self._thread = threading.Thread(target=self.run, name=f"watch-{self.kind}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    @property
+    def watching(self) -> bool:
+        """A watch stream is open: changes reach the owner as they happen."""
+        return self._resp is not None
+
+    def signal_stop(self) -> None:
+        """Ask the thread to stop, without waiting for it."""
         self._stop.set()
         resp = self._resp
         if resp is not None:
@@ -114,6 +120,9 @@ class ResourceWatch:
                 resp.shutdown()
             except Exception:  # shutdown is best effort; the thread also checks the flag
                 log.debug("%s: closing the watch stream failed", self.kind, exc_info=True)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.signal_stop()
         if self._thread is not None:
             self._thread.join(timeout_s)
 

@@ -23,8 +23,10 @@ from enricher.publish.cluster import WATCHED_KINDS, Change, ClusterModel
 from enricher.publish.kubeobjects import ALL_LABELS_NO_ANNOTATIONS, PodFields
 from enricher.publish.kubewatch import Backoff, EventType, Obj, ResourceWatch
 from enricher.publish.lease import LeaseConfig, LeaseElector
+from flowscope.deadline import Deadline
 from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics
 from flowscope.probes import Probe
+from flowscope.records.metadata import HeartbeatMeta, MetaCodec
 from flowscope.topics import Topics
 
 log = logging.getLogger("enricher.publish.publisher")
@@ -38,6 +40,12 @@ class WatchOptions:
     pod_fields: PodFields = ALL_LABELS_NO_ANNOTATIONS  # labels, chosen annotations
     stats_interval_s: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
+    # When leading ends (SIGTERM, Lease lost), watches stop and the producer is flushed
+    # within this time in all; what is still undelivered then is dropped and counted.
+    shutdown_timeout_s: float = 5.0
+    # A heartbeat this often while every watch is open (0: none): the joiners' watermark.
+    heartbeat_interval_s: float = 5.0
+    identity: str = "publisher"
 
 
 def list_functions(api_client: Any) -> dict[str, Any]:
@@ -78,6 +86,9 @@ class WatchPublisher:
         self.produced = 0
         # Ready while standing by or once synced; live while leading and its loop turns.
         self.probe = Probe("publisher")
+        self.heartbeats = 0
+        self.heartbeats_skipped = 0  # due while a watch was down or events were queued
+        self._codec = MetaCodec()
 
     def run(self, stop: threading.Event) -> None:
         ensure_topics(self._bootstrap, [TopicSpec(self._topics.metadata, compacted=True)])
@@ -142,6 +153,7 @@ class WatchPublisher:
             watch.start()
         listed: set[str] = set()
         next_stats = time.monotonic() + o.stats_interval_s
+        next_beat = time.monotonic()
         try:
             while not lost.is_set():
                 self.probe.beat()
@@ -160,7 +172,10 @@ class WatchPublisher:
                     if not self.synced.is_set() and listed >= set(WATCHED_KINDS):
                         pruned = model.prune()
                         self._produce(producer, pruned)
-                        producer.flush(30)
+                        # Synced once delivered; in slices, so a stop is not held up.
+                        for _ in range(30):
+                            if not producer.flush(1.0) or lost.is_set():
+                                break
                         self.synced.set()
                         self.probe.set_ready()
                         log.info(
@@ -171,13 +186,19 @@ class WatchPublisher:
                             len(model.objects["Service"]),
                             len(pruned),
                         )
+                if o.heartbeat_interval_s and time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + o.heartbeat_interval_s
+                    self._heartbeat(producer, inbox)
                 if time.monotonic() >= next_stats:
                     self.log_stats(producer)
                     next_stats = time.monotonic() + o.stats_interval_s
         finally:
+            deadline = Deadline(o.shutdown_timeout_s)
             for watch in self.watches.values():
-                watch.stop()
-            left = producer.flush(30)
+                watch.signal_stop()  # all at once: each stream's close unblocks its thread
+            for watch in self.watches.values():
+                watch.stop(deadline.left())
+            left = producer.close(deadline.left())
             if left:
                 log.warning("%d metadata records undelivered when leading ended", left)
             self.synced.clear()
@@ -185,6 +206,24 @@ class WatchPublisher:
             if self.options.lease is not None:
                 self.probe.set_ready()  # standing by again
             self.log_stats(producer, final=True)
+            log.info("leading ended in %.1fs; %d records undelivered", deadline.elapsed(), left)
+
+    def _heartbeat(self, producer: RecordProducer, inbox: queue.Queue[Any]) -> None:
+        """Vouch for the topic up to now, but only when it is true: synced, every watch
+        streaming and every event received so far handed on. Otherwise the watermark stays
+        where it was and joiners hold records newer than it."""
+        if not self.synced.is_set() or not inbox.empty():
+            self.heartbeats_skipped += 1
+            return
+        if not all(w.watching for w in self.watches.values()):
+            self.heartbeats_skipped += 1
+            return
+        o = self.options
+        beat = HeartbeatMeta(
+            source=o.identity, observed_ns=time.time_ns(), interval_s=o.heartbeat_interval_s
+        )
+        if producer.produce(self._topics.metadata, self._codec.encode(beat), key=beat.key()):
+            self.heartbeats += 1
 
     def _produce(self, producer: RecordProducer, changes: list[Change]) -> None:
         for key, value in changes:
@@ -194,7 +233,11 @@ class WatchPublisher:
     def metrics(self, producer: RecordProducer | None = None) -> dict[str, int]:
         if producer is None:
             producer = self.producer
-        out: dict[str, int] = {"publisher_terms_total": self.terms}
+        out: dict[str, int] = {
+            "publisher_terms_total": self.terms,
+            "publisher_heartbeats_written_total": self.heartbeats,
+            "publisher_heartbeats_skipped_total": self.heartbeats_skipped,
+        }
         if self.model is not None:
             c = self.model.counters
             out |= {
@@ -226,6 +269,7 @@ class WatchPublisher:
                 "publisher_produce_delivered_total": p.delivered,
                 "publisher_produce_delivery_failed_total": p.delivery_failed,
                 "publisher_produce_dropped_buffer_full_total": p.dropped_buffer_full,
+                "publisher_produce_undelivered_total": p.records_undelivered,
             }
         return out
 

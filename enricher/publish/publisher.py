@@ -7,6 +7,7 @@ was deleted), unless pruning is switched off.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from enricher import EnricherError
 from enricher.join.follower import MetadataFollower
 from enricher.publish.kubeobjects import ParsedObjects
 from flowscope.kafka import ProducerCounters, RecordProducer, TopicSpec, ensure_topics
-from flowscope.records.metadata import MetaCodec
+from flowscope.records.metadata import HEARTBEAT_PREFIX, HeartbeatMeta, MetaCodec
 from flowscope.topics import Topics
 
 
@@ -70,8 +71,16 @@ class MetadataPublisher:
         return keys
 
     def publish(
-        self, parsed: ParsedObjects, prune: bool = True, timeout_s: float = 30.0
+        self,
+        parsed: ParsedObjects,
+        prune: bool = True,
+        timeout_s: float = 30.0,
+        heartbeat_interval_s: float | None = None,
+        source: str = "file",
     ) -> PublishReport:
+        """Write ``parsed``; with ``heartbeat_interval_s``, a heartbeat after it saying the
+        next run comes within that time (a one-off publish writes none: joiners then take
+        the metadata as it is, without a watermark)."""
         self.ensure_topic()
         stale = self.existing_keys() if prune else set()
         producer = RecordProducer(self._bootstrap, self._producer_overrides)
@@ -83,8 +92,16 @@ class MetadataPublisher:
             if producer.produce(topic, self._codec.encode(meta), key=key):
                 report.published[key.split("/", 1)[0]] += 1
         for key in sorted(stale):
+            if key.startswith(HEARTBEAT_PREFIX):
+                continue  # not an object: a live publisher's watermark
             if producer.produce(topic, None, key=key):
                 report.tombstones += 1
+        if heartbeat_interval_s:
+            # A publisher run on a schedule vouches for the file until its next run.
+            beat = HeartbeatMeta(
+                source=source, observed_ns=time.time_ns(), interval_s=heartbeat_interval_s
+            )
+            producer.produce(topic, self._codec.encode(beat), key=beat.key())
         left = producer.flush(timeout_s)
         counters = producer.counters
         if left or counters.delivery_failed or counters.dropped_buffer_full:

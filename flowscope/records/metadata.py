@@ -14,6 +14,7 @@ from __future__ import annotations
 import msgspec
 
 METADATA_VERSION = 1
+HEARTBEAT_PREFIX = "Heartbeat/"
 
 
 class ContainerMeta(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,7 +87,22 @@ class ServiceMeta(msgspec.Struct, frozen=True, kw_only=True, tag="Service", tag_
         return service_key(self.namespace, self.name)
 
 
-Meta = PodMeta | NodeMeta | ServiceMeta
+class HeartbeatMeta(msgspec.Struct, frozen=True, kw_only=True, tag="Heartbeat", tag_field="kind"):
+    """A live publisher's word that the topic holds every change it saw up to ``observed_ns``
+    (its watches connected, its queue drained), and that the next one is due within
+    ``interval_s``. Joiners do not trust metadata for records newer than that (see
+    MetadataState.past_watermark)."""
+
+    v: int = METADATA_VERSION
+    source: str  # the publisher's identity
+    observed_ns: int
+    interval_s: float
+
+    def key(self) -> str:
+        return HEARTBEAT_PREFIX + self.source
+
+
+Meta = PodMeta | NodeMeta | ServiceMeta | HeartbeatMeta
 
 
 def pod_key(namespace: str, name: str) -> str:

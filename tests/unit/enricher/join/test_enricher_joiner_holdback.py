@@ -48,6 +48,9 @@ class FakeProducer:
     def flush(self, timeout_s: float = 0) -> int:
         return 0
 
+    def close(self, timeout_s: float = 0) -> int:
+        return 0
+
 
 def _raw(offset: int, partition: int = 0, **kw: Any) -> Message:
     times = {"start_time_ns": T0 + 10 * S, "end_time_ns": T0 + 11 * S}  # this test's T0

@@ -18,7 +18,13 @@ class FakeProducer:
         self.commits: list[dict[tuple[str, int], int]] = []
         self._abort = abort
 
-    def commit(self, offsets: list[TopicPartition], group_metadata: Any) -> None:
+    def commit(
+        self,
+        offsets: list[TopicPartition],
+        group_metadata: Any,
+        timeout_s: float = 30.0,
+        stop: Any = None,
+    ) -> None:
         assert group_metadata == "group-md"
         if self._abort:
             self.in_transaction = False
