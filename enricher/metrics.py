@@ -40,6 +40,11 @@ _NAMED = _c("server_name_lookups", "internet servers named from DNS answers, by 
 _ANSWERS = _c("dns_answers", "DNS answers seen for naming servers", "outcome")
 _EVICTED = _c("dns_names_evicted_addresses", "addresses dropped for the per-node bound")
 
+_UNVOUCHED = _c(
+    "unvouched_records",
+    "records newer than the metadata's watermark, joined without naming addresses",
+    "signal",
+)
 _UDP = {"signal": "udp"}
 _DNS = {"signal": "dns"}
 _TCP = {"signal": "tcp"}
@@ -52,6 +57,8 @@ RULES: tuple[Rule, ...] = (
     Rule("enricher_dns_deadlettered_total", _DEAD, _DNS),
     Rule("enricher_dns_(?P<reason>metadata)_deadlettered_total", _DEAD_REASONS, _DNS),
     Rule("enricher_dns_consume_errors_total", _CONSUME, _DNS),
+    Rule("enricher_dns_unvouched_total", _UNVOUCHED, _DNS),
+    Rule("enricher_dns_udp_unvouched_total", _UNVOUCHED, _UDP),
     # UDP flows are joined by the DNS joiner's thread; their counters sit with its own.
     Rule("enricher_dns_udp_records_in_total", _IN, _UDP),
     Rule("enricher_dns_udp_enriched_total", _ENRICHED, _UDP),

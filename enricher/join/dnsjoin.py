@@ -32,8 +32,8 @@ from enricher.join.classify import AddressClassifier
 from enricher.join.dns_enrich import DEFAULT_DNS_SERVERS, DnsServers, ServiceName, enrich_dns
 from enricher.join.dnsnames import DnsNames
 from enricher.join.enrich import node_template, pod_template, template_of
-from enricher.join.index import MetadataIndex
 from enricher.join.outbox import Outbox
+from enricher.join.state import MetadataState
 from enricher.join.transactions import TransactionalOffsets, final_commit, transactional_id
 from enricher.join.udpflows import enrich_udp
 from enricher.join.view import MetadataView
@@ -67,9 +67,13 @@ STAGE = "enricher-dns"
 
 
 class IndexDnsLookups:
-    """:class:`enricher.join.dns_enrich.DnsLookups` over the enricher's metadata index."""
+    """:class:`enricher.join.dns_enrich.DnsLookups` over the enricher's metadata index.
 
-    def __init__(self, state: MetadataIndex, classifier: AddressClassifier) -> None:
+    An address is named only at times the metadata vouches for (its watermark): past it, a
+    deleted pod's IP may already be someone else's. Ends known by pod uid (the client's,
+    from its cgroup) and by node name stay named: those cannot be reused."""
+
+    def __init__(self, state: MetadataState, classifier: AddressClassifier) -> None:
         self._state = state
         self._classifier = classifier
 
@@ -82,10 +86,14 @@ class IndexDnsLookups:
         return None if node is None else node_template(node, self._state)
 
     def endpoint_at(self, addr: str, t_ns: int) -> Endpoint | None:
+        if self._state.past_watermark(t_ns):
+            return None
         found = self._state.lookup(addr, t_ns)
         return None if found is None else template_of(found, addr, self._state, self._classifier)
 
     def service_at(self, addr: str, t_ns: int) -> ServiceName | None:
+        if self._state.past_watermark(t_ns):
+            return None
         found = self._state.lookup(addr, t_ns)
         return ServiceName(found.namespace, found.name) if isinstance(found, ServiceMeta) else None
 
@@ -106,6 +114,9 @@ class DnsJoinerCounters:
     udp_enriched: int = 0
     udp_client_unresolved: int = 0
     udp_server_unresolved: int = 0
+    # Newer than the metadata's watermark: joined without naming any address.
+    unvouched: int = 0
+    udp_unvouched: int = 0
 
     def as_metrics(self) -> dict[str, int]:
         return {f"enricher_dns_{name}_total": value for name, value in vars(self).items()}
@@ -135,6 +146,7 @@ class DnsJoiner:
         self.state = self.view.state
         classifier = AddressClassifier(settings.cluster_cidrs, settings.other_cluster_cidrs)
         self.lookups = IndexDnsLookups(self.state, classifier)
+        self._blind = MetadataState()  # what a flow past the watermark is joined with
         self._classifier = classifier
         self.counters = DnsJoinerCounters()
         self._raw_codec = JsonCodec(RawDnsQuery)
@@ -282,6 +294,8 @@ class DnsJoiner:
             if raw.v != RAW_DNS_VERSION:
                 self.dead_letter(msg, "unsupported_version", f"RawDnsQuery v={raw.v}")
                 continue
+            if self.state.past_watermark(raw.time_ns):
+                self.counters.unvouched += 1
             try:
                 out = join_dns(raw, self.lookups, self._servers)
             except Exception as exc:  # a bug in the join must cost one record, not the stream
@@ -310,8 +324,13 @@ class DnsJoiner:
             if raw.v != RAW_UDP_VERSION:
                 self.dead_letter(msg, "unsupported_version", f"RawUdpFlow v={raw.v}")
                 continue
+            # Past the watermark no address is named: the flow's ends are resolved by IP only.
+            state = self.state
+            if state.past_watermark(raw.window_start_ns):
+                self.counters.udp_unvouched += 1
+                state = self._blind
             try:
-                out = enrich_udp(raw, self.state, self._classifier, self._names)
+                out = enrich_udp(raw, state, self._classifier, self._names)
             except Exception as exc:  # a bug in the join must cost one record, not the stream
                 self.dead_letter(msg, "enrich_error", f"{type(exc).__name__}: {exc}")
                 continue

@@ -8,7 +8,7 @@ from enricher.join.classify import AddressClassifier, parse_cidrs
 from enricher.join.dnsjoin import IndexDnsLookups, join_dns
 from enricher.join.state import MetadataState
 from flowscope.records import RawDnsQuery
-from flowscope.records.metadata import NodeMeta, PodMeta
+from flowscope.records.metadata import HeartbeatMeta, NodeMeta, PodMeta
 
 S = 1_000_000_000
 T0 = time.time_ns() - 60 * S
@@ -90,3 +90,17 @@ def test_host_process_and_unknown_owner_are_told_apart() -> None:
     assert (host.client.attribution, host.client.zone) == ("host", "zb")
     gone = join_dns(_query(pod_uid=None, cgroup_path=None), lookups)  # cgroup not found
     assert gone.client.attribution == "unresolved"
+
+
+def test_past_the_watermark_no_address_is_named_and_the_client_still_is() -> None:
+    state = _state()
+    # The publisher vouched for the metadata up to T0 + 2 s (with 2 x 1 s of slack).
+    state.upsert(HeartbeatMeta(source="pub-0", observed_ns=T0 + 2 * S, interval_s=1.0), T0)
+    lookups = IndexDnsLookups(state, AddressClassifier(parse_cidrs("10.244.0.0/16", "c")))
+    vouched = join_dns(_query(time_ns=T0 + 3 * S), lookups)
+    assert vouched.server.workload_name == "coredns"
+    late = join_dns(_query(time_ns=T0 + 5 * S), lookups)
+    # The server was found by its IP, which a pod deleted since may have handed on: unnamed.
+    assert late.server.attribution == "unresolved" and late.server.workload_name is None
+    # The client is known by its pod uid (from its cgroup): no IP involved.
+    assert late.client.workload_name == "web"
