@@ -46,7 +46,7 @@ from processors.alerts import AlertRule
 from processors.dns import NameGrouping, NameGroups
 from processors.dnsprocessor import DnsProcessor
 from processors.metrics import MetricsBoard
-from processors.pathhealth import PathHealthProcessor
+from processors.pathhealth import PathDropsInput, PathHealthProcessor
 from processors.prices import PriceTable
 from processors.processor import ConnectionProcessor
 from processors.runtime import MissingCodec, check_codecs, tune_interpreter, use_gil_free_lz4
@@ -108,7 +108,7 @@ def build_udp_processor(settings: ProcessorSettings, prices: PriceTable) -> UdpP
 def build_path_processor(settings: ProcessorSettings) -> PathHealthProcessor:
     return PathHealthProcessor(
         window_ns=settings.window_ns,
-        grace_ns=settings.grace_ns,
+        grace_ns=settings.path_grace_ns,
         idle_allowance_ns=settings.idle_allowance_ns,
         verdict=load_verdict(settings.alert_rules_path),
         alpha=settings.sketch_alpha,
@@ -133,7 +133,7 @@ class Stages:
 
 # Agent names as the consumer group has known them.
 AGENT_NAMES = {"tcp": "tcp_connections", "udp": "udp_flows", "dns": "dns_queries",
-               "path": "tcp_path_health"}  # fmt: skip
+               "path": "tcp_path_health", "drops": "path_drops"}  # fmt: skip
 
 
 @dataclass
@@ -141,7 +141,7 @@ class _Bound:
     """A stage wired to its input topic, with the messages it read but did not acknowledge."""
 
     name: str
-    stage: AnyStage
+    stage: AnyStage | PathDropsInput
     source: Any
     pending: list[Pending] = field(default_factory=list)
 
@@ -180,11 +180,14 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
     # transactions, so only committed records are read (processors/transport.py).
     app.transport = ReadCommittedTransport(app.conf.broker_consumer, app)
     inputs = {"tcp": topics.enriched_tcp, "udp": topics.enriched_udp, "dns": topics.enriched_dns,
-              "path": topics.enriched_tcp}  # fmt: skip
+              "path": topics.enriched_tcp, "drops": topics.raw_drops}  # fmt: skip
+    named: list[tuple[str, AnyStage | PathDropsInput]] = list(stages.named())
+    if stages.path is not None:  # the kernel's drops join the path stage's windows
+        named.append(("drops", PathDropsInput(stages.path)))
     bound = [
         _Bound(name, stage, app.topic(inputs[name], key_type=bytes, value_type=bytes,
                                       key_serializer="raw", value_serializer="raw"))
-        for name, stage in stages.named()
+        for name, stage in named
     ]  # fmt: skip
 
     def out(name: str) -> Any:
@@ -201,10 +204,10 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
     }
     deadletter_topic = out(topics.deadletter)
     # Per stage: each stage's counters say how many of its own dead letters were delivered.
-    dead_futures: dict[int, tuple[AnyStage, list[Any]]] = {}
+    dead_futures: dict[int, tuple[AnyStage | PathDropsInput, list[Any]]] = {}
 
     async def consume(
-        stream: faust.StreamT[bytes], stage: AnyStage, waiting: list[Pending]
+        stream: faust.StreamT[bytes], stage: AnyStage | PathDropsInput, waiting: list[Pending]
     ) -> None:
         # noack: acknowledged by close_windows once the records' windows are published.
         async for event in stream.noack().events():  # type: ignore[attr-defined]
@@ -228,7 +231,7 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
 
         app.agent(b.source, name=AGENT_NAMES[b.name], concurrency=1)(aggregate)
 
-    async def publish(ready: list[Output], stage: AnyStage) -> None:
+    async def publish(ready: list[Output], stage: AnyStage | PathDropsInput) -> None:
         if not ready:
             return
         futures = [await outputs[o.kind].send(key=o.key, value=o.value) for o in ready]
