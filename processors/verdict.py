@@ -254,17 +254,19 @@ class PathVerdict(AlertEvaluator):
         # What no network verdict explains is a service's: grouped by server workload. Not
         # on a path where other pairs had traffic too thin to judge and none was healthy: a
         # lossy path stalls some pairs first, and the service is not to blame until the
-        # others can be told apart (one pair alone on its path is the service's).
+        # others can be told apart (one pair alone on its path is the service's). Every
+        # scope's path counts: two pairs on two nodes of one zone share only the zone path.
         thin = {(scope, src, dst) for (scope, src, dst, _, _), j in judged.items()
                 if 0 < j.connections < c.min_connections}  # fmt: skip
+        undecided = {p for p in thin if not any(not j.signals for j in by_path.get(p, {}).values())}
+        waiting = {(client, server) for (scope, src, dst, client, server) in judged
+                   if (scope, src, dst) in undecided}  # fmt: skip
         per_server: dict[str, dict[str, _Judged]] = {}
         for (scope, src, dst), pairs in by_path.items():
             if scope != c.scopes[0]:
                 continue  # one scope is enough to name a service; not once per scope
-            if (scope, src, dst) in thin and not any(not j.signals for j in pairs.values()):
-                continue
             for (client, server), j in pairs.items():
-                if j.signals and (client, server) not in explained:
+                if j.signals and (client, server) not in explained | waiting:
                     per_server.setdefault(server, {})[f"{client} -> {server} ({src} -> {dst})"] = j
         for server, named in sorted(per_server.items()):
             clients = {name.split(" -> ", 1)[0] for name in named}

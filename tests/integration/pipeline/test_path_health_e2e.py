@@ -336,7 +336,8 @@ def test_loss_across_a_zone_is_the_zone_path_listing_its_services(
     assert all(p["drop_rate"] > 0.01 for p in pairs.values()), pairs
     assert loss_start_ns - WINDOW_S * 1e9 <= fired.window_start_ns <= loss_end_ns
     # Each node path holds one degraded pair only: neither the node paths nor a service.
-    assert [e for e in seen.alerts if e.rule == SERVICE_RULE] == []
+    blamed = [(e.status, e.window_start_ns, e.evidence) for e in seen.events(SERVICE_RULE)]
+    assert blamed == [], (blamed, network, loss_start_ns)
     zone_drops = [m for m in seen.windows(*lossy_zone).values()
                   if _within(m, loss_start_ns, loss_end_ns)]  # fmt: skip
     assert sum(m.drops.get("NETFILTER_DROP", 0) for m in zone_drops) > 0

@@ -181,3 +181,23 @@ def test_the_shipped_rules_count_the_default_network_drop_reasons() -> None:
     assert "NETFILTER_DROP" in shipped.drop_reasons and "NO_SOCKET" not in shipped.drop_reasons
     with pytest.raises(AlertRuleError, match="drop_reasons"):
         parse_verdict({"network_verdict": {"drop_reasons": [""]}})
+
+
+def test_no_service_is_blamed_while_its_zone_path_has_pairs_too_thin_to_judge() -> None:
+    # One pair on each of zone-b's nodes: node-a -> node-b has checkout's pair alone, but
+    # the zone path also carries stock's, too thin to judge this window.
+    stock_b2 = at("stock", "node-b2", "zone-b", "10.2.1.1")
+    h = Harness(drop_rate=0.01, service_for_windows=1, scopes=("node", "zone"))
+    t = T0 + 1
+    records = [*traffic(t, FRONT, CHECKOUT), *traffic(t, CART, stock_b2, n=2),
+               *traffic(t, FRONT, SEARCH)]  # fmt: skip
+    _, events = h.window(0, records, [drop(FRONT.address, CHECKOUT.address, 50, t + S)])
+    assert events == []
+    # The next window stock's pair is judged healthy: checkout's server is to blame.
+    t += WINDOW
+    records = [*traffic(t, FRONT, CHECKOUT), *traffic(t, CART, stock_b2),
+               *traffic(t, FRONT, SEARCH)]  # fmt: skip
+    _, events = h.window(1, records, [drop(FRONT.address, CHECKOUT.address, 50, t + S)])
+    assert [(e.rule, e.group) for e in events] == [
+        (SERVICE_RULE, {"server_workload": f"{D}checkout"})
+    ]
