@@ -70,6 +70,10 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("enricher_dns_names_answers_(?P<outcome>indexed|unusable)_total", _ANSWERS),
     Rule("enricher_dns_names_evicted_addresses_total", _EVICTED),
+    Rule(
+        "enricher_dns_names_cnames_clipped_total",
+        _c("dns_names_cnames_clipped", "answers whose CNAME chain was cut to the bound"),
+    ),
     Rule("enricher_dns_names_addresses", _g("dns_names_addresses", "addresses with a DNS name")),
     Rule("enricher_records_in_total", _IN, _TCP),
     Rule("enricher_records_enriched_total", _ENRICHED, _TCP),

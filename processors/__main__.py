@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 TopicSpec(topics.enriched_tcp),
                 TopicSpec(topics.enriched_udp),
                 TopicSpec(topics.enriched_dns),
+                TopicSpec(topics.raw_drops),  # the path stage's second input
                 TopicSpec(topics.metrics_dns),
                 TopicSpec(topics.metrics_tcp_pairs),
                 TopicSpec(topics.metrics_tcp_latency),

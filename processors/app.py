@@ -51,7 +51,7 @@ from processors.cost.prices import PriceTable
 from processors.dns.aggregate import NameGrouping, NameGroups
 from processors.dns.processor import DnsProcessor
 from processors.metrics import MetricsBoard
-from processors.path.health import PathHealthProcessor
+from processors.path.health import PathDropsInput, PathHealthProcessor
 from processors.path.verdict import load_verdict
 from processors.settings import ProcessorSettings
 from processors.tcp.processor import ConnectionProcessor
@@ -109,7 +109,7 @@ def build_udp_processor(settings: ProcessorSettings, prices: PriceTable) -> UdpP
 def build_path_processor(settings: ProcessorSettings) -> PathHealthProcessor:
     return PathHealthProcessor(
         window_ns=settings.window_ns,
-        grace_ns=settings.grace_ns,
+        grace_ns=settings.path_grace_ns,
         idle_allowance_ns=settings.idle_allowance_ns,
         verdict=load_verdict(settings.alert_rules_path),
         alpha=settings.sketch_alpha,
@@ -143,6 +143,7 @@ AGENT_NAMES = {
     "udp": "udp_flows",
     "dns": "dns_queries",
     "path": "tcp_path_health",
+    "drops": "path_drops",
 }
 
 
@@ -151,7 +152,7 @@ class _Bound:
     """A stage wired to its input topic, with the messages it read but did not acknowledge."""
 
     name: str
-    stage: AnyStage
+    stage: AnyStage | PathDropsInput
     source: Any
     pending: list[Pending] = field(default_factory=list)
 
@@ -194,7 +195,11 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
         "udp": topics.enriched_udp,
         "dns": topics.enriched_dns,
         "path": topics.enriched_tcp,
+        "drops": topics.raw_drops,
     }
+    named: list[tuple[str, AnyStage | PathDropsInput]] = list(stages.named())
+    if stages.path is not None:  # the kernel's drops join the path stage's windows
+        named.append(("drops", PathDropsInput(stages.path)))
     bound = [
         _Bound(
             name,
@@ -207,7 +212,7 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
                 value_serializer="raw",
             ),
         )
-        for name, stage in stages.named()
+        for name, stage in named
     ]
 
     def out(name: str) -> Any:
@@ -224,10 +229,10 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
     }
     deadletter_topic = out(topics.deadletter)
     # Per stage: each stage's counters say how many of its own dead letters were delivered.
-    dead_futures: dict[int, tuple[AnyStage, list[Any]]] = {}
+    dead_futures: dict[int, tuple[AnyStage | PathDropsInput, list[Any]]] = {}
 
     async def consume(
-        stream: faust.StreamT[bytes], stage: AnyStage, waiting: list[Pending]
+        stream: faust.StreamT[bytes], stage: AnyStage | PathDropsInput, waiting: list[Pending]
     ) -> None:
         # noack: acknowledged by close_windows once the records' windows are published.
         async for event in stream.noack().events():  # type: ignore[attr-defined]
@@ -251,7 +256,7 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
 
         app.agent(b.source, name=AGENT_NAMES[b.name], concurrency=1)(aggregate)
 
-    async def publish(ready: list[Output], stage: AnyStage) -> None:
+    async def publish(ready: list[Output], stage: AnyStage | PathDropsInput) -> None:
         if not ready:
             return
         futures = [await outputs[o.kind].send(key=o.key, value=o.value) for o in ready]

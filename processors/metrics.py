@@ -47,6 +47,22 @@ RULES: tuple[Rule, ...] = (
         "(?P<signal>path)_unusable",
         _c("unusable_records", "records a stage could not use and another stage dead-letters"),
     ),
+    Rule("(?P<signal>path)_drop_records", _c("drop_records", "raw.drops records read")),
+    Rule(
+        "(?P<signal>path)_drop_late",
+        _c(
+            "drop_records_late",
+            "raw.drops records that came after their window was published (not joined)",
+        ),
+    ),
+    Rule(
+        "(?P<signal>path)_drop_(?P<outcome>joined|unjoined)_packets",
+        _c(
+            "kernel_dropped_packets",
+            "kernel drops, joined to a path's connections or not",
+            "outcome",
+        ),
+    ),
     Rule(f"{_S}open_windows", _g("open_windows", "windows open now")),
     Rule(f"{_S}pending_records", _g("pending_records", "counted records not published yet")),
     Rule(

@@ -120,6 +120,15 @@ class ProcessorSettings:
         "above the collector's DNS timeout",
         env="FLOWSCOPE_PROCESSORS_DNS_GRACE_SECONDS",
     )
+    # Path health (processors/path/health.py) joins the kernel's drops, reported once per
+    # collector drops interval (30 s by default) for the interval before: a path window waits
+    # that long, or the drops between its connections arrive after it is published.
+    path_grace_s: float = setting(
+        40.0,
+        "path health windows are published at their end + this; keep it above the collector's "
+        "drops interval",
+        env="FLOWSCOPE_PROCESSORS_PATH_GRACE_SECONDS",
+    )
     dns_name_group: str = setting(
         "suffix",
         "DNS query name grouping: suffix (last labels of the asked name), asked, name, none",
@@ -169,6 +178,8 @@ class ProcessorSettings:
             raise SettingsError(f"session timeout must be 6-300 s, got {self.session_timeout_s}")
         if not self.dns_grace_s >= 0:
             raise SettingsError(f"DNS grace must be >= 0 seconds, got {self.dns_grace_s}")
+        if not self.path_grace_s >= 0:
+            raise SettingsError(f"path grace must be >= 0 seconds, got {self.path_grace_s}")
         if self.dns_name_group not in NAME_GROUPINGS:
             raise SettingsError(
                 f"DNS name group {self.dns_name_group!r} is not one of {', '.join(NAME_GROUPINGS)}"
@@ -195,6 +206,10 @@ class ProcessorSettings:
     @property
     def dns_grace_ns(self) -> int:
         return round(self.dns_grace_s * 1e9)
+
+    @property
+    def path_grace_ns(self) -> int:
+        return round(self.path_grace_s * 1e9)
 
     @property
     def idle_allowance_ns(self) -> int:

@@ -114,6 +114,11 @@ typedef struct {
     uint16_t *addr_off;
     uint8_t *addr_len;
     int64_t min_ttl; /* smallest TTL of the answer section's A/AAAA/CNAME records; -1: none */
+    /* CNAME records of the answer section: offsets of their owner and target names */
+    int ncnames, cap_cnames;
+    uint16_t *cname_owner;
+    uint16_t *cname_target;
+    int end; /* the message's length: where its names must end */
 } Msg;
 
 static int is_plain(uint8_t b) { return b >= 0x21 && b < 0x7F && b != '.' && b != '\\'; }
@@ -191,12 +196,41 @@ static int add_addr(Msg *m, int off, int len)
     return 0;
 }
 
+static int add_cname(Msg *m, int owner, int target)
+{
+    if (m->ncnames == m->cap_cnames) {
+        int cap = m->cap_cnames ? m->cap_cnames * 2 : 16;
+        uint16_t *o = PyMem_Realloc(m->cname_owner, (size_t)cap * sizeof(*o));
+        if (!o)
+            return -1;
+        m->cname_owner = o;
+        uint16_t *t = PyMem_Realloc(m->cname_target, (size_t)cap * sizeof(*t));
+        if (!t)
+            return -1;
+        m->cname_target = t;
+        m->cap_cnames = cap;
+    }
+    m->cname_owner[m->ncnames] = (uint16_t)owner;
+    m->cname_target[m->ncnames++] = (uint16_t)target;
+    return 0;
+}
+
+static void free_msg(Msg *m)
+{
+    PyMem_Free(m->addr_off);
+    PyMem_Free(m->addr_len);
+    PyMem_Free(m->cname_owner);
+    PyMem_Free(m->cname_target);
+}
+
 /* Parse one message of at most 65535 bytes into m. Returns -1 only on memory errors. */
 static int parse_msg(const uint8_t *d, int end, int clipped, Msg *m)
 {
     m->reason = RSN_OK;
     m->has_header = m->has_question = 0;
     m->naddrs = 0;
+    m->ncnames = 0;
+    m->end = end;
     m->min_ttl = -1;
     m->complete = 0;
     if (end < HEADER_SIZE) {
@@ -233,7 +267,7 @@ static int parse_msg(const uint8_t *d, int end, int clipped, Msg *m)
     const int counts[SEC_COUNT] = {m->an, m->ns, m->ar};
     for (int section = 0; section < SEC_COUNT; section++) {
         for (int i = 0; i < counts[section]; i++) {
-            int after;
+            int after, owner = pos;
             rc = walk_name(d, end, pos, clipped, NULL, NULL, &after);
             if (rc)
                 goto stop;
@@ -274,6 +308,12 @@ static int parse_msg(const uint8_t *d, int end, int clipped, Msg *m)
                         rc = RSN_BAD_RDATA;
                         goto stop;
                     }
+                    /* as parser._answer: then read_name(data, owner) */
+                    rc = walk_name(d, end, owner, 0, NULL, NULL, &cend);
+                    if (rc)
+                        goto stop;
+                    if (add_cname(m, owner, pos) < 0)
+                        return -1;
                 }
             } else if (section == SEC_ADDITIONAL && rtype == TYPE_OPT) {
                 /* EDNS: the OPT record's TTL carries the rcode's upper 8 bits */
@@ -538,6 +578,52 @@ static int w_pystr(Engine *s, size_t *n, PyObject *str)
     if (!p)
         return -1;
     return w_str(s, n, p, (size_t)len);
+}
+
+static int same_name(const char *a, int alen, const char *b, int blen)
+{
+    if (alen != blen)
+        return 0;
+    for (int i = 0; i < alen; i++) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (char)(x - 'A' + 'a');
+        if (y >= 'A' && y <= 'Z')
+            y = (char)(y - 'A' + 'a');
+        if (x != y)
+            return 0;
+    }
+    return 1;
+}
+
+/* parser.Message.cname_chain as JSON array items: from the question's name, each owner to
+ * its target, at most as many steps as CNAME records. Names were validated by parse_msg. */
+static int w_cname_chain(Engine *s, size_t *n, const Msg *m, const uint8_t *d)
+{
+    if (!m->has_question || m->ncnames == 0)
+        return 0;
+    char cur[NAME_TEXT_MAX], name[NAME_TEXT_MAX];
+    int cur_len = m->name_len, len, after;
+    memcpy(cur, m->name, (size_t)cur_len);
+    for (int step = 0; step < m->ncnames; step++) {
+        int found = -1;
+        for (int i = 0; i < m->ncnames && found < 0; i++) {
+            if (walk_name(d, m->end, m->cname_owner[i], 0, name, &len, &after) == 0 &&
+                same_name(name, len, cur, cur_len))
+                found = i;
+        }
+        if (found < 0)
+            return 0;
+        if (walk_name(d, m->end, m->cname_target[found], 0, name, &len, &after))
+            return 0;
+        if (step && w_raw(s, n, ",", 1))
+            return -1;
+        if (w_str(s, n, name, (size_t)len))
+            return -1;
+        memcpy(cur, name, (size_t)len);
+        cur_len = len;
+    }
+    return 0;
 }
 
 /* Text of a 16-byte IPv6 address as Python's ipaddress prints it (into out, >= 46 bytes). */
@@ -885,6 +971,9 @@ static int emit(Engine *s, const Result *x)
             if (w_str(s, &n, a, (size_t)al))
                 return -1;
         }
+        W("],\"answer_cnames\":[");
+        if (s->privacy_cb == Py_None && w_cname_chain(s, &n, m, x->d))
+            return -1;
         W("],\"answer_ttl_s\":");
         if (m->min_ttl < 0)
             W("null");
@@ -895,7 +984,8 @@ static int emit(Engine *s, const Result *x)
         else
             W(",\"response_truncated\":false");
     } else {
-        W("null,\"answer_count\":null,\"answer_addrs\":[],\"answer_ttl_s\":null,"
+        W("null,\"answer_count\":null,\"answer_addrs\":[],\"answer_cnames\":[],"
+          "\"answer_ttl_s\":null,"
           "\"response_truncated\":false");
     }
     W(",\"attempts\":");
@@ -1314,8 +1404,7 @@ static void Engine_dealloc(Engine *s)
     PyMem_Free(s->buckets);
     PyMem_Free(s->expired_ring);
     PyMem_Free(s->buf);
-    PyMem_Free(s->msg.addr_off);
-    PyMem_Free(s->msg.addr_len);
+    free_msg(&s->msg);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -1573,8 +1662,7 @@ static PyObject *mod_parse(PyObject *mod, PyObject *args)
     }
 done:
     Py_XDECREF(addrs);
-    PyMem_Free(m.addr_off);
-    PyMem_Free(m.addr_len);
+    free_msg(&m);
     return result;
 }
 

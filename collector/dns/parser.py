@@ -139,7 +139,7 @@ class Message(NamedTuple):
     questions: tuple[Question, ...]
     rcode: int  # with the EDNS extended bits when an OPT record carries them
     answer_addrs: tuple[str, ...]  # A and AAAA rdata of the answer section, in order
-    cnames: tuple[str, ...]  # CNAME targets in the answer section
+    cname_records: tuple[tuple[str, str], ...]  # (owner, target) of the answer's CNAMEs
     complete: bool  # False: the capture was clipped before the end of the message
     # The smallest TTL of the answer section's A, AAAA and CNAME records; None if none.
     min_ttl: int | None = None
@@ -147,6 +147,29 @@ class Message(NamedTuple):
     @property
     def question(self) -> Question | None:
         return self.questions[0] if self.questions else None
+
+    @property
+    def cnames(self) -> tuple[str, ...]:
+        """CNAME targets in the answer section, in order."""
+        return tuple(target for _, target in self.cname_records)
+
+    def cname_chain(self) -> tuple[str, ...]:
+        """The canonical names the question's name leads to (name -> chain[0] -> ... ->
+        chain[-1], the owner of the addresses), following each owner to its target whatever
+        the records' order. Owners compare case-insensitively (ASCII, as DNS does); a loop
+        ends after as many steps as there are CNAME records."""
+        question = self.question
+        if question is None or not self.cname_records:
+            return ()
+        chain: list[str] = []
+        current = question.name.lower()
+        for _ in self.cname_records:
+            target = next((t for o, t in self.cname_records if o.lower() == current), None)
+            if target is None:
+                break
+            chain.append(target)
+            current = target.lower()
+        return tuple(chain)
 
 
 def parse_header(data: bytes) -> Header:
@@ -248,7 +271,7 @@ def parse(data: bytes, clipped: bool = False) -> Message:
 def _parse_body(data: bytes, header: Header, clipped: bool) -> Message:
     questions: list[Question] = []
     addrs: list[str] = []
-    cnames: list[str] = []
+    cnames: list[tuple[str, str]] = []
     ttls: list[int] = []
     rcode = header.rcode
     pos = HEADER_SIZE
@@ -262,6 +285,7 @@ def _parse_body(data: bytes, header: Header, clipped: bool) -> Message:
             questions.append(Question(name, qtype, qclass))
         for section, count in enumerate(section_counts):
             for _ in range(count):
+                owner = pos
                 pos = skip_name(data, pos, clipped)
                 _need(data, pos, _RR_FIXED.size, clipped, "record header")
                 rtype, _rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, pos)
@@ -269,7 +293,7 @@ def _parse_body(data: bytes, header: Header, clipped: bool) -> Message:
                 _need(data, pos, rdlength, clipped, "rdata")
                 rdata_end = pos + rdlength
                 if section == 0:
-                    _answer(data, pos, rtype, rdlength, addrs, cnames)
+                    _answer(data, owner, pos, rtype, rdlength, addrs, cnames)
                     if rtype in _TTL_TYPES:
                         ttls.append(ttl if ttl < 2**31 else 0)  # RFC 2181 8: top bit set = 0
                 elif section == 2 and rtype == TYPE_OPT:
@@ -298,7 +322,13 @@ def _parse_body(data: bytes, header: Header, clipped: bool) -> Message:
 
 
 def _answer(
-    data: bytes, pos: int, rtype: int, rdlength: int, addrs: list[str], cnames: list[str]
+    data: bytes,
+    owner: int,
+    pos: int,
+    rtype: int,
+    rdlength: int,
+    addrs: list[str],
+    cnames: list[tuple[str, str]],
 ) -> None:
     if rtype == TYPE_A:
         if rdlength != 4:
@@ -312,4 +342,4 @@ def _answer(
         target, end = read_name(data, pos)
         if end != pos + rdlength:
             raise DnsParseError("bad_rdata", f"CNAME rdata at {pos} is not exactly one name")
-        cnames.append(target)
+        cnames.append((read_name(data, owner)[0], target))

@@ -63,6 +63,9 @@ def build_record(
         rcode=rcode_name(message.rcode) if message is not None else None,
         answer_count=message.header.ancount if message is not None else None,
         answer_addrs=list(message.answer_addrs) if message is not None else [],
+        answer_cnames=list(message.cname_chain())
+        if message is not None and privacy.label == "plain"
+        else [],
         answer_ttl_s=message.min_ttl if message is not None else None,
         response_truncated=message.header.truncated if message is not None else False,
         attempts=result.attempts,

@@ -222,6 +222,7 @@ def enrich_dns(
         rcode=raw.rcode,
         answer_count=raw.answer_count,
         answer_addrs=list(raw.answer_addrs),
+        answer_cnames=list(raw.answer_cnames),
         response_truncated=raw.response_truncated,
         latency_us=raw.latency_us,
         attempts=raw.attempts,

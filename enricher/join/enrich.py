@@ -12,7 +12,7 @@ import msgspec
 from msgspec.structs import replace
 
 from enricher.join.classify import AddressClassifier
-from enricher.join.dnsnames import DnsNames
+from enricher.join.dnsnames import Answer, DnsNames
 from enricher.join.index import MetadataIndex, Resolved, canonical_ip
 from enricher.join.labels import container_fields
 from flowscope.locality import is_unnamed, zone_class
@@ -256,11 +256,12 @@ def missing_key(
     return None
 
 
-def server_domain(raw: RawTcpConnection, names: DnsNames | None) -> str | None:
-    """The DNS name of a client's unnamed server (see DnsNames); call only for such ends."""
+def server_domain(raw: RawTcpConnection, names: DnsNames | None) -> Answer | None:
+    """The DNS answer naming a client's unnamed server (see DnsNames): the name asked and its
+    CNAME chain; call only for such ends."""
     if names is None or raw.role == "server":
         return None
-    return names.lookup(raw.node, raw.pod_uid, raw.remote_addr, raw.start_time_ns)
+    return names.lookup_answer(raw.node, raw.pod_uid, raw.remote_addr, raw.start_time_ns)
 
 
 def enrich(
@@ -300,5 +301,8 @@ def enrich(
         retrans_segs=raw.retrans_segs,
         peer_class=peer_class(local, remote, classifier),
         **{name: getattr(raw, name) for name in COPIED_FIELDS},
-        server_domain=msgspec.UNSET if domain is None else domain,
+        server_domain=msgspec.UNSET if domain is None else domain.name,
+        server_cnames=list(domain.cnames)
+        if domain is not None and domain.cnames
+        else msgspec.UNSET,
     )

@@ -67,6 +67,7 @@ _COPIED_FAST = (
 )
 _UNNAMED = frozenset(("external", "unresolved"))
 _DOMAIN_KEY = b',"%s":' % _ENCODE_NAMES["server_domain"].encode()
+_CNAMES_KEY = b',"%s":' % _ENCODE_NAMES["server_cnames"].encode()
 
 
 class Fragment(NamedTuple):
@@ -291,8 +292,9 @@ class Renderer:
         return rendered
 
     def _add_domains(self, raws: Sequence[RawTcpConnection], rendered: list[Rendered]) -> None:
-        """Append ``server.address`` to records whose server nobody in the metadata holds:
-        the last field of the record, so the bytes stay what the reference encodes."""
+        """Append ``server.address`` (and its CNAME chain) to records whose server nobody in
+        the metadata holds: the last fields of the record, so the bytes stay what the
+        reference encodes."""
         lookup, enc = self.state.lookup, self._enc
         for i, out in enumerate(rendered):
             if out.remote_attribution not in _UNNAMED:
@@ -300,10 +302,12 @@ class Renderer:
             raw = raws[i]
             if lookup(raw.remote_addr, raw.start_time_ns) is not None:
                 continue  # a Service's ClusterIP the collector could not translate
-            name = server_domain(raw, self.names)
-            if name is not None:
-                value = out.value[:-1] + _DOMAIN_KEY + enc.encode(name) + b"}"
-                rendered[i] = out._replace(value=value)
+            answer = server_domain(raw, self.names)
+            if answer is not None:
+                value = out.value[:-1] + _DOMAIN_KEY + enc.encode(answer.name)
+                if answer.cnames:
+                    value += _CNAMES_KEY + enc.encode(list(answer.cnames))
+                rendered[i] = out._replace(value=value + b"}")
 
     # The C loop's ways back into Python, for everything but the common case.
     def _local_of(self, raw: RawTcpConnection) -> Fragment:

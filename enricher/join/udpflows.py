@@ -51,7 +51,7 @@ def enrich_udp(
         c2s, s2c = (raw.bytes_in, raw.packets_in), (raw.bytes_out, raw.packets_out)
     domain = None
     if names is not None and role == "client" and is_unnamed(remote):
-        domain = names.lookup(raw.node, raw.pod_uid, raw.remote_addr, raw.window_start_ns)
+        domain = names.lookup_answer(raw.node, raw.pod_uid, raw.remote_addr, raw.window_start_ns)
     return EnrichedUdpFlow(
         start_time_ns=raw.window_start_ns,
         end_time_ns=raw.window_end_ns,
@@ -66,5 +66,6 @@ def enrich_udp(
         packets_client_to_server=c2s[1],
         packets_server_to_client=s2c[1],
         peer_class=peer_class(local, remote, classifier),
-        server_domain=UNSET if domain is None else domain,
+        server_domain=UNSET if domain is None else domain.name,
+        server_cnames=list(domain.cnames) if domain is not None and domain.cnames else UNSET,
     )

@@ -54,6 +54,10 @@ class RawDnsQuery(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rcode: str | None  # "NOERROR", "NXDOMAIN", "SERVFAIL"... (EDNS extended included)
     answer_count: int | None  # the response's answer section count
     answer_addrs: list[str] = msgspec.field(default_factory=list)  # A/AAAA answers
+    # The CNAME chain the answer led through, in order: query_name -> answer_cnames[0] ->
+    # ... -> answer_cnames[-1], the owner of answer_addrs. Empty without CNAMEs, and unless
+    # name_privacy is plain.
+    answer_cnames: list[str] = msgspec.field(default_factory=list)
     # The smallest TTL of the answer section's A, AAAA and CNAME records: how long a client
     # may use answer_addrs. None: no such record (or no response).
     answer_ttl_s: int | None = None
@@ -106,6 +110,7 @@ class EnrichedDnsQuery(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     rcode: str | None
     answer_count: int | None
     answer_addrs: list[str] = msgspec.field(default_factory=list)
+    answer_cnames: list[str] = msgspec.field(default_factory=list)  # as RawDnsQuery's
     response_truncated: bool = False
     latency_us: int | None  # measured on the observing socket
     attempts: int = 1

@@ -47,6 +47,9 @@ class PathHealthMetric(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout, reset...); ``syn_retransmits`` the SYNs clients sent again;
     ``retransmission_rate`` = retransmitted segments / segments sent by the client ends.
     ``services`` lists the (client workload -> server workload) pairs that used the path.
+    ``drops`` counts the packets the kernel dropped (raw.drops) between the addresses of the
+    connections on the path in the window, by the kernel's drop reason (``NETFILTER_DROP``...);
+    ``drop_rate`` = those packets / segments sent.
     """
 
     schema_version: int = 1
@@ -72,3 +75,6 @@ class PathHealthMetric(msgspec.Struct, frozen=True, kw_only=True):
     rtt_p99_us: float | None
     rtt_sketch: dict[str, object] | None  # mergeable (processors/core/sketch.py), None: no sample
     services: list[str]  # "client_workload -> server_workload", sorted
+    dropped_packets: int = 0
+    drops: dict[str, int] = msgspec.field(default_factory=dict)  # drop reason -> packets
+    drop_rate: float | None = None

@@ -138,6 +138,11 @@ class EnrichedTcpConnection(msgspec.Struct, frozen=True, kw_only=True, gc=False)
     server_domain: str | msgspec.UnsetType = msgspec.field(
         name="server.address", default=msgspec.UNSET
     )
+    # When that answer was a CNAME chain: the canonical names it led through, in order
+    # (server.address -> [0] -> ... -> [-1], the owner of this address). Absent otherwise.
+    server_cnames: list[str] | msgspec.UnsetType = msgspec.field(
+        name="flowscope.server.cnames", default=msgspec.UNSET
+    )
 
 
 # Linux's default net.ipv4.ip_local_port_range: where clients' ports come from.
@@ -183,4 +188,7 @@ class EnrichedUdpFlow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # from the client's answers valid at the window's start; absent when none is known.
     server_domain: str | msgspec.UnsetType = msgspec.field(
         name="server.address", default=msgspec.UNSET
+    )
+    server_cnames: list[str] | msgspec.UnsetType = msgspec.field(
+        name="flowscope.server.cnames", default=msgspec.UNSET
     )

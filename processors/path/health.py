@@ -7,6 +7,12 @@ A path is where the client end runs -> where the server end runs. The cells are 
 the published metric is the path's sum. Counting follows processors/tcp/connections.py: each
 connection once (client side, or the server side when no client collector saw it), volumes
 from every record, the connection, its outcome and RTT from its final record.
+
+Kernel drops (raw.drops, per dropping node, reason and addresses, without ports) join a path
+when the window closes: a drop between two addresses counts on the cells whose connections
+ran between those addresses in that window, either direction (a drop names no client or
+server). A drop record's event time is the end of its collector window; drops no connection
+explains (other protocols, hosts without connections in the window) are counted unjoined.
 """
 
 from __future__ import annotations
@@ -17,8 +23,14 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from flowscope import SCHEMA_VERSION
-from flowscope.codec import JsonCodec
-from flowscope.records import FAILURE_OUTCOMES, AlertEvent, EnrichedTcpConnection, PathHealthMetric
+from flowscope.codec import DecodeError, JsonCodec
+from flowscope.records import (
+    FAILURE_OUTCOMES,
+    AlertEvent,
+    EnrichedTcpConnection,
+    PathHealthMetric,
+    RawPacketDrops,
+)
 from processors.core.sketch import DEFAULT_ALPHA, QuantileSketch
 from processors.core.stage import Output, Source, WindowedStage
 from processors.core.windows import ClosedWindow, PartitionWindows, unsupported_version
@@ -30,6 +42,9 @@ STAGE = "processors.path_health"
 Scope = Literal["node", "zone"]
 SCOPES: tuple[Scope, ...] = ("node", "zone")
 RESET_OUTCOMES = frozenset({"reset_by_peer", "reset_locally"})
+# Window partitions of raw.drops: apart from enriched.tcp's, whose partitions share numbers.
+DROPS_PARTITION_BASE = 1 << 20
+IPPROTO_TCP = 6
 
 
 class PathKey(NamedTuple):
@@ -38,6 +53,18 @@ class PathKey(NamedTuple):
     destination: str
     client_workload: str
     server_workload: str
+
+
+class DropKey(NamedTuple):
+    """Drops waiting for their window to close, to be joined to its paths."""
+
+    node: str  # where the kernel dropped them
+    src_addr: str
+    dst_addr: str
+    reason: str
+
+
+CellKey = PathKey | DropKey
 
 
 @dataclass(slots=True)
@@ -51,10 +78,17 @@ class PathCell:
     connections_with_syn_retransmits: int = 0
     retrans_segs: int = 0
     segs_out: int = 0
+    drops: dict[str, int] = field(default_factory=dict)  # reason -> packets (joined)
+    # (client, server) addresses of the connections: what a drop is joined by.
+    addresses: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def failed(self) -> int:
         return sum(self.failures.values())
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops.values())
 
     def merge(self, other: PathCell) -> None:
         self.rtt.merge(other.rtt)
@@ -67,6 +101,9 @@ class PathCell:
         self.connections_with_syn_retransmits += other.connections_with_syn_retransmits
         self.retrans_segs += other.retrans_segs
         self.segs_out += other.segs_out
+        for reason, n in other.drops.items():
+            self.drops[reason] = self.drops.get(reason, 0) + n
+        self.addresses |= other.addresses
 
 
 def paths_of(record: EnrichedTcpConnection) -> list[tuple[Scope, str, str]]:
@@ -77,8 +114,42 @@ def paths_of(record: EnrichedTcpConnection) -> list[tuple[Scope, str, str]]:
     ]
 
 
-class PathAggregator(PartitionWindows[EnrichedTcpConnection, PathKey, PathCell]):
-    """Tumbling event-time windows (``end_time_ns``) of path cells per partition."""
+@dataclass
+class DropCounters:
+    records: int = 0  # raw.drops records read
+    late: int = 0  # records whose window was already published (packets not joined)
+    joined_packets: int = 0  # packets counted on a path
+    unjoined_packets: int = 0  # packets no connection of their window explains
+
+
+class PathAggregator(PartitionWindows[EnrichedTcpConnection, CellKey, PathCell]):
+    """Tumbling event-time windows (``end_time_ns``) of path cells per partition, and of the
+    kernel's drops (``window_end_ns``) waiting to be joined."""
+
+    def __init__(self, window_ns: int, grace_ns: int, alpha: float = DEFAULT_ALPHA) -> None:
+        super().__init__(window_ns, grace_ns, alpha)
+        self.drop_counters = DropCounters()
+
+    def add_drops(self, partition: int, record: RawPacketDrops) -> int | None:
+        """Keep one drop record for the join (see the module doc); None when it cannot be
+        joined: late, or not TCP over IP (counted unjoined)."""
+        c = self.drop_counters
+        c.records += 1
+        if record.ip_proto != IPPROTO_TCP or record.src_addr is None or record.dst_addr is None:
+            c.unjoined_packets += record.packets
+            return None
+        found = self._cells(DROPS_PARTITION_BASE + partition, record.window_end_ns - 1, False)
+        if found is None:
+            c.late += 1
+            c.unjoined_packets += record.packets
+            return None
+        start, cells = found
+        key = DropKey(record.node, record.src_addr, record.dst_addr, record.reason)
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = PathCell(QuantileSketch(self.alpha))
+        cell.drops[record.reason] = cell.drops.get(record.reason, 0) + record.packets
+        return self._counted(DROPS_PARTITION_BASE + partition, start)
 
     def add(self, partition: int, record: EnrichedTcpConnection) -> int | None:
         if record.schema_version != SCHEMA_VERSION:
@@ -101,6 +172,7 @@ class PathAggregator(PartitionWindows[EnrichedTcpConnection, PathKey, PathCell])
                 cell = cells[key] = PathCell(QuantileSketch(self.alpha))
             cell.retrans_segs += record.retrans_segs
             cell.segs_out += record.segs_out
+            cell.addresses.add((record.client.address, record.server.address))
             if record.interim:
                 continue
             cell.connections += 1
@@ -123,10 +195,39 @@ def _q(sketch: QuantileSketch, q: float) -> float | None:
     return sketch.quantile(q) if sketch.count else None
 
 
-def path_metrics(window: ClosedWindow[PathKey, PathCell]) -> list[PathHealthMetric]:
+def join_drops(windows: list[ClosedWindow[CellKey, PathCell]], counters: DropCounters) -> None:
+    """Count one window's drops (every partition) on the cells of the connections between
+    their addresses: once per scope, on the first such cell (partition, then key order)."""
+    by_addresses: dict[tuple[str, str], dict[Scope, PathCell]] = {}
+    for w in sorted(windows, key=lambda w: w.partition):
+        if w.partition >= DROPS_PARTITION_BASE:
+            continue
+        for key, cell in sorted(w.cells.items()):
+            if isinstance(key, PathKey):
+                for client, server in cell.addresses:
+                    for pair in ((client, server), (server, client)):
+                        by_addresses.setdefault(pair, {}).setdefault(key.scope, cell)
+    for w in windows:
+        if w.partition < DROPS_PARTITION_BASE:
+            continue
+        for key, cell in w.cells.items():
+            assert isinstance(key, DropKey)
+            packets = cell.dropped
+            targets = by_addresses.get((key.src_addr, key.dst_addr))
+            if not targets:
+                counters.unjoined_packets += packets
+                continue
+            counters.joined_packets += packets
+            for target in targets.values():
+                target.drops[key.reason] = target.drops.get(key.reason, 0) + packets
+
+
+def path_metrics(window: ClosedWindow[CellKey, PathCell]) -> list[PathHealthMetric]:
     """One metric per (scope, source, destination) of one partition's window."""
     paths: dict[tuple[Scope, str, str], tuple[PathCell, set[str]]] = {}
     for key, cell in window.cells.items():
+        if not isinstance(key, PathKey):
+            continue
         pkey = (key.scope, key.source, key.destination)
         found = paths.get(pkey)
         if found is None:
@@ -160,6 +261,9 @@ def path_metrics(window: ClosedWindow[PathKey, PathCell]) -> list[PathHealthMetr
                 rtt_p99_us=_q(c.rtt, 0.99),
                 rtt_sketch=c.rtt.to_dict() if c.rtt.count else None,
                 services=sorted(services),
+                dropped_packets=c.dropped,
+                drops=dict(sorted(c.drops.items())),
+                drop_rate=c.dropped / c.segs_out if c.segs_out else None,
             )
         )
     return out
@@ -169,10 +273,12 @@ def path_metrics(window: ClosedWindow[PathKey, PathCell]) -> list[PathHealthMetr
 PathCells = dict[PathKey, PathCell]
 
 
-def merged_cells(windows: Iterable[ClosedWindow[PathKey, PathCell]]) -> PathCells:
+def merged_cells(windows: Iterable[ClosedWindow[CellKey, PathCell]]) -> PathCells:
     cells: PathCells = {}
     for w in windows:
         for key, cell in w.cells.items():
+            if not isinstance(key, PathKey):
+                continue
             into = cells.get(key)
             if into is None:
                 into = cells[key] = PathCell(QuantileSketch(cell.rtt.alpha))
@@ -180,8 +286,9 @@ def merged_cells(windows: Iterable[ClosedWindow[PathKey, PathCell]]) -> PathCell
     return cells
 
 
-class PathHealthProcessor(WindowedStage[EnrichedTcpConnection, PathKey, PathCell, PathCells]):
-    """enriched.tcp -> metrics.path.health and the network-at-fault verdict's alerts."""
+class PathHealthProcessor(WindowedStage[EnrichedTcpConnection, CellKey, PathCell, PathCells]):
+    """enriched.tcp (and raw.drops, through :class:`PathDropsInput`) -> metrics.path.health
+    and the network-at-fault verdict's alerts."""
 
     STAGE = STAGE
     LATE_WHAT = "late record (path health)"
@@ -204,6 +311,7 @@ class PathHealthProcessor(WindowedStage[EnrichedTcpConnection, PathKey, PathCell
             log,
         )
         self.unusable = 0  # messages or records the TCP stage dead-letters
+        self._drops_decoder = JsonCodec(RawPacketDrops)
 
     def _event_time(self, record: EnrichedTcpConnection) -> int:
         return record.end_time_ns
@@ -218,12 +326,36 @@ class PathHealthProcessor(WindowedStage[EnrichedTcpConnection, PathKey, PathCell
         self.unusable += len(dead)
         return newest, []
 
+    def handle_drops(
+        self, value: bytes | None, source: Source, now_ns: int
+    ) -> tuple[int | None, list[bytes]]:
+        """One raw.drops message. Drops do not move the watermark: windows close on the TCP
+        records' event time, and drops arriving after that are counted late."""
+        self.outputs.messages += 1
+        try:
+            records = self._drops_decoder.decode_batch(value)
+        except DecodeError as exc:
+            self.outputs.dead_lettered += 1
+            return None, [self._dead_letter(str(exc), value, source, now_ns)]
+        newest: int | None = None
+        aggregator = self.aggregator
+        assert isinstance(aggregator, PathAggregator)
+        for record in records:
+            start = aggregator.add_drops(source.partition, record)
+            if start is not None and (newest is None or start > newest):
+                newest = start
+        return newest, []
+
     def counters(self) -> dict[str, int]:
-        return {**super().counters(), "unusable": self.unusable}
+        assert isinstance(self.aggregator, PathAggregator)
+        drops = {f"drop_{k}": v for k, v in vars(self.aggregator.drop_counters).items()}
+        return {**super().counters(), "unusable": self.unusable, **drops}
 
     def _window_outputs(
-        self, windows: list[ClosedWindow[PathKey, PathCell]]
+        self, windows: list[ClosedWindow[CellKey, PathCell]]
     ) -> tuple[list[Output], PathCells]:
+        assert isinstance(self.aggregator, PathAggregator)
+        join_drops(windows, self.aggregator.drop_counters)
         out: list[Output] = []
         for w in windows:
             for m in path_metrics(w):
@@ -235,3 +367,28 @@ class PathHealthProcessor(WindowedStage[EnrichedTcpConnection, PathKey, PathCell
     ) -> list[AlertEvent]:
         assert isinstance(self.alerts, PathVerdict)
         return self.alerts.judge(start, end, metrics or {}, now_ns)
+
+
+class PathDropsInput:
+    """raw.drops as a second input of the path stage, bound to its own topic: its partitions
+    are not the watermark's (see :meth:`PathHealthProcessor.handle_drops`), and it publishes
+    nothing itself (the path stage's windows do)."""
+
+    def __init__(self, path: PathHealthProcessor) -> None:
+        self.path = path
+        self.aggregator = path.aggregator
+        self.outputs = path.outputs
+
+    def handle(
+        self, value: bytes | None, source: Source, now_ns: int
+    ) -> tuple[int | None, list[bytes]]:
+        return self.path.handle_drops(value, source, now_ns)
+
+    def close_ready(self, now_ns: int) -> list[Output]:
+        return []
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        pass  # the watermark waits for enriched.tcp's partitions only
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        return self.aggregator.drop_partitions([DROPS_PARTITION_BASE + p for p in partitions])

@@ -1,7 +1,8 @@
 """The network-at-fault verdict: is a degradation the network's, or one service's?
 
 Per window, every (path, client workload -> server workload) pair with enough connections is
-judged against thresholds and against its own recent RTT baseline (``network_verdict`` in
+judged against thresholds (retransmissions, failed connects, SYNs resent, packets the kernel
+dropped between its ends) and against its own recent RTT baseline (``network_verdict`` in
 config/alerts.yaml). Then:
 
 - a path on which *several* pairs degraded, towards at least ``min_servers`` different server
@@ -40,6 +41,33 @@ NETWORK_RULE = "network-path-degraded"
 UNKNOWN = "unknown"  # a path end without a node (zone) name, as processors/path/health.py has it
 SERVICE_RULE = "service-degraded"
 METRIC = "path.health"
+NETWORK_DROP_REASONS = (
+    "NETFILTER_DROP",
+    "QDISC_DROP",
+    "QDISC_OVERLIMIT",
+    "QDISC_CONGESTED",
+    "CAKE_FLOOD",
+    "FQ_BAND_LIMIT",
+    "FQ_FLOW_LIMIT",
+    "FQ_HORIZON_LIMIT",
+    "FULL_RING",
+    "CPU_BACKLOG",
+    "TC_INGRESS",
+    "TC_EGRESS",
+    "DEV_READY",
+    "NEIGH_FAILED",
+    "NEIGH_QUEUEFULL",
+    "NEIGH_CREATEFAIL",
+    "NEIGH_DEAD",
+    "IP_INNOROUTES",
+    "IP_OUTNOROUTES",
+    "IP_RPFILTER",
+    "IP_INHDR",
+    "IP_CSUM",
+    "TCP_CSUM",
+    "CSUM",
+    "PKT_TOO_BIG",
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +77,11 @@ class VerdictConfig:
     retransmission_rate: float = 0.02  # retransmitted / sent segments above this: degraded
     failure_rate: float = 0.05  # failed connects (refused, timeouts, resets...) / connections
     syn_retransmit_rate: float = 0.05  # connections that had to resend their SYN / connections
+    drop_rate: float = 0.01  # packets the kernel dropped between the pair's ends / segments sent
+    # ... counting these reasons only: drops on the way (filters, queues, devices, neighbours,
+    # corruption), not an end's own (NO_SOCKET, SOCKET_*, TCP_OLD_DATA...), which healthy
+    # connections have too.
+    drop_reasons: tuple[str, ...] = NETWORK_DROP_REASONS
     rtt_ratio: float = 3.0  # RTT p90 above this many times the pair's baseline
     rtt_min_us: float = 1000.0  # ... and above this (sub-millisecond jitter is not a fault)
     baseline_windows: int = 6  # the baseline: mean p90 of the pair's previous healthy windows
@@ -66,6 +99,11 @@ class VerdictConfig:
         bad = [s for s in self.scopes if s not in ("node", "zone")]
         if bad or not self.scopes:
             raise AlertRuleError(f"network_verdict: scopes {list(self.scopes)}: use node, zone")
+        if not all(isinstance(r, str) and r for r in self.drop_reasons):
+            raise AlertRuleError(
+                f"network_verdict: drop_reasons {list(self.drop_reasons)}: kernel drop reason "
+                "names (NETFILTER_DROP, QDISC_DROP...)"
+            )
         if self.severity not in SEVERITIES:
             raise AlertRuleError(f"network_verdict: severity {self.severity!r}: use {SEVERITIES}")
         counts = (
@@ -101,8 +139,9 @@ def parse_verdict(data: Any, source: str = "alerts") -> VerdictConfig:
             f"{source}: network_verdict: unknown keys {sorted(unknown)}; use {sorted(_KEYS)}"
         )
     values = dict(section)
-    if "scopes" in values:
-        values["scopes"] = tuple(values["scopes"] or ())
+    for listed in ("scopes", "drop_reasons"):
+        if listed in values:
+            values[listed] = tuple(values[listed] or ())
     try:
         return VerdictConfig(**values)
     except TypeError as exc:
@@ -179,6 +218,11 @@ class PathVerdict(AlertEvaluator):
         syn = cell.connections_with_syn_retransmits / cell.connections
         if syn > c.syn_retransmit_rate:
             signals["syn_retransmit_rate"] = syn
+        # Segments sent include retransmissions: a path dropping every SYN still has some.
+        dropped = sum(n for reason, n in cell.drops.items() if reason in c.drop_reasons)
+        drops = dropped / max(cell.segs_out, 1)
+        if drops > c.drop_rate:
+            signals["drop_rate"] = drops
         if (
             p90 is not None
             and baseline is not None
@@ -244,20 +288,25 @@ class PathVerdict(AlertEvaluator):
         # What no network verdict explains is a service's: grouped by server workload. Not
         # on a path where other pairs had traffic too thin to judge and none was healthy: a
         # lossy path stalls some pairs first, and the service is not to blame until the
-        # others can be told apart (one pair alone on its path is the service's).
+        # others can be told apart (one pair alone on its path is the service's). Every
+        # scope's path counts: two pairs on two nodes of one zone share only the zone path.
         thin = {
             (scope, src, dst)
             for (scope, src, dst, _, _), j in judged.items()
             if 0 < j.connections < c.min_connections
         }
+        undecided = {p for p in thin if not any(not j.signals for j in by_path.get(p, {}).values())}
+        waiting = {
+            (client, server)
+            for (scope, src, dst, client, server) in judged
+            if (scope, src, dst) in undecided
+        }
         per_server: dict[str, dict[str, _Judged]] = {}
         for (scope, src, dst), pairs in by_path.items():
             if scope != c.scopes[0]:
                 continue  # one scope is enough to name a service; not once per scope
-            if (scope, src, dst) in thin and not any(not j.signals for j in pairs.values()):
-                continue
             for (client, server), j in pairs.items():
-                if j.signals and (client, server) not in explained:
+                if j.signals and (client, server) not in explained | waiting:
                     per_server.setdefault(server, {})[f"{client} -> {server} ({src} -> {dst})"] = j
         for server, named in sorted(per_server.items()):
             clients = {name.split(" -> ", 1)[0] for name in named}

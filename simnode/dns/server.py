@@ -6,15 +6,17 @@ Rules (JSON)::
      "names": {"web.default.svc.cluster.local": {"addrs": ["10.96.0.20"]},
                "slow.test": {"addrs": ["10.1.0.1"], "delay_ms": 300},
                "short.test": {"addrs": ["192.88.99.1"], "ttl_s": 2},
+               "api.test": {"cname": ["api.cdn.test", "edge.cdn.test"], "addrs": ["192.0.2.7"]},
                "broken.test": {"rcode": "SERVFAIL"},
                "silent.test": {"drop": true},
                "garbage.test": {"malformed": true}}}
 
 A name matches case-insensitively, without the trailing dot; ``*.suffix`` matches below it.
-``rcode`` defaults to NOERROR; ``malformed`` answers with a compression-pointer loop (for
-the collector's malformed-response path); ``ttl_s`` is the answers' TTL (30 by default).
-UDP and TCP on the same port. It prints one JSON
-line when it listens, and on SIGTERM/SIGINT one with what it received per name and type.
+``rcode`` defaults to NOERROR; ``cname`` answers a CNAME chain (the asked name -> each name in
+turn) before the addresses, owned by its last name; ``malformed`` answers with a
+compression-pointer loop (for the collector's malformed-response path); ``ttl_s`` is the
+answers' TTL (30 by default). UDP and TCP on the same port. It prints one JSON line when it
+listens, and on SIGTERM/SIGINT one with what it received per name and type.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Action:
     drop: bool = False
     malformed: bool = False
     ttl_s: int = 30
+    cnames: tuple[str, ...] = ()
 
     @staticmethod
     def from_json(spec: dict[str, Any]) -> Action:
@@ -53,6 +56,7 @@ class Action:
             drop=bool(spec.get("drop", False)),
             malformed=bool(spec.get("malformed", False)),
             ttl_s=int(spec.get("ttl_s", 30)),
+            cnames=tuple(spec.get("cname", ())),
         )
 
 
@@ -105,7 +109,14 @@ class Server:
         if action.malformed:
             return malformed_response(data), action.delay_s
         return (
-            build_response(data, query, action.rcode, list(action.addrs), ttl=action.ttl_s),
+            build_response(
+                data,
+                query,
+                action.rcode,
+                list(action.addrs),
+                ttl=action.ttl_s,
+                cnames=action.cnames,
+            ),
             action.delay_s,
         )
 

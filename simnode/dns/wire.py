@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 RCODES = {"NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4, "REFUSED": 5}
 TYPES = {"A": 1, "NS": 2, "CNAME": 5, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33}
 CLASS_IN = 1
+TYPE_CNAME = TYPES["CNAME"]
 
 
 class WireError(ValueError):
@@ -77,19 +79,35 @@ def parse_query(data: bytes) -> Query:
 
 
 def build_response(
-    query: bytes, parsed: Query, rcode: int, addrs: list[str], *, ttl: int = 30
+    query: bytes,
+    parsed: Query,
+    rcode: int,
+    addrs: list[str],
+    *,
+    ttl: int = 30,
+    cnames: Sequence[str] = (),
 ) -> bytes:
-    """A response echoing the question, with A/AAAA answers of the asked type among ``addrs``
-    (a pointer to the question's name, offset 12)."""
+    """A response echoing the question, with A/AAAA answers of the asked type among ``addrs``.
+    ``cnames``: a CNAME chain first (question -> cnames[0] -> ... -> cnames[-1]), the
+    addresses then owned by its last name; names compressed as servers do (pointers to the
+    question at offset 12 and to each target already written)."""
     answers = bytearray()
     count = 0
+    owner = 0xC00C  # a pointer to the question's name
     if rcode == 0:
+        base = parsed.question_end  # where the answer section starts
+        for target in cnames:
+            rdata = encode_name(target)
+            answers += struct.pack("!HHHIH", owner, TYPE_CNAME, CLASS_IN, ttl, len(rdata))
+            owner = 0xC000 | (base + len(answers))
+            answers += rdata
+            count += 1
         for text in addrs:
             addr = ipaddress.ip_address(text)
             rtype = 1 if addr.version == 4 else 28
             if rtype != parsed.qtype:
                 continue
-            answers += struct.pack("!HHHIH", 0xC00C, rtype, CLASS_IN, ttl, len(addr.packed))
+            answers += struct.pack("!HHHIH", owner, rtype, CLASS_IN, ttl, len(addr.packed))
             answers += addr.packed
             count += 1
     # QR, copy opcode and RD, set RA.

@@ -3,7 +3,8 @@
 cluster's metadata -> BPF -> collector -> Kafka -> enricher (DNS names joined to TCP) ->
 processors -> cost per destination domain. Checked: a name with two addresses, an address
 shared by two names (the later lookup wins), a TTL expiry, a connection with no prior lookup
-(the pod's own, and the node's fallback), and dollars per domain exactly."""
+(the pod's own, and the node's fallback), a name answered through a CNAME chain (named by the
+name asked, the chain kept), and dollars per domain exactly."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ PORT = 443
 SEND_BYTES = 150_000  # client -> server per connection: the priced egress
 REPLY_BYTES = 2_000
 SHORT_TTL_S = 4
+CHAIN = ["www.example.com.cdn.test", "edge9.cdn.test"]  # www.example.com's CNAME chain
 WINDOW_S = 3.0
 GRACE_S = 2.0
 USD_PER_GB_EGRESS = Decimal("0.09")  # config/prices.yaml, aws, internet sent
@@ -54,8 +56,8 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
     app = cluster.add_pod("frontend", node="node-b1", namespace="shop")
     # Another pod of the same collector's node, which never resolves anything itself.
     batch = cluster.add_pod("batch", node="node-b1", namespace="shop")
-    net, addrs = cluster.add_internet_host("internet", node="node-a1", count=7)
-    api1, api2, cdn, short, unasked, s3a, s3b = addrs
+    net, addrs = cluster.add_internet_host("internet", node="node-a1", count=8)
+    api1, api2, cdn, short, unasked, s3a, s3b, chained = addrs
     rules = {
         "default": {"rcode": "NXDOMAIN"},
         "names": {
@@ -65,6 +67,7 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
             "short.example.org": {"addrs": [short], "ttl_s": SHORT_TTL_S},
             "b1.s3.amazonaws.com": {"addrs": [s3a], "ttl_s": 300},
             "b2.s3.amazonaws.com": {"addrs": [s3b], "ttl_s": 300},
+            "www.example.com": {"cname": CHAIN, "addrs": [chained], "ttl_s": 300},
         },
     }
     server = DnsServerProcess(dns, rules)
@@ -134,6 +137,8 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
             resolve("b2.s3.amazonaws.com")
             connect(app, s3a, "b1.s3.amazonaws.com")
             connect(app, s3b, "b2.s3.amazonaws.com")
+            www = resolve("www.example.com")
+            connect(app, chained, "www.example.com")  # through a CNAME chain
             net.stop_server(proc)
 
             def ours(e: EnrichedTcpConnection) -> bool:
@@ -193,6 +198,12 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
     assert sum(m.connections for m in api_latency) == 2, latency
     assert all(m.server_domain == "api.example.com" for m in api_latency)
     assert not any(m.server_workload.endswith(api1) for m in latency), latency
+
+    # The CNAME chain: the address is named by the name asked, the chain kept beside it.
+    assert (www.answer_addrs, www.answer_cnames) == ([chained], CHAIN), www
+    via_chain = [e for e in got if e.server.address == chained]
+    assert [(e.server_domain, e.server_cnames) for e in via_chain] == [("www.example.com", CHAIN)]
+    assert all(e.server_cnames is msgspec.UNSET for e in got if e.server.address != chained)
 
 
 def _expected_costs(made: list[tuple[Pod, str, str | None]]) -> dict[str, tuple[float, int]]:

@@ -304,7 +304,11 @@ def exchanges(
         q = build_query(txid, name, qtype)
     except ValueError:
         q = header(txid, 0x0100) + b"\x01x\x00\x00\x01\x00\x01"
-    kinds = ["answer"] if whole else ["answer", "answer", "garbage", "mutated", "big", "other"]
+    kinds = (
+        ["answer", "cname"]
+        if whole
+        else ["answer", "answer", "cname", "garbage", "mutated", "big", "other"]
+    )
     kind = draw(st.sampled_from(kinds))
     if kind == "big":
         r = response_with("big.test", ["10.0.0.1"] * 40)  # clipped at 512
@@ -315,6 +319,12 @@ def exchanges(
         )
     elif kind == "garbage":
         r = draw(st.binary(max_size=40))
+    elif kind == "cname":
+        r = build_response(q, parse_query(q), 0, [])
+        rrs = cname_records(draw, parse_query(q).name)
+        addrs = draw(st.lists(addr_text, max_size=2))
+        r = r[:6] + struct.pack("!H", len(rrs) + len(addrs)) + r[8:] + b"".join(rrs)
+        r += b"".join(answer_record(a) for a in addrs)
     else:
         addrs = draw(st.lists(addr_text, max_size=3))
         r = build_response(q, parse_query(q), draw(st.sampled_from([0, 3, 2])), [])
@@ -361,6 +371,28 @@ def exchanges(
         event(t, cg, eg, src, dst, payload, proto, pr, length)
         for t, cg, eg, src, dst, payload, pr in (full[i] for i in picked)
     ]
+
+
+def cname_records(draw: st.DrawFn, name: str) -> list[bytes]:
+    """A CNAME chain from ``name`` (links in any order, any case, possibly a loop or a
+    dangling link), uncompressed."""
+    targets = draw(
+        st.lists(
+            st.sampled_from(["c1.cdn.test", "C2.cdn.test", "c3.Edge.test", name.upper()]),
+            max_size=4,
+        )
+    )
+    owners = [name, *targets][: len(targets)]
+    if draw(st.booleans()):
+        owners = [o.swapcase() for o in owners]
+    links = list(zip(owners, targets, strict=True))
+    if draw(st.booleans()):
+        links.append(("elsewhere.test", "c1.cdn.test"))
+    records = []
+    for owner, target in draw(st.permutations(links)):
+        rdata = encode_name(target)
+        records.append(encode_name(owner) + struct.pack("!HHIH", 5, 1, 60, len(rdata)) + rdata)
+    return records
 
 
 @st.composite
@@ -421,6 +453,8 @@ def test_same_records_and_counters_as_the_python_path(
     assert c.counters() == py.counters()
     for _key, record in _records(c_sink):
         hypothesis_event(f"{record.outcome} {record.role}")
+        if record.answer_cnames:
+            hypothesis_event(f"CNAME chain of {len(record.answer_cnames)}")
     for name in ("held", "not_continued", "unsettled"):
         if py.counters().get(f"dns_search_{name}"):
             hypothesis_event(f"search {name}")

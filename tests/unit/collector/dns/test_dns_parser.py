@@ -218,3 +218,48 @@ def test_min_ttl_of_the_answer_section() -> None:
     struct.pack_into("!I", body, len(response) + 6, 2**31)
     assert parse(bytes(body)).min_ttl == 0
     assert parse(query).min_ttl is None
+
+
+def _cname(owner: str, target: str) -> bytes:
+    rdata = encode_name(target)
+    return encode_name(owner) + struct.pack("!HHIH", 5, 1, 60, len(rdata)) + rdata
+
+
+def _chain_response(name: str, links: list[tuple[str, str]], addr_owner: str) -> bytes:
+    body = header(flags=0x8180, an=len(links) + 1) + encode_name(name) + struct.pack("!HH", 1, 1)
+    body += b"".join(_cname(o, t) for o, t in links)
+    a_record = struct.pack("!HHIH", 1, 1, 30, 4) + bytes([192, 0, 2, 7])
+    return body + encode_name(addr_owner) + a_record
+
+
+def test_cname_chain_from_the_asked_name_to_the_addresses_owner() -> None:
+    links = [("api.example.test", "api.cdn.test"), ("api.cdn.test", "edge7.cdn.test")]
+    msg = parse(_chain_response("api.example.test", links, "edge7.cdn.test"))
+    assert msg.cname_chain() == ("api.cdn.test", "edge7.cdn.test")
+    assert msg.cname_records == tuple(links) and msg.answer_addrs == ("192.0.2.7",)
+
+
+def test_cname_chain_followed_whatever_the_order_and_case() -> None:
+    links = [
+        ("API.cdn.test", "edge7.cdn.test"),
+        ("other.test", "nowhere.test"),
+        ("api.example.test", "api.CDN.test"),
+    ]
+    msg = parse(_chain_response("Api.Example.Test", links, "edge7.cdn.test"))
+    assert msg.cname_chain() == ("api.CDN.test", "edge7.cdn.test")  # targets as written
+    assert msg.cnames == ("edge7.cdn.test", "nowhere.test", "api.CDN.test")
+
+
+def test_cname_loops_and_unrelated_cnames_end_the_chain() -> None:
+    loop = [("a.test", "b.test"), ("b.test", "a.test")]
+    assert parse(_chain_response("a.test", loop, "a.test")).cname_chain() == ("b.test", "a.test")
+    unrelated = [("x.test", "y.test")]
+    assert parse(_chain_response("a.test", unrelated, "a.test")).cname_chain() == ()
+    assert parse(response("plain.test", 0, ["10.0.0.1"])).cname_chain() == ()
+
+
+def test_a_cname_owner_with_a_bad_pointer_is_refused() -> None:
+    body = header(flags=0x8180, an=1) + encode_name("a.test") + struct.pack("!HH", 1, 1)
+    body += b"\xc0\x40" + struct.pack("!HHIH", 5, 1, 60, 4) + b"\x01b\xc0\x0e"
+    with pytest.raises(DnsParseError):
+        parse(body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from enricher.join.classify import AddressClassifier
-from enricher.join.dnsnames import DnsNames
+from enricher.join.dnsnames import CNAMES_PER_ANSWER, DnsNames
 from enricher.join.render import Renderer
 from enricher.join.state import MetadataState
 from flowscope.records import EnrichedTcpConnection, RawDnsQuery, RawTcpConnection
@@ -151,3 +151,46 @@ def test_fast_paths_and_reference_name_the_server_alike() -> None:
         domains = [d.server_domain for d in decoded]
         assert domains == ["api.example.com", msgspec.UNSET, msgspec.UNSET, msgspec.UNSET]
         assert b'"server.address":"api.example.com"}' in fast[0].value
+
+
+def test_a_cname_chain_names_the_address_by_the_asked_name_and_is_kept() -> None:
+    names = DnsNames()
+    chain = ["api.cdn.test", "Edge7.CDN.test."]
+    chained = msgspec.structs.replace(
+        answer("API.example.com.", ["8.8.8.8"], T0), answer_cnames=chain
+    )
+    names.add(chained)
+    found = names.lookup_answer("n1", "a", "8.8.8.8", T0 + S)
+    assert found is not None
+    assert (found.name, found.cnames) == ("api.example.com", ("api.cdn.test", "edge7.cdn.test"))
+    assert names.lookup("n1", "a", "8.8.8.8", T0 + S) == "api.example.com"
+
+
+def test_a_cname_chain_longer_than_the_bound_keeps_its_first_names() -> None:
+    names = DnsNames()
+    long = [f"c{i}.test" for i in range(CNAMES_PER_ANSWER + 3)]
+    names.add(msgspec.structs.replace(answer("x.test", ["7.7.7.7"], T0), answer_cnames=long))
+    found = names.lookup_answer("n1", "a", "7.7.7.7", T0 + S)
+    assert found is not None and found.cnames == tuple(long[:CNAMES_PER_ANSWER])
+    assert names.counters.cnames_clipped == 1
+
+
+def test_fast_paths_and_reference_carry_the_cname_chain_alike() -> None:
+    names = DnsNames()
+    chain = ["api.cdn.test", "edge7.cdn.test"]
+    names.add(
+        msgspec.structs.replace(answer("api.example.com", ["8.8.8.8"], T0), answer_cnames=chain)
+    )
+    names.add(answer("plain.example.com", ["8.8.4.4"], T0))
+    raws = [_tcp("8.8.8.8"), _tcp("8.8.4.4"), _tcp("8.8.8.8", role="server")]
+    for native in (True, False):
+        r = Renderer(_state(), AddressClassifier(), native=native, names=names)
+        fast = r.render_many(raws)
+        assert [f.value for f in fast] == [r.reference(raw).value for raw in raws]
+        decoded = [msgspec.json.decode(f.value, type=EnrichedTcpConnection) for f in fast]
+        assert [d.server_cnames for d in decoded] == [
+            ["api.cdn.test", "edge7.cdn.test"],
+            msgspec.UNSET,
+            msgspec.UNSET,
+        ]
+        assert [d.server_domain for d in decoded][:2] == ["api.example.com", "plain.example.com"]
