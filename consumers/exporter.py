@@ -8,7 +8,10 @@ Cardinality is bounded: each family admits its first ``--top-n`` label sets as t
 and keeps them (a series that left and came back would reset its counter); every later label
 set is added to one series whose labels are all ``other``. So a family has at most top-n + 1
 series, nothing is lost from the sums, and ``flowscope_exporter_folded_keys`` says how many
-label sets were folded.
+label sets were folded. Path health (``flowscope_path_*``, labels scope, source, destination)
+admits top-n paths per scope (node pairs, zone pairs) and folds the rest into
+``{scope="node", source="other", destination="other"}``: at most top-n + 1 series per scope,
+so many node pairs never push the few zone pairs out.
 """
 
 from __future__ import annotations
@@ -40,17 +43,37 @@ from consumers.options import (
 from consumers.tail import parse_start
 from flowscope.codec import DecodeError
 from flowscope.kafka import TopicFollower
-from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
+from flowscope.records import (
+    AlertEvent,
+    CostPairMetric,
+    DnsMetric,
+    PathHealthMetric,
+    TcpLatencyMetric,
+)
 from flowscope.topics import Topics
 from processors.dedupe import FirstPerId
 from processors.sketch import Sketch
 
 OTHER = "other"
-SOURCES = ("metrics.tcp.latency", "metrics.cost.pairs", "metrics.dns", "alerts")
+SOURCES = ("metrics.tcp.latency", "metrics.cost.pairs", "metrics.dns", "metrics.path.health",
+           "alerts")  # fmt: skip
 PAIR = ("client_workload", "server_workload", "service")
 TRANSFER = ("source_workload", "destination_workload", "source_zone", "destination_zone",
             "cost_class")  # fmt: skip
 DNS = ("client_workload", "server")
+PATH = ("scope", "source", "destination")
+# flowscope_path_<name>_total counters, in the order Family sums them.
+PATH_COUNTERS = (
+    ("connections", "finished TCP connections on the path (client end's node or zone -> "
+     "server end's)"),
+    ("failed_connections", "connections refused, timed out, reset or unreachable"),
+    ("resets", "connections that ended in a reset, sent or received"),
+    ("connect_timeouts", "connects given up in SYN_SENT after SYN retransmissions"),
+    ("syn_retransmits", "SYNs the clients sent again"),
+    ("retransmitted_segments", "TCP segments the client ends retransmitted"),
+    ("segments_sent", "TCP segments the client ends sent (the retransmission rate's "
+     "denominator)"),
+)  # fmt: skip
 
 OPTIONS = (
     BOOTSTRAP,
@@ -101,8 +124,10 @@ class MetricState:
         self.pairs = Family(top_n)
         self.transfer = Family(top_n)
         self.dns = Family(top_n)
-        # newest window per pair: (window_start_ns, merged sketch of its partitions)
+        self.paths = {"node": Family(top_n), "zone": Family(top_n)}  # per scope: see above
+        # newest window per pair or path: (window_start_ns, merged sketch of its partitions)
         self._latency: dict[tuple[str, ...], tuple[int, Sketch]] = {}
+        self._rtt: dict[tuple[str, ...], tuple[int, Sketch]] = {}
         self._alerts: dict[str, AlertEvent] = {}
         self.records: dict[str, int] = {}
         self.undecodable = 0
@@ -128,18 +153,22 @@ class MetricState:
             elif isinstance(record, DnsMetric):
                 self.dns.add((record.client_workload, record.server), record.queries,
                              record.failed, record.queries - record.search_noise)  # fmt: skip
+            elif isinstance(record, PathHealthMetric):
+                self._add_path(record)
 
     def _add_latency(self, m: TcpLatencyMetric) -> None:
         key = self.pairs.add((m.client_workload, m.server_workload, _label(m.service)),
                              m.connections, m.failed_connections)  # fmt: skip
-        if OTHER in key or m.connect_latency_sketch is None:
-            return
-        sketch = Sketch.from_dict(m.connect_latency_sketch)
-        newest = self._latency.get(key)
-        if newest is None or m.window_start_ns > newest[0]:
-            self._latency[key] = (m.window_start_ns, sketch)
-        elif m.window_start_ns == newest[0]:
-            newest[1].merge(sketch)  # another partition of the same window
+        if OTHER not in key:
+            _newest(self._latency, key, m.window_start_ns, m.connect_latency_sketch)
+
+    def _add_path(self, m: PathHealthMetric) -> None:
+        key = self.paths[m.scope].add(
+            (m.source, m.destination), m.connections, m.failed_connections, m.resets,
+            m.connect_timeouts, m.syn_retransmits, m.retrans_segs, m.segs_out,
+        )  # fmt: skip
+        if OTHER not in key:
+            _newest(self._rtt, (m.scope, *key), m.window_start_ns, m.rtt_sketch)
 
     def families(self) -> Iterator[Metric]:
         with self._lock:
@@ -171,6 +200,7 @@ class MetricState:
             tb.add_metric(labels, b)
             usd.add_metric(labels, d)
         yield from (tb, usd)
+        yield from self._path_families()
         dq = CounterMetricFamily("flowscope_dns_queries", "DNS queries", labels=DNS)
         df = CounterMetricFamily("flowscope_dns_failed", "failed DNS queries (search-path "
                                  "NXDOMAIN noise excluded)", labels=DNS)  # fmt: skip
@@ -200,9 +230,41 @@ class MetricState:
                                   "decode", value=self.undecodable)  # fmt: skip
         folded = GaugeMetricFamily("flowscope_exporter_folded_keys", "label sets summed into "
                                    "'other' (beyond --top-n)", labels=["family"])  # fmt: skip
-        for name, fam in (("tcp", self.pairs), ("transfer", self.transfer), ("dns", self.dns)):
+        for name, fam in (("tcp", self.pairs), ("transfer", self.transfer), ("dns", self.dns),
+                          *((f"path_{s}", f) for s, f in self.paths.items())):  # fmt: skip
             folded.add_metric([name], len(fam.folded))
         yield folded
+
+    def _path_families(self) -> Iterator[Metric]:
+        counters = [CounterMetricFamily(f"flowscope_path_{name}", doc, labels=PATH)
+                    for name, doc in PATH_COUNTERS]  # fmt: skip
+        for scope, fam in self.paths.items():
+            for labels, sums in fam.sums.items():
+                for counter, v in zip(counters, sums, strict=True):
+                    counter.add_metric((scope, *labels), v)
+        yield from counters
+        for q in (0.5, 0.99):
+            g = GaugeMetricFamily(f"flowscope_path_rtt_p{int(q * 100)}_seconds",
+                                  f"smoothed RTT quantile {q} of the newest window per path",
+                                  labels=PATH)  # fmt: skip
+            for labels, (_, sketch) in self._rtt.items():
+                rtt = sketch.quantile(q)
+                if rtt is not None:
+                    g.add_metric(labels, rtt / 1e6)
+            yield g
+
+
+def _newest(into: dict[tuple[str, ...], tuple[int, Sketch]], key: tuple[str, ...],
+            window_start_ns: int, sketch_dict: dict[str, object] | None) -> None:  # fmt: skip
+    """Keep the newest window's sketch per series; partitions of one window merge."""
+    if sketch_dict is None:
+        return
+    sketch = Sketch.from_dict(sketch_dict)
+    newest = into.get(key)
+    if newest is None or window_start_ns > newest[0]:
+        into[key] = (window_start_ns, sketch)
+    elif window_start_ns == newest[0]:
+        newest[1].merge(sketch)  # another partition of the same window
 
 
 class StateCollector(Collector):
