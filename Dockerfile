@@ -51,7 +51,7 @@ COPY config/ config/
 COPY --from=bpf /src/bpf/.output/ bpf/.output/
 RUN pip install --no-cache-dir --upgrade pip \
  && pip install --no-cache-dir . \
- && cd / && python -c "import flowscope, collector, enricher, processors, enricher._render, collector._encode" \
+ && cd / && python -c "import flowscope, collector, enricher, processors, enricher.join._render, collector.tcp._encode" \
  && python -c "from flowscope.resources import PACKAGE_DATA as d, SHIPPED; import sys; sys.exit(len(list(d.glob('*'))) != len(SHIPPED))"
 
 # ---- runtime -----------------------------------------------------------------------------

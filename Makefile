@@ -37,6 +37,7 @@ test: setup lint
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 unit: venv

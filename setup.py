@@ -13,24 +13,35 @@ from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 _CFLAGS = [
-    "-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+    "-O2",
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-Wno-unused-parameter",
     "-Wno-missing-field-initializers",
-]  # fmt: skip
+]
 
 # The collector's extensions include the BPF ABI headers (bpf/*.h) instead of copying offsets.
 _ABI = {"include_dirs": ["bpf"], "extra_compile_args": _CFLAGS}
 
 EXTENSIONS = [
-    Extension("enricher._render", ["enricher/_render.c"], extra_compile_args=_CFLAGS),
-    Extension("collector._encode", ["collector/_encode.c"], depends=["bpf/tcpconn.h"], **_ABI),
+    Extension("enricher.join._render", ["enricher/join/_render.c"], extra_compile_args=_CFLAGS),
+    Extension(
+        "collector.tcp._encode", ["collector/tcp/_encode.c"], depends=["bpf/tcpconn.h"], **_ABI
+    ),
     Extension("collector.dns._native", ["collector/dns/_native.c"], depends=["bpf/dns.h"], **_ABI),
 ]
 
 # Shipped with the package (flowscope/resources.py finds them): the price table and alert
 # rules always, the BPF objects when they are built (make -C bpf) before the wheel.
-SHIPPED = ["config/prices.yaml", "config/alerts.yaml", "bpf/.output/tcpconn.bpf.o",
-           "bpf/.output/udpflow.bpf.o", "bpf/.output/dns.bpf.o",
-           "bpf/.output/drops.bpf.o"]  # fmt: skip
+SHIPPED = [
+    "config/prices.yaml",
+    "config/alerts.yaml",
+    "bpf/.output/tcpconn.bpf.o",
+    "bpf/.output/udpflow.bpf.o",
+    "bpf/.output/dns.bpf.o",
+    "bpf/.output/drops.bpf.o",
+]
 
 
 class BuildWithData(build_py):

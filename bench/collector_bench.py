@@ -154,8 +154,10 @@ def peak_rss_mib(pid: int) -> float:
 
 def run_load(client: Pod, server_ip: str, threads: int, seconds: float) -> tuple[int, int, float]:
     t0 = time.monotonic()
-    done = client.run([str(LOADGEN), "client", server_ip, str(PORT), str(threads), str(seconds)],
-                      timeout_s=seconds + 60)  # fmt: skip
+    done = client.run(
+        [str(LOADGEN), "client", server_ip, str(PORT), str(threads), str(seconds)],
+        timeout_s=seconds + 60,
+    )
     elapsed = time.monotonic() - t0
     words = done.stdout.split()
     return int(words[1]), int(words[3]), elapsed
@@ -170,17 +172,19 @@ class KernelOnly:
     ) -> None:
         """``parts``: which program sets to attach besides TCP's ("tcp", "tcp+udp", ...)."""
         from collector.dns.source import DnsSource
-        from collector.drops import DropSource
+        from collector.drops.reporter import DropSource
         from collector.settings import Settings
-        from collector.source import TcpConnSource
-        from collector.udp import UdpFlowSource
+        from collector.tcp.source import TcpConnSource
+        from collector.udp.flows import UdpFlowSource
 
         # The objects of ``root`` with this tree's loader: the ABI is the same.
         objects = root / "bpf" / ".output"
-        self._tcp = TcpConnSource(objects / "tcpconn.bpf.o", ringbuf_bytes=16 << 20,
-                                  wakeup_bytes=Settings.wakeup_bytes)  # fmt: skip
-        self._udp = (UdpFlowSource(objects / "udpflow.bpf.o", cgroup_root)
-                     if "udp" in parts else None)  # fmt: skip
+        self._tcp = TcpConnSource(
+            objects / "tcpconn.bpf.o", ringbuf_bytes=16 << 20, wakeup_bytes=Settings.wakeup_bytes
+        )
+        self._udp = (
+            UdpFlowSource(objects / "udpflow.bpf.o", cgroup_root) if "udp" in parts else None
+        )
         self._dns = DnsSource(objects / "dns.bpf.o", cgroup_root) if "dns" in parts else None
         self._drops = DropSource(objects / "drops.bpf.o") if "drops" in parts else None
         self._stop = threading.Event()
@@ -211,9 +215,14 @@ class KernelOnly:
         if self._dns is not None:
             self.lost += self._dns.kernel_counters()["lost_ringbuf"]
         for prog_id in self._ids if self._stats else ():
-            shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id",
-                                               str(prog_id)], capture_output=True,
-                                              text=True, check=True).stdout)  # fmt: skip
+            shown = json.loads(
+                subprocess.run(
+                    ["bpftool", "-j", "prog", "show", "id", str(prog_id)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
             self.runs[shown["name"]] = (shown.get("run_cnt", 0), shown.get("run_time_ns", 0))
         if self._stats:
             STATS.write_text(self._stats_was)
@@ -226,16 +235,32 @@ class KernelOnly:
 class CollectorProcess:
     def __init__(self, bootstrap: str, prefix: str, variant: Variant) -> None:
         # DNS capture on, as the shipped manifests run it (k8s/configmap.yaml, compose).
-        env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": bootstrap,
-               "FLOWSCOPE_TOPIC_PREFIX": prefix, "FLOWSCOPE_DNS_ENABLED": "true",
-               **dict(variant.env)}  # fmt: skip
+        env = {
+            **os.environ,
+            "FLOWSCOPE_BOOTSTRAP_SERVERS": bootstrap,
+            "FLOWSCOPE_TOPIC_PREFIX": prefix,
+            "FLOWSCOPE_DNS_ENABLED": "true",
+            **dict(variant.env),
+        }
         env["PYTHONPATH"] = str(variant.root)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector", "--stats-interval-seconds", "1",
-             "--ringbuf-bytes", str(16 << 20), "--node-name", "bench"],
-            cwd=variant.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "--stats-interval-seconds",
+                "1",
+                "--ringbuf-bytes",
+                str(16 << 20),
+                "--node-name",
+                "bench",
+            ],
+            cwd=variant.root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         self.log: list[str] = []
         self._ready = threading.Event()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -260,10 +285,14 @@ class CollectorProcess:
         stats = [line for line in self.log if " stats " in line]
         lossy = [i for i, line in enumerate(stats) if "kernel_lost_ringbuf=0 " not in line]
         if lossy:
-            print(f"  (ring buffer loss first in stats line {lossy[0] + 1} of {len(stats)}: "
-                  f"{stats[lossy[0]].split(' stats ')[0]})", file=sys.stderr)  # fmt: skip
-        return {k: int(v) for k, v in
-                (kv.split("=") for kv in final.split("final stats ")[1].split())}  # fmt: skip
+            print(
+                f"  (ring buffer loss first in stats line {lossy[0] + 1} of {len(stats)}: "
+                f"{stats[lossy[0]].split(' stats ')[0]})",
+                file=sys.stderr,
+            )
+        return {
+            k: int(v) for k, v in (kv.split("=") for kv in final.split("final stats ")[1].split())
+        }
 
 
 def mean_ratio(phases: list[Phase], mode: str) -> float:
@@ -292,7 +321,8 @@ def bpf_line(by_prog: dict[str, tuple[int, int]], conns: int) -> str:
     total_ns = sum(ns for _, ns in by_prog.values())
     return f"{total_ns / n / 1000:.2f} µs per connection: " + ", ".join(
         f"{name} {cnt / n:.1f} runs x {ns / max(cnt, 1):.0f} ns = {ns / n:.0f} ns"
-        for name, (cnt, ns) in sorted(by_prog.items()))  # fmt: skip
+        for name, (cnt, ns) in sorted(by_prog.items())
+    )
 
 
 def main() -> int:
@@ -355,24 +385,34 @@ def main() -> int:
         server = c.add_pod("server", node="node-b1")
         client = c.add_pod("client", node="node-a1")
         for pod in (client, server):
-            pod.run(["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1",
-                     "net.ipv4.ip_local_port_range=10000 65000"])  # fmt: skip
-        srv = server.start([str(LOADGEN), "server", str(PORT), str(args.threads)],
-                           stdout=subprocess.DEVNULL)  # fmt: skip
+            pod.run(
+                [
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv4.tcp_tw_reuse=1",
+                    "net.ipv4.ip_local_port_range=10000 65000",
+                ]
+            )
+        srv = server.start(
+            [str(LOADGEN), "server", str(PORT), str(args.threads)], stdout=subprocess.DEVNULL
+        )
         server.wait_listening(PORT, proc=srv)
         run_load(client, server.ip, args.threads, 1.0)  # warm up
         for rnd in range(args.rounds):
             b0 = cpu_seconds(broker) if broker else 0.0
-            phases.append(Phase("none", *run_load(client, server.ip, args.threads,
-                                                  args.seconds), round=rnd))  # fmt: skip
+            phases.append(
+                Phase("none", *run_load(client, server.ip, args.threads, args.seconds), round=rnd)
+            )
             if broker:
                 broker_cpu["none"] = broker_cpu.get("none", 0.0) + cpu_seconds(broker) - b0
                 busy["none"] = busy.get("none", 0.0) + phases[-1].seconds
             for root in roots:
                 for parts in steps:
                     with KernelOnly(c.cgroup_root, root, parts=parts) as kernel:
-                        ok, errors, elapsed = run_load(client, server.ip, args.threads,
-                                                       args.seconds)  # fmt: skip
+                        ok, errors, elapsed = run_load(
+                            client, server.ip, args.threads, args.seconds
+                        )
                     kernel_lost[root] = kernel_lost.get(root, 0) + kernel.lost
                     suffix = "" if parts == ALL_PARTS else f":{parts}"
                     phases.append(Phase(f"kernel:{root}{suffix}", ok, errors, elapsed, round=rnd))
@@ -390,8 +430,9 @@ def main() -> int:
                     busy[v.label] = busy.get(v.label, 0.0) + elapsed
                 time.sleep(1.0)  # let it drain what the last connections produced
                 cpu[v.label] = cpu.get(v.label, 0.0) + cpu_seconds(collector.proc.pid) - cpu0
-                faults[v.label] = (faults.get(v.label, 0) + minor_faults(collector.proc.pid)
-                                   - faults0)  # fmt: skip
+                faults[v.label] = (
+                    faults.get(v.label, 0) + minor_faults(collector.proc.pid) - faults0
+                )
                 mine_threads = threads.setdefault(v.label, {})
                 for name, secs in thread_cpu_seconds(collector.proc.pid).items():
                     delta = secs - threads0.get(name, 0.0)
@@ -418,31 +459,47 @@ def main() -> int:
     print(f"without collector:  {line('none')}")
     for root in roots:
         mode = f"kernel:{root}"
-        print(f"kernel only {root}: {line(mode)}  ratio {mean_ratio(phases, mode):.1%} "
-              f"(rounds: {round_ratios(phases, mode)}), "
-              f"ring buffer losses {kernel_lost[root]} (stats phase included)")  # fmt: skip
+        print(
+            f"kernel only {root}: {line(mode)}  ratio {mean_ratio(phases, mode):.1%} "
+            f"(rounds: {round_ratios(phases, mode)}), "
+            f"ring buffer losses {kernel_lost[root]} (stats phase included)"
+        )
         for parts in steps[:-1]:
             mode = f"kernel:{root}:{parts}"
-            print(f"  {parts} programs only: {line(mode)}  ratio {mean_ratio(phases, mode):.1%} "
-                  f"(rounds: {round_ratios(phases, mode)})")  # fmt: skip
+            print(
+                f"  {parts} programs only: {line(mode)}  ratio {mean_ratio(phases, mode):.1%} "
+                f"(rounds: {round_ratios(phases, mode)})"
+            )
         if args.drops:
             with_drops = mean_ratio(phases, f"kernel:{root}:{DROPS_PARTS}")
             without = mean_ratio(phases, f"kernel:{root}")
-            print(f"  drop counter (skb:kfree_skb): rate with/without it {with_drops / without:.1%}"
-                  f" ({with_drops:.1%} vs {without:.1%} of no collector)")  # fmt: skip
+            print(
+                f"  drop counter (skb:kfree_skb): rate with/without it {with_drops / without:.1%}"
+                f" ({with_drops:.1%} vs {without:.1%} of no collector)"
+            )
         conns, by_prog = runs[root]
         print(f"  BPF run time (one more phase, bpf_stats on): {bpf_line(by_prog, conns)}")
     for v in [] if args.kernel_only else variants:
         t = totals[v.label]
         conns = sum(ph.connections for ph in phases if ph.mode == v.label)
-        lost = {k: t.get(k, 0) for k in
-                ("kernel_lost_ringbuf", "kernel_track_failed", "kernel_recursion_misses",
-                 "decode_errors", "dropped_buffer_full", "delivery_failed")}  # fmt: skip
+        lost = {
+            k: t.get(k, 0)
+            for k in (
+                "kernel_lost_ringbuf",
+                "kernel_track_failed",
+                "kernel_recursion_misses",
+                "decode_errors",
+                "dropped_buffer_full",
+                "delivery_failed",
+            )
+        }
         per_end = cpu[v.label] / max(conns, 1) * 1e6 / 2
         env = ",".join(f"{k}={val}" for k, val in v.env)
         print(f"{v.label} ({v.root}{' ' + env if env else ''}):")
-        print(f"  rate {line(v.label)}  ratio with/without {mean_ratio(phases, v.label):.1%} "
-              f"(rounds: {round_ratios(phases, v.label)})")  # fmt: skip
+        print(
+            f"  rate {line(v.label)}  ratio with/without {mean_ratio(phases, v.label):.1%} "
+            f"(rounds: {round_ratios(phases, v.label)})"
+        )
         print(
             f"  connections {conns:,} ({2 * conns:,} ends); events {t.get('events', 0):,}, "
             f"records produced {t.get('records_produced', t.get('produced', 0)):,} in "
@@ -453,9 +510,11 @@ def main() -> int:
             share = broker_cpu[v.label] / busy[v.label] / (os.cpu_count() or 1)
             idle = broker_cpu.get("none", 0.0) / max(busy.get("none", 0.0), 1e-9)
             idle /= os.cpu_count() or 1
-            print(f"  the local broker took {share:.1%} of the machine's CPU during these "
-                  f"phases ({idle:.1%} without the collector): load this bench's rig puts on "
-                  f"the same cores, not the collector's")  # fmt: skip
+            print(
+                f"  the local broker took {share:.1%} of the machine's CPU during these "
+                f"phases ({idle:.1%} without the collector): load this bench's rig puts on "
+                f"the same cores, not the collector's"
+            )
         by_thread = ", ".join(
             f"{name} {secs / max(conns, 1) * 1e6 / 2:.2f}"
             for name, secs in sorted(threads[v.label].items(), key=lambda kv: -kv[1])

@@ -41,12 +41,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from collector.attribution import CgroupResolver  # noqa: E402
 from collector.dns.pipeline import DnsPipeline  # noqa: E402
 from collector.dns.privacy import NamePrivacy  # noqa: E402
 from collector.dns.search import SearchConfig, SearchTracker  # noqa: E402
 from collector.dns.settings import DEFAULT_DNS_BPF_OBJECT  # noqa: E402
 from collector.dns.source import DnsSource  # noqa: E402
+from collector.node.attribution import CgroupResolver  # noqa: E402
 from collector.settings import default_cgroup_root  # noqa: E402
 from flowscope.kafka import ProducerCounters, RecordProducer  # noqa: E402
 from simnode import Cluster, Pod  # noqa: E402
@@ -73,12 +73,27 @@ class CountingSink:
         return True
 
 
-def run_load(clients: list[Pod], server_ip: str, mode: str, queries: int, window: int,
-             rate: float = 0, timeout_ms: int = 2000) -> dict[str, float]:  # fmt: skip
+def run_load(
+    clients: list[Pod],
+    server_ip: str,
+    mode: str,
+    queries: int,
+    window: int,
+    rate: float = 0,
+    timeout_ms: int = 2000,
+) -> dict[str, float]:
     """``rate``: queries/s of all clients together, 0 for as fast as answers come."""
     per_client = queries // len(clients)
-    argv = [str(DNSLOAD), "client", server_ip, mode[:3], str(per_client), str(window),
-            str(timeout_ms), str(rate / len(clients))]  # fmt: skip
+    argv = [
+        str(DNSLOAD),
+        "client",
+        server_ip,
+        mode[:3],
+        str(per_client),
+        str(window),
+        str(timeout_ms),
+        str(rate / len(clients)),
+    ]
     procs = [c.start(argv) for c in clients]
     start = time.monotonic()
     answered = lost = 0
@@ -93,8 +108,13 @@ def run_load(clients: list[Pod], server_ip: str, mode: str, queries: int, window
     return {"answered": answered, "lost": lost, "elapsed_s": elapsed, "qps": answered / elapsed}
 
 
-def capture_phase(clients: list[Pod], server_ip: str, mode: str, args: argparse.Namespace,
-                  search_setting: str = "off") -> dict[str, Any]:  # fmt: skip
+def capture_phase(
+    clients: list[Pod],
+    server_ip: str,
+    mode: str,
+    args: argparse.Namespace,
+    search_setting: str = "off",
+) -> dict[str, Any]:
     root = default_cgroup_root()
     resolver = CgroupResolver(root)
     resolver.refresh()
@@ -103,9 +123,17 @@ def capture_phase(clients: list[Pod], server_ip: str, mode: str, args: argparse.
     config = SEARCH[search_setting]
     search = SearchTracker(lambda _c: config, hold_s=2.0) if config is not None else None
     with DnsSource(DEFAULT_DNS_BPF_OBJECT, root, ringbuf_bytes=args.ringbuf_bytes) as source:
-        pipeline = DnsPipeline(source, sink, resolver, "bench", topic, NamePrivacy(),
-                               timeout_s=2.0, search=search,
-                               native={"native": True, "python": False}[args.path])  # fmt: skip
+        pipeline = DnsPipeline(
+            source,
+            sink,
+            resolver,
+            "bench",
+            topic,
+            NamePrivacy(),
+            timeout_s=2.0,
+            search=search,
+            native={"native": True, "python": False}[args.path],
+        )
         stop = threading.Event()
 
         def loop() -> None:
@@ -154,8 +182,12 @@ def _bpf_stats(ids: list[int]) -> tuple[int, int]:
     """(runs, ns) of the programs as the kernel counts them (kernel.bpf_stats_enabled)."""
     runs = ns = 0
     for prog_id in ids:
-        shown = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
-                               capture_output=True, text=True, check=True)  # fmt: skip
+        shown = subprocess.run(
+            ["bpftool", "-j", "prog", "show", "id", str(prog_id)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         info = json.loads(shown.stdout)
         runs += int(info.get("run_cnt", 0))
         ns += int(info.get("run_time_ns", 0))
@@ -172,24 +204,33 @@ def start_server(pod: Pod) -> subprocess.Popen[str]:
 
 
 def summary(results: list[dict[str, Any]], modes: list[str], searches: list[str]) -> None:
-    print(f"{'mode':5} {'search':6} {'q/s bare':>9} {'q/s capt':>9} {'ratio':>6} {'packets':>8} "
-          f"{'rb lost':>8} {'q lost':>7} {'µs/query':>9} {'bpf ns/pkt':>10}")  # fmt: skip
+    print(
+        f"{'mode':5} {'search':6} {'q/s bare':>9} {'q/s capt':>9} {'ratio':>6} {'packets':>8} "
+        f"{'rb lost':>8} {'q lost':>7} {'µs/query':>9} {'bpf ns/pkt':>10}"
+    )
     for mode in modes:
         base = [r for r in results if r["mode"] == mode and r["phase"] == "no capture"]
         for search in searches:
-            caps = [r for r in results if r["mode"] == mode and r["phase"] == "capture"
-                    and r["search"] == search]  # fmt: skip
+            caps = [
+                r
+                for r in results
+                if r["mode"] == mode and r["phase"] == "capture" and r["search"] == search
+            ]
             ratios = [c["qps"] / b["qps"] for b, c in zip(base, caps, strict=True)]
             for b, c, ratio in zip(base, caps, ratios, strict=True):
                 us, ns = c["collector_cpu_us_per_query"], c["bpf_ns_per_run"]
-                print(f"{mode:5} {search:6} {b['qps']:9.0f} {c['qps']:9.0f} {ratio:6.2f} "
-                      f"{c['kernel_packets']:8d} {c['kernel_lost_ringbuf']:8d} "
-                      f"{c['missing']:7d} {us:9.2f} {ns:10.0f}")  # fmt: skip
+                print(
+                    f"{mode:5} {search:6} {b['qps']:9.0f} {c['qps']:9.0f} {ratio:6.2f} "
+                    f"{c['kernel_packets']:8d} {c['kernel_lost_ringbuf']:8d} "
+                    f"{c['missing']:7d} {us:9.2f} {ns:10.0f}"
+                )
             us_median = statistics.median(c["collector_cpu_us_per_query"] for c in caps)
-            print(f"{mode:5} {search:6} median ratio {statistics.median(ratios):.2f}, "
-                  f"median µs/query {us_median:.2f}, "
-                  f"ring-buffer losses {sum(c['kernel_lost_ringbuf'] for c in caps)}, "
-                  f"queries without a record {sum(c['missing'] for c in caps)}")  # fmt: skip
+            print(
+                f"{mode:5} {search:6} median ratio {statistics.median(ratios):.2f}, "
+                f"median µs/query {us_median:.2f}, "
+                f"ring-buffer losses {sum(c['kernel_lost_ringbuf'] for c in caps)}, "
+                f"queries without a record {sum(c['missing'] for c in caps)}"
+            )
 
 
 def main() -> int:
@@ -243,21 +284,21 @@ def main() -> int:
                 for mode in modes:
                     ip = addr[int(mode[3])]
                     base = run_load(clients, ip, mode, args.queries, args.window, args.rate)
-                    results.append({"round": round_no, "mode": mode, "phase": "no capture",
-                                    **base})  # fmt: skip
+                    results.append({"round": round_no, "mode": mode, "phase": "no capture", **base})
                     print(json.dumps(results[-1]), flush=True)
                     for search in searches:
                         cap = capture_phase(clients, ip, mode, args, search)
-                        results.append({"round": round_no, "mode": mode, "phase": "capture",
-                                        **cap})  # fmt: skip
+                        results.append({"round": round_no, "mode": mode, "phase": "capture", **cap})
                         print(json.dumps(results[-1]), flush=True)
         finally:
             stats_path.write_text(old_stats)
             server.terminate()
             server.communicate(timeout=10)
     rate = f"{args.rate:.0f} queries/s offered" if args.rate else "unpaced"
-    print(f"collector path: {args.path}; load {rate}; ratio = rate with capture / rate "
-          "without, same round")  # fmt: skip
+    print(
+        f"collector path: {args.path}; load {rate}; ratio = rate with capture / rate "
+        "without, same round"
+    )
     summary(results, modes, searches)
     return 0
 

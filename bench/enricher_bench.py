@@ -10,7 +10,7 @@ stages then run, each in its own process so its CPU time and peak RSS are its ow
 
 - ``passthrough``: consumer -> producer of the same messages, with the same client settings
   and batch size as the enricher: the ceiling for a Python stage on this broker;
-- ``enricher``: the real :class:`enricher.joiner.Joiner`, producing ``--output-batch``
+- ``enricher``: the real :class:`enricher.join.joiner.Joiner`, producing ``--output-batch``
   enriched records per message.
 
 Phase 1 (throughput): each stage drains the backlog; records/s, CPU seconds per record (all
@@ -57,9 +57,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.enricher_workload import cluster, raw_records  # noqa: E402
-from enricher.joiner import Joiner  # noqa: E402
-from enricher.kubeobjects import ParsedObjects  # noqa: E402
-from enricher.publisher import MetadataPublisher  # noqa: E402
+from enricher.join.joiner import Joiner  # noqa: E402
+from enricher.publish.kubeobjects import ParsedObjects  # noqa: E402
+from enricher.publish.publisher import MetadataPublisher  # noqa: E402
 from enricher.settings import Settings  # noqa: E402
 from flowscope.kafka import (  # noqa: E402
     RecordConsumer,
@@ -435,16 +435,32 @@ def main() -> int:
     # Each stage process's command line; the rounds before the last add --no-live.
     stage_base = {
         stage: [
-            sys.executable, __file__, "--stage", stage, "--bootstrap", args.bootstrap,
-            "--prefix", topics.prefix, "--out-topic", passthrough_topic,
-            "--records", str(args.records), "--messages", str(len(messages)),
-            "--warmup", str(warmup), "--warm-messages", str(len(warm_messages)),
-            "--output-batch", str(args.output_batch),
-            "--exactly-once", str(args.exactly_once).lower(),
+            sys.executable,
+            __file__,
+            "--stage",
+            stage,
+            "--bootstrap",
+            args.bootstrap,
+            "--prefix",
+            topics.prefix,
+            "--out-topic",
+            passthrough_topic,
+            "--records",
+            str(args.records),
+            "--messages",
+            str(len(messages)),
+            "--warmup",
+            str(warmup),
+            "--warm-messages",
+            str(len(warm_messages)),
+            "--output-batch",
+            str(args.output_batch),
+            "--exactly-once",
+            str(args.exactly_once).lower(),
         ]
         + (["--profile", args.profile] if args.profile and stage == "enricher" else [])
         for stage in stages
-    }  # fmt: skip
+    }
     try:
         for rnd in range(n_rounds):
             last = rnd == n_rounds - 1

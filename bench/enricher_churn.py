@@ -3,7 +3,7 @@
     .venv/bin/python bench/enricher_churn.py [--every 10,100] [--rounds 3] [--records 200000]
 
 The enricher keeps each pod's, node's and Service's end encoded until its metadata changes
-(enricher/index.py says what a change drops). This measures what changes cost the records
+(enricher/join/index.py says what a change drops). This measures what changes cost the records
 around them: the bench's large cluster (10,000 pods, 1,000 nodes, 2,000 services) and its
 record mix (bench/enricher_workload.py), 256 records per message through the real joiner's
 per-message work (Joiner.handle, then its outbox flushed to a no-op producer), with one
@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.enricher_workload import cluster, raw_records  # noqa: E402
-from enricher.joiner import Joiner  # noqa: E402
-from enricher.metadata import NodeMeta, ServiceMeta  # noqa: E402
+from enricher.join.joiner import Joiner  # noqa: E402
+from enricher.join.state import MetadataState  # noqa: E402
 from enricher.settings import Settings  # noqa: E402
-from enricher.state import MetadataState  # noqa: E402
 from flowscope.kafka import RecordProducer  # noqa: E402
+from flowscope.records.metadata import NodeMeta, ServiceMeta  # noqa: E402
 
 PODS, NODES, SERVICES, BATCH = 10_000, 1_000, 2_000, 256
 

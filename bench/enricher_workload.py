@@ -8,8 +8,8 @@ import random
 
 import msgspec
 
-from enricher.metadata import Meta, NodeMeta, PodMeta, ServiceMeta, ServicePort
 from flowscope.records import RawTcpConnection
+from flowscope.records.metadata import Meta, NodeMeta, PodMeta, ServiceMeta, ServicePort
 
 S = 1_000_000_000
 ZONES = ("eu-west-1a", "eu-west-1b", "eu-west-1c")

@@ -36,15 +36,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
-
 from flowscope.codec import JsonCodec
-from flowscope.kafka import TopicSpec, ensure_topics, wait_for_broker
+from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics, wait_for_broker
 from flowscope.records import Endpoint, EnrichedTcpConnection, Role
 from flowscope.topics import Topics
-from processors.prices import load_price_table
-from processors.processor import ConnectionProcessor
-from processors.stage import Source
+from processors.core.stage import Source
+from processors.cost.prices import load_price_table
+from processors.tcp.processor import ConnectionProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 S = 1_000_000_000
@@ -114,20 +112,41 @@ def pure_rate(batches: list[bytes], records: int) -> float:
 def faust_rate(bootstrap: str, topics: Topics, records: int, workdir: Path) -> dict[str, float]:
     err = workdir / "faust.stderr"
     argv = [
-        sys.executable, "-m", "processors", "worker", "--bootstrap-servers", bootstrap,
-        "--topic-prefix", topics.prefix, "--group", f"bench-{uuid.uuid4().hex[:8]}",
-        "--state-dir", str(workdir / "state"), "--window-seconds", "10",
-        "--grace-seconds", "5", "--idle-allowance-seconds", "3600",
-        "--log-interval-seconds", "0.5", "--log-level", "WARNING",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "processors",
+        "worker",
+        "--bootstrap-servers",
+        bootstrap,
+        "--topic-prefix",
+        topics.prefix,
+        "--group",
+        f"bench-{uuid.uuid4().hex[:8]}",
+        "--state-dir",
+        str(workdir / "state"),
+        "--window-seconds",
+        "10",
+        "--grace-seconds",
+        "5",
+        "--idle-allowance-seconds",
+        "3600",
+        "--log-interval-seconds",
+        "0.5",
+        "--log-level",
+        "WARNING",
+    ]
     # WARNING hides the counters line: log it at INFO from the processors logger only.
     env = {**os.environ, "PYTHONPATH": str(REPO), "FLOWSCOPE_LOG_LEVEL": "INFO"}
     argv[-1] = "INFO"
     with err.open("wb") as stderr:
         proc = subprocess.Popen(
-            argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+            argv,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
             start_new_session=True,
-        )  # fmt: skip
+        )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -163,8 +182,12 @@ def faust_rate(bootstrap: str, topics: Topics, records: int, workdir: Path) -> d
 def quix_rate(quix_python: str, bootstrap: str, topic: str, records: int) -> dict[str, object]:
     out = subprocess.run(
         [quix_python, str(REPO / "bench" / "processors_quix.py"), bootstrap, topic, str(records)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"quix run failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -199,18 +222,22 @@ def main() -> int:
         faust, quix = max(r["faust"] for r in runs), max(r["quix"] for r in runs)
         ratios = sorted(r["ratio"] for r in runs)
         cpu = sorted(r["cpu_ratio"] for r in runs)
-        print(f"best of {args.repeat}: faust {faust:,.0f} records/s, Quix {quix:,.0f} records/s, "
-              f"ratio of the bests {faust / quix:.2f}; per-run ratios {ratios[0]:.2f}.."
-              f"{ratios[-1]:.2f} (median {ratios[len(ratios) // 2]:.2f}), records per CPU "
-              f"second {cpu[0]:.2f}..{cpu[-1]:.2f} (median {cpu[len(cpu) // 2]:.2f})")  # fmt: skip
+        print(
+            f"best of {args.repeat}: faust {faust:,.0f} records/s, Quix {quix:,.0f} records/s, "
+            f"ratio of the bests {faust / quix:.2f}; per-run ratios {ratios[0]:.2f}.."
+            f"{ratios[-1]:.2f} (median {ratios[len(ratios) // 2]:.2f}), records per CPU "
+            f"second {cpu[0]:.2f}..{cpu[-1]:.2f} (median {cpu[len(cpu) // 2]:.2f})"
+        )
     return 0
 
 
 def show(label: str, r: Mapping[str, Any]) -> None:
-    print(f"{label} {r['records_per_s']:>10,.0f} records/s ({r['messages']:.0f} messages in "
-          f"{r['span_s']:.2f} s; CPU per record {r['cpu_us_per_record']:.2f} us process, "
-          f"{r['thread_cpu_us_per_record']:.2f} us handling thread, of which "
-          f"{r['handle_cpu_us_per_record']:.2f} us in the processor)")  # fmt: skip
+    print(
+        f"{label} {r['records_per_s']:>10,.0f} records/s ({r['messages']:.0f} messages in "
+        f"{r['span_s']:.2f} s; CPU per record {r['cpu_us_per_record']:.2f} us process, "
+        f"{r['thread_cpu_us_per_record']:.2f} us handling thread, of which "
+        f"{r['handle_cpu_us_per_record']:.2f} us in the processor)"
+    )
 
 
 def one_run(args: argparse.Namespace, quix_first: bool) -> dict[str, float]:
@@ -222,14 +249,17 @@ def one_run(args: argparse.Namespace, quix_first: bool) -> dict[str, float]:
     batches = [
         codec.encode_batch(records[i : i + args.batch]) for i in range(0, len(records), args.batch)
     ]
-    producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 20,
-                         "compression.type": "lz4", "message.max.bytes": 10_000_000})  # fmt: skip
+    producer = RecordProducer(
+        args.bootstrap,
+        {"linger.ms": 20, "compression.type": "lz4", "message.max.bytes": 10_000_000},
+    )
     for value in batches:
-        producer.produce(topics.enriched_tcp, value, key=b"bench")
-        producer.poll(0)
+        assert producer.produce(topics.enriched_tcp, value, key=b"bench")
     assert producer.flush(60) == 0
-    print(f"topic {topics.enriched_tcp}: {len(records):,} records in {len(batches):,} messages "
-          f"of {args.batch} ({sum(map(len, batches)) // len(records)} B/record)")  # fmt: skip
+    print(
+        f"topic {topics.enriched_tcp}: {len(records):,} records in {len(batches):,} messages "
+        f"of {args.batch} ({sum(map(len, batches)) // len(records)} B/record)"
+    )
     print(f"pure aggregation (no Kafka):  {pure_rate(batches, len(records)):>10,.0f} records/s")
 
     def run_faust() -> dict[str, float]:
@@ -252,8 +282,12 @@ def one_run(args: argparse.Namespace, quix_first: bool) -> dict[str, float]:
     ratio = float(faust["records_per_s"]) / float(quix["records_per_s"])  # type: ignore[arg-type]
     cpu_ratio = float(quix["cpu_us_per_record"]) / faust["cpu_us_per_record"]  # type: ignore[arg-type]
     print(f"faust / quix ratio: {ratio:.2f} records/s, {cpu_ratio:.2f} records per CPU second")
-    return {"faust": faust["records_per_s"], "quix": float(quix["records_per_s"]),  # type: ignore[arg-type]
-            "ratio": ratio, "cpu_ratio": cpu_ratio}  # fmt: skip
+    return {
+        "faust": faust["records_per_s"],
+        "quix": float(quix["records_per_s"]),  # type: ignore[arg-type]
+        "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
+    }
 
 
 if __name__ == "__main__":

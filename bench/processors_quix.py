@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quixstreams
 from quixstreams import Application, message_context
 
-from processors.prices import load_price_table
-from processors.processor import ConnectionProcessor
-from processors.stage import Source
+from processors.core.stage import Source
+from processors.cost.prices import load_price_table
+from processors.tcp.processor import ConnectionProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 S = 1_000_000_000
@@ -56,7 +56,7 @@ def main() -> int:
     sdf.update(aggregate)
     app.run()
     records = processor.aggregator.counters.records
-    # The span the faust worker reports too (processors/stage.py): first to last message.
+    # The span the faust worker reports too (processors/core/stage.py): first to last message.
     span = processor.handling_span()
     seconds = span["handling_span_ms"] / 1000
     print(

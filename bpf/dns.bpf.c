@@ -27,7 +27,7 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Load-time knobs, set by name by the collector before load (collector/libbpf.py). */
+/* Load-time knobs, set by name by the collector before load (collector/kernel/libbpf.py). */
 const volatile __u16 targ_port = 53; /* the DNS port, host byte order */
 
 /* DNS packets to user space. Size can be changed before load (collector setting). */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * drops.h: the ABI between drops.bpf.c and the collector (collector/drops.py mirrors it;
+ * drops.h: the ABI between drops.bpf.c and the collector (collector/drops/reporter.py mirrors it;
  * tests/unit/collector/test_collector_drops.py checks that it does).
  *
  * Packets the kernel dropped, counted per (socket cgroup, network namespace, drop reason,

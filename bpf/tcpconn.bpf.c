@@ -31,7 +31,7 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Load-time knobs, set by name by the collector before load (collector/libbpf.py); const:
+/* Load-time knobs, set by name by the collector before load (collector/kernel/libbpf.py); const:
  * the verifier prunes what they disable. */
 const volatile __u64 targ_interim_ns = 30ULL * 1000 * 1000 * 1000; /* an open connection
 								    * reports at most this often;

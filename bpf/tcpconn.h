@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * tcpconn.h: the ABI between tcpconn.bpf.c and the collector (collector/events.py mirrors
+ * tcpconn.h: the ABI between tcpconn.bpf.c and the collector (collector/tcp/events.py mirrors
  * every definition below; tests/unit/collector/test_collector_abi.py checks that it does).
  *
  * Only the event, its enums and the counters live here (the load-time knobs are the

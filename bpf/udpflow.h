@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * udpflow.h: the ABI between udpflow.bpf.c and the collector (collector/udp.py mirrors it;
+ * udpflow.h: the ABI between udpflow.bpf.c and the collector (collector/udp/flows.py mirrors it;
  * tests/unit/collector/test_collector_udp.py checks that it does).
  *
  * UDP volume per (socket cgroup, local address/port, remote address/port), summed in the

@@ -13,16 +13,16 @@ from contextlib import ExitStack
 from types import FrameType
 
 from collector.app import Collector
-from collector.attribution import CgroupResolver
 from collector.dns.app import start_dns
-from collector.drops import DropReporter, start_drops
+from collector.drops.reporter import DropReporter, start_drops
 from collector.errors import CollectorError
 from collector.health import HealthReporter, MetricsServer
-from collector.nat import NatResolver, parse_cidrs
-from collector.pins import uninstall
+from collector.kernel.pins import uninstall
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import NatResolver, parse_cidrs
 from collector.settings import Settings, parse_settings
-from collector.source import TcpConnSource
-from collector.udp import UdpFlowSource, UdpReporter
+from collector.tcp.source import TcpConnSource
+from collector.udp.flows import UdpFlowSource, UdpReporter
 from flowscope import kafka_security
 from flowscope.kafka import KafkaUnavailable, RecordProducer, wait_for_broker
 
@@ -71,22 +71,44 @@ def run(settings: Settings) -> int:
             udp_source = stack.enter_context(
                 UdpFlowSource(settings.udp_bpf_object, settings.cgroup_root)
             )
-            udp = UdpReporter(udp_source, resolver, producer.produce, settings.topics.raw_udp,
-                              settings.node_name, settings.udp_interval_s, nat=nat)  # fmt: skip
+            udp = UdpReporter(
+                udp_source,
+                resolver,
+                producer.produce,
+                settings.topics.raw_udp,
+                settings.node_name,
+                settings.udp_interval_s,
+                nat=nat,
+            )
         drops: DropReporter | None = None
         if settings.drops_interval_s:
-            drops = start_drops(stack, settings.drops_bpf_object, settings.tracefs,
-                                settings.mount_tracefs, resolver, producer.produce,
-                                settings.topics.raw_drops, settings.node_name,
-                                settings.drops_interval_s)  # fmt: skip
+            drops = start_drops(
+                stack,
+                settings.drops_bpf_object,
+                settings.tracefs,
+                settings.mount_tracefs,
+                resolver,
+                producer.produce,
+                settings.topics.raw_drops,
+                settings.node_name,
+                settings.drops_interval_s,
+            )
         health: HealthReporter | None = None
         periodic: list[Callable[[], None]] = [lambda: health.tick() if health else None]
         if udp is not None:
             periodic.append(udp.tick)
         if drops is not None:
             periodic.append(drops.tick)
-        dns = start_dns(stack, settings.dns, settings.cgroup_root, resolver, producer,
-                        settings.topics.raw_dns, settings.node_name, nat)  # fmt: skip
+        dns = start_dns(
+            stack,
+            settings.dns,
+            settings.cgroup_root,
+            resolver,
+            producer,
+            settings.topics.raw_dns,
+            settings.node_name,
+            nat,
+        )
         if dns is not None:
             periodic.append(dns.tick)
         collector = Collector(
@@ -115,12 +137,15 @@ def run(settings: Settings) -> int:
             return values
 
         health = HealthReporter(
-            counters, producer.produce, settings.health_topic, settings.node_name,
+            counters,
+            producer.produce,
+            settings.health_topic,
+            settings.node_name,
             settings.health_interval_s,
-        )  # fmt: skip
+        )
         try:
             if settings.metrics_port:
-                metrics = MetricsServer(counters, settings.metrics_port)
+                metrics = MetricsServer(counters, settings.metrics_port, probes=[collector.probe])
             # Others (the demo, tests) wait for this line: the programs are attached by now.
             log.info(
                 "collector ready: producing to %s at %s (%s) as node %s (cgroup root %s, "
@@ -133,6 +158,7 @@ def run(settings: Settings) -> int:
                 metrics.port if metrics is not None else "off",
                 f"every {settings.udp_interval_s}s" if udp is not None else "off",
             )
+            collector.probe.set_ready()  # the programs are attached; the loop beats from now
             collector.run(stop)
         finally:
             if dns is not None:
@@ -165,8 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("collector: --uninstall needs --pin-root", file=sys.stderr)
             return 2
         removed = uninstall(settings.pin_root, settings.node_name)
-        log.info("uninstalled: %d pins removed under %s", len(removed),
-                 settings.pin_root / settings.node_name)  # fmt: skip
+        log.info(
+            "uninstalled: %d pins removed under %s",
+            len(removed),
+            settings.pin_root / settings.node_name,
+        )
         return 0
     try:
         return run(settings)

@@ -20,12 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from collector.attribution import CgroupResolver
-from collector.events import DecodeStats, clock_offset_ns
-from collector.messages import MessageEncoder, message_encoder
-from collector.nat import NatResolver
-from collector.ringbuf import RecordBatch
+from collector.kernel.ringbuf import RecordBatch
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import NatResolver
+from collector.tcp.events import DecodeStats, clock_offset_ns
+from collector.tcp.messages import MessageEncoder, message_encoder
 from flowscope.kafka import ProducerCounters
+from flowscope.probes import Probe
 
 log = logging.getLogger("collector")
 
@@ -89,7 +90,7 @@ class Collector:
         array of at most ``batch_bytes`` (unless a single record is larger).
 
         ``encoder``: what turns a batch into messages; default: the native one if built
-        (:func:`collector.messages.message_encoder`)."""
+        (:func:`collector.tcp.messages.message_encoder`)."""
         self._source = source
         self._nat = nat
         self._periodic = tuple(periodic)
@@ -106,6 +107,8 @@ class Collector:
         )
         self.decode_stats = DecodeStats()
         self.stats = PipelineStats()
+        # /livez and /readyz: each loop turn reads the ring buffer, then beats.
+        self.probe = Probe("collector")
 
     def process(self, batch: RecordBatch) -> int:
         """Decode, attribute and produce one batch. Returns records the sink accepted."""
@@ -146,6 +149,7 @@ class Collector:
             self._sink.poll(0)
             for task in self._periodic:
                 task()
+            self.probe.beat()
             now = time.monotonic()
             if now >= next_stats:
                 log.info("%s", self.stats_line())

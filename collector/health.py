@@ -8,24 +8,28 @@ failures) next to its throughput counters.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from collector.errors import CollectorError
 from collector.metrics import VOCABULARY
 from collector.periodic import Periodic
 from flowscope import metrics
 from flowscope.codec import JsonCodec
+from flowscope.probes import Probe
 from flowscope.records import CollectorHealth
 
 Counters = Callable[[], dict[str, int]]
 
 
 class MetricsServer(metrics.MetricsServer):
-    """``GET /metrics`` with the collector's counters (:mod:`collector.metrics` names them)."""
+    """``GET /metrics`` with the collector's counters (:mod:`collector.metrics` names them),
+    ``/livez`` and ``/readyz``."""
 
-    def __init__(self, counters: Counters, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(
+        self, counters: Counters, port: int, host: str = "0.0.0.0", probes: Sequence[Probe] = ()
+    ) -> None:
         try:
-            super().__init__(VOCABULARY.registry(counters), port, host)
+            super().__init__(VOCABULARY.registry(counters), port, host, probes)
         except metrics.MetricsPortError as exc:
             raise CollectorError(str(exc)) from exc
 

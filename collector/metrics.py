@@ -15,8 +15,12 @@ def _g(what: str, help: str, *labels: str) -> Metric:
 
 
 # Kernel-side counters: the BPF programs' counters maps, one label per program.
-_PROGRAMS = (("kernel_udp_", "udpflow"), ("kernel_drops_", "drops"), ("dns_kernel_", "dnssnoop"),
-             ("kernel_", "tcpconn"))  # fmt: skip
+_PROGRAMS = (
+    ("kernel_udp_", "udpflow"),
+    ("kernel_drops_", "drops"),
+    ("dns_kernel_", "dnssnoop"),
+    ("kernel_", "tcpconn"),
+)
 _LOST = _c("ringbuf_lost_records", "records the BPF program could not reserve", "program")
 _RECURSION = _c("bpf_recursion_misses", "program runs the kernel skipped (recursion)", "program")
 _RESUMED = _g("restart_resumed", "1 when this run resumed the pinned programs of the last one")

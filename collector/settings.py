@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 from collector.dns import settings as dns_settings
 from collector.errors import CollectorError
-from collector.nat import parse_cidrs
+from collector.node.nat import parse_cidrs
 from flowscope import kafka_security, settings
 from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from flowscope.resources import shipped

@@ -62,22 +62,53 @@ OPTIONS = (
     BOOTSTRAP,
     PREFIX,
     LOG_LEVEL,
-    Option("alertmanager_url", "FLOWSCOPE_ALERTMANAGER_URL", "http://127.0.0.1:9093",
-           "Alertmanager base URL; alerts are POSTed to <url>/api/v2/alerts"),
-    Option("group", "FLOWSCOPE_ALERTS_GROUP", "flowscope-alerts", "Kafka consumer "
-           "group whose committed offsets say what Alertmanager has accepted"),
-    Option("resend_interval_seconds", "FLOWSCOPE_ALERTS_RESEND_INTERVAL_SECONDS", "60",
-           "seconds between re-sends of a firing alert (sent with endsAt = now + 4x this)",
-           positive(float)),
-    Option("retry_max_seconds", "FLOWSCOPE_ALERTS_RETRY_MAX_SECONDS", "30", "longest wait "
-           "between two tries while Alertmanager is down (backoff from 0.5 s)", positive(float)),
-    Option("timeout_seconds", "FLOWSCOPE_ALERTS_TIMEOUT_SECONDS", "10", "timeout of one POST",
-           positive(float)),
-    Option("generator_url", "FLOWSCOPE_ALERTS_GENERATOR_URL", "", "generatorURL of every "
-           "alert (e.g. a dashboard link; empty: none)"),
-    Option("status_interval_seconds", "FLOWSCOPE_ALERTS_STATUS_INTERVAL_SECONDS", "60",
-           "seconds between two counter lines on stderr", positive(float)),
-)  # fmt: skip
+    Option(
+        "alertmanager_url",
+        "FLOWSCOPE_ALERTMANAGER_URL",
+        "http://127.0.0.1:9093",
+        "Alertmanager base URL; alerts are POSTed to <url>/api/v2/alerts",
+    ),
+    Option(
+        "group",
+        "FLOWSCOPE_ALERTS_GROUP",
+        "flowscope-alerts",
+        "Kafka consumer group whose committed offsets say what Alertmanager has accepted",
+    ),
+    Option(
+        "resend_interval_seconds",
+        "FLOWSCOPE_ALERTS_RESEND_INTERVAL_SECONDS",
+        "60",
+        "seconds between re-sends of a firing alert (sent with endsAt = now + 4x this)",
+        positive(float),
+    ),
+    Option(
+        "retry_max_seconds",
+        "FLOWSCOPE_ALERTS_RETRY_MAX_SECONDS",
+        "30",
+        "longest wait between two tries while Alertmanager is down (backoff from 0.5 s)",
+        positive(float),
+    ),
+    Option(
+        "timeout_seconds",
+        "FLOWSCOPE_ALERTS_TIMEOUT_SECONDS",
+        "10",
+        "timeout of one POST",
+        positive(float),
+    ),
+    Option(
+        "generator_url",
+        "FLOWSCOPE_ALERTS_GENERATOR_URL",
+        "",
+        "generatorURL of every alert (e.g. a dashboard link; empty: none)",
+    ),
+    Option(
+        "status_interval_seconds",
+        "FLOWSCOPE_ALERTS_STATUS_INTERVAL_SECONDS",
+        "60",
+        "seconds between two counter lines on stderr",
+        positive(float),
+    ),
+)
 
 _LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -198,8 +229,9 @@ class Alertmanager:
                 self._post(alerts)
                 self.counters.posts += 1
                 if failed:
-                    self.log(f"alertmanager accepted {len(alerts)} alerts after {failed} "
-                             "failed tries")  # fmt: skip
+                    self.log(
+                        f"alertmanager accepted {len(alerts)} alerts after {failed} failed tries"
+                    )
                 return True
             except urllib.error.HTTPError as exc:
                 if 400 <= exc.code < 500:
@@ -208,8 +240,10 @@ class Alertmanager:
             except (urllib.error.URLError, OSError) as exc:
                 self.counters.last_error = str(exc)
             if not failed:
-                self.log(f"alertmanager unavailable at {self.endpoint}, retrying (backoff up "
-                         f"to {self.retry_max_s:g} s): {self.counters.last_error}")  # fmt: skip
+                self.log(
+                    f"alertmanager unavailable at {self.endpoint}, retrying (backoff up "
+                    f"to {self.retry_max_s:g} s): {self.counters.last_error}"
+                )
             failed += 1
             self.counters.retries += 1
             if self.stop.wait(delay):
@@ -334,16 +368,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     done = committed_offsets(args.bootstrap_servers, args.group, [topic])
     follower = TopicFollower(args.bootstrap_servers, [topic], "earliest", group_id=args.group)
-    bridge = Bridge(follower, RecordDecoder(AlertEvent), am, args.resend_interval_seconds,
-                    args.generator_url)  # fmt: skip
+    bridge = Bridge(
+        follower, RecordDecoder(AlertEvent), am, args.resend_interval_seconds, args.generator_url
+    )
     replay = TopicFollower(args.bootstrap_servers, [topic], "earliest")
     try:
         bridge.recover(replay, done)
     finally:
         replay.close()
-    print(f"alerts bridge ready: {topic} -> {am.endpoint} (group {args.group}, "
-          f"{counters.replayed} events replayed, {len(bridge.firing.events)} firing)",
-          flush=True)  # fmt: skip
+    print(
+        f"alerts bridge ready: {topic} -> {am.endpoint} (group {args.group}, "
+        f"{counters.replayed} events replayed, {len(bridge.firing.events)} firing)",
+        flush=True,
+    )
     last_status = time.monotonic()
     try:
         while not stop.is_set() and bridge.step():

@@ -51,42 +51,68 @@ from flowscope.records import (
     TcpLatencyMetric,
 )
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
-from processors.sketch import Sketch
+from processors.core.dedupe import FirstPerId
+from processors.core.sketch import Sketch
 
 OTHER = "other"
-SOURCES = ("metrics.tcp.latency", "metrics.cost.pairs", "metrics.dns", "metrics.path.health",
-           "alerts")  # fmt: skip
+SOURCES = (
+    "metrics.tcp.latency",
+    "metrics.cost.pairs",
+    "metrics.dns",
+    "metrics.path.health",
+    "alerts",
+)
 PAIR = ("client_workload", "server_workload", "service")
-TRANSFER = ("source_workload", "destination_workload", "source_zone", "destination_zone",
-            "cost_class")  # fmt: skip
+TRANSFER = (
+    "source_workload",
+    "destination_workload",
+    "source_zone",
+    "destination_zone",
+    "cost_class",
+)
 DNS = ("client_workload", "server")
 PATH = ("scope", "source", "destination")
 # flowscope_path_<name>_total counters, in the order Family sums them.
 PATH_COUNTERS = (
-    ("connections", "finished TCP connections on the path (client end's node or zone -> "
-     "server end's)"),
+    (
+        "connections",
+        "finished TCP connections on the path (client end's node or zone -> server end's)",
+    ),
     ("failed_connections", "connections refused, timed out, reset or unreachable"),
     ("resets", "connections that ended in a reset, sent or received"),
     ("connect_timeouts", "connects given up in SYN_SENT after SYN retransmissions"),
     ("syn_retransmits", "SYNs the clients sent again"),
     ("retransmitted_segments", "TCP segments the client ends retransmitted"),
-    ("segments_sent", "TCP segments the client ends sent (the retransmission rate's "
-     "denominator)"),
-)  # fmt: skip
+    ("segments_sent", "TCP segments the client ends sent (the retransmission rate's denominator)"),
+)
 
 OPTIONS = (
     BOOTSTRAP,
     PREFIX,
     LOG_LEVEL,
-    Option("port", "FLOWSCOPE_EXPORTER_PORT", "9464", "port of /metrics (0: any free port, "
-           "printed at start)", int),
+    Option(
+        "port",
+        "FLOWSCOPE_EXPORTER_PORT",
+        "9464",
+        "port of /metrics (0: any free port, printed at start)",
+        int,
+    ),
     Option("host", "FLOWSCOPE_EXPORTER_HOST", "0.0.0.0", "address /metrics listens on"),
-    Option("top_n", "FLOWSCOPE_EXPORTER_TOP_N", "100", "label sets per metric family; later "
-           "ones are summed into one 'other' series", positive(int)),
-    Option("start", "FLOWSCOPE_EXPORTER_START", "latest", "first records counted: earliest, "
-           "latest or -DURATION (-1h)", parse_start),
-)  # fmt: skip
+    Option(
+        "top_n",
+        "FLOWSCOPE_EXPORTER_TOP_N",
+        "100",
+        "label sets per metric family; later ones are summed into one 'other' series",
+        positive(int),
+    ),
+    Option(
+        "start",
+        "FLOWSCOPE_EXPORTER_START",
+        "latest",
+        "first records counted: earliest, latest or -DURATION (-1h)",
+        parse_start,
+    ),
+)
 
 
 @dataclass
@@ -145,28 +171,45 @@ class MetricState:
             if isinstance(record, TcpLatencyMetric):
                 self._add_latency(record)
             elif isinstance(record, CostPairMetric):
-                labels = (record.source_workload, record.destination_workload,
-                          _label(record.source_zone), _label(record.destination_zone),
-                          record.cost_class)  # fmt: skip
+                labels = (
+                    record.source_workload,
+                    record.destination_workload,
+                    _label(record.source_zone),
+                    _label(record.destination_zone),
+                    record.cost_class,
+                )
                 both = record.bytes_source_to_destination + record.bytes_destination_to_source
                 self.transfer.add(labels, both, record.cost_usd)
             elif isinstance(record, DnsMetric):
-                self.dns.add((record.client_workload, record.server), record.queries,
-                             record.failed, record.queries - record.search_noise)  # fmt: skip
+                self.dns.add(
+                    (record.client_workload, record.server),
+                    record.queries,
+                    record.failed,
+                    record.queries - record.search_noise,
+                )
             elif isinstance(record, PathHealthMetric):
                 self._add_path(record)
 
     def _add_latency(self, m: TcpLatencyMetric) -> None:
-        key = self.pairs.add((m.client_workload, m.server_workload, _label(m.service)),
-                             m.connections, m.failed_connections)  # fmt: skip
+        key = self.pairs.add(
+            (m.client_workload, m.server_workload, _label(m.service)),
+            m.connections,
+            m.failed_connections,
+        )
         if OTHER not in key:
             _newest(self._latency, key, m.window_start_ns, m.connect_latency_sketch)
 
     def _add_path(self, m: PathHealthMetric) -> None:
         key = self.paths[m.scope].add(
-            (m.source, m.destination), m.connections, m.failed_connections, m.resets,
-            m.connect_timeouts, m.syn_retransmits, m.retrans_segs, m.segs_out,
-        )  # fmt: skip
+            (m.source, m.destination),
+            m.connections,
+            m.failed_connections,
+            m.resets,
+            m.connect_timeouts,
+            m.syn_retransmits,
+            m.retrans_segs,
+            m.segs_out,
+        )
         if OTHER not in key:
             _newest(self._rtt, (m.scope, *key), m.window_start_ns, m.rtt_sketch)
 
@@ -175,44 +218,63 @@ class MetricState:
             yield from self._families()
 
     def _families(self) -> Iterator[Metric]:
-        conns = CounterMetricFamily("flowscope_tcp_connections", "finished TCP connections "
-                                    "per service pair", labels=PAIR)  # fmt: skip
-        failed = CounterMetricFamily("flowscope_tcp_failed_connections", "connections refused, "
-                                     "timed out, reset or unreachable", labels=PAIR)  # fmt: skip
+        conns = CounterMetricFamily(
+            "flowscope_tcp_connections", "finished TCP connections per service pair", labels=PAIR
+        )
+        failed = CounterMetricFamily(
+            "flowscope_tcp_failed_connections",
+            "connections refused, timed out, reset or unreachable",
+            labels=PAIR,
+        )
         for labels, (c, f) in self.pairs.sums.items():
             conns.add_metric(labels, c)
             failed.add_metric(labels, f)
         yield from (conns, failed)
         for q in (0.5, 0.99):
-            g = GaugeMetricFamily(f"flowscope_tcp_connect_latency_p{int(q * 100)}_seconds",
-                                  f"connect latency quantile {q} of the newest window per pair",
-                                  labels=PAIR)  # fmt: skip
+            g = GaugeMetricFamily(
+                f"flowscope_tcp_connect_latency_p{int(q * 100)}_seconds",
+                f"connect latency quantile {q} of the newest window per pair",
+                labels=PAIR,
+            )
             for labels, (_, sketch) in self._latency.items():
                 v = sketch.quantile(q)
                 if v is not None:
                     g.add_metric(labels, v / 1e6)
             yield g
-        tb = CounterMetricFamily("flowscope_transfer_bytes", "TCP payload bytes both ways per "
-                                 "workload and zone pair", labels=TRANSFER)  # fmt: skip
-        usd = CounterMetricFamily("flowscope_transfer_cost_usd", "data-transfer dollars at the "
-                                  "price table's per-GB prices", labels=TRANSFER)  # fmt: skip
+        tb = CounterMetricFamily(
+            "flowscope_transfer_bytes",
+            "TCP payload bytes both ways per workload and zone pair",
+            labels=TRANSFER,
+        )
+        usd = CounterMetricFamily(
+            "flowscope_transfer_cost_usd",
+            "data-transfer dollars at the price table's per-GB prices",
+            labels=TRANSFER,
+        )
         for labels, (b, d) in self.transfer.sums.items():
             tb.add_metric(labels, b)
             usd.add_metric(labels, d)
         yield from (tb, usd)
         yield from self._path_families()
         dq = CounterMetricFamily("flowscope_dns_queries", "DNS queries", labels=DNS)
-        df = CounterMetricFamily("flowscope_dns_failed", "failed DNS queries (search-path "
-                                 "NXDOMAIN noise excluded)", labels=DNS)  # fmt: skip
-        dj = CounterMetricFamily("flowscope_dns_judged_queries", "queries that count for the "
-                                 "failure rate (queries - search noise)", labels=DNS)  # fmt: skip
+        df = CounterMetricFamily(
+            "flowscope_dns_failed",
+            "failed DNS queries (search-path NXDOMAIN noise excluded)",
+            labels=DNS,
+        )
+        dj = CounterMetricFamily(
+            "flowscope_dns_judged_queries",
+            "queries that count for the failure rate (queries - search noise)",
+            labels=DNS,
+        )
         for labels, (q_, f_, j) in self.dns.sums.items():
             dq.add_metric(labels, q_)
             df.add_metric(labels, f_)
             dj.add_metric(labels, j)
         yield from (dq, df, dj)
-        firing = GaugeMetricFamily("flowscope_alerts_firing", "firing alert episodes",
-                                   labels=("rule", "severity"))  # fmt: skip
+        firing = GaugeMetricFamily(
+            "flowscope_alerts_firing", "firing alert episodes", labels=("rule", "severity")
+        )
         counts: dict[tuple[str, str], int] = {}
         for a in self._alerts.values():
             if a.status == "firing":
@@ -224,29 +286,41 @@ class MetricState:
         for topic, n in self.records.items():
             rec.add_metric([topic], n)
         yield rec
-        yield CounterMetricFamily("flowscope_exporter_duplicates", "records dropped as "
-                                  "republished windows", value=self._first.duplicates)  # fmt: skip
-        yield CounterMetricFamily("flowscope_exporter_undecodable", "messages that did not "
-                                  "decode", value=self.undecodable)  # fmt: skip
-        folded = GaugeMetricFamily("flowscope_exporter_folded_keys", "label sets summed into "
-                                   "'other' (beyond --top-n)", labels=["family"])  # fmt: skip
-        for name, fam in (("tcp", self.pairs), ("transfer", self.transfer), ("dns", self.dns),
-                          *((f"path_{s}", f) for s, f in self.paths.items())):  # fmt: skip
+        yield CounterMetricFamily(
+            "flowscope_exporter_duplicates",
+            "records dropped as republished windows",
+            value=self._first.duplicates,
+        )
+        yield CounterMetricFamily(
+            "flowscope_exporter_undecodable", "messages that did not decode", value=self.undecodable
+        )
+        folded = GaugeMetricFamily(
+            "flowscope_exporter_folded_keys",
+            "label sets summed into 'other' (beyond --top-n)",
+            labels=["family"],
+        )
+        families = [("tcp", self.pairs), ("transfer", self.transfer), ("dns", self.dns)]
+        families += [(f"path_{scope}", fam) for scope, fam in self.paths.items()]
+        for name, fam in families:
             folded.add_metric([name], len(fam.folded))
         yield folded
 
     def _path_families(self) -> Iterator[Metric]:
-        counters = [CounterMetricFamily(f"flowscope_path_{name}", doc, labels=PATH)
-                    for name, doc in PATH_COUNTERS]  # fmt: skip
+        counters = [
+            CounterMetricFamily(f"flowscope_path_{name}", doc, labels=PATH)
+            for name, doc in PATH_COUNTERS
+        ]
         for scope, fam in self.paths.items():
             for labels, sums in fam.sums.items():
                 for counter, v in zip(counters, sums, strict=True):
                     counter.add_metric((scope, *labels), v)
         yield from counters
         for q in (0.5, 0.99):
-            g = GaugeMetricFamily(f"flowscope_path_rtt_p{int(q * 100)}_seconds",
-                                  f"smoothed RTT quantile {q} of the newest window per path",
-                                  labels=PATH)  # fmt: skip
+            g = GaugeMetricFamily(
+                f"flowscope_path_rtt_p{int(q * 100)}_seconds",
+                f"smoothed RTT quantile {q} of the newest window per path",
+                labels=PATH,
+            )
             for labels, (_, sketch) in self._rtt.items():
                 rtt = sketch.quantile(q)
                 if rtt is not None:
@@ -254,8 +328,12 @@ class MetricState:
             yield g
 
 
-def _newest(into: dict[tuple[str, ...], tuple[int, Sketch]], key: tuple[str, ...],
-            window_start_ns: int, sketch_dict: dict[str, object] | None) -> None:  # fmt: skip
+def _newest(
+    into: dict[tuple[str, ...], tuple[int, Sketch]],
+    key: tuple[str, ...],
+    window_start_ns: int,
+    sketch_dict: dict[str, object] | None,
+) -> None:
     """Keep the newest window's sketch per series; partitions of one window merge."""
     if sketch_dict is None:
         return
@@ -275,8 +353,12 @@ class StateCollector(Collector):
         return self.state.families()
 
 
-def feed(state: MetricState, follower: TopicFollower, decoders: Mapping[str, RecordDecoder],
-         stop: threading.Event) -> None:  # fmt: skip
+def feed(
+    state: MetricState,
+    follower: TopicFollower,
+    decoders: Mapping[str, RecordDecoder],
+    stop: threading.Event,
+) -> None:
     while not stop.is_set():
         for msg in follower.poll(0.5):
             try:
@@ -311,8 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"exporter ready: http://{args.host}:{port}/metrics from {topics.prefix}.metrics.*",
-          flush=True)  # fmt: skip
+    print(
+        f"exporter ready: http://{args.host}:{port}/metrics from {topics.prefix}.metrics.*",
+        flush=True,
+    )
     try:
         feed(state, follower, decoders, stop)
     finally:

@@ -35,8 +35,7 @@ def _shared(name: str, declaration: Any, **extra: Any) -> Option:
 
 BOOTSTRAP = _shared("bootstrap_servers", settings.bootstrap_servers())
 PREFIX = _shared("topic_prefix", settings.topic_prefix())
-LOG_LEVEL = _shared("log_level", settings.log_level(), parse=str.upper,
-                    choices=settings.LOG_LEVELS)  # fmt: skip
+LOG_LEVEL = _shared("log_level", settings.log_level(), parse=str.upper, choices=settings.LOG_LEVELS)
 
 
 def _typed(option: Option) -> Callable[[str], Any]:

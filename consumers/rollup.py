@@ -1,5 +1,5 @@
 """The metric topics merged the way a reader must merge them: the first record per
-``metric_id`` (a republished window is dropped, processors/dedupe.py), counts summed over
+``metric_id`` (a republished window is dropped, processors/core/dedupe.py), counts summed over
 windows and source partitions, percentiles from the merged sketches (never averaged).
 
 Pure: records in, rows out. ``top`` and the Prometheus exporter read the same rows, so what a
@@ -19,8 +19,8 @@ from flowscope.records import (
     PathHealthMetric,
     TcpLatencyMetric,
 )
-from processors.dedupe import FirstPerId
-from processors.sketch import Sketch
+from processors.core.dedupe import FirstPerId
+from processors.core.sketch import Sketch
 
 
 def short_workload(key: str) -> str:
@@ -197,8 +197,13 @@ class Board:
         for m in self.cost:
             if not _ns_ok(namespace, m.source_workload, m.destination_workload):
                 continue
-            key = (m.source_workload, m.destination_workload, m.source_zone or "?",
-                   m.destination_zone or "?", m.cost_class)  # fmt: skip
+            key = (
+                m.source_workload,
+                m.destination_workload,
+                m.source_zone or "?",
+                m.destination_zone or "?",
+                m.cost_class,
+            )
             row = rows.setdefault(key, CostRow(*key))
             row.connections += m.connections
             row.bytes += m.bytes_source_to_destination + m.bytes_destination_to_source
@@ -251,6 +256,7 @@ class Board:
 
     def firing(self, namespace: str | None = None) -> list[AlertEvent]:
         return [
-            a for a in self.alerts.values()
+            a
+            for a in self.alerts.values()
             if a.status == "firing" and _ns_ok(namespace, *a.affected_workloads)
-        ]  # fmt: skip
+        ]

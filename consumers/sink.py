@@ -83,22 +83,50 @@ OPTIONS = (
     BOOTSTRAP,
     PREFIX,
     LOG_LEVEL,
-    Option("warehouse", "FLOWSCOPE_SINK_WAREHOUSE", "flowscope-lake", "local warehouse "
-           "directory of the default SQLite catalog (catalog.db and the table files)"),
-    Option("catalog_properties", "FLOWSCOPE_SINK_CATALOG_PROPERTIES", "", "pyiceberg "
-           "catalog properties k=v,k=v (another catalog or object store; empty: SQLite in "
-           "--warehouse)", _properties),
-    Option("namespace", "FLOWSCOPE_SINK_NAMESPACE", "flowscope", "Iceberg namespace of the "
-           "tables"),
-    Option("streams", "FLOWSCOPE_SINK_STREAMS", "enriched.tcp,enriched.dns", "topics to sink "
-           f"(of {', '.join(STREAMS)})"),
-    Option("max_rows", "FLOWSCOPE_SINK_MAX_ROWS", "200000", "rows per append (one or a few "
-           "files per hour partition)", positive(int)),
-    Option("max_seconds", "FLOWSCOPE_SINK_MAX_SECONDS", "60", "longest a buffered record "
-           "waits for its append", positive(float)),
-    Option("status_interval_seconds", "FLOWSCOPE_SINK_STATUS_INTERVAL_SECONDS", "60",
-           "seconds between two counter lines on stderr", positive(float)),
-)  # fmt: skip
+    Option(
+        "warehouse",
+        "FLOWSCOPE_SINK_WAREHOUSE",
+        "flowscope-lake",
+        "local warehouse directory of the default SQLite catalog (catalog.db and the table files)",
+    ),
+    Option(
+        "catalog_properties",
+        "FLOWSCOPE_SINK_CATALOG_PROPERTIES",
+        "",
+        "pyiceberg "
+        "catalog properties k=v,k=v (another catalog or object store; empty: SQLite in "
+        "--warehouse)",
+        _properties,
+    ),
+    Option("namespace", "FLOWSCOPE_SINK_NAMESPACE", "flowscope", "Iceberg namespace of the tables"),
+    Option(
+        "streams",
+        "FLOWSCOPE_SINK_STREAMS",
+        "enriched.tcp,enriched.dns",
+        f"topics to sink (of {', '.join(STREAMS)})",
+    ),
+    Option(
+        "max_rows",
+        "FLOWSCOPE_SINK_MAX_ROWS",
+        "200000",
+        "rows per append (one or a few files per hour partition)",
+        positive(int),
+    ),
+    Option(
+        "max_seconds",
+        "FLOWSCOPE_SINK_MAX_SECONDS",
+        "60",
+        "longest a buffered record waits for its append",
+        positive(float),
+    ),
+    Option(
+        "status_interval_seconds",
+        "FLOWSCOPE_SINK_STATUS_INTERVAL_SECONDS",
+        "60",
+        "seconds between two counter lines on stderr",
+        positive(float),
+    ),
+)
 
 
 # -- schema: record types -> Arrow ------------------------------------------------------------
@@ -285,9 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     counters = SinkCounters()
-    print(f"sink ready: {', '.join(sinks)} -> {args.namespace}.* "
-          f"(resuming at {json.dumps({f'{t}:{p}': o for (t, p), o in resume.items()})})",
-          flush=True)  # fmt: skip
+    print(
+        f"sink ready: {', '.join(sinks)} -> {args.namespace}.* "
+        f"(resuming at {json.dumps({f'{t}:{p}': o for (t, p), o in resume.items()})})",
+        flush=True,
+    )
     last_status = time.monotonic()
 
     def flush(sink: TableSink) -> None:

@@ -51,18 +51,44 @@ OPTIONS = (
     BOOTSTRAP,
     PREFIX,
     LOG_LEVEL,
-    Option("filter", "FLOWSCOPE_TAIL_FILTER", "", "records to show, e.g. "
-           "'namespace=shop outcome!=closed' (FIELD=V1,V2  FIELD!=V  FIELD~TEXT; fields: "
-           "namespace, workload, outcome or any top-level field)"),
-    Option("format", "FLOWSCOPE_TAIL_FORMAT", "json", "json: one record per line; table: "
-           "one row per record", choices=("json", "table")),
-    Option("start", "FLOWSCOPE_TAIL_START", "latest", "where to begin: earliest, latest or "
-           "-DURATION (-5m: records produced in the last five minutes)", parse_start),
-    Option("max_records", None, "0", "stop after this many records are shown (0: never)",
-           non_negative(int)),
-    Option("idle_exit_seconds", None, "0", "stop after this many seconds without a message "
-           "(0: follow for ever)", non_negative(float)),
-)  # fmt: skip
+    Option(
+        "filter",
+        "FLOWSCOPE_TAIL_FILTER",
+        "",
+        "records to show, e.g. "
+        "'namespace=shop outcome!=closed' (FIELD=V1,V2  FIELD!=V  FIELD~TEXT; fields: "
+        "namespace, workload, outcome or any top-level field)",
+    ),
+    Option(
+        "format",
+        "FLOWSCOPE_TAIL_FORMAT",
+        "json",
+        "json: one record per line; table: one row per record",
+        choices=("json", "table"),
+    ),
+    Option(
+        "start",
+        "FLOWSCOPE_TAIL_START",
+        "latest",
+        "where to begin: earliest, latest or "
+        "-DURATION (-5m: records produced in the last five minutes)",
+        parse_start,
+    ),
+    Option(
+        "max_records",
+        None,
+        "0",
+        "stop after this many records are shown (0: never)",
+        non_negative(int),
+    ),
+    Option(
+        "idle_exit_seconds",
+        None,
+        "0",
+        "stop after this many seconds without a message (0: follow for ever)",
+        non_negative(float),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -79,8 +105,11 @@ class TailSettings:
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flowscope tail", description=__doc__)
-    p.add_argument("topic", help="a topic, full (flowscope.enriched.tcp) or without the "
-                   "prefix (enriched.tcp, metrics.tcp.latency, alerts, ...)")  # fmt: skip
+    p.add_argument(
+        "topic",
+        help="a topic, full (flowscope.enriched.tcp) or without the "
+        "prefix (enriched.tcp, metrics.tcp.latency, alerts, ...)",
+    )
     add_options(p, OPTIONS, env)
     return p
 
@@ -128,11 +157,20 @@ def _row(record: Any) -> list[str]:
             record.alert_id,
         ]
     f = facets(record)
-    ts = next((getattr(record, n) for n in ("window_end_ns", "end_time_ns", "time_ns")
-               if isinstance(getattr(record, n, None), int)), None)  # fmt: skip
-    return [_when(ts) if ts else "-", ",".join(sorted(f["workload"])) or "-",
-            ",".join(sorted(f["outcome"])) or "-",
-            msgspec.json.encode(record).decode()[:200]]  # fmt: skip
+    ts = next(
+        (
+            getattr(record, n)
+            for n in ("window_end_ns", "end_time_ns", "time_ns")
+            if isinstance(getattr(record, n, None), int)
+        ),
+        None,
+    )
+    return [
+        _when(ts) if ts else "-",
+        ",".join(sorted(f["workload"])) or "-",
+        ",".join(sorted(f["outcome"])) or "-",
+        msgspec.json.encode(record).decode()[:200],
+    ]
 
 
 class TablePrinter:
@@ -189,8 +227,9 @@ def run(settings: TailSettings, out: TextIO, stop: Callable[[], bool]) -> TailCo
                     decoded = decoder.decode(msg.value)
                 except DecodeError as exc:
                     counters.undecodable += 1
-                    print(f"tail: {kind.topic}[{msg.partition}]@{msg.offset}: {exc}",
-                          file=sys.stderr)  # fmt: skip
+                    print(
+                        f"tail: {kind.topic}[{msg.partition}]@{msg.offset}: {exc}", file=sys.stderr
+                    )
                     continue
                 for record in decoded:
                     counters.records += 1
@@ -204,8 +243,11 @@ def run(settings: TailSettings, out: TextIO, stop: Callable[[], bool]) -> TailCo
         out.flush()
         follower.close()
         if follower.counters.errors:
-            print(f"tail: {follower.counters.errors} consume errors, last: "
-                  f"{follower.counters.last_error}", file=sys.stderr)  # fmt: skip
+            print(
+                f"tail: {follower.counters.errors} consume errors, last: "
+                f"{follower.counters.last_error}",
+                file=sys.stderr,
+            )
     return counters
 
 
@@ -213,11 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(dict(os.environ)), argv)
     try:
         settings = TailSettings(
-            topic=args.topic, bootstrap_servers=args.bootstrap_servers,
-            topic_prefix=args.topic_prefix, filter=parse_filter(args.filter),
-            format=args.format, start=args.start, max_records=int(args.max_records),
+            topic=args.topic,
+            bootstrap_servers=args.bootstrap_servers,
+            topic_prefix=args.topic_prefix,
+            filter=parse_filter(args.filter),
+            format=args.format,
+            start=args.start,
+            max_records=int(args.max_records),
             idle_exit_s=args.idle_exit_seconds,
-        )  # fmt: skip
+        )
         resolve_topic(settings.topic, Topics(settings.topic_prefix))
     except (FilterError, UnknownTopic, ValueError) as exc:
         print(f"flowscope tail: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ from demo.tables import alerts_table, cost_table, dns_table, latency_table
 from flowscope.codec import JsonCodec
 from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
+from processors.core.dedupe import FirstPerId
 from simnode import Cluster, NodeSpec, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
 
@@ -86,8 +86,10 @@ def _read(reader: TopicReader, type_: type[T], timeout_s: float) -> list[T]:
 def main() -> int:
     args = _parse_args()
     if os.geteuid() != 0:
-        print("the demo loads BPF programs and creates network namespaces: run it as root",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "the demo loads BPF programs and creates network namespaces: run it as root",
+            file=sys.stderr,
+        )
         return 2
     bootstrap = args.bootstrap_servers
     if not bootstrap:
@@ -122,14 +124,19 @@ def main() -> int:
         ]
         dns_server = DnsServerProcess(coredns, DNS_RULES)
         # Services as kube-proxy (nftables mode) programs them, in the node's namespace.
-        catalog_svc = cluster.add_service("catalog", namespace="shop",
-                                          selector={"app": "catalog"}, port=80, target_port=8080)
-        checkout_svc = cluster.add_service("checkout", namespace="shop",
-                                           selector={"app": "checkout"}, port=80,
-                                           target_port=8081)
-        kube_dns = cluster.add_service("kube-dns", namespace="kube-system",
-                                       selector={"app": "coredns"}, port=53,
-                                       protocols=("UDP", "TCP"))  # fmt: skip
+        catalog_svc = cluster.add_service(
+            "catalog", namespace="shop", selector={"app": "catalog"}, port=80, target_port=8080
+        )
+        checkout_svc = cluster.add_service(
+            "checkout", namespace="shop", selector={"app": "checkout"}, port=80, target_port=8081
+        )
+        kube_dns = cluster.add_service(
+            "kube-dns",
+            namespace="kube-system",
+            selector={"app": "coredns"},
+            port=53,
+            protocols=("UDP", "TCP"),
+        )
         objects = cluster.write_objects(log_dir / "objects.yaml")
         _say(f"simulated cluster: {len(cluster.pods)} pods on 3 nodes in 2 zones ({objects})")
         print(publish_metadata(bootstrap, topics, objects), end="")
@@ -142,19 +149,31 @@ def main() -> int:
             Flow(checkout, payments, 9090, n // 4, 1_500, 300),
         ]
         settings = PipelineSettings(
-            bootstrap=bootstrap, topics=topics, node_name="sim-host", log_dir=log_dir,
-            window_s=args.window_seconds, grace_s=args.grace_seconds,
-            collector_args=("--dns-enabled", "true", "--dns-timeout-seconds", "1",
-                            "--service-cidrs", str(cluster.service_network)),
+            bootstrap=bootstrap,
+            topics=topics,
+            node_name="sim-host",
+            log_dir=log_dir,
+            window_s=args.window_seconds,
+            grace_s=args.grace_seconds,
+            collector_args=(
+                "--dns-enabled",
+                "true",
+                "--dns-timeout-seconds",
+                "1",
+                "--service-cidrs",
+                str(cluster.service_network),
+            ),
             processor_args=("--dns-grace-seconds", "2.5", "--cloud", args.cloud),
-        )  # fmt: skip
+        )
         readers = {
             name: TopicReader(bootstrap, topic)
             for name, topic in (
-                ("latency", topics.metrics_tcp_latency), ("cost", topics.metrics_cost_pairs),
-                ("dns", topics.metrics_dns), ("alerts", topics.alerts),
+                ("latency", topics.metrics_tcp_latency),
+                ("cost", topics.metrics_cost_pairs),
+                ("dns", topics.metrics_dns),
+                ("alerts", topics.alerts),
             )
-        }  # fmt: skip
+        }
         _say("starting collector (BPF), enricher and processor (Faust) ...")
         started = time.monotonic()
         with running_pipeline(settings):
@@ -164,20 +183,38 @@ def main() -> int:
                     proc = f.server.start_server(f.port, reply_bytes=f.reply_bytes)
                     f.server.wait_listening(f.port, proc=proc)
                     servers[(f.server.name, f.port)] = (f.server, proc)
-            _say(f"running {sum(f.count for f in flows)} connections between pods, "
-                 "5 to a closed port, and DNS lookups ...")  # fmt: skip
+            _say(
+                f"running {sum(f.count for f in flows)} connections between pods, "
+                "5 to a closed port, and DNS lookups ..."
+            )
             with ThreadPoolExecutor(len(flows) + 1) as pool:
                 summaries = pool.map(
                     lambda f: f.client.run_client(
-                        *f.target(), count=f.count, send_bytes=f.send_bytes,
-                        expect_reply_bytes=f.reply_bytes, interval_ms=50),
+                        *f.target(),
+                        count=f.count,
+                        send_bytes=f.send_bytes,
+                        expect_reply_bytes=f.reply_bytes,
+                        interval_ms=50,
+                    ),
                     flows,
-                )  # fmt: skip
+                )
                 lookups = pool.submit(_dns_lookups, recommenders, kube_dns.cluster_ip)
                 # Nothing listens on checkout:7070: every connect is refused.
-                fe_b.run(Pod.python("simnode.traffic", "client", "--host", checkout.ip,
-                                    "--port", "7070", "--count", "5", "--send-bytes", "10"),
-                         check=False)  # fmt: skip
+                fe_b.run(
+                    Pod.python(
+                        "simnode.traffic",
+                        "client",
+                        "--host",
+                        checkout.ip,
+                        "--port",
+                        "7070",
+                        "--count",
+                        "5",
+                        "--send-bytes",
+                        "10",
+                    ),
+                    check=False,
+                )
                 done = sum(s.completed for s in summaries)
                 lookups.result()
             for server, proc in servers.values():
@@ -199,25 +236,28 @@ def main() -> int:
     print(f"\nLatency and failures per service pair ({topics.metrics_tcp_latency}):")
     print(latency_table(ours))
     print(f"(+ {others} other connections on this machine: host processes, Kafka clients, ...)")
-    print(f"\nBytes and cost per zone pair, {args.cloud} prices, GB = 10^9 bytes "
-          f"({topics.metrics_cost_pairs}):")  # fmt: skip
-    print(cost_table([m for m in cost if m.source_workload.startswith(DEMO_NAMESPACES)],
-                     traffic_s))  # fmt: skip
+    print(
+        f"\nBytes and cost per zone pair, {args.cloud} prices, GB = 10^9 bytes "
+        f"({topics.metrics_cost_pairs}):"
+    )
+    print(cost_table([m for m in cost if m.source_workload.startswith(DEMO_NAMESPACES)], traffic_s))
     print(f"\nDNS per client and server ({topics.metrics_dns}):")
     print(dns_table([m for m in dns if m.client_workload.startswith(DEMO_NAMESPACES)]))
     print(f"\nAlerts ({topics.alerts}):")
     print(alerts_table(alerts) if alerts else "(none fired)")
     print(f"\nservice logs and objects: {log_dir}")
-    print(f"\nread this run's topics again, as a person or Prometheus would:\n"
-          f"  flowscope top --bootstrap-servers {bootstrap} --topic-prefix {topics.prefix}\n"
-          f"  flowscope tail enriched.tcp --start earliest --filter 'outcome!=closed' "
-          f"--bootstrap-servers {bootstrap} --topic-prefix {topics.prefix}\n"
-          f"  flowscope exporter --bootstrap-servers {bootstrap} --topic-prefix "
-          f"{topics.prefix} --start earliest   # then curl :9464/metrics\n"
-          f"  flowscope sink --bootstrap-servers {bootstrap} --topic-prefix {topics.prefix} "
-          f"--warehouse ./lake   # Iceberg tables, read with pyiceberg/pyarrow\n"
-          f"  flowscope alerts --bootstrap-servers {bootstrap} --topic-prefix "
-          f"{topics.prefix} --alertmanager-url http://127.0.0.1:9093")  # fmt: skip
+    print(
+        f"\nread this run's topics again, as a person or Prometheus would:\n"
+        f"  flowscope top --bootstrap-servers {bootstrap} --topic-prefix {topics.prefix}\n"
+        f"  flowscope tail enriched.tcp --start earliest --filter 'outcome!=closed' "
+        f"--bootstrap-servers {bootstrap} --topic-prefix {topics.prefix}\n"
+        f"  flowscope exporter --bootstrap-servers {bootstrap} --topic-prefix "
+        f"{topics.prefix} --start earliest   # then curl :9464/metrics\n"
+        f"  flowscope sink --bootstrap-servers {bootstrap} --topic-prefix {topics.prefix} "
+        f"--warehouse ./lake   # Iceberg tables, read with pyiceberg/pyarrow\n"
+        f"  flowscope alerts --bootstrap-servers {bootstrap} --topic-prefix "
+        f"{topics.prefix} --alertmanager-url http://127.0.0.1:9093"
+    )
     expected = sum(f.count for f in flows) + 5
     seen = sum(m.connections for m in ours)
     if seen != expected:
@@ -230,8 +270,13 @@ def _dns_lookups(pods: list[Pod], dns_ip: str, rounds: int = 8, pause_s: float =
     """Names looked up the way applications do (getaddrinfo, ndots:5 search path), so the
     table shows search-path noise apart from the real failures. Spread over a few windows,
     so that the DNS failure-rate alert (2 windows in a row) can fire."""
-    names = ["catalog", "api.payments.example", "flaky.partner.example",
-             "slow.partner.example", "missing-service"]  # fmt: skip
+    names = [
+        "catalog",
+        "api.payments.example",
+        "flaky.partner.example",
+        "slow.partner.example",
+        "missing-service",
+    ]
     confs = [
         PodResolvConf(pod, render([dns_ip], kubernetes_search("shop"), ndots=5)) for pod in pods
     ]

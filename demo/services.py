@@ -86,7 +86,7 @@ class PipelineSettings:
     window_s: float = 10.0
     grace_s: float = 5.0
     # How long the processor waits, once traffic stops, before it trusts the wall clock to
-    # close the last window (see processors/windows.py): short here so results come quickly.
+    # close the last window (see processors/core/windows.py): short here so results come quickly.
     idle_allowance_s: float = 2.0
     cgroup_root: str | None = None
     # Extra command-line arguments per service, e.g. ("--dns-enabled", "true").

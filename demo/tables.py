@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
-from processors.sketch import Sketch
+from processors.core.sketch import Sketch
 
 M = TypeVar("M")
 K = TypeVar("K")
@@ -68,14 +68,31 @@ def latency_table(metrics: Sequence[TcpLatencyMetric]) -> str:
                 if name != "closed":
                     outcomes[name] = outcomes.get(name, 0) + n
         p50, p99 = _merged_quantiles(m.connect_latency_sketch for m in ms)
-        rows.append([
-            client, server, service, str(conns), str(failed),
-            _pct(failed / conns if conns else None),
-            ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "-", p50, p99,
-        ])  # fmt: skip
+        rows.append(
+            [
+                client,
+                server,
+                service,
+                str(conns),
+                str(failed),
+                _pct(failed / conns if conns else None),
+                ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "-",
+                p50,
+                p99,
+            ]
+        )
     return render(
-        ["client", "server", "service", "conns", "failed", "fail %", "outcomes", "p50 ms",
-         "p99 ms"],
+        [
+            "client",
+            "server",
+            "service",
+            "conns",
+            "failed",
+            "fail %",
+            "outcomes",
+            "p50 ms",
+            "p99 ms",
+        ],
         rows,
     )
 
@@ -84,21 +101,41 @@ def cost_table(metrics: Sequence[CostPairMetric], seconds: float) -> str:
     rows = []
     groups = _group(
         metrics,
-        lambda m: (m.source_workload, m.destination_workload, m.source_zone or "?",
-                   m.destination_zone or "?", m.cost_class),
-    )  # fmt: skip
+        lambda m: (
+            m.source_workload,
+            m.destination_workload,
+            m.source_zone or "?",
+            m.destination_zone or "?",
+            m.cost_class,
+        ),
+    )
     for (src, dst, sz, dz, cls), ms in sorted(groups.items()):
         usd = sum(m.cost_usd for m in ms)
-        rows.append([
-            src, dst, f"{sz} -> {dz}", cls,
-            f"{sum(m.bytes_source_to_destination for m in ms):,}",
-            f"{sum(m.bytes_destination_to_source for m in ms):,}",
-            f"{usd:.8f}", f"{usd * SECONDS_PER_30_DAYS / seconds:.2f}" if seconds > 0 else "-",
-        ])  # fmt: skip
+        rows.append(
+            [
+                src,
+                dst,
+                f"{sz} -> {dz}",
+                cls,
+                f"{sum(m.bytes_source_to_destination for m in ms):,}",
+                f"{sum(m.bytes_destination_to_source for m in ms):,}",
+                f"{usd:.8f}",
+                f"{usd * SECONDS_PER_30_DAYS / seconds:.2f}" if seconds > 0 else "-",
+            ]
+        )
     return render(
-        ["source", "destination", "zones", "class", "bytes ->", "bytes <-", "USD",
-         "USD/30d at this rate"], rows,
-    )  # fmt: skip
+        [
+            "source",
+            "destination",
+            "zones",
+            "class",
+            "bytes ->",
+            "bytes <-",
+            "USD",
+            "USD/30d at this rate",
+        ],
+        rows,
+    )
 
 
 def dns_table(metrics: Sequence[DnsMetric]) -> str:
@@ -114,24 +151,52 @@ def dns_table(metrics: Sequence[DnsMetric]) -> str:
             for rcode, n in m.rcodes.items():
                 rcodes[rcode] = rcodes.get(rcode, 0) + n
         p50, p99 = _merged_quantiles(m.latency_sketch for m in ms)
-        rows.append([
-            client, f"{server} ({ms[0].server_class})", str(queries), str(failed),
-            _pct(failed / (queries - noise) if queries > noise else None), str(noise),
-            str(sum(m.timeouts for m in ms)),
-            ", ".join(f"{k} {v}" for k, v in sorted(rcodes.items())), p50, p99,
-        ])  # fmt: skip
+        rows.append(
+            [
+                client,
+                f"{server} ({ms[0].server_class})",
+                str(queries),
+                str(failed),
+                _pct(failed / (queries - noise) if queries > noise else None),
+                str(noise),
+                str(sum(m.timeouts for m in ms)),
+                ", ".join(f"{k} {v}" for k, v in sorted(rcodes.items())),
+                p50,
+                p99,
+            ]
+        )
     return render(
-        ["client", "server", "queries", "failed", "fail %", "search noise", "timeouts",
-         "rcodes", "p50 ms", "p99 ms"], rows,
-    )  # fmt: skip
+        [
+            "client",
+            "server",
+            "queries",
+            "failed",
+            "fail %",
+            "search noise",
+            "timeouts",
+            "rcodes",
+            "p50 ms",
+            "p99 ms",
+        ],
+        rows,
+    )
 
 
 def alerts_table(events: Sequence[AlertEvent]) -> str:
     rows = []
     for e in events:
         values = ", ".join(_evidence(ev) for ev in e.evidence)
-        rows.append([e.status, e.rule, e.severity, e.metric, f"> {e.threshold:g}", values,
-                     ", ".join(e.affected_workloads)])  # fmt: skip
+        rows.append(
+            [
+                e.status,
+                e.rule,
+                e.severity,
+                e.metric,
+                f"> {e.threshold:g}",
+                values,
+                ", ".join(e.affected_workloads),
+            ]
+        )
     return render(
         ["status", "rule", "severity", "metric", "threshold", "values", "workloads"], rows
     )

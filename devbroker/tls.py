@@ -66,11 +66,32 @@ def _openssl(*args: str, cwd: Path) -> None:
 def _issue(ca: TlsFiles, name: str, subject: str, extension: str | None, work: Path) -> None:
     """A key and a certificate for ``subject`` signed by the CA: <work>/<name>.key, .pem."""
     key, csr, cert = (work / f"{name}{ext}" for ext in (".key", ".csr", ".pem"))
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-out", str(key), cwd=work)  # fmt: skip
+    _openssl(
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        str(key),
+        cwd=work,
+    )
     _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr), cwd=work)
-    sign = ["x509", "-req", "-in", str(csr), "-CA", str(ca.ca_cert), "-CAkey", str(ca.ca_key),
-            "-CAcreateserial", "-days", str(_DAYS), "-out", str(cert)]  # fmt: skip
+    sign = [
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca.ca_cert),
+        "-CAkey",
+        str(ca.ca_key),
+        "-CAcreateserial",
+        "-days",
+        str(_DAYS),
+        "-out",
+        str(cert),
+    ]
     if extension is not None:
         ext_file = work / f"{name}.ext"
         ext_file.write_text(extension + "\n")
@@ -86,9 +107,24 @@ def make_ca(root: Path, common_name: str = "flowscope devbroker CA") -> TlsFiles
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
     files = TlsFiles(root)
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", str(files.ca_key), "-out", str(files.ca_cert), "-days", str(_DAYS),
-             "-subj", f"/CN={common_name}", cwd=root)  # fmt: skip
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        str(files.ca_key),
+        "-out",
+        str(files.ca_cert),
+        "-days",
+        str(_DAYS),
+        "-subj",
+        f"/CN={common_name}",
+        cwd=root,
+    )
     return files
 
 

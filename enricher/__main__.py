@@ -22,10 +22,10 @@ from types import FrameType
 from typing import Any
 
 from enricher import EnricherError
-from enricher.joiner import Joiner
-from enricher.kubeobjects import parse_text
+from enricher.join.joiner import Joiner
 from enricher.metrics import serve
-from enricher.publisher import MetadataPublisher
+from enricher.publish.kubeobjects import parse_text
+from enricher.publish.publisher import MetadataPublisher
 from enricher.settings import ENV, Settings
 from flowscope import kafka_security
 from flowscope import settings as declared
@@ -89,8 +89,8 @@ def kube_api_client(settings: Settings) -> Any:
 
 
 def publish_watch(settings: Settings) -> int:
-    from enricher.lease import LeaseConfig
-    from enricher.livepublisher import WatchOptions, WatchPublisher
+    from enricher.publish.lease import LeaseConfig
+    from enricher.publish.live import WatchOptions, WatchPublisher
 
     identity = settings.identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     try:
@@ -123,7 +123,7 @@ def publish_watch(settings: Settings) -> int:
             stats_interval_s=settings.stats_interval_s,
         ),
     )
-    server = serve(settings.metrics_port, publisher.metrics)
+    server = serve(settings.metrics_port, publisher.metrics, probes=[publisher.probe])
     try:
         publisher.run(stop)
     finally:
@@ -173,20 +173,23 @@ def join(settings: Settings) -> int:
     wait_for_broker(settings.bootstrap_servers)
     if not settings.dns:
         joiner = Joiner(settings)
-        server = serve(settings.metrics_port, joiner.metrics)
+        server = serve(settings.metrics_port, joiner.metrics, probes=[joiner.probe])
         try:
             joiner.run(stop)
         finally:
             if server is not None:
                 server.close()
         return 0
-    from enricher.dnsjoin import DnsJoiner
-    from enricher.dnsnames import DnsNames
+    from enricher.join.dnsjoin import DnsJoiner
+    from enricher.join.dnsnames import DnsNames
+    from enricher.join.view import MetadataView
 
     failed: list[BaseException] = []
     # The DNS joiner feeds it, the TCP joiner names internet servers with it.
     names = DnsNames()
-    joiner, dns_joiner = Joiner(settings, names=names), DnsJoiner(settings, names=names)
+    view = MetadataView(settings)  # one metadata index for both joiners
+    joiner = Joiner(settings, names=names, view=view)
+    dns_joiner = DnsJoiner(settings, names=names, view=view)
 
     def run_dns() -> None:
         try:
@@ -196,7 +199,12 @@ def join(settings: Settings) -> int:
             failed.append(exc)
             stop.set()
 
-    server = serve(settings.metrics_port, joiner.metrics, dns_joiner.counters.as_metrics)
+    server = serve(
+        settings.metrics_port,
+        joiner.metrics,
+        dns_joiner.counters.as_metrics,
+        probes=[joiner.probe, dns_joiner.probe],
+    )
     dns_thread = threading.Thread(target=run_dns, name="dns-join")
     dns_thread.start()
     try:

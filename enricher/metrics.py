@@ -1,11 +1,14 @@
-"""The enricher's metrics: how the keys of :meth:`enricher.joiner.Joiner.metrics`, the DNS
-joiner's counters and :meth:`enricher.livepublisher.WatchPublisher.metrics` (the keys its
+"""The enricher's metrics: how the keys of :meth:`enricher.join.joiner.Joiner.metrics`, the DNS
+joiner's counters and :meth:`enricher.publish.live.WatchPublisher.metrics` (the keys its
 log lines print) are exposed on ``/metrics``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from enricher import EnricherError
 from flowscope.metrics import Metric, MetricsPortError, MetricsServer, Rule, Snapshot, Vocabulary
+from flowscope.probes import Probe
 
 
 def _c(what: str, help: str, *labels: str) -> Metric:
@@ -113,8 +116,9 @@ RULES: tuple[Rule, ...] = (
 VOCABULARY = Vocabulary("enricher", RULES)
 
 
-def serve(port: int, *snapshots: Snapshot) -> MetricsServer | None:
-    """``/metrics`` on ``port`` (0: none) with the union of ``snapshots``."""
+def serve(port: int, *snapshots: Snapshot, probes: Sequence[Probe] = ()) -> MetricsServer | None:
+    """``/metrics`` on ``port`` (0: none) with the union of ``snapshots``; ``/livez`` and
+    ``/readyz`` from ``probes``."""
     if not port:
         return None
 
@@ -125,6 +129,6 @@ def serve(port: int, *snapshots: Snapshot) -> MetricsServer | None:
         return out
 
     try:
-        return MetricsServer(VOCABULARY.registry(snapshot), port)
+        return MetricsServer(VOCABULARY.registry(snapshot), port, probes=probes)
     except MetricsPortError as exc:
         raise EnricherError(str(exc)) from exc

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from enricher.classify import Network, parse_cidrs
-from enricher.kubeobjects import PodFields
-from enricher.labels import DEFAULT_POD_LABELS, LabelSelection, parse_globs
+from enricher.join.classify import Network, parse_cidrs
+from enricher.join.labels import DEFAULT_POD_LABELS, LabelSelection, parse_globs
+from enricher.publish.kubeobjects import PodFields
 from flowscope import settings
 from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from flowscope.settings import (
@@ -267,7 +267,7 @@ class Settings:
         parse=_cidrs("--other-cluster-cidrs"),
         commands=JOIN,
     )
-    # join: also join the raw DNS topic (enricher/dnsjoin.py) in the same process.
+    # join: also join the raw DNS topic (enricher/join/dnsjoin.py) in the same process.
     dns: bool = setting(
         True,
         "also join DNS queries (<prefix>.raw.dns -> <prefix>.enriched.dns)",

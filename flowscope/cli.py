@@ -59,8 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"flowscope: unknown command {name!r}; valid: {', '.join(COMMANDS)}",
-              file=sys.stderr)  # fmt: skip
+        print(f"flowscope: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     return resolve(name)(rest)
 

@@ -22,6 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.registry import Collector
 
+from flowscope.probes import Probe, verdict
+
 log = logging.getLogger("flowscope.metrics")
 
 Snapshot = Callable[[], Mapping[str, int]]
@@ -148,18 +150,32 @@ class MetricsPortError(RuntimeError):
 
 
 class MetricsServer:
-    """``GET /metrics`` of ``registry`` on ``host:port`` from a daemon thread. Port 0 picks
-    a free one."""
+    """``GET /metrics`` of ``registry`` on ``host:port`` from a daemon thread, with the
+    ``probes``' ``/livez`` and ``/readyz`` (flowscope/probes.py). Port 0 picks a free one."""
 
-    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        port: int,
+        host: str = "0.0.0.0",
+        probes: Sequence[Probe] = (),
+    ) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?", 1)[0] != "/metrics":
-                    self.send_error(404, "try /metrics")
+                path = self.path.split("?", 1)[0]
+                if path in ("/livez", "/readyz"):
+                    check = Probe.live if path == "/livez" else Probe.ready
+                    reason = verdict(probes, check)
+                    self._send(503 if reason else 200, "text/plain", (reason or "ok").encode())
                     return
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                if path != "/metrics":
+                    self.send_error(404, "try /metrics, /livez or /readyz")
+                    return
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -201,6 +217,18 @@ def scrape(port: int, host: str = "127.0.0.1") -> tuple[str, dict[str, float]]:
         tags = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         values[f"{name}{{{tags}}}" if tags else name] = value
     return text, values
+
+
+def probe(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
+    """``GET /livez`` or ``/readyz`` as the kubelet does: (status, body)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/{path}", timeout=5) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
 
 
 def samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:

@@ -36,8 +36,13 @@ def sections() -> list[Section]:
     from processors.settings import ProcessorSettings
 
     readers = [
-        Section(f"Reader: {name}", f"flowscope {name}", None, summary,
-                options=importlib.import_module(module).OPTIONS)
+        Section(
+            f"Reader: {name}",
+            f"flowscope {name}",
+            None,
+            summary,
+            options=importlib.import_module(module).OPTIONS,
+        )
         for name, module, summary in (
             ("tail", "consumers.tail", "Follows a topic, decoded and filtered."),
             ("top", "consumers.top.app", "Live view of the metric topics."),
@@ -45,22 +50,48 @@ def sections() -> list[Section]:
             ("sink", "consumers.sink", "Enriched streams into Iceberg tables."),
             ("alerts", "consumers.alerts", "Forwards the alerts topic to Alertmanager."),
         )
-    ]  # fmt: skip
+    ]
     return [
-        Section("Collector", "flowscope collector", CollectorSettings,
-                "The node agent (a DaemonSet, root)."),
-        Section("Enricher: publish", "flowscope enricher publish", EnricherSettings,
-                "Kubernetes metadata to the compacted metadata topic.", only=("publish",)),
-        Section("Enricher: join", "flowscope enricher join", EnricherSettings,
-                "Raw records joined with the metadata.", only=("join",)),
-        Section("Processors", "flowscope processors worker", ProcessorSettings,
-                "Metrics and alerts per window (faust)."),
-        Section("Topics", "flowscope topics create|check", TopicsSettings,
-                "Creates or checks every topic."),
-        Section("Kafka connection", "every command above", KafkaSecurityOptions,
-                "How each service connects to a secured cluster; the same settings for all."),
+        Section(
+            "Collector",
+            "flowscope collector",
+            CollectorSettings,
+            "The node agent (a DaemonSet, root).",
+        ),
+        Section(
+            "Enricher: publish",
+            "flowscope enricher publish",
+            EnricherSettings,
+            "Kubernetes metadata to the compacted metadata topic.",
+            only=("publish",),
+        ),
+        Section(
+            "Enricher: join",
+            "flowscope enricher join",
+            EnricherSettings,
+            "Raw records joined with the metadata.",
+            only=("join",),
+        ),
+        Section(
+            "Processors",
+            "flowscope processors worker",
+            ProcessorSettings,
+            "Metrics and alerts per window (faust).",
+        ),
+        Section(
+            "Topics",
+            "flowscope topics create|check",
+            TopicsSettings,
+            "Creates or checks every topic.",
+        ),
+        Section(
+            "Kafka connection",
+            "every command above",
+            KafkaSecurityOptions,
+            "How each service connects to a secured cluster; the same settings for all.",
+        ),
         *readers,
-    ]  # fmt: skip
+    ]
 
 
 def generate() -> str:

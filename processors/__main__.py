@@ -21,10 +21,10 @@ from flowscope.kafka import KafkaUnavailable, TopicSpec, ensure_topics, wait_for
 from flowscope.kafka_security import KafkaSecurityError
 from flowscope.topics import Topics
 from processors import ProcessorsError
-from processors.alerts import load_rules
-from processors.prices import load_price_table
+from processors.core.alerts import load_rules
+from processors.cost.prices import load_price_table
+from processors.path.verdict import load_verdict
 from processors.settings import ProcessorSettings
-from processors.verdict import load_verdict
 
 log = logging.getLogger("processors")
 

@@ -1,11 +1,11 @@
 """The faust-streaming worker for TCP, UDP and DNS metrics: Kafka in, Kafka out.
 
 All logic lives in the stages, one per input topic, each with its own agent, watermark and
-pending acknowledgements: :class:`processors.processor.ConnectionProcessor`
-(``enriched.tcp``), :class:`processors.udp.UdpProcessor` (``enriched.udp``) and
-:class:`processors.dnsprocessor.DnsProcessor` (``enriched.dns``); this module only wires
+pending acknowledgements: :class:`processors.tcp.processor.ConnectionProcessor`
+(``enriched.tcp``), :class:`processors.udp.processor.UdpProcessor` (``enriched.udp``) and
+:class:`processors.dns.processor.DnsProcessor` (``enriched.dns``); this module only wires
 them to faust.
-Choices that avoid faust-streaming's known pitfalls (issue 6):
+Choices that avoid faust-streaming's known pitfalls:
 
 - No faust tables, no faust windows: the aggregation is in memory and the window close is
   ours (event-time watermark plus grace), not faust's wall-clock expiry. No changelog writes.
@@ -13,7 +13,7 @@ Choices that avoid faust-streaming's known pitfalls (issue 6):
 - The ``kafka://`` driver (aiokafka), raw bytes in and out; JSON through flowscope.codec;
   a message holds one record or a batch (JSON array).
 
-Restarts and crashes (issue 6): **acknowledge after publish, idempotent outputs.** The agent
+Restarts and crashes: **acknowledge after publish, idempotent outputs.** The agent
 reads with acks disabled (``stream.noack()``) and acknowledges a message only once every
 window its records went into has been published and the broker has confirmed delivery of
 those metrics (faust commits only contiguous acknowledged offsets). A worker killed at any
@@ -21,7 +21,7 @@ point therefore re-reads, on restart, every record whose window was not publishe
 lost. Windows published but not yet committed may be published again from the re-read
 records: every metric carries a deterministic ``metric_id`` (window, source partition,
 grouping key) and the first record per id is complete (it was built before any record of its
-window could be committed), so consumers keep the first per id (processors.dedupe) and count
+window could be committed), so consumers keep the first per id (processors.core.dedupe) and count
 each connection exactly once. When a rebalance takes a partition away, its open windows are
 dropped here (never published, never acked): the new owner re-reads them.
 """
@@ -40,21 +40,22 @@ from typing import Any, cast
 
 import faust
 
+from flowscope.probes import Probe
 from flowscope.records import DeadLetter  # noqa: F401  (the dead-letter contract)
 from flowscope.topics import Topics
-from processors.alerts import AlertRule
-from processors.dns import NameGrouping, NameGroups
-from processors.dnsprocessor import DnsProcessor
+from processors.core.alerts import AlertRule
+from processors.core.runtime import MissingCodec, check_codecs, tune_interpreter, use_gil_free_lz4
+from processors.core.stage import Output, OutputKind, Source, WindowedStage
+from processors.core.transport import ReadCommittedTransport
+from processors.cost.prices import PriceTable
+from processors.dns.aggregate import NameGrouping, NameGroups
+from processors.dns.processor import DnsProcessor
 from processors.metrics import MetricsBoard
-from processors.pathhealth import PathHealthProcessor
-from processors.prices import PriceTable
-from processors.processor import ConnectionProcessor
-from processors.runtime import MissingCodec, check_codecs, tune_interpreter, use_gil_free_lz4
+from processors.path.health import PathHealthProcessor
+from processors.path.verdict import load_verdict
 from processors.settings import ProcessorSettings
-from processors.stage import Output, OutputKind, Source, WindowedStage
-from processors.transport import ReadCommittedTransport
-from processors.udp import UdpProcessor
-from processors.verdict import load_verdict
+from processors.tcp.processor import ConnectionProcessor
+from processors.udp.processor import UdpProcessor
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +125,25 @@ class Stages:
     dns: DnsProcessor
     # A second reader of enriched.tcp (its own agent: faust acks a message once both did).
     path: PathHealthProcessor | None = None
+    # /readyz once partitions are assigned; /livez while the event loop's timers run.
+    probe: Probe = field(default_factory=lambda: Probe("processors"))
 
     def named(self) -> list[tuple[str, AnyStage]]:
-        named: list[tuple[str, AnyStage]] = [("tcp", self.tcp), ("udp", self.udp),
-                                             ("dns", self.dns)]  # fmt: skip
+        named: list[tuple[str, AnyStage]] = [
+            ("tcp", self.tcp),
+            ("udp", self.udp),
+            ("dns", self.dns),
+        ]
         return named + ([("path", self.path)] if self.path is not None else [])
 
 
 # Agent names as the consumer group has known them.
-AGENT_NAMES = {"tcp": "tcp_connections", "udp": "udp_flows", "dns": "dns_queries",
-               "path": "tcp_path_health"}  # fmt: skip
+AGENT_NAMES = {
+    "tcp": "tcp_connections",
+    "udp": "udp_flows",
+    "dns": "dns_queries",
+    "path": "tcp_path_health",
+}
 
 
 @dataclass
@@ -177,15 +187,28 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
         consumer_max_fetch_size=16 * 1024 * 1024,
     )
     # Before the first topic (topics reach the transport): enriched.* is written in
-    # transactions, so only committed records are read (processors/transport.py).
+    # transactions, so only committed records are read (processors/core/transport.py).
     app.transport = ReadCommittedTransport(app.conf.broker_consumer, app)
-    inputs = {"tcp": topics.enriched_tcp, "udp": topics.enriched_udp, "dns": topics.enriched_dns,
-              "path": topics.enriched_tcp}  # fmt: skip
+    inputs = {
+        "tcp": topics.enriched_tcp,
+        "udp": topics.enriched_udp,
+        "dns": topics.enriched_dns,
+        "path": topics.enriched_tcp,
+    }
     bound = [
-        _Bound(name, stage, app.topic(inputs[name], key_type=bytes, value_type=bytes,
-                                      key_serializer="raw", value_serializer="raw"))
+        _Bound(
+            name,
+            stage,
+            app.topic(
+                inputs[name],
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+            ),
+        )
         for name, stage in stages.named()
-    ]  # fmt: skip
+    ]
 
     def out(name: str) -> Any:
         return app.topic(name, key_serializer="raw", value_serializer="raw")
@@ -272,6 +295,7 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
         # "processor ready" is what scripts wait for: consuming from here on.
         label = "processor ready" if first_assignment else "partitions reassigned"
         first_assignment = False
+        stages.probe.set_ready()
         log.info("%s: %s", label, ", ".join(mine))
 
     async def on_revoked(_app: Any, /, *args: Any, signal: Any, **_kwargs: Any) -> None:
@@ -286,8 +310,10 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
             b.pending[:] = [item for item in b.pending if item[0] not in gone]
             log.info(
                 "%s partitions %s revoked: dropped %d unpublished records",
-                topic, sorted(gone), dropped,
-            )  # fmt: skip
+                topic,
+                sorted(gone),
+                dropped,
+            )
 
     app.on_partitions_assigned.connect(on_assigned)
     app.on_partitions_revoked.connect(on_revoked)
@@ -382,8 +408,8 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
     processor = stages.tcp
     app = build_app(settings, stages)
     board = MetricsBoard(dict(stages.named()))
-    app.timer(settings.close_interval_s, name="metrics_snapshot")(_refresh(board))
-    server = board.serve(settings.metrics_port)
+    app.timer(settings.close_interval_s, name="metrics_snapshot")(_refresh(board, stages.probe))
+    server = board.serve(settings.metrics_port, probes=[stages.probe])
 
     def final_report(code: int) -> None:
         report: dict[str, Any] = {
@@ -430,9 +456,10 @@ def run_worker(settings: ProcessorSettings, prices: PriceTable, rules: list[Aler
     return code
 
 
-def _refresh(board: MetricsBoard) -> Callable[[], Awaitable[None]]:
+def _refresh(board: MetricsBoard, probe: Probe) -> Callable[[], Awaitable[None]]:
     async def refresh() -> None:
         board.refresh()
+        probe.beat()
 
     return refresh
 

@@ -1,14 +1,15 @@
-"""The processors' metrics: how each stage's :meth:`~processors.stage.WindowedStage.counters`
+"""The processors' metrics: how each stage's :meth:`~processors.core.stage.WindowedStage.counters`
 (keys prefixed ``tcp_``, ``udp_``, ``dns_`` or ``path_``) are exposed on ``/metrics``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowscope.metrics import Metric, MetricsPortError, MetricsServer, Rule, Vocabulary
+from flowscope.probes import Probe
 from processors import ProcessorsError
-from processors.stage import WindowedStage
+from processors.core.stage import WindowedStage
 
 AnyStage = WindowedStage[Any, Any, Any, Any]
 
@@ -42,8 +43,10 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_S}dead_lettered", _DEAD, {"outcome": "produced"}),
     Rule(f"{_S}dead_letters_delivered", _DEAD, {"outcome": "delivered"}),
     Rule(f"{_S}alerts_(?P<outcome>fired|resolved)", _c("alerts", "alert events", "outcome")),
-    Rule("(?P<signal>path)_unusable", _c("unusable_records", "records a stage could not use "
-                                         "and another stage dead-letters")),
+    Rule(
+        "(?P<signal>path)_unusable",
+        _c("unusable_records", "records a stage could not use and another stage dead-letters"),
+    ),
     Rule(f"{_S}open_windows", _g("open_windows", "windows open now")),
     Rule(f"{_S}pending_records", _g("pending_records", "counted records not published yet")),
     Rule(
@@ -70,11 +73,11 @@ class MetricsBoard:
             for key, value in stage.counters().items()
         }
 
-    def serve(self, port: int) -> MetricsServer | None:
-        """``/metrics`` on ``port`` (0: none)."""
+    def serve(self, port: int, probes: Sequence[Probe] = ()) -> MetricsServer | None:
+        """``/metrics`` on ``port`` (0: none), ``/livez`` and ``/readyz`` from ``probes``."""
         if not port:
             return None
         try:
-            return MetricsServer(VOCABULARY.registry(lambda: self.latest), port)
+            return MetricsServer(VOCABULARY.registry(lambda: self.latest), port, probes=probes)
         except MetricsPortError as exc:
             raise ProcessorsError(str(exc)) from exc

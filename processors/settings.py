@@ -11,8 +11,8 @@ from flowscope.kafka_security import PLAINTEXT, KafkaSecurity
 from flowscope.resources import shipped
 from flowscope.settings import LOG_LEVELS, optional_str, setting
 from processors import ProcessorsError
-from processors.dns import NAME_GROUPINGS
-from processors.prices import CLOUDS
+from processors.cost.prices import CLOUDS
+from processors.dns.aggregate import NAME_GROUPINGS
 
 DEFAULT_PRICES = shipped("prices.yaml")
 DEFAULT_ALERT_RULES = shipped("alerts.yaml")
@@ -38,7 +38,7 @@ class ProcessorSettings:
         env="FLOWSCOPE_PROCESSORS_GRACE_SECONDS",
     )
     # How far the watermark may trail wall-clock time when the stream is quiet or uniformly
-    # behind (see processors.windows.PartitionWatermark).
+    # behind (see processors.core.windows.PartitionWatermark).
     idle_allowance_s: float = setting(
         10.0,
         "the watermark is max(newest event time, now - this): how long a quiet or "
@@ -111,7 +111,7 @@ class ProcessorSettings:
         "consumer group session timeout: how soon a dead worker's partitions move",
         env="FLOWSCOPE_PROCESSORS_SESSION_TIMEOUT_SECONDS",
     )
-    # DNS (processors/dns.py). A query's record leaves the collector when it is answered or
+    # DNS (processors/dns/). A query's record leaves the collector when it is answered or
     # timed out (5 s by default), up to that long after its event time (the query): the DNS
     # grace must be longer than the collector's DNS timeout or timed-out queries are late.
     dns_grace_s: float = setting(

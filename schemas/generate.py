@@ -42,6 +42,7 @@ from flowscope.records import (
     TcpLatencyMetric,
     TcpPairMetric,
 )
+from flowscope.records.metadata import Meta
 from flowscope.topics import DEFAULT_PREFIX, Topics
 
 SCHEMA_DIR = Path(__file__).resolve().parent
@@ -55,13 +56,20 @@ ID_PREFIX = "urn:flowscope:schema:"
 class PublishedSchema:
     """One record type, the topic that carries it, and the file its schema is written to."""
 
-    record_type: type[msgspec.Struct]
+    record_type: Any  # a msgspec Struct, or a union of tagged Structs
     topic: str  # full topic name with the default prefix
+    # For a union: its name and what its messages are (a Struct brings its own).
+    name: str | None = None
+    doc: str | None = None
 
     @property
     def topic_suffix(self) -> str:
         """The topic name without the deployment prefix: ``enriched.tcp``."""
         return self.topic.removeprefix(DEFAULT_PREFIX + ".")
+
+    @property
+    def title(self) -> str:
+        return self.name or self.record_type.__name__
 
     @property
     def stem(self) -> str:
@@ -90,6 +98,14 @@ PUBLISHED: tuple[PublishedSchema, ...] = (
     PublishedSchema(DnsMetric, _TOPICS.metrics_dns),
     PublishedSchema(RawPacketDrops, _TOPICS.raw_drops),
     PublishedSchema(PathHealthMetric, _TOPICS.metrics_path_health),
+    PublishedSchema(
+        Meta,
+        _TOPICS.metadata,
+        name="Meta",
+        doc="Slim Kubernetes metadata, one object per message, tagged by `kind` (Pod, Node, "
+        "Service) and keyed `<Kind>/<namespace>/<name>` (`Node/<name>`); the topic is "
+        "compacted and a null value (tombstone) means the object was deleted.",
+    ),
 )
 
 
@@ -125,14 +141,14 @@ def build(published: PublishedSchema) -> dict[str, Any]:
     description = (
         f"Value of the Kafka topic `{published.topic}` (`<prefix>.{published.topic_suffix}` when "
         f"FLOWSCOPE_TOPIC_PREFIX is not `{DEFAULT_PREFIX}`), JSON encoded, one record per "
-        f"message. {_first_paragraph(published.record_type.__doc__)} "
+        f"message. {_first_paragraph(published.doc or published.record_type.__doc__)} "
         "Times are Unix epoch nanoseconds, byte counts are TCP payload bytes, latencies are "
         "microseconds. Unknown properties must be ignored: fields may be added within a version."
     )
     return {
         "$schema": JSON_SCHEMA_DIALECT,
         "$id": f"{ID_PREFIX}{published.stem}",
-        "title": published.record_type.__name__,
+        "title": published.title,
         "description": description,
         **body,
     }

@@ -25,15 +25,23 @@ class Settings:
 def settings_from(argv: list[str] | None) -> Settings:
     p = argparse.ArgumentParser(prog="python -m simnode", description=__doc__)
     p.add_argument("command", choices=["sweep", "list"])
-    p.add_argument("--cgroup-root", type=Path,
-                   default=Path(os.environ.get("FLOWSCOPE_CGROUP_ROOT", str(DEFAULT_ROOT))),
-                   help="cgroup v2 root (env FLOWSCOPE_CGROUP_ROOT, default %(default)s)")
-    p.add_argument("--state-dir", type=Path,
-                   default=Path(os.environ.get("FLOWSCOPE_SIMNODE_STATE_DIR",
-                                               str(DEFAULT_STATE_DIR))),
-                   help="run registry (env FLOWSCOPE_SIMNODE_STATE_DIR, default %(default)s)")
-    p.add_argument("--include-alive", action="store_true",
-                   help="sweep also runs whose owner process is still alive")
+    p.add_argument(
+        "--cgroup-root",
+        type=Path,
+        default=Path(os.environ.get("FLOWSCOPE_CGROUP_ROOT", str(DEFAULT_ROOT))),
+        help="cgroup v2 root (env FLOWSCOPE_CGROUP_ROOT, default %(default)s)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("FLOWSCOPE_SIMNODE_STATE_DIR", str(DEFAULT_STATE_DIR))),
+        help="run registry (env FLOWSCOPE_SIMNODE_STATE_DIR, default %(default)s)",
+    )
+    p.add_argument(
+        "--include-alive",
+        action="store_true",
+        help="sweep also runs whose owner process is still alive",
+    )
     a = p.parse_args(argv)
     return Settings(a.command, a.cgroup_root, a.state_dir, a.include_alive)
 
@@ -49,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         registry = Registry(settings.state_dir)
         for run_id, objs in find_runs(settings.cgroup_root, registry).items():
             state = "alive" if registry.alive(run_id) else "dead"
-            print(f"{run_id} {state} netns={objs.netns} links={objs.links} "
-                  f"cgroup_dirs={len(objs.cgroup_dirs)}")
+            print(
+                f"{run_id} {state} netns={objs.netns} links={objs.links} "
+                f"cgroup_dirs={len(objs.cgroup_dirs)}"
+            )
         return 0
-    removed = sweep(settings.cgroup_root, settings.state_dir,
-                    include_alive=settings.include_alive)
+    removed = sweep(settings.cgroup_root, settings.state_dir, include_alive=settings.include_alive)
     failed = 0
     for run_id, problems in removed.items():
         print(f"swept {run_id}" + (f": {problems}" if problems else ""))

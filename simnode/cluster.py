@@ -110,8 +110,14 @@ class Cluster:
         node_ips = node_block.hosts()
         next(node_ips)  # .1 looks like a gateway; skip it
         self.nodes: dict[str, Node] = {
-            s.name: Node(s.name, s.zone, s.region, s.internal_ip or str(next(node_ips)),
-                         str(uuid.uuid4()), dict(s.labels))
+            s.name: Node(
+                s.name,
+                s.zone,
+                s.region,
+                s.internal_ip or str(next(node_ips)),
+                str(uuid.uuid4()),
+                dict(s.labels),
+            )
             for s in specs
         }
         self.pods: dict[str, Pod] = {}
@@ -154,8 +160,11 @@ class Cluster:
         cgroup.check_root(self.cgroup_root)
         if self._sweep_stale:
             for run_id, problems in sweep(self.cgroup_root, self._state_dir).items():
-                log.warning("swept stale simnode run %s%s", run_id,
-                            f" with problems: {problems}" if problems else "")
+                log.warning(
+                    "swept stale simnode run %s%s",
+                    run_id,
+                    f" with problems: {problems}" if problems else "",
+                )
         self._started = True
         # Registered before any kernel object exists, so sweep never takes a live run for dead.
         self._registry.register(self.run_id, self.cgroup_root)
@@ -190,8 +199,9 @@ class Cluster:
         self._restore_sigterm()
         for pod in self.pods.values():
             pod.kill_all()
-        problems = remove_run(self.run_id, self.cgroup_root,
-                              [p.netns for p in self.pods.values() if p.netns])
+        problems = remove_run(
+            self.run_id, self.cgroup_root, [p.netns for p in self.pods.values() if p.netns]
+        )
         for pod in self.pods.values():
             pod.reap()
         if problems:
@@ -315,10 +325,15 @@ class Cluster:
             return pod
         network.create_netns(pod.netns)
         pod.mac = network.plug_pod(
-            pod.netns, pod.host_veth, self.bridge, f"{meta.ip}/{self.pod_block.prefixlen}",
-            wiring=self.pod_wiring, gateway=self.gateway,
-            address6_cidr=f"{meta.ip6}/64" if meta.ip6 else None, gateway6=self.gateway6,
-        )  # fmt: skip
+            pod.netns,
+            pod.host_veth,
+            self.bridge,
+            f"{meta.ip}/{self.pod_block.prefixlen}",
+            wiring=self.pod_wiring,
+            gateway=self.gateway,
+            address6_cidr=f"{meta.ip6}/64" if meta.ip6 else None,
+            gateway6=self.gateway6,
+        )
         self._sync_services()
         return pod
 
@@ -344,8 +359,7 @@ class Cluster:
         for addr in addrs:
             run(["ip", "-n", pod.netns, "addr", "add", f"{addr}/32", "dev", "eth0"])
             if self.pod_wiring == "bridge":
-                run(["ip", "route", "add", f"{addr}/32", "via", pod.ip,
-                             "dev", self.bridge])  # fmt: skip
+                run(["ip", "route", "add", f"{addr}/32", "via", pod.ip, "dev", self.bridge])
             else:
                 run(["ip", "route", "add", f"{addr}/32", "dev", pod.host_veth])
         return pod, addrs
@@ -468,9 +482,7 @@ class Cluster:
         self.kube_proxy.sync(rules)
 
     @staticmethod
-    def _next_ip(
-        hosts: list[ipaddress.IPv4Address], what: str
-    ) -> ipaddress.IPv4Address:
+    def _next_ip(hosts: list[ipaddress.IPv4Address], what: str) -> ipaddress.IPv4Address:
         if not hosts:
             raise SimNodeError(f"out of {what} addresses")
         return hosts.pop(0)
@@ -557,8 +569,11 @@ def _free_block(net: ipaddress.IPv4Network, routed: Sequence[str]) -> ipaddress.
     for dst in routed:
         with contextlib.suppress(ValueError):
             taken.append(ipaddress.ip_network(dst, strict=False))
-    blocks = [b for b in net.subnets(new_prefix=24)
-              if not any(b.version == t.version and b.overlaps(t) for t in taken)]  # fmt: skip
+    blocks = [
+        b
+        for b in net.subnets(new_prefix=24)
+        if not any(b.version == t.version and b.overlaps(t) for t in taken)
+    ]
     if not blocks:
         raise SimNodeError(f"every /24 of the pod CIDR {net} is routed already")
     return secrets.choice(blocks)

@@ -13,8 +13,11 @@ REQUIRED_TOOLS = {"ip": "iproute2", "nsenter": "util-linux"}
 
 def require_tools() -> None:
     """Fail loudly, naming the Debian package, when a tool simnode shells out to is missing."""
-    missing = [f"{tool} (apt-get install {pkg})" for tool, pkg in REQUIRED_TOOLS.items()
-               if shutil.which(tool) is None]
+    missing = [
+        f"{tool} (apt-get install {pkg})"
+        for tool, pkg in REQUIRED_TOOLS.items()
+        if shutil.which(tool) is None
+    ]
     if missing:
         raise SimNodeError("simnode needs: " + ", ".join(missing))
 
@@ -28,9 +31,7 @@ def run(argv: Sequence[str], *, timeout_s: float = 30.0) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SimNodeError(f"{' '.join(argv)}: {exc}") from exc
     if done.returncode != 0:
-        raise SimNodeError(
-            f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}"
-        )
+        raise SimNodeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
     return done.stdout
 
 

@@ -23,8 +23,12 @@ def _set(addresses: Sequence[str]) -> str:
 
 
 def loss_rules(
-    table: str, sources: Sequence[str], destinations: Sequence[str], percent: int,
-    match: str = "", hook: str = "forward",
+    table: str,
+    sources: Sequence[str],
+    destinations: Sequence[str],
+    percent: int,
+    match: str = "",
+    hook: str = "forward",
 ) -> str:
     """An ``nft -f`` transaction: one table, one filter chain on ``hook``, both directions
     between the two address sets dropping ``percent``% (100: every packet)."""

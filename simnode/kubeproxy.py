@@ -70,8 +70,7 @@ def render_nft(run_id: str, family: int, rules: Sequence[ServicePortRule]) -> st
         f"table {fam} {table} {{",
         "  chain nat-prerouting { type nat hook prerouting priority dstnat; jump services; }",
         "  chain nat-output { type nat hook output priority -100; jump services; }",
-        "  chain nat-postrouting { type nat hook postrouting priority srcnat; "
-        "jump masquerading; }",
+        "  chain nat-postrouting { type nat hook postrouting priority srcnat; jump masquerading; }",
         f"  chain mark-for-masquerade {{ mark set mark or {MASQ_MARK}; }}",
         f"  chain masquerading {{ mark and {MASQ_MARK} == 0 return; "
         f"mark set mark xor {MASQ_MARK}; masquerade fully-random; }}",
@@ -138,8 +137,9 @@ def render_iptables(run_id: str, family: int, rules: Sequence[ServicePortRule]) 
             body.append(f"-A {svc} {pick}-j {sep}")
             target = f"{ip}:{port}" if family == 4 else f"[{ip}]:{port}"
             body.append(f"-A {sep} -s {ip}/{host_len} -j {mark}")
-            body.append(f"-A {sep} -p {rule.protocol} -m {rule.protocol} -j DNAT "
-                        f"--to-destination {target}")  # fmt: skip
+            body.append(
+                f"-A {sep} -p {rule.protocol} -m {rule.protocol} -j DNAT --to-destination {target}"
+            )
     head = ["*nat", *(f":{c} - [0:0]" for c in chains)]
     return "\n".join([*head, *body, "COMMIT"]) + "\n"
 
@@ -173,15 +173,16 @@ class KubeProxy:
 
     def _sync_iptables(self, family: int, rules: Sequence[ServicePortRule]) -> None:
         restore = "iptables-restore" if family == 4 else "ip6tables-restore"
-        _feed([restore, "--noflush", "-w"], _flush_chains(self.run_id, family)
-              + render_iptables(self.run_id, family, rules))  # fmt: skip
+        _feed(
+            [restore, "--noflush", "-w"],
+            _flush_chains(self.run_id, family) + render_iptables(self.run_id, family, rules),
+        )
         if family in self._jumps_installed:
             return
         tool = "iptables" if family == 4 else "ip6tables"
         services = iptables_chain(self.run_id, "SERVICES")
         post = iptables_chain(self.run_id, "POSTRTG")
-        for hook, target in (("PREROUTING", services), ("OUTPUT", services),
-                             ("POSTROUTING", post)):  # fmt: skip
+        for hook, target in (("PREROUTING", services), ("OUTPUT", services), ("POSTROUTING", post)):
             _run([tool, "-w", "-t", "nat", "-I", hook, "-j", target])
         self._jumps_installed.add(family)
 
@@ -230,8 +231,9 @@ def remove_rules(run_id: str) -> list[str]:
 
 
 def list_nft_tables(family: str) -> list[str]:
-    shown = subprocess.run(["nft", "list", "tables", family], capture_output=True, text=True,
-                           check=False)  # fmt: skip
+    shown = subprocess.run(
+        ["nft", "list", "tables", family], capture_output=True, text=True, check=False
+    )
     return [line.split()[-1] for line in shown.stdout.splitlines() if line.startswith("table")]
 
 
@@ -255,8 +257,10 @@ def _remove_iptables(run_id: str, family: int) -> list[str]:
     problems: list[str] = []
     for line in saved:
         # The jumps into the run's chains from the built-in ones go first.
-        if line.startswith("-A ") and f"-j {prefix}" in line and not line.split()[1].startswith(
-            prefix
+        if (
+            line.startswith("-A ")
+            and f"-j {prefix}" in line
+            and not line.split()[1].startswith(prefix)
         ):
             err = _try([tool, "-w", "-t", "nat", "-D", *line.split()[1:]])
             if err:
@@ -277,8 +281,10 @@ def _drop_empty_nat_table(family: int) -> None:
     """iptables-nft created the ``nat`` table for us; with no rule left in it, its hooks would
     only keep conntrack busy in the root namespace, so it goes (it is made again on demand)."""
     saved = _saved_nat(family)
-    if saved is not None and not any(line.startswith("-A ") for line in saved) and shutil.which(
-        "nft"
+    if (
+        saved is not None
+        and not any(line.startswith("-A ") for line in saved)
+        and shutil.which("nft")
     ):
         _try(["nft", "delete", "table", "ip" if family == 4 else "ip6", "nat"])
 
@@ -286,8 +292,10 @@ def _drop_empty_nat_table(family: int) -> None:
 def _feed(argv: list[str], text: str) -> None:
     done = subprocess.run(argv, input=text, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SimNodeError(f"{' '.join(argv)} exited {done.returncode}: "
-                           f"{done.stderr.strip()}\n--- input ---\n{text}")  # fmt: skip
+        raise SimNodeError(
+            f"{' '.join(argv)} exited {done.returncode}: "
+            f"{done.stderr.strip()}\n--- input ---\n{text}"
+        )
 
 
 def _run(argv: list[str]) -> None:

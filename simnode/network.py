@@ -113,22 +113,44 @@ def plug_pod(
     # A gratuitous ARP when eth0 comes up (as CNI plugins send): when the address was a
     # deleted pod's, the other pods' neighbour entries move to the new MAC at once instead of
     # blackholing connections to it until they expire.
-    run(["nsenter", f"--net={netns_path(netns)}", "--", "sh", "-c",
-         "echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_notify"])  # fmt: skip
+    run(
+        [
+            "nsenter",
+            f"--net={netns_path(netns)}",
+            "--",
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_notify",
+        ]
+    )
     run(["ip", "-n", netns, "link", "set", "eth0", "up"])
     if wiring == "bridge":
         if gateway is not None:
             run(["ip", "-n", netns, "route", "add", "default", "via", gateway, "dev", "eth0"])
         if address6 and gateway6 is not None:
-            run(["ip", "-n", netns, "-6", "route", "add", "default", "via", gateway6,
-                 "dev", "eth0"])  # fmt: skip
+            run(
+                ["ip", "-n", netns, "-6", "route", "add", "default", "via", gateway6, "dev", "eth0"]
+            )
     else:
         run(["ip", "-n", netns, "route", "add", CALICO_GATEWAY, "dev", "eth0", "scope", "link"])
         run(["ip", "-n", netns, "route", "add", "default", "via", CALICO_GATEWAY, "dev", "eth0"])
         run(["ip", "route", "add", f"{address}/32", "dev", host_veth, "scope", "link"])
         if address6:
-            run(["ip", "-n", netns, "-6", "route", "add", "default", "via", CALICO_GATEWAY6,
-                 "dev", "eth0"])  # fmt: skip
+            run(
+                [
+                    "ip",
+                    "-n",
+                    netns,
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    CALICO_GATEWAY6,
+                    "dev",
+                    "eth0",
+                ]
+            )
             run(["ip", "-6", "route", "add", f"{address6}/128", "dev", host_veth])
     shown = json.loads(run(["ip", "-j", "-n", netns, "link", "show", "eth0"]))
     return str(shown[0]["address"])

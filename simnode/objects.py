@@ -148,31 +148,47 @@ def workload_objects(pods: Sequence[PodMeta], salt: str) -> list[Obj]:
         selector = {k: v for k, v in pod.labels.items() if k != TEMPLATE_HASH_LABEL}
         replicas = sum(1 for p in pods if (p.namespace, p.deployment) == (namespace, deployment))
         dep_uid = _uid("Deployment", namespace, deployment, salt)
-        out.append({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": deployment, "namespace": namespace, "uid": dep_uid,
-                         "labels": selector},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": selector}},
-        })
-        out.append({
-            "apiVersion": "apps/v1",
-            "kind": "ReplicaSet",
-            "metadata": {
-                "name": rs,
-                "namespace": namespace,
-                "uid": _uid("ReplicaSet", namespace, rs, salt),
-                "labels": {**selector, TEMPLATE_HASH_LABEL: pod.template_hash},
-                "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "Deployment", "name": deployment,
-                    "uid": dep_uid, "controller": True, "blockOwnerDeletion": True,
-                }],
-            },
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {**selector, TEMPLATE_HASH_LABEL: pod.template_hash}},
-            },
-        })
+        out.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {
+                    "name": deployment,
+                    "namespace": namespace,
+                    "uid": dep_uid,
+                    "labels": selector,
+                },
+                "spec": {"replicas": replicas, "selector": {"matchLabels": selector}},
+            }
+        )
+        out.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": {
+                    "name": rs,
+                    "namespace": namespace,
+                    "uid": _uid("ReplicaSet", namespace, rs, salt),
+                    "labels": {**selector, TEMPLATE_HASH_LABEL: pod.template_hash},
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "apps/v1",
+                            "kind": "Deployment",
+                            "name": deployment,
+                            "uid": dep_uid,
+                            "controller": True,
+                            "blockOwnerDeletion": True,
+                        }
+                    ],
+                },
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {
+                        "matchLabels": {**selector, TEMPLATE_HASH_LABEL: pod.template_hash}
+                    },
+                },
+            }
+        )
     return out
 
 
@@ -194,8 +210,12 @@ def service_object(svc: ServiceMeta) -> Obj:
             "ipFamilyPolicy": "SingleStack" if svc.cluster_ip6 is None else "PreferDualStack",
             "selector": dict(svc.selector),
             "ports": [
-                {**_port_name(p.name), "port": p.port, "targetPort": p.target_port,
-                 "protocol": p.protocol}
+                {
+                    **_port_name(p.name),
+                    "port": p.port,
+                    "targetPort": p.target_port,
+                    "protocol": p.protocol,
+                }
                 for p in svc.ports
             ],
         },
@@ -215,9 +235,16 @@ def endpoint_slice_object(
             "namespace": svc.namespace,
             "uid": _uid("EndpointSlice", svc.namespace, name, salt),
             "labels": {SERVICE_NAME_LABEL: svc.name},
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": svc.name,
-                                 "uid": svc.uid, "controller": True,
-                                 "blockOwnerDeletion": True}],
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "name": svc.name,
+                    "uid": svc.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
         "addressType": "IPv4" if family == 4 else "IPv6",
         "endpoints": [
@@ -226,14 +253,19 @@ def endpoint_slice_object(
                 "conditions": {"ready": True, "serving": True, "terminating": False},
                 "nodeName": pod.node.name,
                 "zone": pod.node.zone,
-                "targetRef": {"kind": "Pod", "name": pod.name, "namespace": pod.namespace,
-                              "uid": pod.uid},
+                "targetRef": {
+                    "kind": "Pod",
+                    "name": pod.name,
+                    "namespace": pod.namespace,
+                    "uid": pod.uid,
+                },
             }
             for pod in pods
             if svc.selects(pod) and (family == 4 or pod.ip6 is not None)
         ],
-        "ports": [{**_port_name(p.name), "port": p.target_port, "protocol": p.protocol}
-                  for p in svc.ports],
+        "ports": [
+            {**_port_name(p.name), "port": p.target_port, "protocol": p.protocol} for p in svc.ports
+        ],
     }
 
 
@@ -260,8 +292,7 @@ def cluster_objects(
             items.append(endpoint_slice_object(svc, live, salt))
             if svc.cluster_ip6 is not None:
                 items.append(endpoint_slice_object(svc, live, salt, family=6))
-    return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
-            "items": items}
+    return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items}
 
 
 class _PlainDumper(yaml.SafeDumper):

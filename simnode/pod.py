@@ -159,16 +159,13 @@ class Pod:
     ) -> subprocess.Popen[str]:
         """Start ``simnode.traffic server`` here (see ``simnode.traffic``); ``bind`` "::"
         serves both families."""
-        args = ["server", "--port", str(port), "--reply-bytes", str(reply_bytes),
-                "--bind", bind]  # fmt: skip
+        args = ["server", "--port", str(port), "--reply-bytes", str(reply_bytes), "--bind", bind]
         if request_bytes is not None:
             args += ["--request-bytes", str(request_bytes)]
         # It prints two lines (listening, and its summary at exit): the pipe cannot fill.
         return self.start(self.python("simnode.traffic", *args))
 
-    def stop_server(
-        self, proc: subprocess.Popen[str], *, timeout_s: float = 10
-    ) -> ServerSummary:
+    def stop_server(self, proc: subprocess.Popen[str], *, timeout_s: float = 10) -> ServerSummary:
         """SIGTERM a ``start_server`` process; return the summary it prints on the way out."""
         proc.terminate()
         try:
@@ -198,8 +195,19 @@ class Pod:
 
         Raises SimNodeError if any connection failed (or got a reply of another size than
         ``expect_reply_bytes``)."""
-        args = ["client", "--host", host, "--port", str(port), "--count", str(count),
-                "--send-bytes", str(send_bytes), "--interval-ms", str(interval_ms)]
+        args = [
+            "client",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--count",
+            str(count),
+            "--send-bytes",
+            str(send_bytes),
+            "--interval-ms",
+            str(interval_ms),
+        ]
         if expect_reply_bytes is not None:
             args += ["--expect-reply-bytes", str(expect_reply_bytes)]
         if source is not None:

@@ -54,7 +54,9 @@ class Registry:
         try:
             data = json.loads(self._path(run_id).read_text())
             return RunRecord(
-                str(data["run_id"]), int(data["pid"]), int(data["pid_start"]),
+                str(data["run_id"]),
+                int(data["pid"]),
+                int(data["pid_start"]),
                 str(data["cgroup_root"]),
             )
         except (OSError, ValueError, KeyError, TypeError):

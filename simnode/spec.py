@@ -106,8 +106,9 @@ class ServiceMeta:
 
     @property
     def cluster_ips(self) -> tuple[str, ...]:
-        return (self.cluster_ip,) if self.cluster_ip6 is None else (
-            self.cluster_ip, self.cluster_ip6)  # fmt: skip
+        return (
+            (self.cluster_ip,) if self.cluster_ip6 is None else (self.cluster_ip, self.cluster_ip6)
+        )
 
     def selects(self, pod: PodMeta) -> bool:
         return (

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
-from collector.ringbuf import RecordBatch
+from collector.kernel.ringbuf import RecordBatch
 
 PAYLOAD_MAX: Final = 512
 
@@ -124,8 +124,21 @@ def decode(data: bytes, offset_ns: int, start: int = 0, length: int = EVENT_SIZE
     dns_event."""
     if length != EVENT_SIZE or len(data) < start + length:
         raise ValueError(f"dns_event of {length} bytes, expected {EVENT_SIZE}")
-    (ts, cgroup_id, saddr, daddr, sock_daddr, payload_len, captured, sport, dport,
-     sock_dport, family, direction, protocol) = FIXED.unpack_from(data, start)  # fmt: skip
+    (
+        ts,
+        cgroup_id,
+        saddr,
+        daddr,
+        sock_daddr,
+        payload_len,
+        captured,
+        sport,
+        dport,
+        sock_dport,
+        family,
+        direction,
+        protocol,
+    ) = FIXED.unpack_from(data, start)
     if family != AF_INET and family != AF_INET6:
         raise ValueError(f"dns_event with family {family}")
     if protocol != IPPROTO_UDP and protocol != IPPROTO_TCP:

@@ -6,14 +6,14 @@ import contextlib
 import logging
 from pathlib import Path
 
-from collector.attribution import CgroupResolver
 from collector.dns.pipeline import DnsPipeline, Sink
 from collector.dns.privacy import NamePrivacy
 from collector.dns.resolvconf import ResolvConfReader
 from collector.dns.search import SearchTracker
 from collector.dns.settings import DnsSettings
 from collector.dns.source import DnsSource
-from collector.nat import NatResolver
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import NatResolver
 
 log = logging.getLogger("collector.dns")
 
@@ -53,6 +53,10 @@ def start_dns(
         search=search,
         nat=nat,
     )
-    log.info("DNS capture on: producing to %s (timeout %.1fs, query names %s)",
-             topic, settings.timeout_s, settings.query_names)  # fmt: skip
+    log.info(
+        "DNS capture on: producing to %s (timeout %.1fs, query names %s)",
+        topic,
+        settings.timeout_s,
+        settings.query_names,
+    )
     return pipeline

@@ -112,8 +112,15 @@ class Matcher:
         if role == "client":
             return (packet.cgroup_id, role, packet.transport, local_port, None, 0, txid)
         remote_addr, remote_port = packet.remote
-        return (packet.cgroup_id, role, packet.transport, local_port, remote_addr, remote_port,
-                txid)  # fmt: skip
+        return (
+            packet.cgroup_id,
+            role,
+            packet.transport,
+            local_port,
+            remote_addr,
+            remote_port,
+            txid,
+        )
 
     def observe(
         self, packet: DnsPacket, parsed: Message | DnsParseError
@@ -205,8 +212,17 @@ class Matcher:
         else:
             outcome, reason = "answered", None
             self.stats.answered += 1
-        return [self._result(role, pending, txid=prefix[6], outcome=outcome, response=packet,
-                             message=message, reason=reason)]  # fmt: skip
+        return [
+            self._result(
+                role,
+                pending,
+                txid=prefix[6],
+                outcome=outcome,
+                response=packet,
+                message=message,
+                reason=reason,
+            )
+        ]
 
     @staticmethod
     def _result(
@@ -220,9 +236,18 @@ class Matcher:
         reason: str | None,
     ) -> QueryResult:
         return QueryResult(
-            role, pending.packet, txid, pending.question, pending.attempts, outcome, response,
-            message, reason, pending.expansion, pending.asked_name,
-        )  # fmt: skip
+            role,
+            pending.packet,
+            txid,
+            pending.question,
+            pending.attempts,
+            outcome,
+            response,
+            message,
+            reason,
+            pending.expansion,
+            pending.asked_name,
+        )
 
     def _unindex(self, key: tuple[Prefix, QKey]) -> None:
         prefix, qkey = key
@@ -247,8 +272,17 @@ class Matcher:
             if len(self._expired) > EXPIRED_MEMORY:
                 self._expired.popitem(last=False)
             self.stats.timeouts += 1
-            results.append(self._result(key[0][1], entry, txid=key[0][6], outcome="timeout",
-                                        response=None, message=None, reason=None))
+            results.append(
+                self._result(
+                    key[0][1],
+                    entry,
+                    txid=key[0][6],
+                    outcome="timeout",
+                    response=None,
+                    message=None,
+                    reason=None,
+                )
+            )
         return results
 
     def flush(self) -> list[QueryResult]:

@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 import msgspec
 
-from collector.attribution import CgroupResolver
 from collector.dns.matcher import EXPIRED_MEMORY, MatcherStats
 from collector.dns.privacy import NamePrivacy
 from collector.dns.record import record_key
 from collector.dns.search import Mark, SearchTracker
-from collector.ringbuf import RecordBatch
+from collector.kernel.ringbuf import RecordBatch
+from collector.node.attribution import CgroupResolver
 from flowscope.codec import JsonCodec
 from flowscope.records import RawDnsQuery
 

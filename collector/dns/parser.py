@@ -41,14 +41,42 @@ TYPE_OPT: Final = 41
 _TTL_TYPES: Final = frozenset((TYPE_A, TYPE_AAAA, TYPE_CNAME))
 
 TYPE_NAMES: Final = {
-    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT",
-    28: "AAAA", 33: "SRV", 35: "NAPTR", 41: "OPT", 43: "DS", 46: "RRSIG", 47: "NSEC",
-    48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 252: "AXFR", 255: "ANY", 257: "CAA",
-}  # fmt: skip
+    1: "A",
+    2: "NS",
+    5: "CNAME",
+    6: "SOA",
+    12: "PTR",
+    13: "HINFO",
+    15: "MX",
+    16: "TXT",
+    28: "AAAA",
+    33: "SRV",
+    35: "NAPTR",
+    41: "OPT",
+    43: "DS",
+    46: "RRSIG",
+    47: "NSEC",
+    48: "DNSKEY",
+    64: "SVCB",
+    65: "HTTPS",
+    252: "AXFR",
+    255: "ANY",
+    257: "CAA",
+}
 RCODE_NAMES: Final = {
-    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
-    6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 16: "BADVERS",
-}  # fmt: skip
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+    6: "YXDOMAIN",
+    7: "YXRRSET",
+    8: "NXRRSET",
+    9: "NOTAUTH",
+    10: "NOTZONE",
+    16: "BADVERS",
+}
 
 # Label bytes that print as themselves; anything else is escaped as \DDD (RFC 4343).
 _PLAIN_LABEL = re.compile(rb"[A-Za-z0-9_-]+")
@@ -253,12 +281,20 @@ def _parse_body(data: bytes, header: Header, clipped: bool) -> Message:
             raise DnsParseError(
                 "clipped_question", "the capture ends inside the question"
             ) from None
-        return Message(header, tuple(questions), rcode, tuple(addrs), tuple(cnames), False,
-                       min(ttls, default=None))  # fmt: skip
+        return Message(
+            header,
+            tuple(questions),
+            rcode,
+            tuple(addrs),
+            tuple(cnames),
+            False,
+            min(ttls, default=None),
+        )
     if pos != len(data) and not clipped:
         raise DnsParseError("trailing_bytes", f"{len(data) - pos} bytes after the last record")
-    return Message(header, tuple(questions), rcode, tuple(addrs), tuple(cnames), True,
-                   min(ttls, default=None))  # fmt: skip
+    return Message(
+        header, tuple(questions), rcode, tuple(addrs), tuple(cnames), True, min(ttls, default=None)
+    )
 
 
 def _answer(
@@ -277,4 +313,3 @@ def _answer(
         if end != pos + rdlength:
             raise DnsParseError("bad_rdata", f"CNAME rdata at {pos} is not exactly one name")
         cnames.append(target)
-

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from collector.attribution import CgroupResolver
 from collector.dns.abi import DecodeStats, DnsPacket, clock_offset_ns, decode_batch
 from collector.dns.matcher import Matcher, MatcherStats, QueryResult
 from collector.dns.native import NativeMatcher, Pairs, native_available
@@ -27,8 +26,9 @@ from collector.dns.parser import DnsParseError, Message, parse
 from collector.dns.privacy import NamePrivacy
 from collector.dns.record import build_record, record_key
 from collector.dns.search import Released, SearchTracker
-from collector.nat import IPPROTO_TCP, IPPROTO_UDP, NatResolver
-from collector.ringbuf import RecordBatch
+from collector.kernel.ringbuf import RecordBatch
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import IPPROTO_TCP, IPPROTO_UDP, NatResolver
 from flowscope.codec import JsonCodec
 from flowscope.kafka import ProducerCounters
 from flowscope.records import RawDnsQuery

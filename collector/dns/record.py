@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collector.attribution import CgroupInfo
 from collector.dns.matcher import QueryResult
 from collector.dns.parser import rcode_name, type_name
 from collector.dns.privacy import NamePrivacy
+from collector.node.attribution import CgroupInfo
 from flowscope.records import RawDnsQuery
 
 

@@ -214,8 +214,9 @@ class SearchTracker:
             # Asked as is first; its expansions may follow. Also the case when it is
             # B.<search[0]> too: the next query tells which of the two lookups it was.
             bases.add(lname)
-            sequences.append(_Sequence(client, lname, 0, now_ns, lname, tentative=False,
-                                       as_is_first=True))  # fmt: skip
+            sequences.append(
+                _Sequence(client, lname, 0, now_ns, lname, tentative=False, as_is_first=True)
+            )
         for seq in old:
             if seq.base in bases:
                 self._drop(seq, confirmed=False)  # a new lookup of it: the old one went no further
@@ -230,11 +231,16 @@ class SearchTracker:
         message, query, response = result.message, result.query, result.response
         end = response.mono_ns if response is not None else 0
         return self.settle_outcome(
-            query.cgroup_id, question.qtype, question.name,
+            query.cgroup_id,
+            question.qtype,
+            question.name,
             message.rcode if message is not None else None,
             message.header.ancount if message is not None else 0,
-            result.expansion, result.asked_name, max(end, query.mono_ns), result,
-        )  # fmt: skip
+            result.expansion,
+            result.asked_name,
+            max(end, query.mono_ns),
+            result,
+        )
 
     def settle_outcome(
         self,

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from collector.dns.abi import COUNTER_NAMES
-from collector.libbpf import BpfObject
-from collector.programset import RingBufferSource
+from collector.kernel.libbpf import BpfObject
+from collector.kernel.programset import RingBufferSource
 
 log = logging.getLogger("collector.dns.source")
 

@@ -46,26 +46,56 @@ from flowscope.codec import DecodeError
 from flowscope.kafka import TopicFollower
 from flowscope.topics import Topics
 
-SOURCES = ("metrics.tcp.latency", "metrics.cost.pairs", "metrics.dns", "metrics.path.health",
-           "alerts")  # fmt: skip
+SOURCES = (
+    "metrics.tcp.latency",
+    "metrics.cost.pairs",
+    "metrics.dns",
+    "metrics.path.health",
+    "alerts",
+)
 VIEW_NAMES = tuple(v.name for v in VIEWS)
 
 OPTIONS = (
     BOOTSTRAP,
     PREFIX,
     LOG_LEVEL,
-    Option("namespace", "FLOWSCOPE_TOP_NAMESPACE", "", "show only this namespace's "
-           "workloads (empty: all); paths: those its workloads used, all traffic on them"),
-    Option("view", "FLOWSCOPE_TOP_VIEW", "", "the view shown first; 'all' (not on a "
-           "terminal) prints every view; empty: latency on a terminal, all otherwise",
-           choices=(*VIEW_NAMES, "all")),
-    Option("span_seconds", "FLOWSCOPE_TOP_SPAN_SECONDS", "300", "windows ending within the "
-           "last this many seconds are counted", positive(float)),
-    Option("refresh_seconds", "FLOWSCOPE_TOP_REFRESH_SECONDS", "1", "seconds between redraws",
-           positive(float)),
-    Option("read_seconds", "FLOWSCOPE_TOP_READ_SECONDS", "5", "not on a terminal: seconds to "
-           "read the topics before printing", positive(float)),
-)  # fmt: skip
+    Option(
+        "namespace",
+        "FLOWSCOPE_TOP_NAMESPACE",
+        "",
+        "show only this namespace's workloads (empty: all); paths: those its workloads used, "
+        "all traffic on them",
+    ),
+    Option(
+        "view",
+        "FLOWSCOPE_TOP_VIEW",
+        "",
+        "the view shown first; 'all' (not on a "
+        "terminal) prints every view; empty: latency on a terminal, all otherwise",
+        choices=(*VIEW_NAMES, "all"),
+    ),
+    Option(
+        "span_seconds",
+        "FLOWSCOPE_TOP_SPAN_SECONDS",
+        "300",
+        "windows ending within the last this many seconds are counted",
+        positive(float),
+    ),
+    Option(
+        "refresh_seconds",
+        "FLOWSCOPE_TOP_REFRESH_SECONDS",
+        "1",
+        "seconds between redraws",
+        positive(float),
+    ),
+    Option(
+        "read_seconds",
+        "FLOWSCOPE_TOP_READ_SECONDS",
+        "5",
+        "not on a terminal: seconds to read the topics before printing",
+        positive(float),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -158,8 +188,11 @@ def run_plain(feed: Feed, settings: TopSettings) -> str:
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flowscope top", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="flowscope top",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_options(p, OPTIONS, env)
     return p
 
@@ -168,11 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(build_parser(dict(os.environ)), argv)
     interactive = sys.stdout.isatty() and sys.stdin.isatty()
     settings = TopSettings(
-        bootstrap_servers=args.bootstrap_servers, topic_prefix=args.topic_prefix,
+        bootstrap_servers=args.bootstrap_servers,
+        topic_prefix=args.topic_prefix,
         namespace=args.namespace or None,
         view=args.view or ("latency" if interactive else "all"),
-        span_s=args.span_seconds, refresh_s=args.refresh_seconds, read_s=args.read_seconds,
-    )  # fmt: skip
+        span_s=args.span_seconds,
+        refresh_s=args.refresh_seconds,
+        read_s=args.read_seconds,
+    )
     stop: list[bool] = []
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:

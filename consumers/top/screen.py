@@ -46,9 +46,14 @@ def screen(board: Board, state: ViewState, height: int, status: str) -> Renderab
     grid = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1, 0, 0))
     for col in view.columns:
         # Numbers keep their width; names give way (ellipsis) when the terminal is narrow.
-        grid.add_column(col.title, justify="right" if col.numeric else "left", no_wrap=True,
-                        width=col.width if col.keeps_width else None, max_width=col.width,
-                        overflow="ellipsis")  # fmt: skip
+        grid.add_column(
+            col.title,
+            justify="right" if col.numeric else "left",
+            no_wrap=True,
+            width=col.width if col.keeps_width else None,
+            max_width=col.width,
+            overflow="ellipsis",
+        )
     for cells in rows[:room]:
         grid.add_row(*cells)
     more = f" ({len(rows) - room} more)" if len(rows) > room else ""

@@ -80,18 +80,23 @@ class View:
 
 
 def _wl(attr: str, title: str, width: int = 17) -> Column:
-    return Column(title, lambda r: getattr(r, attr),
-                  lambda r: short_workload(getattr(r, attr)), width)  # fmt: skip
+    return Column(
+        title, lambda r: getattr(r, attr), lambda r: short_workload(getattr(r, attr)), width
+    )
 
 
 def _int(attr: str, title: str, width: int = 6) -> Column:
-    return Column(title, lambda r: getattr(r, attr), lambda r: str(getattr(r, attr)), width,
-                  True)  # fmt: skip
+    return Column(title, lambda r: getattr(r, attr), lambda r: str(getattr(r, attr)), width, True)
 
 
 def _count(attr: str, title: str, width: int) -> Column:
-    return Column(title, lambda r: getattr(r, attr),
-                  lambda r: count_text(getattr(r, attr), width), width, True)  # fmt: skip
+    return Column(
+        title,
+        lambda r: getattr(r, attr),
+        lambda r: count_text(getattr(r, attr), width),
+        width,
+        True,
+    )
 
 
 def host_text(name: str) -> str:
@@ -102,8 +107,7 @@ def host_text(name: str) -> str:
 
 
 def _place(attr: str, title: str, width: int) -> Column:
-    return Column(title, lambda r: getattr(r, attr),
-                  lambda r: host_text(getattr(r, attr)), width)  # fmt: skip
+    return Column(title, lambda r: getattr(r, attr), lambda r: host_text(getattr(r, attr)), width)
 
 
 def _worst_outcome(r: Any) -> str:
@@ -122,56 +126,125 @@ P50 = Column("p50 ms", lambda r: r.p50_ms, lambda r: _num(r.p50_ms, ".2f"), 7, T
 FAIL = Column("fail%", lambda r: r.failure_rate, lambda r: _pct(r.failure_rate), 6, True)
 
 VIEWS: tuple[View, ...] = (
-    View("1", "latency", "service pairs by p99 connect latency",
-         lambda b, ns: b.pairs(ns),
-         (_wl("client", "client"), _wl("server", "server"),
-          Column("service", lambda r: r.service, lambda r: r.service, 8),
-          _int("connections", "conns"), FAIL, P50, P99),
-         "p99 ms"),
-    View("2", "failures", "service pairs by connection failure rate",
-         lambda b, ns: b.pairs(ns),
-         (_wl("client", "client", 18), _wl("server", "server", 18), _int("connections", "conns"),
-          _int("failed", "failed"), FAIL,
-          Column("worst outcome", _worst_outcome, _worst_outcome, 14)),
-         "fail%"),
-    View("3", "cost", "workload pairs by data-transfer dollars",
-         lambda b, ns: b.costs(ns),
-         (_wl("source", "source", 14), _wl("destination", "destination", 14),
-          Column("zones", lambda r: f"{r.source_zone}>{r.destination_zone}",
-                 lambda r: f"{r.source_zone}>{r.destination_zone}", 13, fixed=True),
-          Column("class", lambda r: r.cost_class, lambda r: r.cost_class, 12, fixed=True),
-          Column("bytes", lambda r: r.bytes, lambda r: _bytes(r.bytes), 7, True),
-          Column("USD", lambda r: r.usd, lambda r: usd_text(r.usd), 9, True)),
-         "USD"),
-    View("4", "dns", "DNS failure rate by client and server",
-         lambda b, ns: b.dns_rows(ns),
-         (_wl("client", "client"), _wl("server", "server"), _int("queries", "queries"),
-          _int("failed", "failed"), FAIL, _int("timeouts", "timeouts", 8),
-          Column("p99 ms", lambda r: r.p99_ms, lambda r: _num(r.p99_ms, ".2f"), 7, True)),
-         "fail%"),
+    View(
+        "1",
+        "latency",
+        "service pairs by p99 connect latency",
+        lambda b, ns: b.pairs(ns),
+        (
+            _wl("client", "client"),
+            _wl("server", "server"),
+            Column("service", lambda r: r.service, lambda r: r.service, 8),
+            _int("connections", "conns"),
+            FAIL,
+            P50,
+            P99,
+        ),
+        "p99 ms",
+    ),
+    View(
+        "2",
+        "failures",
+        "service pairs by connection failure rate",
+        lambda b, ns: b.pairs(ns),
+        (
+            _wl("client", "client", 18),
+            _wl("server", "server", 18),
+            _int("connections", "conns"),
+            _int("failed", "failed"),
+            FAIL,
+            Column("worst outcome", _worst_outcome, _worst_outcome, 14),
+        ),
+        "fail%",
+    ),
+    View(
+        "3",
+        "cost",
+        "workload pairs by data-transfer dollars",
+        lambda b, ns: b.costs(ns),
+        (
+            _wl("source", "source", 14),
+            _wl("destination", "destination", 14),
+            Column(
+                "zones",
+                lambda r: f"{r.source_zone}>{r.destination_zone}",
+                lambda r: f"{r.source_zone}>{r.destination_zone}",
+                13,
+                fixed=True,
+            ),
+            Column("class", lambda r: r.cost_class, lambda r: r.cost_class, 12, fixed=True),
+            Column("bytes", lambda r: r.bytes, lambda r: _bytes(r.bytes), 7, True),
+            Column("USD", lambda r: r.usd, lambda r: usd_text(r.usd), 9, True),
+        ),
+        "USD",
+    ),
+    View(
+        "4",
+        "dns",
+        "DNS failure rate by client and server",
+        lambda b, ns: b.dns_rows(ns),
+        (
+            _wl("client", "client"),
+            _wl("server", "server"),
+            _int("queries", "queries"),
+            _int("failed", "failed"),
+            FAIL,
+            _int("timeouts", "timeouts", 8),
+            Column("p99 ms", lambda r: r.p99_ms, lambda r: _num(r.p99_ms, ".2f"), 7, True),
+        ),
+        "fail%",
+    ),
     # Ten health figures fill 80 columns; the paths' dollars are in "cost" (its zones column).
-    View("5", "paths", "path health by node and zone pair (all namespaces)",
-         lambda b, ns: b.paths(ns),
-         (Column("scope", lambda r: r.scope, lambda r: r.scope, 5, fixed=True),
-          _place("source", "from", 12), _place("destination", "to", 12),
-          _count("connections", "conns", 5), _count("failed", "fail", 4),
-          _count("syn_retransmits", "synrt", 5),
-          Column("retx%", lambda r: r.retransmission_rate,
-                 lambda r: rate_text(r.retransmission_rate), 5, True),
-          Column("p50ms", lambda r: r.rtt_p50_ms, lambda r: ms_text(r.rtt_p50_ms), 5, True),
-          Column("p99ms", lambda r: r.rtt_p99_ms, lambda r: ms_text(r.rtt_p99_ms), 5, True),
-          _count("resets", "rst", 4)),
-         "p99ms"),
-    View("6", "alerts", "firing alerts",
-         lambda b, ns: b.firing(ns),
-         (Column("rule", lambda a: a.rule, lambda a: a.rule, 20),
-          Column("severity", lambda a: a.severity, lambda a: a.severity, 8, fixed=True),
-          Column("workloads", lambda a: ",".join(a.affected_workloads),
-                 lambda a: ",".join(map(short_workload, a.affected_workloads)), 30),
-          Column("since", lambda a: a.window_start_ns, lambda a: _since(a.window_start_ns), 8,
-                 fixed=True)),
-         "since"),
-)  # fmt: skip
+    View(
+        "5",
+        "paths",
+        "path health by node and zone pair (all namespaces)",
+        lambda b, ns: b.paths(ns),
+        (
+            Column("scope", lambda r: r.scope, lambda r: r.scope, 5, fixed=True),
+            _place("source", "from", 12),
+            _place("destination", "to", 12),
+            _count("connections", "conns", 5),
+            _count("failed", "fail", 4),
+            _count("syn_retransmits", "synrt", 5),
+            Column(
+                "retx%",
+                lambda r: r.retransmission_rate,
+                lambda r: rate_text(r.retransmission_rate),
+                5,
+                True,
+            ),
+            Column("p50ms", lambda r: r.rtt_p50_ms, lambda r: ms_text(r.rtt_p50_ms), 5, True),
+            Column("p99ms", lambda r: r.rtt_p99_ms, lambda r: ms_text(r.rtt_p99_ms), 5, True),
+            _count("resets", "rst", 4),
+        ),
+        "p99ms",
+    ),
+    View(
+        "6",
+        "alerts",
+        "firing alerts",
+        lambda b, ns: b.firing(ns),
+        (
+            Column("rule", lambda a: a.rule, lambda a: a.rule, 20),
+            Column("severity", lambda a: a.severity, lambda a: a.severity, 8, fixed=True),
+            Column(
+                "workloads",
+                lambda a: ",".join(a.affected_workloads),
+                lambda a: ",".join(map(short_workload, a.affected_workloads)),
+                30,
+            ),
+            Column(
+                "since",
+                lambda a: a.window_start_ns,
+                lambda a: _since(a.window_start_ns),
+                8,
+                fixed=True,
+            ),
+        ),
+        "since",
+    ),
+)
 
 
 PADDING = 2  # between two columns (rich: one space each side)
@@ -192,8 +265,9 @@ def sorted_rows(rows: Sequence[Any], column: Column, descending: bool) -> list[A
     return present + absent
 
 
-def table(view: View, board: Board, namespace: str | None, sort: str, descending: bool
-          ) -> tuple[list[str], list[list[str]]]:  # fmt: skip
+def table(
+    view: View, board: Board, namespace: str | None, sort: str, descending: bool
+) -> tuple[list[str], list[list[str]]]:
     """Headers and the rows' cells, sorted."""
     column = next((c for c in view.columns if c.title == sort), view.columns[0])
     rows = sorted_rows(view.rows(board, namespace), column, descending)

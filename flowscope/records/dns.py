@@ -67,7 +67,7 @@ class RawDnsQuery(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     malformed_reason: str | None = None  # the parser's reason (bad_pointer, truncated...)
 
 
-# Added with the DNS half of issues 4 and 6 (flowscope/dns_enrich.py, processors/dns.py).
+# Read by the DNS join (enricher/join/dns_enrich.py) and metrics (processors/dns/aggregate.py).
 # Who answered a query: the cluster's DNS Service (its ClusterIP or one of its pods), a
 # node-local cache (NodeLocal DNSCache's link-local address, or its pods), or anything else.
 DnsServerClass = Literal["cluster_dns", "node_local_cache", "upstream"]
@@ -123,7 +123,7 @@ class DnsMetric(msgspec.Struct, frozen=True, kw_only=True):
     REFUSED, timeouts, malformed, and NXDOMAIN of a name that is not a search-path expansion;
     NXDOMAIN of expansions is ``search_noise``, not a failure, and ``failure_rate`` =
     ``failed`` / (``queries`` - ``search_noise``). ``metric_id`` is deterministic: keep the
-    first record per id (processors/dedupe.py); sum over ``source_partition`` for totals.
+    first record per id (processors/core/dedupe.py); sum over ``source_partition`` for totals.
     """
 
     schema_version: int = 1

@@ -38,7 +38,6 @@ class RawPacketDrops(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     dst_addr: str | None
 
 
-
 class PathHealthMetric(msgspec.Struct, frozen=True, kw_only=True):
     """Network health of one path (source node -> destination node, or source zone ->
     destination zone) in one window, from the client ends of the connections that crossed it.
@@ -71,5 +70,5 @@ class PathHealthMetric(msgspec.Struct, frozen=True, kw_only=True):
     rtt_p50_us: float | None
     rtt_p90_us: float | None
     rtt_p99_us: float | None
-    rtt_sketch: dict[str, object] | None  # mergeable (processors/sketch.py), None: no sample
+    rtt_sketch: dict[str, object] | None  # mergeable (processors/core/sketch.py), None: no sample
     services: list[str]  # "client_workload -> server_workload", sorted

@@ -29,8 +29,8 @@ class TcpPairMetric(msgspec.Struct, frozen=True, kw_only=True):
     connect_latency_p99_us: float | None
     # The mergeable sketch the percentiles came from, so consumers can merge windows/pairs.
     connect_latency_sketch: dict[str, object] | None
-    # Added with issue 6: one record per source partition; the id is deterministic (window,
-    # partition, pair) so that a republished window can be recognised (processors/dedupe.py).
+    # One record per source partition; the id is deterministic (window,
+    # partition, pair) so that a republished window can be recognised (processors/core/dedupe.py).
     metric_id: str | None = None
     source_partition: int | None = None
 
@@ -40,7 +40,7 @@ class TcpLatencyMetric(msgspec.Struct, frozen=True, kw_only=True):
     called) in one closed tumbling window (event time) of one source partition.
 
     ``metric_id`` is deterministic: a window republished after a worker restart carries the
-    same id, and consumers keep the first record per id (processors/dedupe.py). Sum
+    same id, and consumers keep the first record per id (processors/core/dedupe.py). Sum
     counts and merge sketches over ``source_partition`` for the pair's total.
     """
 
@@ -69,7 +69,7 @@ class TcpLatencyMetric(msgspec.Struct, frozen=True, kw_only=True):
     retrans_segs: int
     segs_out: int  # 0 when the producer did not report segments
     retransmission_rate: float | None  # retrans_segs / segs_out
-    # The mergeable sketches (processors/sketch.py) the percentiles came from.
+    # The mergeable sketches (processors/core/sketch.py) the percentiles came from.
     connect_latency_sketch: dict[str, object] | None
     rtt_sketch: dict[str, object] | None
     # A server outside the cluster named by the client's DNS answers (server.address): the

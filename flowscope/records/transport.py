@@ -121,7 +121,7 @@ class EnrichedTcpConnection(msgspec.Struct, frozen=True, kw_only=True, gc=False)
     srtt_us: int
     retrans_segs: int
     peer_class: PeerClass = msgspec.field(name="flowscope.peer.class")
-    # Added for the stream processors (issue 6); the defaults keep earlier producers valid.
+    # Read by the stream processors; the defaults keep earlier producers valid.
     # The enricher copies them from RawTcpConnection. Volumes are deltas on interim records.
     outcome: OutcomeField = "closed"  # how the observing end finished ("open" on interim records)
     interim: bool = False  # True: a periodic record of a connection still open

@@ -12,8 +12,8 @@ Transport = Literal["tcp", "udp"]
 # the node itself (host processes, hostNetwork pods), or nothing known.
 Attribution = Literal["pod", "host", "node", "unresolved", "external"]
 # How a connection end finished (RawTcpConnection.outcome); "open" on interim records.
-# OUTCOME_RULES below is the published statement of the rules; collector/events.py
-# (outcome_of) and collector/_encode.c apply them.
+# OUTCOME_RULES below is the published statement of the rules; collector/tcp/events.py
+# (outcome_of) and collector/tcp/_encode.c apply them.
 Outcome = Literal[
     "closed",  # FIN handshake (or the peer's FIN and ours)
     "refused",  # RST answered to our SYN

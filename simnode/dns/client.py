@@ -33,11 +33,23 @@ def resolve(names: list[str], family: str) -> list[dict[str, Any]]:
         try:
             infos = socket.getaddrinfo(name, None, FAMILIES[family], socket.SOCK_DGRAM)
             addrs = sorted({str(info[4][0]) for info in infos})
-            results.append({"name": name, "ok": True, "addrs": addrs,
-                            "elapsed_ms": (time.monotonic() - start) * 1000})  # fmt: skip
+            results.append(
+                {
+                    "name": name,
+                    "ok": True,
+                    "addrs": addrs,
+                    "elapsed_ms": (time.monotonic() - start) * 1000,
+                }
+            )
         except socket.gaierror as exc:
-            results.append({"name": name, "ok": False, "error": exc.errno,
-                            "elapsed_ms": (time.monotonic() - start) * 1000})  # fmt: skip
+            results.append(
+                {
+                    "name": name,
+                    "ok": False,
+                    "error": exc.errno,
+                    "elapsed_ms": (time.monotonic() - start) * 1000,
+                }
+            )
     return results
 
 
@@ -139,8 +151,13 @@ def load(
             lost += 1
     elapsed = time.monotonic() - start
     sock.close()
-    return {"sent": sent, "answered": answered, "lost": lost, "elapsed_s": elapsed,
-            "qps": answered / elapsed if elapsed > 0 else 0.0}  # fmt: skip
+    return {
+        "sent": sent,
+        "answered": answered,
+        "lost": lost,
+        "elapsed_s": elapsed,
+        "qps": answered / elapsed if elapsed > 0 else 0.0,
+    }
 
 
 def main_resolve(names: list[str], family: str) -> int:

@@ -20,8 +20,16 @@ class DnsServerProcess:
         self.pod = pod
         self.port = port
         self.proc = pod.start(
-            Pod.python("simnode.dns", "server", "--rules", json.dumps(rules), "--port", str(port),
-                       "--host", host)
+            Pod.python(
+                "simnode.dns",
+                "server",
+                "--rules",
+                json.dumps(rules),
+                "--port",
+                str(port),
+                "--host",
+                host,
+            )
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # printed once both sockets are bound

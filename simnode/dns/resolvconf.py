@@ -58,9 +58,18 @@ class PodResolvConf:
         self.path = self._dir / "resolv.conf"
         self.path.write_text(text)
         self.holder = pod.start(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", _HOLD, "sh",
-             str(self.path)],
-        )  # fmt: skip
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                _HOLD,
+                "sh",
+                str(self.path),
+            ],
+        )
         try:
             self._wait_ready(timeout_s)
         except BaseException:

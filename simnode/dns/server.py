@@ -167,8 +167,9 @@ async def serve(rules: Rules, host: str, port: int) -> Server:
 def main(rules_json: str, host: str, port: int) -> int:
     rules = Rules(json.loads(rules_json))
     server = asyncio.run(serve(rules, host, port))
-    print(json.dumps({"received": dict(server.received), "unparsable": server.unparsable}),
-          flush=True)  # fmt: skip
+    print(
+        json.dumps({"received": dict(server.received), "unparsable": server.unparsable}), flush=True
+    )
     return 0
 
 

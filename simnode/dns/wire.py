@@ -43,8 +43,10 @@ def encode_name(name: str) -> bytes:
 
 def build_query(txid: int, name: str, qtype: int = 1, *, rd: bool = True) -> bytes:
     flags = 0x0100 if rd else 0
-    return struct.pack("!HHHHHH", txid, flags, 1, 0, 0, 0) + encode_name(name) + struct.pack(
-        "!HH", qtype, CLASS_IN
+    return (
+        struct.pack("!HHHHHH", txid, flags, 1, 0, 0, 0)
+        + encode_name(name)
+        + struct.pack("!HH", qtype, CLASS_IN)
     )
 
 

@@ -43,8 +43,9 @@ def run_client(settings: ClientSettings) -> ClientSummary:
 def _one(settings: ClientSettings, summary: ClientSummary) -> None:
     t0 = time.perf_counter_ns()
     source = (settings.source, 0) if settings.source else None
-    with socket.create_connection((settings.host, settings.port), settings.timeout_s,
-                                  source_address=source) as sock:  # fmt: skip
+    with socket.create_connection(
+        (settings.host, settings.port), settings.timeout_s, source_address=source
+    ) as sock:
         connect_us = (time.perf_counter_ns() - t0) // 1000
         local_addr, local_port = sock.getsockname()[:2]
         send_exactly(sock, settings.send_bytes)

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from collector.attribution import CgroupResolver
-from collector.drops import DropReporter, DropSource, drop_reasons
+from collector.drops.reporter import DropReporter, DropSource, drop_reasons
+from collector.node.attribution import CgroupResolver
 from flowscope.codec import JsonCodec
 from flowscope.records import RawPacketDrops
 from flowscope.resources import SOURCE_ROOT as REPO_ROOT
@@ -68,18 +68,34 @@ def test_drops_are_counted_with_their_reason_and_place(cluster: Cluster, bpf_bui
         return True
 
     with DropSource(DROPS_OBJECT) as source:
-        reporter = DropReporter(source, CgroupResolver(cluster.cgroup_root), produce,
-                                "t.raw.drops", "node-x", interval_s=0.3)  # fmt: skip
+        reporter = DropReporter(
+            source,
+            CgroupResolver(cluster.cgroup_root),
+            produce,
+            "t.raw.drops",
+            "node-x",
+            interval_s=0.3,
+        )
         with (
-            path_loss(cluster.run_id, [client.ip], [server.ip], 100,
-                      match=f"udp dport {forward_port}"),
-            path_loss(cluster.run_id, [client.ip], [server.ip], 100,
-                      match=f"udp dport {local_port}", netns=client.netns, hook="output"),
-        ):  # fmt: skip
-            for port, count in ((forward_port, n_forward), (local_port, n_local),
-                                (closed_port, n_closed)):  # fmt: skip
-                proc = client.start([sys.executable, "-c", SEND, server.ip, str(port),
-                                     str(count)])  # fmt: skip
+            path_loss(
+                cluster.run_id, [client.ip], [server.ip], 100, match=f"udp dport {forward_port}"
+            ),
+            path_loss(
+                cluster.run_id,
+                [client.ip],
+                [server.ip],
+                100,
+                match=f"udp dport {local_port}",
+                netns=client.netns,
+                hook="output",
+            ),
+        ):
+            for port, count in (
+                (forward_port, n_forward),
+                (local_port, n_local),
+                (closed_port, n_closed),
+            ):
+                proc = client.start([sys.executable, "-c", SEND, server.ip, str(port), str(count)])
                 while proc.poll() is None:
                     reporter.tick()
                     time.sleep(0.05)
@@ -99,14 +115,27 @@ def test_drops_are_counted_with_their_reason_and_place(cluster: Cluster, bpf_bui
         return sum(r.packets for r in ours if all(getattr(r, k) == v for k, v in match.items()))
 
     # On the node's forward hook: no socket any more, the node's namespace.
-    assert total(reason="NETFILTER_DROP", node_netns=True, cgroup_id=0,
-                 src_addr=client.ip, ip_proto=17) == n_forward  # fmt: skip
+    assert (
+        total(
+            reason="NETFILTER_DROP", node_netns=True, cgroup_id=0, src_addr=client.ip, ip_proto=17
+        )
+        == n_forward
+    )
     # In the client's own output hook: its socket, so its pod and container.
-    assert total(reason="NETFILTER_DROP", node_netns=False, pod_uid=client.uid,
-                 container_id=client.container_id, src_addr=client.ip) == n_local  # fmt: skip
+    assert (
+        total(
+            reason="NETFILTER_DROP",
+            node_netns=False,
+            pod_uid=client.uid,
+            container_id=client.container_id,
+            src_addr=client.ip,
+        )
+        == n_local
+    )
     # Nobody listens: dropped by the server's stack, in its namespace, no socket.
-    assert total(reason="NO_SOCKET", pod_uid=server.uid, cgroup_id=0,
-                 dst_addr=server.ip) == n_closed  # fmt: skip
+    assert (
+        total(reason="NO_SOCKET", pod_uid=server.uid, cgroup_id=0, dst_addr=server.ip) == n_closed
+    )
     # Nothing else dropped these packets (ICMP errors back to the client aside).
     assert total(ip_proto=17) == n_forward + n_local + n_closed
     for r in ours:

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.attribution import CgroupResolver
-from collector.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
-from collector.libbpf import BpfError, BpfObject
+from collector.kernel.libbpf import BpfError, BpfObject
+from collector.node.attribution import CgroupResolver
 from collector.settings import DEFAULT_BPF_OBJECT, default_cgroup_root
-from collector.source import TcpConnSource
+from collector.tcp.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
+from collector.tcp.source import TcpConnSource
 
 CLIENT_BYTES = 1234
 SERVER_BYTES = 5678
@@ -171,12 +171,22 @@ def test_one_event_per_end_with_exact_bytes(
     try:
         client = subprocess.run(
             [
-                sys.executable, "-c", CLIENT_SCRIPT,
-                str(pod_cgroup.path / "cgroup.procs"), comm, str(int(family)), host,
-                str(server_port), str(CLIENT_BYTES), str(SERVER_BYTES),
+                sys.executable,
+                "-c",
+                CLIENT_SCRIPT,
+                str(pod_cgroup.path / "cgroup.procs"),
+                comm,
+                str(int(family)),
+                host,
+                str(server_port),
+                str(CLIENT_BYTES),
+                str(SERVER_BYTES),
             ],
-            capture_output=True, text=True, timeout=20, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         assert client.returncode == 0, client.stderr
         client_port, client_pid = (int(x) for x in client.stdout.split())
         assert done.wait(5), "server thread did not finish"

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.attribution import CgroupResolver
-from collector.events import DecodeStats, clock_offset_ns
-from collector.messages import MessageEncoder, NativeMessages
+from collector.node.attribution import CgroupResolver
 from collector.settings import DEFAULT_BPF_OBJECT
-from collector.source import TcpConnSource
+from collector.tcp.events import DecodeStats, clock_offset_ns
+from collector.tcp.messages import MessageEncoder, NativeMessages
+from collector.tcp.source import TcpConnSource
 from flowscope.codec import JsonCodec
 from flowscope.records import RawTcpConnection
 from simnode import ClientSummary, Cluster, NodeSpec, Pod, find_run
@@ -56,10 +56,26 @@ def client_in_monitor(pod: Pod, host: str, port: int) -> ClientSummary:
     """``simnode.traffic client`` started in the pod, moved into its CRI-O conmon cgroup
     before it opens a socket (the shell moves itself, then execs the client: same pid)."""
     assert pod.monitor_cgroup_dir is not None
-    argv = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(pod.monitor_cgroup_dir / "cgroup.procs"),
-            *Pod.python("simnode.traffic", "client", "--host", host, "--port", str(port),
-                        "--count", "1", "--send-bytes", str(SEND),
-                        "--expect-reply-bytes", str(REPLY))]  # fmt: skip
+    argv = [
+        "sh",
+        "-c",
+        'echo $$ > "$0" && exec "$@"',
+        str(pod.monitor_cgroup_dir / "cgroup.procs"),
+        *Pod.python(
+            "simnode.traffic",
+            "client",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--count",
+            "1",
+            "--send-bytes",
+            str(SEND),
+            "--expect-reply-bytes",
+            str(REPLY),
+        ),
+    ]
     done = pod.run(argv, timeout_s=60)
     return ClientSummary.from_json(done.stdout.strip().splitlines()[-1])
 
@@ -110,8 +126,9 @@ def test_records_name_pod_and_container_on_both_ends(
             assert ("kubepods.slice/" in pod.cgroup_path) == (driver == "systemd")
         proc = server.start_server(port, REPLY, request_bytes=SEND)
         server.wait_listening(port, proc=proc)
-        summary = client.run_client(server.ip, port, count=COUNT, send_bytes=SEND,
-                                    expect_reply_bytes=REPLY)  # fmt: skip
+        summary = client.run_client(
+            server.ip, port, count=COUNT, send_bytes=SEND, expect_reply_bytes=REPLY
+        )
         assert summary.completed == COUNT
         monitor = None
         if runtime == "crio":

@@ -27,7 +27,7 @@ from collector.metrics import VOCABULARY
 from devbroker import Broker
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
-from flowscope.metrics import samples, scrape
+from flowscope.metrics import probe, samples, scrape
 from flowscope.records import CollectorHealth, RawTcpConnection
 from flowscope.resources import SOURCE_ROOT as REPO_ROOT
 from flowscope.topics import Topics
@@ -43,8 +43,9 @@ def _free_port() -> int:
 
 @pytest.fixture
 def own_broker(root_required: None, tmp_path: Path) -> Iterator[Broker]:
-    broker = Broker(state_dir=tmp_path / "kafka", port=_free_port(),
-                    controller_port=_free_port(), heap_mb=384)  # fmt: skip
+    broker = Broker(
+        state_dir=tmp_path / "kafka", port=_free_port(), controller_port=_free_port(), heap_mb=384
+    )
     broker.start()
     try:
         yield broker
@@ -110,15 +111,35 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
     health_topic = topics.collector_health
     ensure_topics(bootstrap, [TopicSpec(topics.raw_tcp), TopicSpec(health_topic)])
     metrics_port = _free_port()
-    env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": bootstrap,
-           "FLOWSCOPE_TOPIC_PREFIX": topics.prefix}  # fmt: skip
+    env = {
+        **os.environ,
+        "FLOWSCOPE_BOOTSTRAP_SERVERS": bootstrap,
+        "FLOWSCOPE_TOPIC_PREFIX": topics.prefix,
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "--ringbuf-bytes", "4194304",
-         "--metrics-port", str(metrics_port), "--health-interval-seconds", "1",
-         "--stats-interval-seconds", "1", "--flush-timeout-seconds", "60",
-         "--node-name", f"outage-{uuid.uuid4().hex[:6]}"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "--ringbuf-bytes",
+            "4194304",
+            "--metrics-port",
+            str(metrics_port),
+            "--health-interval-seconds",
+            "1",
+            "--stats-interval-seconds",
+            "1",
+            "--flush-timeout-seconds",
+            "60",
+            "--node-name",
+            f"outage-{uuid.uuid4().hex[:6]}",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log: list[str] = []
     ready = threading.Event()
 
@@ -142,6 +163,7 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
         time.sleep(1.5)
         before = _metrics(metrics_port)
         assert before["flowscope_collector_kafka_messages_total{outcome=delivered}"] > 0, before
+        assert probe(metrics_port, "readyz") == (200, "ok")
 
         own_broker.stop()  # the outage
         client_ports += _connections(port, PER_PHASE)
@@ -150,6 +172,9 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
         assert proc.poll() is None, "collector died when the broker went away"
         # Buffered, not lost.
         assert during["flowscope_collector_kafka_in_flight_messages"] > 0, during
+        # Still reading the ring: an outage of Kafka is no reason to restart the collector.
+        assert probe(metrics_port, "livez") == (200, "ok")
+        assert probe(metrics_port, "readyz") == (200, "ok")
 
         own_broker.start()
         client_ports += _connections(port, PER_PHASE)
@@ -198,9 +223,13 @@ def test_broker_outage_loses_nothing_uncounted_and_duplicates_nothing(
     # Every missing connection end is accounted for by a loss counter.
     assert missing.total() <= dropped, (missing.total(), counters)
     assert int(counters["records_delivered"]) >= ends - dropped
-    health = [JsonCodec(CollectorHealth).decode(v)
-              for v in _consume(bootstrap, health_topic, timeout_s=20)]  # fmt: skip
+    health = [
+        JsonCodec(CollectorHealth).decode(v)
+        for v in _consume(bootstrap, health_topic, timeout_s=20)
+    ]
     assert health and "dropped_buffer_full" in health[-1].counters
     assert max(h.counters["records_delivered"] for h in health) >= ends - dropped
-    print(f"outage: {ends} connection ends, {len(ours)} arrived, "
-          f"{missing.total()} missing, loss counters {dropped}")  # fmt: skip
+    print(
+        f"outage: {ends} connection ends, {len(ours)} arrived, "
+        f"{missing.total()} missing, loss counters {dropped}"
+    )

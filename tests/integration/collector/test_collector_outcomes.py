@@ -24,20 +24,20 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from collector.attribution import CgroupResolver
-from collector.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
-from collector.messages import NativeMessages, PythonMessages
-from collector.nat import NatResolver, parse_cidrs
-from collector.record import build_record
-from collector.ringbuf import RecordBatch
+from collector.kernel.ringbuf import RecordBatch
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import NatResolver, parse_cidrs
 from collector.settings import DEFAULT_BPF_OBJECT
-from collector.source import TcpConnSource
-from enricher.enrich import enrich
-from enricher.state import MetadataState
+from collector.tcp.events import DecodeStats, TcpConnEvent, clock_offset_ns, decode_batch
+from collector.tcp.messages import NativeMessages, PythonMessages
+from collector.tcp.record import build_record
+from collector.tcp.source import TcpConnSource
+from enricher.join.enrich import enrich
+from enricher.join.state import MetadataState
 from flowscope.codec import JsonCodec
 from flowscope.records import RawTcpConnection
-from processors.connections import ConnectionAggregator
-from processors.latency import latency_metrics
+from processors.tcp.connections import ConnectionAggregator
+from processors.tcp.latency import latency_metrics
 from simnode import Cluster, NodeSpec, Pod
 
 INTERIM_S = 0.5
@@ -134,8 +134,9 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def source(bpf_built: None) -> Iterator[TcpConnSource]:
-    with TcpConnSource(DEFAULT_BPF_OBJECT, ringbuf_bytes=4 << 20,
-                       interim_interval_s=INTERIM_S) as src:  # fmt: skip
+    with TcpConnSource(
+        DEFAULT_BPF_OBJECT, ringbuf_bytes=4 << 20, interim_interval_s=INTERIM_S
+    ) as src:
         yield src
 
 
@@ -164,8 +165,7 @@ class Nft:
 
     def __enter__(self) -> Nft:
         self.nft("add", "table", "inet", self.table)
-        self.nft("add", "chain", "inet", self.table, "in",
-                 "{ type filter hook input priority 0; }")  # fmt: skip
+        self.nft("add", "chain", "inet", self.table, "in", "{ type filter hook input priority 0; }")
         return self
 
     def rule(self, *expr: str) -> None:
@@ -190,8 +190,10 @@ class Nft:
 def run_client(
     pod: Pod, host: str, port: int, send: int = 0, syncnt: int = 0, spread_s: float = 0.0
 ) -> dict[str, int]:
-    done = pod.run([sys.executable, "-c", CLIENT, host, str(port), str(send), str(syncnt),
-                    str(spread_s)], timeout_s=60)  # fmt: skip
+    done = pod.run(
+        [sys.executable, "-c", CLIENT, host, str(port), str(send), str(syncnt), str(spread_s)],
+        timeout_s=60,
+    )
     result: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -199,8 +201,9 @@ def run_client(
 def start_server(
     pod: Pod, port: int, expect: int, reply: int, abort: bool
 ) -> subprocess.Popen[str]:
-    proc = pod.start([sys.executable, "-c", SERVER, str(port), str(expect), str(reply),
-                      "1" if abort else "0"])  # fmt: skip
+    proc = pod.start(
+        [sys.executable, "-c", SERVER, str(port), str(expect), str(reply), "1" if abort else "0"]
+    )
     pod.wait_listening(port, proc=proc)
     return proc
 
@@ -289,8 +292,9 @@ def test_unanswered_syn_times_out_with_its_retry_count(
 
 
 def run_giving_up_client(pod: Pod, host: str, port: int, timeout_s: float) -> dict[str, int]:
-    done = pod.run([sys.executable, "-c", GIVING_UP_CLIENT, host, str(port), str(timeout_s)],
-                   timeout_s=30)  # fmt: skip
+    done = pod.run(
+        [sys.executable, "-c", GIVING_UP_CLIENT, host, str(port), str(timeout_s)], timeout_s=30
+    )
     result: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -346,17 +350,23 @@ def test_application_connect_timeout_and_cancel_are_told_apart_by_syn_retries(
     shipped = []
     for kind in (NativeMessages, PythonMessages):
         enc = kind(CgroupResolver(cluster.cgroup_root), "node-a1", None, 256, 256 << 10)
-        shipped.append([
-            r for b in batches for _key, value, _n in enc.encode(b, offset, DecodeStats())
-            for r in codec.decode_batch(value) if r.local_port in by_port
-            and r.remote_addr == server.ip
-        ])  # fmt: skip
+        shipped.append(
+            [
+                r
+                for b in batches
+                for _key, value, _n in enc.encode(b, offset, DecodeStats())
+                for r in codec.decode_batch(value)
+                if r.local_port in by_port and r.remote_addr == server.ip
+            ]
+        )
     native, python = shipped
     assert native == python
     raw = {r.local_port: r for r in native if not r.interim}
     assert (raw[cancel["port"]].outcome, raw[cancel["port"]].syn_retries) == ("cancelled", 0)
     assert (raw[gave_up["port"]].outcome, raw[gave_up["port"]].syn_retries) == (
-        "connect_timeout", t.syn_retries)  # fmt: skip
+        "connect_timeout",
+        t.syn_retries,
+    )
 
     # Enriched and aggregated as the processors do: the timeout is a failure, the cancel not.
     window_ns = 3600 * 10**9
@@ -398,8 +408,9 @@ def test_connect_under_way_at_attach_still_counts_its_syn_retries(
     port = free_port()
     with Nft(server) as nft:
         nft.rule("tcp", "dport", str(port), "tcp", "flags", "syn", "counter", "drop")
-        proc = client.start([sys.executable, "-c", HELD_CLIENT, server.ip, str(port)],
-                            stdin=subprocess.PIPE)  # fmt: skip
+        proc = client.start(
+            [sys.executable, "-c", HELD_CLIENT, server.ip, str(port)], stdin=subprocess.PIPE
+        )
         try:
             assert proc.stdout is not None and proc.stdin is not None
             held = json.loads(proc.stdout.readline())
@@ -409,8 +420,9 @@ def test_connect_under_way_at_attach_still_counts_its_syn_retries(
                 proc.stdin.close()
                 assert proc.wait(timeout=10) == 0
                 syns = nft.packets()
-                events = finals(collect(late, between(client, server, port),
-                                        lambda es: len(es) >= 1))  # fmt: skip
+                events = finals(
+                    collect(late, between(client, server, port), lambda es: len(es) >= 1)
+                )
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -519,8 +531,23 @@ def test_random_loss_shows_as_retransmissions_with_exact_bytes(
     try:
         with Nft(server) as nft:
             # Drop ~5% of the client's data packets (not the handshake) at the server.
-            nft.rule("tcp", "dport", str(port), "meta", "length", ">", "200",
-                     "numgen", "random", "mod", "100", "<", "5", "counter", "drop")  # fmt: skip
+            nft.rule(
+                "tcp",
+                "dport",
+                str(port),
+                "meta",
+                "length",
+                ">",
+                "200",
+                "numgen",
+                "random",
+                "mod",
+                "100",
+                "<",
+                "5",
+                "counter",
+                "drop",
+            )
             proc = start_server(server, port, expect=total, reply=100, abort=False)
             result = run_client(client, server.ip, port, send=total, spread_s=1.0)
             served = server_result(proc)
@@ -546,8 +573,9 @@ def test_dnat_inside_the_pod_namespace_is_found_by_the_fallback_lookup(
 ) -> None:
     client, server = pods
     port = free_port()
-    svc = cluster.add_service(f"svc-{secrets.token_hex(3)}", selector={"app": "server"},
-                              port=80, target_port=port)  # fmt: skip
+    svc = cluster.add_service(
+        f"svc-{secrets.token_hex(3)}", selector={"app": "server"}, port=80, target_port=port
+    )
     cluster_ip = svc.cluster_ip
     table = f"fs_nat_{secrets.token_hex(4)}"
     # Not kube-proxy's way (it NATs in the node's namespace, test_collector_service_nat.py):
@@ -556,10 +584,28 @@ def test_dnat_inside_the_pod_namespace_is_found_by_the_fallback_lookup(
     try:
         # On-link, so that the node (whose Service rules would match first) never routes it.
         client.run(["ip", "route", "add", f"{cluster_ip}/32", "dev", "eth0"])
-        client.run(["nft", "add", "chain", "ip", table, "out",
-                    "{ type nat hook output priority -100; }"])  # fmt: skip
-        client.run(["nft", "add", "rule", "ip", table, "out", "ip", "daddr", cluster_ip,
-                    "tcp", "dport", "80", "dnat", "to", f"{server.ip}:{port}"])  # fmt: skip
+        client.run(
+            ["nft", "add", "chain", "ip", table, "out", "{ type nat hook output priority -100; }"]
+        )
+        client.run(
+            [
+                "nft",
+                "add",
+                "rule",
+                "ip",
+                table,
+                "out",
+                "ip",
+                "daddr",
+                cluster_ip,
+                "tcp",
+                "dport",
+                "80",
+                "dnat",
+                "to",
+                f"{server.ip}:{port}",
+            ]
+        )
         proc = start_server(server, port, expect=1000, reply=2000, abort=False)
         result = run_client(client, cluster_ip, 80, send=1000)
         server_result(proc)
@@ -591,11 +637,18 @@ def test_dnat_inside_the_pod_namespace_is_found_by_the_fallback_lookup(
     assert (c.remote_addr, c.remote_port) == (server.ip, port)
     # Both ends now carry the same 4-tuple: consumers can match them.
     assert (c.local_addr, c.local_port, c.remote_addr, c.remote_port) == (
-        s.remote_addr, s.remote_port, s.local_addr, s.local_port)  # fmt: skip
+        s.remote_addr,
+        s.remote_port,
+        s.local_addr,
+        s.local_port,
+    )
     assert (s.original_remote_addr, s.pod_uid, c.pod_uid) == (None, server.uid, client.uid)
     # Known limit: conntrack deletes an entry at once when an RST answers the SYN, so a
     # refused connect to a ClusterIP cannot be resolved afterwards; it keeps the ClusterIP.
     assert (failed.outcome, failed.original_remote_addr, failed.remote_addr) == (
-        "refused", None, cluster_ip)  # fmt: skip
+        "refused",
+        None,
+        cluster_ip,
+    )
     assert (nat.stats.translated, nat.stats.not_translated, nat.stats.errors) == (1, 1, 0)
     assert nat.stats.translated_in_socket_netns == 1

@@ -31,8 +31,9 @@ def _free_port() -> int:
 
 @pytest.fixture
 def own_broker(root_required: None, tmp_path: Path) -> Iterator[Broker]:
-    broker = Broker(state_dir=tmp_path / "kafka", port=_free_port(),
-                    controller_port=_free_port(), heap_mb=384)  # fmt: skip
+    broker = Broker(
+        state_dir=tmp_path / "kafka", port=_free_port(), controller_port=_free_port(), heap_mb=384
+    )
     broker.start()
     try:
         yield broker
@@ -51,13 +52,26 @@ def test_broker_outage_reconnects_are_not_workload_failures(
     bootstrap = own_broker.bootstrap
     broker_port = int(bootstrap.rsplit(":", 1)[1])
     ensure_topics(bootstrap, [TopicSpec(topics.raw_tcp)])
-    env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": bootstrap,
-           "FLOWSCOPE_TOPIC_PREFIX": topics.prefix}  # fmt: skip
+    env = {
+        **os.environ,
+        "FLOWSCOPE_BOOTSTRAP_SERVERS": bootstrap,
+        "FLOWSCOPE_TOPIC_PREFIX": topics.prefix,
+    }
     collector = CollectorProcess(
-        ["--node-name", f"own-{uuid.uuid4().hex[:6]}", "--udp-interval-seconds", "0",
-         "--stats-interval-seconds", "1", "--flush-timeout-seconds", "60",
-         "--kafka-option", "reconnect.backoff.max.ms=200"], env,
-    )  # fmt: skip
+        [
+            "--node-name",
+            f"own-{uuid.uuid4().hex[:6]}",
+            "--udp-interval-seconds",
+            "0",
+            "--stats-interval-seconds",
+            "1",
+            "--flush-timeout-seconds",
+            "60",
+            "--kafka-option",
+            "reconnect.backoff.max.ms=200",
+        ],
+        env,
+    )
     refused = _refused_port()
     try:
         assert collector.ready.wait(60), "".join(collector.log)
@@ -91,6 +105,8 @@ def test_broker_outage_reconnects_are_not_workload_failures(
     workload = [r for r in reader.records if r.remote_port == refused]
     assert [r.outcome for r in workload] == ["refused"], workload
     assert counters["kernel_pipeline_failed"] > 0, counters
-    print(f"broker down: {counters['kernel_pipeline_failed']} refused reconnects and "
-          f"{counters['kernel_pipeline_closed']} closed pipeline connections counted apart, "
-          f"0 produced; the workload's refused connect produced")  # fmt: skip
+    print(
+        f"broker down: {counters['kernel_pipeline_failed']} refused reconnects and "
+        f"{counters['kernel_pipeline_closed']} closed pipeline connections counted apart, "
+        f"0 produced; the workload's refused connect produced"
+    )

@@ -23,10 +23,10 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import TopicPartition
 
-from collector.events import DecodeStats, clock_offset_ns, decode_batch
-from collector.pins import DEFAULT_PIN_ROOT, remove_tree
+from collector.kernel.pins import DEFAULT_PIN_ROOT, remove_tree
 from collector.settings import DEFAULT_BPF_OBJECT
-from collector.source import TcpConnSource
+from collector.tcp.events import DecodeStats, clock_offset_ns, decode_batch
+from collector.tcp.source import TcpConnSource
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import RawTcpConnection
@@ -45,9 +45,12 @@ class CollectorProcess:
         self.ready = threading.Event()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collector", *args],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -142,8 +145,7 @@ class RawReader:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             positions = self._consumer.position(self._partitions)
-            if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0
-                   for tp in positions):  # fmt: skip
+            if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in positions):
                 return
             self._poll()
         raise AssertionError(f"raw topic not read to its end {ends} in {timeout_s}s")
@@ -166,10 +168,23 @@ def test_sigkilled_collector_restarts_and_reports_what_ended_meanwhile(
     kafka_bootstrap: str, topics: Topics, bpf_built: None, node: str
 ) -> None:
     ensure_topics(kafka_bootstrap, [TopicSpec(topics.raw_tcp)])
-    env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "FLOWSCOPE_TOPIC_PREFIX": topics.prefix}  # fmt: skip
-    args = ["--node-name", node, "--pin-root", str(DEFAULT_PIN_ROOT), "--udp-interval-seconds", "0",
-            "--stats-interval-seconds", "1", "--flush-timeout-seconds", "30"]  # fmt: skip
+    env = {
+        **os.environ,
+        "FLOWSCOPE_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "FLOWSCOPE_TOPIC_PREFIX": topics.prefix,
+    }
+    args = [
+        "--node-name",
+        node,
+        "--pin-root",
+        str(DEFAULT_PIN_ROOT),
+        "--udp-interval-seconds",
+        "0",
+        "--stats-interval-seconds",
+        "1",
+        "--flush-timeout-seconds",
+        "30",
+    ]
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     stop_serving = threading.Event()
@@ -207,9 +222,16 @@ def test_sigkilled_collector_restarts_and_reports_what_ended_meanwhile(
     assert not got - expected, f"reported twice: {got - expected}"
     assert not expected - got, f"never reported: {expected - got}\n{''.join(second.log)}"
     counters = second.final_counters()
-    lost = {k: counters[k] for k in ("kernel_lost_ringbuf", "kernel_track_failed",
-                                     "records_dropped_buffer_full", "records_delivery_failed",
-                                     "decode_errors")}  # fmt: skip
+    lost = {
+        k: counters[k]
+        for k in (
+            "kernel_lost_ringbuf",
+            "kernel_track_failed",
+            "records_dropped_buffer_full",
+            "records_delivery_failed",
+            "decode_errors",
+        )
+    }
     assert not any(lost.values()), lost
     assert counters["kernel_restart_resumed"] == 1, counters
     # Every end of the connections made while it was down waited in the ring, and more
@@ -217,13 +239,20 @@ def test_sigkilled_collector_restarts_and_reports_what_ended_meanwhile(
     backlog = counters["kernel_restart_backlog_records"]
     assert backlog >= 2 * PER_PHASE, (backlog, resumed)
     ring = backlog * RECORD_BYTES
-    print(f"restart: {expected.total()} connection ends made, all reported once; "
-          f"{backlog} records ({ring} bytes of ring) waited while down")  # fmt: skip
+    print(
+        f"restart: {expected.total()} connection ends made, all reported once; "
+        f"{backlog} records ({ring} bytes of ring) waited while down"
+    )
 
     uninstall = subprocess.run(
         [sys.executable, "-m", "collector", "--uninstall", *args],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert uninstall.returncode == 0, uninstall.stderr
     assert not (DEFAULT_PIN_ROOT / node).exists(), list((DEFAULT_PIN_ROOT / node).rglob("*"))
 

@@ -24,12 +24,12 @@ from test_collector_outcomes import (
     start_server,
 )
 
-from collector.attribution import CgroupResolver
-from collector.events import TcpConnEvent
-from collector.nat import NatResolver, parse_cidrs
-from collector.record import build_record
+from collector.node.attribution import CgroupResolver
+from collector.node.nat import NatResolver, parse_cidrs
 from collector.settings import DEFAULT_BPF_OBJECT
-from collector.source import TcpConnSource
+from collector.tcp.events import TcpConnEvent
+from collector.tcp.record import build_record
+from collector.tcp.source import TcpConnSource
 from flowscope.records import RawTcpConnection
 from simnode import Cluster, NodeSpec
 
@@ -106,12 +106,19 @@ def test_service_nat_is_resolved_in_the_node_namespace(
     assert (c.bytes_sent, c.bytes_received, c.outcome) == (1000, 2000, "closed")
     # Both ends now carry the same 4-tuple: consumers can match them.
     assert (c.local_addr, c.local_port, c.remote_addr, c.remote_port) == (
-        s.remote_addr, s.remote_port, s.local_addr, s.local_port)  # fmt: skip
+        s.remote_addr,
+        s.remote_port,
+        s.local_addr,
+        s.local_port,
+    )
     assert (s.original_remote_addr, s.pod_uid, c.pod_uid) == (None, server.uid, client.uid)
     # Known limit: conntrack deletes an entry at once when an RST answers the SYN, so a
     # refused connect to a ClusterIP cannot be resolved afterwards; it keeps the ClusterIP.
     assert (failed.outcome, failed.original_remote_addr, failed.remote_addr) == (
-        "refused", None, cluster_ip)  # fmt: skip
+        "refused",
+        None,
+        cluster_ip,
+    )
     st = nat.stats
     assert (st.translated, st.translated_in_socket_netns, st.no_entry, st.errors) == (1, 0, 1, 0)
 
@@ -194,7 +201,11 @@ def test_dual_stack_service_nat_over_ipv6(
     assert (c.family, c.original_remote_addr, c.original_remote_port) == (6, svc.cluster_ip6, 80)
     assert (c.remote_addr, c.remote_port, c.local_addr) == (server.ip6, port, client.ip6)
     assert (c.bytes_sent, c.bytes_received, c.pod_uid, s.pod_uid) == (
-        300, 700, client.uid, server.uid)  # fmt: skip
+        300,
+        700,
+        client.uid,
+        server.uid,
+    )
     assert (s.remote_addr, s.remote_port) == (client.ip6, result["port"])
     assert nat.stats.translated == 1
 
@@ -213,8 +224,9 @@ def test_host_network_pods_are_named_by_cgroup_and_natted_on_output(
         svc = cluster.add_service("web", selector={"app": "server"}, port=80, target_port=port)
         proc = server.start_server(port, reply_bytes=500)
         server.wait_listening(port, proc=proc)
-        summary = agent.run_client(svc.cluster_ip, 80, count=3, send_bytes=200,
-                                   expect_reply_bytes=500, source=node_ip)  # fmt: skip
+        summary = agent.run_client(
+            svc.cluster_ip, 80, count=3, send_bytes=200, expect_reply_bytes=500, source=node_ip
+        )
         server.stop_server(proc)
         assert summary.completed == 3
         objects = cluster.objects()
@@ -225,17 +237,20 @@ def test_host_network_pods_are_named_by_cgroup_and_natted_on_output(
             lambda e: port in (e.local_port, e.remote_port) or e.remote_addr == svc.cluster_ip,
             lambda es: len(finals(es)) >= 6,
         )
-    [pod_obj] = [o for o in objects["items"]
-                 if o["kind"] == "Pod" and o["metadata"]["name"] == agent.name]  # fmt: skip
+    [pod_obj] = [
+        o for o in objects["items"] if o["kind"] == "Pod" and o["metadata"]["name"] == agent.name
+    ]
     assert pod_obj["spec"]["hostNetwork"] is True and pod_obj["status"]["podIP"] == node_ip
     clients = [r for r in records if r.role == "client"]
     servers = [r for r in records if r.role == "server"]
     assert sorted(r.local_port for r in clients) == sorted(summary.local_ports)
     for r in clients:
-        assert (r.pod_uid, r.container_id, r.local_addr) == (agent.uid, agent.container_id,
-                                                            node_ip)  # fmt: skip
+        assert (r.pod_uid, r.container_id, r.local_addr) == (agent.uid, agent.container_id, node_ip)
         assert (r.remote_addr, r.remote_port, r.original_remote_addr) == (
-            server.ip, port, svc.cluster_ip)  # fmt: skip
+            server.ip,
+            port,
+            svc.cluster_ip,
+        )
         assert (r.bytes_sent, r.bytes_received) == (200, 500)
     assert len(servers) == 3 and {r.remote_addr for r in servers} == {node_ip}
     assert nat.stats.translated == 3

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from collector.attribution import CgroupResolver
-from collector.udp import UdpFlowSource, UdpReporter
+from collector.node.attribution import CgroupResolver
+from collector.udp.flows import UdpFlowSource, UdpReporter
 from flowscope.codec import JsonCodec
 from flowscope.records import RawUdpFlow
 from flowscope.resources import SOURCE_ROOT as REPO_ROOT
@@ -79,13 +79,19 @@ def test_udp_pairs_count_exact_bytes_and_packets_both_ways(
 
     count, size, replies, reply_size = 50, 300, 7, 1000
     with UdpFlowSource(UDP_OBJECT, cluster.cgroup_root) as source:
-        reporter = UdpReporter(source, CgroupResolver(cluster.cgroup_root), produce,
-                               "t.raw.udp", "node-x", interval_s=0.5)  # fmt: skip
-        echo = server.start([sys.executable, "-c", ECHO, str(port), str(replies),
-                             str(reply_size)])  # fmt: skip
+        reporter = UdpReporter(
+            source,
+            CgroupResolver(cluster.cgroup_root),
+            produce,
+            "t.raw.udp",
+            "node-x",
+            interval_s=0.5,
+        )
+        echo = server.start([sys.executable, "-c", ECHO, str(port), str(replies), str(reply_size)])
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
-        proc = client.start([sys.executable, "-c", SEND, server.ip, str(port), str(count),
-                             str(size), str(replies)])  # fmt: skip
+        proc = client.start(
+            [sys.executable, "-c", SEND, server.ip, str(port), str(count), str(size), str(replies)]
+        )
         # The reporter ticks while traffic flows: the pair spans several windows.
         while proc.poll() is None:
             reporter.tick()

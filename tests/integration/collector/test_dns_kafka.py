@@ -63,20 +63,38 @@ def test_collector_produces_raw_dns_with_hashed_names(
     kafka_bootstrap: str, topics: Topics, bpf_built: None
 ) -> None:
     node = f"node-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "FLOWSCOPE_BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "FLOWSCOPE_TOPIC_PREFIX": topics.prefix, "FLOWSCOPE_NODE_NAME": node,
-           "FLOWSCOPE_DNS_NAME_HASH_KEY": KEY}  # fmt: skip
+    env = {
+        **os.environ,
+        "FLOWSCOPE_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "FLOWSCOPE_TOPIC_PREFIX": topics.prefix,
+        "FLOWSCOPE_NODE_NAME": node,
+        "FLOWSCOPE_DNS_NAME_HASH_KEY": KEY,
+    }
     with Cluster() as cluster:
         dns = cluster.add_pod("coredns", node="node-a1", namespace="kube-system")
-        server = DnsServerProcess(dns, {"names": {"web.default.svc.cluster.local":
-                                                  {"addrs": ["10.96.3.3"]}}})  # fmt: skip
+        server = DnsServerProcess(
+            dns, {"names": {"web.default.svc.cluster.local": {"addrs": ["10.96.3.3"]}}}
+        )
         app = cluster.add_pod("frontend", node="node-b1")
         conf = PodResolvConf(app, render([dns.ip], kubernetes_search("default"), ndots=5))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "collector", "--dns-enabled", "true", "--dns-query-names",
-             "hash", "--dns-timeout-seconds", "1"],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "--dns-enabled",
+                "true",
+                "--dns-query-names",
+                "hash",
+                "--dns-timeout-seconds",
+                "1",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             log = _wait_ready(proc, timeout_s=30)
             out = app.run(conf.command(Pod.python("simnode.dns", "resolve", "web", "nope")))

@@ -33,9 +33,11 @@ def dns_port() -> int:
     for _ in range(20):
         port = free_udp_port("::1", socket.AF_INET6)
         try:
-            for fam, host, kind in ((socket.AF_INET6, "::1", socket.SOCK_STREAM),
-                                    (socket.AF_INET, "127.0.0.1", socket.SOCK_DGRAM),
-                                    (socket.AF_INET, "127.0.0.1", socket.SOCK_STREAM)):  # fmt: skip
+            for fam, host, kind in (
+                (socket.AF_INET6, "::1", socket.SOCK_STREAM),
+                (socket.AF_INET, "127.0.0.1", socket.SOCK_DGRAM),
+                (socket.AF_INET, "127.0.0.1", socket.SOCK_STREAM),
+            ):
                 with socket.socket(fam, kind) as s:
                     s.bind((host, port))
             return port
@@ -69,16 +71,19 @@ def drain(source: DnsSource, client_port: int, want: int, timeout_s: float = 5) 
 
 
 @pytest.mark.parametrize(
-    ("family", "host"), [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")],
+    ("family", "host"),
+    [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")],
     ids=["ipv6", "ipv4"],
-)  # fmt: skip
+)
 def test_udp_on_the_dns_port_both_ways_and_nothing_else(
     source: DnsSource, dns_port: int, family: socket.AddressFamily, host: str
 ) -> None:
     other = free_udp_port(host, family)
-    with socket.socket(family, socket.SOCK_DGRAM) as server, \
-            socket.socket(family, socket.SOCK_DGRAM) as client, \
-            socket.socket(family, socket.SOCK_DGRAM) as bystander:  # fmt: skip
+    with (
+        socket.socket(family, socket.SOCK_DGRAM) as server,
+        socket.socket(family, socket.SOCK_DGRAM) as client,
+        socket.socket(family, socket.SOCK_DGRAM) as bystander,
+    ):
         server.bind((host, dns_port))
         bystander.bind((host, other))
         source.read()  # start from here
@@ -92,8 +97,9 @@ def test_udp_on_the_dns_port_both_ways_and_nothing_else(
         packets = drain(source, client.getsockname()[1], want=4)
     # Each datagram leaves one socket and reaches another: egress + ingress, each way.
     seen = sorted((p.egress, p.dst_port == dns_port, p.payload) for p in packets)
-    assert seen == sorted([(True, True, QUERY), (False, True, QUERY),
-                           (True, False, ANSWER), (False, False, ANSWER)])  # fmt: skip
+    assert seen == sorted(
+        [(True, True, QUERY), (False, True, QUERY), (True, False, ANSWER), (False, False, ANSWER)]
+    )
     assert {(p.family, p.transport) for p in packets} == {(6 if host == "::1" else 4, "udp")}
     assert all(p.payload_len == len(p.payload) for p in packets)
 

@@ -35,8 +35,14 @@ from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, rend
 
 MANIFEST = REPO_ROOT / "k8s" / "collector.yaml"
 # From linux/capability.h: the bits of /proc/<pid>/status's CapEff.
-CAP_BITS = {"NET_ADMIN": 12, "SYS_PTRACE": 19, "SYS_ADMIN": 21, "SYS_RESOURCE": 24,
-            "PERFMON": 38, "BPF": 39}  # fmt: skip
+CAP_BITS = {
+    "NET_ADMIN": 12,
+    "SYS_PTRACE": 19,
+    "SYS_ADMIN": 21,
+    "SYS_RESOURCE": 24,
+    "PERFMON": 38,
+    "BPF": 39,
+}
 N = 4
 PORT = 8080
 RULES = {"default": {"rcode": "NXDOMAIN"}, "names": {}}
@@ -44,10 +50,12 @@ RULES = {"default": {"rcode": "NXDOMAIN"}, "names": {}}
 
 def manifest_capabilities() -> list[str]:
     """The collector container's added capabilities, after it drops ALL."""
-    daemonset = next(d for d in yaml.safe_load_all(MANIFEST.read_text())
-                     if d and d.get("kind") == "DaemonSet")  # fmt: skip
-    [container] = [c for c in daemonset["spec"]["template"]["spec"]["containers"]
-                   if c["name"] == "collector"]  # fmt: skip
+    daemonset = next(
+        d for d in yaml.safe_load_all(MANIFEST.read_text()) if d and d.get("kind") == "DaemonSet"
+    )
+    [container] = [
+        c for c in daemonset["spec"]["template"]["spec"]["containers"] if c["name"] == "collector"
+    ]
     security = container["securityContext"]
     assert security["capabilities"]["drop"] == ["ALL"], security
     assert not security.get("privileged", False), security
@@ -83,17 +91,22 @@ def test_collector_gives_full_answers_with_the_manifests_capabilities(
     server = cluster.add_pod("checkout", node="node-b1", namespace="shop")
     client = cluster.add_pod("frontend", node="node-a1", namespace="shop")
     dns = cluster.add_pod("coredns", node="node-a1", namespace="kube-system")
-    svc = cluster.add_service("checkout", namespace="shop", selector={"app": "checkout"},
-                              port=80, target_port=PORT)  # fmt: skip
+    svc = cluster.add_service(
+        "checkout", namespace="shop", selector={"app": "checkout"}, port=80, target_port=PORT
+    )
     resolver = DnsServerProcess(dns, RULES)
     conf = PodResolvConf(client, render([dns.ip], kubernetes_search("shop"), ndots=5))
     publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
     settings = PipelineSettings(
-        bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host",
-        log_dir=tmp_path / "logs", window_s=3.0, grace_s=1.0,
+        bootstrap=kafka_bootstrap,
+        topics=topics,
+        node_name="sim-host",
+        log_dir=tmp_path / "logs",
+        window_s=3.0,
+        grace_s=1.0,
         collector_args=("--service-cidrs", "10.96.0.0/16", "--dns-enabled", "true"),
         collector_wrapper=bounded(caps),
-    )  # fmt: skip
+    )
     tcp_reader = TopicReader(kafka_bootstrap, topics.enriched_tcp)
     dns_reader = TopicReader(kafka_bootstrap, topics.enriched_dns)
     try:
@@ -102,8 +115,9 @@ def test_collector_gives_full_answers_with_the_manifests_capabilities(
             held = effective_caps(collector.proc.pid)
             proc = server.start_server(PORT, reply_bytes=100)
             server.wait_listening(PORT, proc=proc)
-            summary = client.run_client(svc.cluster_ip, 80, count=N, send_bytes=50,
-                                        expect_reply_bytes=100)  # fmt: skip
+            summary = client.run_client(
+                svc.cluster_ip, 80, count=N, send_bytes=50, expect_reply_bytes=100
+            )
             server.stop_server(proc)
             assert summary.completed == N, summary
             # "nope" is tried with the three search domains of ns shop, then as itself.
@@ -111,19 +125,32 @@ def test_collector_gives_full_answers_with_the_manifests_capabilities(
             ports = set(summary.local_ports)
 
             def mine(e: EnrichedTcpConnection) -> bool:
-                return (e.observer_role == "client" and e.client.pod_uid == client.uid
-                        and e.client.port in ports)  # fmt: skip
+                return (
+                    e.observer_role == "client"
+                    and e.client.pod_uid == client.uid
+                    and e.client.port in ports
+                )
 
-            tcp = [e for e in tcp_reader.read_until(
-                JsonCodec(EnrichedTcpConnection), lambda es: sum(map(mine, es)) >= N,
-                timeout_s=60) if mine(e)]  # fmt: skip
+            tcp = [
+                e
+                for e in tcp_reader.read_until(
+                    JsonCodec(EnrichedTcpConnection),
+                    lambda es: sum(map(mine, es)) >= N,
+                    timeout_s=60,
+                )
+                if mine(e)
+            ]
 
             def asked(e: EnrichedDnsQuery) -> bool:
                 return e.observer_role == "client" and e.client.pod_uid == client.uid
 
-            queries = [e for e in dns_reader.read_until(
-                JsonCodec(EnrichedDnsQuery), lambda es: sum(map(asked, es)) >= 4,
-                timeout_s=60) if asked(e)]  # fmt: skip
+            queries = [
+                e
+                for e in dns_reader.read_until(
+                    JsonCodec(EnrichedDnsQuery), lambda es: sum(map(asked, es)) >= 4, timeout_s=60
+                )
+                if asked(e)
+            ]
             log = collector.log_text()
     finally:
         tcp_reader.close()
@@ -133,8 +160,11 @@ def test_collector_gives_full_answers_with_the_manifests_capabilities(
     assert "Traceback" not in log, log
     assert len(tcp) == N
     for e in tcp:
-        assert (e.server.pod_uid, e.server.service, e.server.port) == (server.uid, "checkout",
-                                                                      PORT), e  # fmt: skip
+        assert (e.server.pod_uid, e.server.service, e.server.port) == (
+            server.uid,
+            "checkout",
+            PORT,
+        ), e
     assert sorted(e.search_expansion for e in queries) == [False, True, True, True], queries
 
 
@@ -144,10 +174,24 @@ def test_collector_without_a_capability_refuses_to_start_naming_it(
 ) -> None:
     caps = [c for c in manifest_capabilities() if c != missing]
     done = subprocess.run(
-        [*bounded(caps), sys.executable, "-m", "collector", "--node-name", "least-privilege",
-         "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topics.prefix],
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO_ROOT,
-    )  # fmt: skip
+        [
+            *bounded(caps),
+            sys.executable,
+            "-m",
+            "collector",
+            "--node-name",
+            "least-privilege",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO_ROOT,
+    )
     assert done.returncode != 0, done.stderr
     assert "Operation not permitted" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
@@ -167,11 +211,25 @@ def test_collector_without_sys_ptrace_counts_pods_whose_resolv_conf_it_cannot_re
     tmp_path.mkdir(exist_ok=True)
     collector = ServiceProcess(
         "collector",
-        [*bounded(caps), sys.executable, "-m", "collector", "--node-name", "least-privilege",
-         "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topics.prefix,
-         "--dns-enabled", "true", "--stats-interval-seconds", "1"],
-        {}, tmp_path,
-    )  # fmt: skip
+        [
+            *bounded(caps),
+            sys.executable,
+            "-m",
+            "collector",
+            "--node-name",
+            "least-privilege",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+            "--dns-enabled",
+            "true",
+            "--stats-interval-seconds",
+            "1",
+        ],
+        {},
+        tmp_path,
+    )
     try:
         collector.wait_for_log(r"collector ready", 60)
         client.run(conf.command(Pod.python("simnode.dns", "resolve", "nope")))

@@ -34,11 +34,16 @@ class AlertmanagerProcess:
         # Loopback only, no cluster (no gossip port), its data in the test's directory.
         with (self.state / "alertmanager.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(self.binary), f"--config.file={self.state / 'alertmanager.yml'}",
-                 f"--storage.path={self.state / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
-                stdout=log, stderr=log,
-            )  # fmt: skip
+                [
+                    str(self.binary),
+                    f"--config.file={self.state / 'alertmanager.yml'}",
+                    f"--storage.path={self.state / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--cluster.listen-address=",
+                ],
+                stdout=log,
+                stderr=log,
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.state / "alertmanager.log").read_text()

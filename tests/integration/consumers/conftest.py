@@ -21,11 +21,15 @@ REPO = Path(__file__).resolve().parents[3]
 def alertmanager_binary() -> Path:
     """Alertmanager built from its official source through the Go module proxy (cached under
     .state/alertmanager by alertmanager/build.sh; a cold build is a minute or two)."""
-    built = subprocess.run([str(REPO / "alertmanager" / "build.sh")], capture_output=True,
-                           text=True, check=False)  # fmt: skip
+    built = subprocess.run(
+        [str(REPO / "alertmanager" / "build.sh")], capture_output=True, text=True, check=False
+    )
     if built.returncode != 0:
-        pytest.fail(f"alertmanager/build.sh failed (needs Go >= 1.26 and the Go module proxy):"
-                    f"\n{built.stdout}\n{built.stderr}", pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"alertmanager/build.sh failed (needs Go >= 1.26 and the Go module proxy):"
+            f"\n{built.stdout}\n{built.stderr}",
+            pytrace=False,
+        )
     return REPO / ".state" / "alertmanager" / "bin" / "alertmanager"
 
 
@@ -45,11 +49,15 @@ def alertmanager(alertmanager_binary: Path, tmp_path: Path) -> Iterator[Alertman
 def prometheus_binary() -> Path:
     """Prometheus built from its official source through the Go module proxy (cached under
     .state/prometheus by prometheus/build.sh)."""
-    built = subprocess.run([str(REPO / "prometheus" / "build.sh")], capture_output=True,
-                           text=True, check=False)  # fmt: skip
+    built = subprocess.run(
+        [str(REPO / "prometheus" / "build.sh")], capture_output=True, text=True, check=False
+    )
     if built.returncode != 0:
-        pytest.fail(f"prometheus/build.sh failed (needs Go >= 1.26 and the Go module proxy):"
-                    f"\n{built.stdout}\n{built.stderr}", pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"prometheus/build.sh failed (needs Go >= 1.26 and the Go module proxy):"
+            f"\n{built.stdout}\n{built.stderr}",
+            pytrace=False,
+        )
     return REPO / ".state" / "prometheus" / "bin" / "prometheus"
 
 

@@ -34,11 +34,15 @@ class PrometheusProcess:
         # Loopback only, its TSDB in the test's directory.
         with (self.state / "prometheus.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(self.binary), f"--config.file={config}",
-                 f"--storage.tsdb.path={self.state / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=log,
-            )  # fmt: skip
+                [
+                    str(self.binary),
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.state / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=log,
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.state / "prometheus.log").read_text()

@@ -60,11 +60,26 @@ class Bridge:
 
     def __init__(self, bootstrap: str, topics: Topics, url: str, group: str) -> None:
         self.proc = subprocess.Popen(
-            [str(FLOWSCOPE), "alerts", "--bootstrap-servers", bootstrap, "--topic-prefix",
-             topics.prefix, "--alertmanager-url", url, "--group", group,
-             "--resend-interval-seconds", "3600", "--retry-max-seconds", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                str(FLOWSCOPE),
+                "alerts",
+                "--bootstrap-servers",
+                bootstrap,
+                "--topic-prefix",
+                topics.prefix,
+                "--alertmanager-url",
+                url,
+                "--group",
+                group,
+                "--resend-interval-seconds",
+                "3600",
+                "--retry-max-seconds",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         for stream in (self.proc.stdout, self.proc.stderr):
             threading.Thread(target=self._read, args=(stream,), daemon=True).start()
@@ -152,11 +167,15 @@ def test_alerts_reach_alertmanager_once_across_restarts(
     assert alert["annotations"]["affected_workloads"] == "shop/web, shop/db"
 
     publish(_event("resolved", "shop/db", first, first + 40 * S))
-    _await("the resolved alert no longer listed",
-           lambda: not _ours(alertmanager.alerts(), "shop/db") or None)  # fmt: skip
+    _await(
+        "the resolved alert no longer listed",
+        lambda: not _ours(alertmanager.alerts(), "shop/db") or None,
+    )
     assert alertmanager.received() == {"firing": 1.0, "resolved": 1.0}
-    _await("both events committed",
-           lambda: _committed(kafka_bootstrap, group, topics.alerts) == 2 or None)  # fmt: skip
+    _await(
+        "both events committed",
+        lambda: _committed(kafka_bootstrap, group, topics.alerts) == 2 or None,
+    )
 
     # Killed and restarted: the two events are not sent again. The next event proves the
     # new bridge has read past them (one partition, in order) before the counters are read.
@@ -167,8 +186,10 @@ def test_alerts_reach_alertmanager_once_across_restarts(
     publish(_event("firing", "shop/cache", second, second + 10 * S))
     _await("the second episode listed", lambda: _ours(alertmanager.alerts(), "shop/cache"))
     assert alertmanager.received() == {"firing": 2.0, "resolved": 1.0}
-    _await("the second episode committed",
-           lambda: _committed(kafka_bootstrap, group, topics.alerts) == 3 or None)  # fmt: skip
+    _await(
+        "the second episode committed",
+        lambda: _committed(kafka_bootstrap, group, topics.alerts) == 3 or None,
+    )
 
     # Restarted while an episode fires: it is known as firing (re-sent each interval) but,
     # accepted already, not sent again on start.
@@ -176,6 +197,8 @@ def test_alerts_reach_alertmanager_once_across_restarts(
     bridges.append(Bridge(kafka_bootstrap, topics, alertmanager.url, group))
     bridges[2].expect(r"alerts bridge ready: .* 3 events replayed, 1 firing")
     publish(_event("resolved", "shop/cache", second, second + 30 * S))
-    _await("the second episode resolved",
-           lambda: not _ours(alertmanager.alerts(), "shop/cache") or None)  # fmt: skip
+    _await(
+        "the second episode resolved",
+        lambda: not _ours(alertmanager.alerts(), "shop/cache") or None,
+    )
     assert alertmanager.received() == {"firing": 2.0, "resolved": 2.0}

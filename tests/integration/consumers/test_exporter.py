@@ -23,8 +23,10 @@ FLOWSCOPE = Path(sys.executable).parent / "flowscope"
 
 
 def test_scraped_series_equal_the_records(kafka_bootstrap: str, topics: Topics) -> None:
-    records = [_latency(str(i), "fe", f"srv{i % 3}", 5 + i, i % 2, [100.0 * (i + 1)],
-                        partition=i % 2) for i in range(9)]  # fmt: skip
+    records = [
+        _latency(str(i), "fe", f"srv{i % 3}", 5 + i, i % 2, [100.0 * (i + 1)], partition=i % 2)
+        for i in range(9)
+    ]
     ensure_topics(kafka_bootstrap, [TopicSpec(topics.metrics_tcp_latency, partitions=2)])
     producer = RecordProducer(kafka_bootstrap)
     codec = JsonCodec(TcpLatencyMetric)
@@ -32,11 +34,25 @@ def test_scraped_series_equal_the_records(kafka_bootstrap: str, topics: Topics) 
         producer.produce(topics.metrics_tcp_latency, codec.encode(r), key=r.metric_id)
     assert producer.flush(30) == 0
     proc = subprocess.Popen(
-        [str(FLOWSCOPE), "exporter", "--bootstrap-servers", kafka_bootstrap, "--topic-prefix",
-         topics.prefix, "--port", "0", "--host", "127.0.0.1", "--start", "earliest",
-         "--top-n", "2"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            str(FLOWSCOPE),
+            "exporter",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--start",
+            "earliest",
+            "--top-n",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         ready = proc.stdout.readline()

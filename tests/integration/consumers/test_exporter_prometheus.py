@@ -20,7 +20,7 @@ from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics
 from flowscope.records import PathHealthMetric, TcpLatencyMetric
 from flowscope.topics import Topics
-from processors.sketch import Sketch
+from processors.core.sketch import Sketch
 
 FLOWSCOPE = Path(sys.executable).parent / "flowscope"
 
@@ -28,29 +28,57 @@ FLOWSCOPE = Path(sys.executable).parent / "flowscope"
 def test_prometheus_scrapes_the_records_sums_and_quantiles(
     kafka_bootstrap: str, topics: Topics, prometheus: PrometheusProcess
 ) -> None:
-    records = [_latency(str(i), "fe", f"srv{i % 3}", 5 + i, i % 2, [100.0 * (i + 1)] * 4,
-                        partition=i % 2) for i in range(9)]  # fmt: skip
+    records = [
+        _latency(str(i), "fe", f"srv{i % 3}", 5 + i, i % 2, [100.0 * (i + 1)] * 4, partition=i % 2)
+        for i in range(9)
+    ]
     ensure_topics(kafka_bootstrap, [TopicSpec(topics.metrics_tcp_latency, partitions=2)])
     producer = RecordProducer(kafka_bootstrap)
     codec = JsonCodec(TcpLatencyMetric)
     for r in [*records, records[0]]:  # the last one a republished window: counted once
         producer.produce(topics.metrics_tcp_latency, codec.encode(r), key=r.metric_id)
     # Paths: 4 node and 4 zone pairs, each in two partitions of one window.
-    paths = [health(f"{scope}{i}", scope, f"{scope}-{i % 2}", f"{scope}-{i // 2 % 2}",
-                    conns=3 + i, failures={"refused": i % 2, "connect_timeout": i % 3},
-                    resets=i % 4, syn=i, retrans=2 * i, segs=50 + 10 * i,
-                    rtts_us=[200.0 * (i + 1)] * 3, partition=i // 4)
-             for scope in ("node", "zone") for i in range(8)]  # fmt: skip
+    paths = [
+        health(
+            f"{scope}{i}",
+            scope,
+            f"{scope}-{i % 2}",
+            f"{scope}-{i // 2 % 2}",
+            conns=3 + i,
+            failures={"refused": i % 2, "connect_timeout": i % 3},
+            resets=i % 4,
+            syn=i,
+            retrans=2 * i,
+            segs=50 + 10 * i,
+            rtts_us=[200.0 * (i + 1)] * 3,
+            partition=i // 4,
+        )
+        for scope in ("node", "zone")
+        for i in range(8)
+    ]
     ensure_topics(kafka_bootstrap, [TopicSpec(topics.metrics_path_health, partitions=2)])
     path_codec = JsonCodec(PathHealthMetric)
     for p in [*paths, paths[0]]:
         producer.produce(topics.metrics_path_health, path_codec.encode(p), key=p.metric_id)
     assert producer.flush(30) == 0
     exporter = subprocess.Popen(
-        [str(FLOWSCOPE), "exporter", "--bootstrap-servers", kafka_bootstrap, "--topic-prefix",
-         topics.prefix, "--port", "0", "--host", "127.0.0.1", "--start", "earliest"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            str(FLOWSCOPE),
+            "exporter",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--start",
+            "earliest",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert exporter.stdout is not None
         match = re.search(r"http://127.0.0.1:(\d+)/metrics", exporter.stdout.readline())
@@ -72,8 +100,9 @@ def test_prometheus_scrapes_the_records_sums_and_quantiles(
                 merged[s] = sketch
 
         def by_server(expr: str) -> dict[str, float]:
-            return {v["metric"]["server_workload"]: float(v["value"][1])
-                    for v in prometheus.query(expr)}  # fmt: skip
+            return {
+                v["metric"]["server_workload"]: float(v["value"][1]) for v in prometheus.query(expr)
+            }
 
         deadline = time.monotonic() + 90
         got: dict[str, float] = {}
@@ -115,8 +144,12 @@ def _assert_paths_stored(prometheus: PrometheusProcess, paths: list[PathHealthMe
     Key = tuple[str, str, str]
 
     def by_path(expr: str) -> dict[Key, float]:
-        return {(v["metric"]["scope"], v["metric"]["source"], v["metric"]["destination"]):
-                float(v["value"][1]) for v in prometheus.query(expr)}  # fmt: skip
+        return {
+            (v["metric"]["scope"], v["metric"]["source"], v["metric"]["destination"]): float(
+                v["value"][1]
+            )
+            for v in prometheus.query(expr)
+        }
 
     want: dict[str, dict[Key, float]] = {name: {} for name in PATH_SERIES}
     merged: dict[Key, Sketch] = {}

@@ -29,30 +29,59 @@ BASE = 1_700_000_000 // 3600 * 3600 * S  # on an hour
 
 def _tcp(i: int) -> EnrichedTcpConnection:
     # Three hours of records: three hour partitions.
-    return conn(pod(f"web{i % 7}", "shop"), pod("db", "shop"), end_ns=BASE + (i % 3) * HOUR + i,
-                port=i % 65536)  # fmt: skip
+    return conn(
+        pod(f"web{i % 7}", "shop"),
+        pod("db", "shop"),
+        end_ns=BASE + (i % 3) * HOUR + i,
+        port=i % 65536,
+    )
 
 
 def _dns(i: int) -> EnrichedDnsQuery:
     web, coredns = pod("web", "shop"), pod("coredns", "kube-system")
     return EnrichedDnsQuery(
-        time_ns=BASE + (i % 2) * HOUR + i, response_time_ns=None, observer_node="n1",
-        observer_role="client", client_observed=True, transport="udp", network_type="ipv4",
+        time_ns=BASE + (i % 2) * HOUR + i,
+        response_time_ns=None,
+        observer_node="n1",
+        observer_role="client",
+        client_observed=True,
+        transport="udp",
+        network_type="ipv4",
         client=Endpoint(**{**{f: getattr(web, f) for f in web.__struct_fields__}, "port": i}),
-        server=coredns, server_class="cluster_dns", peer_class="same_zone", txid=i % 65536,
-        query_name=f"q{i}.example.com", query_type="A", outcome="timeout", rcode=None,
-        answer_count=None, latency_us=None, answer_addrs=[f"10.1.0.{i % 250}"],
-    )  # fmt: skip
+        server=coredns,
+        server_class="cluster_dns",
+        peer_class="same_zone",
+        txid=i % 65536,
+        query_name=f"q{i}.example.com",
+        query_type="A",
+        outcome="timeout",
+        rcode=None,
+        answer_count=None,
+        latency_us=None,
+        answer_addrs=[f"10.1.0.{i % 250}"],
+    )
 
 
 class Sink:
     def __init__(self, bootstrap: str, topics: Topics, warehouse: Path) -> None:
         self.proc = subprocess.Popen(
-            [str(FLOWSCOPE), "sink", "--bootstrap-servers", bootstrap, "--topic-prefix",
-             topics.prefix, "--warehouse", str(warehouse), "--max-rows", "300",
-             "--max-seconds", "0.5"],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                str(FLOWSCOPE),
+                "sink",
+                "--bootstrap-servers",
+                bootstrap,
+                "--topic-prefix",
+                topics.prefix,
+                "--warehouse",
+                str(warehouse),
+                "--max-rows",
+                "300",
+                "--max-seconds",
+                "0.5",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         self.ready = self.proc.stdout.readline()
         assert "sink ready" in self.ready, self.ready
@@ -90,15 +119,18 @@ def _rows(warehouse: Path, name: str) -> list[dict[str, Any]]:
 
 
 def _canonical(rows: list[dict[str, Any]]) -> list[str]:
-    return sorted(json.dumps({k: v for k, v in r.items() if k != EVENT_TIME}, sort_keys=True)
-                  for r in rows)  # fmt: skip
+    return sorted(
+        json.dumps({k: v for k, v in r.items() if k != EVENT_TIME}, sort_keys=True) for r in rows
+    )
 
 
 def test_rows_equal_the_records_after_a_kill_mid_write(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, sinks: list[Sink]
 ) -> None:
-    ensure_topics(kafka_bootstrap, [TopicSpec(topics.enriched_tcp, partitions=2),
-                                    TopicSpec(topics.enriched_dns)])  # fmt: skip
+    ensure_topics(
+        kafka_bootstrap,
+        [TopicSpec(topics.enriched_tcp, partitions=2), TopicSpec(topics.enriched_dns)],
+    )
     producer = RecordProducer(kafka_bootstrap)
     tcp = [_tcp(i) for i in range(6000)]
     dns = [_dns(i) for i in range(1500)]
@@ -106,8 +138,7 @@ def test_rows_equal_the_records_after_a_kill_mid_write(
     def publish(records: list[Any], topic: str) -> None:
         for i in range(0, len(records), 20):  # batch messages of 20, as the enricher writes
             chunk = records[i : i + 20]
-            producer.produce(topic, msgspec.json.encode(chunk), key=str(i % 5),
-                             records=len(chunk))  # fmt: skip
+            producer.produce(topic, msgspec.json.encode(chunk), key=str(i % 5), records=len(chunk))
         assert producer.flush(30) == 0
 
     publish(tcp[:4000], topics.enriched_tcp)
@@ -136,8 +167,10 @@ def test_rows_equal_the_records_after_a_kill_mid_write(
     orphans = _parquet(warehouse) - referenced
     tcp_table = open_catalog(str(warehouse), {}).load_table("flowscope.enriched_tcp")
     before = sum(committed_offsets(tcp_table).values())
-    print(f"killed with {len(orphans)} uncommitted data files of {len(_parquet(warehouse))}; "
-          f"{before} tcp messages committed")  # fmt: skip
+    print(
+        f"killed with {len(orphans)} uncommitted data files of {len(_parquet(warehouse))}; "
+        f"{before} tcp messages committed"
+    )
     assert 0 < before < 4000 // 20  # killed mid-stream, after a commit
     assert victim & orphans, "the kill did not land between a data file and its commit"
 

@@ -31,17 +31,33 @@ def test_tail_shows_the_filtered_records_of_batches_once(
     producer = RecordProducer(kafka_bootstrap)
     for i in range(0, len(records), 8):  # batch messages of up to 8 records, as the enricher
         batch = records[i : i + 8]
-        producer.produce(topics.enriched_tcp, codec.encode_batch(batch), key=str(i),
-                         records=len(batch))  # fmt: skip
+        producer.produce(
+            topics.enriched_tcp, codec.encode_batch(batch), key=str(i), records=len(batch)
+        )
     producer.produce(topics.enriched_tcp, b'{"not": "a connection"}', key="x")
     assert producer.flush(30) == 0
 
     done = subprocess.run(
-        [str(FLOWSCOPE), "tail", "enriched.tcp", "--bootstrap-servers", kafka_bootstrap,
-         "--topic-prefix", topics.prefix, "--start", "earliest",
-         "--filter", "namespace=shop outcome!=closed", "--idle-exit-seconds", "5"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            str(FLOWSCOPE),
+            "tail",
+            "enriched.tcp",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+            "--start",
+            "earliest",
+            "--filter",
+            "namespace=shop outcome!=closed",
+            "--idle-exit-seconds",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 1, done.stderr  # the bad message is reported in the exit code
     assert "1 messages did not decode" in done.stderr
     shown = [codec.decode(line.encode()) for line in done.stdout.splitlines()]
@@ -57,11 +73,28 @@ def test_tail_shows_the_filtered_records_of_batches_once(
     )
 
     table = subprocess.run(
-        [str(FLOWSCOPE), "tail", f"{topics.prefix}.enriched.tcp", "--format", "table",
-         "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", topics.prefix,
-         "--start", "earliest", "--filter", "workload~ledger", "--max-records", "5"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            str(FLOWSCOPE),
+            "tail",
+            f"{topics.prefix}.enriched.tcp",
+            "--format",
+            "table",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+            "--start",
+            "earliest",
+            "--filter",
+            "workload~ledger",
+            "--max-records",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     rows = table.stdout.splitlines()
     assert len(rows) == 5, table
     assert all("billing/Deployment/ledger" in row and "refused" in row for row in rows), rows

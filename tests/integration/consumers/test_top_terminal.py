@@ -20,8 +20,8 @@ from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import CostPairMetric, PathHealthMetric, TcpLatencyMetric
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
-from processors.sketch import Sketch
+from processors.core.dedupe import FirstPerId
+from processors.core.sketch import Sketch
 from simnode import Cluster, NodeSpec, Pod
 
 FLOWSCOPE = Path(sys.executable).parent / "flowscope"
@@ -48,12 +48,29 @@ class Terminal:
 
     def __init__(self, command: list[str]) -> None:
         self.name = f"fstop-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "80", "-y", "24",
-                        " ".join(command)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                "tmux",
+                "new-session",
+                "-d",
+                "-s",
+                self.name,
+                "-x",
+                "80",
+                "-y",
+                "24",
+                " ".join(command),
+            ],
+            check=True,
+        )
 
     def screen(self) -> str:
-        done = subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name],
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        done = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", self.name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return done.stdout
 
     def keys(self, *keys: str) -> None:
@@ -70,12 +87,15 @@ class Terminal:
         raise AssertionError(f"the screen never showed it; last screen:\n{text}")
 
     def alive(self) -> bool:
-        return subprocess.run(["tmux", "has-session", "-t", self.name],
-                              capture_output=True, check=False).returncode == 0  # fmt: skip
+        return (
+            subprocess.run(
+                ["tmux", "has-session", "-t", self.name], capture_output=True, check=False
+            ).returncode
+            == 0
+        )
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True,
-                       check=False)  # fmt: skip
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -132,10 +152,15 @@ def _expected_paths(records: list[PathHealthMetric], namespace: str) -> dict[Pat
 
         segs = sum(m.segs_out for m in ms)
         retx = sum(m.retrans_segs for m in ms) / segs if segs else None
-        out[key] = [str(sum(m.connections for m in ms)),
-                    str(sum(m.failed_connections for m in ms)),
-                    str(sum(m.syn_retransmits for m in ms)), rate_text(retx), q_ms(0.5),
-                    q_ms(0.99), str(sum(m.resets for m in ms))]  # fmt: skip
+        out[key] = [
+            str(sum(m.connections for m in ms)),
+            str(sum(m.failed_connections for m in ms)),
+            str(sum(m.syn_retransmits for m in ms)),
+            rate_text(retx),
+            q_ms(0.5),
+            q_ms(0.99),
+            str(sum(m.resets for m in ms)),
+        ]
     return out
 
 
@@ -150,10 +175,14 @@ def test_top_shows_what_the_metric_topics_hold(
     rules = tmp_path / "alerts.yaml"
     rules.write_text(RULES)
     settings = PipelineSettings(
-        bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host",
-        log_dir=tmp_path / "logs", window_s=3.0, grace_s=2.0,
+        bootstrap=kafka_bootstrap,
+        topics=topics,
+        node_name="sim-host",
+        log_dir=tmp_path / "logs",
+        window_s=3.0,
+        grace_s=2.0,
         processor_args=("--alert-rules", str(rules)),
-    )  # fmt: skip
+    )
     latency_reader = TopicReader(kafka_bootstrap, topics.metrics_tcp_latency)
     cost_reader = TopicReader(kafka_bootstrap, topics.metrics_cost_pairs)
     path_reader = TopicReader(kafka_bootstrap, topics.metrics_path_health)
@@ -161,17 +190,32 @@ def test_top_shows_what_the_metric_topics_hold(
     term: Terminal | None = None
     try:
         with running_pipeline(settings):
-            servers = [(pod, pod.start_server(port, reply_bytes=2000))
-                       for pod, port in ((checkout, 8080), (catalog, 8080))]  # fmt: skip
+            servers = [
+                (pod, pod.start_server(port, reply_bytes=2000))
+                for pod, port in ((checkout, 8080), (catalog, 8080))
+            ]
             for pod, proc in servers:
                 pod.wait_listening(8080, proc=proc)
             for server, n in ((checkout, 12), (catalog, 8)):
-                summary = frontend.run_client(server.ip, 8080, count=n, send_bytes=500,
-                                              expect_reply_bytes=2000)  # fmt: skip
+                summary = frontend.run_client(
+                    server.ip, 8080, count=n, send_bytes=500, expect_reply_bytes=2000
+                )
                 assert summary.completed == n, summary
-            frontend.run(Pod.python("simnode.traffic", "client", "--host", checkout.ip,
-                                    "--port", "7070", "--count", str(REFUSED),
-                                    "--send-bytes", "10"), check=False)  # fmt: skip
+            frontend.run(
+                Pod.python(
+                    "simnode.traffic",
+                    "client",
+                    "--host",
+                    checkout.ip,
+                    "--port",
+                    "7070",
+                    "--count",
+                    str(REFUSED),
+                    "--send-bytes",
+                    "10",
+                ),
+                check=False,
+            )
             for pod, proc in servers:
                 pod.stop_server(proc)
 
@@ -184,23 +228,54 @@ def test_top_shows_what_the_metric_topics_hold(
                 return counts
 
             want = {(FRONTEND, CHECKOUT): 12 + REFUSED, (FRONTEND, CATALOG): 8}
-            latency = FirstPerId().keep(latency_reader.read_until(
-                JsonCodec(TcpLatencyMetric), lambda ms: ours(FirstPerId().keep(ms)) == want,
-                timeout_s=90))  # fmt: skip
+            latency = FirstPerId().keep(
+                latency_reader.read_until(
+                    JsonCodec(TcpLatencyMetric),
+                    lambda ms: ours(FirstPerId().keep(ms)) == want,
+                    timeout_s=90,
+                )
+            )
             assert ours(latency) == want
-            cost = FirstPerId().keep(cost_reader.read_until(
-                JsonCodec(CostPairMetric),
-                lambda ms: sum(m.connections for m in ms if m.source_workload == FRONTEND)
-                >= 20, timeout_s=60))  # fmt: skip
+            cost = FirstPerId().keep(
+                cost_reader.read_until(
+                    JsonCodec(CostPairMetric),
+                    lambda ms: (
+                        sum(m.connections for m in ms if m.source_workload == FRONTEND) >= 20
+                    ),
+                    timeout_s=60,
+                )
+            )
 
             # An alert resolves on the first quiet window: cart keeps failing (refused, twice
             # a second) so that one stays firing until the alerts view is read.
-            failing = cart.start(Pod.python("simnode.traffic", "client", "--host", checkout.ip,
-                                            "--port", "7070", "--count", "100000",
-                                            "--send-bytes", "10", "--interval-ms", "500"),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-            term = Terminal([str(FLOWSCOPE), "top", "--bootstrap-servers", kafka_bootstrap,
-                             "--topic-prefix", topics.prefix])  # fmt: skip
+            failing = cart.start(
+                Pod.python(
+                    "simnode.traffic",
+                    "client",
+                    "--host",
+                    checkout.ip,
+                    "--port",
+                    "7070",
+                    "--count",
+                    "100000",
+                    "--send-bytes",
+                    "10",
+                    "--interval-ms",
+                    "500",
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            term = Terminal(
+                [
+                    str(FLOWSCOPE),
+                    "top",
+                    "--bootstrap-servers",
+                    kafka_bootstrap,
+                    "--topic-prefix",
+                    topics.prefix,
+                ]
+            )
             term.wait_for(lambda s: "q quit" in s)
             term.keys("n", "shop", "Enter")  # the namespace filter, typed
 
@@ -226,8 +301,10 @@ def test_top_shows_what_the_metric_topics_hold(
             lines = screen.splitlines()
             assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
             assert "1 latency" in lines[0] and "q quit" in screen
-            shown = {(r[1].split("/")[1], r[2]): (r[3], r[4], r[6])
-                     for r in _rows(screen, "shop/frontend")}  # fmt: skip
+            shown = {
+                (r[1].split("/")[1], r[2]): (r[3], r[4], r[6])
+                for r in _rows(screen, "shop/frontend")
+            }
             assert shown == expected_rows, screen
             p99s = [float(r[6]) for r in _rows(screen, "shop/frontend") if r[6] != "-"]
             assert p99s == sorted(p99s, reverse=True), screen
@@ -247,8 +324,13 @@ def test_top_shows_what_the_metric_topics_hold(
             screen = term.wait_for(lambda s: "data-transfer dollars" in s)
             for row in _rows(screen, "shop/frontend"):
                 dest = {"shop/checkout": CHECKOUT, "shop/catalog": CATALOG}[row[1]]
-                ms = [m for m in cost if m.source_workload == FRONTEND
-                      and m.destination_workload == dest and m.cost_class == row[3]]  # fmt: skip
+                ms = [
+                    m
+                    for m in cost
+                    if m.source_workload == FRONTEND
+                    and m.destination_workload == dest
+                    and m.cost_class == row[3]
+                ]
                 assert row[5] == usd_text(sum(m.cost_usd for m in ms)), (row, ms)
                 assert row[2] == f"{ms[0].source_zone}>{ms[0].destination_zone}"
             zones = {r[1]: r[2] for r in _rows(screen, "shop/frontend")}
@@ -259,9 +341,11 @@ def test_top_shows_what_the_metric_topics_hold(
             term.keys("6")
 
             def cart_firing(screen: str) -> bool:
-                return any("shop/cart" in line and "shop/checkout" in line
-                           for line in screen.splitlines()
-                           if "connect-failure-rate" in line)  # fmt: skip
+                return any(
+                    "shop/cart" in line and "shop/checkout" in line
+                    for line in screen.splitlines()
+                    if "connect-failure-rate" in line
+                )
 
             screen = term.wait_for(cart_firing)
             failing.terminate()
@@ -273,11 +357,15 @@ def test_top_shows_what_the_metric_topics_hold(
 
             # Read after the alerts view: a quiet window resolves the alert.
             def frontend_on_zones(ms: list[PathHealthMetric]) -> int:
-                return sum(m.connections for m in FirstPerId().keep(ms) if m.scope == "zone"
-                           and any(s.startswith(FRONTEND) for s in m.services))  # fmt: skip
+                return sum(
+                    m.connections
+                    for m in FirstPerId().keep(ms)
+                    if m.scope == "zone" and any(s.startswith(FRONTEND) for s in m.services)
+                )
 
-            paths = path_reader.read_until(path_codec, lambda ms: frontend_on_zones(ms) >= 24,
-                                           timeout_s=60)  # fmt: skip
+            paths = path_reader.read_until(
+                path_codec, lambda ms: frontend_on_zones(ms) >= 24, timeout_s=60
+            )
             assert frontend_on_zones(paths) >= 24, paths
 
             # View 5: the paths shop's pods used, node and zone pairs, with their health as
@@ -294,20 +382,28 @@ def test_top_shows_what_the_metric_topics_hold(
                     break
             print(screen)
             assert shown_paths == want_paths, (screen, want_paths)
-            assert {k for k in shown_paths} >= {("node", "node-a1", "node-b1"),
-                                                ("node", "node-a1", "node-a1"),
-                                                ("zone", "zone-a", "zone-b"),
-                                                ("zone", "zone-a", "zone-a")}  # fmt: skip
+            assert {k for k in shown_paths} >= {
+                ("node", "node-a1", "node-b1"),
+                ("node", "node-a1", "node-a1"),
+                ("zone", "zone-a", "zone-b"),
+                ("zone", "zone-a", "zone-a"),
+            }
             assert int(shown_paths[("zone", "zone-a", "zone-b")][1]) >= REFUSED  # refused
             assert "(all namespaces)" in screen and all(len(x) <= 80 for x in screen.split("\n"))
             p99s = [float(r[5]) for r in shown_paths.values() if r[5] != "-"]
-            in_order = [float(r[8]) for r in (ln.split() for ln in screen.splitlines())
-                        if len(r) == 10 and r[0] in ("node", "zone") and r[8] != "-"]  # fmt: skip
+            in_order = [
+                float(r[8])
+                for r in (ln.split() for ln in screen.splitlines())
+                if len(r) == 10 and r[0] in ("node", "zone") and r[8] != "-"
+            ]
             assert in_order == sorted(p99s, reverse=True), screen
             term.keys("s", "s", "s", "s", "s", "r")  # p99ms -> rst, scope, from, to, conns; asc
             screen = term.wait_for(lambda s: "sort conns asc" in s)
-            path_conns = [int(r[3]) for r in (ln.split() for ln in screen.splitlines())
-                          if len(r) == 10 and r[0] in ("node", "zone")]  # fmt: skip
+            path_conns = [
+                int(r[3])
+                for r in (ln.split() for ln in screen.splitlines())
+                if len(r) == 10 and r[0] in ("node", "zone")
+            ]
             assert path_conns == sorted(path_conns) and len(path_conns) == len(want_paths), screen
             term.keys("n", "billing", "Enter")  # billing's pods used no path
             screen = term.wait_for(lambda s: "path health" in s and "ns billing" in s)
@@ -321,17 +417,39 @@ def test_top_shows_what_the_metric_topics_hold(
 
         # Not a terminal: every view as a plain table, the same figures.
         done = subprocess.run(
-            [str(FLOWSCOPE), "top", "--bootstrap-servers", kafka_bootstrap, "--topic-prefix",
-             topics.prefix, "--namespace", "shop", "--read-seconds", "4"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            [
+                str(FLOWSCOPE),
+                "top",
+                "--bootstrap-servers",
+                kafka_bootstrap,
+                "--topic-prefix",
+                topics.prefix,
+                "--namespace",
+                "shop",
+                "--read-seconds",
+                "4",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         plain = done.stdout
-        for title in ("p99 connect latency", "failure rate", "dollars", "DNS", "path health",
-                      "firing alerts"):  # fmt: skip
+        for title in (
+            "p99 connect latency",
+            "failure rate",
+            "dollars",
+            "DNS",
+            "path health",
+            "firing alerts",
+        ):
             assert title in plain, plain
-        rows = [line.split() for line in plain.split("\n\n")[0].splitlines()
-                if line.startswith("shop/frontend")]  # fmt: skip
+        rows = [
+            line.split()
+            for line in plain.split("\n\n")[0].splitlines()
+            if line.startswith("shop/frontend")
+        ]
         assert {(r[1].split("/")[1], r[2]): (r[3], r[4], r[6]) for r in rows} == expected_rows
         (path_table,) = [part for part in plain.split("\n\n") if part.startswith("path health")]
         paths.extend(r for v in path_reader.read(1.0) for r in path_codec.decode_batch(v))

@@ -14,12 +14,12 @@ from typing import Any
 
 from kubernetes import client
 
-from enricher.follower import MetadataFollower
-from enricher.kubeobjects import ALL_LABELS_NO_ANNOTATIONS, PodFields
-from enricher.lease import LeaseConfig
-from enricher.livepublisher import WatchOptions, WatchPublisher
-from enricher.metadata import MetaCodec
-from enricher.state import MetadataState
+from enricher.join.follower import MetadataFollower
+from enricher.join.state import MetadataState
+from enricher.publish.kubeobjects import ALL_LABELS_NO_ANNOTATIONS, PodFields
+from enricher.publish.lease import LeaseConfig
+from enricher.publish.live import WatchOptions, WatchPublisher
+from flowscope.records.metadata import MetaCodec
 from flowscope.topics import Topics
 
 CODEC = MetaCodec()

@@ -4,6 +4,7 @@ counted; the message after it is still processed."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -14,8 +15,9 @@ from typing import Any
 import msgspec
 from confluent_kafka import Producer
 
-from enricher.dnsjoin import DnsJoiner
-from enricher.joiner import Joiner
+from enricher.join.dnsjoin import DnsJoiner
+from enricher.join.joiner import Joiner
+from enricher.join.view import MetadataView
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer
@@ -36,32 +38,72 @@ OVERSIZE = 990_000
 
 def _tcp(**kw: Any) -> bytes:
     base: dict[str, Any] = dict(
-        node="node-a", start_time_ns=NOW, end_time_ns=NOW + 1, role="client", family=4,
-        local_addr="10.77.1.10", local_port=41000, remote_addr="1.1.1.1", remote_port=443,
-        pid=1, comm="c", cgroup_id=9, cgroup_path=None, pod_uid=None, container_id=None,
-        bytes_sent=1, bytes_received=2, srtt_us=3, retrans_segs=0, connect_latency_us=4,
-    )  # fmt: skip
+        node="node-a",
+        start_time_ns=NOW,
+        end_time_ns=NOW + 1,
+        role="client",
+        family=4,
+        local_addr="10.77.1.10",
+        local_port=41000,
+        remote_addr="1.1.1.1",
+        remote_port=443,
+        pid=1,
+        comm="c",
+        cgroup_id=9,
+        cgroup_path=None,
+        pod_uid=None,
+        container_id=None,
+        bytes_sent=1,
+        bytes_received=2,
+        srtt_us=3,
+        retrans_segs=0,
+        connect_latency_us=4,
+    )
     base.update(kw)
     return msgspec.json.encode(RawTcpConnection(**base))
 
 
 def _dns(**kw: Any) -> bytes:
     base: dict[str, Any] = dict(
-        node="node-a", role="client", time_ns=NOW, response_time_ns=NOW + 1000, latency_us=1,
-        family=4, transport="udp", local_addr="10.77.1.10", local_port=40000,
-        remote_addr="10.77.2.53", remote_port=53, cgroup_id=9, cgroup_path=None, pod_uid=None,
-        container_id=None, txid=7, query_name="ok.test", query_type="A", outcome="answered",
-        rcode="NOERROR", answer_count=1,
-    )  # fmt: skip
+        node="node-a",
+        role="client",
+        time_ns=NOW,
+        response_time_ns=NOW + 1000,
+        latency_us=1,
+        family=4,
+        transport="udp",
+        local_addr="10.77.1.10",
+        local_port=40000,
+        remote_addr="10.77.2.53",
+        remote_port=53,
+        cgroup_id=9,
+        cgroup_path=None,
+        pod_uid=None,
+        container_id=None,
+        txid=7,
+        query_name="ok.test",
+        query_type="A",
+        outcome="answered",
+        rcode="NOERROR",
+        answer_count=1,
+    )
     base.update(kw)
     return msgspec.json.encode(RawDnsQuery(**base))
 
 
 def _pod(name: str, uid: str, **kw: Any) -> bytes:
-    base: dict[str, Any] = {"kind": "Pod", "v": 1, "uid": uid, "name": name,
-                            "namespace": "shop", "node": "node-a", "ips": ["10.77.1.10"],
-                            "start_time_ns": NOW - 10**12, "workload_kind": "Pod",
-                            "workload_name": name}  # fmt: skip
+    base: dict[str, Any] = {
+        "kind": "Pod",
+        "v": 1,
+        "uid": uid,
+        "name": name,
+        "namespace": "shop",
+        "node": "node-a",
+        "ips": ["10.77.1.10"],
+        "start_time_ns": NOW - 10**12,
+        "workload_kind": "Pod",
+        "workload_name": name,
+    }
     base.update(kw)
     return msgspec.json.encode(base)
 
@@ -117,9 +159,14 @@ def _running(stage: Joiner | DnsJoiner) -> Iterator[None]:
 
 
 def _settings(bootstrap: str, topics: Topics) -> Settings:
-    return Settings(bootstrap_servers=bootstrap, topic_prefix=topics.prefix,
-                    consumer_group=f"test-{uuid.uuid4().hex[:8]}", poll_timeout_s=0.1,
-                    output_batch_records=1, holdback_s=0.0)  # fmt: skip
+    return Settings(
+        bootstrap_servers=bootstrap,
+        topic_prefix=topics.prefix,
+        consumer_group=f"test-{uuid.uuid4().hex[:8]}",
+        poll_timeout_s=0.1,
+        output_batch_records=1,
+        holdback_s=0.0,
+    )
 
 
 def _check_letters(letters: list[bytes], topic: str, stage: str, labels: list[str]) -> None:
@@ -148,10 +195,16 @@ def test_raw_tcp_and_raw_dns_bad_input(kafka_bootstrap: str, topics: Topics) -> 
     tcp, dns = Joiner(settings), DnsJoiner(settings)
     tcp_bad, dns_bad = _bad(_tcp()), _bad(_dns())
     with _running(tcp), _running(dns):
-        _produce(kafka_bootstrap, topics.raw_tcp,
-                 [(k.encode(), v) for k, v in tcp_bad] + [(b"good", _tcp())])  # fmt: skip
-        _produce(kafka_bootstrap, topics.raw_dns,
-                 [(k.encode(), v) for k, v in dns_bad] + [(b"good", _dns())])  # fmt: skip
+        _produce(
+            kafka_bootstrap,
+            topics.raw_tcp,
+            [(k.encode(), v) for k, v in tcp_bad] + [(b"good", _tcp())],
+        )
+        _produce(
+            kafka_bootstrap,
+            topics.raw_dns,
+            [(k.encode(), v) for k, v in dns_bad] + [(b"good", _dns())],
+        )
         tcp_out = _consume(kafka_bootstrap, topics.enriched_tcp, 1)
         dns_out = _consume(kafka_bootstrap, topics.enriched_dns, 1)
         letters = _consume(kafka_bootstrap, topics.deadletter, 8)
@@ -192,3 +245,33 @@ def test_metadata_bad_input(kafka_bootstrap: str, topics: Topics) -> None:
     _check_letters(by_stage["enricher-dns"], topics.metadata, "enricher-dns", labels)
     assert tcp.metrics()["enricher_deadletter_metadata_total"] == 4
     assert dns.counters.metadata_deadlettered == 4
+
+
+def test_one_metadata_view_serves_both_joiners(kafka_bootstrap: str, topics: Topics) -> None:
+    """As `enricher join` wires them: one index read once, each refused metadata record
+    dead-lettered once, and a TCP end held for its pod released by the metadata whichever
+    joiner's thread applied it."""
+    settings = dataclasses.replace(_settings(kafka_bootstrap, topics), holdback_s=60.0)
+    view = MetadataView(settings)
+    tcp, dns = Joiner(settings, view=view), DnsJoiner(settings, view=view)
+    bad = _bad(_pod("fe", "uid-bad"), b'"v":1')
+    with _running(tcp), _running(dns):
+        assert tcp.state is dns.state is view.state
+        late = _tcp(local_addr="10.77.1.20", pod_uid="uid-late")
+        _produce(kafka_bootstrap, topics.raw_tcp, [(b"late", late)])
+        deadline = time.monotonic() + 30
+        while len(tcp.holdback) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(tcp.holdback) == 1, "the record of an unknown pod was not held"
+        pod = _pod("late", "uid-late", ips=["10.77.1.20"])
+        _produce(
+            kafka_bootstrap,
+            topics.metadata,
+            [(k.encode(), v) for k, v in bad] + [(b"Pod/shop/late", pod)],
+        )
+        out = _consume(kafka_bootstrap, topics.enriched_tcp, 1)
+        letters = _consume(kafka_bootstrap, topics.deadletter, len(bad))
+    assert JsonCodec(EnrichedTcpConnection).decode(out[0]).client.pod_name == "late"
+    assert "uid-bad" not in view.state.pods and "uid-late" in view.state.pods
+    refused = tcp.metrics()["enricher_deadletter_metadata_total"]
+    assert refused + dns.counters.metadata_deadlettered == len(bad) == len(letters)

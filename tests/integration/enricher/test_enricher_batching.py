@@ -10,15 +10,15 @@ import uuid
 import msgspec
 from confluent_kafka import Producer
 
-from enricher.joiner import Joiner
-from enricher.kubeobjects import ParsedObjects
-from enricher.metadata import Meta, NodeMeta, PodMeta
-from enricher.outbox import partition_of
-from enricher.publisher import MetadataPublisher
+from enricher.join.joiner import Joiner
+from enricher.join.outbox import partition_of
+from enricher.publish.kubeobjects import ParsedObjects
+from enricher.publish.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
 from flowscope.kafka import PRODUCER_DEFAULTS, RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
+from flowscope.records.metadata import Meta, NodeMeta, PodMeta
 from flowscope.topics import Topics
 
 S = 1_000_000_000

@@ -29,8 +29,8 @@ from confluent_kafka import Producer
 from kubehelp_enricher import node_object, start_publisher, wait_for
 from kubernetes import client
 
-from enricher.classify import parse_cidrs
-from enricher.joiner import Joiner
+from enricher.join.classify import parse_cidrs
+from enricher.join.joiner import Joiner
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer

@@ -28,16 +28,16 @@ from confluent_kafka import Message, Producer
 # Re-exported by confluent_kafka.admin, but not in a way its type hints declare.
 from confluent_kafka.admin._config import ConfigResource
 
-from enricher.joiner import Joiner
-from enricher.kubeobjects import ParsedObjects
-from enricher.metadata import NodeMeta
+from enricher.join.joiner import Joiner
 from enricher.metrics import VOCABULARY
-from enricher.publisher import MetadataPublisher
+from enricher.publish.kubeobjects import ParsedObjects
+from enricher.publish.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, admin_client
-from flowscope.metrics import scrape
+from flowscope.metrics import probe, scrape
 from flowscope.records import DeadLetter, EnrichedTcpConnection, RawTcpConnection
+from flowscope.records.metadata import NodeMeta
 from flowscope.topics import Topics
 
 REPO = Path(__file__).resolve().parents[3]
@@ -403,6 +403,12 @@ def test_join_cli_stops_cleanly_on_sigterm(
         (first,) = JsonCodec(EnrichedTcpConnection).decode_batch(_value(record))
         assert first.server.pod_uid == "uid-db"
         text, scraped = scrape(metrics_port)
+        # Both joiners (TCP and datagram) loaded and consuming, their loops turning.
+        deadline = time.monotonic() + 30
+        while probe(metrics_port, "readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert probe(metrics_port, "readyz") == (200, "ok")
+        assert probe(metrics_port, "livez") == (200, "ok")
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:

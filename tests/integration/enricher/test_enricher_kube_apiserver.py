@@ -29,9 +29,9 @@ from kubehelp_enricher import (
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 
-from enricher.kubeobjects import PodFields
-from enricher.kubewatch import ResourceWatch
-from enricher.metadata import MetaCodec, NodeMeta, PodMeta, ServiceMeta
+from enricher.publish.kubeobjects import PodFields
+from enricher.publish.kubewatch import ResourceWatch
+from flowscope.records.metadata import MetaCodec, NodeMeta, PodMeta, ServiceMeta
 from flowscope.topics import Topics
 
 REPO = Path(__file__).resolve().parents[3]

@@ -2,7 +2,7 @@
 emitted behind the held one are not emitted again, and the held one comes out once.
 
 The raw partition's committed offset stops at the held record, so the restarted joiner
-reads everything after it again; the commit's metadata (enricher/replay.py) says which of
+reads everything after it again; the commit's metadata (enricher/join/replay.py) says which of
 those records were still held. Checked on the real broker with read_committed: every record
 id once, and the restarted joiner's counters name the skipped records.
 """
@@ -26,8 +26,8 @@ from test_enricher_restart import (
     drain_committed,
 )
 
-from enricher.kubeobjects import ParsedObjects
-from enricher.publisher import MetadataPublisher
+from enricher.publish.kubeobjects import ParsedObjects
+from enricher.publish.publisher import MetadataPublisher
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import RawTcpConnection

@@ -27,12 +27,12 @@ import msgspec
 import pytest
 from confluent_kafka import Producer, TopicPartition
 
-from enricher.kubeobjects import ParsedObjects
-from enricher.metadata import Meta, NodeMeta, PodMeta
-from enricher.publisher import MetadataPublisher
+from enricher.publish.kubeobjects import ParsedObjects
+from enricher.publish.publisher import MetadataPublisher
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
+from flowscope.records.metadata import Meta, NodeMeta, PodMeta
 from flowscope.topics import Topics
 
 REPO = Path(__file__).resolve().parents[3]
@@ -50,9 +50,15 @@ ENRICHED = JsonCodec(EnrichedTcpConnection)
 
 def _pod(uid: str, ip: str, node: str) -> PodMeta:
     return PodMeta(
-        uid=uid, name=f"pod-{uid}", namespace="shop", node=node, ips=[ip],
-        start_time_ns=NOW - 600 * S, workload_kind="Deployment", workload_name=f"wl-{uid}",
-    )  # fmt: skip
+        uid=uid,
+        name=f"pod-{uid}",
+        namespace="shop",
+        node=node,
+        ips=[ip],
+        start_time_ns=NOW - 600 * S,
+        workload_kind="Deployment",
+        workload_name=f"wl-{uid}",
+    )
 
 
 METADATA: list[Meta] = [
@@ -65,21 +71,41 @@ METADATA: list[Meta] = [
 
 def _raw(record_id: int) -> RawTcpConnection:
     return RawTcpConnection(
-        node="node-a", start_time_ns=NOW, end_time_ns=NOW + S, role="client", family=4,
-        local_addr="10.79.1.10", local_port=10000 + record_id % 50000,
-        remote_addr="10.79.2.20", remote_port=80, pid=1, comm="curl", cgroup_id=1,
-        cgroup_path=None, pod_uid="client", container_id=None, bytes_sent=record_id,
-        bytes_received=1, srtt_us=1, retrans_segs=0, connect_latency_us=1,
-    )  # fmt: skip
+        node="node-a",
+        start_time_ns=NOW,
+        end_time_ns=NOW + S,
+        role="client",
+        family=4,
+        local_addr="10.79.1.10",
+        local_port=10000 + record_id % 50000,
+        remote_addr="10.79.2.20",
+        remote_port=80,
+        pid=1,
+        comm="curl",
+        cgroup_id=1,
+        cgroup_path=None,
+        pod_uid="client",
+        container_id=None,
+        bytes_sent=record_id,
+        bytes_received=1,
+        srtt_us=1,
+        retrans_segs=0,
+        connect_latency_us=1,
+    )
 
 
 class JoinerProcess:
     """``python -m enricher join`` as a subprocess, its stderr in a file."""
 
     def __init__(
-        self, bootstrap: str, topics: Topics, group: str, instance: str, log: Path,
+        self,
+        bootstrap: str,
+        topics: Topics,
+        group: str,
+        instance: str,
+        log: Path,
         extra_env: dict[str, str],
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.log_path = log
         self._log = log.open("wb")
         self.proc = subprocess.Popen(

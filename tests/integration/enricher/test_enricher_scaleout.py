@@ -15,15 +15,15 @@ from typing import Any
 import msgspec
 from confluent_kafka import Producer
 
-from enricher.classify import parse_cidrs
-from enricher.joiner import Joiner
-from enricher.kubeobjects import ParsedObjects
-from enricher.metadata import Meta, NodeMeta, PodMeta
-from enricher.publisher import MetadataPublisher
+from enricher.join.classify import parse_cidrs
+from enricher.join.joiner import Joiner
+from enricher.publish.kubeobjects import ParsedObjects
+from enricher.publish.publisher import MetadataPublisher
 from enricher.settings import Settings
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, TopicSpec, ensure_topics
 from flowscope.records import EnrichedTcpConnection, RawTcpConnection
+from flowscope.records.metadata import Meta, NodeMeta, PodMeta
 from flowscope.topics import Topics
 
 S = 1_000_000_000

@@ -1,6 +1,6 @@
 """Published percentiles against the exact ones, by the sketch's own definitions.
 
-The sketch (processors/sketch.py) answers quantile ``q`` of ``n`` values with the value at
+The sketch (processors/core/sketch.py) answers quantile ``q`` of ``n`` values with the value at
 rank ``floor(q * (n - 1))`` of the sorted values (0-based), within a relative error of its
 ``alpha``. The exact figure is taken at that same rank: another convention (nearest rank,
 interpolation) would differ from it on small samples by more than the bound, and a test
@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from processors.sketch import DEFAULT_ALPHA, QuantileSketch
+from processors.core.sketch import DEFAULT_ALPHA, QuantileSketch
 
 # Float rounding at a bin edge only; the guarantee itself is alpha.
 ROUNDING_SLACK = 1e-9

@@ -36,8 +36,8 @@ import pytest
 
 from demo.readout import TopicReader
 from demo.services import PipelineSettings, running_pipeline
-from enricher.kubeobjects import parse_text
-from enricher.publisher import MetadataPublisher
+from enricher.publish.kubeobjects import parse_text
+from enricher.publish.publisher import MetadataPublisher
 from flowscope.codec import JsonCodec
 from flowscope.records import Endpoint, EnrichedTcpConnection
 from flowscope.topics import Topics
@@ -79,8 +79,9 @@ FourTuple = tuple[str, int, str, int]  # client ip, client port, server ip, serv
 class Churn:
     """The test's side: creates and deletes pods, publishes metadata, keeps the truth."""
 
-    def __init__(self, cluster: Cluster, server: Pod, bootstrap: str, topics: Topics,
-                 objects_path: Path) -> None:
+    def __init__(
+        self, cluster: Cluster, server: Pod, bootstrap: str, topics: Topics, objects_path: Path
+    ) -> None:
         self.cluster = cluster
         self.server = server
         self.publisher = MetadataPublisher(bootstrap, topics)
@@ -114,11 +115,21 @@ class Churn:
         listener = pod.start_server(POD_PORT, reply_bytes=REPLY_BYTES)
         pod.wait_listening(POD_PORT, proc=listener)
         t0 = time.time_ns()
-        out = pod.run_client(self.server.ip, SERVER_PORT, count=CONNS_TO_SERVER,
-                             send_bytes=SEND_BYTES, expect_reply_bytes=REPLY_BYTES)
+        out = pod.run_client(
+            self.server.ip,
+            SERVER_PORT,
+            count=CONNS_TO_SERVER,
+            send_bytes=SEND_BYTES,
+            expect_reply_bytes=REPLY_BYTES,
+        )
         t1 = time.time_ns()
-        back = self.server.run_client(pod.ip, POD_PORT, count=CONNS_TO_POD,
-                                      send_bytes=SEND_BYTES, expect_reply_bytes=REPLY_BYTES)
+        back = self.server.run_client(
+            pod.ip,
+            POD_PORT,
+            count=CONNS_TO_POD,
+            send_bytes=SEND_BYTES,
+            expect_reply_bytes=REPLY_BYTES,
+        )
         t2 = time.time_ns()
         assert out.completed == CONNS_TO_SERVER and back.completed == CONNS_TO_POD, (out, back)
         summary = pod.stop_server(listener)
@@ -126,10 +137,12 @@ class Churn:
         with self.lock:
             for port in out.local_ports:
                 self.truth.setdefault((ip, port, self.server.ip, SERVER_PORT), []).append(
-                    Truth(me, srv, t0, t1))
+                    Truth(me, srv, t0, t1)
+                )
             for port in back.local_ports:
                 self.truth.setdefault((self.server.ip, port, ip, POD_PORT), []).append(
-                    Truth(srv, me, t1, t2))
+                    Truth(srv, me, t1, t2)
+                )
             self.connections += len(out.local_ports) + len(back.local_ports)
             gone = self.cluster.delete_pod(pod.name)
             self.deleted += 1
@@ -199,8 +212,7 @@ def test_churn_with_ip_reuse_on_real_sockets(
             until = t_churn + CHURN_S
             with ThreadPoolExecutor(WORKERS) as pool_exec:
                 futures = [
-                    pool_exec.submit(churn.worker, pool[w::WORKERS], until)
-                    for w in range(WORKERS)
+                    pool_exec.submit(churn.worker, pool[w::WORKERS], until) for w in range(WORKERS)
                 ]
                 for f in futures:
                     f.result()  # a failed worker fails the test with its own error
@@ -209,11 +221,16 @@ def test_churn_with_ip_reuse_on_real_sockets(
             want = 2 * churn.connections  # both ends observed: a client and a server record
 
             def mine(es: list[EnrichedTcpConnection]) -> list[EnrichedTcpConnection]:
-                return [e for e in es if {e.client.address, e.server.address} <= ours
-                        and (e.server.port in (SERVER_PORT, POD_PORT))]
+                return [
+                    e
+                    for e in es
+                    if {e.client.address, e.server.address} <= ours
+                    and (e.server.port in (SERVER_PORT, POD_PORT))
+                ]
 
-            enriched = mine(reader.read_until(codec, lambda es: len(mine(es)) >= want,
-                                              timeout_s=45))
+            enriched = mine(
+                reader.read_until(codec, lambda es: len(mine(es)) >= want, timeout_s=45)
+            )
             # A little longer: a duplicate would show up here.
             enriched += mine([r for v in reader.read(2) for r in codec.decode_batch(v)])
             for svc in services.values():
@@ -239,8 +256,11 @@ def test_churn_with_ip_reuse_on_real_sockets(
             continue
         seen[(t, e.observer_role, truth.start_ns)] += 1
         verdicts = {_verdict(e.client, truth.client), _verdict(e.server, truth.server)}
-        verdict = "wrong" if "wrong" in verdicts else (
-            "unresolved" if "unresolved" in verdicts else "correct")
+        verdict = (
+            "wrong"
+            if "wrong" in verdicts
+            else ("unresolved" if "unresolved" in verdicts else "correct")
+        )
         counts[verdict] += 1
         if verdict != "correct":
             problems.append((verdict, e.observer_role, (e.client, e.server), truth))

@@ -19,8 +19,8 @@ from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import DnsMetric, EnrichedDnsQuery
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
-from processors.dns import NameGroups
+from processors.core.dedupe import FirstPerId
+from processors.dns.aggregate import NameGroups
 from simnode import Cluster, NodeSpec, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
 
@@ -56,11 +56,15 @@ def test_dns_queries_flow_from_kernel_to_dns_metrics(
     conf = PodResolvConf(app, render([dns.ip], kubernetes_search("shop"), ndots=5))
     publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
     settings = PipelineSettings(
-        bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host", log_dir=tmp_path / "logs",
-        window_s=WINDOW_S, grace_s=1.0,
+        bootstrap=kafka_bootstrap,
+        topics=topics,
+        node_name="sim-host",
+        log_dir=tmp_path / "logs",
+        window_s=WINDOW_S,
+        grace_s=1.0,
         collector_args=("--dns-enabled", "true", "--dns-timeout-seconds", str(DNS_TIMEOUT_S)),
         processor_args=("--dns-grace-seconds", str(DNS_TIMEOUT_S + 1.5)),
-    )  # fmt: skip
+    )
     enriched_reader = TopicReader(kafka_bootstrap, topics.enriched_dns)
     metrics_reader = TopicReader(kafka_bootstrap, topics.metrics_dns)
     try:
@@ -69,17 +73,35 @@ def test_dns_queries_flow_from_kernel_to_dns_metrics(
             # tried with 3 expansions, then as itself: 4 NXDOMAIN, 3 of them search noise.
             out = app.run(conf.command(Pod.python("simnode.dns", "resolve", "web", "nope")))
             assert json.loads(out.stdout)[0]["addrs"] == ["10.96.3.3"]
-            stub = Pod.python("simnode.dns", "query", "--server", dns.ip, "--timeout-s", "2",
-                              "ok.test", "ok.test", "ok.test", "broken.test", "broken.test",
-                              "silent.test")  # fmt: skip
+            stub = Pod.python(
+                "simnode.dns",
+                "query",
+                "--server",
+                dns.ip,
+                "--timeout-s",
+                "2",
+                "ok.test",
+                "ok.test",
+                "ok.test",
+                "broken.test",
+                "broken.test",
+                "silent.test",
+            )
             replies = json.loads(app.run(conf.command(stub)).stdout)
             assert [r.get("timeout", False) for r in replies] == [False] * 5 + [True]
 
-            enriched = [e for e in enriched_reader.read_until(
-                JsonCodec(EnrichedDnsQuery),
-                lambda es: sum(e.client.pod_uid == app.uid and e.observer_role == "client"
-                               for e in es) >= 11,
-                timeout_s=60) if e.client.pod_uid == app.uid]  # fmt: skip
+            enriched = [
+                e
+                for e in enriched_reader.read_until(
+                    JsonCodec(EnrichedDnsQuery),
+                    lambda es: (
+                        sum(e.client.pod_uid == app.uid and e.observer_role == "client" for e in es)
+                        >= 11
+                    ),
+                    timeout_s=60,
+                )
+                if e.client.pod_uid == app.uid
+            ]
             dedupe = FirstPerId()
             codec = JsonCodec(DnsMetric)
 
@@ -161,19 +183,30 @@ def test_dns_over_tcp_and_absolute_nxdomain_flow_to_dns_metrics(
     conf = PodResolvConf(app, render([dns.ip], kubernetes_search("shop"), ndots=5))
     publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
     settings = PipelineSettings(
-        bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host", log_dir=tmp_path / "logs",
-        window_s=WINDOW_S, grace_s=1.0,
+        bootstrap=kafka_bootstrap,
+        topics=topics,
+        node_name="sim-host",
+        log_dir=tmp_path / "logs",
+        window_s=WINDOW_S,
+        grace_s=1.0,
         collector_args=("--dns-enabled", "true", "--dns-timeout-seconds", str(DNS_TIMEOUT_S)),
         processor_args=("--dns-grace-seconds", str(DNS_TIMEOUT_S + 1.5)),
-    )  # fmt: skip
+    )
     absolute = ["gone.shop.svc.cluster.local", "missing.test"]
     want = 4  # two over TCP, one query per absolute name
     enriched_reader = TopicReader(kafka_bootstrap, topics.enriched_dns)
     metrics_reader = TopicReader(kafka_bootstrap, topics.metrics_dns)
     try:
         with running_pipeline(settings):
-            stub = Pod.python("simnode.dns", "query", "--tcp", "--server", dns.ip,
-                              "tcp-ok.test", "tcp-broken.test")  # fmt: skip
+            stub = Pod.python(
+                "simnode.dns",
+                "query",
+                "--tcp",
+                "--server",
+                dns.ip,
+                "tcp-ok.test",
+                "tcp-broken.test",
+            )
             replies = json.loads(app.run(conf.command(stub)).stdout)
             assert [r.get("timeout", False) for r in replies] == [False, False], replies
             resolve = Pod.python("simnode.dns", "resolve", *(n + "." for n in absolute))
@@ -181,11 +214,18 @@ def test_dns_over_tcp_and_absolute_nxdomain_flow_to_dns_metrics(
                 False,
                 False,
             ]
-            enriched = [e for e in enriched_reader.read_until(
-                JsonCodec(EnrichedDnsQuery),
-                lambda es: sum(e.client.pod_uid == app.uid and e.observer_role == "client"
-                               for e in es) >= want,
-                timeout_s=60) if e.client.pod_uid == app.uid]  # fmt: skip
+            enriched = [
+                e
+                for e in enriched_reader.read_until(
+                    JsonCodec(EnrichedDnsQuery),
+                    lambda es: (
+                        sum(e.client.pod_uid == app.uid and e.observer_role == "client" for e in es)
+                        >= want
+                    ),
+                    timeout_s=60,
+                )
+                if e.client.pod_uid == app.uid
+            ]
             dedupe = FirstPerId()
             codec = JsonCodec(DnsMetric)
 

@@ -14,7 +14,7 @@ from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import DnsMetric, EnrichedDnsQuery
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
+from processors.core.dedupe import FirstPerId
 from simnode import Cluster, NodeSpec, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
 
@@ -35,15 +35,23 @@ def test_dns_over_ipv6_flows_to_dns_metrics(
         app = cluster.add_pod("frontend", node="node-b1", namespace="shop")
         assert dns.ip6 is not None and app.ip6 is not None
         server = DnsServerProcess(dns, RULES, host="::")
-        conf = PodResolvConf(app, render([dns.ip6], kubernetes_search("shop"), ndots=5,
-                                         options=["timeout:1", "attempts:1"]))  # fmt: skip
+        conf = PodResolvConf(
+            app,
+            render(
+                [dns.ip6], kubernetes_search("shop"), ndots=5, options=["timeout:1", "attempts:1"]
+            ),
+        )
         publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
         settings = PipelineSettings(
-            bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host",
-            log_dir=tmp_path / "logs", window_s=WINDOW_S, grace_s=1.0,
+            bootstrap=kafka_bootstrap,
+            topics=topics,
+            node_name="sim-host",
+            log_dir=tmp_path / "logs",
+            window_s=WINDOW_S,
+            grace_s=1.0,
             collector_args=("--dns-enabled", "true", "--dns-timeout-seconds", "1"),
             processor_args=("--dns-grace-seconds", "2.5"),
-        )  # fmt: skip
+        )
         enriched_reader = TopicReader(kafka_bootstrap, topics.enriched_dns)
         metrics_reader = TopicReader(kafka_bootstrap, topics.metrics_dns)
         try:
@@ -57,9 +65,15 @@ def test_dns_over_ipv6_flows_to_dns_metrics(
                 def asked(e: EnrichedDnsQuery) -> bool:
                     return e.client.pod_uid == app.uid and e.observer_role == "client"
 
-                enriched = [e for e in enriched_reader.read_until(
-                    JsonCodec(EnrichedDnsQuery), lambda es: sum(map(asked, es)) >= 5,
-                    timeout_s=60) if e.client.pod_uid == app.uid]  # fmt: skip
+                enriched = [
+                    e
+                    for e in enriched_reader.read_until(
+                        JsonCodec(EnrichedDnsQuery),
+                        lambda es: sum(map(asked, es)) >= 5,
+                        timeout_s=60,
+                    )
+                    if e.client.pod_uid == app.uid
+                ]
                 dedupe = FirstPerId()
                 codec = JsonCodec(DnsMetric)
 

@@ -27,7 +27,7 @@ from flowscope.records import (
     TcpLatencyMetric,
 )
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
+from processors.core.dedupe import FirstPerId
 from simnode import Cluster, NodeSpec, Pod
 from simnode.dns import DnsServerProcess, PodResolvConf, kubernetes_search, render
 
@@ -71,9 +71,14 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
     conf = PodResolvConf(app, render([dns.ip], kubernetes_search("shop"), ndots=5))
     publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
     settings = PipelineSettings(
-        bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host", log_dir=tmp_path / "logs",
-        window_s=WINDOW_S, grace_s=GRACE_S, collector_args=("--dns-enabled", "true"),
-    )  # fmt: skip
+        bootstrap=kafka_bootstrap,
+        topics=topics,
+        node_name="sim-host",
+        log_dir=tmp_path / "logs",
+        window_s=WINDOW_S,
+        grace_s=GRACE_S,
+        collector_args=("--dns-enabled", "true"),
+    )
     dns_reader = TopicReader(kafka_bootstrap, topics.enriched_dns)
     tcp_reader = TopicReader(kafka_bootstrap, topics.enriched_tcp)
     cost_reader = TopicReader(kafka_bootstrap, topics.metrics_cost_rollups)
@@ -84,20 +89,24 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
 
     def resolve(name: str) -> EnrichedDnsQuery:
         """Resolve in the app pod; return once the enricher has joined the answer (the
-        connections that follow must find it indexed: see enricher/dnsnames.py)."""
+        connections that follow must find it indexed: see enricher/join/dnsnames.py)."""
         out = app.run(conf.command(Pod.python("simnode.dns", "resolve", name + ".")))
         assert json.loads(out.stdout)[0]["ok"], out.stdout
 
         def mine(e: EnrichedDnsQuery) -> bool:
             return (e.client.pod_uid, e.observer_role, e.query_name) == (app.uid, "client", name)
 
-        dns_seen.extend(dns_reader.read_until(
-            JsonCodec(EnrichedDnsQuery), lambda es: any(map(mine, es)), timeout_s=60))  # fmt: skip
+        dns_seen.extend(
+            dns_reader.read_until(
+                JsonCodec(EnrichedDnsQuery), lambda es: any(map(mine, es)), timeout_s=60
+            )
+        )
         return next(e for e in dns_seen if mine(e))
 
     def connect(pod: Pod, addr: str, expected: str | None) -> None:
-        summary = pod.run_client(addr, PORT, count=1, send_bytes=SEND_BYTES,
-                                 expect_reply_bytes=REPLY_BYTES)  # fmt: skip
+        summary = pod.run_client(
+            addr, PORT, count=1, send_bytes=SEND_BYTES, expect_reply_bytes=REPLY_BYTES
+        )
         assert summary.completed == 1, summary
         made.append((pod, addr, expected))
 
@@ -130,9 +139,15 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
             def ours(e: EnrichedTcpConnection) -> bool:
                 return e.observer_role == "client" and e.server.address in addrs
 
-            enriched = [e for e in tcp_reader.read_until(
-                JsonCodec(EnrichedTcpConnection),
-                lambda es: sum(map(ours, es)) >= len(made), timeout_s=60) if ours(e)]  # fmt: skip
+            enriched = [
+                e
+                for e in tcp_reader.read_until(
+                    JsonCodec(EnrichedTcpConnection),
+                    lambda es: sum(map(ours, es)) >= len(made),
+                    timeout_s=60,
+                )
+                if ours(e)
+            ]
 
             want = _expected_costs(made)
             dedupe, codec = FirstPerId(), JsonCodec(CostRollupMetric)
@@ -142,9 +157,13 @@ def test_internet_servers_are_named_by_dns_and_costed_per_domain(
                 rollups += dedupe.keep(codec.decode(v) for v in cost_reader.read(1.0))
             time.sleep(WINDOW_S + GRACE_S + 1)  # a double count would show up in later windows
             rollups += dedupe.keep(codec.decode(v) for v in cost_reader.read(2.0))
-            latency = [m for m in FirstPerId().keep(
-                JsonCodec(TcpLatencyMetric).decode(v) for v in latency_reader.read(2.0))
-                if m.client_workload == "shop/Deployment/frontend"]  # fmt: skip
+            latency = [
+                m
+                for m in FirstPerId().keep(
+                    JsonCodec(TcpLatencyMetric).decode(v) for v in latency_reader.read(2.0)
+                )
+                if m.client_workload == "shop/Deployment/frontend"
+            ]
     finally:
         for reader in (dns_reader, tcp_reader, cost_reader, latency_reader):
             reader.close()

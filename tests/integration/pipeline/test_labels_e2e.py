@@ -19,7 +19,7 @@ from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import CostRollupMetric, Endpoint, EnrichedTcpConnection
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
+from processors.core.dedupe import FirstPerId
 from simnode import Cluster, NodeSpec, Pod
 from simnode.objects import image_id
 
@@ -53,19 +53,28 @@ def test_images_and_labels_on_both_ends_and_cost_per_team_and_rack(
         labels={"team": "payments", "app.kubernetes.io/name": "checkout", "tier": "backend"},
     )
     client = cluster.add_pod(
-        "frontend", node="node-a1", namespace="shop", image="docker.io/shop/frontend",
-        container="web", labels={"team": "storefront", "version": "v3", "tier": "frontend"},
-    )  # fmt: skip
+        "frontend",
+        node="node-a1",
+        namespace="shop",
+        image="docker.io/shop/frontend",
+        container="web",
+        labels={"team": "storefront", "version": "v3", "tier": "frontend"},
+    )
     publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
     prices = yaml.safe_load((REPO / "config" / "prices.yaml").read_text())
     prices |= {"rollup_labels": ["team"], "rollup_node_labels": [RACK]}
     prices_path = tmp_path / "prices.yaml"
     prices_path.write_text(yaml.safe_dump(prices))
     settings = PipelineSettings(
-        bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host", log_dir=tmp_path / "logs",
-        window_s=WINDOW_S, grace_s=GRACE_S, processor_args=("--prices", str(prices_path)),
+        bootstrap=kafka_bootstrap,
+        topics=topics,
+        node_name="sim-host",
+        log_dir=tmp_path / "logs",
+        window_s=WINDOW_S,
+        grace_s=GRACE_S,
+        processor_args=("--prices", str(prices_path)),
         extra_env={"FLOWSCOPE_ENRICHER_NODE_LABELS": RACK},
-    )  # fmt: skip
+    )
     tcp_reader = TopicReader(kafka_bootstrap, topics.enriched_tcp)
     cost_reader = TopicReader(kafka_bootstrap, topics.metrics_cost_rollups)
 
@@ -73,24 +82,34 @@ def test_images_and_labels_on_both_ends_and_cost_per_team_and_rack(
         return (e.client.address, e.server.address, e.server.port) == (client.ip, server.ip, PORT)
 
     want = {
-        ("label", "team=storefront"), ("label", "team=payments"),
-        ("node_label", f"{RACK}=r1"), ("node_label", f"{RACK}=r7"),
-    }  # fmt: skip
+        ("label", "team=storefront"),
+        ("label", "team=payments"),
+        ("node_label", f"{RACK}=r1"),
+        ("node_label", f"{RACK}=r7"),
+    }
     sent_total = N_CONNECTIONS * (SEND_BYTES + REPLY_BYTES)
     try:
         with running_pipeline(settings):
             proc = server.start_server(PORT, reply_bytes=REPLY_BYTES)
             server.wait_listening(PORT, proc=proc)
             summary = client.run_client(
-                server.ip, PORT, count=N_CONNECTIONS, send_bytes=SEND_BYTES,
+                server.ip,
+                PORT,
+                count=N_CONNECTIONS,
+                send_bytes=SEND_BYTES,
                 expect_reply_bytes=REPLY_BYTES,
-            )  # fmt: skip
+            )
             server.stop_server(proc)
             assert summary.completed == N_CONNECTIONS, summary
-            enriched = [e for e in tcp_reader.read_until(
-                JsonCodec(EnrichedTcpConnection),
-                lambda es: sum(map(ours, es)) >= 2 * N_CONNECTIONS,
-                timeout_s=60) if ours(e)]  # fmt: skip
+            enriched = [
+                e
+                for e in tcp_reader.read_until(
+                    JsonCodec(EnrichedTcpConnection),
+                    lambda es: sum(map(ours, es)) >= 2 * N_CONNECTIONS,
+                    timeout_s=60,
+                )
+                if ours(e)
+            ]
             dedupe, codec = FirstPerId(), JsonCodec(CostRollupMetric)
             rollups: list[CostRollupMetric] = []
 
@@ -111,10 +130,24 @@ def test_images_and_labels_on_both_ends_and_cost_per_team_and_rack(
     roles = sorted(e.observer_role for e in enriched)
     assert roles == ["client"] * N_CONNECTIONS + ["server"] * N_CONNECTIONS, roles
     for e in enriched:
-        _check_end(e.client, client, "web", "docker.io/shop/frontend", ["latest"],
-                   {"team": "storefront", "version": "v3"}, "r1")  # fmt: skip
-        _check_end(e.server, server, "checkout", "registry.example:5000/shop/checkout", ["2.4"],
-                   {"team": "payments", "app.kubernetes.io/name": "checkout"}, "r7")  # fmt: skip
+        _check_end(
+            e.client,
+            client,
+            "web",
+            "docker.io/shop/frontend",
+            ["latest"],
+            {"team": "storefront", "version": "v3"},
+            "r1",
+        )
+        _check_end(
+            e.server,
+            server,
+            "checkout",
+            "registry.example:5000/shop/checkout",
+            ["2.4"],
+            {"team": "payments", "app.kubernetes.io/name": "checkout"},
+            "r7",
+        )
 
     # Cross-zone: $0.01/GB sent and $0.01/GB received, each end paying its own share.
     share = float(Decimal(sent_total) * CROSS_ZONE_USD_PER_GB / 10**9)
@@ -125,8 +158,15 @@ def test_images_and_labels_on_both_ends_and_cost_per_team_and_rack(
     assert totals[("region", "region-1")] == (2 * share, 2 * sent_total), totals
 
 
-def _check_end(end: Endpoint, pod: Pod, container: str, image: str, tags: list[str],
-               labels: dict[str, str], rack: str) -> None:  # fmt: skip
+def _check_end(
+    end: Endpoint,
+    pod: Pod,
+    container: str,
+    image: str,
+    tags: list[str],
+    labels: dict[str, str],
+    rack: str,
+) -> None:
     assert (end.pod_uid, end.container_name) == (pod.uid, container), end
     assert (end.image_name, end.image_tags) == (image, tags), end
     assert end.image_id == image_id(pod.meta.image).rpartition("@")[2], end

@@ -25,7 +25,7 @@ from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import AlertEvent, PathHealthMetric, RawPacketDrops
 from flowscope.topics import Topics
-from processors.verdict import NETWORK_RULE, SERVICE_RULE
+from processors.path.verdict import NETWORK_RULE, SERVICE_RULE
 from simnode import Cluster, NodeSpec, Pod
 from simnode.impair import path_loss
 
@@ -67,8 +67,11 @@ while True:
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    nodes = [NodeSpec("node-a1", zone="zone-a"), NodeSpec("node-b1", zone="zone-b"),
-             NodeSpec("node-c1", zone="zone-c")]  # fmt: skip
+    nodes = [
+        NodeSpec("node-a1", zone="zone-a"),
+        NodeSpec("node-b1", zone="zone-b"),
+        NodeSpec("node-c1", zone="zone-c"),
+    ]
     with Cluster(nodes) as c:
         yield c
 
@@ -86,10 +89,26 @@ class Load:
 
     def _loop(self, client: Pod, server: Pod) -> None:
         while not self._stop.is_set():
-            client.run(client.python("simnode.traffic", "client", "--host", server.ip,
-                                     "--port", str(PORT), "--count", "4", "--send-bytes",
-                                     "30000", "--interval-ms", "20", "--timeout-s", "5"),
-                       timeout_s=60, check=False)  # fmt: skip
+            client.run(
+                client.python(
+                    "simnode.traffic",
+                    "client",
+                    "--host",
+                    server.ip,
+                    "--port",
+                    str(PORT),
+                    "--count",
+                    "4",
+                    "--send-bytes",
+                    "30000",
+                    "--interval-ms",
+                    "20",
+                    "--timeout-s",
+                    "5",
+                ),
+                timeout_s=60,
+                check=False,
+            )
 
     def __enter__(self) -> Load:
         for t in self._threads:
@@ -106,11 +125,15 @@ def _pipeline(kafka: str, topics: Topics, tmp_path: Path) -> PipelineSettings:
     rules = tmp_path / "alerts.yaml"
     rules.write_text(VERDICT)
     return PipelineSettings(
-        bootstrap=kafka, topics=topics, node_name="sim-host", log_dir=tmp_path / "logs",
-        window_s=WINDOW_S, grace_s=GRACE_S,
+        bootstrap=kafka,
+        topics=topics,
+        node_name="sim-host",
+        log_dir=tmp_path / "logs",
+        window_s=WINDOW_S,
+        grace_s=GRACE_S,
         collector_args=("--drops-interval-seconds", "2"),
         processor_args=("--alert-rules", str(rules)),
-    )  # fmt: skip
+    )
 
 
 def _alerts_until(reader: TopicReader, done: object, timeout_s: float) -> list[AlertEvent]:
@@ -138,17 +161,27 @@ def test_loss_on_one_path_is_the_network_and_resolves(
         with Load(pairs):
             time.sleep(3 * WINDOW_S)  # healthy windows first
             loss_start_ns = time.time_ns()
-            with path_loss(cluster.run_id, [frontend.ip, cart.ip], [checkout.ip, stock.ip],
-                           LOSS_PERCENT):  # fmt: skip
+            with path_loss(
+                cluster.run_id, [frontend.ip, cart.ip], [checkout.ip, stock.ip], LOSS_PERCENT
+            ):
                 time.sleep(4 * WINDOW_S)
             loss_end_ns = time.time_ns()
             time.sleep(4 * WINDOW_S)  # healthy again
-        events = _alerts_until(alerts, lambda es: any(
-            e.rule == NETWORK_RULE and e.status == "resolved" for e in es), 90)
-        metrics = health.read_until(JsonCodec(PathHealthMetric), lambda ms: any(
-            m.window_start_ns >= loss_end_ns for m in ms), 30)  # fmt: skip
-        dropped = drops.read_until(JsonCodec(RawPacketDrops), lambda ds: any(
-            d.window_start_ns >= loss_end_ns for d in ds), 30)  # fmt: skip
+        events = _alerts_until(
+            alerts,
+            lambda es: any(e.rule == NETWORK_RULE and e.status == "resolved" for e in es),
+            90,
+        )
+        metrics = health.read_until(
+            JsonCodec(PathHealthMetric),
+            lambda ms: any(m.window_start_ns >= loss_end_ns for m in ms),
+            30,
+        )
+        dropped = drops.read_until(
+            JsonCodec(RawPacketDrops),
+            lambda ds: any(d.window_start_ns >= loss_end_ns for d in ds),
+            30,
+        )
 
     # The verdict: the network, on that path, both services on it; nothing else.
     network = [e for e in events if e.rule == NETWORK_RULE]
@@ -156,8 +189,10 @@ def test_loss_on_one_path_is_the_network_and_resolves(
     fired = network[0]
     assert fired.group == {"scope": "node", "source": "node-a1", "destination": "node-b1"}
     assert fired.evidence[0]["summary"] == "network path node-a1 -> node-b1 degraded"
-    assert fired.evidence[0]["services"] == [f"{w('cart')} -> {w('stock')}",
-                                             f"{w('frontend')} -> {w('checkout')}"]  # fmt: skip
+    assert fired.evidence[0]["services"] == [
+        f"{w('cart')} -> {w('stock')}",
+        f"{w('frontend')} -> {w('checkout')}",
+    ]
     assert fired.evidence[0]["healthy_paths"] == ["node-a1 -> node-c1"]
     assert w("search") not in fired.affected_workloads
     assert loss_start_ns - WINDOW_S * 1e9 <= fired.window_start_ns <= loss_end_ns
@@ -168,9 +203,13 @@ def test_loss_on_one_path_is_the_network_and_resolves(
 
     # The health metrics: retransmissions on that path only.
     def rate(source: str, destination: str, lossy: bool) -> float:
-        ms = [m for m in metrics if m.scope == "node" and (m.source, m.destination) ==
-              (source, destination) and (loss_start_ns <= m.window_start_ns < loss_end_ns
-                                         - WINDOW_S * 1e9) == lossy]  # fmt: skip
+        ms = [
+            m
+            for m in metrics
+            if m.scope == "node"
+            and (m.source, m.destination) == (source, destination)
+            and (loss_start_ns <= m.window_start_ns < loss_end_ns - WINDOW_S * 1e9) == lossy
+        ]
         assert ms, (source, destination, lossy)
         return sum(m.retrans_segs for m in ms) / sum(m.segs_out for m in ms)
 
@@ -206,8 +245,11 @@ def test_one_server_resetting_is_the_service_not_the_network(
         flaky.wait_listening(PORT, proc=resetter)
         with Load([(frontend, checkout), (cart, flaky), (frontend, search)]):
             time.sleep(4 * WINDOW_S)
-        events = _alerts_until(alerts, lambda es: any(
-            e.rule == SERVICE_RULE and e.status == "resolved" for e in es), 60)  # fmt: skip
+        events = _alerts_until(
+            alerts,
+            lambda es: any(e.rule == SERVICE_RULE and e.status == "resolved" for e in es),
+            60,
+        )
 
     service = [e for e in events if e.rule == SERVICE_RULE]
     assert [e.status for e in service] == ["firing", "resolved"], events

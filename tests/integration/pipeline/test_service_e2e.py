@@ -53,13 +53,19 @@ def test_service_traffic_names_backend_and_service(
     root_required: None, kafka_bootstrap: str, topics: Topics, tmp_path: Path, layout: Layout
 ) -> None:
     nodes = [NodeSpec("node-a1", zone="zone-a"), NodeSpec("node-b1", zone="zone-b")]
-    with Cluster(nodes, pod_wiring=layout.wiring, kube_proxy=layout.kube_proxy,  # type: ignore[arg-type]
-                 cgroup_driver=layout.cgroup_driver, runtime=layout.runtime,  # type: ignore[arg-type]
-                 dual_stack=layout.ipv6) as cluster:  # fmt: skip
+    with Cluster(
+        nodes,
+        pod_wiring=layout.wiring,
+        kube_proxy=layout.kube_proxy,  # type: ignore[arg-type]
+        cgroup_driver=layout.cgroup_driver,
+        runtime=layout.runtime,  # type: ignore[arg-type]
+        dual_stack=layout.ipv6,
+    ) as cluster:
         server = cluster.add_pod("checkout", node="node-b1", namespace="shop")
         client = cluster.add_pod("frontend", node="node-a1", namespace="shop")
-        svc = cluster.add_service("checkout", namespace="shop", selector={"app": "checkout"},
-                                  port=80, target_port=PORT)  # fmt: skip
+        svc = cluster.add_service(
+            "checkout", namespace="shop", selector={"app": "checkout"}, port=80, target_port=PORT
+        )
         if layout.kube_proxy == "socket-lb":
             host, port = cluster.backend_of(svc)  # the socket is the backend's from connect()
         else:
@@ -67,10 +73,14 @@ def test_service_traffic_names_backend_and_service(
         assert host is not None
         publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
         settings = PipelineSettings(
-            bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host",
-            log_dir=tmp_path / "logs", window_s=WINDOW_S, grace_s=GRACE_S,
+            bootstrap=kafka_bootstrap,
+            topics=topics,
+            node_name="sim-host",
+            log_dir=tmp_path / "logs",
+            window_s=WINDOW_S,
+            grace_s=GRACE_S,
             collector_args=("--service-cidrs", SERVICE_CIDRS),
-        )  # fmt: skip
+        )
         enriched_reader = TopicReader(kafka_bootstrap, topics.enriched_tcp)
         latency_reader = TopicReader(kafka_bootstrap, topics.metrics_tcp_latency)
         try:
@@ -78,8 +88,9 @@ def test_service_traffic_names_backend_and_service(
                 bind = "::" if layout.ipv6 else "0.0.0.0"
                 proc = server.start_server(PORT, reply_bytes=REPLY, bind=bind)
                 server.wait_listening(PORT, proc=proc)
-                summary = client.run_client(host, port, count=N, send_bytes=SEND,
-                                            expect_reply_bytes=REPLY)  # fmt: skip
+                summary = client.run_client(
+                    host, port, count=N, send_bytes=SEND, expect_reply_bytes=REPLY
+                )
                 server.stop_server(proc)
                 assert summary.completed == N, summary
                 ports = set(summary.local_ports)
@@ -87,20 +98,41 @@ def test_service_traffic_names_backend_and_service(
                 def mine(e: EnrichedTcpConnection) -> bool:
                     return e.client.pod_uid == client.uid and e.client.port in ports
 
-                enriched = [e for e in enriched_reader.read_until(
-                    JsonCodec(EnrichedTcpConnection),
-                    lambda es: sum(map(mine, es)) >= 2 * N, timeout_s=60) if mine(e)]  # fmt: skip
+                enriched = [
+                    e
+                    for e in enriched_reader.read_until(
+                        JsonCodec(EnrichedTcpConnection),
+                        lambda es: sum(map(mine, es)) >= 2 * N,
+                        timeout_s=60,
+                    )
+                    if mine(e)
+                ]
                 wl = ("shop/Deployment/frontend", "shop/Deployment/checkout")
-                latency = [m for m in latency_reader.read_until(
-                    JsonCodec(TcpLatencyMetric),
-                    lambda ms: sum(m.connections for m in ms
-                                   if (m.client_workload, m.server_workload) == wl) >= N,
-                    timeout_s=WINDOW_S + GRACE_S + 60,
-                ) if (m.client_workload, m.server_workload) == wl]  # fmt: skip
+                latency = [
+                    m
+                    for m in latency_reader.read_until(
+                        JsonCodec(TcpLatencyMetric),
+                        lambda ms: (
+                            sum(
+                                m.connections
+                                for m in ms
+                                if (m.client_workload, m.server_workload) == wl
+                            )
+                            >= N
+                        ),
+                        timeout_s=WINDOW_S + GRACE_S + 60,
+                    )
+                    if (m.client_workload, m.server_workload) == wl
+                ]
                 # Past the next window close a double count would show.
-                latency += [m for m in (JsonCodec(TcpLatencyMetric).decode(v)
-                                        for v in latency_reader.read(WINDOW_S + GRACE_S + 1))
-                            if (m.client_workload, m.server_workload) == wl]  # fmt: skip
+                latency += [
+                    m
+                    for m in (
+                        JsonCodec(TcpLatencyMetric).decode(v)
+                        for v in latency_reader.read(WINDOW_S + GRACE_S + 1)
+                    )
+                    if (m.client_workload, m.server_workload) == wl
+                ]
         finally:
             enriched_reader.close()
             latency_reader.close()
@@ -111,7 +143,10 @@ def test_service_traffic_names_backend_and_service(
     for e in enriched:
         assert (e.server.address, e.server.port) == (server_ip, PORT), e
         assert (e.server.pod_uid, e.server.deployment, e.server.service) == (
-            server.uid, "checkout", "checkout"), e  # fmt: skip
+            server.uid,
+            "checkout",
+            "checkout",
+        ), e
         assert (e.server.node, e.server.zone, e.client.zone) == ("node-b1", "zone-b", "zone-a")
         assert e.peer_class == "cross_zone", e
         assert (e.bytes_client_to_server, e.bytes_server_to_client) == (SEND, REPLY), e

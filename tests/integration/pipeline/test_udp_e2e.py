@@ -19,7 +19,7 @@ from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
 from flowscope.records import CostPairMetric, EnrichedUdpFlow
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
+from processors.core.dedupe import FirstPerId
 from simnode import Cluster, NodeSpec
 
 PORT = 5004
@@ -78,31 +78,65 @@ def test_udp_through_a_service_is_named_and_charged_once(
     root_required: None, kafka_bootstrap: str, topics: Topics, tmp_path: Path, layout: Layout
 ) -> None:
     nodes = [NodeSpec("node-a1", zone="zone-a"), NodeSpec("node-b1", zone="zone-b")]
-    with Cluster(nodes, pod_wiring=layout.wiring, kube_proxy=layout.kube_proxy,  # type: ignore[arg-type]
-                 dual_stack=layout.ipv6) as cluster:  # fmt: skip
+    with Cluster(
+        nodes,
+        pod_wiring=layout.wiring,
+        kube_proxy=layout.kube_proxy,  # type: ignore[arg-type]
+        dual_stack=layout.ipv6,
+    ) as cluster:
         server = cluster.add_pod("streamer", node="node-b1", namespace="media")
         client = cluster.add_pod("player", node="node-a1", namespace="media")
-        svc = cluster.add_service("stream", namespace="media", selector={"app": "streamer"},
-                                  port=PORT, protocols=("UDP",))  # fmt: skip
+        svc = cluster.add_service(
+            "stream", namespace="media", selector={"app": "streamer"}, port=PORT, protocols=("UDP",)
+        )
         host = svc.cluster_ip6 if layout.ipv6 else svc.cluster_ip
         assert host is not None
         family = "6" if layout.ipv6 else "4"
         publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
         settings = PipelineSettings(
-            bootstrap=kafka_bootstrap, topics=topics, node_name="sim-host",
-            log_dir=tmp_path / "logs", window_s=WINDOW_S, grace_s=GRACE_S,
-            collector_args=("--service-cidrs", "10.96.0.0/16,fd00:10:96::/112",
-                            "--udp-interval-seconds", "1"),
-        )  # fmt: skip
+            bootstrap=kafka_bootstrap,
+            topics=topics,
+            node_name="sim-host",
+            log_dir=tmp_path / "logs",
+            window_s=WINDOW_S,
+            grace_s=GRACE_S,
+            collector_args=(
+                "--service-cidrs",
+                "10.96.0.0/16,fd00:10:96::/112",
+                "--udp-interval-seconds",
+                "1",
+            ),
+        )
         flows_reader = TopicReader(kafka_bootstrap, topics.enriched_udp)
         cost_reader = TopicReader(kafka_bootstrap, topics.metrics_cost_pairs)
         try:
             with running_pipeline(settings):
-                echo = server.start([sys.executable, "-c", ECHO, family, str(PORT),
-                                     str(REPLIES), str(REPLY_SIZE), str(COUNT)])  # fmt: skip
+                echo = server.start(
+                    [
+                        sys.executable,
+                        "-c",
+                        ECHO,
+                        family,
+                        str(PORT),
+                        str(REPLIES),
+                        str(REPLY_SIZE),
+                        str(COUNT),
+                    ]
+                )
                 assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
-                sent = client.run([sys.executable, "-c", SEND, family, host, str(PORT),
-                                   str(COUNT), str(SIZE), str(REPLIES)])  # fmt: skip
+                sent = client.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        SEND,
+                        family,
+                        host,
+                        str(PORT),
+                        str(COUNT),
+                        str(SIZE),
+                        str(REPLIES),
+                    ]
+                )
                 client_port = json.loads(sent.stdout)["port"]
                 echo_out, _ = echo.communicate(timeout=10)
                 assert int(echo_out.strip().splitlines()[-1]) == COUNT
@@ -114,21 +148,37 @@ def test_udp_through_a_service_is_named_and_charged_once(
 
                 def complete(fs: list[EnrichedUdpFlow]) -> bool:
                     sides = [f for f in fs if mine(f)]
-                    return {f.observer_role for f in sides} == {"client", "server"} and sum(
-                        f.bytes_client_to_server for f in sides if f.observer_role == "client"
-                    ) >= up and sum(f.bytes_server_to_client for f in sides
-                                    if f.observer_role == "server") >= down  # fmt: skip
+                    return (
+                        {f.observer_role for f in sides} == {"client", "server"}
+                        and sum(
+                            f.bytes_client_to_server for f in sides if f.observer_role == "client"
+                        )
+                        >= up
+                        and sum(
+                            f.bytes_server_to_client for f in sides if f.observer_role == "server"
+                        )
+                        >= down
+                    )
 
-                flows = [f for f in flows_reader.read_until(
-                    JsonCodec(EnrichedUdpFlow), complete, timeout_s=60) if mine(f)]  # fmt: skip
+                flows = [
+                    f
+                    for f in flows_reader.read_until(
+                        JsonCodec(EnrichedUdpFlow), complete, timeout_s=60
+                    )
+                    if mine(f)
+                ]
                 pair = ("media/Deployment/player", "media/Deployment/streamer")
                 dedupe = FirstPerId()
                 codec = JsonCodec(CostPairMetric)
 
                 def ours(values: list[bytes]) -> list[CostPairMetric]:
                     ms = dedupe.keep(codec.decode(v) for v in values)
-                    return [m for m in ms if m.transport == "udp"
-                            and (m.source_workload, m.destination_workload) == pair]  # fmt: skip
+                    return [
+                        m
+                        for m in ms
+                        if m.transport == "udp"
+                        and (m.source_workload, m.destination_workload) == pair
+                    ]
 
                 cost = ours(cost_reader.read(WINDOW_S + GRACE_S + 5))
                 while sum(m.bytes_source_to_destination for m in cost) < up:
@@ -145,7 +195,11 @@ def test_udp_through_a_service_is_named_and_charged_once(
     server_ip = server.ip6 if layout.ipv6 else server.ip
     for f in flows:
         assert (f.server.pod_uid, f.server.service, f.server.address, f.server.port) == (
-            server.uid, "stream", server_ip, PORT), f  # fmt: skip
+            server.uid,
+            "stream",
+            server_ip,
+            PORT,
+        ), f
         assert (f.client.zone, f.server.zone, f.peer_class) == ("zone-a", "zone-b", "cross_zone")
         assert f.network_type == ("ipv6" if layout.ipv6 else "ipv4")
     by_side = {role: [f for f in flows if f.observer_role == role] for role in ("client", "server")}
@@ -158,6 +212,7 @@ def test_udp_through_a_service_is_named_and_charged_once(
     assert sum(m.bytes_source_to_destination for m in cost) == up, cost
     assert sum(m.bytes_destination_to_source for m in cost) == down, cost
     assert {(m.source_zone, m.destination_zone, m.cost_class) for m in cost} == {
-        ("zone-a", "zone-b", "cross_zone")}  # fmt: skip
+        ("zone-a", "zone-b", "cross_zone")
+    }
     # The shipped price table: $0.01/GB sent and received across zones, paid by both ends.
     assert sum(m.cost_usd for m in cost) == pytest.approx(2 * (up + down) * 0.01 / 1e9, abs=4e-9)

@@ -23,7 +23,7 @@ from flowscope.kafka import RecordConsumer
 from flowscope.metrics import scrape
 from flowscope.records import Endpoint
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId, HasMetricId
+from processors.core.dedupe import FirstPerId, HasMetricId
 
 REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000
@@ -79,19 +79,32 @@ def start_worker(
 ) -> Worker:
     stderr_path, stdout_path = workdir / f"{name}.stderr", workdir / f"{name}.stdout"
     argv = [
-        sys.executable, "-m", "processors", "worker",
-        "--bootstrap-servers", bootstrap,
-        "--topic-prefix", topics.prefix,
-        "--group", app_id,
-        "--state-dir", str(workdir / "state"),
-        "--window-seconds", str(window_s),
-        "--grace-seconds", "1",
-        "--idle-allowance-seconds", "1",
-        "--log-interval-seconds", "1",
-        "--session-timeout-seconds", "6",
-        "--metrics-port", str(metrics_port),
+        sys.executable,
+        "-m",
+        "processors",
+        "worker",
+        "--bootstrap-servers",
+        bootstrap,
+        "--topic-prefix",
+        topics.prefix,
+        "--group",
+        app_id,
+        "--state-dir",
+        str(workdir / "state"),
+        "--window-seconds",
+        str(window_s),
+        "--grace-seconds",
+        "1",
+        "--idle-allowance-seconds",
+        "1",
+        "--log-interval-seconds",
+        "1",
+        "--session-timeout-seconds",
+        "6",
+        "--metrics-port",
+        str(metrics_port),
         *(extra or []),
-    ]  # fmt: skip
+    ]
     with stderr_path.open("ab") as err, stdout_path.open("ab") as out:
         proc = subprocess.Popen(
             argv,
@@ -172,9 +185,16 @@ def final_counters(worker: Worker, phrase: str = "final counters") -> dict[str, 
 
 def pod(name: str, zone: str, namespace: str = "shop", service: str | None = None) -> Endpoint:
     return Endpoint(
-        address=f"10.9.0.{len(name)}", port=80, attribution="pod", namespace=namespace,
-        workload_kind="Deployment", workload_name=name, service=service, zone=zone, region="r1",
-    )  # fmt: skip
+        address=f"10.9.0.{len(name)}",
+        port=80,
+        attribution="pod",
+        namespace=namespace,
+        workload_kind="Deployment",
+        workload_name=name,
+        service=service,
+        zone=zone,
+        region="r1",
+    )
 
 
 def read_until(

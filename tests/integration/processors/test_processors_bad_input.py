@@ -32,7 +32,7 @@ from flowscope.records import (
     TcpPairMetric,
 )
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
+from processors.core.dedupe import FirstPerId
 
 S = 1_000_000_000
 WINDOW_S = 2
@@ -42,32 +42,78 @@ WINDOW = WINDOW_S * S
 OVERSIZE = 990_000
 LABELS = ["not valid JSON", "invalid field", "version", "oversize", "version in a batch"]
 
-WEB = Endpoint(address="10.1.0.1", port=40000, attribution="pod", namespace="shop",
-               workload_kind="Deployment", workload_name="web", zone="zone-a")  # fmt: skip
-DB = Endpoint(address="10.1.0.2", port=5432, attribution="pod", namespace="shop",
-              workload_kind="Deployment", workload_name="db", zone="zone-b")  # fmt: skip
-COREDNS = Endpoint(address="10.1.0.53", port=53, attribution="pod", namespace="kube-system",
-                   workload_kind="Deployment", workload_name="coredns", zone="zone-b",
-                   service="kube-dns")  # fmt: skip
+WEB = Endpoint(
+    address="10.1.0.1",
+    port=40000,
+    attribution="pod",
+    namespace="shop",
+    workload_kind="Deployment",
+    workload_name="web",
+    zone="zone-a",
+)
+DB = Endpoint(
+    address="10.1.0.2",
+    port=5432,
+    attribution="pod",
+    namespace="shop",
+    workload_kind="Deployment",
+    workload_name="db",
+    zone="zone-b",
+)
+COREDNS = Endpoint(
+    address="10.1.0.53",
+    port=53,
+    attribution="pod",
+    namespace="kube-system",
+    workload_kind="Deployment",
+    workload_name="coredns",
+    zone="zone-b",
+    service="kube-dns",
+)
 
 
 def _tcp(t: int, version: int = 1) -> EnrichedTcpConnection:
     return EnrichedTcpConnection(
-        schema_version=version, start_time_ns=t - 1000, end_time_ns=t, observer_node="node-a",
-        observer_role="client", client_observed=True, network_type="ipv4", client=WEB,
-        server=DB, bytes_client_to_server=100, bytes_server_to_client=200,
-        connect_latency_us=300, srtt_us=120, retrans_segs=0, peer_class="cross_zone",
-    )  # fmt: skip
+        schema_version=version,
+        start_time_ns=t - 1000,
+        end_time_ns=t,
+        observer_node="node-a",
+        observer_role="client",
+        client_observed=True,
+        network_type="ipv4",
+        client=WEB,
+        server=DB,
+        bytes_client_to_server=100,
+        bytes_server_to_client=200,
+        connect_latency_us=300,
+        srtt_us=120,
+        retrans_segs=0,
+        peer_class="cross_zone",
+    )
 
 
 def _dns(t: int, version: int = 1) -> EnrichedDnsQuery:
     return EnrichedDnsQuery(
-        schema_version=version, time_ns=t, response_time_ns=t + 500_000, observer_node="n1",
-        observer_role="client", client_observed=True, transport="udp", network_type="ipv4",
-        client=WEB, server=COREDNS, server_class="cluster_dns", peer_class="cross_zone",
-        txid=7, query_name="db.shop.svc.cluster.local", query_type="A", outcome="answered",
-        rcode="NOERROR", answer_count=1, latency_us=500,
-    )  # fmt: skip
+        schema_version=version,
+        time_ns=t,
+        response_time_ns=t + 500_000,
+        observer_node="n1",
+        observer_role="client",
+        client_observed=True,
+        transport="udp",
+        network_type="ipv4",
+        client=WEB,
+        server=COREDNS,
+        server_class="cluster_dns",
+        peer_class="cross_zone",
+        txid=7,
+        query_name="db.shop.svc.cluster.local",
+        query_type="A",
+        outcome="answered",
+        rcode="NOERROR",
+        answer_count=1,
+        latency_us=500,
+    )
 
 
 def _bad(good: bytes, node_field: bytes) -> list[bytes]:
@@ -83,8 +129,9 @@ def _bad(good: bytes, node_field: bytes) -> list[bytes]:
 
 @pytest.fixture
 def worker(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[Worker]:
-    w = start_worker(kafka_bootstrap, topics, tmp_path, new_app_id(), WINDOW_S,
-                     ["--dns-grace-seconds", "1"])  # fmt: skip
+    w = start_worker(
+        kafka_bootstrap, topics, tmp_path, new_app_id(), WINDOW_S, ["--dns-grace-seconds", "1"]
+    )
     try:
         yield w
     finally:
@@ -126,15 +173,20 @@ def test_bad_input_on_enriched_topics_goes_to_dead_letters_and_the_stream_goes_o
     try:
         deadline = time.monotonic() + (w0 + WINDOW - time.time_ns()) / S + 45
         while time.monotonic() < deadline and not (pairs and dns and len(letters) >= 10):
-            pairs += dedupe.keep(JsonCodec(TcpPairMetric).decode(v)  # type: ignore[misc]
-                                 for v in consume(metrics_tcp, 0.5, [worker]))  # fmt: skip
-            dns += dedupe.keep(JsonCodec(DnsMetric).decode(v)
-                               for v in consume(metrics_dns, 0.5, [worker]))  # fmt: skip
+            pairs += dedupe.keep(
+                JsonCodec(TcpPairMetric).decode(v)  # type: ignore[misc]
+                for v in consume(metrics_tcp, 0.5, [worker])
+            )
+            dns += dedupe.keep(
+                JsonCodec(DnsMetric).decode(v) for v in consume(metrics_dns, 0.5, [worker])
+            )
             letters += consume(dead_consumer, 0.5, [worker])
         # A little longer: a bad message must not turn into two letters or two metrics.
         letters += consume(dead_consumer, 2, [worker])
-        pairs += dedupe.keep(JsonCodec(TcpPairMetric).decode(v)  # type: ignore[misc]
-                             for v in consume(metrics_tcp, 1, [worker]))  # fmt: skip
+        pairs += dedupe.keep(
+            JsonCodec(TcpPairMetric).decode(v)  # type: ignore[misc]
+            for v in consume(metrics_tcp, 1, [worker])
+        )
     finally:
         for c in (metrics_tcp, metrics_dns, dead_consumer):
             c.close()
@@ -148,7 +200,7 @@ def test_bad_input_on_enriched_topics_goes_to_dead_letters_and_the_stream_goes_o
     assert len(dead) == 10, [(d.source_topic, d.key, d.reason[:80]) for d in dead]
     for topic, stage, record_type in (
         (topics.enriched_tcp, "processors.tcp", "EnrichedTcpConnection"),
-        (topics.enriched_dns, "processors.dns", "EnrichedDnsQuery"),
+        (topics.enriched_dns, "processors.dns.aggregate", "EnrichedDnsQuery"),
     ):
         mine = sorted((d for d in dead if d.source_topic == topic), key=lambda d: d.offset)
         assert [d.key for d in mine] == LABELS, [(d.key, d.reason[:80]) for d in mine]

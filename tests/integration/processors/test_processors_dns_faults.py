@@ -5,9 +5,9 @@ proves it for the worker's second input, ``enriched.dns``, which has its own age
 and pending acknowledgements (processors/app.py). The guarantee is the same: a message is
 acknowledged only after every window its records went into is published, so a killed worker
 loses nothing, and a window published again from re-read records carries the same
-``metric_id``; a consumer keeping the first record per id (processors.dedupe) counts every query
-exactly once. The test keeps its own ground truth per (window, client workload, server, server
-class, name group), from the rules of issue 6, not from processors/dns.py.
+``metric_id``; a consumer keeping the first record per id (processors.core.dedupe) counts
+every query exactly once. The test keeps its own ground truth per (window, client workload,
+server, server class, name group), from the DNS metric rules, not from processors/dns/.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from flowscope.codec import JsonCodec
 from flowscope.kafka import TopicSpec, ensure_topics
 from flowscope.records import DnsMetric, DnsServerClass, Endpoint, EnrichedDnsQuery
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
-from processors.sketch import QuantileSketch
+from processors.core.dedupe import FirstPerId
+from processors.core.sketch import QuantileSketch
 
 S = 1_000_000_000
 WINDOW_S = 2
@@ -55,20 +55,27 @@ COREDNS = pod("coredns", "r1-b", namespace="kube-system", service="kube-dns")
 NODE_CACHE = Endpoint(address="169.254.20.10", port=53, attribution="node", node="n1")
 UPSTREAM = Endpoint(address="192.0.2.53", port=53, attribution="external")
 SERVERS: list[tuple[Endpoint, DnsServerClass]] = [
-    (COREDNS, "cluster_dns"), (NODE_CACHE, "node_local_cache"), (UPSTREAM, "upstream"),
-]  # fmt: skip
+    (COREDNS, "cluster_dns"),
+    (NODE_CACHE, "node_local_cache"),
+    (UPSTREAM, "upstream"),
+]
 # (asked name, its name group under the default grouping "suffix" with 2 labels, the
 # search-path expansions a pod with ndots:5 sends first). Expansions group with the asked name.
 NAMES = [
-    ("api.example.com", "example.com",
-     ["api.example.com.shop.svc.cluster.local", "api.example.com.svc.cluster.local"]),
+    (
+        "api.example.com",
+        "example.com",
+        ["api.example.com.shop.svc.cluster.local", "api.example.com.svc.cluster.local"],
+    ),
     ("payments.shop.svc.cluster.local", "payments.shop.svc.cluster.local", []),
     ("cdn.images.net", "images.net", ["cdn.images.net.shop.svc.cluster.local"]),
-]  # fmt: skip
+]
 RCODES = ("NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED")
 # Outcome kinds and weights: names asked for, and search-path expansions (mostly NXDOMAIN).
-ASKED = (["NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "timeout", "malformed"],
-         [70, 6, 8, 4, 8, 4])  # fmt: skip
+ASKED = (
+    ["NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "timeout", "malformed"],
+    [70, 6, 8, 4, 8, 4],
+)
 EXPANDED = (["NXDOMAIN", "NOERROR", "SERVFAIL", "timeout"], [85, 5, 5, 5])
 
 
@@ -141,7 +148,7 @@ def lookup(rng: random.Random, now_ns: int, truth: Truth) -> list[EnrichedDnsQue
         t.rcodes[kind] += 1
     if latency is not None:
         truth.latencies[key].append(latency)
-    # Failures (issue 6): SERVFAIL, REFUSED, timeouts, malformed, NXDOMAIN of an asked name.
+    # Failures: SERVFAIL, REFUSED, timeouts, malformed, NXDOMAIN of an asked name.
     if kind in ("SERVFAIL", "REFUSED", "timeout", "malformed") or (
         kind == "NXDOMAIN" and not expansion
     ):
@@ -152,18 +159,30 @@ def lookup(rng: random.Random, now_ns: int, truth: Truth) -> list[EnrichedDnsQue
 
     def report(role: str, observed: bool) -> EnrichedDnsQuery:  # both ends: the same query
         return EnrichedDnsQuery(
-            time_ns=when, response_time_ns=None if latency is None else when + latency * 1000,
+            time_ns=when,
+            response_time_ns=None if latency is None else when + latency * 1000,
             observer_node="n-client" if role == "client" else "n-server",
-            observer_role=role, client_observed=observed,  # type: ignore[arg-type]
-            transport="udp", network_type="ipv4", client=client, server=server,
-            server_class=server_class, peer_class="same_zone", txid=txid,
-            query_name=name, query_type="A",
+            observer_role=role,
+            client_observed=observed,  # type: ignore[arg-type]
+            transport="udp",
+            network_type="ipv4",
+            client=client,
+            server=server,
+            server_class=server_class,
+            peer_class="same_zone",
+            txid=txid,
+            query_name=name,
+            query_type="A",
             outcome="answered" if answered else kind,  # type: ignore[arg-type]
-            rcode=kind if answered else None, answer_count=1 if kind == "NOERROR" else None,
-            response_truncated=truncated, latency_us=latency, attempts=attempts,
-            search_expansion=expansion, asked_name=asked,
+            rcode=kind if answered else None,
+            answer_count=1 if kind == "NOERROR" else None,
+            response_truncated=truncated,
+            latency_us=latency,
+            attempts=attempts,
+            search_expansion=expansion,
+            asked_name=asked,
             malformed_reason="label too long" if kind == "malformed" else None,
-        )  # fmt: skip
+        )
 
     if client is OUTSIDER:
         return [report("server", False)]
@@ -204,9 +223,14 @@ def test_dns_sigkill_restart_and_a_second_worker_give_exact_metrics(
                 if (
                     int(at_kill.get("metrics_delivered", 0)) > 0
                     and int(at_kill.get("pending_records", 0)) > 0
-                    and sum(c for c, _ in group_offsets(
-                        kafka_bootstrap, app_id, topics.enriched_dns, PARTITIONS)) > 0
-                ):  # fmt: skip
+                    and sum(
+                        c
+                        for c, _ in group_offsets(
+                            kafka_bootstrap, app_id, topics.enriched_dns, PARTITIONS
+                        )
+                    )
+                    > 0
+                ):
                     first.kill()
                     killed_at = time.monotonic()
                     assert producer.flush(15) == 0
@@ -225,8 +249,9 @@ def test_dns_sigkill_restart_and_a_second_worker_give_exact_metrics(
             for _ in range(QUERIES_PER_MESSAGE):
                 batch += lookup(rng, now, truth)
             rng.shuffle(batch)
-            producer.produce(topics.enriched_dns, codec.encode_batch(batch),
-                             partition=rng.randrange(PARTITIONS))  # fmt: skip
+            producer.produce(
+                topics.enriched_dns, codec.encode_batch(batch), partition=rng.randrange(PARTITIONS)
+            )
             sent += len(batch)
             producer.poll(0)
             time.sleep(0.05)
@@ -240,12 +265,25 @@ def test_dns_sigkill_restart_and_a_second_worker_give_exact_metrics(
         sentinel = pod("sentinel", "r1-a")
         for p in range(PARTITIONS):
             rec = EnrichedDnsQuery(
-                time_ns=time.time_ns(), response_time_ns=None, observer_node="n-client",
-                observer_role="client", client_observed=True, transport="udp",
-                network_type="ipv4", client=sentinel, server=COREDNS, server_class="cluster_dns",
-                peer_class="same_zone", txid=0, query_name="sentinel.test", query_type="A",
-                outcome="timeout", rcode=None, answer_count=None, latency_us=None,
-            )  # fmt: skip
+                time_ns=time.time_ns(),
+                response_time_ns=None,
+                observer_node="n-client",
+                observer_role="client",
+                client_observed=True,
+                transport="udp",
+                network_type="ipv4",
+                client=sentinel,
+                server=COREDNS,
+                server_class="cluster_dns",
+                peer_class="same_zone",
+                txid=0,
+                query_name="sentinel.test",
+                query_type="A",
+                outcome="timeout",
+                rcode=None,
+                answer_count=None,
+                latency_us=None,
+            )
             producer.produce(topics.enriched_dns, codec.encode(rec), partition=p)
         assert producer.flush(15) == 0
 

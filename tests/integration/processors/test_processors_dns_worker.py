@@ -23,8 +23,8 @@ from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordProducer, TopicSpec, ensure_topics
 from flowscope.records import AlertEvent, DnsMetric, Endpoint, EnrichedDnsQuery
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
-from processors.sketch import QuantileSketch
+from processors.core.dedupe import FirstPerId
+from processors.core.sketch import QuantileSketch
 
 S = 1_000_000_000
 WINDOW_S = 2
@@ -33,9 +33,16 @@ ALPHA = 0.01
 
 
 def workload(name: str, ns: str, zone: str, service: str | None = None) -> Endpoint:
-    return Endpoint(address="10.1.0.1", port=53 if service else 40000, attribution="pod",
-                    namespace=ns, workload_kind="Deployment", workload_name=name,
-                    service=service, zone=zone)  # fmt: skip
+    return Endpoint(
+        address="10.1.0.1",
+        port=53 if service else 40000,
+        attribution="pod",
+        namespace=ns,
+        workload_kind="Deployment",
+        workload_name=name,
+        service=service,
+        zone=zone,
+    )
 
 
 WEB = workload("web", "shop", "zone-a")
@@ -57,18 +64,38 @@ class Truth:
     latencies: list[int] = field(default_factory=list)
 
 
-def query(t: int, client: Endpoint, role: str, observed: bool, outcome: str, rcode: str | None,
-          expansion: bool, latency: int | None) -> EnrichedDnsQuery:  # fmt: skip
+def query(
+    t: int,
+    client: Endpoint,
+    role: str,
+    observed: bool,
+    outcome: str,
+    rcode: str | None,
+    expansion: bool,
+    latency: int | None,
+) -> EnrichedDnsQuery:
     return EnrichedDnsQuery(
-        time_ns=t, response_time_ns=None if latency is None else t + latency * 1000,
-        observer_node="n1" if role == "client" else "n2", observer_role=role,  # type: ignore[arg-type]
-        client_observed=observed, transport="udp", network_type="ipv4", client=client,
-        server=COREDNS, server_class="cluster_dns", peer_class="cross_zone", txid=7,
+        time_ns=t,
+        response_time_ns=None if latency is None else t + latency * 1000,
+        observer_node="n1" if role == "client" else "n2",
+        observer_role=role,  # type: ignore[arg-type]
+        client_observed=observed,
+        transport="udp",
+        network_type="ipv4",
+        client=client,
+        server=COREDNS,
+        server_class="cluster_dns",
+        peer_class="cross_zone",
+        txid=7,
         query_name=("api.example.com.shop.svc.cluster.local" if expansion else "api.example.com"),
-        query_type="A", outcome=outcome, rcode=rcode,  # type: ignore[arg-type]
-        answer_count=None if rcode is None else 1, latency_us=latency,
-        search_expansion=expansion, asked_name="api.example.com",
-    )  # fmt: skip
+        query_type="A",
+        outcome=outcome,
+        rcode=rcode,  # type: ignore[arg-type]
+        answer_count=None if rcode is None else 1,
+        latency_us=latency,
+        search_expansion=expansion,
+        asked_name="api.example.com",
+    )
 
 
 # Per window: (client, queries answered NOERROR, SERVFAIL, timeouts, final-name NXDOMAIN,
@@ -90,19 +117,42 @@ def build(
         start = w0 + index * WINDOW
         for client, ok, servfail, timeouts, nx, noise in rows:
             t = truth.setdefault((start, client.workload_key()), Truth())
-            kinds = (["NOERROR"] * ok + ["SERVFAIL"] * servfail + ["timeout"] * timeouts
-                     + ["NXDOMAIN"] * nx + ["noise"] * noise)  # fmt: skip
+            kinds = (
+                ["NOERROR"] * ok
+                + ["SERVFAIL"] * servfail
+                + ["timeout"] * timeouts
+                + ["NXDOMAIN"] * nx
+                + ["noise"] * noise
+            )
             for kind in kinds:
                 when = start + rng.randrange(0, WINDOW)
                 answered = kind != "timeout"
                 latency = rng.randrange(200, 40_000) if answered else None
                 rcode = None if kind == "timeout" else ("NXDOMAIN" if kind == "noise" else kind)
-                rec = query(when, client, "client", True, "answered" if answered else "timeout",
-                            rcode, kind == "noise", latency)  # fmt: skip
+                rec = query(
+                    when,
+                    client,
+                    "client",
+                    True,
+                    "answered" if answered else "timeout",
+                    rcode,
+                    kind == "noise",
+                    latency,
+                )
                 records.append(rec)
                 # The DNS server pod's collector reports the same query: never counted.
-                records.append(query(when, client, "server", True, rec.outcome, rcode,
-                                     kind == "noise", None if latency is None else 50))  # fmt: skip
+                records.append(
+                    query(
+                        when,
+                        client,
+                        "server",
+                        True,
+                        rec.outcome,
+                        rcode,
+                        kind == "noise",
+                        None if latency is None else 50,
+                    )
+                )
                 t.queries += 1
                 t.failed += kind in ("SERVFAIL", "timeout", "NXDOMAIN")
                 t.noise += kind == "noise"
@@ -115,8 +165,9 @@ def build(
         # A client outside the cluster: only the server end reports it, and that counts.
         t = truth.setdefault((start, OUT_KEY), Truth())
         for _ in range(3):
-            records.append(query(start + 1, OUTSIDE, "server", False, "answered", "NOERROR",
-                                 False, 50))  # fmt: skip
+            records.append(
+                query(start + 1, OUTSIDE, "server", False, "answered", "NOERROR", False, 50)
+            )
             t.queries += 1
             t.rcodes["NOERROR"] = t.rcodes.get("NOERROR", 0) + 1
             t.latencies.append(50)
@@ -128,8 +179,9 @@ def build(
 def worker(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[Worker]:
     # Two partitions: the metrics are per partition; this test sums them as consumers do.
     ensure_topics(kafka_bootstrap, [TopicSpec(topics.enriched_dns, partitions=2)])
-    w = start_worker(kafka_bootstrap, topics, tmp_path, new_app_id(), WINDOW_S,
-                     ["--dns-grace-seconds", "1"])  # fmt: skip
+    w = start_worker(
+        kafka_bootstrap, topics, tmp_path, new_app_id(), WINDOW_S, ["--dns-grace-seconds", "1"]
+    )
     try:
         yield w
     finally:
@@ -151,8 +203,9 @@ def test_worker_publishes_exact_dns_metrics_and_the_dns_alert(
     for i, rec in enumerate(records[:30]):
         producer.produce(topics.enriched_dns, codec.encode(rec), key=f"k{i % 7}".encode())
     for i in range(30, len(records), 40):
-        producer.produce(topics.enriched_dns, codec.encode_batch(records[i : i + 40]),
-                         key=f"k{i % 7}".encode())  # fmt: skip
+        producer.produce(
+            topics.enriched_dns, codec.encode_batch(records[i : i + 40]), key=f"k{i % 7}".encode()
+        )
     assert producer.flush(15) == 0
 
     # Everything until the last window (and the alert that resolves on it) is out.
@@ -178,9 +231,13 @@ def test_worker_publishes_exact_dns_metrics_and_the_dns_alert(
     for key, t in truth.items():
         parts = by_key[key]
         assert len({m.source_partition for m in parts}) == len(parts)  # one per partition
-        got = (sum(m.queries for m in parts), sum(m.failed for m in parts),
-               sum(m.search_noise for m in parts), sum(m.search_expansions for m in parts),
-               sum(m.timeouts for m in parts))  # fmt: skip
+        got = (
+            sum(m.queries for m in parts),
+            sum(m.failed for m in parts),
+            sum(m.search_noise for m in parts),
+            sum(m.search_expansions for m in parts),
+            sum(m.timeouts for m in parts),
+        )
         assert got == (t.queries, t.failed, t.noise, t.expansions, t.timeouts), key
         rcodes: dict[str, int] = defaultdict(int)
         sketch = QuantileSketch(ALPHA)

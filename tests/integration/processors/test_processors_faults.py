@@ -3,7 +3,7 @@
 The guarantee under test (processors/app.py): records are acknowledged only after every window
 they went into is published, so a killed worker loses nothing (its unpublished windows are
 re-read on restart), and a window published again from re-read records carries the same
-``metric_id``; a consumer keeping the first record per id (processors.dedupe) counts every
+``metric_id``; a consumer keeping the first record per id (processors.core.dedupe) counts every
 connection exactly once. Totals are compared per window and pair with the ground truth.
 
 The kill comes once the worker has published windows (the broker confirmed them) and
@@ -38,7 +38,7 @@ from flowscope.codec import JsonCodec
 from flowscope.kafka import TopicSpec, ensure_topics
 from flowscope.records import CostPairMetric, Endpoint, EnrichedTcpConnection, TcpLatencyMetric
 from flowscope.topics import Topics
-from processors.dedupe import FirstPerId
+from processors.core.dedupe import FirstPerId
 
 S = 1_000_000_000
 WINDOW_S = 2
@@ -57,17 +57,34 @@ def record(
     cls = "same_zone" if client.zone == server.zone else "cross_zone"
     c2s, s2c = rng.randrange(0, 10**7), rng.randrange(0, 10**8)
     common = dict(
-        start_time_ns=end_ns - 10**6, end_time_ns=end_ns, network_type="ipv4", client=client,
-        server=server, bytes_client_to_server=c2s, bytes_server_to_client=s2c, srtt_us=200,
-        retrans_segs=0, peer_class=cls,
-    )  # fmt: skip
+        start_time_ns=end_ns - 10**6,
+        end_time_ns=end_ns,
+        network_type="ipv4",
+        client=client,
+        server=server,
+        bytes_client_to_server=c2s,
+        bytes_server_to_client=s2c,
+        srtt_us=200,
+        retrans_segs=0,
+        peer_class=cls,
+    )
     # Both ends report: only the client's counts.
     return [
-        EnrichedTcpConnection(observer_node="a", observer_role="client", client_observed=True,
-                              connect_latency_us=rng.randrange(100, 9000), **common),  # type: ignore[arg-type]
-        EnrichedTcpConnection(observer_node="b", observer_role="server", client_observed=True,
-                              connect_latency_us=None, **common),  # type: ignore[arg-type]
-    ]  # fmt: skip
+        EnrichedTcpConnection(
+            observer_node="a",
+            observer_role="client",
+            client_observed=True,
+            connect_latency_us=rng.randrange(100, 9000),
+            **common,
+        ),  # type: ignore[arg-type]
+        EnrichedTcpConnection(
+            observer_node="b",
+            observer_role="server",
+            client_observed=True,
+            connect_latency_us=None,
+            **common,
+        ),  # type: ignore[arg-type]
+    ]
 
 
 def test_sigkill_restart_and_a_second_worker_give_exact_totals(
@@ -101,9 +118,14 @@ def test_sigkill_restart_and_a_second_worker_give_exact_totals(
                 if (
                     int(at_kill.get("metrics_delivered", 0)) > 0
                     and int(at_kill.get("pending_records", 0)) > 0
-                    and sum(c for c, _ in group_offsets(
-                        kafka_bootstrap, app_id, topics.enriched_tcp, PARTITIONS)) > 0
-                ):  # fmt: skip
+                    and sum(
+                        c
+                        for c, _ in group_offsets(
+                            kafka_bootstrap, app_id, topics.enriched_tcp, PARTITIONS
+                        )
+                    )
+                    > 0
+                ):
                     first.kill()
                     killed_at = time.monotonic()
                     assert producer.flush(15) == 0
@@ -128,8 +150,9 @@ def test_sigkill_restart_and_a_second_worker_give_exact_totals(
                 t[1] += batch[-1].bytes_client_to_server
                 t[2] += batch[-1].bytes_server_to_client
             rng.shuffle(batch)
-            producer.produce(topics.enriched_tcp, codec.encode_batch(batch),
-                             partition=rng.randrange(PARTITIONS))  # fmt: skip
+            producer.produce(
+                topics.enriched_tcp, codec.encode_batch(batch), partition=rng.randrange(PARTITIONS)
+            )
             sent += len(batch)
             producer.poll(0)
             time.sleep(0.05)

@@ -30,6 +30,7 @@ from processors_harness import (
 
 from flowscope.codec import JsonCodec
 from flowscope.kafka import RecordConsumer, RecordProducer, TopicSpec, ensure_topics
+from flowscope.metrics import probe
 from flowscope.records import (
     CostPairMetric,
     CostRollupMetric,
@@ -41,7 +42,7 @@ from flowscope.records import (
     TcpPairMetric,
 )
 from flowscope.topics import Topics
-from processors.sketch import QuantileSketch
+from processors.core.sketch import QuantileSketch
 
 S = 1_000_000_000
 WINDOW_S = 2
@@ -57,9 +58,14 @@ def worker(
     # Two partitions: per-partition records, summed by consumers (and by this test).
     ensure_topics(kafka_bootstrap, [TopicSpec(topics.enriched_tcp, partitions=2)])
     w = start_worker(
-        kafka_bootstrap, topics, tmp_path, new_app_id(), WINDOW_S, extra_args,
+        kafka_bootstrap,
+        topics,
+        tmp_path,
+        new_app_id(),
+        WINDOW_S,
+        extra_args,
         metrics_port=free_port(),
-    )  # fmt: skip
+    )
     try:
         yield w
     finally:
@@ -287,10 +293,14 @@ def test_worker_publishes_exact_pair_metrics_once_per_window(
     n_web = sum(t.connections for k, t in truth.items() if k[1] == web_key)
     tcp = "{signal=tcp}"
     scraped = wait_for_metric(
-        worker, "flowscope_processors_deadletter_records_total{outcome=delivered,signal=tcp}",
-        1, timeout_s=30,
-    )  # fmt: skip
+        worker,
+        "flowscope_processors_deadletter_records_total{outcome=delivered,signal=tcp}",
+        1,
+        timeout_s=30,
+    )
     assert scraped[f"flowscope_processors_records_in_total{tcp}"] == len(records) + 1, scraped
+    assert probe(worker.metrics_port, "readyz") == (200, "ok")
+    assert probe(worker.metrics_port, "livez") == (200, "ok")
     assert scraped["flowscope_processors_records_total{outcome=counted,signal=tcp}"] == (
         len(records) - n_web
     )

@@ -94,8 +94,9 @@ def test_client_and_server_in_two_zones(cluster: Cluster, tmp_path: Path) -> Non
     assert_in_pod(proc.pid, server)
 
     count, send = 7, 3000
-    summary = client.run_client(server.ip, 8080, count=count, send_bytes=send,
-                                expect_reply_bytes=1234)
+    summary = client.run_client(
+        server.ip, 8080, count=count, send_bytes=send, expect_reply_bytes=1234
+    )
     assert summary.failed == 0 and summary.errors == []
     assert summary.connections == summary.completed == count
     assert summary.bytes_sent == count * send
@@ -112,8 +113,11 @@ def test_client_and_server_in_two_zones(cluster: Cluster, tmp_path: Path) -> Non
     deadline = time.monotonic() + 5
     while proc_cgroup_v2(sleeper.pid) != client.cgroup_path and time.monotonic() < deadline:
         time.sleep(0.02)  # the shell joins the cgroup, then execs nsenter, then sleep
-    while (os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino
-           != os.stat(f"/run/netns/{client.netns}").st_ino and time.monotonic() < deadline):
+    while (
+        os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino
+        != os.stat(f"/run/netns/{client.netns}").st_ino
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     assert_in_pod(sleeper.pid, client)
 
@@ -149,8 +153,11 @@ def test_objects_yaml_matches_the_pods(cluster: Cluster, tmp_path: Path) -> None
         assert f" {pod.ip}/{cluster.pod_block.prefixlen} " in shown  # the run's /24 block
 
     assert items[("Pod", client.name)]["metadata"]["labels"]["tier"] == "web"
-    zones = {n["metadata"]["labels"]["topology.kubernetes.io/zone"]
-             for (kind, _), n in items.items() if kind == "Node"}
+    zones = {
+        n["metadata"]["labels"]["topology.kubernetes.io/zone"]
+        for (kind, _), n in items.items()
+        if kind == "Node"
+    }
     assert zones == {"zone-a", "zone-b"}
     service = items[("Service", "server")]
     assert service["spec"]["clusterIP"] == svc.cluster_ip
@@ -172,8 +179,9 @@ def test_teardown_when_the_body_raises() -> None:
 
 
 def test_bad_cgroup_root_fails_loudly(tmp_path: Path) -> None:
-    with pytest.raises(SimNodeError, match="not a cgroup v2 mount"), Cluster(
-        NODES, cgroup_root=tmp_path
+    with (
+        pytest.raises(SimNodeError, match="not a cgroup v2 mount"),
+        Cluster(NODES, cgroup_root=tmp_path),
     ):
         pass
 
@@ -197,8 +205,9 @@ with Cluster([NodeSpec("n1", zone="z1")]) as c:
 
 
 def start_child() -> tuple[subprocess.Popen[str], str, int]:
-    child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE,
-                             text=True, cwd=SOURCE_ROOT)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True, cwd=SOURCE_ROOT
+    )
     assert child.stdout is not None
     line = child.stdout.readline().split()
     assert len(line) == 2, f"child failed: {line}"

@@ -76,8 +76,9 @@ with Cluster([NodeSpec("n1", zone="z1")], cgroup_driver="systemd", runtime="crio
 
 
 def test_sweep_removes_a_crashed_systemd_run() -> None:
-    child = subprocess.Popen([sys.executable, "-c", CRASHING_CHILD], stdout=subprocess.PIPE,
-                             text=True, cwd=SOURCE_ROOT)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_CHILD], stdout=subprocess.PIPE, text=True, cwd=SOURCE_ROOT
+    )
     assert child.stdout is not None
     root = Path("/nonexistent")
     try:

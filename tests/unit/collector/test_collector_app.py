@@ -7,10 +7,10 @@ from pathlib import Path
 
 from tcpconn_event_builder import batch, make
 
-from collector import events
 from collector.app import Collector
-from collector.attribution import CgroupResolver
-from collector.ringbuf import EMPTY, RecordBatch
+from collector.kernel.ringbuf import EMPTY, RecordBatch
+from collector.node.attribution import CgroupResolver
+from collector.tcp import events
 from flowscope.codec import JsonCodec
 from flowscope.kafka import ProducerCounters
 from flowscope.records import RawTcpConnection

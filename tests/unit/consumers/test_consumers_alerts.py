@@ -78,8 +78,9 @@ def test_a_refused_batch_is_retried_alert_by_alert_and_counted() -> None:
         def _post(self, alerts: Any) -> int:
             posted.append(len(alerts))
             if len(alerts) > 1 or alerts[0]["labels"]["alertname"] == "bad":
-                raise urllib.error.HTTPError(self.endpoint, 400, "Bad Request", Message(),
-                                             BytesIO(b"invalid"))  # fmt: skip
+                raise urllib.error.HTTPError(
+                    self.endpoint, 400, "Bad Request", Message(), BytesIO(b"invalid")
+                )
             return 200
 
     am = Fake("http://127.0.0.1:1", counters, threading.Event())

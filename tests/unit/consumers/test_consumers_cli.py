@@ -20,8 +20,9 @@ READERS = ["tail", "top", "exporter", "alerts", "sink"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(FLOWSCOPE), *args], capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
+    return subprocess.run(
+        [str(FLOWSCOPE), *args], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def test_the_command_lists_every_subcommand() -> None:
@@ -74,6 +75,11 @@ def test_processors_help_reaches_the_worker_settings() -> None:
 
 
 def test_python_dash_m_keeps_working() -> None:
-    done = subprocess.run([sys.executable, "-m", "collector", "--help"], capture_output=True,
-                          text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "collector", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0 and "FLOWSCOPE_NODE_NAME" in done.stdout

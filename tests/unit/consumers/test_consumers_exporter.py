@@ -10,7 +10,7 @@ from test_consumers_top import _latency
 
 from consumers.exporter import MetricState, StateCollector
 from flowscope.records import AlertEvent, CostPairMetric
-from processors.sketch import Sketch
+from processors.core.sketch import Sketch
 
 
 def _scrape(state: MetricState) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -26,13 +26,26 @@ def _scrape(state: MetricState) -> dict[str, dict[tuple[tuple[str, str], ...], f
 
 def _cost(mid: str, src: str, usd: float, nbytes: int) -> CostPairMetric:
     return CostPairMetric(
-        metric_id=mid, window_start_ns=T0, window_end_ns=T0 + 10 * S, source_partition=0,
-        source_workload=f"shop/Deployment/{src}", destination_workload="shop/Deployment/db",
-        source_namespace="shop", destination_namespace="shop", source_zone="a",
-        destination_zone="b", cost_class="cross_zone", priced=True, cloud="aws",
-        connections=1, bytes_source_to_destination=nbytes, bytes_destination_to_source=0,
-        cost_usd=usd, cost_usd_source=usd / 2, cost_usd_destination=usd / 2,
-    )  # fmt: skip
+        metric_id=mid,
+        window_start_ns=T0,
+        window_end_ns=T0 + 10 * S,
+        source_partition=0,
+        source_workload=f"shop/Deployment/{src}",
+        destination_workload="shop/Deployment/db",
+        source_namespace="shop",
+        destination_namespace="shop",
+        source_zone="a",
+        destination_zone="b",
+        cost_class="cross_zone",
+        priced=True,
+        cloud="aws",
+        connections=1,
+        bytes_source_to_destination=nbytes,
+        bytes_destination_to_source=0,
+        cost_usd=usd,
+        cost_usd_source=usd / 2,
+        cost_usd_destination=usd / 2,
+    )
 
 
 def test_series_equal_the_records_and_other_takes_the_rest() -> None:
@@ -49,15 +62,31 @@ def test_series_equal_the_records_and_other_takes_the_rest() -> None:
         state.add("t.metrics.tcp.latency", r)
     for i in range(3):
         state.add("t.metrics.cost.pairs", _cost(f"c{i}", f"src{i}", 0.01 * (i + 1), 1000 * i))
-    state.add("t.alerts", AlertEvent(
-        alert_id="e1", status="firing", rule="connect-failure-rate", severity="warning",
-        metric="m", group={}, affected_workloads=[], threshold=0.05, evidence=[],
-        window_start_ns=T0, window_end_ns=T0, time_ns=T0))  # fmt: skip
+    state.add(
+        "t.alerts",
+        AlertEvent(
+            alert_id="e1",
+            status="firing",
+            rule="connect-failure-rate",
+            severity="warning",
+            metric="m",
+            group={},
+            affected_workloads=[],
+            threshold=0.05,
+            evidence=[],
+            window_start_ns=T0,
+            window_end_ns=T0,
+            time_ns=T0,
+        ),
+    )
     got = _scrape(state)
 
     def pair(server: str) -> tuple[tuple[str, str], ...]:
-        return (("client_workload", "shop/Deployment/fe"), ("server_workload",
-                f"shop/Deployment/{server}"), ("service", ""))  # fmt: skip
+        return (
+            ("client_workload", "shop/Deployment/fe"),
+            ("server_workload", f"shop/Deployment/{server}"),
+            ("service", ""),
+        )
 
     other = (("client_workload", "other"), ("server_workload", "other"), ("service", "other"))
     conns = got["flowscope_tcp_connections_total"]
@@ -94,9 +123,10 @@ def test_the_grafana_dashboard_queries_only_series_the_exporter_has() -> None:
     state.add("t.metrics.cost.pairs", _cost("c", "fe", 0.5, 10))
     state.add("t.metrics.path.health", health("p", "zone", "a", "b", rtts_us=[100.0]))
     names = set(_scrape(state)) | {  # families without a record here (no samples)
-        "flowscope_dns_failed_total", "flowscope_dns_judged_queries_total",
+        "flowscope_dns_failed_total",
+        "flowscope_dns_judged_queries_total",
         "flowscope_alerts_firing",
-    }  # fmt: skip
+    }
     used = {
         name
         for panel in dashboard["panels"]
@@ -109,14 +139,45 @@ def test_the_grafana_dashboard_queries_only_series_the_exporter_has() -> None:
 def test_path_series_equal_the_records_top_n_per_scope() -> None:
     state = MetricState(top_n=2)
     zone = [
-        health("z1", "zone", "a", "b", conns=10, failures={"refused": 2}, resets=1, syn=3,
-               retrans=5, segs=100, rtts_us=[1000.0] * 10),
-        health("z2", "zone", "a", "b", conns=6, syn=1, retrans=2, segs=50,
-               rtts_us=[4000.0] * 6, partition=1),  # same window, other partition: merged
+        health(
+            "z1",
+            "zone",
+            "a",
+            "b",
+            conns=10,
+            failures={"refused": 2},
+            resets=1,
+            syn=3,
+            retrans=5,
+            segs=100,
+            rtts_us=[1000.0] * 10,
+        ),
+        health(
+            "z2",
+            "zone",
+            "a",
+            "b",
+            conns=6,
+            syn=1,
+            retrans=2,
+            segs=50,
+            rtts_us=[4000.0] * 6,
+            partition=1,
+        ),  # same window, other partition: merged
         health("z3", "zone", "a", "b", conns=1, rtts_us=[9.0], start_ns=T0 - 10 * S),  # older
-    ]  # fmt: skip
-    nodes = [health(f"n{i}", "node", f"n{i}", "n9", conns=i + 1, failures={"reset": 1},
-                    rtts_us=[10.0 * (i + 1)]) for i in range(5)]  # fmt: skip
+    ]
+    nodes = [
+        health(
+            f"n{i}",
+            "node",
+            f"n{i}",
+            "n9",
+            conns=i + 1,
+            failures={"reset": 1},
+            rtts_us=[10.0 * (i + 1)],
+        )
+        for i in range(5)
+    ]
     for r in [*nodes, *zone, zone[0]]:  # zone paths after many node paths; one republished
         state.add("t.metrics.path.health", r)
     got = _scrape(state)

@@ -12,10 +12,19 @@ PAY = pod("payments", "billing")
 
 def _alert(workloads: list[str], status: str = "firing") -> AlertEvent:
     return AlertEvent(
-        alert_id="a1", status=status, rule="conn-failures", severity="warning",  # type: ignore[arg-type]
-        metric="failure_rate", group={}, affected_workloads=workloads, threshold=0.1,
-        evidence=[], window_start_ns=T0, window_end_ns=T0, time_ns=T0,
-    )  # fmt: skip
+        alert_id="a1",
+        status=status,
+        rule="conn-failures",
+        severity="warning",  # type: ignore[arg-type]
+        metric="failure_rate",
+        group={},
+        affected_workloads=workloads,
+        threshold=0.1,
+        evidence=[],
+        window_start_ns=T0,
+        window_end_ns=T0,
+        time_ns=T0,
+    )
 
 
 def test_facets_of_a_connection_name_both_ends() -> None:
@@ -32,8 +41,14 @@ def test_an_alerts_namespace_comes_from_its_workload_keys() -> None:
 
 
 def test_a_paths_namespaces_are_those_of_the_services_that_used_it() -> None:
-    path = health("p", "node", "n1", "n2", failures={"refused": 1},
-                  services=("shop/Deployment/fe -> billing/Deployment/pay",))  # fmt: skip
+    path = health(
+        "p",
+        "node",
+        "n1",
+        "n2",
+        failures={"refused": 1},
+        services=("shop/Deployment/fe -> billing/Deployment/pay",),
+    )
     f = facets(path)
     assert f["namespace"] == {"shop", "billing"}
     assert f["workload"] == {"shop/Deployment/fe", "billing/Deployment/pay"}

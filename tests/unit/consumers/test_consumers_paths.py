@@ -10,7 +10,7 @@ from consumers.rollup import Board
 from consumers.top.keys import press
 from consumers.top.screen import ViewState, screen
 from consumers.top.views import VIEWS, count_text, host_text, ms_text, rate_text, table, width
-from processors.sketch import sketch_of
+from processors.core.sketch import sketch_of
 
 PATHS = next(v for v in VIEWS if v.name == "paths")
 SHOP = "shop/Deployment/fe -> shop/Deployment/db"
@@ -19,24 +19,59 @@ BILLING = "billing/Deployment/api -> billing/Deployment/ledger"
 
 def test_paths_sum_windows_and_partitions_once_per_id_with_merged_rtt() -> None:
     board = Board()
-    first = health("a", "zone", "zone-a", "zone-b", conns=10, failures={"refused": 2},
-                   resets=1, syn=3, retrans=5, segs=100, rtts_us=[1000.0] * 10)  # fmt: skip
+    first = health(
+        "a",
+        "zone",
+        "zone-a",
+        "zone-b",
+        conns=10,
+        failures={"refused": 2},
+        resets=1,
+        syn=3,
+        retrans=5,
+        segs=100,
+        rtts_us=[1000.0] * 10,
+    )
     for r in (
         first,
         first,  # republished window: dropped
-        health("b", "zone", "zone-a", "zone-b", conns=6, failures={"connect_timeout": 1},
-               syn=2, retrans=1, segs=300, rtts_us=[50_000.0] * 6, partition=1),
-        health("c", "zone", "zone-a", "zone-b", conns=4, segs=0, rtts_us=[2000.0] * 4,
-               start_ns=T0 + 10 * S),  # the next window
+        health(
+            "b",
+            "zone",
+            "zone-a",
+            "zone-b",
+            conns=6,
+            failures={"connect_timeout": 1},
+            syn=2,
+            retrans=1,
+            segs=300,
+            rtts_us=[50_000.0] * 6,
+            partition=1,
+        ),
+        health(
+            "c",
+            "zone",
+            "zone-a",
+            "zone-b",
+            conns=4,
+            segs=0,
+            rtts_us=[2000.0] * 4,
+            start_ns=T0 + 10 * S,
+        ),  # the next window
         health("d", "node", "zone-a", "zone-b", conns=1, rtts_us=[9.0]),  # same names, node
-    ):  # fmt: skip
+    ):
         board.add(r)
     assert board.duplicates == 1
     rows = {(r.scope, r.source, r.destination): r for r in board.paths()}
     assert set(rows) == {("zone", "zone-a", "zone-b"), ("node", "zone-a", "zone-b")}
     z = rows[("zone", "zone-a", "zone-b")]
     assert (z.connections, z.failed, z.resets, z.syn_retransmits, z.connect_timeouts) == (
-        20, 3, 1, 5, 1)  # fmt: skip
+        20,
+        3,
+        1,
+        5,
+        1,
+    )
     assert z.failures == {"refused": 2, "connect_timeout": 1}
     assert z.retransmission_rate == 6 / 400  # segments summed, never rates averaged
     merged = sketch_of([1000.0] * 10 + [50_000.0] * 6 + [2000.0] * 4)
@@ -61,16 +96,40 @@ def test_a_namespace_shows_the_paths_it_used_with_all_their_traffic() -> None:
 
 def test_paths_view_columns_and_sort() -> None:
     board = Board()
-    board.add(health("a", "zone", "zone-a", "zone-b", conns=16, failures={"refused": 4},
-                     syn=2, retrans=3, segs=1000, rtts_us=[80.0] * 16))  # fmt: skip
+    board.add(
+        health(
+            "a",
+            "zone",
+            "zone-a",
+            "zone-b",
+            conns=16,
+            failures={"refused": 4},
+            syn=2,
+            retrans=3,
+            segs=1000,
+            rtts_us=[80.0] * 16,
+        )
+    )
     board.add(health("b", "node", "node-a1", "node-b1", conns=8, rtts_us=[300.0] * 8))
     board.add(health("c", "node", "node-a1", "node-a1", conns=3, failures={"refused": 3}))
     headers, rows = table(PATHS, board, None, PATHS.sort, True)
-    assert headers == ["scope", "from", "to", "conns", "fail", "synrt", "retx%", "p50ms",
-                       "p99ms", "rst"]  # fmt: skip
-    assert [r[:3] for r in rows] == [["node", "node-a1", "node-b1"],
-                                     ["zone", "zone-a", "zone-b"],
-                                     ["node", "node-a1", "node-a1"]]  # no RTT: last  # fmt: skip
+    assert headers == [
+        "scope",
+        "from",
+        "to",
+        "conns",
+        "fail",
+        "synrt",
+        "retx%",
+        "p50ms",
+        "p99ms",
+        "rst",
+    ]
+    assert [r[:3] for r in rows] == [
+        ["node", "node-a1", "node-b1"],
+        ["zone", "zone-a", "zone-b"],
+        ["node", "node-a1", "node-a1"],
+    ]  # no RTT: last
     z = rows[1]
     assert z[3:7] == ["16", "4", "2", "0.30%"] and z[9] == "0"
     assert rows[2][7:9] == ["-", "-"]
@@ -89,9 +148,17 @@ def test_paths_view_fits_80_by_24_with_long_names_and_big_counts() -> None:
     assert width(PATHS) <= 80
     board = Board()
     for i in range(40):
-        board.add(health(str(i), "node", f"ip-10-0-{i}-1.eu-west-1.compute.internal",
-                         f"gke-cluster-default-pool-{i}", conns=123_456_789 + i,
-                         syn=990_000 + i, rtts_us=[float(1000 * i + 1)]))  # fmt: skip
+        board.add(
+            health(
+                str(i),
+                "node",
+                f"ip-10-0-{i}-1.eu-west-1.compute.internal",
+                f"gke-cluster-default-pool-{i}",
+                conns=123_456_789 + i,
+                syn=990_000 + i,
+                rtts_us=[float(1000 * i + 1)],
+            )
+        )
     state = ViewState()
     press(state, PATHS.key)
     console = Console(width=80, height=24, record=True)
@@ -104,9 +171,16 @@ def test_paths_view_fits_80_by_24_with_long_names_and_big_counts() -> None:
 
 def test_figures_keep_to_their_columns() -> None:
     assert [count_text(n, 5) for n in (0, 99_999, 100_000, 12_345_678)] == [
-        "0", "99999", "100k", "12M"]  # fmt: skip
+        "0",
+        "99999",
+        "100k",
+        "12M",
+    ]
     assert [count_text(n, 4) for n in (9999, 10_000)] == ["9999", "10k"]
     assert [host_text(n) for n in ("ip-10-0-1-5.ec2.internal", "node-a1", "10.0.0.7")] == [
-        "ip-10-0-1-5", "node-a1", "10.0.0.7"]  # fmt: skip
+        "ip-10-0-1-5",
+        "node-a1",
+        "10.0.0.7",
+    ]
     assert [ms_text(v) for v in (None, 0.04, 12.34, 1234.5)] == ["-", "0.04", "12.3", "1234"]
     assert [rate_text(v) for v in (None, 0.0005, 0.123, 1.0)] == ["-", "0.05%", "12.3%", "100%"]

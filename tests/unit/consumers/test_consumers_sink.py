@@ -53,10 +53,13 @@ def test_offsets_ride_in_the_snapshot_and_a_new_field_becomes_a_column(tmp_path:
     assert sink.offsets == {("t", 0): 42}  # resumed from the table, not from Kafka
     sink.add([V2(time_ns=10**18, name="b", tags=["x"], score=0.5)], "t", 1, 6)
     sink.flush()
-    rows = sorted(catalog.load_table("lake.things").scan().to_arrow().to_pylist(),
-                  key=lambda r: r["name"])  # fmt: skip
-    assert [(r["name"], r["tags"], r["score"]) for r in rows] == [("a", None, None),
-                                                                  ("b", ["x"], 0.5)]  # fmt: skip
+    rows = sorted(
+        catalog.load_table("lake.things").scan().to_arrow().to_pylist(), key=lambda r: r["name"]
+    )
+    assert [(r["name"], r["tags"], r["score"]) for r in rows] == [
+        ("a", None, None),
+        ("b", ["x"], 0.5),
+    ]
     assert committed_offsets(catalog.load_table("lake.things")) == {("t", 0): 42, ("t", 1): 7}
 
 

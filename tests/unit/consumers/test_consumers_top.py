@@ -11,22 +11,45 @@ from consumers.top.keys import press
 from consumers.top.screen import ViewState, screen
 from consumers.top.views import VIEWS, table, width
 from flowscope.records import TcpLatencyMetric
-from processors.sketch import sketch_of
+from processors.core.sketch import sketch_of
 
 
-def _latency(mid: str, client: str, server: str, conns: int, failed: int, values: list[float],
-             partition: int = 0) -> TcpLatencyMetric:  # fmt: skip
+def _latency(
+    mid: str,
+    client: str,
+    server: str,
+    conns: int,
+    failed: int,
+    values: list[float],
+    partition: int = 0,
+) -> TcpLatencyMetric:
     sk = sketch_of(values)
     return TcpLatencyMetric(
-        metric_id=mid, window_start_ns=T0, window_end_ns=T0 + 10 * S, source_partition=partition,
-        client_workload=f"shop/Deployment/{client}", server_workload=f"shop/Deployment/{server}",
-        service=None, client_namespace="shop", server_namespace="shop", connections=conns,
-        failed_connections=failed, outcomes={"closed": conns - failed, "refused": failed},
-        failure_rate=failed / conns, connect_latency_p50_us=None, connect_latency_p90_us=None,
-        connect_latency_p99_us=None, rtt_p50_us=None, rtt_p90_us=None, rtt_p99_us=None,
-        retrans_segs=0, segs_out=0, retransmission_rate=None,
-        connect_latency_sketch=sk.to_dict(), rtt_sketch=None,
-    )  # fmt: skip
+        metric_id=mid,
+        window_start_ns=T0,
+        window_end_ns=T0 + 10 * S,
+        source_partition=partition,
+        client_workload=f"shop/Deployment/{client}",
+        server_workload=f"shop/Deployment/{server}",
+        service=None,
+        client_namespace="shop",
+        server_namespace="shop",
+        connections=conns,
+        failed_connections=failed,
+        outcomes={"closed": conns - failed, "refused": failed},
+        failure_rate=failed / conns,
+        connect_latency_p50_us=None,
+        connect_latency_p90_us=None,
+        connect_latency_p99_us=None,
+        rtt_p50_us=None,
+        rtt_p90_us=None,
+        rtt_p99_us=None,
+        retrans_segs=0,
+        segs_out=0,
+        retransmission_rate=None,
+        connect_latency_sketch=sk.to_dict(),
+        rtt_sketch=None,
+    )
 
 
 def test_board_keeps_the_first_record_per_id_and_merges_partitions() -> None:
@@ -73,8 +96,16 @@ def test_sorting_by_p99_puts_unmeasured_rows_last_either_way() -> None:
 def test_every_view_fits_80_by_24_with_many_rows() -> None:
     board = Board()
     for i in range(40):
-        board.add(_latency(str(i), f"frontend-with-a-long-name-{i}", f"srv-{i}", 10, i % 3,
-                           [float(100 * i + 1)]))  # fmt: skip
+        board.add(
+            _latency(
+                str(i),
+                f"frontend-with-a-long-name-{i}",
+                f"srv-{i}",
+                10,
+                i % 3,
+                [float(100 * i + 1)],
+            )
+        )
     for i, view in enumerate(VIEWS):
         assert width(view) <= 80, view.name
         state = ViewState()

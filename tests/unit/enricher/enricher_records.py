@@ -40,7 +40,16 @@ def raw_connection(**kw: Any) -> RawTcpConnection:
 
 # The same record inside the 10.244.0.0/16 cluster some tests configure, with small volumes.
 IN_CLUSTER: dict[str, Any] = {
-    "local_addr": "10.244.1.1", "remote_addr": "10.244.2.1", "remote_port": 80, "pid": 1,
-    "cgroup_id": 1, "cgroup_path": None, "container_id": None, "bytes_sent": 1,
-    "bytes_received": 2, "srtt_us": 3, "retrans_segs": 0, "connect_latency_us": 4,
-}  # fmt: skip
+    "local_addr": "10.244.1.1",
+    "remote_addr": "10.244.2.1",
+    "remote_port": 80,
+    "pid": 1,
+    "cgroup_id": 1,
+    "cgroup_path": None,
+    "container_id": None,
+    "bytes_sent": 1,
+    "bytes_received": 2,
+    "srtt_us": 3,
+    "retrans_segs": 0,
+    "connect_latency_us": 4,
+}

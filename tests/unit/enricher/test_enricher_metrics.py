@@ -10,14 +10,14 @@ import pytest
 from prometheus_client import generate_latest
 
 from enricher import EnricherError
-from enricher.cluster import WATCHED_KINDS, ClusterModel
-from enricher.dnsjoin import DnsJoinerCounters
-from enricher.dnsnames import DnsNames
-from enricher.joiner import Joiner
-from enricher.kubewatch import ResourceWatch, WatchCounters
-from enricher.lease import LeaseCounters, LeaseElector
-from enricher.livepublisher import WatchOptions, WatchPublisher
+from enricher.join.dnsjoin import DnsJoinerCounters
+from enricher.join.dnsnames import DnsNames
+from enricher.join.joiner import Joiner
 from enricher.metrics import VOCABULARY, serve
+from enricher.publish.cluster import WATCHED_KINDS, ClusterModel
+from enricher.publish.kubewatch import ResourceWatch, WatchCounters
+from enricher.publish.lease import LeaseCounters, LeaseElector
+from enricher.publish.live import WatchOptions, WatchPublisher
 from enricher.settings import Settings
 from flowscope.kafka import ProducerCounters, RecordProducer
 from flowscope.topics import Topics

@@ -64,8 +64,15 @@ def test_flags_and_variables_come_from_the_fields() -> None:
 
 def test_option_over_variable_over_default() -> None:
     assert parse([], {}) == Example(derived=7)
-    env = {"X_NAME": "env", "X_INTERVAL_SECONDS": "2.5", "X_ENABLED": "yes", "X_PATH": "/p",
-           "X_INNER_PORT": "5353", "X_ITEMS": "a;b", "X_HIDDEN": "h"}  # fmt: skip
+    env = {
+        "X_NAME": "env",
+        "X_INTERVAL_SECONDS": "2.5",
+        "X_ENABLED": "yes",
+        "X_PATH": "/p",
+        "X_INNER_PORT": "5353",
+        "X_ITEMS": "a;b",
+        "X_HIDDEN": "h",
+    }
     s = parse([], env)
     assert (s.name, s.interval_s, s.enabled, s.path) == ("env", 2.5, True, Path("/p"))
     assert (s.inner.port, s.items, s.hidden, s.derived) == (5353, ("a", "b"), "h", 7)

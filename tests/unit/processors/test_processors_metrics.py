@@ -11,16 +11,16 @@ from prometheus_client import generate_latest
 from flowscope.metrics import scrape
 from processors import ProcessorsError
 from processors.__main__ import main
-from processors.alerts import AlertRuleError
-from processors.dnsprocessor import DnsProcessor
+from processors.core.alerts import AlertRuleError
+from processors.core.stage import Source
+from processors.core.windows import InvalidRecord
+from processors.cost.prices import PriceTableError, load_price_table
+from processors.dns.processor import DnsProcessor
 from processors.metrics import VOCABULARY, MetricsBoard
-from processors.pathhealth import PathHealthProcessor
-from processors.prices import PriceTableError, load_price_table
-from processors.processor import ConnectionProcessor
+from processors.path.health import PathHealthProcessor
 from processors.settings import SettingsError
-from processors.stage import Source
-from processors.udp import UdpProcessor
-from processors.windows import InvalidRecord
+from processors.tcp.processor import ConnectionProcessor
+from processors.udp.processor import UdpProcessor
 
 REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000

@@ -370,7 +370,7 @@ def test_every_setting_in_the_manifests_is_read_by_its_service() -> None:
 
 
 def test_example_objects_file_is_what_the_publisher_reads() -> None:
-    from enricher.kubeobjects import parse_text
+    from enricher.publish.kubeobjects import parse_text
 
     parsed = parse_text((K8S / "examples" / "objects.yaml").read_text(encoding="utf-8"))
     assert parsed.skipped == []
@@ -509,3 +509,34 @@ def test_security_settings_are_accepted_with_the_secret_mounted(tmp_path: Path) 
 
     compose_env = {k: _compose_default(v) for k, v in _compose_env("enricher").items()}
     assert kafka_security.from_env(compose_env) == kafka_security.PLAINTEXT
+
+
+METRICS_PORT_SETTING = {
+    "collector": "FLOWSCOPE_COLLECTOR_METRICS_PORT",
+    "metadata-publisher": "FLOWSCOPE_ENRICHER_METRICS_PORT",
+    "enricher": "FLOWSCOPE_ENRICHER_METRICS_PORT",
+    "processors": "FLOWSCOPE_PROCESSORS_METRICS_PORT",
+}
+
+
+def test_every_container_is_probed_where_its_service_serves_the_probes() -> None:
+    for name, container in _all_containers():
+        port = _k8s_env(container)[METRICS_PORT_SETTING[name]]
+        (named,) = [p for p in container["ports"] if p["name"] == "metrics"]
+        assert str(named["containerPort"]) == port, name
+        for probe, path in (
+            ("startupProbe", "/readyz"),
+            ("readinessProbe", "/readyz"),
+            ("livenessProbe", "/livez"),
+        ):
+            assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, (name, probe)
+        # Liveness gives a stuck loop 30 s (flowscope/probes.py) plus the kubelet's retries.
+        live = container["livenessProbe"]
+        assert live["periodSeconds"] * live["failureThreshold"] >= 30, name
+
+
+def test_compose_asks_the_long_running_services_the_readiness_question() -> None:
+    for name in ("collector", "enricher", "processors"):
+        port = _compose_default(_compose_env(name)[METRICS_PORT_SETTING[name]])
+        test = " ".join(_compose_service(name)["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{port}/readyz" in test, name

@@ -27,6 +27,7 @@ from flowscope.records import (
     RawTcpConnection,
     TcpPairMetric,
 )
+from flowscope.records.metadata import ContainerMeta, Meta, MetaCodec, NodeMeta, PodMeta
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMA_DIR = ROOT / "schemas"
@@ -134,7 +135,7 @@ SAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
 }
 
 
-def _schema_for(record_type: type[msgspec.Struct]) -> dict[str, Any]:
+def _schema_for(record_type: Any) -> dict[str, Any]:
     published = next(p for p in generate.PUBLISHED if p.record_type is record_type)
     loaded: dict[str, Any] = json.loads((SCHEMA_DIR / published.filename).read_text())
     return loaded
@@ -192,7 +193,7 @@ def test_every_schema_names_its_topic_and_has_a_unique_id() -> None:
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
         assert schema["$id"] == f"urn:flowscope:schema:{published.stem}"
         assert f"`{published.topic}`" in schema["description"]
-        assert schema["title"] == published.record_type.__name__
+        assert schema["title"] == published.title
         ids.add(schema["$id"])
     assert len(ids) == len(generate.PUBLISHED)
     # Every committed schema file is generated, and every generated one is committed.
@@ -262,3 +263,26 @@ def test_schema_and_decoder_both_reject_a_missing_required_field(
     assert list(_validator(schema).iter_errors(document)) != []
     with pytest.raises(DecodeError):
         JsonCodec(record_type).decode(json.dumps(document).encode())
+
+
+def test_metadata_records_validate_and_the_schema_refuses_a_kind_it_does_not_know() -> None:
+    codec = MetaCodec()
+    pod = PodMeta(
+        uid="u1",
+        name="web-1",
+        namespace="shop",
+        node="n1",
+        ips=["10.0.0.5"],
+        start_time_ns=T0,
+        workload_kind="Deployment",
+        workload_name="web",
+        containers=[ContainerMeta(name="web", image="web:1")],
+    )
+    node = NodeMeta(name="n1", zone="zone-a", region="r1", addresses=["192.0.2.1"])
+    validator = _validator(_schema_for(Meta))
+    for record in (pod, node):
+        document = json.loads(codec.encode(record))
+        assert list(validator.iter_errors(document)) == []
+        assert codec.decode(json.dumps(document).encode()) == record
+    wrong = {**json.loads(codec.encode(pod)), "kind": "Deployment"}
+    assert list(validator.iter_errors(wrong)) != []

@@ -16,14 +16,20 @@ from simnode.dns.wire import (
 
 
 def server() -> Server:
-    return Server(Rules({"names": {
-        "ok.test": {"addrs": ["10.0.0.1", "fd00::1"]},
-        "slow.test": {"addrs": ["10.0.0.2"], "delay_ms": 250},
-        "fail.test": {"rcode": "SERVFAIL"},
-        "silent.test": {"drop": True},
-        "garbage.test": {"malformed": True},
-        "*.wild.test": {"addrs": ["10.0.0.9"]},
-    }}))  # fmt: skip
+    return Server(
+        Rules(
+            {
+                "names": {
+                    "ok.test": {"addrs": ["10.0.0.1", "fd00::1"]},
+                    "slow.test": {"addrs": ["10.0.0.2"], "delay_ms": 250},
+                    "fail.test": {"rcode": "SERVFAIL"},
+                    "silent.test": {"drop": True},
+                    "garbage.test": {"malformed": True},
+                    "*.wild.test": {"addrs": ["10.0.0.9"]},
+                }
+            }
+        )
+    )
 
 
 def test_answers_per_rule() -> None:
@@ -65,5 +71,7 @@ def test_rules_reject_unknown_rcode() -> None:
 
 def test_resolv_conf_like_the_kubelet() -> None:
     text = render(["10.96.0.10"], kubernetes_search("shop"), ndots=5, options=["timeout:1"])
-    assert text == ("nameserver 10.96.0.10\nsearch shop.svc.cluster.local svc.cluster.local "
-                    "cluster.local\noptions ndots:5 timeout:1\n")  # fmt: skip
+    assert text == (
+        "nameserver 10.96.0.10\nsearch shop.svc.cluster.local svc.cluster.local "
+        "cluster.local\noptions ndots:5 timeout:1\n"
+    )

@@ -18,24 +18,44 @@ NODE_B = Node("node-b1", "zone-b", "region-1", "172.18.0.3", "22222222-2222-2222
 
 def pod(name: str, deployment: str | None, node: Node, ip: str, labels: dict[str, str]) -> PodMeta:
     return PodMeta(
-        name=name, namespace="shop", uid=f"uid-{name}", labels=labels, node=node, ip=ip,
-        container_name="main", container_id="ab" * 32, image="img:1", qos="burstable",
-        start_time="2024-05-01T10:00:00Z", deployment=deployment,
+        name=name,
+        namespace="shop",
+        uid=f"uid-{name}",
+        labels=labels,
+        node=node,
+        ip=ip,
+        container_name="main",
+        container_id="ab" * 32,
+        image="img:1",
+        qos="burstable",
+        start_time="2024-05-01T10:00:00Z",
+        deployment=deployment,
         template_hash="7d9f8c6b5x" if deployment else None,
     )
 
 
-SERVER = pod("server-7d9f8c6b5x-abcde", "server", NODE_B, "10.244.1.2",
-             {"app": "server", "pod-template-hash": "7d9f8c6b5x"})
+SERVER = pod(
+    "server-7d9f8c6b5x-abcde",
+    "server",
+    NODE_B,
+    "10.244.1.2",
+    {"app": "server", "pod-template-hash": "7d9f8c6b5x"},
+)
 BARE = pod("debug", None, NODE_A, "10.244.1.3", {"app": "server", "tier": "x"})
-SVC = ServiceMeta("server", "shop", "svc-uid", "10.96.0.10", {"app": "server"},
-                  (ServicePort(80, 8080, "http"),))
+SVC = ServiceMeta(
+    "server", "shop", "svc-uid", "10.96.0.10", {"app": "server"}, (ServicePort(80, 8080, "http"),)
+)
 
 
 def build(include_workloads: bool = True) -> dict[str, Any]:
-    return cluster_objects([NODE_A, NODE_B], [SERVER, BARE], [SVC],
-                           created="2024-05-01T09:00:00Z", salt="abc123",
-                           include_workloads=include_workloads)
+    return cluster_objects(
+        [NODE_A, NODE_B],
+        [SERVER, BARE],
+        [SVC],
+        created="2024-05-01T09:00:00Z",
+        salt="abc123",
+        include_workloads=include_workloads,
+    )
 
 
 def by_kind(lst: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -46,11 +66,18 @@ def test_list_shape_and_kinds() -> None:
     lst = build()
     assert lst["apiVersion"] == "v1" and lst["kind"] == "List"
     kinds = [i["kind"] for i in lst["items"]]
-    assert kinds == ["Node", "Node", "Deployment", "ReplicaSet", "Pod", "Pod", "Service",
-                     "EndpointSlice"]
+    assert kinds == [
+        "Node",
+        "Node",
+        "Deployment",
+        "ReplicaSet",
+        "Pod",
+        "Pod",
+        "Service",
+        "EndpointSlice",
+    ]
     slim = build(include_workloads=False)
-    assert [i["kind"] for i in slim["items"]] == [
-        "Node", "Node", "Pod", "Pod", "Service"]
+    assert [i["kind"] for i in slim["items"]] == ["Node", "Node", "Pod", "Pod", "Service"]
 
 
 def test_node_zone_region_and_internal_ip() -> None:
@@ -109,7 +136,8 @@ def test_service_and_endpoint_slice() -> None:
     svc, eps = by_kind(lst, "Service")[0], by_kind(lst, "EndpointSlice")[0]
     assert svc["spec"]["clusterIP"] == "10.96.0.10"
     assert svc["spec"]["ports"] == [
-        {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
+        {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}
+    ]
     assert eps["metadata"]["labels"] == {"kubernetes.io/service-name": "server"}
     # The bare pod carries app=server too, and is selected: selection is by labels only.
     ips = [e["addresses"][0] for e in eps["endpoints"]]

@@ -153,15 +153,37 @@ def test_parse_listening_takes_listen_sockets_only() -> None:
 
 def test_pod_command_joins_cgroup_then_netns() -> None:
     node = Node("n", "z", "r", "172.18.0.2", "nu")
-    meta = PodMeta(name="p", namespace="d", uid="u", labels={}, node=node, ip="10.244.0.2",
-                   container_name="c", container_id="c" * 64, image="i", qos="besteffort",
-                   start_time="t", deployment=None, template_hash=None)
-    pod = Pod(meta, netns="fs-abc123-p", host_veth="fs-abc123-p0", cgroup_root=Path("/cg"),
-              cgroup_dir=Path("/cg/fs-abc123/kubepods/besteffort/podu") / ("c" * 64))
+    meta = PodMeta(
+        name="p",
+        namespace="d",
+        uid="u",
+        labels={},
+        node=node,
+        ip="10.244.0.2",
+        container_name="c",
+        container_id="c" * 64,
+        image="i",
+        qos="besteffort",
+        start_time="t",
+        deployment=None,
+        template_hash=None,
+    )
+    pod = Pod(
+        meta,
+        netns="fs-abc123-p",
+        host_veth="fs-abc123-p0",
+        cgroup_root=Path("/cg"),
+        cgroup_dir=Path("/cg/fs-abc123/kubepods/besteffort/podu") / ("c" * 64),
+    )
     cmd = pod.command(["echo", "a b"])
     assert cmd[:2] == ["sh", "-c"]
-    assert cmd[3:] == ["sh", f"/cg/fs-abc123/kubepods/besteffort/podu/{'c' * 64}/cgroup.procs",
-                       "/run/netns/fs-abc123-p", "echo", "a b"]
+    assert cmd[3:] == [
+        "sh",
+        f"/cg/fs-abc123/kubepods/besteffort/podu/{'c' * 64}/cgroup.procs",
+        "/run/netns/fs-abc123-p",
+        "echo",
+        "a b",
+    ]
     assert "nsenter" in cmd[2] and "ip netns exec" not in cmd[2]
     assert pod.cgroup_path == f"/fs-abc123/kubepods/besteffort/podu/{'c' * 64}"
     with pytest.raises(SimNodeError):
@@ -169,18 +191,22 @@ def test_pod_command_joins_cgroup_then_netns() -> None:
 
 
 def test_summaries_round_trip() -> None:
-    c = ClientSummary(server="h:1", connections=2, completed=2, bytes_sent=10,
-                      local_ports=[1, 2], errors=[])
+    c = ClientSummary(
+        server="h:1", connections=2, completed=2, bytes_sent=10, local_ports=[1, 2], errors=[]
+    )
     assert ClientSummary.from_json(c.to_json()) == c
     s = ServerSummary(port=1, connections=3, bytes_received=9)
     assert ServerSummary.from_json(s.to_json()) == s
 
 
-@pytest.mark.parametrize("argv", [
-    ["server", "--port", "0", "--reply-bytes", "1"],
-    ["server", "--port", "80", "--reply-bytes", "-1"],
-    ["client", "--host", "h", "--port", "80", "--count", "0", "--send-bytes", "1"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["server", "--port", "0", "--reply-bytes", "1"],
+        ["server", "--port", "80", "--reply-bytes", "-1"],
+        ["client", "--host", "h", "--port", "80", "--count", "0", "--send-bytes", "1"],
+    ],
+)
 def test_traffic_cli_rejects_bad_values(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parser().parse_args(argv)

@@ -15,10 +15,19 @@ from simnode.spec import Node, PodMeta, ServiceMeta, ServicePort
 NET = ipaddress.IPv4Network("10.244.0.0/16")
 NODE = Node("node-a1", "zone-a", "region-1", "172.18.0.2", "11111111-1111-1111-1111-111111111111")
 POD = PodMeta(
-    name="web-7d9f8c6b5x-abcde", namespace="shop", uid="uid-1",
-    labels={"app": "web", "pod-template-hash": "7d9f8c6b5x"}, node=NODE, ip="10.244.7.2",
-    container_name="web", container_id="ab" * 32, image="img:1", qos="besteffort",
-    start_time="2024-05-01T10:00:00Z", deployment="web", template_hash="7d9f8c6b5x",
+    name="web-7d9f8c6b5x-abcde",
+    namespace="shop",
+    uid="uid-1",
+    labels={"app": "web", "pod-template-hash": "7d9f8c6b5x"},
+    node=NODE,
+    ip="10.244.7.2",
+    container_name="web",
+    container_id="ab" * 32,
+    image="img:1",
+    qos="besteffort",
+    start_time="2024-05-01T10:00:00Z",
+    deployment="web",
+    template_hash="7d9f8c6b5x",
 )
 SVC = ServiceMeta("web", "shop", "svc-uid", "10.96.0.10", {"app": "web"}, (ServicePort(80, 80),))
 

@@ -24,8 +24,11 @@ def test_reused_pid_or_garbage_is_not_alive(tmp_path: Path) -> None:
     start = process_start(os.getpid())
     assert start is not None
     # Same pid, other start time: the pid was reused by another process.
-    (tmp_path / "aaaaaa.json").write_text(json.dumps(
-        {"run_id": "aaaaaa", "pid": os.getpid(), "pid_start": start + 1, "cgroup_root": "/"}))
+    (tmp_path / "aaaaaa.json").write_text(
+        json.dumps(
+            {"run_id": "aaaaaa", "pid": os.getpid(), "pid_start": start + 1, "cgroup_root": "/"}
+        )
+    )
     (tmp_path / "bbbbbb.json").write_text("{not json")
     assert not reg.alive("aaaaaa") and not reg.alive("bbbbbb")
     assert reg.get("bbbbbb") is None

@@ -1,0 +1,1 @@
+"""Kernel packet drops with their reason: raw.drops records."""

@@ -1,0 +1,1 @@
+"""The collector's kernel side: libbpf, BTF, bpffs pins, ring buffers."""

@@ -1,0 +1,1 @@
+"""Facts of the node a connection end needs: its pod (cgroup) and NAT."""

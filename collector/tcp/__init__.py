@@ -1,0 +1,1 @@
+"""TCP connections: the tcpconn programs' events to raw.tcp records."""

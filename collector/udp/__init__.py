@@ -1,0 +1,1 @@
+"""UDP volume per (local, remote) pair and window: raw.udp records."""

@@ -1,0 +1,1 @@
+"""The joiners: raw records + the metadata topic -> enriched records."""

@@ -1,0 +1,1 @@
+"""The publisher: Kubernetes objects to the compacted metadata topic."""

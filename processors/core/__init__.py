@@ -1,0 +1,1 @@
+"""What every stage shares: windows, sketches, alerts, the faust runtime."""

@@ -1,0 +1,1 @@
+"""Data-transfer cost: the price table and cost records per window."""

@@ -1,0 +1,1 @@
+"""DNS metrics per client, server and name group per window."""

@@ -1,0 +1,1 @@
+"""Network health per path and the network-at-fault verdict."""

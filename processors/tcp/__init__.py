@@ -1,0 +1,1 @@
+"""TCP connection metrics: latency and pair totals per window."""

@@ -1,0 +1,1 @@
+"""UDP flow metrics: cost pairs and roll-ups per window."""

@@ -1,0 +1,6 @@
+"""The unit tests in the subfolders share this folder's record builders."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
