@@ -31,6 +31,7 @@ RECORD_TYPES: Mapping[str, type[Any] | None] = {
     "metrics.cost.pairs": r.CostPairMetric,
     "metrics.cost.rollups": r.CostRollupMetric,
     "metrics.dns": r.DnsMetric,
+    "metrics.path.health": r.PathHealthMetric,
     "alerts": r.AlertEvent,
     "deadletter": r.DeadLetter,
     "collector.health": r.CollectorHealth,

@@ -8,7 +8,10 @@ Cardinality is bounded: each family admits its first ``--top-n`` label sets as t
 and keeps them (a series that left and came back would reset its counter); every later label
 set is added to one series whose labels are all ``other``. So a family has at most top-n + 1
 series, nothing is lost from the sums, and ``flowscope_exporter_folded_keys`` says how many
-label sets were folded.
+label sets were folded. Path health (``flowscope_path_*``, labels scope, source, destination)
+admits top-n paths per scope (node pairs, zone pairs) and folds the rest into
+``{scope="node", source="other", destination="other"}``: at most top-n + 1 series per scope,
+so many node pairs never push the few zone pairs out.
 """
 
 from __future__ import annotations
@@ -40,13 +43,25 @@ from consumers.options import (
 from consumers.tail import parse_start
 from flowscope.codec import DecodeError
 from flowscope.kafka import TopicFollower
-from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
+from flowscope.records import (
+    AlertEvent,
+    CostPairMetric,
+    DnsMetric,
+    PathHealthMetric,
+    TcpLatencyMetric,
+)
 from flowscope.topics import Topics
 from processors.core.dedupe import FirstPerId
 from processors.core.sketch import Sketch
 
 OTHER = "other"
-SOURCES = ("metrics.tcp.latency", "metrics.cost.pairs", "metrics.dns", "alerts")
+SOURCES = (
+    "metrics.tcp.latency",
+    "metrics.cost.pairs",
+    "metrics.dns",
+    "metrics.path.health",
+    "alerts",
+)
 PAIR = ("client_workload", "server_workload", "service")
 TRANSFER = (
     "source_workload",
@@ -56,6 +71,20 @@ TRANSFER = (
     "cost_class",
 )
 DNS = ("client_workload", "server")
+PATH = ("scope", "source", "destination")
+# flowscope_path_<name>_total counters, in the order Family sums them.
+PATH_COUNTERS = (
+    (
+        "connections",
+        "finished TCP connections on the path (client end's node or zone -> server end's)",
+    ),
+    ("failed_connections", "connections refused, timed out, reset or unreachable"),
+    ("resets", "connections that ended in a reset, sent or received"),
+    ("connect_timeouts", "connects given up in SYN_SENT after SYN retransmissions"),
+    ("syn_retransmits", "SYNs the clients sent again"),
+    ("retransmitted_segments", "TCP segments the client ends retransmitted"),
+    ("segments_sent", "TCP segments the client ends sent (the retransmission rate's denominator)"),
+)
 
 OPTIONS = (
     BOOTSTRAP,
@@ -121,8 +150,10 @@ class MetricState:
         self.pairs = Family(top_n)
         self.transfer = Family(top_n)
         self.dns = Family(top_n)
-        # newest window per pair: (window_start_ns, merged sketch of its partitions)
+        self.paths = {"node": Family(top_n), "zone": Family(top_n)}  # per scope: see above
+        # newest window per pair or path: (window_start_ns, merged sketch of its partitions)
         self._latency: dict[tuple[str, ...], tuple[int, Sketch]] = {}
+        self._rtt: dict[tuple[str, ...], tuple[int, Sketch]] = {}
         self._alerts: dict[str, AlertEvent] = {}
         self.records: dict[str, int] = {}
         self.undecodable = 0
@@ -156,6 +187,8 @@ class MetricState:
                     record.failed,
                     record.queries - record.search_noise,
                 )
+            elif isinstance(record, PathHealthMetric):
+                self._add_path(record)
 
     def _add_latency(self, m: TcpLatencyMetric) -> None:
         key = self.pairs.add(
@@ -163,14 +196,22 @@ class MetricState:
             m.connections,
             m.failed_connections,
         )
-        if OTHER in key or m.connect_latency_sketch is None:
-            return
-        sketch = Sketch.from_dict(m.connect_latency_sketch)
-        newest = self._latency.get(key)
-        if newest is None or m.window_start_ns > newest[0]:
-            self._latency[key] = (m.window_start_ns, sketch)
-        elif m.window_start_ns == newest[0]:
-            newest[1].merge(sketch)  # another partition of the same window
+        if OTHER not in key:
+            _newest(self._latency, key, m.window_start_ns, m.connect_latency_sketch)
+
+    def _add_path(self, m: PathHealthMetric) -> None:
+        key = self.paths[m.scope].add(
+            (m.source, m.destination),
+            m.connections,
+            m.failed_connections,
+            m.resets,
+            m.connect_timeouts,
+            m.syn_retransmits,
+            m.retrans_segs,
+            m.segs_out,
+        )
+        if OTHER not in key:
+            _newest(self._rtt, (m.scope, *key), m.window_start_ns, m.rtt_sketch)
 
     def families(self) -> Iterator[Metric]:
         with self._lock:
@@ -214,6 +255,7 @@ class MetricState:
             tb.add_metric(labels, b)
             usd.add_metric(labels, d)
         yield from (tb, usd)
+        yield from self._path_families()
         dq = CounterMetricFamily("flowscope_dns_queries", "DNS queries", labels=DNS)
         df = CounterMetricFamily(
             "flowscope_dns_failed",
@@ -257,9 +299,50 @@ class MetricState:
             "label sets summed into 'other' (beyond --top-n)",
             labels=["family"],
         )
-        for name, fam in (("tcp", self.pairs), ("transfer", self.transfer), ("dns", self.dns)):
+        families = [("tcp", self.pairs), ("transfer", self.transfer), ("dns", self.dns)]
+        families += [(f"path_{scope}", fam) for scope, fam in self.paths.items()]
+        for name, fam in families:
             folded.add_metric([name], len(fam.folded))
         yield folded
+
+    def _path_families(self) -> Iterator[Metric]:
+        counters = [
+            CounterMetricFamily(f"flowscope_path_{name}", doc, labels=PATH)
+            for name, doc in PATH_COUNTERS
+        ]
+        for scope, fam in self.paths.items():
+            for labels, sums in fam.sums.items():
+                for counter, v in zip(counters, sums, strict=True):
+                    counter.add_metric((scope, *labels), v)
+        yield from counters
+        for q in (0.5, 0.99):
+            g = GaugeMetricFamily(
+                f"flowscope_path_rtt_p{int(q * 100)}_seconds",
+                f"smoothed RTT quantile {q} of the newest window per path",
+                labels=PATH,
+            )
+            for labels, (_, sketch) in self._rtt.items():
+                rtt = sketch.quantile(q)
+                if rtt is not None:
+                    g.add_metric(labels, rtt / 1e6)
+            yield g
+
+
+def _newest(
+    into: dict[tuple[str, ...], tuple[int, Sketch]],
+    key: tuple[str, ...],
+    window_start_ns: int,
+    sketch_dict: dict[str, object] | None,
+) -> None:
+    """Keep the newest window's sketch per series; partitions of one window merge."""
+    if sketch_dict is None:
+        return
+    sketch = Sketch.from_dict(sketch_dict)
+    newest = into.get(key)
+    if newest is None or window_start_ns > newest[0]:
+        into[key] = (window_start_ns, sketch)
+    elif window_start_ns == newest[0]:
+        newest[1].merge(sketch)  # another partition of the same window
 
 
 class StateCollector(Collector):

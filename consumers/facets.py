@@ -1,7 +1,8 @@
 """What a person filters on, whatever the record type: ``namespace``, ``workload`` and
 ``outcome`` are gathered from every field that means them (both ends of a connection, a
-metric's client and server workloads, an alert's affected workloads), and any other top-level
-field of the record (``role``, ``rule``, ``peer_class`` ...) can be named as it is encoded.
+metric's client and server workloads, an alert's affected workloads, the service pairs that
+used a network path), and any other top-level field of the record (``role``, ``rule``,
+``peer_class`` ...) can be named as it is encoded.
 
 Expression: terms separated by spaces or ``and``, all of which must hold:
 ``FIELD=V1,V2`` (one of the values), ``FIELD!=V`` (none of them), ``FIELD~TEXT`` (a value
@@ -53,6 +54,8 @@ def facets(record: Any) -> dict[str, set[str]]:
             found["workload"].update(_strs(value))
         elif name in ("outcome", "status"):
             found["outcome"].update(_strs(value))
+        elif name == "services":  # a path's "client -> server" workload pairs
+            found["workload"].update(e for pair in _strs(value) for e in pair.split(" -> "))
         elif name in ("outcomes", "failures") and isinstance(value, dict):
             found["outcome"].update(k for k, n in value.items() if n)
     # A workload key is namespace/kind/name: its namespace counts even where the record

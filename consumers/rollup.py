@@ -12,7 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowscope.records import AlertEvent, CostPairMetric, DnsMetric, TcpLatencyMetric
+from flowscope.records import (
+    AlertEvent,
+    CostPairMetric,
+    DnsMetric,
+    PathHealthMetric,
+    TcpLatencyMetric,
+)
 from processors.core.dedupe import FirstPerId
 from processors.core.sketch import Sketch
 
@@ -78,13 +84,26 @@ class CostRow:
 
 @dataclass
 class PathRow:
-    source_zone: str
-    destination_zone: str
-    cost_class: str
-    pairs: int = 0  # workload pairs on this path
+    """One network path (node pair or zone pair): every namespace's connections on it."""
+
+    scope: str  # "node" or "zone"
+    source: str  # where the client ends ran
+    destination: str  # where the server ends ran
     connections: int = 0
-    bytes: int = 0
-    usd: float = 0.0
+    failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    resets: int = 0
+    connect_timeouts: int = 0
+    syn_retransmits: int = 0
+    retrans_segs: int = 0
+    segs_out: int = 0
+    rtt_p50_ms: float | None = None
+    rtt_p99_ms: float | None = None
+    services: set[str] = field(default_factory=set)  # "client -> server" workload pairs
+
+    @property
+    def retransmission_rate(self) -> float | None:
+        return self.retrans_segs / self.segs_out if self.segs_out else None
 
 
 @dataclass
@@ -107,6 +126,11 @@ def _ns_ok(namespace: str | None, *keys: str) -> bool:
     return namespace is None or any(namespace_of(k) == namespace for k in keys)
 
 
+def _service_ends(services: Iterable[str]) -> list[str]:
+    """``["a -> b", ...]`` -> ``["a", "b", ...]``: the workloads that used a path."""
+    return [end for pair in services for end in pair.split(" -> ")]
+
+
 class Board:
     """Everything read from the metric topics, deduplicated, kept while its window ends after
     ``since_ns`` (``prune``); rows are built on demand, optionally for one namespace."""
@@ -116,6 +140,7 @@ class Board:
         self.latency: list[TcpLatencyMetric] = []
         self.cost: list[CostPairMetric] = []
         self.dns: list[DnsMetric] = []
+        self.health: list[PathHealthMetric] = []
         self.alerts: dict[str, AlertEvent] = {}  # latest event per episode
 
     @property
@@ -135,11 +160,14 @@ class Board:
             self.cost.extend(self._first.keep([record]))
         elif isinstance(record, DnsMetric):
             self.dns.extend(self._first.keep([record]))
+        elif isinstance(record, PathHealthMetric):
+            self.health.extend(self._first.keep([record]))
 
     def prune(self, since_ns: int) -> None:
         self.latency = [m for m in self.latency if m.window_end_ns > since_ns]
         self.cost = [m for m in self.cost if m.window_end_ns > since_ns]
         self.dns = [m for m in self.dns if m.window_end_ns > since_ns]
+        self.health = [m for m in self.health if m.window_end_ns > since_ns]
         self.alerts = {
             k: a for k, a in self.alerts.items() if a.status == "firing" or a.time_ns > since_ns
         }
@@ -183,15 +211,31 @@ class Board:
         return list(rows.values())
 
     def paths(self, namespace: str | None = None) -> list[PathRow]:
-        rows: dict[tuple[str, str, str], PathRow] = {}
-        for c in self.costs(namespace):
-            key = (c.source_zone, c.destination_zone, c.cost_class)
-            row = rows.setdefault(key, PathRow(*key))
-            row.pairs += 1
-            row.connections += c.connections
-            row.bytes += c.bytes
-            row.usd += c.usd
-        return list(rows.values())
+        """Paths are not namespaced: traffic of every namespace shares them. A namespace
+        selects the paths its workloads used; the figures stay the whole path's."""
+        groups: dict[tuple[str, str, str], list[PathHealthMetric]] = {}
+        for m in self.health:
+            groups.setdefault((m.scope, m.source, m.destination), []).append(m)
+        rows = []
+        for (scope, source, destination), ms in groups.items():
+            row = PathRow(scope, source, destination)
+            for m in ms:
+                row.connections += m.connections
+                row.failed += m.failed_connections
+                for name, n in m.failures.items():
+                    row.failures[name] = row.failures.get(name, 0) + n
+                row.resets += m.resets
+                row.connect_timeouts += m.connect_timeouts
+                row.syn_retransmits += m.syn_retransmits
+                row.retrans_segs += m.retrans_segs
+                row.segs_out += m.segs_out
+                row.services.update(m.services)
+            if not _ns_ok(namespace, *_service_ends(row.services)):
+                continue
+            sketch = _merge(m.rtt_sketch for m in ms)
+            row.rtt_p50_ms, row.rtt_p99_ms = _ms(sketch, 0.5), _ms(sketch, 0.99)
+            rows.append(row)
+        return rows
 
     def dns_rows(self, namespace: str | None = None) -> list[DnsRow]:
         groups: dict[tuple[str, str], list[DnsMetric]] = {}

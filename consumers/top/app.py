@@ -1,7 +1,10 @@
 """``flowscope top``: a live view of the metric topics (latency, failures, dollars, DNS,
-network paths, firing alerts), refreshed in place. Keys: 1-6 or tab switch views, s cycles
+network path health, firing alerts), refreshed in place. Keys: 1-6 or tab switch views, s cycles
 the sort column, r reverses it, n filters by namespace, q quits. When standard output is not
 a terminal it reads for --read-seconds and prints every view as a plain table.
+
+Paths (node and zone pairs) are not namespaced: with a namespace, "paths" lists the paths
+that namespace's workloads used, with the figures of all traffic on them.
 
 Windows count while they end within the last --span-seconds; records are merged as every
 reader must (first record per metric_id, sums, merged sketches: consumers/rollup.py).
@@ -43,7 +46,13 @@ from flowscope.codec import DecodeError
 from flowscope.kafka import TopicFollower
 from flowscope.topics import Topics
 
-SOURCES = ("metrics.tcp.latency", "metrics.cost.pairs", "metrics.dns", "alerts")
+SOURCES = (
+    "metrics.tcp.latency",
+    "metrics.cost.pairs",
+    "metrics.dns",
+    "metrics.path.health",
+    "alerts",
+)
 VIEW_NAMES = tuple(v.name for v in VIEWS)
 
 OPTIONS = (
@@ -54,7 +63,8 @@ OPTIONS = (
         "namespace",
         "FLOWSCOPE_TOP_NAMESPACE",
         "",
-        "show only this namespace's workloads (empty: all)",
+        "show only this namespace's workloads (empty: all); paths: those its workloads used, "
+        "all traffic on them",
     ),
     Option(
         "view",

@@ -24,6 +24,30 @@ def usd_text(usd: float) -> str:
     return f"{usd:.4f}" if usd >= 0.01 or usd == 0 else f"{usd:.2e}"
 
 
+def count_text(n: int, width: int) -> str:
+    """A count in ``width`` characters: ``12345``, then ``123k``, ``12M``."""
+    for unit, size in (("", 1), ("k", 10**3), ("M", 10**6), ("G", 10**9)):
+        text = f"{n // size}{unit}"
+        if len(text) <= width:
+            return text
+    return f"{n // 10**12}T"
+
+
+def ms_text(v: float | None) -> str:
+    """Milliseconds in 5 characters: ``0.04``, ``12.3``, ``1234``."""
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def rate_text(v: float | None) -> str:
+    """A share in 5 characters; small ones keep two decimals (0.05% retransmitted matters)."""
+    if v is None:
+        return "-"
+    pct = 100 * v
+    return f"{pct:.2f}%" if pct < 10 else f"{pct:.1f}%" if pct < 100 else "100%"
+
+
 def _bytes(n: int) -> str:
     for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
         if n >= size:
@@ -63,6 +87,27 @@ def _wl(attr: str, title: str, width: int = 17) -> Column:
 
 def _int(attr: str, title: str, width: int = 6) -> Column:
     return Column(title, lambda r: getattr(r, attr), lambda r: str(getattr(r, attr)), width, True)
+
+
+def _count(attr: str, title: str, width: int) -> Column:
+    return Column(
+        title,
+        lambda r: getattr(r, attr),
+        lambda r: count_text(getattr(r, attr), width),
+        width,
+        True,
+    )
+
+
+def host_text(name: str) -> str:
+    """A node's host name without its domain (``ip-10-0-1-5.ec2.internal`` -> ``ip-10-0-1-5``):
+    the domain is shared by every node and would take the column. Addresses stay whole."""
+    host = name.split(".", 1)[0]
+    return name if host.isdigit() or ":" in name else host
+
+
+def _place(attr: str, title: str, width: int) -> Column:
+    return Column(title, lambda r: getattr(r, attr), lambda r: host_text(getattr(r, attr)), width)
 
 
 def _worst_outcome(r: Any) -> str:
@@ -149,21 +194,31 @@ VIEWS: tuple[View, ...] = (
         ),
         "fail%",
     ),
+    # Ten health figures fill 80 columns; the paths' dollars are in "cost" (its zones column).
     View(
         "5",
         "paths",
-        "network paths (zone pairs)",
+        "path health by node and zone pair (all namespaces)",
         lambda b, ns: b.paths(ns),
         (
-            Column("from zone", lambda r: r.source_zone, lambda r: r.source_zone, 13),
-            Column("to zone", lambda r: r.destination_zone, lambda r: r.destination_zone, 13),
-            Column("class", lambda r: r.cost_class, lambda r: r.cost_class, 12, fixed=True),
-            _int("pairs", "pairs", 6),
-            _int("connections", "conns"),
-            Column("bytes", lambda r: r.bytes, lambda r: _bytes(r.bytes), 8, True),
-            Column("USD", lambda r: r.usd, lambda r: usd_text(r.usd), 9, True),
+            Column("scope", lambda r: r.scope, lambda r: r.scope, 5, fixed=True),
+            _place("source", "from", 12),
+            _place("destination", "to", 12),
+            _count("connections", "conns", 5),
+            _count("failed", "fail", 4),
+            _count("syn_retransmits", "synrt", 5),
+            Column(
+                "retx%",
+                lambda r: r.retransmission_rate,
+                lambda r: rate_text(r.retransmission_rate),
+                5,
+                True,
+            ),
+            Column("p50ms", lambda r: r.rtt_p50_ms, lambda r: ms_text(r.rtt_p50_ms), 5, True),
+            Column("p99ms", lambda r: r.rtt_p99_ms, lambda r: ms_text(r.rtt_p99_ms), 5, True),
+            _count("resets", "rst", 4),
         ),
-        "bytes",
+        "p99ms",
     ),
     View(
         "6",

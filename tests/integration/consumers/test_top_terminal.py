@@ -1,6 +1,7 @@
 """``flowscope top`` in a real terminal (tmux, 80x24) against a running pipeline: real pods,
 BPF, collector, enricher, processors. Keys switch views, sort and filter; the rows on the
-screen are checked against the metric records the test reads off the topics itself."""
+screen (service pairs, dollars, network paths' health, alerts) are checked against the
+metric records the test reads off the topics itself."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from consumers.top.views import usd_text
+from consumers.top.views import ms_text, rate_text, usd_text
 from demo.readout import TopicReader
 from demo.services import PipelineSettings, publish_metadata, running_pipeline
 from flowscope.codec import JsonCodec
-from flowscope.records import CostPairMetric, TcpLatencyMetric
+from flowscope.records import CostPairMetric, PathHealthMetric, TcpLatencyMetric
 from flowscope.topics import Topics
 from processors.core.dedupe import FirstPerId
 from processors.core.sketch import Sketch
@@ -119,12 +120,57 @@ def _p99_ms(ms: list[TcpLatencyMetric]) -> str:
     return "-" if value is None else f"{value / 1000:.2f}"
 
 
+PathKey = tuple[str, str, str]
+
+
+def _path_rows(screen: str) -> dict[PathKey, list[str]]:
+    """The paths view's rows: scope from to conns fail synrt retx% p50ms p99ms rst."""
+    rows = [line.split() for line in screen.splitlines()]
+    return {(r[0], r[1], r[2]): r[3:] for r in rows if len(r) == 10 and r[0] in ("node", "zone")}
+
+
+def _expected_paths(records: list[PathHealthMetric], namespace: str) -> dict[PathKey, list[str]]:
+    """What the paths view must show, from the path health records: the paths the
+    namespace's workloads used, every record on them summed, RTT from the merged sketches."""
+    groups: dict[PathKey, list[PathHealthMetric]] = {}
+    for m in FirstPerId().keep(records):
+        groups.setdefault((m.scope, m.source, m.destination), []).append(m)
+    out = {}
+    for key, ms in groups.items():
+        ends = [e for m in ms for pair in m.services for e in pair.split(" -> ")]
+        if not any(e.startswith(f"{namespace}/") for e in ends):
+            continue
+        sketches = [Sketch.from_dict(m.rtt_sketch) for m in ms if m.rtt_sketch]
+        merged = sketches[0] if sketches else None
+        for sk in sketches[1:]:
+            assert merged is not None
+            merged.merge(sk)
+
+        def q_ms(q: float, merged: Sketch | None = merged) -> str:
+            v = None if merged is None else merged.quantile(q)
+            return ms_text(None if v is None else v / 1000)
+
+        segs = sum(m.segs_out for m in ms)
+        retx = sum(m.retrans_segs for m in ms) / segs if segs else None
+        out[key] = [
+            str(sum(m.connections for m in ms)),
+            str(sum(m.failed_connections for m in ms)),
+            str(sum(m.syn_retransmits for m in ms)),
+            rate_text(retx),
+            q_ms(0.5),
+            q_ms(0.99),
+            str(sum(m.resets for m in ms)),
+        ]
+    return out
+
+
 def test_top_shows_what_the_metric_topics_hold(
     root_required: None, kafka_bootstrap: str, topics: Topics, cluster: Cluster, tmp_path: Path
 ) -> None:
     checkout = cluster.add_pod("checkout", node="node-b1", namespace="shop")
     catalog = cluster.add_pod("catalog", node="node-a1", namespace="shop")
     frontend = cluster.add_pod("frontend", node="node-a1", namespace="shop")
+    cart = cluster.add_pod("cart", node="node-b1", namespace="shop")
     publish_metadata(kafka_bootstrap, topics, cluster.write_objects(tmp_path / "objects.yaml"))
     rules = tmp_path / "alerts.yaml"
     rules.write_text(RULES)
@@ -139,6 +185,8 @@ def test_top_shows_what_the_metric_topics_hold(
     )
     latency_reader = TopicReader(kafka_bootstrap, topics.metrics_tcp_latency)
     cost_reader = TopicReader(kafka_bootstrap, topics.metrics_cost_pairs)
+    path_reader = TopicReader(kafka_bootstrap, topics.metrics_path_health)
+    path_codec = JsonCodec(PathHealthMetric)
     term: Terminal | None = None
     try:
         with running_pipeline(settings):
@@ -198,6 +246,26 @@ def test_top_shows_what_the_metric_topics_hold(
                 )
             )
 
+            # An alert resolves on the first quiet window: cart keeps failing (refused, twice
+            # a second) so that one stays firing until the alerts view is read.
+            failing = cart.start(
+                Pod.python(
+                    "simnode.traffic",
+                    "client",
+                    "--host",
+                    checkout.ip,
+                    "--port",
+                    "7070",
+                    "--count",
+                    "100000",
+                    "--send-bytes",
+                    "10",
+                    "--interval-ms",
+                    "500",
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             term = Terminal(
                 [
                     str(FLOWSCOPE),
@@ -268,18 +336,79 @@ def test_top_shows_what_the_metric_topics_hold(
             zones = {r[1]: r[2] for r in _rows(screen, "shop/frontend")}
             assert zones == {"shop/checkout": "zone-a>zone-b", "shop/catalog": "zone-a>zone-a"}
 
-            # View 6: the failure-rate rule fired for frontend -> checkout.
+            # View 6: the failure-rate rule fires for cart -> checkout (and fired, then
+            # resolved, for frontend -> checkout once its traffic stopped).
             term.keys("6")
-            screen = term.wait_for(lambda s: "connect-failure-rate" in s)
-            assert any(
-                "shop/frontend" in line and "shop/checkout" in line
-                for line in screen.splitlines()
-                if "connect-failure-rate" in line
-            ), screen
+
+            def cart_firing(screen: str) -> bool:
+                return any(
+                    "shop/cart" in line and "shop/checkout" in line
+                    for line in screen.splitlines()
+                    if "connect-failure-rate" in line
+                )
+
+            screen = term.wait_for(cart_firing)
+            failing.terminate()
+            failing.wait(10)
             # Another namespace: nothing of shop's is left on the screen.
             term.keys("n", "billing", "Enter")
             screen = term.wait_for(lambda s: "ns billing" in s)
-            assert "connect-failure-rate" not in screen
+            assert "connect-failure-rate" not in screen, screen
+
+            # Read after the alerts view: a quiet window resolves the alert.
+            def frontend_on_zones(ms: list[PathHealthMetric]) -> int:
+                return sum(
+                    m.connections
+                    for m in FirstPerId().keep(ms)
+                    if m.scope == "zone" and any(s.startswith(FRONTEND) for s in m.services)
+                )
+
+            paths = path_reader.read_until(
+                path_codec, lambda ms: frontend_on_zones(ms) >= 24, timeout_s=60
+            )
+            assert frontend_on_zones(paths) >= 24, paths
+
+            # View 5: the paths shop's pods used, node and zone pairs, with their health as
+            # the path health records say (the figures are every namespace's on the path).
+            term.keys("5", "n", "shop", "Enter")
+            deadline = time.monotonic() + 60
+            shown_paths: dict[PathKey, list[str]] = {}
+            while time.monotonic() < deadline:
+                paths.extend(r for v in path_reader.read(0.3) for r in path_codec.decode_batch(v))
+                want_paths = _expected_paths(paths, "shop")
+                screen = term.screen()
+                shown_paths = _path_rows(screen)
+                if shown_paths == want_paths and "ns shop" in screen:
+                    break
+            print(screen)
+            assert shown_paths == want_paths, (screen, want_paths)
+            assert {k for k in shown_paths} >= {
+                ("node", "node-a1", "node-b1"),
+                ("node", "node-a1", "node-a1"),
+                ("zone", "zone-a", "zone-b"),
+                ("zone", "zone-a", "zone-a"),
+            }
+            assert int(shown_paths[("zone", "zone-a", "zone-b")][1]) >= REFUSED  # refused
+            assert "(all namespaces)" in screen and all(len(x) <= 80 for x in screen.split("\n"))
+            p99s = [float(r[5]) for r in shown_paths.values() if r[5] != "-"]
+            in_order = [
+                float(r[8])
+                for r in (ln.split() for ln in screen.splitlines())
+                if len(r) == 10 and r[0] in ("node", "zone") and r[8] != "-"
+            ]
+            assert in_order == sorted(p99s, reverse=True), screen
+            term.keys("s", "s", "s", "s", "s", "r")  # p99ms -> rst, scope, from, to, conns; asc
+            screen = term.wait_for(lambda s: "sort conns asc" in s)
+            path_conns = [
+                int(r[3])
+                for r in (ln.split() for ln in screen.splitlines())
+                if len(r) == 10 and r[0] in ("node", "zone")
+            ]
+            assert path_conns == sorted(path_conns) and len(path_conns) == len(want_paths), screen
+            term.keys("n", "billing", "Enter")  # billing's pods used no path
+            screen = term.wait_for(lambda s: "path health" in s and "ns billing" in s)
+            assert _path_rows(screen) == {}, screen
+
             term.keys("q")
             deadline = time.monotonic() + 20
             while term.alive() and time.monotonic() < deadline:
@@ -312,7 +441,7 @@ def test_top_shows_what_the_metric_topics_hold(
             "failure rate",
             "dollars",
             "DNS",
-            "zone pairs",
+            "path health",
             "firing alerts",
         ):
             assert title in plain, plain
@@ -322,8 +451,12 @@ def test_top_shows_what_the_metric_topics_hold(
             if line.startswith("shop/frontend")
         ]
         assert {(r[1].split("/")[1], r[2]): (r[3], r[4], r[6]) for r in rows} == expected_rows
+        (path_table,) = [part for part in plain.split("\n\n") if part.startswith("path health")]
+        paths.extend(r for v in path_reader.read(1.0) for r in path_codec.decode_batch(v))
+        assert _path_rows(path_table) == _expected_paths(paths, "shop"), path_table
     finally:
         if term is not None:
             term.close()
         latency_reader.close()
         cost_reader.close()
+        path_reader.close()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from consumers_records import T0, S
+from consumers_records import T0, S, health
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_consumers_top import _latency
@@ -121,6 +121,7 @@ def test_the_grafana_dashboard_queries_only_series_the_exporter_has() -> None:
     state = MetricState(top_n=5)
     state.add("t.metrics.tcp.latency", _latency("1", "fe", "cat", 1, 0, [1.0]))
     state.add("t.metrics.cost.pairs", _cost("c", "fe", 0.5, 10))
+    state.add("t.metrics.path.health", health("p", "zone", "a", "b", rtts_us=[100.0]))
     names = set(_scrape(state)) | {  # families without a record here (no samples)
         "flowscope_dns_failed_total",
         "flowscope_dns_judged_queries_total",
@@ -133,3 +134,76 @@ def test_the_grafana_dashboard_queries_only_series_the_exporter_has() -> None:
         for name in re.findall(r"flowscope_[a-z0-9_]+", target["expr"])
     }
     assert used and used <= names, used - names
+
+
+def test_path_series_equal_the_records_top_n_per_scope() -> None:
+    state = MetricState(top_n=2)
+    zone = [
+        health(
+            "z1",
+            "zone",
+            "a",
+            "b",
+            conns=10,
+            failures={"refused": 2},
+            resets=1,
+            syn=3,
+            retrans=5,
+            segs=100,
+            rtts_us=[1000.0] * 10,
+        ),
+        health(
+            "z2",
+            "zone",
+            "a",
+            "b",
+            conns=6,
+            syn=1,
+            retrans=2,
+            segs=50,
+            rtts_us=[4000.0] * 6,
+            partition=1,
+        ),  # same window, other partition: merged
+        health("z3", "zone", "a", "b", conns=1, rtts_us=[9.0], start_ns=T0 - 10 * S),  # older
+    ]
+    nodes = [
+        health(
+            f"n{i}",
+            "node",
+            f"n{i}",
+            "n9",
+            conns=i + 1,
+            failures={"reset": 1},
+            rtts_us=[10.0 * (i + 1)],
+        )
+        for i in range(5)
+    ]
+    for r in [*nodes, *zone, zone[0]]:  # zone paths after many node paths; one republished
+        state.add("t.metrics.path.health", r)
+    got = _scrape(state)
+
+    def path(scope: str, src: str, dst: str) -> tuple[tuple[str, str], ...]:
+        return (("destination", dst), ("scope", scope), ("source", src))
+
+    conns = got["flowscope_path_connections_total"]
+    assert conns == {
+        path("zone", "a", "b"): 17.0,
+        path("node", "n0", "n9"): 1.0,
+        path("node", "n1", "n9"): 2.0,
+        path("node", "other", "other"): 3.0 + 4.0 + 5.0,
+    }
+    ab = path("zone", "a", "b")
+    assert got["flowscope_path_failed_connections_total"][ab] == 2.0
+    assert got["flowscope_path_failed_connections_total"][path("node", "other", "other")] == 3.0
+    assert got["flowscope_path_resets_total"][ab] == 1.0
+    assert got["flowscope_path_syn_retransmits_total"][ab] == 4.0
+    assert got["flowscope_path_retransmitted_segments_total"][ab] == 7.0
+    assert got["flowscope_path_segments_sent_total"][ab] == 100.0 + 50.0 + 100.0
+    newest = Sketch.from_dict(zone[0].rtt_sketch or {})
+    newest.merge(Sketch.from_dict(zone[1].rtt_sketch or {}))
+    assert got["flowscope_path_rtt_p99_seconds"][ab] == (newest.quantile(0.99) or 0) / 1e6
+    assert got["flowscope_path_rtt_p50_seconds"][ab] == (newest.quantile(0.5) or 0) / 1e6
+    assert path("node", "other", "other") not in got["flowscope_path_rtt_p99_seconds"]
+    folded = got["flowscope_exporter_folded_keys"]
+    assert folded[(("family", "path_node"),)] == 3.0
+    assert folded[(("family", "path_zone"),)] == 0.0

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from consumers_records import T0, conn, pod
+from consumers_records import T0, conn, health, pod
 
 from consumers.facets import FilterError, facets, parse_filter
 from flowscope.records import AlertEvent
@@ -38,6 +38,23 @@ def test_an_alerts_namespace_comes_from_its_workload_keys() -> None:
     f = facets(_alert(["billing/Deployment/payments"]))
     assert f["namespace"] == {"billing"}
     assert f["outcome"] == {"firing"}
+
+
+def test_a_paths_namespaces_are_those_of_the_services_that_used_it() -> None:
+    path = health(
+        "p",
+        "node",
+        "n1",
+        "n2",
+        failures={"refused": 1},
+        services=("shop/Deployment/fe -> billing/Deployment/pay",),
+    )
+    f = facets(path)
+    assert f["namespace"] == {"shop", "billing"}
+    assert f["workload"] == {"shop/Deployment/fe", "billing/Deployment/pay"}
+    assert f["outcome"] == {"refused"}
+    assert parse_filter("namespace=billing scope=node").matches(path)
+    assert not parse_filter("namespace=payments").matches(path)
 
 
 @pytest.mark.parametrize(
