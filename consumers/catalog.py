@@ -22,6 +22,7 @@ RECORD_TYPES: Mapping[str, type[Any] | None] = {
     "raw.tcp": r.RawTcpConnection,
     "raw.udp": r.RawUdpFlow,
     "raw.dns": r.RawDnsQuery,
+    "raw.drops": r.RawPacketDrops,
     "k8s.metadata": None,
     "enriched.tcp": r.EnrichedTcpConnection,
     "enriched.udp": r.EnrichedUdpFlow,

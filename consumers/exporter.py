@@ -84,6 +84,7 @@ PATH_COUNTERS = (
     ("syn_retransmits", "SYNs the clients sent again"),
     ("retransmitted_segments", "TCP segments the client ends retransmitted"),
     ("segments_sent", "TCP segments the client ends sent (the retransmission rate's denominator)"),
+    ("dropped_packets", "packets the kernel dropped between the path's addresses (raw.drops)"),
 )
 
 OPTIONS = (
@@ -209,6 +210,7 @@ class MetricState:
             m.syn_retransmits,
             m.retrans_segs,
             m.segs_out,
+            m.dropped_packets,
         )
         if OTHER not in key:
             _newest(self._rtt, (m.scope, *key), m.window_start_ns, m.rtt_sketch)

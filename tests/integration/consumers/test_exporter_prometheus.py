@@ -135,6 +135,7 @@ PATH_SERIES = {  # stored counter -> the record field it sums
     "flowscope_path_syn_retransmits_total": "syn_retransmits",
     "flowscope_path_retransmitted_segments_total": "retrans_segs",
     "flowscope_path_segments_sent_total": "segs_out",
+    "flowscope_path_dropped_packets_total": "dropped_packets",
 }
 
 

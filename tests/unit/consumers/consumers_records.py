@@ -59,6 +59,7 @@ def health(
     syn: int = 0,
     retrans: int = 0,
     segs: int = 100,
+    dropped: int = 0,
     rtts_us: list[float] | None = None,
     services: tuple[str, ...] = ("shop/Deployment/fe -> shop/Deployment/db",),
     partition: int = 0,
@@ -90,4 +91,5 @@ def health(
         rtt_p99_us=sk.quantile(0.99) if sk else None,
         rtt_sketch=sk.to_dict() if sk else None,
         services=sorted(services),
+        dropped_packets=dropped,
     )

@@ -83,3 +83,10 @@ def test_python_dash_m_keeps_working() -> None:
         check=False,
     )
     assert done.returncode == 0 and "FLOWSCOPE_NODE_NAME" in done.stdout
+
+
+def test_every_published_topic_can_be_read_decoded() -> None:
+    from consumers.catalog import RECORD_TYPES
+    from schemas import generate
+
+    assert {p.topic_suffix for p in generate.PUBLISHED} <= set(RECORD_TYPES)

@@ -161,6 +161,7 @@ def test_path_series_equal_the_records_top_n_per_scope() -> None:
             syn=1,
             retrans=2,
             segs=50,
+            dropped=3,
             rtts_us=[4000.0] * 6,
             partition=1,
         ),  # same window, other partition: merged
@@ -199,6 +200,7 @@ def test_path_series_equal_the_records_top_n_per_scope() -> None:
     assert got["flowscope_path_syn_retransmits_total"][ab] == 4.0
     assert got["flowscope_path_retransmitted_segments_total"][ab] == 7.0
     assert got["flowscope_path_segments_sent_total"][ab] == 100.0 + 50.0 + 100.0
+    assert got["flowscope_path_dropped_packets_total"][ab] == 3.0
     newest = Sketch.from_dict(zone[0].rtt_sketch or {})
     newest.merge(Sketch.from_dict(zone[1].rtt_sketch or {}))
     assert got["flowscope_path_rtt_p99_seconds"][ab] == (newest.quantile(0.99) or 0) / 1e6
