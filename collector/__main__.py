@@ -116,7 +116,7 @@ def run(settings: Settings) -> int:
 
         health = HealthReporter(
             counters, producer.produce, settings.health_topic, settings.node_name,
-            settings.health_interval_s,
+            settings.health_interval_s, dropped_by_key=collector.dropped_by_key,
         )  # fmt: skip
         try:
             if settings.metrics_port:
