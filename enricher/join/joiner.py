@@ -282,7 +282,11 @@ class Joiner:
                 log.warning("final commit failed: %s", exc)
         for producer in (self._producer, self._metadata_letters):
             if producer is not None:
-                left = producer.flush(30.0)
+                try:
+                    left = producer.flush(30.0)
+                except KafkaException as exc:  # a fenced producer: the cause is reported
+                    log.warning("flush at shutdown failed: %s", exc)
+                    continue
                 if left:
                     log.warning("%d produced records still undelivered at shutdown", left)
         if self._consumer is not None:
