@@ -143,6 +143,7 @@ def run(settings: Settings) -> int:
             settings.health_topic,
             settings.node_name,
             settings.health_interval_s,
+            dropped_by_key=collector.dropped_by_key,
         )
         try:
             if settings.metrics_port:

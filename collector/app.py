@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from collector.kernel.ringbuf import RecordBatch
@@ -61,6 +61,9 @@ class PipelineStats:
     records_produced: int = 0  # records in messages the producer accepted
     messages: int = 0  # messages the producer accepted (one record each unless batching)
     produce_refused: int = 0  # records in messages produce() gave up on (buffer full)
+    # The same records by message key (the pod's uid, or the node name for host sockets):
+    # which pods' streams have a gap after an outage. At most one entry per pod on the node.
+    refused_by_key: dict[str, int] = field(default_factory=dict)
 
 
 class Collector:
@@ -125,6 +128,8 @@ class Collector:
                 stats.messages += 1
             else:
                 stats.produce_refused += records
+                refused = stats.refused_by_key
+                refused[key] = refused.get(key, 0) + records
         return self.stats.records_produced - before
 
     def drain(self) -> int:
@@ -165,6 +170,14 @@ class Collector:
         remaining = self._sink.flush(flush_timeout_s)
         if remaining:
             log.warning("%d messages still undelivered after %.1fs", remaining, flush_timeout_s)
+        if self.stats.refused_by_key:
+            log.warning(
+                "records dropped (buffer full) by pod uid or node: %s", self.dropped_by_key()
+            )
+
+    def dropped_by_key(self) -> dict[str, int]:
+        """Records dropped on a full producer buffer, by message key (pod uid, or node)."""
+        return dict(self.stats.refused_by_key)
 
     def counters(self) -> dict[str, int]:
         values: dict[str, int] = {

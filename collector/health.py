@@ -45,8 +45,10 @@ class HealthReporter:
         node: str,
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        dropped_by_key: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self._counters = counters
+        self._dropped_by_key = dropped_by_key
         self._produce = produce
         self._topic = topic
         self._node = node
@@ -62,6 +64,7 @@ class HealthReporter:
             time_ns=time.time_ns(),
             uptime_s=round(self._every.last_s - self._every.started_s, 3),
             counters=self._counters(),
+            records_dropped_by_key=self._dropped_by_key(),
         )
         if self._produce(self._topic, self._codec.encode(record), self._node):
             self.sent += 1

@@ -6,11 +6,14 @@ producer counts every outcome so that a loss is a number, not a log line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
@@ -61,6 +64,42 @@ TRANSACTION_TIMEOUT_MS = 10_000
 
 # Delivery errors of messages that close() dropped from the local queue or the wire.
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
+# How long an abort is resumed while the cluster does not answer (an outage) before the
+# producer gives up and its owner exits, naming the cause.
+ABORT_PATIENCE_S = 300.0
+
+# librdkafka's send_offsets_to_transaction can block past its timeout, for ever, once the
+# group coordinator went away (confluentinc/librdkafka#5456, #5511; seen here when the whole
+# cluster was down for a minute): a transactional call that overruns its timeout by this
+# much ends the process with one line naming the cause, and its restart (the orchestrator's)
+# resumes from the last commit instead of hanging in silence.
+HANG_GRACE_S = 60.0
+EXIT_HUNG = 75  # EX_TEMPFAIL: try again (a restart)
+
+
+@contextlib.contextmanager
+def exit_if_hung(what: str, timeout_s: float) -> Iterator[None]:
+    """Run the block; if it has not returned ``HANG_GRACE_S`` after ``timeout_s``, exit."""
+
+    def hung() -> None:
+        print(
+            f"{what} did not return {timeout_s + HANG_GRACE_S:.0f}s after it was called "
+            f"(timeout {timeout_s:.0f}s; librdkafka loses track of a group coordinator that "
+            "went away): exiting so that a restart resumes from the last commit",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_HUNG)
+
+    timer = threading.Timer(timeout_s + HANG_GRACE_S, hung)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
 
 # Header on batch messages: how many records the message holds (a JSON array of them).
 RECORDS_HEADER = "flowscope-records"
@@ -309,38 +348,55 @@ class RecordProducer:
         deadline = time.monotonic() + timeout_s
         if offsets:
             self._retrying(
+                "send_offsets_to_transaction",
                 lambda left: self._producer.send_offsets_to_transaction(
                     offsets, group_metadata, left
                 ),
                 deadline,
                 stop,
             )
-        self._retrying(self._producer.commit_transaction, deadline, stop)
+        self._retrying("commit_transaction", self._producer.commit_transaction, deadline, stop)
         self._in_transaction = False
         self._transaction_records = 0
         self.counters.transactions_committed += 1
 
     def abort(self, timeout_s: float = 30.0) -> None:
-        """Abort the open transaction (if any): its messages are never read committed."""
+        """Abort the open transaction (if any): its messages are never read committed.
+
+        While the cluster is away the abort times out; it is resumed (librdkafka's contract
+        for a retriable abort: call it again, a new transaction conflicts with it) until
+        ABORT_PATIENCE_S have passed, then ProducerFenced says the cluster stayed away."""
         if not self._in_transaction:
             return
+        give_up = time.monotonic() + max(timeout_s, ABORT_PATIENCE_S)
         try:
-            self._producer.abort_transaction(timeout_s)
-        except KafkaException as exc:
-            self.fenced = True
-            raise ProducerFenced(f"could not abort the transaction: {exc}") from exc
+            while True:
+                try:
+                    with exit_if_hung("Kafka abort_transaction", timeout_s):
+                        self._producer.abort_transaction(timeout_s)
+                    return
+                except KafkaException as exc:
+                    err: KafkaError = exc.args[0]
+                    self.counters.last_error = str(err)
+                    if err.fatal() or not err.retriable() or time.monotonic() >= give_up:
+                        self.fenced = True
+                        raise ProducerFenced(f"could not abort the transaction: {err}") from exc
+                    log.warning("aborting the transaction: %s; trying again", err)
         finally:
             self._in_transaction = False
             self.counters.transactions_aborted += 1
             self.counters.records_aborted += self._transaction_records
             self._transaction_records = 0
 
-    def _retrying(self, call: Any, deadline: float, stop: threading.Event | None = None) -> None:
+    def _retrying(
+        self, what: str, call: Any, deadline: float, stop: threading.Event | None = None
+    ) -> None:
         while True:
             left = max(0.1, deadline - time.monotonic())
             try:
                 # In slices when a stop may come: a SIGTERM is not held up by a broker away.
-                call(left if stop is None else min(left, STOP_CHECK_S))
+                with exit_if_hung(f"Kafka {what}", left):
+                    call(left if stop is None else min(left, STOP_CHECK_S))
                 return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
@@ -354,7 +410,7 @@ class RecordProducer:
                 if err.retriable() and time.monotonic() < deadline:
                     continue
                 if err.txn_requires_abort() or err.retriable():
-                    self.abort(max(1.0, deadline - time.monotonic()))
+                    self.abort(max(5.0, deadline - time.monotonic()))
                     raise TransactionAborted(f"transaction aborted: {err}") from exc
                 raise
 

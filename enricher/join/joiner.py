@@ -304,7 +304,10 @@ class Joiner:
         undelivered = 0
         for producer in (self._producer, self._metadata_letters):
             if producer is not None:
-                undelivered += producer.close(deadline.left())
+                try:
+                    undelivered += producer.close(deadline.left())
+                except KafkaException as exc:  # a fenced producer: the cause is reported
+                    log.warning("flush at shutdown failed: %s", exc)
         if self._consumer is not None:
             # Closing commits the offsets stored after each batch.
             self._consumer.close()

@@ -28,3 +28,7 @@ class CollectorHealth(msgspec.Struct, frozen=True, kw_only=True):
     time_ns: int
     uptime_s: float
     counters: dict[str, int]
+    # Records dropped on a full producer buffer (counters' records_dropped_buffer_full) by
+    # the pod they came from (its uid; the node name for host sockets): the pods whose
+    # streams have a gap.
+    records_dropped_by_key: dict[str, int] = {}

@@ -150,6 +150,13 @@ def test_refused_produce_is_counted() -> None:
     assert c.counters()["dropped_buffer_full"] == 1
 
 
+def test_refused_records_are_counted_by_pod_or_node() -> None:
+    c = collector(FakeSource([]), FakeSink(accept=False))
+    c.process(batch(make(cgroup_id=500), make(cgroup_id=500), make(cgroup_id=1)))
+    assert c.dropped_by_key() == {UID: 2, "node-1": 1}
+    assert sum(c.dropped_by_key().values()) == c.counters()["records_dropped_buffer_full"]
+
+
 def test_shutdown_detaches_then_drains_then_flushes() -> None:
     source = FakeSource([batch(make()), batch(make(), make())])
     sink = FakeSink()

@@ -205,7 +205,13 @@ def test_health_record_is_produced_on_its_interval() -> None:
         return True
 
     h = HealthReporter(
-        lambda: {"x": 1}, produce, "p.collector.health", "node-1", 5.0, clock=lambda: now[0]
+        lambda: {"x": 1},
+        produce,
+        "p.collector.health",
+        "node-1",
+        5.0,
+        clock=lambda: now[0],
+        dropped_by_key=lambda: {"uid-1": 3},
     )
     h.tick()
     now[0] = 5.0
@@ -213,6 +219,7 @@ def test_health_record_is_produced_on_its_interval() -> None:
     h.tick()
     assert len(sent) == 1 and sent[0][0] == "p.collector.health" and sent[0][2] == "node-1"
     assert b'"counters":{"x":1}' in sent[0][1]
+    assert b'"records_dropped_by_key":{"uid-1":3}' in sent[0][1]
 
 
 def test_collector_runs_periodic_tasks() -> None:
