@@ -95,6 +95,9 @@ def test_sigkill_restart_and_a_second_worker_give_exact_totals(
     # Idle allowance 30 s: a restart (session timeout 6 s + start-up) lags less than that,
     # so the re-read backlog is not late. Windows close on event-time progress instead.
     extra = ["--idle-allowance-seconds", "30"]
+    # enriched.tcp is acknowledged once the path stage's windows are published too; their
+    # grace waits for the collector's drop windows (40 s by default), longer than this test.
+    extra += ["--path-grace-seconds", "1"]
     first = start_worker(kafka_bootstrap, topics, tmp_path, app_id, WINDOW_S, extra, "first")
     workers: list[Worker] = [first]
     try:
