@@ -35,6 +35,7 @@ from demo.services import (
 )
 from devbroker import Cluster as KafkaCluster
 from devbroker.ports import free_port_block
+from enricher.__main__ import EXIT_FENCED
 from flowscope.codec import JsonCodec
 from flowscope.kafka import EXIT_HUNG, admin_client
 from flowscope.metrics import scrape
@@ -428,7 +429,7 @@ def test_cluster_unreachable_for_a_minute_drops_exactly_what_is_counted(
     # An enricher that exited (fenced after the outage, or a librdkafka call that never
     # returned) said why in its last line; its restart resumed (the ends below arrived).
     for code, line in run.enricher_exits:
-        assert code in (1, EXIT_HUNG), (code, line)
+        assert code in (EXIT_FENCED, EXIT_HUNG), (code, line)
         assert line.splitlines()[-1].startswith("enricher: ") or "a restart resumes" in line
     for code, line in run.processor_exits:
         assert code != 0 and "exiting without acknowledging" in line, (code, line)
