@@ -17,10 +17,22 @@ from flowscope.topics import Topics
 
 def _run(bootstrap: str, topics: Topics, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flowscope", "topics", *args,
-         "--bootstrap-servers", bootstrap, "--topic-prefix", topics.prefix],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "flowscope",
+            "topics",
+            *args,
+            "--bootstrap-servers",
+            bootstrap,
+            "--topic-prefix",
+            topics.prefix,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture
