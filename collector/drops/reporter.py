@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from collector.kernel.btfenum import kernel_enum
-from collector.kernel.flipmaps import WindowReporter
+from collector.kernel.flipmaps import MapPair, WindowReporter
 from collector.kernel.kernelfs import ensure_tracefs
 from collector.kernel.libbpf import BpfError, BpfObject
 from collector.kernel.programset import DEFAULT_TRACEFS, ProgramSet
@@ -42,7 +42,6 @@ VALUE_SIZE: Final = 16
 assert KEY.size == KEY_SIZE and VALUE.size == VALUE_SIZE
 COUNTER_NAMES: Final = ("drops", "map_full", "no_reason")  # enum drops_counter, index order
 DROP_MAPS: Final = ("drops0", "drops1")
-_U32 = struct.Struct("<I")
 REASON_ENUM: Final = "skb_drop_reason"
 REASON_PREFIX: Final = "SKB_DROP_REASON_"
 
@@ -83,22 +82,21 @@ class DropSource(ProgramSet[BpfObject]):
     def __init__(
         self, bpf_object: Path, tracefs: Path = DEFAULT_TRACEFS, mount_tracefs: bool = True
     ) -> None:
-        self._gen = 0
+        self._maps = MapPair(DROP_MAPS, KEY_SIZE, VALUE_SIZE)
         if mount_tracefs and ensure_tracefs(tracefs):
             log.info("mounted tracefs at %s", tracefs)
 
         def setup(obj: BpfObject) -> None:
-            obj.map_update("gen", _U32.pack(0), _U32.pack(0))
+            self._maps.reset(obj)
             obj.attach_all()
 
         super().__init__(BpfObject(bpf_object, tracefs=tracefs), setup)
 
     def flip(self) -> None:
-        self._gen ^= 1
-        self._obj.map_update("gen", _U32.pack(0), _U32.pack(self._gen))
+        self._maps.flip(self._obj)
 
     def drain_inactive(self) -> list[tuple[bytes, bytes]]:
-        return self._obj.map_drain(DROP_MAPS[self._gen ^ 1], KEY_SIZE, VALUE_SIZE)
+        return self._maps.drain(self._obj)
 
     def kernel_counters(self) -> dict[str, int]:
         return self.percpu_counters("drop_counters", COUNTER_NAMES)

@@ -6,12 +6,41 @@ read whole and no count is lost to a reset racing the programs' adds.
 
 from __future__ import annotations
 
+import struct
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Protocol
 
+from collector.kernel.libbpf import BpfObject
 from collector.periodic import Periodic
+
+_U32 = struct.Struct("<I")
+
+
+class MapPair:
+    """The kernel side: which of an object's two maps its programs add to (its one-entry
+    ``gen`` map says), and the draining of the other."""
+
+    def __init__(self, maps: tuple[str, str], key_size: int, value_size: int) -> None:
+        self.maps = maps
+        self._key_size = key_size
+        self._value_size = value_size
+        self.gen = 0
+
+    def reset(self, obj: BpfObject) -> None:
+        self.gen = 0
+        obj.map_update("gen", _U32.pack(0), _U32.pack(0))
+
+    def flip(self, obj: BpfObject) -> None:
+        """Make the other map current."""
+        self.gen ^= 1
+        obj.map_update("gen", _U32.pack(0), _U32.pack(self.gen))
+
+    def drain(self, obj: BpfObject, current: bool = False) -> list[tuple[bytes, bytes]]:
+        """The inactive map's entries (or the current one's), removed."""
+        name = self.maps[self.gen if current else self.gen ^ 1]
+        return obj.map_drain(name, self._key_size, self._value_size)
 
 
 class FlippedMaps(Protocol):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from collector.kernel.flipmaps import WindowReporter
+from collector.kernel.flipmaps import MapPair, WindowReporter
 from collector.kernel.libbpf import BpfObject
 from collector.kernel.programset import ProgramSet
 from collector.node.attribution import CgroupResolver
@@ -38,7 +38,6 @@ VALUE_SIZE: Final = 32
 assert KEY.size == KEY_SIZE and VALUE.size == VALUE_SIZE
 COUNTER_NAMES: Final = ("packets", "map_full")  # enum udpflow_counter, in index order
 FLOW_MAPS: Final = ("flows0", "flows1")
-_U32 = struct.Struct("<I")
 IPPROTO_UDP: Final = 17
 
 
@@ -80,24 +79,22 @@ class UdpFlowSource(ProgramSet[BpfObject]):
     """Loads ``udpflow.bpf.o`` and attaches it to the cgroup v2 root (every socket)."""
 
     def __init__(self, bpf_object: Path, cgroup_root: Path) -> None:
-        self._gen = 0
+        self._maps = MapPair(FLOW_MAPS, KEY_SIZE, VALUE_SIZE)
 
         def setup(obj: BpfObject) -> None:
-            obj.map_update("gen", _U32.pack(0), _U32.pack(0))
+            self._maps.reset(obj)
             obj.attach_all_to_cgroup(cgroup_root)
 
         super().__init__(BpfObject(bpf_object), setup)
 
     def flip(self) -> None:
-        """Make the other map current."""
-        self._gen ^= 1
-        self._obj.map_update("gen", _U32.pack(0), _U32.pack(self._gen))
+        self._maps.flip(self._obj)
 
     def drain_inactive(self) -> list[tuple[bytes, bytes]]:
-        return self._obj.map_drain(FLOW_MAPS[self._gen ^ 1], KEY_SIZE, VALUE_SIZE)
+        return self._maps.drain(self._obj)
 
     def drain_current(self) -> list[tuple[bytes, bytes]]:
-        return self._obj.map_drain(FLOW_MAPS[self._gen], KEY_SIZE, VALUE_SIZE)
+        return self._maps.drain(self._obj, current=True)
 
     def kernel_counters(self) -> dict[str, int]:
         return self.percpu_counters("udp_counters", COUNTER_NAMES)
