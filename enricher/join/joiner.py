@@ -119,7 +119,6 @@ class Joiner:
         # The process's one metadata index (shared with the datagram joiner), or its own.
         self.view = view or MetadataView(settings)
         self.state = self.view.state
-        self._applied_seen = 0
         self.classifier = AddressClassifier(settings.cluster_cidrs, settings.other_cluster_cidrs)
         self.holdback: Holdback[RawTcpConnection] = Holdback(
             int(settings.holdback_s * 1e9), settings.holdback_max_records
@@ -177,7 +176,6 @@ class Joiner:
         loaded = self.view.start(self._metadata_rejected)
         with self.view.lock:
             self.state.track_changes()
-            self._applied_seen = self.view.applied
         # The metadata loaded now lives as long as the process: out of the cyclic GC's sight,
         # full collections no longer walk a large cluster's objects (measured ~2% of the join).
         gc.freeze()
@@ -242,10 +240,9 @@ class Joiner:
                     self._messages_per_consume, self._settings.poll_timeout_s
                 )
                 with self.view.lock:
-                    applied = self.view.poll()
-                    if applied != self._applied_seen:
-                        self._applied_seen = applied
-                        self.retry_held()
+                    # Whichever thread applied a change, the index tracked it for us.
+                    self.view.poll()
+                    self.retry_held()
                     if batch:
                         self.process_batch(batch)
                     if len(self.holdback):

@@ -25,7 +25,6 @@ class MetadataView:
         self.state.labels = settings.label_selection
         # Reentrant: a joiner holding it around a batch calls poll() inside.
         self.lock = threading.RLock()
-        self.applied = 0  # records applied since the load, by whichever joiner polled
         self._follower: MetadataFollower | None = None
         # Each started joiner's dead-letter callback; the first one still running is used.
         self._rejections: list[RejectFn] = []
@@ -44,12 +43,10 @@ class MetadataView:
             return self._follower.load(self.state.apply, timeout_s=s.metadata_load_timeout_s)
 
     def poll(self) -> int:
-        """Apply what arrived since anyone last polled. Returns ``applied``: a joiner that
-        saw a smaller number has changes to look at."""
+        """Apply what arrived since anyone last polled; returns how many records. The TCP
+        joiner learns what changed from the index's tracked changes, whoever polled."""
         with self.lock:
-            if self._follower is not None:
-                self.applied += self._follower.poll(self.state.apply)
-            return self.applied
+            return 0 if self._follower is None else self._follower.poll(self.state.apply)
 
     @property
     def read_errors(self) -> int:
