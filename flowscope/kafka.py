@@ -736,9 +736,10 @@ class RecordConsumer:
             return []
         return sorted(meta.partitions)
 
-    def close(self) -> None:
-        """Leave the group; with auto-commit on, the stored offsets are committed first."""
-        self._consumer.close()
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Leave the group; with auto-commit on, the stored offsets are committed first.
+        With ``timeout_s``, True if that finished in time (see close_within)."""
+        return close_within(self._consumer, timeout_s)
 
 
 # Where a follower starts on each partition: the oldest record, the next new one, or the
@@ -863,8 +864,32 @@ class TopicFollower:
             if tp.offset >= 0
         }
 
-    def close(self) -> None:
-        self._consumer.close()
+    def close(self, timeout_s: float | None = None) -> bool:
+        return self._consumer.close(timeout_s)
+
+
+def close_within(consumer: Consumer, timeout_s: float | None) -> bool:
+    """Close ``consumer``, waiting at most ``timeout_s`` (None: as long as it takes).
+
+    librdkafka's close has no bound of its own: with the group coordinator unreachable its
+    final commit and leave-group can wait far past a shutdown bound. The close then goes on
+    in a daemon thread (the GIL is released inside it) and False tells the caller that the
+    offsets it stored may not be committed: the next owner reads that input again."""
+    if timeout_s is None:
+        consumer.close()
+        return True
+    done = threading.Event()
+
+    def close() -> None:
+        with contextlib.suppress(KafkaException, RuntimeError):
+            consumer.close()
+        done.set()
+
+    threading.Thread(target=close, name="consumer-close", daemon=True).start()
+    if done.wait(max(0.0, timeout_s)):
+        return True
+    log.warning("consumer close did not finish within %.1fs: the broker is unreachable", timeout_s)
+    return False
 
 
 def committed_offsets(

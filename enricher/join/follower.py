@@ -154,5 +154,5 @@ class MetadataFollower:
         if self._on_rejected is not None and outcome in REFUSED:
             self._on_rejected(msg, str(outcome))
 
-    def close(self) -> None:
-        self._consumer.close()
+    def close(self, timeout_s: float | None = None) -> None:
+        self._consumer.close(timeout_s)

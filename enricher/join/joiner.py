@@ -306,10 +306,11 @@ class Joiner:
                 except KafkaException as exc:  # a fenced producer: the cause is reported
                     log.warning("flush at shutdown failed: %s", exc)
         if self._consumer is not None:
-            # Closing commits the offsets stored after each batch.
-            self._consumer.close()
+            # Closing commits the offsets stored after each batch; a close the broker holds
+            # up is left behind (a second at least: a reachable broker answers in that).
+            self._consumer.close(max(1.0, deadline.left()))
             self._consumer = None
-        self.view.stop(self._metadata_rejected)
+        self.view.stop(self._metadata_rejected, max(1.0, deadline.left()))
         self.log_stats(final=True)
         log.info(
             "shutdown took %.1fs: %d records uncommitted, %d undelivered",

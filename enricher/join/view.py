@@ -52,13 +52,14 @@ class MetadataView:
     def read_errors(self) -> int:
         return 0 if self._follower is None else self._follower.read_errors
 
-    def stop(self, on_rejected: RejectFn) -> None:
-        """Leave the view; the last joiner to leave closes the follower."""
+    def stop(self, on_rejected: RejectFn, timeout_s: float | None = None) -> None:
+        """Leave the view; the last joiner to leave closes the follower (within
+        ``timeout_s``: see close_within)."""
         with self.lock:
             if on_rejected in self._rejections:
                 self._rejections.remove(on_rejected)
             if not self._rejections and self._follower is not None:
-                self._follower.close()
+                self._follower.close(timeout_s)
                 self._follower = None
 
     def _rejected(self, msg: Message, outcome: str) -> None:
