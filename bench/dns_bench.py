@@ -3,8 +3,9 @@ without capture, then with bpf/dns.bpf.o attached and the collector's DNS pipeli
 parse, match, encode; optionally produce to Kafka) running in this process, for UDP and TCP,
 IPv4 and IPv6. Phases alternate so that drift on a shared machine hits both.
 
-Prints per phase: queries/s answered, and with capture: packets the kernel reported, ring
-buffer losses, queries answered without a client record (lost), this process's CPU per
+Prints per phase: queries/s answered, and with capture: events the kernel reported (a UDP
+query matched in the kernel is one event per observing end: "pairs"), ring buffer losses,
+queries answered without a client record (lost), this process's CPU per
 query (all its threads; it runs only the pipeline: the DNS server and the load clients are
 other processes in their pods), and the BPF programs' own ns per packet (bpf_stats, switched
 on for the run and restored after; they run for every packet of every local socket). Then one
@@ -166,6 +167,9 @@ def capture_phase(
         "search_expansions": counters.get("dns_search_expansions", 0),
         "kernel_packets": counters["dns_kernel_events"],
         "kernel_lost_ringbuf": counters["dns_kernel_lost_ringbuf"],
+        "kernel_pairs": counters["dns_kernel_pairs"],
+        "kernel_held_retries": counters["dns_kernel_held_retries"],
+        "kernel_pending_full": counters["dns_kernel_pending_full"],
         "decode_errors": counters["dns_decode_errors"],
         "records": counters["dns_records"],
         "timeouts": counters["dns_timeouts"],
@@ -206,7 +210,7 @@ def start_server(pod: Pod) -> subprocess.Popen[str]:
 def summary(results: list[dict[str, Any]], modes: list[str], searches: list[str]) -> None:
     print(
         f"{'mode':5} {'search':6} {'q/s bare':>9} {'q/s capt':>9} {'ratio':>6} {'packets':>8} "
-        f"{'rb lost':>8} {'q lost':>7} {'µs/query':>9} {'bpf ns/pkt':>10}"
+        f"{'pairs':>8} {'rb lost':>8} {'q lost':>7} {'µs/query':>9} {'bpf ns/pkt':>10}"
     )
     for mode in modes:
         base = [r for r in results if r["mode"] == mode and r["phase"] == "no capture"]
@@ -221,7 +225,8 @@ def summary(results: list[dict[str, Any]], modes: list[str], searches: list[str]
                 us, ns = c["collector_cpu_us_per_query"], c["bpf_ns_per_run"]
                 print(
                     f"{mode:5} {search:6} {b['qps']:9.0f} {c['qps']:9.0f} {ratio:6.2f} "
-                    f"{c['kernel_packets']:8d} {c['kernel_lost_ringbuf']:8d} "
+                    f"{c['kernel_packets']:8d} {c['kernel_pairs']:8d} "
+                    f"{c['kernel_lost_ringbuf']:8d} "
                     f"{c['missing']:7d} {us:9.2f} {ns:10.0f}"
                 )
             us_median = statistics.median(c["collector_cpu_us_per_query"] for c in caps)

@@ -1288,44 +1288,42 @@ static int handle_message(Engine *s, const Pkt *p, const uint8_t *d, int len, in
     return observe(s, p, d, &s->msg);
 }
 
-static int handle_event(Engine *s, const uint8_t *ev, Py_ssize_t length)
+/* The fixed part of a dns_event into p; 0 if it is not a valid one. */
+static int decode_pkt(Engine *s, const uint8_t *ev, Pkt *p)
 {
-    if (length != EVENT_SIZE) {
-        s->decode_errors++;
-        return 0;
-    }
-    Pkt p;
-    p.family = load16(ev + O_FAMILY);
+    p->family = load16(ev + O_FAMILY);
     uint8_t proto = ev[O_PROTOCOL];
-    p.payload_len = load32(ev + O_PAYLOAD_LEN);
-    p.captured = load32(ev + O_CAPTURED);
-    if ((p.family != AF4 && p.family != AF6) || (proto != PROTO_UDP && proto != PROTO_TCP) ||
-        p.captured > PAYLOAD_MAX || p.captured > p.payload_len) {
-        s->decode_errors++;
+    p->payload_len = load32(ev + O_PAYLOAD_LEN);
+    p->captured = load32(ev + O_CAPTURED);
+    if ((p->family != AF4 && p->family != AF6) || (proto != PROTO_UDP && proto != PROTO_TCP) ||
+        p->captured > PAYLOAD_MAX || p->captured > p->payload_len)
         return 0;
-    }
-    s->decoded++;
-    p.mono_ns = load64(ev + O_TS);
-    p.time_ns = (int64_t)p.mono_ns + s->offset_ns;
-    p.cgroup = load64(ev + O_CGROUP);
-    memcpy(p.saddr, ev + O_SADDR, ADDR_LEN);
-    memcpy(p.daddr, ev + O_DADDR, ADDR_LEN);
-    memcpy(p.sock_daddr, ev + O_SOCK_DADDR, ADDR_LEN);
-    if (p.family == AF4) {
+    p->mono_ns = load64(ev + O_TS);
+    p->time_ns = (int64_t)p->mono_ns + s->offset_ns;
+    p->cgroup = load64(ev + O_CGROUP);
+    memcpy(p->saddr, ev + O_SADDR, ADDR_LEN);
+    memcpy(p->daddr, ev + O_DADDR, ADDR_LEN);
+    memcpy(p->sock_daddr, ev + O_SOCK_DADDR, ADDR_LEN);
+    if (p->family == AF4) {
         /* abi._addr keys IPv4 on the first 4 bytes: the rest is not part of the address */
-        memset(p.saddr + 4, 0, 12);
-        memset(p.daddr + 4, 0, 12);
+        memset(p->saddr + 4, 0, 12);
+        memset(p->daddr + 4, 0, 12);
     }
-    p.sport = load16(ev + O_SPORT);
-    p.dport = load16(ev + O_DPORT);
-    p.sock_dport = load16(ev + O_SOCK_DPORT);
-    p.egress = ev[O_DIRECTION] == DNS_DIR_EGRESS;
-    p.transport = proto == PROTO_TCP;
+    p->sport = load16(ev + O_SPORT);
+    p->dport = load16(ev + O_DPORT);
+    p->sock_dport = load16(ev + O_SOCK_DPORT);
+    p->egress = ev[O_DIRECTION] == DNS_DIR_EGRESS;
+    p->transport = proto == PROTO_TCP;
+    return 1;
+}
+
+static int handle_pkt(Engine *s, const Pkt *pp, const uint8_t *d)
+{
+    Pkt p = *pp;
     s->packets++;
     int clipped = p.payload_len > p.captured;
     if (clipped)
         s->clipped++;
-    const uint8_t *d = ev + O_PAYLOAD;
     int len = (int)p.captured;
     if (!p.transport)
         return handle_message(s, &p, d, len, clipped);
@@ -1346,6 +1344,61 @@ static int handle_event(Engine *s, const uint8_t *ev, Py_ssize_t length)
     if (pos != len && !clipped)
         s->tcp_unframed++;
     return 0;
+}
+
+#define PAIR_SIZE ((Py_ssize_t)sizeof(struct dns_pair_event))
+#define MAX_ATTEMPTS 65535 /* abi.MAX_ATTEMPTS */
+_Static_assert(sizeof(struct dns_query_side) == 336, "struct dns_query_side changed size");
+#define Q(field) (EVENT_SIZE + offsetof(struct dns_query_side, field))
+
+/* A query matched in the kernel and its response (abi.decode_pair): the query once per
+ * attempt, then the response, as their packets would have come. */
+static int handle_pair(Engine *s, const uint8_t *ev)
+{
+    Pkt r, q;
+    if (!decode_pkt(s, ev, &r) || r.transport) {
+        s->decode_errors++;
+        return 0;
+    }
+    uint32_t qlen = load32(ev + Q(payload_len));
+    uint32_t attempts = load32(ev + Q(attempts));
+    if (qlen < HEADER_SIZE || qlen > DNS_QUERY_MAX || attempts < 1 || attempts > MAX_ATTEMPTS) {
+        s->decode_errors++;
+        return 0;
+    }
+    s->decoded++;
+    q = r;
+    q.mono_ns = load64(ev + Q(ts_ns));
+    q.time_ns = (int64_t)q.mono_ns + s->offset_ns;
+    memcpy(q.saddr, ev + Q(saddr), ADDR_LEN);
+    memcpy(q.daddr, ev + Q(daddr), ADDR_LEN);
+    memcpy(q.sock_daddr, ev + Q(sock_daddr), ADDR_LEN);
+    if (q.family == AF4) {
+        memset(q.saddr + 4, 0, 12);
+        memset(q.daddr + 4, 0, 12);
+    }
+    q.sport = load16(ev + Q(sport));
+    q.dport = load16(ev + Q(dport));
+    q.sock_dport = load16(ev + Q(sock_dport));
+    q.egress = !r.egress;
+    q.payload_len = q.captured = qlen;
+    for (uint32_t i = 0; i < attempts; i++)
+        if (handle_pkt(s, &q, ev + Q(payload)) < 0)
+            return -1;
+    return handle_pkt(s, &r, ev + O_PAYLOAD);
+}
+
+static int handle_event(Engine *s, const uint8_t *ev, Py_ssize_t length)
+{
+    if (length == PAIR_SIZE)
+        return handle_pair(s, ev);
+    Pkt p;
+    if (length != EVENT_SIZE || !decode_pkt(s, ev, &p)) {
+        s->decode_errors++;
+        return 0;
+    }
+    s->decoded++;
+    return handle_pkt(s, &p, ev + O_PAYLOAD);
 }
 
 /* ---- the Python type ----------------------------------------------------------------------- */

@@ -44,6 +44,34 @@ assert EVENT.size == EVENT_SIZE
 FIXED = struct.Struct(EVENT_FORMAT.removesuffix("512s"))
 assert FIXED.size == EVENT_SIZE - PAYLOAD_MAX
 
+QUERY_MAX: Final = 256
+# struct dns_query_side: a query held in the kernel until answered (the map "pending").
+QUERY_SIDE_FORMAT: Final = (
+    "<"
+    "Q"  # ts_ns
+    "16s"  # saddr
+    "16s"  # daddr
+    "16s"  # sock_daddr
+    "Q"  # qhash
+    "I"  # payload_len
+    "I"  # attempts
+    "H"  # sport
+    "H"  # dport
+    "H"  # sock_dport
+    "2x"  # _pad
+    "256s"  # payload
+)
+QUERY_SIDE = struct.Struct(QUERY_SIDE_FORMAT)
+QUERY_SIDE_SIZE: Final = 336
+assert QUERY_SIDE.size == QUERY_SIDE_SIZE
+QUERY_FIXED = struct.Struct(QUERY_SIDE_FORMAT.removesuffix("256s"))
+# struct dns_pair_event: a response's dns_event, then its query's dns_query_side.
+PAIR_SIZE: Final = EVENT_SIZE + QUERY_SIDE_SIZE
+# struct dns_pending_key
+PENDING_KEY = struct.Struct("<Q16sHHHBB")
+assert PENDING_KEY.size == 32
+# A retransmission count above this in a pair is not a real one: a decode error.
+MAX_ATTEMPTS: Final = 65535
 
 AF_INET: Final = 2
 AF_INET6: Final = 10
@@ -55,7 +83,16 @@ DIR_EGRESS: Final = 0
 DIR_INGRESS: Final = 1
 
 # enum dns_counter, in index order
-COUNTER_NAMES: Final = ("events", "lost_ringbuf", "clipped", "fragments", "bad_header")
+COUNTER_NAMES: Final = (
+    "events",
+    "lost_ringbuf",
+    "clipped",
+    "fragments",
+    "bad_header",
+    "pairs",
+    "held_retries",
+    "pending_full",
+)
 
 Transport = Literal["udp", "tcp"]
 
@@ -186,14 +223,57 @@ def _sock_peer_text(raw: bytes, family: int) -> str:
     return str(v6.ipv4_mapped or v6)
 
 
+def decode_pair(data: bytes, offset_ns: int, start: int = 0) -> tuple[DnsPacket, int, DnsPacket]:
+    """A dns_pair_event: (the query's packet, its attempts, the response's packet); raises
+    ValueError if it is not a valid one."""
+    response = decode(data, offset_ns, start, EVENT_SIZE)
+    if response.transport != "udp" or len(data) < start + PAIR_SIZE:
+        raise ValueError("dns_pair_event not UDP, or short")
+    at = start + EVENT_SIZE
+    ts, saddr, daddr, sock_daddr, _qhash, length, attempts, sport, dport, sock_dport = (
+        QUERY_FIXED.unpack_from(data, at)
+    )
+    if not 12 <= length <= QUERY_MAX or not 1 <= attempts <= MAX_ATTEMPTS:
+        raise ValueError(f"dns_pair_event query of {length} bytes, {attempts} attempts")
+    family = AF_INET if response.family == 4 else AF_INET6
+    body = at + QUERY_FIXED.size
+    query = DnsPacket(
+        ts + offset_ns,
+        ts,
+        response.cgroup_id,
+        response.family,
+        "udp",
+        not response.egress,
+        _addr(saddr, family),
+        sport,
+        _addr(daddr, family),
+        dport,
+        _sock_peer(sock_daddr, family) if sock_dport else None,
+        sock_dport if sock_dport else None,
+        length,
+        data[body : body + length],
+    )
+    return query, attempts, response
+
+
 def decode_batch(batch: RecordBatch, offset_ns: int, stats: DecodeStats) -> Iterator[DnsPacket]:
+    """Each packet of the batch; a pair gives its query (once per attempt), then its
+    response, as the packets would have come."""
     stats.discarded += batch.discarded
     data = batch.data
     for start, length in batch.spans:
         try:
-            packet = decode(data, offset_ns, start, length)
+            if length == PAIR_SIZE:
+                query, attempts, response = decode_pair(data, offset_ns, start)
+            else:
+                packet = decode(data, offset_ns, start, length)
         except ValueError:
             stats.decode_errors += 1
             continue
         stats.decoded += 1
-        yield packet
+        if length == PAIR_SIZE:
+            for _ in range(attempts):
+                yield query
+            yield response
+        else:
+            yield packet

@@ -39,6 +39,8 @@ _U16 = struct.Struct("!H")
 # A response in the ring buffer may be newer than "now" read before draining; queries are
 # timed out only this much after their deadline so such a response is matched first.
 EXPIRY_MARGIN_NS = 50_000_000
+# How often the queries the kernel holds are looked through for timeouts (a map walk).
+SWEEP_INTERVAL_NS = 100_000_000
 
 
 class PacketSource(Protocol):
@@ -105,6 +107,11 @@ class DnsPipeline:
         else:
             self.matcher = Matcher(timeout_s)
         self._last_search_gc = 0
+        self._timeout_ns = int(timeout_s * 1e9)
+        # DnsSource.sweep: the queries its program holds. Sources of plain packets (tests'
+        # fakes) hold nothing in the kernel.
+        self._sweep: Callable[[int], RecordBatch] | None = getattr(source, "sweep", None)
+        self._next_sweep_ns = 0
         self._stats_interval_ns = int(stats_interval_s * 1e9)
         self._next_stats_ns = clock_ns() + self._stats_interval_ns
 
@@ -125,8 +132,15 @@ class DnsPipeline:
             if not batch.data:
                 break
             produced += self.process(batch)
-            if len(batch.spans) < self._max_batch:
+            if len(batch) < self._max_batch:
                 break
+        if self._sweep is not None and now >= self._next_sweep_ns:
+            # Held past the timeout: into the matcher as the packets they were, so that
+            # expire() below times them out as if user space had held them all along.
+            self._next_sweep_ns = now + SWEEP_INTERVAL_NS
+            swept = self._sweep(now - EXPIRY_MARGIN_NS - self._timeout_ns)
+            if swept.data:
+                produced += self.process(swept)
         if self._native is not None:
             produced += self._produce(self._native.expire(now - EXPIRY_MARGIN_NS))
         else:

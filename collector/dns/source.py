@@ -6,9 +6,23 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from collector.dns.abi import COUNTER_NAMES
-from collector.kernel.libbpf import BpfObject
+from collector.dns.abi import (
+    COUNTER_NAMES,
+    DIR_EGRESS,
+    DIR_INGRESS,
+    EVENT,
+    EVENT_SIZE,
+    IPPROTO_UDP,
+    MAX_ATTEMPTS,
+    PENDING_KEY,
+    QUERY_FIXED,
+    QUERY_SIDE_SIZE,
+)
+from collector.kernel.libbpf import BpfObject, map_delete, map_items
 from collector.kernel.programset import RingBufferSource
+from collector.kernel.ringbuf import EMPTY, RecordBatch
+
+PENDING_MAP = "pending"
 
 log = logging.getLogger("collector.dns.source")
 
@@ -40,3 +54,43 @@ class DnsSource(RingBufferSource):
             port,
             self.ringbuf_bytes,
         )
+
+    def sweep(self, before_mono_ns: int) -> RecordBatch:
+        """Take from the kernel the UDP queries held since before ``before_mono_ns`` (not
+        answered: the caller times them out) as the packets they were, one per attempt.
+        The delete decides against the program: a response that wins it is a pair event, one
+        that comes after it a late response. Other held queries stay."""
+        fd = self._obj.map_fd(PENDING_MAP)
+        chunks: list[bytes] = []
+        spans: list[tuple[int, int]] = []
+        at = 0
+        for key, value in map_items(fd, PENDING_KEY.size, QUERY_SIDE_SIZE):
+            fixed = QUERY_FIXED.unpack_from(value)
+            ts, saddr, daddr, sock_daddr, _qhash, length, attempts, sport, dport, sock_dport = fixed
+            if ts > before_mono_ns or not map_delete(fd, key):
+                continue
+            cgroup_id, _remote, _rport, _lport, _txid, role, family = PENDING_KEY.unpack(key)
+            payload = value[QUERY_FIXED.size : QUERY_FIXED.size + length]
+            chunks.append(
+                EVENT.pack(
+                    ts,
+                    cgroup_id,
+                    saddr,
+                    daddr,
+                    sock_daddr,
+                    length,
+                    length,
+                    sport,
+                    dport,
+                    sock_dport,
+                    family,
+                    DIR_EGRESS if role == 0 else DIR_INGRESS,
+                    IPPROTO_UDP,
+                    payload,
+                )
+            )
+            spans.extend([(at, EVENT_SIZE)] * max(1, min(attempts, MAX_ATTEMPTS)))
+            at += EVENT_SIZE
+        if not chunks:
+            return EMPTY
+        return RecordBatch(b"".join(chunks), spans)

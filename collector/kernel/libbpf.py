@@ -587,3 +587,23 @@ def count_keys(fd: int, key_size: int) -> int:
 def map_update(fd: int, name: str, key: bytes, value: bytes) -> None:
     if _libbpf().lib.bpf_map_update_elem(fd, key, value, 0) < 0:
         raise _failure(f"updating map {name}", ctypes.get_errno())
+
+
+def map_items(fd: int, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) a hash map holds now (walked, not deleted; entries programs add
+    or delete meanwhile may or may not be in it)."""
+    lib = _libbpf().lib
+    key = ctypes.create_string_buffer(key_size)
+    value = ctypes.create_string_buffer(value_size)
+    prev: ctypes.Array[ctypes.c_char] | None = None
+    out: list[tuple[bytes, bytes]] = []
+    while lib.bpf_map_get_next_key(fd, prev, key) == 0:
+        prev = ctypes.create_string_buffer(key.raw, key_size)
+        if lib.bpf_map_lookup_elem(fd, prev, value) == 0:
+            out.append((key.raw, value.raw))
+    return out
+
+
+def map_delete(fd: int, key: bytes) -> bool:
+    """Delete one key; False if it was not there (a program deleted it first)."""
+    return int(_libbpf().lib.bpf_map_delete_elem(fd, key)) == 0

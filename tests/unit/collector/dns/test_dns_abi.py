@@ -10,7 +10,7 @@ from collector.dns import abi
 
 HEADER = Path(__file__).resolve().parents[4] / "bpf" / "dns.h"
 _C = {"__u64": "Q", "__u32": "I", "__u16": "H", "__u8": "B"}
-_SIZES = {"DNS_ADDR_LEN": 16, "DNS_PAYLOAD_MAX": 512}
+_SIZES = {"DNS_ADDR_LEN": 16, "DNS_PAYLOAD_MAX": 512, "DNS_QUERY_MAX": 256}
 
 
 def _text() -> str:
@@ -50,11 +50,28 @@ def test_sizes_match_header() -> None:
     defines = dict(re.findall(r"#define (DNS_\w+) (\d+)", _text()))
     assert {k: int(v) for k, v in defines.items()} == _SIZES
     assert _SIZES["DNS_PAYLOAD_MAX"] == abi.PAYLOAD_MAX
+    assert _SIZES["DNS_QUERY_MAX"] == abi.QUERY_MAX
 
 
 def test_event_layout_matches_header() -> None:
     assert _format("dns_event") == abi.EVENT_FORMAT
     assert struct.calcsize(abi.EVENT_FORMAT) == abi.EVENT_SIZE == 600
+
+
+def test_held_query_layouts_match_header() -> None:
+    assert _format("dns_query_side") == abi.QUERY_SIDE_FORMAT
+    assert struct.calcsize(abi.QUERY_SIDE_FORMAT) == abi.QUERY_SIDE_SIZE == 336
+    assert _format("dns_pending_key") == abi.PENDING_KEY.format
+    body = re.search(r"struct dns_pair_event \{(.*?)\};", _text(), re.S)
+    assert body and body.group(1).split() == [
+        "struct",
+        "dns_event",
+        "response;",
+        "struct",
+        "dns_query_side",
+        "query;",
+    ]
+    assert abi.PAIR_SIZE == 936
 
 
 def test_load_time_knobs_are_targ_globals() -> None:
