@@ -13,7 +13,7 @@ gobuild_init() {
     local dir="$1" name="$2" prefix="$3" force="${4:-}"
     here="$(cd "$(dirname "${BASH_SOURCE[1]}")" && pwd)"
     local repo state_var procs_var
-    repo="$(cd "$here/.." && pwd)"
+    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"  # scripts/ sits at the top
     state_var="${prefix}_STATE_DIR"
     procs_var="${prefix}_BUILD_PROCS"
     state="${!state_var:-$repo/.state/$dir}"
