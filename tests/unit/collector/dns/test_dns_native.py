@@ -590,3 +590,111 @@ def test_search_marking_runs_the_compiled_path() -> None:
     )
     assert not isinstance(p.matcher, NativeMatcher)
     _ = Message  # the Python parser's type stays the reference
+
+
+# -- queries matched in the kernel: one pair event per answered query ------------------------
+
+
+def pair_event(query: bytes, response: bytes, attempts: int, length: int | None = None) -> bytes:
+    """The kernel's dns_pair_event for ``query`` and ``response`` (two dns_events as
+    :func:`event` builds them): the response's event, then the query's side."""
+    ts, _cg, saddr, daddr, peer, _plen, captured, sport, dport, peer_port, *_rest, body = (
+        abi.EVENT.unpack(query)
+    )
+    side = abi.QUERY_SIDE.pack(
+        ts,
+        saddr,
+        daddr,
+        peer,
+        0,
+        captured if length is None else length,
+        attempts,
+        sport,
+        dport,
+        peer_port,
+        body[: abi.QUERY_MAX],
+    )
+    return response + side
+
+
+@st.composite
+def udp_pairs(draw: st.DrawFn, hostile: bool) -> tuple[bytes, list[bytes]]:
+    """(a pair event, the packets it stands for) for one end of a UDP exchange; ``hostile``:
+    its lengths, attempts or bytes may be anything."""
+    client = draw(st.sampled_from(CLIENTS))
+    v6 = ":" in client[0]
+    server = draw(st.sampled_from([s for s in SERVERS if (":" in s[0]) == v6]))
+    txid = draw(st.integers(0, 3))
+    q = build_query(txid, draw(st.sampled_from(NAMES[:4])), draw(st.sampled_from([1, 28])))
+    addrs = draw(st.lists(addr_text, max_size=3))
+    r = build_response(q, parse_query(q), draw(st.sampled_from([0, 3, 2])), [])
+    r = r[:6] + struct.pack("!H", len(addrs)) + r[8:] + b"".join(answer_record(a) for a in addrs)
+    t0 = draw(st.integers(0, 3000))
+    t1 = t0 + draw(st.integers(0, 1500))
+    udp = abi.IPPROTO_UDP
+    if draw(st.booleans()):  # the client's end
+        peer = server if draw(st.booleans()) else None
+        qe = event(t0, 11, True, client, server, q, udp, peer, None)
+        re = event(t1, 11, False, server, client, r, udp, None, None)
+    else:
+        cg = draw(st.sampled_from([22, 33]))
+        qe = event(t0, cg, False, client, server, q, udp, None, None)
+        re = event(t1, cg, True, server, client, r, udp, None, None)
+    attempts = draw(st.integers(1, 3))
+    length = None
+    if hostile:
+        attempts = draw(st.sampled_from([0, 1, 2, abi.MAX_ATTEMPTS, abi.MAX_ATTEMPTS + 1]))
+        length = draw(st.sampled_from([None, 0, 11, 12, abi.QUERY_MAX, abi.QUERY_MAX + 1]))
+    pair = pair_event(qe, re, attempts, length)
+    if hostile:
+        data = bytearray(pair)
+        flips = st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), max_size=3)
+        for position, value in draw(flips):
+            data[position] = value
+        pair = bytes(data)
+    return pair, [qe] * attempts + [re]
+
+
+def _run(run: Run, records: list[bytes]) -> None:
+    p, src, _sink, clock = run
+    src.batches.append(RecordBatch(b"".join(records), _spans(records)))
+    p.pump()
+    clock[0] += 5000
+    p.pump()
+    p.shutdown()
+
+
+PAIRS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PAIRS
+@given(st.lists(udp_pairs(hostile=True), min_size=1, max_size=4), st.booleans())
+def test_hostile_pair_events_give_the_same_records_in_c_and_python(
+    pairs: list[tuple[bytes, list[bytes]]], search: bool
+) -> None:
+    """Lengths past the query buffer, attempts of 0 or past the bound, flipped bytes: both
+    paths refuse or accept the same events and give the same records and counters."""
+    both = pipelines("plain", search, False)
+    for run in both:
+        _run(run, [pair for pair, _packets in pairs])
+    (py, _, py_sink, _), (c, _, c_sink, _) = both
+    assert _records(c_sink) == _records(py_sink)
+    assert c.counters() == py.counters()
+    hypothesis_event(f"decode errors {py.counters()['dns_decode_errors']}")
+
+
+@PAIRS
+@given(st.lists(udp_pairs(hostile=False), min_size=1, max_size=4), st.booleans(), st.booleans())
+def test_a_pair_event_gives_the_records_of_the_packets_it_stands_for(
+    pairs: list[tuple[bytes, list[bytes]]], search: bool, native: bool
+) -> None:
+    """The kernel's matching changes how the packets travel, not what they say: the same
+    records as the query (once per attempt) and the response sent one event each."""
+    index = 1 if native else 0
+    as_pairs = pipelines("plain", search, False)[index]
+    as_packets = pipelines("plain", search, False)[index]
+    _run(as_pairs, [pair for pair, _packets in pairs])
+    _run(as_packets, [p for _pair, packets in pairs for p in packets])
+    assert _records(as_pairs[2]) == _records(as_packets[2])
+    assert as_pairs[0].counters()["dns_decode_errors"] == 0
+    hypothesis_event(f"{len(_records(as_pairs[2]))} records")
