@@ -159,6 +159,36 @@ def test_parse_refusals_name_their_reason() -> None:
     _same_parse(header(an=1) + encode_name("a.test") + struct.pack("!HH", 28, 1) + cname)
 
 
+@FUZZ
+@given(
+    names,
+    st.lists(addr_text, min_size=1, max_size=4),
+    st.integers(0, 3),
+    st.sampled_from(["itself", "ahead", "past the end", "past the buffer"]),
+    st.booleans(),
+)
+def test_a_pointer_that_loops_or_leaves_the_message_is_refused(
+    name: str, addrs: list[str], which: int, target: str, clipped: bool
+) -> None:
+    """Refused, not merely survived: one A or AAAA answer's owner pointing at itself, ahead
+    of itself, past the message's end or past what a pointer can reach is a bad_pointer in
+    both parsers, whatever else the message holds."""
+    data = bytearray(response_with(name, addrs))
+    at = 12 + len(encode_name(name)) + 4
+    for addr in addrs[: which % len(addrs)]:
+        at += len(answer_record(addr))
+    pointer = {
+        "itself": at,
+        "ahead": at + 2,
+        "past the end": len(data) + 1,
+        "past the buffer": 0x3FFF,
+    }[target]
+    struct.pack_into("!H", data, at, 0xC000 | pointer)
+    for view in (_python_view, _c_view):
+        assert view(bytes(data), clipped)[0] == "bad_pointer", (view.__name__, target)
+    hypothesis_event(f"{target}, answer {which % len(addrs)} of {len(addrs)}")
+
+
 # -- the whole path -----------------------------------------------------------------------
 
 
