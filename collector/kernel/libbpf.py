@@ -408,20 +408,10 @@ class BpfObject:
         """Every (key, value) of a hash map, deleting them. Only safe on a map that no
         program writes meanwhile (udpflow's inactive generation)."""
         fd = self.map_fd(name)
-        lib = self._lib.lib
-        key = ctypes.create_string_buffer(key_size)
-        value = ctypes.create_string_buffer(value_size)
-        keys: list[bytes] = []
-        prev: ctypes.Array[ctypes.c_char] | None = None
-        while lib.bpf_map_get_next_key(fd, prev, key) == 0:
-            keys.append(key.raw)
-            prev = ctypes.create_string_buffer(key.raw, key_size)
-        out: list[tuple[bytes, bytes]] = []
-        for raw in keys:
-            k = ctypes.create_string_buffer(raw, key_size)
-            if lib.bpf_map_lookup_elem(fd, k, value) == 0:
-                out.append((raw, value.raw))
-            lib.bpf_map_delete_elem(fd, k)
+        # Walked whole before deleting: a delete under get_next_key restarts the walk.
+        out = map_items(fd, key_size, value_size)
+        for key, _value in out:
+            map_delete(fd, key)
         return out
 
     def detach(self) -> None:
@@ -574,14 +564,20 @@ def percpu_u64_sums(fd: int, name: str, count: int) -> list[int]:
 
 def count_keys(fd: int, key_size: int) -> int:
     """How many keys a hash map holds now (walked, not deleted)."""
+    return len(map_keys(fd, key_size))
+
+
+def map_keys(fd: int, key_size: int) -> list[bytes]:
+    """Every key a hash map holds now (keys programs add or delete meanwhile may or may
+    not be in it)."""
     lib = _libbpf().lib
     key = ctypes.create_string_buffer(key_size)
     prev: ctypes.Array[ctypes.c_char] | None = None
-    count = 0
+    keys: list[bytes] = []
     while lib.bpf_map_get_next_key(fd, prev, key) == 0:
-        count += 1
+        keys.append(key.raw)
         prev = ctypes.create_string_buffer(key.raw, key_size)
-    return count
+    return keys
 
 
 def map_update(fd: int, name: str, key: bytes, value: bytes) -> None:
@@ -590,17 +586,14 @@ def map_update(fd: int, name: str, key: bytes, value: bytes) -> None:
 
 
 def map_items(fd: int, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) a hash map holds now (walked, not deleted; entries programs add
-    or delete meanwhile may or may not be in it)."""
+    """Every (key, value) a hash map holds now (walked, not deleted; a key deleted between
+    the walk and its lookup is left out)."""
     lib = _libbpf().lib
-    key = ctypes.create_string_buffer(key_size)
     value = ctypes.create_string_buffer(value_size)
-    prev: ctypes.Array[ctypes.c_char] | None = None
     out: list[tuple[bytes, bytes]] = []
-    while lib.bpf_map_get_next_key(fd, prev, key) == 0:
-        prev = ctypes.create_string_buffer(key.raw, key_size)
-        if lib.bpf_map_lookup_elem(fd, prev, value) == 0:
-            out.append((key.raw, value.raw))
+    for key in map_keys(fd, key_size):
+        if lib.bpf_map_lookup_elem(fd, key, value) == 0:
+            out.append((key, value.raw))
     return out
 
 
