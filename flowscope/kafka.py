@@ -868,8 +868,14 @@ class TopicFollower:
         return self._consumer.close(timeout_s)
 
 
+# A close is given this long at least, whatever a shutdown deadline has left: a reachable
+# broker answers in that.
+CLOSE_FLOOR_S = 1.0
+
+
 def close_within(consumer: Consumer, timeout_s: float | None) -> bool:
-    """Close ``consumer``, waiting at most ``timeout_s`` (None: as long as it takes).
+    """Close ``consumer``, waiting ``timeout_s`` (at least CLOSE_FLOOR_S; None: as long as
+    it takes).
 
     librdkafka's close has no bound of its own: with the group coordinator unreachable its
     final commit and leave-group can wait far past a shutdown bound. The close then goes on
@@ -886,7 +892,8 @@ def close_within(consumer: Consumer, timeout_s: float | None) -> bool:
         done.set()
 
     threading.Thread(target=close, name="consumer-close", daemon=True).start()
-    if done.wait(max(0.0, timeout_s)):
+    timeout_s = max(CLOSE_FLOOR_S, timeout_s)
+    if done.wait(timeout_s):
         return True
     log.warning("consumer close did not finish within %.1fs: the broker is unreachable", timeout_s)
     return False

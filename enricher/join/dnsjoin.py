@@ -369,12 +369,12 @@ class DnsJoiner:
                 log.warning("%d DNS join records uncommitted at shutdown", uncommitted)
             self._txn = None
         if self._consumer is not None:
-            self._consumer.close(max(1.0, deadline.left()))
+            self._consumer.close(deadline.left())
             self._consumer = None
         for producer in (self._producer, self._metadata_letters):
             if producer is not None:
                 left = producer.close(deadline.left())
                 if left:
                     log.warning("%d DNS join records undelivered at shutdown", left)
-        self.view.stop(self._metadata_rejected, max(1.0, deadline.left()))
+        self.view.stop(self._metadata_rejected, deadline.left())
         log.info("final dns counters: %s", self.counters.as_metrics())

@@ -307,10 +307,10 @@ class Joiner:
                     log.warning("flush at shutdown failed: %s", exc)
         if self._consumer is not None:
             # Closing commits the offsets stored after each batch; a close the broker holds
-            # up is left behind (a second at least: a reachable broker answers in that).
-            self._consumer.close(max(1.0, deadline.left()))
+            # up is left behind.
+            self._consumer.close(deadline.left())
             self._consumer = None
-        self.view.stop(self._metadata_rejected, max(1.0, deadline.left()))
+        self.view.stop(self._metadata_rejected, deadline.left())
         self.log_stats(final=True)
         log.info(
             "shutdown took %.1fs: %d records uncommitted, %d undelivered",
