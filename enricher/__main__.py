@@ -35,6 +35,13 @@ __all__ = ["ENV", "EXIT_FENCED", "build_parser", "main", "settings_from_args"]
 
 EXIT_FENCED = 3  # another instance took this one's transactional.id
 
+# A producer that failed on its own (not fenced by a newer instance: e.g. a commit refused
+# after its transaction coordinator moved) is replaced in-process: the join starts again from
+# the committed offsets, as a restarted process would. Bounded, so a failure that comes back
+# at once still ends the process for its supervisor to see.
+MAX_JOIN_RESTARTS = 5
+JOIN_RESTART_BACKOFF_S = 1.0
+
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     if not env.get(ENV["kubeconfig"]) and env.get("KUBECONFIG"):
@@ -139,12 +146,15 @@ def publish_watch(settings: Settings) -> int:
     return 0
 
 
-def _stop_on_signals() -> threading.Event:
+def _stop_on_signals(*also: threading.Event) -> threading.Event:
+    """An event SIGTERM and SIGINT set (with ``also``)."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger("enricher").info("signal %d: stopping", signum)
         stop.set()
+        for event in also:
+            event.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -178,12 +188,37 @@ def publish(settings: Settings) -> int:
 
 
 def join(settings: Settings) -> int:
-    stop = _stop_on_signals()
+    restarts = 0
+    while True:
+        # Per start: a joiner that fails ends this start without the process's stop.
+        halt = threading.Event()
+        stop = _stop_on_signals(halt)
+        try:
+            return _join_once(settings, halt, restarts)
+        except ProducerFenced as exc:
+            if exc.by_newer_instance or stop.is_set() or restarts >= MAX_JOIN_RESTARTS:
+                raise
+            restarts += 1
+            logging.getLogger("enricher").warning(
+                "%s: starting the join again from the committed offsets (restart %d of %d)",
+                exc,
+                restarts,
+                MAX_JOIN_RESTARTS,
+            )
+            if stop.wait(JOIN_RESTART_BACKOFF_S * restarts):
+                return 0
+
+
+def _join_once(settings: Settings, stop: threading.Event, restarts: int) -> int:
     # Before the two joiners start: a refusal ends the start with one line, not two.
     wait_for_broker(settings.bootstrap_servers)
+
+    def restarted() -> dict[str, int]:
+        return {"enricher_join_restarts_total": restarts}
+
     if not settings.dns:
         joiner = Joiner(settings)
-        server = serve(settings.metrics_port, joiner.metrics, probes=[joiner.probe])
+        server = serve(settings.metrics_port, joiner.metrics, restarted, probes=[joiner.probe])
         try:
             joiner.run(stop)
         finally:
@@ -213,6 +248,7 @@ def join(settings: Settings) -> int:
         settings.metrics_port,
         joiner.metrics,
         dns_joiner.counters.as_metrics,
+        restarted,
         probes=[joiner.probe, dns_joiner.probe],
     )
     dns_thread = threading.Thread(target=run_dns, name="dns-join")
@@ -224,6 +260,9 @@ def join(settings: Settings) -> int:
         dns_thread.join(timeout=30)
         if server is not None:
             server.close()
+    fenced = [exc for exc in failed if isinstance(exc, ProducerFenced)]
+    if fenced:
+        raise fenced[0]
     return 1 if failed else 0
 
 

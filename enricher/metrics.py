@@ -129,6 +129,10 @@ RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
+        "enricher_join_restarts_total",
+        _c("join_restarts", "joins started again in-process after a producer failed"),
+    ),
+    Rule(
         "publisher_heartbeats_(?P<outcome>written|skipped)_total",
         _c(
             "publisher_heartbeats",

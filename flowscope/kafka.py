@@ -65,9 +65,15 @@ TRANSACTION_TIMEOUT_MS = 10_000
 # Delivery errors of messages that close() dropped from the local queue or the wire.
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
-# How long an abort is resumed while the cluster does not answer (an outage) before the
-# producer gives up and its owner exits, naming the cause.
+# How long a commit or an abort is resumed while the cluster does not answer (an outage)
+# before the producer gives up and its owner starts again, naming the cause.
 ABORT_PATIENCE_S = 300.0
+
+# Fatal errors that mean a newer producer took this transactional.id: starting again would
+# fence that one in turn. Any other fatal error kills only this producer instance.
+_FENCED_CODES = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
 
 # librdkafka's send_offsets_to_transaction can block past its timeout, for ever, once the
 # group coordinator went away (confluentinc/librdkafka#5456, #5511; seen here when the whole
@@ -124,8 +130,19 @@ STOP_CHECK_S = 1.0
 
 
 class ProducerFenced(RuntimeError):
-    """A fatal transactional error, e.g. another producer with the same transactional.id
-    started (this one is the zombie): this producer can never produce again."""
+    """A fatal transactional error: this producer can never produce again. Either another
+    producer with the same transactional.id started (this one is the zombie:
+    ``by_newer_instance``), or the producer failed on its own (a broker answer librdkafka
+    cannot go on from, or the cluster away past the patience): a new producer with the same
+    id takes over cleanly, its start aborting or finishing what this one left open."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def by_newer_instance(self) -> bool:
+        return self.code in _FENCED_CODES
 
 
 @dataclass
@@ -322,7 +339,8 @@ class RecordProducer:
             self._producer.begin_transaction()
         except KafkaException as exc:
             self.fenced = True
-            raise ProducerFenced(f"could not begin a transaction: {exc}") from exc
+            code = exc.args[0].code() if exc.args else None
+            raise ProducerFenced(f"could not begin a transaction: {exc}", code) from exc
         self._in_transaction = True
         self._transaction_records = 0
 
@@ -332,15 +350,18 @@ class RecordProducer:
         group_metadata: Any,
         timeout_s: float = 30.0,
         stop: threading.Event | None = None,
+        bounded: bool = False,
     ) -> None:
         """Commit what was produced since the last commit together with ``offsets`` (the
         next offset to read per input partition) for the consumer group ``group_metadata``
         (``Consumer.consumer_group_metadata()``: a consumer fenced by a rebalance cannot
         commit). Opens a transaction if none is open so that offsets alone can be committed.
 
-        Raises TransactionAborted (after aborting) or ProducerFenced; retriable errors are
-        retried until ``timeout_s``, or raise CommitInterrupted once ``stop`` is set (the
-        transaction stays open: commit again to finish it)."""
+        Raises TransactionAborted (after aborting: an abortable error) or ProducerFenced.
+        Retriable errors are resumed, past ``timeout_s`` too (with a warning) until
+        ABORT_PATIENCE_S, or raise CommitInterrupted once ``stop`` is set or, ``bounded``,
+        at ``timeout_s`` (the transaction stays open: commit again to finish it, or leave it
+        to the broker's transaction timeout and the next instance)."""
         if not self._in_transaction:
             if not offsets:
                 return
@@ -354,8 +375,11 @@ class RecordProducer:
                 ),
                 deadline,
                 stop,
+                bounded,
             )
-        self._retrying("commit_transaction", self._producer.commit_transaction, deadline, stop)
+        self._retrying(
+            "commit_transaction", self._producer.commit_transaction, deadline, stop, bounded
+        )
         self._in_transaction = False
         self._transaction_records = 0
         self.counters.transactions_committed += 1
@@ -380,7 +404,9 @@ class RecordProducer:
                     self.counters.last_error = str(err)
                     if err.fatal() or not err.retriable() or time.monotonic() >= give_up:
                         self.fenced = True
-                        raise ProducerFenced(f"could not abort the transaction: {err}") from exc
+                        raise ProducerFenced(
+                            f"could not abort the transaction: {err}", err.code()
+                        ) from exc
                     log.warning("aborting the transaction: %s; trying again", err)
         finally:
             self._in_transaction = False
@@ -389,10 +415,22 @@ class RecordProducer:
             self._transaction_records = 0
 
     def _retrying(
-        self, what: str, call: Any, deadline: float, stop: threading.Event | None = None
+        self,
+        what: str,
+        call: Any,
+        deadline: float,
+        stop: threading.Event | None = None,
+        bounded: bool = False,
     ) -> None:
+        """Resume ``call`` while its errors are retriable: librdkafka's contract for a commit
+        that timed out or lost its coordinator. Never abort then: the coordinator may have
+        begun the commit already, and an abort after that is refused as a fatal error (seen
+        here when the transaction coordinator was killed mid-commit)."""
+        give_up = max(deadline, time.monotonic() + ABORT_PATIENCE_S)
+        warned = False
         while True:
-            left = max(0.1, deadline - time.monotonic())
+            left = deadline - time.monotonic()
+            left = left if left > 0.1 else STOP_CHECK_S  # resumed past the deadline
             try:
                 # In slices when a stop may come: a SIGTERM is not held up by a broker away.
                 with exit_if_hung(f"Kafka {what}", left):
@@ -404,15 +442,28 @@ class RecordProducer:
                 if err.fatal():
                     self._in_transaction = False
                     self.fenced = True
-                    raise ProducerFenced(f"transactional producer fenced or failed: {err}") from exc
-                if err.retriable() and stop is not None and stop.is_set():
-                    raise CommitInterrupted(f"commit interrupted by the stop: {err}") from exc
-                if err.retriable() and time.monotonic() < deadline:
-                    continue
-                if err.txn_requires_abort() or err.retriable():
+                    raise ProducerFenced(
+                        f"transactional producer fenced or failed: {err}", err.code()
+                    ) from exc
+                if err.txn_requires_abort():
                     self.abort(max(5.0, deadline - time.monotonic()))
                     raise TransactionAborted(f"transaction aborted: {err}") from exc
-                raise
+                if not err.retriable():
+                    raise
+                if stop is not None and stop.is_set():
+                    raise CommitInterrupted(f"commit interrupted by the stop: {err}") from exc
+                now = time.monotonic()
+                if bounded and now >= deadline:
+                    raise CommitInterrupted(f"{what} not done within its bound: {err}") from exc
+                if now >= give_up:
+                    self._in_transaction = False
+                    self.fenced = True
+                    raise ProducerFenced(
+                        f"{what} still failing after {ABORT_PATIENCE_S:.0f}s: {err}", err.code()
+                    ) from exc
+                if now >= deadline and not warned:
+                    warned = True
+                    log.warning("%s: %s; resuming it until the cluster answers", what, err)
 
     def poll(self, timeout_s: float = 0.0) -> None:
         self._producer.poll(timeout_s)

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from enricher.join.classify import AddressClassifier
 from enricher.join.dns_enrich import DEFAULT_DNS_SERVERS, DnsServers, ServiceName, enrich_dns
@@ -373,7 +373,11 @@ class DnsJoiner:
             self._consumer = None
         for producer in (self._producer, self._metadata_letters):
             if producer is not None:
-                left = producer.close(deadline.left())
+                try:
+                    left = producer.close(deadline.left())
+                except KafkaException as exc:  # a fenced producer: the cause is reported
+                    log.warning("flush at shutdown failed: %s", exc)
+                    continue
                 if left:
                     log.warning("%d DNS join records undelivered at shutdown", left)
         self.view.stop(self._metadata_rejected, deadline.left())

@@ -290,9 +290,10 @@ class Joiner:
             return
         self._closed = True
         deadline = Deadline(self._settings.shutdown_timeout_s)
-        if self._producer is not None and len(self.holdback):
+        if self._producer is not None and not self._producer.fenced and len(self.holdback):
             # Emitted as they are rather than kept: the next owner of the partitions would
-            # re-read every record after them too.
+            # re-read every record after them too. (A failed producer commits nothing: the
+            # next owner reads them again anyway.)
             self._emit_released(self.holdback.release_all(), resolved_as="stopped")
             self._outbox.flush()
             self._store_offsets(set(self._next_offsets))

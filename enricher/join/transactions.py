@@ -108,6 +108,7 @@ class TransactionalOffsets:
                 self._consumer.consumer_group_metadata(),
                 timeout_s,
                 stop=None if final else self.stop,
+                bounded=final,
             )
         except CommitInterrupted as exc:
             log.warning("%s; committed at shutdown instead", exc)

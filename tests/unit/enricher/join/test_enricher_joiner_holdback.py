@@ -37,6 +37,7 @@ class FakeProducer:
         self.out: list[tuple[str, bytes, Any]] = []
         self.records: list[int] = []
         self.counters = ProducerCounters()
+        self.fenced = False
 
     def produce(
         self, topic: str, value: bytes, key: Any = None, headers: Any = None, records: int = 1

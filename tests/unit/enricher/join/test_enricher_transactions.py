@@ -24,6 +24,7 @@ class FakeProducer:
         group_metadata: Any,
         timeout_s: float = 30.0,
         stop: Any = None,
+        bounded: bool = False,
     ) -> None:
         assert group_metadata == "group-md"
         if self._abort:
