@@ -517,7 +517,11 @@ class RecordProducer:
         )
 
     def in_flight(self) -> int:
-        return len(self._producer)
+        """Messages librdkafka holds against ``queue.buffering.max.messages``: accepted and
+        not yet reported. Not ``len(producer)``: that also counts queued events (an error
+        event while the cluster is away), so it can read one above the bound."""
+        c = self.counters
+        return c.produced - c.delivered - c.delivery_failed - c.undelivered
 
 
 # -- admin ----------------------------------------------------------------------------------
