@@ -46,7 +46,7 @@ from flowscope.topics import Topics
 from processors.core.alerts import AlertRule
 from processors.core.runtime import MissingCodec, check_codecs, tune_interpreter, use_gil_free_lz4
 from processors.core.stage import Output, OutputKind, Source, WindowedStage
-from processors.core.transport import ReadCommittedTransport
+from processors.core.transport import ReadCommittedTransport, backlogged
 from processors.cost.prices import PriceTable
 from processors.dns.aggregate import NameGrouping, NameGroups
 from processors.dns.processor import DnsProcessor
@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 # A metric not delivered within this time: the worker exits without acknowledging, so a
 # restart re-reads (and republishes) instead of losing the window.
 DELIVERY_TIMEOUT_S = 30.0
+# The longest a consumer keeps stale partition leaders (see build_app).
+METADATA_MAX_AGE_MS = 10_000
 EXIT_SHUTDOWN_TIMEOUT = 1
 EXIT_DELIVERY_FAILED = 5
 # A message read but not acknowledged: (partition, newest window start or None, event).
@@ -186,6 +188,10 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
         # Measured (bench/processors_bench.py): aiokafka's default 1 MiB per partition and
         # fetch starves the worker on batched records (~1 KB each); 16 MiB fetches doubled it.
         consumer_max_fetch_size=16 * 1024 * 1024,
+        # Measured after the whole cluster restarted: aiokafka's offset lookup retried a
+        # broker that no longer led the partition, with no metadata refresh, until this age
+        # (5 min by default); nothing was fetched meanwhile.
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
     )
     # Before the first topic (topics reach the transport): enriched.* is written in
     # transactions, so only committed records are read (processors/core/transport.py).
@@ -269,6 +275,11 @@ def build_app(settings: ProcessorSettings, stages: Stages) -> faust.App:
 
     async def close_windows() -> None:
         now = time.time_ns()
+        for b in bound:
+            if isinstance(b.stage, WindowedStage):
+                # Unread records are delayed, not late: their partitions hold the watermark.
+                owned = b.stage.watermark.owned()
+                b.stage.watermark.backlogged(backlogged(app, b.source.get_topic_name(), owned))
         for b in bound:
             await publish(b.stage.close_ready(now), b.stage)
         waiting_letters = list(dead_futures.values())

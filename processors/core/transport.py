@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
+from aiokafka import TopicPartition  # type: ignore[import-untyped]
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger("processors")
@@ -50,3 +51,23 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
 
 class ReadCommittedTransport(faust_aiokafka.Transport):
     Consumer = _ReadCommittedConsumer
+
+
+def backlogged(app: Any, topic: str, partitions: list[int]) -> list[int]:
+    """Of ``partitions`` of ``topic`` (assigned here), those with committed records not
+    fetched yet: no position yet (offsets being looked up, a fetch not yet answered) or a
+    position short of the last stable offset. Read from aiokafka's fetch state, which its
+    own thread writes: a stale read errs one tick either way, never loses a record."""
+    thread = getattr(app.consumer, "_thread", None)
+    consumer = getattr(thread, "_consumer", None)
+    subscription = getattr(getattr(consumer, "_subscription", None), "subscription", None)
+    assignment = getattr(subscription, "assignment", None)
+    if assignment is None:  # not consuming at all yet: everything assigned is unread
+        return list(partitions)
+    lagging = []
+    for p in partitions:
+        state = assignment.state_value(TopicPartition(topic, p))
+        unread = state is None or not state.has_valid_position or state.lso is None
+        if unread or state.position < state.lso:
+            lagging.append(p)
+    return lagging

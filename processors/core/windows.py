@@ -227,6 +227,11 @@ class PartitionWatermark:
     Why not wall-clock time alone: then any uniform delay in the pipeline beyond ``grace``
     would make every record late; the clamp to ``now`` keeps a node whose clock runs ahead
     from closing everyone else's windows early.
+
+    The wall-clock term is for partitions with nothing left to read. A partition with a
+    backlog (:meth:`backlogged`: a restarted worker before its first fetch, or one catching
+    up after an outage) holds the watermark at its newest event time: its unread records
+    are delayed, not late, however long the outage was.
     """
 
     def __init__(self, idle_allowance_ns: int) -> None:
@@ -235,6 +240,7 @@ class PartitionWatermark:
         self.idle_allowance_ns = idle_allowance_ns
         self._newest: dict[int, int] = {}
         self._owned: set[int] | None = None
+        self._backlogged: set[int] = set()
 
     def observe(self, partition: int, event_time_ns: int) -> None:
         if event_time_ns > self._newest.get(partition, -1):
@@ -243,9 +249,18 @@ class PartitionWatermark:
     def assign(self, partitions: Iterable[int]) -> None:
         self._owned = set(partitions)
 
+    def owned(self) -> list[int]:
+        """The partitions assigned here (or seen, without an assignment)."""
+        return sorted(self._owned if self._owned is not None else self._newest)
+
+    def backlogged(self, partitions: Iterable[int]) -> None:
+        """The owned partitions that have records not read yet (replaces the last set)."""
+        self._backlogged = set(partitions)
+
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self._newest.pop(p, None)
+            self._backlogged.discard(p)
             if self._owned is not None:
                 self._owned.discard(p)
 
@@ -253,6 +268,10 @@ class PartitionWatermark:
         idle = now_ns - self.idle_allowance_ns
         owned = self._owned if self._owned is not None else set(self._newest)
         if not owned or any(p not in self._newest for p in owned):
-            return idle
-        slowest = min(self._newest[p] for p in owned)
-        return max(min(slowest, now_ns), idle)
+            floor = idle
+        else:
+            slowest = min(self._newest[p] for p in owned)
+            floor = max(min(slowest, now_ns), idle)
+        held = [self._newest.get(p, -1) for p in self._backlogged if p in owned]
+        # -1 (a backlog not read at all): no window closes; the watermark never goes back.
+        return min(floor, *held) if held else floor

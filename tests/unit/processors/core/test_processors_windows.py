@@ -100,6 +100,23 @@ def test_watermark_follows_the_slowest_partition_and_wall_clock_when_idle() -> N
     assert w.current(now) == now - 2 * S
 
 
+def test_a_backlogged_partition_holds_the_watermark_past_the_idle_allowance() -> None:
+    w = PartitionWatermark(idle_allowance_ns=30 * S)
+    now = T0 + 100 * S
+    w.assign([0, 1])
+    w.backlogged([0, 1])  # a restarted worker before its first fetch
+    assert w.current(now + 600 * S) == -1  # however long it waits: nothing closes
+    w.observe(0, now - 300 * S)  # the backlog of an outage five minutes old
+    w.observe(1, now - 2 * S)
+    w.backlogged([0])
+    assert w.current(now) == now - 300 * S  # held at the backlog's newest record
+    w.backlogged([])  # read up to the end: the wall clock may close what is quiet
+    assert w.current(now) == now - 30 * S
+    w.backlogged([0])
+    w.revoke([0])  # a revoked partition holds nothing
+    assert w.current(now) == now - 2 * S
+
+
 def test_watermark_ignores_future_clock_skew() -> None:
     w = PartitionWatermark(idle_allowance_ns=10 * S)
     w.observe(0, T0 + 3600 * S)  # a node whose clock is an hour ahead
