@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,13 @@ from demo.services import (
 )
 from devbroker import Cluster as KafkaCluster
 from devbroker.ports import free_port_block
+from enricher.__main__ import EXIT_FENCED
 from flowscope.codec import JsonCodec
-from flowscope.kafka import admin_client
+from flowscope.kafka import EXIT_HUNG, admin_client
+from flowscope.metrics import scrape
 from flowscope.records import CollectorHealth, EnrichedTcpConnection, TcpPairMetric
 from flowscope.topics import Topics
+from processors.core.dedupe import FirstPerId
 from simnode import Cluster, NodeSpec, Pod
 from simnode.traffic.summary import ClientSummary
 
@@ -49,8 +53,10 @@ GRACE_S = 2.0
 # while the other partitions move on.
 IDLE_ALLOWANCE_S = 30.0
 OUTAGE_S = 60.0
-# Records made during the outage reach the processors this late: windows wait for them.
-OUTAGE_IDLE_ALLOWANCE_S = OUTAGE_S + 40.0
+# The processors' wall-clock floor, for what they have read up to the end of (a backlog
+# holds their watermark): the enricher may still be catching up after the outage (brokers
+# that take a minute to start here, a hung librdkafka call exiting after 90 s, a restart).
+OUTAGE_IDLE_ALLOWANCE_S = OUTAGE_S + 240.0
 # The collector's producer buffer, in messages: far less than the outage's records.
 BUFFER_MESSAGES = 100
 CONNECTIONS_PER_BURST = 5
@@ -133,7 +139,7 @@ class Restarter:
             if svc.proc.poll() is None:
                 continue
             lines = svc.log_text().strip().splitlines()
-            self.exits.append((svc.proc.returncode, "\n".join(lines[-6:])))
+            self.exits.append((svc.proc.returncode, "\n".join(lines[-12:])))
             self._services[self._name] = ServiceProcess(
                 f"{self._name}-{len(self.exits)}",
                 self._argv,
@@ -259,10 +265,13 @@ def _run_fault(
                     timeout_s=120,
                 )
             )
+            # What can be counted: the client ends that arrived (all of them but what the
+            # collector counted as dropped), each once, as a consumer counts (first per id).
+            client_ends = sum(1 for e in enriched if e.observer_role == "client")
             metrics = ours_metrics(
                 metrics_reader.read_until(
                     JsonCodec(TcpPairMetric),
-                    lambda ms: sum(m.connections for m in ours_metrics(ms)) >= n,
+                    lambda ms: _counted(ours_metrics(ms)) >= client_ends,
                     timeout_s=WINDOW_S + GRACE_S + idle_allowance_s + 120,
                 )
             )
@@ -292,6 +301,11 @@ def _run_fault(
         restarter.exits,
         processor_restarter.exits,
     )
+
+
+def _counted(metrics: list[TcpPairMetric]) -> int:
+    """Connections counted by a consumer that keeps the first record per metric id."""
+    return sum(m.connections for m in FirstPerId().keep(metrics))
 
 
 def _last_health(bootstrap: str, topics: Topics) -> CollectorHealth:
@@ -385,4 +399,90 @@ def test_rolling_restart_under_load_loses_and_repeats_nothing(
     print(
         f"rolling restart: {len(ports)} connections, {len(enriched)} enriched ends, "
         f"{sum(m.connections for m in metrics)} counted in {len(metrics)} windows"
+    )
+
+
+def test_cluster_unreachable_for_a_minute_drops_exactly_what_is_counted(
+    kafka_cluster: KafkaCluster, sim: Cluster, topics: Topics, tmp_path: Path
+) -> None:
+    metrics_port = free_port_block(1)
+    in_flight: list[int] = []
+
+    def outage(traffic: Traffic) -> None:
+        traffic.wait_for(2 * CONNECTIONS_PER_BURST)
+        kafka_cluster.stop()  # every broker: nothing answers
+        deadline = time.monotonic() + OUTAGE_S
+        while time.monotonic() < deadline:
+            time.sleep(5)
+            _, values = scrape(metrics_port)
+            in_flight.append(int(values["flowscope_collector_kafka_in_flight_messages"]))
+        kafka_cluster.start()
+        made = sum(s.completed for s in traffic.summaries)
+        traffic.wait_for(made + 2 * CONNECTIONS_PER_BURST, timeout_s=90)
+
+    run = _run_fault(
+        kafka_cluster,
+        sim,
+        topics,
+        tmp_path,
+        outage,
+        idle_allowance_s=OUTAGE_IDLE_ALLOWANCE_S,
+        collector_args=(
+            "--kafka-option",
+            f"queue.buffering.max.messages={BUFFER_MESSAGES}",
+            "--metrics-port",
+            str(metrics_port),
+            "--health-interval-seconds",
+            "1",
+        ),
+    )
+    ports, enriched, metrics = run.ports, run.enriched, run.metrics
+    # An enricher that exited (fenced after the outage, or a librdkafka call that never
+    # returned) said why in its last line; its restart resumed (the ends below arrived).
+    for code, line in run.enricher_exits:
+        assert code in (EXIT_FENCED, EXIT_HUNG), (code, line)
+        assert line.splitlines()[-1].startswith("enricher: ") or "a restart resumes" in line
+    # A worker whose metrics could not be delivered exits unacknowledged; one restarted
+    # while the cluster is still away gives up its start after 30 s. Each says so.
+    for code, line in run.processor_exits:
+        causes = ("exiting without acknowledging", "no Kafka broker answered")
+        assert code != 0 and any(c in line for c in causes), (code, line)
+    # The memory bound held while nothing could be delivered (health records share it).
+    assert in_flight and max(in_flight) <= BUFFER_MESSAGES, in_flight
+    counters = run.health.counters
+    assert counters["records_delivery_failed"] == 0, counters  # none timed out: all buffered
+    assert counters["kernel_lost_ringbuf"] == 0, counters
+    dropped = run.health.records_dropped_by_key
+    assert sum(dropped.values()) == counters["records_dropped_buffer_full"] > 0, counters
+    # Multisets: over a minute of connections a client port is drawn twice now and then.
+    made = Counter(ports)
+    arrived = {
+        role: Counter(e.client.port for e in enriched if e.observer_role == role)
+        for role in ("client", "server")
+    }
+    # What each pod's collector dropped is exactly what is missing downstream of it, and
+    # nothing arrived twice.
+    for role, pod in (("client", run.client), ("server", run.server)):
+        assert not arrived[role] - made, f"{role} ends twice: {arrived[role] - made}"
+        missing = (made - arrived[role]).total()
+        assert missing == dropped.get(pod.uid, 0), (role, len(ports), missing, dropped)
+    # A connection is counted on its client's record (server ends are skipped when the
+    # client has a collector): every client end that arrived is counted exactly once by a
+    # consumer that keeps the first record per metric id. The processors' restart re-reads
+    # what they had not acknowledged and publishes those windows again under the same ids.
+    client_ends = arrived["client"].total()
+    kept = FirstPerId()
+    counted = sum(m.connections for m in kept.keep(metrics))
+    assert counted == client_ends, (counted, client_ends, metrics)
+    windows = [(m.window_start_ns, m.window_end_ns) for m in FirstPerId().keep(metrics)]
+    assert len(windows) == len(set(windows)), f"a window under two ids: {windows}"
+    print(
+        f"outage {OUTAGE_S:.0f}s: {len(ports)} connections, buffer bound {BUFFER_MESSAGES} "
+        f"messages (max in flight {max(in_flight)}), dropped "
+        f"{counters['records_dropped_buffer_full']} records (ours: "
+        f"{dropped.get(run.client.uid, 0)} client, {dropped.get(run.server.uid, 0)} server "
+        f"ends), {len(enriched)} enriched ends, {counted} of {client_ends} client ends "
+        f"counted ({kept.duplicates} republished under their ids); enricher exits "
+        f"{[c for c, _ in run.enricher_exits]}, processor exits "
+        f"{[c for c, _ in run.processor_exits]} (each restarted)"
     )
