@@ -41,8 +41,8 @@ class ProcessorSettings:
     # behind (see processors.core.windows.PartitionWatermark).
     idle_allowance_s: float = setting(
         10.0,
-        "the watermark is max(newest event time, now - this): how long a quiet or "
-        "lagging stream holds windows open",
+        "the watermark is max(newest event time, now - this): how long a quiet stream, "
+        "or input not in Kafka yet, holds windows open (records not read yet always do)",
         env="FLOWSCOPE_PROCESSORS_IDLE_ALLOWANCE_SECONDS",
     )
     # Also the Kafka consumer group: workers with the same id share the partitions.

@@ -7,7 +7,9 @@
   sync before the next) under load;
 - the whole cluster stopped for a minute: the collector's buffer holds to its bound, what it
   drops is counted per pod and is exactly what is missing downstream of each of this test's
-  pods; the enricher and the processors resume by themselves.
+  pods, and every end that arrived is counted once by a consumer keeping the first metric
+  per id; the enricher and the processors resume by themselves (restarted when they exit,
+  as a Deployment restarts them).
 
 In the first two, every connection the test made is in the enriched topic once per end and counted
 once in the pair metrics, and no window is published twice. The cluster is this module's
