@@ -28,8 +28,15 @@ ApplyFn = Callable[[str | None, bytes | None, int], object]
 # A record the apply function refused ("invalid", "unsupported_version"), for a dead letter.
 RejectFn = Callable[[Message, str], None]
 REFUSED = ("invalid", "unsupported_version")
+# _UNKNOWN_PARTITION: measured when an enricher restarted while the cluster was still
+# loading after an outage (the client had no metadata for the topic yet).
 _NO_LEADER_YET = frozenset(
-    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TIMED_OUT}
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._TIMED_OUT,
+        KafkaError._UNKNOWN_PARTITION,
+    }
 )
 
 
